@@ -1,0 +1,62 @@
+# carp-sidecar — `make help` lists the targets. Everything installs what it needs (run as root).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps
+IMAGE ?= localhost/carp-sidecar
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv lint typecheck unit integration test demo bench image image-test clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+.stamp-apt: Makefile
+	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt-get and network namespaces)"; exit 2; fi
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# the Debian packages start services we do not want: the tests run their own instances
+	@for s in apache2 prometheus keepalived ucarp prometheus-node-exporter; do \
+	  systemctl disable --now $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
+	@touch $@
+
+deps: .stamp-apt $(BIN)/carp-sidecar ## install Debian packages and the .venv
+
+$(BIN)/carp-sidecar: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/carp-sidecar ## create .venv with the project and its test tools
+
+lint: venv ## ruff
+	$(BIN)/ruff check sidecar tests
+
+typecheck: venv ## mypy --strict on the package
+	$(BIN)/mypy --strict sidecar
+
+unit: venv ## fast tests, no root needed
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+integration: deps ## root + netns tests (real ucarp, apache, prometheus)
+	$(BIN)/pytest -q -m integration tests/integration $(PYTEST_ARGS)
+
+test: deps lint typecheck ## everything CI runs: lint, types, unit and integration tests
+	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+demo: deps ## two-node failover lab on this machine (network namespaces, Apache, carp-sidecar)
+	$(BIN)/carp-sidecar lab $(LAB_ARGS)
+
+bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepalived
+	$(BIN)/python tests/bench/bench_codec.py
+	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .stamp-* .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

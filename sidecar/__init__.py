@@ -1,0 +1,1 @@
+"""carp-sidecar: a ucarp-compatible CARP agent that keeps a virtual IP alive across hosts."""

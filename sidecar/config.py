@@ -1,0 +1,284 @@
+"""Configuration from the environment: every ``CARP_X`` also accepted as ucarp's ``UCARP_X``.
+
+Sources, later wins: ``--env-file`` (KEY=VALUE lines, the classic /etc/ucarp/ucarp.conf works as
+is), then the process environment. :func:`load` returns a validated :class:`Settings` or raises
+:class:`ConfigError` carrying one line that names the variable and the reason. The password is
+a ``SecretStr`` and is never part of an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
+
+IFNAMSIZ = 15
+
+
+class ConfigError(Exception):
+    """A configuration problem, one line: ``VARIABLE: reason``."""
+
+
+def _var(name: str, default: Any = ..., **kwargs: Any) -> Any:
+    return Field(default, validation_alias=AliasChoices(f"CARP_{name}", f"UCARP_{name}"), **kwargs)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    interface: str = _var("INTERFACE")
+    srcip: IPv4Address | None = _var("SRCIP", None)
+    vhid: int = _var("VHID", ge=1, le=255)
+    password: SecretStr | None = _var("PASS", None)
+    pass_file: Path | None = _var("PASS_FILE", None)
+    addr: str = _var("ADDR")
+    mask: str | None = _var("MASK", None)
+    if_alias: str | None = _var("IF_ALIAS", None)
+    advbase: int = _var("ADVBASE", 1, ge=0, le=255)
+    advskew: int = _var("ADVSKEW", 0, ge=0, le=255)
+    preempt: bool = _var("PREEMPT", False)
+    upscript: Path | None = _var("UPSCRIPT", None)
+    downscript: Path | None = _var("DOWNSCRIPT", None)
+    xparam: str | None = _var("XPARAM", None)
+    script_timeout: float = _var("SCRIPT_TIMEOUT", 30.0, gt=0)
+    neutral: bool = _var("NEUTRAL", False)
+    nomcast: bool = _var("NOMCAST", False)
+    ignoreifstate: bool = _var("IGNOREIFSTATE", False)
+    deadratio: int = _var("DEADRATIO", 3, ge=1, le=255)
+    mcast: IPv4Address = _var("MCAST", DEFAULT_GROUP)
+    shutdown: bool = _var("SHUTDOWN", True)
+    garp_repeat: int = _var("GARP_REPEAT", 2, ge=1, le=100)
+    garp_refresh: float = _var("GARP_REFRESH", 0.0, ge=0)
+    metrics_listen: str = _var("METRICS_LISTEN", "0.0.0.0:9655")
+    control_socket: Path | None = _var("CONTROL_SOCKET", None)
+    health_url: str | None = _var("HEALTH_URL", None)
+    health_tcp: str | None = _var("HEALTH_TCP", None)
+    health_cmd: str | None = _var("HEALTH_CMD", None)
+    health_status: int = _var("HEALTH_STATUS", 200, ge=100, le=599)
+    health_interval: float = _var("HEALTH_INTERVAL", 1.0, gt=0)
+    health_timeout: float = _var("HEALTH_TIMEOUT", 1.0, gt=0)
+    health_rise: int = _var("HEALTH_RISE", 2, ge=1)
+    health_fall: int = _var("HEALTH_FALL", 2, ge=1)
+    log_format: Literal["text", "json"] = _var("LOG_FORMAT", "text")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # load() merges env file and environment itself
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, v: str) -> str:
+        if not v or len(v) > IFNAMSIZ or "/" in v or v.isspace():
+            raise ValueError(f"not an interface name (1-{IFNAMSIZ} characters)")
+        return v
+
+    @field_validator("mcast")
+    @classmethod
+    def _mcast(cls, v: IPv4Address) -> IPv4Address:
+        if not v.is_multicast:
+            raise ValueError("must be an IPv4 multicast group")
+        return v
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.lower() in ("", "off"):
+            return "off"
+        _host_port(v)
+        return v
+
+    @field_validator("health_tcp")
+    @classmethod
+    def _health_tcp(cls, v: str | None) -> str | None:
+        if v is not None:
+            _host_port(v)
+        return v
+
+    @field_validator("health_url")
+    @classmethod
+    def _health_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("http://"):
+            raise ValueError("must be an http:// URL")
+        return v
+
+    @field_validator("health_cmd")
+    @classmethod
+    def _health_cmd(cls, v: str | None) -> str | None:
+        if v is not None and not shlex.split(v):
+            raise ValueError("empty command")
+        return v
+
+    @field_validator("upscript", "downscript")
+    @classmethod
+    def _script(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v.is_file() and os.access(v, os.X_OK)):
+            raise ValueError(f"{v} is not an executable file")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.advbase == 0 and self.advskew == 0:
+            raise ValueError("CARP_ADVBASE: advbase and advskew cannot both be 0")
+        if self.if_alias is not None and (
+            not self.if_alias.startswith(self.interface) or len(self.if_alias) > IFNAMSIZ
+        ):
+            raise ValueError(
+                f"CARP_IF_ALIAS: must start with the interface name {self.interface!r} "
+                f"and have at most {IFNAMSIZ} characters, like {self.interface}:0"
+            )
+        self.vip  # noqa: B018 - validates CARP_ADDR / CARP_MASK now rather than at first use
+        self.secret  # noqa: B018
+        return self
+
+    # ---- derived values ----
+    @property
+    def vip(self) -> IPv4Interface:
+        """The VIP with its prefix, from ``ADDR`` (``a.b.c.d`` or ``a.b.c.d/len``) and ``MASK``."""
+        address, _, prefix = self.addr.strip().partition("/")
+        try:
+            ip = IPv4Address(address)
+        except ValueError:
+            raise ValueError(f"CARP_ADDR: {address!r} is not an IPv4 address") from None
+        lengths = [p for p in (prefix, self.mask) if p]
+        try:
+            lens = {IPv4Network(f"0.0.0.0/{p.strip()}").prefixlen for p in lengths}
+        except ValueError:
+            raise ValueError("CARP_MASK: not a netmask or prefix length") from None
+        if len(lens) > 1:
+            raise ValueError("CARP_MASK: disagrees with the prefix length given in CARP_ADDR")
+        return IPv4Interface((ip, lens.pop() if lens else 32))
+
+    @property
+    def secret(self) -> bytes:
+        """The HMAC key (the raw password, like ucarp). Read from CARP_PASS or CARP_PASS_FILE."""
+        if (self.password is None) == (self.pass_file is None):
+            raise ValueError("CARP_PASS: set exactly one of CARP_PASS or CARP_PASS_FILE")
+        if self.password is not None:
+            raw = self.password.get_secret_value().encode()
+            var = "CARP_PASS"
+        else:
+            assert self.pass_file is not None
+            try:
+                # ucarp reads the first line and strips only its '\n'
+                raw = self.pass_file.read_bytes().split(b"\n", 1)[0]
+            except OSError as e:
+                raise ValueError(f"CARP_PASS_FILE: cannot read {self.pass_file}: {e.strerror}") from None
+            var = "CARP_PASS_FILE"
+        if not raw:
+            raise ValueError(f"{var}: the password is empty")
+        if len(raw) > MAX_PASSWORD_BYTES:
+            raise ValueError(
+                f"{var}: password longer than {MAX_PASSWORD_BYTES} bytes (ucarp's limit; "
+                "ucarp peers could not authenticate it)"
+            )
+        return raw
+
+    @property
+    def manages_vip_by_scripts(self) -> bool:
+        return self.upscript is not None or self.downscript is not None
+
+    def redacted(self) -> dict[str, str]:
+        """Effective configuration as CARP_* strings, the secret shown as ``***``."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "password":
+                value = "***" if value is not None else None
+            if value is None:
+                continue
+            var = "CARP_PASS" if name == "password" else f"CARP_{name.upper()}"
+            out[var] = str(value).lower() if isinstance(value, bool) else str(value)
+        out["VIP (effective)"] = str(self.vip)
+        return out
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def host_port(value: str) -> tuple[str, int]:
+    return _host_port(value)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; ``#`` comments, blank lines, ``export`` and surrounding quotes allowed."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"--env-file: cannot read {path}: {e.strerror}") from None
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().replace("_", "").isalnum():
+            raise ConfigError(f"--env-file: {path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
+    merged = read_env_file(env_file) if env_file else {}
+    merged.update(environ)
+    ours = {k: v for k, v in merged.items() if k.startswith(("CARP_", "UCARP_"))}
+    known = _known_variables()
+    for key in ours:
+        if key.startswith("CARP_") and key not in known:
+            raise ConfigError(f"{key}: unknown variable (see `carp-sidecar check-config --help`)")
+    try:
+        return Settings.model_validate(ours)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, ours)) from None
+
+
+def _known_variables() -> set[str]:
+    names: set[str] = set()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(c) for c in alias.choices)
+    return names
+
+
+def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
+    first = error.errors(include_url=False, include_input=False)[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["loc"]:
+        field = str(first["loc"][0])
+        spelled = field if field.startswith(("CARP_", "UCARP_")) else f"CARP_{field.upper()}"
+        for prefix in ("CARP_", "UCARP_"):
+            candidate = prefix + spelled.removeprefix("CARP_").removeprefix("UCARP_")
+            if candidate in given:
+                spelled = candidate
+                break
+        if first["type"] == "missing":
+            message = "required but not set"
+        return f"{spelled}: {message}"
+    return message

@@ -1,0 +1,334 @@
+"""The CARP state machine, with ucarp 1.5.2's rules (carp-protocol.md §4). Pure: no I/O, no clock.
+
+Everything that decides *who is master* lives here; nothing here knows about sockets, netlink,
+scripts or time sources. The caller passes ``now`` (seconds, any monotonic origin) into every
+call, performs the returned actions in order, and calls :meth:`Machine.timer_expired` once
+:meth:`Machine.next_deadline` has passed. At most one timer is armed at a time: the advert timer
+in MASTER, the master-down timer in BACKUP.
+
+Intervals are integer microseconds like ucarp's ``struct timeval`` arithmetic. Candidates are
+compared by the key ``(advbase, advskew*1e6//256)``: smaller means "advertises more often", which
+is better. Equal keys between two masters are broken by ucarp's little-endian address order.
+
+Transition table (state, event -> new state: actions) — the rows the tests are named after:
+
+  INIT    start                        -> BACKUP: DropVip (unless neutral), arm master-down
+  BACKUP  master-down timer            -> MASTER: AddVip, Garp, SendAdvert, arm advert timer
+  BACKUP  advert, preempt and L < R    -> MASTER  (reason preempt)
+  BACKUP  advert, R would time out     -> MASTER  (reason master_timeout; a bow-out advert is
+                                          "handover" and waits our own skew first, see below)
+  BACKUP  advert otherwise             -> BACKUP: re-arm master-down
+  MASTER  advert timer                 -> MASTER: SendAdvert (+ delayed Garp), re-arm
+  MASTER  advert, L > R or tie lost    -> BACKUP: SendAdvert, DropVip, arm master-down
+  MASTER  advert, L < R or tie won     -> MASTER: Garp now and again later (conflict)
+  any     link down (not ignored)      -> BACKUP: DropVip if MASTER, no timers
+  BACKUP  link up                      -> BACKUP: arm master-down
+  MASTER  demoted                      -> BACKUP: SendAdvert(bow-out), DropVip, arm master-down
+  any     stop                         -> INIT: SendAdvert(bow-out) and DropVip if MASTER
+
+Rules beyond ucarp, each because a sidecar needs it:
+- A demoted node (unhealthy service or maintenance) never becomes MASTER: timeouts and
+  preemption re-arm the master-down timer instead. A demoted MASTER bows out.
+- Leaving MASTER on purpose (stop, demotion) sends the BSD bow-out advert (advbase 255,
+  advskew 255). ucarp backups take over on it at once by their "going to time out" rule; our
+  backups do the same after waiting their own skew, so with several backups the best one wins
+  without a double master.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from ipaddress import IPv4Address
+
+from .protocol import BOW_OUT
+
+US = 1_000_000
+UNSPECIFIED = IPv4Address("0.0.0.0")
+
+
+class State(IntEnum):
+    """keepalived-exporter compatible encoding: 0 INIT, 1 BACKUP, 2 MASTER."""
+
+    INIT = 0
+    BACKUP = 1
+    MASTER = 2
+
+
+class Reason(StrEnum):
+    STARTUP = "startup"
+    MASTER_DOWN = "master_down"
+    PREEMPT = "preempt"
+    MASTER_TIMEOUT = "master_timeout"
+    HANDOVER = "handover"
+    PREFERRED_MASTER = "preferred_master"
+    LINK_DOWN = "link_down"
+    DEMOTED = "demoted"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    advbase: int = 1
+    advskew: int = 0
+    deadratio: int = 3
+    preempt: bool = False
+    neutral: bool = False
+    ignoreifstate: bool = False
+    garp_repeat: int = 2  # GARPs per takeover: one at once, the rest with later adverts
+    own_ip: IPv4Address = UNSPECIFIED  # srcip, for the equal-interval tie-break
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.advbase <= 255 and 0 <= self.advskew <= 255):
+            raise ValueError("advbase and advskew are 0..255")
+        if self.advbase == 0 and self.advskew == 0:
+            raise ValueError("advbase and advskew cannot both be 0")
+        if self.deadratio < 1:
+            raise ValueError("deadratio must be at least 1")
+        if self.garp_repeat < 1:
+            raise ValueError("garp_repeat must be at least 1")
+
+
+# ---- actions (what the caller must do, in order) ----
+@dataclass(frozen=True, slots=True)
+class SendAdvert:
+    advbase: int
+    advskew: int
+    counter: int
+    handover: bool = False  # the bow-out advert sent when leaving MASTER on purpose
+
+
+@dataclass(frozen=True, slots=True)
+class AddVip:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DropVip:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SendGarp:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    old: State
+    new: State
+    reason: Reason
+    peer: IPv4Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Another MASTER was heard while we are MASTER and we keep the VIP (split brain healing)."""
+
+    peer: IPv4Address
+
+
+Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict
+
+
+def skew_us(advskew: int) -> int:
+    return advskew * US // 256
+
+
+def le_order(ip: IPv4Address) -> int:
+    """ucarp compares raw s_addr on little-endian hosts: the last octet is most significant."""
+    return int.from_bytes(ip.packed, "little")
+
+
+class Machine:
+    """One CARP virtual host (vhid) on one interface."""
+
+    def __init__(self, params: Params, rng: Callable[[], int]) -> None:
+        self.params = params
+        self.state = State.INIT
+        self.demoted = False
+        self.link_up = True
+        self._rng = rng  # 64-bit random counters until a peer's counter is adopted (ucarp §2.3)
+        self._counter: int | None = None
+        self._advert_at: int | None = None  # deadlines in integer µs
+        self._master_down_at: int | None = None
+        self._master_down_reason = Reason.MASTER_DOWN
+        self._garps_left = 0
+        self._adverts_until_garp = 0
+
+    # ---- intervals and keys ----
+    @property
+    def advert_interval_us(self) -> int:
+        return self.params.advbase * US + skew_us(self.params.advskew)
+
+    @property
+    def master_down_interval_us(self) -> int:
+        return self.params.advbase * self.params.deadratio * US + skew_us(self.params.advskew)
+
+    @property
+    def local_key(self) -> tuple[int, int]:
+        return (self.params.advbase, skew_us(self.params.advskew))
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`timer_expired` wants to be called, in the caller's clock (seconds)."""
+        deadline = self._advert_at if self._advert_at is not None else self._master_down_at
+        return None if deadline is None else deadline / US
+
+    # ---- events ----
+    def start(self, now: float) -> list[Action]:
+        if self.state is not State.INIT:
+            return []
+        actions: list[Action] = [Transition(State.INIT, State.BACKUP, Reason.STARTUP)]
+        self.state = State.BACKUP
+        if not self.params.neutral:
+            actions.append(DropVip())
+        if self.link_up or self.params.ignoreifstate:
+            self._arm_master_down(now)
+        return actions
+
+    def timer_expired(self, now: float) -> list[Action]:
+        t = _us(now)
+        if self._master_down_at is not None and t >= self._master_down_at:
+            if self.demoted:
+                self._arm_master_down(now)
+                return []
+            return self._become_master(now, self._master_down_reason, None)
+        if self._advert_at is not None and t >= self._advert_at:
+            return self._periodic_advert(now)
+        return []
+
+    def advert_received(
+        self, now: float, src: IPv4Address, advbase: int, advskew: int, counter: int
+    ) -> list[Action]:
+        """A valid (authenticated, our vhid) advert from ``src``."""
+        self._counter = counter  # ucarp adopts the counter in every state, before any logic
+        if self.state is State.INIT or not self._link_usable:
+            return []
+        remote = (advbase, skew_us(advskew))
+        if self.state is State.MASTER:
+            return self._master_hears(now, src, remote)
+        return self._backup_hears(now, src, remote)
+
+    def link_changed(self, now: float, up: bool) -> list[Action]:
+        self.link_up = up
+        if self.params.ignoreifstate or self.state is State.INIT:
+            return []
+        if not up:
+            actions = self._leave_master(Reason.LINK_DOWN) if self.state is State.MASTER else []
+            self._advert_at = self._master_down_at = None
+            return actions
+        if self._master_down_at is None and self._advert_at is None:
+            self._arm_master_down(now)
+        return []
+
+    def set_demoted(self, now: float, demoted: bool) -> list[Action]:
+        self.demoted = demoted
+        if not demoted or self.state is not State.MASTER:
+            return []
+        actions: list[Action] = [self._bow_out_advert()]
+        actions += self._leave_master(Reason.DEMOTED)
+        self._arm_master_down(now)
+        return actions
+
+    def stop(self, now: float) -> list[Action]:
+        old = self.state
+        if old is State.INIT:
+            return []
+        actions: list[Action] = []
+        if old is State.MASTER:
+            actions.append(self._bow_out_advert())
+            actions.append(DropVip())
+        actions.append(Transition(old, State.INIT, Reason.STOP))
+        self.state = State.INIT
+        self._advert_at = self._master_down_at = None
+        return actions
+
+    # ---- steps (named after ucarp's / BSD's functions) ----
+    @property
+    def _link_usable(self) -> bool:
+        return self.link_up or self.params.ignoreifstate
+
+    def _master_hears(
+        self, now: float, src: IPv4Address, remote: tuple[int, int]
+    ) -> list[Action]:
+        local = self.local_key
+        if local > remote or (local == remote and le_order(src) < le_order(self.params.own_ip)):
+            actions: list[Action] = [self._advert()]
+            actions += self._leave_master(Reason.PREFERRED_MASTER, src)
+            self._arm_master_down(now)
+            return actions
+        self._garps_left = self.params.garp_repeat - 1
+        self._adverts_until_garp = 2
+        return [Conflict(src), SendGarp()]
+
+    def _backup_hears(
+        self, now: float, src: IPv4Address, remote: tuple[int, int]
+    ) -> list[Action]:
+        if not self.demoted:
+            if self.params.preempt and self.local_key < remote:
+                return self._become_master(now, Reason.PREEMPT, src)
+            p = self.params
+            if (p.advbase * p.deadratio, skew_us(p.advskew)) < remote:
+                if remote == (BOW_OUT, skew_us(BOW_OUT)) and p.advskew:
+                    # Handover: the best backup (least skew) fires first and its advert
+                    # re-arms the others, so one handover makes one transition.
+                    self._master_down_at = _us(now) + skew_us(p.advskew)
+                    self._master_down_reason = Reason.HANDOVER
+                    return []
+                return self._become_master(now, _timeout_reason(remote), src)
+        self._arm_master_down(now)
+        return []
+
+    def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
+        old = self.state
+        self.state = State.MASTER
+        self._master_down_at = None
+        self._garps_left = self.params.garp_repeat - 1
+        self._adverts_until_garp = 2
+        actions: list[Action] = [Transition(old, State.MASTER, reason, peer), AddVip(), SendGarp()]
+        actions.append(self._advert())
+        self._advert_at = _us(now) + self.advert_interval_us
+        return actions
+
+    def _periodic_advert(self, now: float) -> list[Action]:
+        actions: list[Action] = [self._advert()]
+        self._advert_at = _us(now) + self.advert_interval_us
+        if self._garps_left > 0:
+            self._adverts_until_garp -= 1
+            if self._adverts_until_garp <= 0:
+                actions.append(SendGarp())
+                self._garps_left -= 1
+                self._adverts_until_garp = 1
+        return actions
+
+    def _leave_master(self, reason: Reason, peer: IPv4Address | None = None) -> list[Action]:
+        self.state = State.BACKUP
+        self._advert_at = None
+        self._garps_left = 0
+        return [DropVip(), Transition(State.MASTER, State.BACKUP, reason, peer)]
+
+    def _arm_master_down(self, now: float) -> None:
+        self._advert_at = None
+        self._master_down_at = _us(now) + self.master_down_interval_us
+        self._master_down_reason = Reason.MASTER_DOWN
+
+    def _next_counter(self) -> int:
+        if self._counter is None:
+            return self._rng() & 0xFFFF_FFFF_FFFF_FFFF
+        self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        return self._counter
+
+    def _advert(self) -> SendAdvert:
+        return SendAdvert(self.params.advbase, self.params.advskew, self._next_counter())
+
+    def _bow_out_advert(self) -> SendAdvert:
+        return SendAdvert(BOW_OUT, BOW_OUT, self._next_counter(), handover=True)
+
+
+def _timeout_reason(remote: tuple[int, int]) -> Reason:
+    return Reason.HANDOVER if remote == (BOW_OUT, skew_us(BOW_OUT)) else Reason.MASTER_TIMEOUT
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * US)

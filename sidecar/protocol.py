@@ -1,0 +1,218 @@
+"""CARP advertisement codec, byte-compatible with ucarp 1.5.2. Pure: no sockets, no clock.
+
+Layout and checks follow ../shared/carp-protocol.md (§1-§3): a 36-byte CARP header carried in
+IPv4 protocol 112, Internet checksum over the CARP bytes, and ucarp's HMAC-SHA1 over
+``02 01 vhid VIP counter`` keyed with the raw password. ``parse_packet`` runs ucarp's receive
+checks in ucarp's order and raises only :class:`AdvertError`, whose ``reason`` is the label the
+agent counts drops under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Address
+
+CARP_PROTO = 112
+CARP_VERSION = 2
+CARP_ADVERTISEMENT = 1
+CARP_AUTHLEN = 7  # counter + HMAC, in 32-bit words
+ADVERT_LEN = 36
+IP_HEADER_LEN = 20
+ETH_HEADER_LEN = 14
+TTL = 255
+TOS_LOWDELAY = 0x10
+DEFAULT_GROUP = IPv4Address("224.0.0.18")
+MAX_PASSWORD_BYTES = 19  # ucarp copies the password and its NUL into a 20-byte key buffer
+BOW_OUT = 255  # advbase == advskew == 255: BSD's "I am leaving" advert; backups take over at once
+
+_HEADER = struct.Struct("!BBBBBBH8s20s")
+_IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
+
+
+class DropReason(StrEnum):
+    """Why a received packet was dropped; one Prometheus label value each."""
+
+    SHORT = "short"
+    BAD_IP_HEADER = "bad_ip_header"
+    NOT_CARP = "not_carp"
+    BAD_TTL = "bad_ttl"
+    BAD_VERSION = "bad_version"
+    BAD_TYPE = "bad_type"
+    OTHER_VHID = "other_vhid"
+    WRONG_GROUP = "wrong_group"
+    BAD_CHECKSUM = "bad_checksum"
+    BAD_HMAC = "bad_hmac"
+
+
+class AdvertError(ValueError):
+    """A packet that is not an acceptable advertisement for us. ``reason`` says why."""
+
+    def __init__(self, reason: DropReason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}{': ' + detail if detail else ''}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Advert:
+    """The fields of a CARP advertisement header (HMAC and checksum are derived, not stored)."""
+
+    vhid: int
+    advbase: int
+    advskew: int
+    counter: int
+    demote: int = 0
+    version: int = CARP_VERSION
+    type: int = CARP_ADVERTISEMENT
+    authlen: int = CARP_AUTHLEN
+
+    def __post_init__(self) -> None:
+        for name in ("vhid", "advbase", "advskew", "demote", "authlen"):
+            value = getattr(self, name)
+            if not 0 <= value <= 255:
+                raise ValueError(f"{name} out of range 0..255: {value}")
+        if not 0 <= self.version <= 15 or not 0 <= self.type <= 15:
+            raise ValueError("version and type are 4-bit fields")
+        if not 0 <= self.counter < 1 << 64:
+            raise ValueError("counter is a 64-bit field")
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An authenticated advertisement with the IP fields the state machine needs."""
+
+    src: IPv4Address
+    dst: IPv4Address
+    ttl: int
+    advert: Advert
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """What this node accepts: its vhid, group address, and the HMAC inputs (key and VIP)."""
+
+    vhid: int
+    key: bytes
+    vip: IPv4Address
+    group: IPv4Address = DEFAULT_GROUP
+
+
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 one's-complement sum; 0 when computed over data that includes a valid checksum."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def carp_key(password: str | bytes) -> bytes:
+    """The HMAC key exactly as ucarp derives it: the raw password bytes (at most 19)."""
+    raw = password.encode() if isinstance(password, str) else password
+    if len(raw) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"password longer than {MAX_PASSWORD_BYTES} bytes (ucarp's limit)")
+    return raw
+
+
+def compute_hmac(key: bytes, vhid: int, vip: IPv4Address, counter_bytes: bytes) -> bytes:
+    """ucarp's digest: HMAC-SHA1(key, 02 01 vhid VIP counter). advbase/advskew are not covered."""
+    msg = bytes((CARP_VERSION, CARP_ADVERTISEMENT, vhid & 0xFF)) + vip.packed + counter_bytes
+    return hmac.new(key, msg, hashlib.sha1).digest()
+
+
+def build_advert(advert: Advert, key: bytes, vip: IPv4Address) -> bytes:
+    """The 36 CARP bytes of ``advert``, with its HMAC and checksum."""
+    counter = advert.counter.to_bytes(8, "big")
+    md = compute_hmac(key, advert.vhid, vip, counter)
+    first = (advert.version << 4) | advert.type
+    fields = (first, advert.vhid, advert.advskew, advert.authlen, advert.demote, advert.advbase)
+    unsummed = _HEADER.pack(*fields, 0, counter, md)
+    return _HEADER.pack(*fields, internet_checksum(unsummed), counter, md)
+
+
+def decode_advert(payload: bytes) -> Advert:
+    """Header fields of 36+ CARP bytes, without checking checksum or HMAC."""
+    if len(payload) < ADVERT_LEN:
+        raise AdvertError(DropReason.SHORT, f"{len(payload)} CARP bytes")
+    first, vhid, advskew, authlen, demote, advbase, _ck, counter, _md = _HEADER.unpack_from(payload)
+    return Advert(
+        vhid=vhid,
+        advbase=advbase,
+        advskew=advskew,
+        counter=int.from_bytes(counter, "big"),
+        demote=demote,
+        version=first >> 4,
+        type=first & 0x0F,
+        authlen=authlen,
+    )
+
+
+def build_ip_packet(
+    advert: Advert, *, key: bytes, vip: IPv4Address, src: IPv4Address,
+    dst: IPv4Address = DEFAULT_GROUP, ident: int = 0, ttl: int = TTL,
+) -> bytes:
+    """IPv4 header (TOS 0x10, DF, TTL 255, proto 112) + advert, as ucarp writes it."""
+    payload = build_advert(advert, key, vip)
+    header = _IP_HEADER.pack(
+        0x45, TOS_LOWDELAY, IP_HEADER_LEN + len(payload), ident & 0xFFFF, 0x4000,
+        ttl, CARP_PROTO, 0, src.packed, dst.packed,
+    )
+    checksum = internet_checksum(header)
+    return header[:10] + checksum.to_bytes(2, "big") + header[12:] + payload
+
+
+def group_mac(group: IPv4Address) -> bytes:
+    """Ethernet multicast address of an IPv4 group: 01:00:5e + low 23 bits."""
+    low = int(group) & 0x7FFFFF
+    return b"\x01\x00\x5e" + low.to_bytes(3, "big")
+
+
+def advert_source_mac(vhid: int) -> bytes:
+    """ucarp's fixed advert source MAC 00:00:5e:00:00:<vhid> (not the VRRP/BSD 00:00:5e:00:01:xx)."""
+    return bytes((0, 0, 0x5E, 0, 0, vhid & 0xFF))
+
+
+def build_frame(ip_packet: bytes, *, vhid: int, group: IPv4Address, broadcast: bool) -> bytes:
+    """Ethernet frame around an advert: to the group MAC (or broadcast with nomcast)."""
+    dst = b"\xff" * 6 if broadcast else group_mac(group)
+    return dst + advert_source_mac(vhid) + b"\x08\x00" + ip_packet
+
+
+def parse_packet(packet: bytes, expect: Expect) -> Received:
+    """Validate an IPv4 packet as an advert for us, in ucarp's order (carp-protocol.md §1.3).
+
+    Trailing bytes (Ethernet padding) are ignored; anything wrong raises AdvertError.
+    """
+    if len(packet) < IP_HEADER_LEN:
+        raise AdvertError(DropReason.SHORT, f"{len(packet)} bytes")
+    vihl, _tos, _tlen, _id, _frag, ttl, proto, _ck, src, dst = _IP_HEADER.unpack_from(packet)
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or ihl < IP_HEADER_LEN:
+        raise AdvertError(DropReason.BAD_IP_HEADER, f"version/IHL byte {vihl:#04x}")
+    if proto != CARP_PROTO:
+        raise AdvertError(DropReason.NOT_CARP, f"IP protocol {proto}")
+    if len(packet) < ihl + ADVERT_LEN:
+        raise AdvertError(DropReason.SHORT, f"{len(packet)} bytes, need {ihl + ADVERT_LEN}")
+    if ttl != TTL:
+        raise AdvertError(DropReason.BAD_TTL, f"TTL {ttl}")
+    payload = packet[ihl : ihl + ADVERT_LEN]
+    advert = decode_advert(payload)
+    if advert.version != CARP_VERSION:
+        raise AdvertError(DropReason.BAD_VERSION, f"version {advert.version}")
+    if advert.vhid != expect.vhid:
+        raise AdvertError(DropReason.OTHER_VHID, f"vhid {advert.vhid}")
+    if IPv4Address(dst) != expect.group:
+        raise AdvertError(DropReason.WRONG_GROUP, f"destination {IPv4Address(dst)}")
+    if internet_checksum(packet[:ihl]) or internet_checksum(payload):
+        raise AdvertError(DropReason.BAD_CHECKSUM)
+    if advert.type != CARP_ADVERTISEMENT:
+        raise AdvertError(DropReason.BAD_TYPE, f"type {advert.type}")
+    expected = compute_hmac(expect.key, advert.vhid, expect.vip, payload[8:16])
+    if not hmac.compare_digest(expected, payload[16:36]):
+        # Never include digests: they are derived from the secret.
+        raise AdvertError(DropReason.BAD_HMAC, "check vhid, password and virtual IP address")
+    return Received(src=IPv4Address(src), dst=IPv4Address(dst), ttl=ttl, advert=advert)

@@ -1,0 +1,136 @@
+"""Configuration: the classic ucarp.conf loads as is; every bad value names its variable."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, load, read_env_file
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim", "CARP_ADDR": "10.0.0.1"}
+
+
+def script(tmp_path: Path, name: str) -> Path:
+    p = tmp_path / name
+    p.write_text("#!/bin/sh\nexit 0\n")
+    p.chmod(p.stat().st_mode | stat.S_IXUSR)
+    return p
+
+
+def test_classic_ucarp_conf_loads_as_is(tmp_path: Path) -> None:
+    conf = (ROOT / "deploy/ucarp.conf.example").read_text()
+    conf = conf.replace("/etc/ucarp/ucarp-up.sh", str(script(tmp_path, "up.sh")))
+    conf = conf.replace("/etc/ucarp/ucarp-down.sh", str(script(tmp_path, "down.sh")))
+    (tmp_path / "ucarp.conf").write_text(conf)
+    s = load({}, tmp_path / "ucarp.conf")
+    assert s.interface == "eth0" and s.if_alias == "eth0:0" and s.vhid == 1
+    assert s.srcip == IPv4Address("172.16.0.11") and s.advbase == 1
+    assert s.vip == IPv4Interface("172.16.0.1/16") and s.secret == b"geheim"
+    assert s.manages_vip_by_scripts
+
+
+def test_environment_overrides_env_file(tmp_path: Path) -> None:
+    (tmp_path / "e").write_text("CARP_INTERFACE=eth0\nCARP_VHID=1\nCARP_PASS=a\nCARP_ADDR=10.0.0.1\n")
+    assert load({"UCARP_VHID": "9", "CARP_VHID": "7"}, tmp_path / "e").vhid == 7
+
+
+def test_env_file_accepts_export_and_quotes(tmp_path: Path) -> None:
+    (tmp_path / "e").write_text("# c\n\nexport A='x y'\nB=\"z\"\n")
+    assert read_env_file(tmp_path / "e") == {"A": "x y", "B": "z"}
+
+
+def test_env_file_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "e").write_text("A=1\nthis is not it\n")
+    with pytest.raises(ConfigError, match=r"e:2: expected KEY=VALUE"):
+        read_env_file(tmp_path / "e")
+
+
+@pytest.mark.parametrize(("addr", "mask", "want"), [
+    ("172.16.0.1", "255.255.0.0", "172.16.0.1/16"),
+    ("172.16.0.1/16", None, "172.16.0.1/16"),
+    ("172.16.0.1", "24", "172.16.0.1/24"),
+    ("172.16.0.1", None, "172.16.0.1/32"),
+])
+def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
+    env = {**BASE, "CARP_ADDR": addr} | ({"CARP_MASK": mask} if mask else {})
+    assert load(env).vip == IPv4Interface(want)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"CARP_VHID": "0"}, "CARP_VHID: Input should be greater than or equal to 1"),
+    ({"CARP_VHID": "300"}, "CARP_VHID: Input should be less than or equal to 255"),
+    ({"CARP_VHID": "x"}, "CARP_VHID: Input should be a valid integer"),
+    ({"CARP_ADDR": "1.2.3"}, "CARP_ADDR: '1.2.3' is not an IPv4 address"),
+    ({"CARP_MASK": "255.0.255.0"}, "CARP_MASK: not a netmask"),
+    ({"CARP_ADDR": "10.0.0.1/8", "CARP_MASK": "16"}, "CARP_MASK: disagrees"),
+    ({"CARP_ADVBASE": "0"}, "CARP_ADVBASE: advbase and advskew cannot both be 0"),
+    ({"CARP_ADVSKEW": "256"}, "CARP_ADVSKEW: Input should be less than or equal to 255"),
+    ({"CARP_PASS": "x" * 20}, "CARP_PASS: password longer than 19 bytes"),
+    ({"CARP_PASS_FILE": "/nonexistent"}, "CARP_PASS: set exactly one"),
+    ({"CARP_IF_ALIAS": "eth1:0"}, "CARP_IF_ALIAS: must start with the interface name"),
+    ({"CARP_MCAST": "10.0.0.1"}, "CARP_MCAST: must be an IPv4 multicast group"),
+    ({"CARP_UPSCRIPT": "/nonexistent"}, "CARP_UPSCRIPT: /nonexistent is not an executable file"),
+    ({"CARP_METRICS_LISTEN": "9655"}, "CARP_METRICS_LISTEN: '9655' is not host:port"),
+    ({"CARP_PREEMPT": "maybe"}, "CARP_PREEMPT: Input should be a valid boolean"),
+    ({"CARP_LOG_FORMAT": "xml"}, "CARP_LOG_FORMAT: Input should be 'text' or 'json'"),
+    ({"CARP_PREMPT": "1"}, "CARP_PREMPT: unknown variable"),
+    ({"UCARP_VHID": "0", "CARP_VHID": None}, "UCARP_VHID: Input should be greater"),
+])
+def test_bad_values_name_the_variable(override: dict[str, str | None], message: str) -> None:
+    env = {**BASE, **override}
+    env = {k: v for k, v in env.items() if v is not None}
+    with pytest.raises(ConfigError) as e:
+        load(env)  # type: ignore[arg-type]
+    assert str(e.value).startswith(message)
+
+
+def test_missing_required_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^CARP_INTERFACE: required but not set$"):
+        load({k: v for k, v in BASE.items() if k != "CARP_INTERFACE"})
+
+
+def test_pass_file_first_line_only_like_ucarp(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("geheim\nsecond line\n")
+    env = {k: v for k, v in BASE.items() if k != "CARP_PASS"} | {"CARP_PASS_FILE": str(tmp_path / "pw")}
+    assert load(env).secret == b"geheim"
+
+
+def test_secret_never_in_errors_or_redacted_output() -> None:
+    with pytest.raises(ConfigError) as e:
+        load({**BASE, "CARP_PASS": "s3cret-s3cret-s3cret-x"})
+    assert "s3cret" not in str(e.value)
+    shown = load({**BASE, "CARP_PASS": "s3cret"}).redacted()
+    assert shown["CARP_PASS"] == "***" and "s3cret" not in repr(shown)
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
+    return subprocess.run([sys.executable, "-m", "sidecar.cli", *args], env={**clean, **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_cli_bad_config_exits_2_with_one_line_no_traceback() -> None:
+    r = run_cli("check-config", env={**BASE, "CARP_VHID": "256", "CARP_PASS": "topsecret"})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "carp-sidecar: configuration error: CARP_VHID: Input should be less than or equal to 255"]
+    assert "topsecret" not in r.stderr + r.stdout
+
+
+def test_cli_check_config_prints_redacted_effective_config() -> None:
+    r = run_cli("check-config", env={**BASE, "CARP_PASS": "topsecret", "UCARP_ADVSKEW": "20"})
+    assert r.returncode == 0, r.stderr
+    assert "CARP_PASS=***" in r.stdout and "CARP_ADVSKEW=20" in r.stdout
+    assert "topsecret" not in r.stdout
+
+
+def test_cli_version() -> None:
+    r = run_cli("--version", env={})
+    assert r.returncode == 0 and r.stdout.startswith("carp-sidecar ")

@@ -1,0 +1,373 @@
+"""One test per row of machine.py's transition table, then scenario and property tests."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.machine import (
+    AddVip,
+    Conflict,
+    DropVip,
+    Machine,
+    Params,
+    Reason,
+    SendAdvert,
+    SendGarp,
+    State,
+    Transition,
+    le_order,
+)
+
+from .sim import Sim, node
+
+PEER = IPv4Address("10.0.0.2")
+ME = IPv4Address("10.0.0.1")
+
+
+def machine(**kw: object) -> Machine:
+    return Machine(Params(own_ip=ME, **kw), rng=lambda: 0xDEAD)  # type: ignore[arg-type]
+
+
+def master(**kw: object) -> Machine:
+    m = machine(**kw)
+    m.start(0.0)
+    m.timer_expired(m.next_deadline() or 0)
+    assert m.state is State.MASTER
+    return m
+
+
+def kinds(actions: list[object]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+# ---- INIT ----
+def test_init_start_goes_backup_drops_vip_and_arms_master_down() -> None:
+    m = machine()
+    actions = m.start(10.0)
+    assert actions == [Transition(State.INIT, State.BACKUP, Reason.STARTUP), DropVip()]
+    assert m.state is State.BACKUP and m.next_deadline() == pytest.approx(13.0)
+
+
+def test_init_start_neutral_does_not_run_downscript() -> None:
+    assert kinds(machine(neutral=True).start(0.0)) == ["Transition"]
+
+
+def test_init_ignores_adverts() -> None:
+    m = machine()
+    assert m.advert_received(0.0, PEER, 1, 0, 5) == [] and m.state is State.INIT
+
+
+# ---- BACKUP ----
+def test_backup_master_down_timer_becomes_master() -> None:
+    m = machine(advskew=10)
+    m.start(0.0)
+    assert m.next_deadline() == pytest.approx(3 + 10 * 1_000_000 // 256 / 1e6)
+    assert m.timer_expired(3.0) == []  # not yet: 3.039062 s with skew 10
+    actions = m.timer_expired(3.1)
+    assert kinds(actions) == ["Transition", "AddVip", "SendGarp", "SendAdvert"]
+    assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.MASTER_DOWN)
+    assert m.next_deadline() == pytest.approx(3.1 + 1.039062)
+
+
+def test_backup_master_down_uses_deadratio_on_advbase_only() -> None:
+    m = machine(advbase=2, advskew=128, deadratio=5)
+    m.start(0.0)
+    assert m.next_deadline() == pytest.approx(10.5)
+
+
+def test_backup_preempts_worse_master_when_preempt_enabled() -> None:
+    m = machine(advskew=0, preempt=True)
+    m.start(0.0)
+    actions = m.advert_received(1.0, PEER, 1, 10, 7)
+    assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.PREEMPT, PEER)
+    assert AddVip() in actions
+
+
+def test_backup_does_not_preempt_without_preempt() -> None:
+    m = machine(advskew=0)
+    m.start(0.0)
+    assert m.advert_received(1.0, PEER, 1, 10, 7) == []
+    assert m.state is State.BACKUP and m.next_deadline() == pytest.approx(4.0)
+
+
+def test_backup_does_not_preempt_equal_master_even_with_preempt() -> None:
+    m = machine(preempt=True)
+    m.start(0.0)
+    assert m.advert_received(1.0, IPv4Address("10.0.0.200"), 1, 0, 7) == []
+
+
+def test_backup_rearms_master_down_on_each_advert() -> None:
+    m = machine()
+    m.start(0.0)
+    m.advert_received(2.5, PEER, 1, 0, 1)
+    assert m.next_deadline() == pytest.approx(5.5)
+
+
+def test_backup_takes_over_from_master_that_would_time_out() -> None:
+    m = machine()  # master-down key (3 s, 0) < (4 s, 0)
+    m.start(0.0)
+    actions = m.advert_received(1.0, PEER, 4, 0, 7)
+    assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.MASTER_TIMEOUT, PEER)
+
+
+def test_backup_takes_over_at_once_on_bow_out_advert_with_zero_skew() -> None:
+    m = machine()
+    m.start(0.0)
+    actions = m.advert_received(1.0, PEER, 255, 255, 7)
+    assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.HANDOVER, PEER)
+
+
+def test_backup_takes_over_on_bow_out_after_its_own_skew() -> None:
+    m = machine(advskew=64)  # 0.25 s
+    m.start(0.0)
+    assert m.advert_received(1.0, PEER, 255, 255, 7) == []
+    assert m.next_deadline() == pytest.approx(1.25)
+    actions = m.timer_expired(1.25)
+    assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.HANDOVER)
+
+
+# ---- MASTER ----
+def test_master_advert_timer_sends_advert_and_rearms() -> None:
+    m = master(advskew=10)
+    t = m.next_deadline() or 0
+    actions = m.timer_expired(t)
+    assert kinds(actions) == ["SendAdvert"]
+    assert m.next_deadline() == pytest.approx(t + 1.039062)
+
+
+def test_master_steps_down_for_more_frequent_master() -> None:
+    m = master(advskew=10)
+    actions = m.advert_received(5.0, PEER, 1, 0, 9)
+    assert kinds(actions) == ["SendAdvert", "DropVip", "Transition"]
+    assert actions[2] == Transition(State.MASTER, State.BACKUP, Reason.PREFERRED_MASTER, PEER)
+    assert m.next_deadline() == pytest.approx(5.0 + 3.039062)
+
+
+def test_master_equal_interval_tie_break_is_little_endian() -> None:
+    # carp-protocol.md §4.4 capture: 172.16.0.10 vs 172.16.1.9 -> 172.16.1.9 stays MASTER
+    low_numeric = Machine(Params(own_ip=IPv4Address("172.16.0.10")), rng=lambda: 1)
+    low_numeric.start(0)
+    low_numeric.timer_expired(3)
+    actions = low_numeric.advert_received(4, IPv4Address("172.16.1.9"), 1, 0, 1)
+    assert low_numeric.state is State.BACKUP and DropVip() in actions
+    high_numeric = Machine(Params(own_ip=IPv4Address("172.16.1.9")), rng=lambda: 1)
+    high_numeric.start(0)
+    high_numeric.timer_expired(3)
+    actions = high_numeric.advert_received(4, IPv4Address("172.16.0.10"), 1, 0, 1)
+    assert high_numeric.state is State.MASTER and actions == [
+        Conflict(IPv4Address("172.16.0.10")), SendGarp()]
+    assert le_order(IPv4Address("172.16.1.9")) < le_order(IPv4Address("172.16.0.10"))
+
+
+def test_master_reasserts_against_worse_master_with_garp_now_and_later() -> None:
+    m = master(advskew=0)
+    assert m.advert_received(3.5, PEER, 1, 50, 9) == [Conflict(PEER), SendGarp()]
+    first = m.timer_expired(m.next_deadline() or 0)
+    second = m.timer_expired(m.next_deadline() or 0)
+    assert kinds(first) == ["SendAdvert"] and kinds(second) == ["SendAdvert", "SendGarp"]
+
+
+def test_master_takeover_sends_second_garp_with_second_advert() -> None:
+    m = master(garp_repeat=3)
+    sent = [kinds(m.timer_expired(m.next_deadline() or 0)) for _ in range(5)]
+    assert sent == [["SendAdvert"], ["SendAdvert", "SendGarp"], ["SendAdvert", "SendGarp"],
+                    ["SendAdvert"], ["SendAdvert"]]
+
+
+# ---- link ----
+def test_link_down_master_drops_vip_and_stops_timers() -> None:
+    m = master()
+    actions = m.link_changed(4.0, up=False)
+    assert actions == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.LINK_DOWN)]
+    assert m.next_deadline() is None
+    assert m.advert_received(5.0, PEER, 1, 100, 1) == []
+
+
+def test_link_up_rearms_master_down() -> None:
+    m = master()
+    m.link_changed(4.0, up=False)
+    assert m.link_changed(20.0, up=True) == []
+    assert m.state is State.BACKUP and m.next_deadline() == pytest.approx(23.0)
+
+
+def test_link_down_ignored_with_ignoreifstate() -> None:
+    m = master(ignoreifstate=True)
+    assert m.link_changed(4.0, up=False) == [] and m.state is State.MASTER
+
+
+# ---- demotion ----
+def test_demoted_master_bows_out_and_drops_vip() -> None:
+    m = master()
+    actions = m.set_demoted(5.0, True)
+    assert isinstance(actions[0], SendAdvert) and actions[0].handover
+    assert (actions[0].advbase, actions[0].advskew) == (255, 255)
+    assert actions[1:] == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.DEMOTED)]
+
+
+def test_demoted_backup_never_takes_the_vip() -> None:
+    m = machine(preempt=True)
+    m.start(0.0)
+    m.set_demoted(0.5, True)
+    assert m.timer_expired(10.0) == [] and m.state is State.BACKUP
+    assert m.advert_received(11.0, PEER, 1, 200, 1) == []
+    assert m.advert_received(11.5, PEER, 255, 255, 1) == []
+    m.set_demoted(12.0, False)
+    assert m.advert_received(12.5, PEER, 1, 200, 1)[0].reason is Reason.PREEMPT  # type: ignore[union-attr]
+
+
+# ---- stop ----
+def test_stop_master_sends_bow_out_and_drops_vip() -> None:
+    m = master()
+    actions = m.stop(6.0)
+    assert kinds(actions) == ["SendAdvert", "DropVip", "Transition"]
+    assert actions[2] == Transition(State.MASTER, State.INIT, Reason.STOP)
+    assert m.next_deadline() is None
+
+
+def test_stop_backup_sends_nothing() -> None:
+    m = machine()
+    m.start(0.0)
+    assert m.stop(1.0) == [Transition(State.BACKUP, State.INIT, Reason.STOP)]
+
+
+# ---- counter (carp-protocol.md §2.3) ----
+def test_counter_random_until_peer_heard_then_peer_plus_one() -> None:
+    values = iter([111, 222, 333])
+    m = Machine(Params(own_ip=ME), rng=lambda: next(values))
+    m.start(0.0)
+    a = m.timer_expired(3.0)
+    assert [x.counter for x in a if isinstance(x, SendAdvert)] == [111]
+    assert [x.counter for x in m.timer_expired(4.0) if isinstance(x, SendAdvert)] == [222]
+    m.advert_received(4.5, PEER, 1, 50, 2**64 - 1)
+    assert [x.counter for x in m.timer_expired(5.0) if isinstance(x, SendAdvert)] == [0]
+
+
+# ---- scenarios of the classic recipe ----
+def recipe_pair(b_skew: int = 0) -> tuple[Sim, object, object]:
+    a = node("a", "172.16.0.11", preempt=True)
+    b = node("b", "172.16.0.12", advskew=b_skew)
+    return Sim(a, b), a, b
+
+
+def test_scenario_master_silent_backup_takes_over_after_exactly_master_down() -> None:
+    sim, a, b = recipe_pair(b_skew=100)
+    sim.start()
+    sim.run_until(10.0)
+    assert sim.masters() == ["a"]
+    a.connected = False  # type: ignore[attr-defined]
+    last = max(t for t, _ in a.adverts if t <= 10.0)  # type: ignore[attr-defined]
+    sim.run_until(20.0)
+    took = [t for t, tr in b.transitions if tr.new is State.MASTER]  # type: ignore[attr-defined]
+    assert took and took[0] - last == pytest.approx(3 + 100 / 256, abs=1e-6)
+
+
+def test_scenario_master_back_with_preempt_retakes() -> None:
+    sim, a, b = recipe_pair(b_skew=100)
+    sim.start()
+    sim.run_until(10.0)
+    sim.do(a, a.machine.link_changed(sim.now, up=False))  # type: ignore[attr-defined]
+    a.connected = False  # type: ignore[attr-defined]
+    sim.run_until(20.0)
+    assert sim.masters() == ["b"]
+    a.connected = True  # type: ignore[attr-defined]
+    sim.do(a, a.machine.link_changed(sim.now, up=True))  # type: ignore[attr-defined]
+    sim.run_until(22.0)
+    assert sim.masters() == ["a"] and b.holds_vip is False  # type: ignore[attr-defined]
+
+
+def test_scenario_master_back_without_preempt_stays_backup() -> None:
+    a = node("a", "172.16.0.11")  # no preempt
+    b = node("b", "172.16.0.12", advskew=100)
+    sim = Sim(a, b)
+    sim.start()
+    sim.run_until(10.0)
+    sim.do(a, a.machine.link_changed(sim.now, up=False))
+    a.connected = False
+    sim.run_until(20.0)
+    a.connected = True
+    sim.do(a, a.machine.link_changed(sim.now, up=True))
+    sim.run_until(60.0)
+    assert sim.masters() == ["b"] and not a.holds_vip
+
+
+def test_scenario_healed_partition_resolved_by_address_tie_break() -> None:
+    sim, a, b = recipe_pair(b_skew=0)  # the recipe exactly: same advbase, no advskew
+    sim.start()
+    sim.run_until(10.0)
+    a.connected = b.connected = False  # type: ignore[attr-defined]
+    sim.run_until(20.0)
+    assert sorted(sim.masters()) == ["a", "b"]
+    a.connected = b.connected = True  # type: ignore[attr-defined]
+    sim.run_until(23.0)
+    # little-endian order: .11 < .12 so a (172.16.0.11) wins, as x86 ucarp decides
+    assert sim.masters() == ["a"]
+
+
+def test_scenario_graceful_stop_hands_over_with_one_transition_among_three() -> None:
+    a = node("a", "10.0.0.1")
+    b = node("b", "10.0.0.2", advskew=20)
+    c = node("c", "10.0.0.3", advskew=40)
+    sim = Sim(a, b, c)
+    sim.start(a)
+    sim.run_until(3.5)
+    sim.start(b, c)
+    sim.run_until(10.0)
+    assert sim.masters() == ["a"]
+    stopped_at = sim.now
+    sim.do(a, a.machine.stop(sim.now))
+    a.connected = False
+    sim.run_until(20.0)
+    assert sim.masters() == ["b"]
+    b_up = [t for t, tr in b.transitions if tr.new is State.MASTER]
+    assert b_up[0] - stopped_at == pytest.approx(20 / 256, abs=1e-6)
+    assert [tr.new for _, tr in c.transitions] == [State.BACKUP]  # c never flapped
+
+
+# ---- properties ----
+events = st.lists(
+    st.tuples(
+        st.floats(0.0, 5.0),
+        st.sampled_from(["timer", "advert", "link", "demote", "stop", "start"]),
+        st.integers(0, 255), st.integers(0, 255), st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300)
+@given(events, st.integers(0, 255), st.booleans(), st.booleans())
+def test_vip_held_only_in_master_and_one_timer_at_most(
+    evs: list[tuple[float, str, int, int, bool]], skew: int, preempt: bool, ignoreif: bool
+) -> None:
+    m = Machine(Params(own_ip=ME, advskew=skew, preempt=preempt, ignoreifstate=ignoreif),
+                rng=lambda: 7)
+    holds, now = False, 0.0
+    for dt, kind, base, askew, flag in evs:
+        now += dt
+        if kind == "timer":
+            actions = m.timer_expired(now)
+        elif kind == "advert":
+            actions = m.advert_received(now, PEER, base, askew, base * askew)
+        elif kind == "link":
+            actions = m.link_changed(now, flag)
+        elif kind == "demote":
+            actions = m.set_demoted(now, flag)
+        elif kind == "stop":
+            actions = m.stop(now)
+        else:
+            actions = m.start(now)
+        for a in actions:
+            if isinstance(a, AddVip):
+                holds = True
+            elif isinstance(a, DropVip):
+                holds = False
+        assert holds == (m.state is State.MASTER)
+        assert m._advert_at is None or m._master_down_at is None
+        if m.state is State.MASTER:
+            assert m._advert_at is not None
+        if m.demoted:
+            assert m.state is not State.MASTER
