@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .agent import run_agent
 
-        return run_agent(settings)
+        return run_agent(settings, version=package_version())
     except ConfigError as e:
         print(f"carp-sidecar: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,0 +1,476 @@
+"""The asyncio loop that wires the pure machine to sockets, netlink, scripts, health and HTTP.
+
+The machine decides; this module only carries out its actions and feeds it events. Adverts are
+sent inline (a non-blocking socket write). Everything slow — netlink VIP changes, scripts,
+GARPs that must follow them — goes through one ordered effects queue served by its own task,
+so a slow script never delays an advertisement. The only timer is the machine's next deadline,
+armed with ``loop.call_at``; there is no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import logs
+from .config import Settings, host_port
+from .control import ControlServer, socket_path
+from .health import HealthMonitor, checks_from
+from .http import StatusServer
+from .machine import (
+    Action, AddVip, Conflict, DropVip, Machine, Params, Reason, SendAdvert, SendGarp, State,
+    Transition,
+)
+from .metrics import Metrics
+from .net.garp import build_garp
+from .net.netlink import AddressEvent, InterfaceNotFound, LinkEvent, Netlink
+from .net.packet import PacketSocket
+from .protocol import BOW_OUT, Advert, AdvertError, Expect, build_frame, build_ip_packet, parse_packet
+from .scripts import run_script, script_argv
+
+log = logging.getLogger("carp-sidecar")
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+WHY = {
+    Reason.PREEMPT: "Putting MASTER down - preemption",
+    Reason.MASTER_TIMEOUT: "Putting MASTER DOWN (going to time out)",
+    Reason.HANDOVER: "Master handed over (bow-out advertisement): taking over",
+    Reason.PREFERRED_MASTER: "Preferred master advertised: going back to BACKUP state",
+    Reason.LINK_DOWN: "Link down: leaving MASTER state",
+    Reason.DEMOTED: "Demoted: handing the VIP over",
+}
+
+
+class StartupError(Exception):
+    """Cannot run in this environment; the message says what to change."""
+
+
+def _capabilities() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+class Agent:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
+                 version: str = "0") -> None:
+        self.s = settings
+        self.vip = settings.vip
+        self.key = settings.secret
+        self.registry = registry or CollectorRegistry()
+        self.m = Metrics(self.registry, settings.vhid, settings.interface, version)
+        self.machine: Machine | None = None
+        self.srcip = settings.srcip
+        self.peers: dict[str, dict[str, Any]] = {}
+        self.health: HealthMonitor | None = None
+        self.maintenance = False
+        self.health_ok = True
+        self.master_since: float | None = None
+        self.last_transition: dict[str, Any] | None = None
+        self.sent_count = self.received_count = 0
+        self.dropped_counts: dict[str, int] = {}
+        self._effects: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = 0.0
+        self._takeover_started: float | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_drop_log: dict[str, float] = {}
+        self._link_running = True
+        self.failed = False
+
+    # ---- start / stop ----
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._check_capabilities()
+        self.nl = Netlink()
+        try:
+            await self._open()
+            self._begin()
+            await self._stopping.wait()
+            await self._shutdown()
+        finally:
+            self._close()
+        return 1 if self.failed else 0
+
+    def _check_capabilities(self) -> None:
+        caps = _capabilities()
+        if not caps >> CAP_NET_RAW & 1:
+            raise StartupError("missing capability NET_RAW: CARP adverts need a packet socket "
+                               "(docker run --cap-add=NET_RAW, or run as root)")
+        if not self.s.manages_vip_by_scripts and not caps >> CAP_NET_ADMIN & 1:
+            raise StartupError("missing capability NET_ADMIN: the agent adds and removes the VIP "
+                               "by netlink (docker run --cap-add=NET_ADMIN)")
+
+    async def _open(self) -> None:
+        s = self.s
+        try:
+            link = await self.nl.link(s.interface)
+        except InterfaceNotFound:
+            raise StartupError(f"CARP_INTERFACE: no interface named {s.interface!r}") from None
+        self.ifindex, self.mac, self._link_running = link.index, link.mac, link.running
+        if self.srcip is None:
+            own = [a.ip for a in await self.nl.ipv4_addresses(link.index) if a.ip != self.vip.ip]
+            if not own:
+                raise StartupError(f"CARP_SRCIP: not set and {s.interface} has no IPv4 address")
+            self.srcip = own[0]
+        params = Params(advbase=s.advbase, advskew=s.advskew, deadratio=s.deadratio,
+                        preempt=s.preempt, neutral=s.neutral, ignoreifstate=s.ignoreifstate,
+                        garp_repeat=s.garp_repeat, own_ip=self.srcip)
+        self.machine = Machine(params, rng=lambda: secrets.randbits(64))
+        self.expect = Expect(vhid=s.vhid, key=self.key, vip=self.vip.ip, group=s.mcast)
+        try:
+            self.sock = PacketSocket(s.interface, link.index, s.mcast, join=not s.nomcast)
+        except PermissionError:
+            raise StartupError("missing capability NET_RAW for the packet socket") from None
+        if not s.manages_vip_by_scripts:
+            try:
+                if await self.nl.remove_address(self.ifindex, self.vip):
+                    log.warning("Removed stale VIP %s from %s (left by an earlier run)",
+                                self.vip.ip, s.interface)
+            except NetlinkError as e:
+                if e.code == 1:
+                    raise StartupError("missing capability NET_ADMIN: cannot manage the VIP by "
+                                       "netlink (docker run --cap-add=NET_ADMIN)") from None
+                raise
+        self.m.vip_present.labels(**self.m.labels).set(
+            1 if await self.nl.has_address(self.ifindex, self.vip.ip) else 0)
+        await self._open_servers()
+
+    async def _open_servers(self) -> None:
+        self.http: StatusServer | None = None
+        if self.s.metrics_listen != "off":
+            host, port = host_port(self.s.metrics_listen)
+            self.http = StatusServer(self.registry, self.status, self.ready)
+            try:
+                await self.http.start(host, port)
+            except OSError as e:
+                raise StartupError(f"CARP_METRICS_LISTEN: cannot listen on "
+                                   f"{self.s.metrics_listen}: {e.strerror}") from None
+        self.control = ControlServer(socket_path(self.s), self._control)
+        try:
+            await self.control.start()
+        except OSError as e:
+            raise StartupError(f"CARP_CONTROL_SOCKET: cannot create {self.control.path}: "
+                               f"{e.strerror}") from None
+
+    def _begin(self) -> None:
+        assert self.machine is not None
+        s, m, lb = self.s, self.m, self.m.labels
+        m.advbase.labels(**lb).set(s.advbase)
+        m.advskew.labels(**lb).set(s.advskew)
+        m.master_down_interval.labels(**lb).set(self.machine.master_down_interval_us / 1e6)
+        m.demoted.labels(**lb).set(0)
+        m.maintenance.labels(**lb).set(0)
+        log.info("Using [%s] as a network interface, vhid %d, VIP %s, source %s", s.interface,
+                 s.vhid, self.vip, self.srcip)
+        if s.manages_vip_by_scripts:
+            for kind, path in (("up", s.upscript), ("down", s.downscript)):
+                if path is None:
+                    log.warning("Warning: no script called when going %s", kind)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stopping.set)
+        self.loop.add_signal_handler(signal.SIGUSR1, self._log_state)
+        self._spawn(self._effects_worker())
+        self._spawn(self._netlink_events())
+        if s.garp_refresh > 0:
+            self._spawn(self._garp_refresh())
+        checks = checks_from(s)
+        if checks:
+            self.health = HealthMonitor(checks, s.health_interval, s.health_timeout,
+                                        s.health_rise, s.health_fall, self._health_result,
+                                        self._health_changed)
+            self._spawn(self.health.run())
+        if not self._link_running:
+            self.machine.link_changed(self.loop.time(), up=False)
+        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        self._apply(self.machine.start(self.loop.time()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # A helper that dies would leave the agent deaf or stuck: log it and stop cleanly.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Internal task failed: %r; stopping", task.exception(),
+                      exc_info=task.exception())
+            self.failed = True
+            self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        assert self.machine is not None
+        self.loop.remove_reader(self.sock.fileno())
+        self._apply(self.machine.stop(self.loop.time()))
+        # let the VIP removal / downscript finish; scripts have their own timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._effects.join(), self.s.script_timeout + 1)
+        log.info("Exiting")
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for closer in (getattr(self, "sock", None), self.nl):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+
+    # ---- machine plumbing ----
+    def _apply(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, SendAdvert):
+                self._send_advert(a)
+            elif isinstance(a, AddVip):
+                self._effects.put_nowait(("add", self.loop.time()))
+            elif isinstance(a, DropVip):
+                self._effects.put_nowait(("drop", self.loop.time()))
+            elif isinstance(a, SendGarp):
+                self._effects.put_nowait(("garp", self.loop.time()))
+            elif isinstance(a, Transition):
+                self._on_transition(a)
+            elif isinstance(a, Conflict):
+                self.m.conflicts.labels(**self.m.labels).inc()
+                log.warning("Non-preferred master advertising: reasserting control of VIP with "
+                            "another gratuitous arp (peer %s)", a.peer)
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        assert self.machine is not None
+        deadline = self.machine.next_deadline()
+        if self._timer is not None and deadline == self._armed_for:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._armed_for = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.machine is not None
+        self._timer = None
+        self._apply(self.machine.timer_expired(max(self.loop.time(), self._armed_for)))
+
+    def _on_transition(self, t: Transition) -> None:
+        m, lb = self.m, self.m.labels
+        if t.reason in WHY:
+            log.warning("%s%s", WHY[t.reason], f" (peer {t.peer})" if t.peer else "")
+        if t.new is not State.INIT:
+            log.warning("Switching to state: %s", t.new.name)
+        m.set_state(t.new)
+        m.transitions.labels(**lb, **{"from": t.old.name, "to": t.new.name},
+                             reason=t.reason.value).inc()
+        now = time.time()
+        m.last_transition.labels(**lb).set(now)
+        self.last_transition = {"from": t.old.name, "to": t.new.name, "reason": t.reason.value,
+                                "at": now, "peer": str(t.peer) if t.peer else None}
+        self.master_since = now if t.new is State.MASTER else None
+        self._takeover_started = self.loop.time() if t.new is State.MASTER else None
+
+    def _send_advert(self, a: SendAdvert) -> None:
+        assert self.srcip is not None
+        advert = Advert(vhid=self.s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
+        packet = build_ip_packet(advert, key=self.key, vip=self.vip.ip, src=self.srcip,
+                                 dst=self.s.mcast, ident=random.getrandbits(16))
+        frame = build_frame(packet, vhid=self.s.vhid, group=self.s.mcast, broadcast=self.s.nomcast)
+        try:
+            self.sock.send(frame)
+        except OSError as e:
+            self.m.advert_send_errors.labels(**self.m.labels).inc()
+            log.warning("write() has failed: %s", e.strerror)
+            return
+        self.m.adverts_sent.labels(**self.m.labels).inc()
+        self.sent_count += 1
+        if a.handover:
+            self.m.handovers_sent.labels(**self.m.labels).inc()
+
+    def _on_readable(self) -> None:
+        assert self.machine is not None and self.srcip is not None
+        own = self.srcip.packed
+        for packet in self.sock.receive():
+            if packet[12:16] == own:
+                continue
+            try:
+                received = parse_packet(packet, self.expect)
+            except AdvertError as e:
+                self._dropped(e)
+                continue
+            ad, peer = received.advert, str(received.src)
+            lb = self.m.labels
+            self.m.adverts_received.labels(**lb).inc()
+            self.received_count += 1
+            self.m.peer_last_advert.labels(**lb, peer=peer).set(time.time())
+            self.m.peer_advskew.labels(**lb, peer=peer).set(ad.advskew)
+            self.m.peer_advbase.labels(**lb, peer=peer).set(ad.advbase)
+            self.peers[peer] = {"last_seen": time.time(), "advbase": ad.advbase,
+                                "advskew": ad.advskew}
+            if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
+                self.m.handovers_received.labels(**lb).inc()
+            self._apply(self.machine.advert_received(self.loop.time(), received.src,
+                                                     ad.advbase, ad.advskew, ad.counter))
+
+    def _dropped(self, e: AdvertError) -> None:
+        reason = e.reason.value
+        self.m.adverts_dropped.labels(**self.m.labels, reason=reason).inc()
+        self.dropped_counts[reason] = self.dropped_counts.get(reason, 0) + 1
+        now = self.loop.time()
+        if now - self._last_drop_log.get(reason, -1e9) >= 60:  # one line a minute per reason
+            self._last_drop_log[reason] = now
+            log.warning("Dropped advertisement: %s (further drops counted in "
+                        "carp_adverts_dropped_total)", e)
+
+    # ---- effects: VIP, scripts, GARP, in order ----
+    async def _effects_worker(self) -> None:
+        while True:
+            kind, _queued = await self._effects.get()
+            try:
+                if kind == "garp":
+                    self._send_garp()
+                else:
+                    await self._vip_change(up=kind == "add")
+            except Exception:
+                log.exception("Unexpected error while handling %s", kind)
+            finally:
+                self._effects.task_done()
+
+    async def _vip_change(self, up: bool) -> None:
+        s, lb = self.s, self.m.labels
+        if s.manages_vip_by_scripts:
+            script = s.upscript if up else s.downscript
+            if script is None:
+                return
+            result = await run_script(script_argv(script, s.interface, str(self.vip.ip),
+                                                  s.xparam), s.script_timeout)
+            name = "up" if up else "down"
+            self.m.script_runs.labels(**lb, script=name, result=result.result).inc()
+            self.m.script_duration.labels(**lb, script=name).observe(result.duration)
+            return
+        try:
+            if up:
+                await self.nl.add_address(self.ifindex, self.vip, s.if_alias)
+            else:
+                await self.nl.remove_address(self.ifindex, self.vip)
+        except NetlinkError as e:
+            self.m.vip_errors.labels(**lb).inc()
+            log.error("Cannot %s VIP %s on %s: %s", "add" if up else "remove", self.vip,
+                      s.interface, e)
+
+    def _send_garp(self) -> None:
+        try:
+            self.sock.send_arp(build_garp(self.mac, self.vip.ip))
+        except OSError as e:
+            log.warning("Gratuitous ARP failed: %s", e.strerror)
+            return
+        self.m.garps_sent.labels(**self.m.labels).inc()
+        if self._takeover_started is not None:
+            self.m.takeover_duration.labels(**self.m.labels).observe(
+                self.loop.time() - self._takeover_started)
+            self._takeover_started = None
+
+    async def _garp_refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.garp_refresh)
+            if self.machine is not None and self.machine.state is State.MASTER:
+                self._effects.put_nowait(("garp", self.loop.time()))
+
+    # ---- events from netlink, health, operators ----
+    async def _netlink_events(self) -> None:
+        assert self.machine is not None
+        async for event in self.nl.events(self.ifindex):
+            if isinstance(event, LinkEvent) and event.running != self._link_running:
+                self._link_running = event.running
+                log.warning("Link %s on %s", "up" if event.running else "down", self.s.interface)
+                self._apply(self.machine.link_changed(self.loop.time(), event.running))
+            elif isinstance(event, AddressEvent) and event.address == self.vip.ip:
+                self.m.vip_present.labels(**self.m.labels).set(1 if event.added else 0)
+                if (not event.added and self.machine.state is State.MASTER
+                        and not self.s.manages_vip_by_scripts):
+                    log.warning("VIP %s was removed from %s by someone else: adding it back",
+                                self.vip.ip, self.s.interface)
+                    self._effects.put_nowait(("add", self.loop.time()))
+
+    def _health_result(self, ok: bool) -> None:
+        self.m.health_checks.labels(**self.m.labels, result="ok" if ok else "failed").inc()
+
+    def _health_changed(self, healthy: bool, error: str) -> None:
+        self.health_ok = healthy
+        self.m.health_up.labels(**self.m.labels).set(1 if healthy else 0)
+        if healthy:
+            log.warning("Service healthy again")
+        else:
+            log.warning("Service unhealthy (%s)", error)
+        self._update_demotion()
+
+    def _control(self, command: str) -> str:
+        if command in ("demote", "promote"):
+            self.maintenance = command == "demote"
+            self.m.maintenance.labels(**self.m.labels).set(1 if self.maintenance else 0)
+            log.warning("Maintenance mode %s by operator", "on" if self.maintenance else "off")
+            self._update_demotion()
+        assert self.machine is not None
+        return f"{self.machine.state.name} maintenance={'on' if self.maintenance else 'off'}"
+
+    def _update_demotion(self) -> None:
+        assert self.machine is not None
+        demoted = self.maintenance or not self.health_ok
+        if demoted != self.machine.demoted:
+            self.m.demoted.labels(**self.m.labels).set(1 if demoted else 0)
+            self._apply(self.machine.set_demoted(self.loop.time(), demoted))
+
+    def _log_state(self) -> None:
+        assert self.machine is not None
+        state = "BACKUP" if self.machine.state is not State.MASTER else "MASTER"
+        log.info("%s on %s id %d", state, self.s.interface, self.s.vhid)
+
+    # ---- HTTP views ----
+    def ready(self) -> bool:
+        return self.machine is not None and self.machine.state is not State.INIT
+
+    def status(self) -> dict[str, Any]:
+        machine = self.machine
+        return {
+            "state": machine.state.name if machine else "INIT",
+            "vhid": self.s.vhid,
+            "interface": self.s.interface,
+            "vip": str(self.vip),
+            "srcip": str(self.srcip),
+            "advbase": self.s.advbase,
+            "advskew": self.s.advskew,
+            "preempt": self.s.preempt,
+            "master_since": self.master_since,
+            "last_transition": self.last_transition,
+            "demoted": bool(machine and machine.demoted),
+            "maintenance": self.maintenance,
+            "health": None if self.health is None else {
+                "healthy": self.health.healthy, "last_error": self.health.last_error},
+            "link_running": self._link_running,
+            "peers": self.peers,
+            "counters": {"adverts_sent": self.sent_count, "adverts_received": self.received_count,
+                         "adverts_dropped": dict(self.dropped_counts)},
+        }
+
+
+def run_agent(settings: Settings, version: str = "0") -> int:
+    logs.setup(settings.log_format)
+    try:
+        return asyncio.run(Agent(settings, version=version).run())
+    except StartupError as e:
+        print(f"carp-sidecar: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,130 @@
+"""Checks of the co-located service (HTTP, TCP, exec) with rise/fall, off the protocol's path.
+
+Each check runs as its own asyncio task with a hard timeout, so a hanging check can never delay
+an advertisement. The first result sets the status at once; after that a change needs ``rise``
+consecutive successes or ``fall`` consecutive failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+from .config import Settings, host_port
+
+Check = Callable[[], Awaitable[bool]]
+
+
+def http_check(url: str, expect_status: int) -> Check:
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request = (f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
+               "User-Agent: carp-sidecar-health\r\nConnection: close\r\n\r\n").encode()
+
+    async def check() -> bool:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            status_line = await reader.readline()
+        finally:
+            writer.close()
+        fields = status_line.split()
+        return len(fields) >= 2 and fields[1] == str(expect_status).encode()
+
+    return check
+
+
+def tcp_check(target: str) -> Check:
+    host, port = host_port(target)
+
+    async def check() -> bool:
+        _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        return True
+
+    return check
+
+
+def exec_check(command: str) -> Check:
+    argv = shlex.split(command)
+
+    async def check() -> bool:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        try:
+            return await proc.wait() == 0
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+
+    return check
+
+
+def checks_from(settings: Settings) -> list[tuple[str, Check]]:
+    checks: list[tuple[str, Check]] = []
+    if settings.health_url:
+        checks.append((f"http {settings.health_url}",
+                       http_check(settings.health_url, settings.health_status)))
+    if settings.health_tcp:
+        checks.append((f"tcp {settings.health_tcp}", tcp_check(settings.health_tcp)))
+    if settings.health_cmd:
+        checks.append((f"exec {settings.health_cmd}", exec_check(settings.health_cmd)))
+    return checks
+
+
+class HealthMonitor:
+    """All configured checks must pass for the service to count as healthy."""
+
+    def __init__(self, checks: list[tuple[str, Check]], interval: float, timeout: float,
+                 rise: int, fall: int, on_result: Callable[[bool], None],
+                 on_change: Callable[[bool, str], None]) -> None:
+        self.checks, self.interval, self.timeout = checks, interval, timeout
+        self.rise, self.fall = rise, fall
+        self.healthy: bool | None = None
+        self.last_error = ""
+        self._streak = 0
+        self._on_result, self._on_change = on_result, on_change
+
+    async def run_once(self) -> bool:
+        for name, check in self.checks:
+            try:
+                ok = await asyncio.wait_for(check(), self.timeout)
+                error = "" if ok else f"{name}: unexpected answer"
+            except TimeoutError:
+                ok, error = False, f"{name}: no answer within {self.timeout:g} s"
+            except OSError as e:
+                ok, error = False, f"{name}: {e.strerror or e}"
+            if not ok:
+                self.last_error = error
+                return False
+        self.last_error = ""
+        return True
+
+    def record(self, ok: bool) -> None:
+        self._on_result(ok)
+        if self.healthy is None:
+            self.healthy = ok
+            self._on_change(ok, self.last_error)
+            return
+        if ok == self.healthy:
+            self._streak = 0
+            return
+        self._streak += 1
+        if self._streak >= (self.rise if ok else self.fall):
+            self.healthy, self._streak = ok, 0
+            self._on_change(ok, self.last_error)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self.record(await self.run_once())
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))

@@ -1,0 +1,123 @@
+"""Every Prometheus metric of the agent, declared in one place (prefix ``carp_``).
+
+All series that can be known at start exist at start (counters at 0), so ``rate()`` and alerts
+work on a fresh node. The state encoding matches keepalived exporters: 0 INIT, 1 BACKUP, 2 MASTER.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import gc_collector, platform_collector, process_collector
+
+from .machine import Reason, State
+from .protocol import DropReason
+
+# (from, to, reason) triples the machine can produce; pre-created so they start at 0
+TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
+    (State.INIT, State.BACKUP, Reason.STARTUP),
+    *((State.BACKUP, State.MASTER, r) for r in
+      (Reason.MASTER_DOWN, Reason.PREEMPT, Reason.MASTER_TIMEOUT, Reason.HANDOVER)),
+    *((State.MASTER, State.BACKUP, r) for r in
+      (Reason.PREFERRED_MASTER, Reason.LINK_DOWN, Reason.DEMOTED)),
+    (State.MASTER, State.INIT, Reason.STOP),
+    (State.BACKUP, State.INIT, Reason.STOP),
+)
+SCRIPT_RESULTS = ("ok", "failed", "timeout", "error")
+TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, vhid: int, interface: str, version: str,
+                 process_metrics: bool = True) -> None:
+        r, base = registry, ["vhid", "interface"]
+        self.labels = {"vhid": str(vhid), "interface": interface}
+        if process_metrics:
+            process_collector.ProcessCollector(registry=r)
+            platform_collector.PlatformCollector(registry=r)
+            gc_collector.GCCollector(registry=r)
+        Info("carp_build", "carp-sidecar build", registry=r).info(
+            {"version": version, "python": platform.python_version()})
+        self.state = Gauge("carp_state", "1 for the current state, 0 for the others",
+                           [*base, "state"], registry=r)
+        self.state_code = Gauge("carp_state_code", "Current state: 0 INIT, 1 BACKUP, 2 MASTER",
+                                base, registry=r)
+        self.is_master = Gauge("carp_is_master", "1 while MASTER (sum by (vhid) must be 1)",
+                               base, registry=r)
+        self.transitions = Counter("carp_transitions", "State transitions",
+                                   [*base, "from", "to", "reason"], registry=r)
+        self.last_transition = Gauge("carp_last_transition_timestamp_seconds",
+                                     "Unix time of the last state transition", base, registry=r)
+        self.adverts_sent = Counter("carp_adverts_sent", "Advertisements sent", base, registry=r)
+        self.advert_send_errors = Counter("carp_advert_send_errors", "Advertisements the kernel "
+                                          "refused to send", base, registry=r)
+        self.adverts_received = Counter("carp_adverts_received", "Valid advertisements received",
+                                        base, registry=r)
+        self.adverts_dropped = Counter("carp_adverts_dropped", "Received packets dropped, by reason",
+                                       [*base, "reason"], registry=r)
+        self.vip_present = Gauge("carp_vip_present", "1 while the VIP is on the interface "
+                                 "(observed by netlink)", base, registry=r)
+        self.advbase = Gauge("carp_advbase_seconds", "Configured advbase", base, registry=r)
+        self.advskew = Gauge("carp_advskew", "Configured advskew (1/256 s)", base, registry=r)
+        self.demoted = Gauge("carp_demoted", "1 while this node refuses to be MASTER "
+                             "(unhealthy service or maintenance)", base, registry=r)
+        self.maintenance = Gauge("carp_maintenance", "1 while demoted by an operator", base,
+                                 registry=r)
+        self.master_down_interval = Gauge("carp_master_down_interval_seconds",
+                                          "How long a BACKUP waits for a silent master", base,
+                                          registry=r)
+        self.peer_last_advert = Gauge("carp_peer_last_advert_timestamp_seconds",
+                                      "Unix time of the last valid advert from a peer",
+                                      [*base, "peer"], registry=r)
+        self.peer_advskew = Gauge("carp_peer_advskew", "advskew a peer advertises",
+                                  [*base, "peer"], registry=r)
+        self.peer_advbase = Gauge("carp_peer_advbase_seconds", "advbase a peer advertises",
+                                  [*base, "peer"], registry=r)
+        self.script_runs = Counter("carp_script_runs", "Up/down script runs by result",
+                                   [*base, "script", "result"], registry=r)
+        self.script_duration = Histogram("carp_script_duration_seconds", "Script run time",
+                                         [*base, "script"], registry=r)
+        self.vip_errors = Counter("carp_vip_errors", "Failed netlink VIP changes", base, registry=r)
+        self.health_up = Gauge("carp_health_up", "Co-located service check: 1 healthy, 0 not "
+                               "(1 when no check is configured)", base, registry=r)
+        self.health_checks = Counter("carp_health_checks", "Health check results",
+                                     [*base, "result"], registry=r)
+        self.conflicts = Counter("carp_conflicts", "Another MASTER heard while MASTER "
+                                 "(split brain evidence)", base, registry=r)
+        self.garps_sent = Counter("carp_garps_sent", "Gratuitous ARPs sent", base, registry=r)
+        self.handovers_sent = Counter("carp_handovers_sent", "Bow-out adverts sent when leaving "
+                                      "MASTER on purpose", base, registry=r)
+        self.handovers_received = Counter("carp_handovers_received", "Bow-out adverts received",
+                                          base, registry=r)
+        self.takeover_duration = Histogram("carp_takeover_duration_seconds", "From deciding to "
+                                           "become MASTER to VIP added and GARP sent", base,
+                                           buckets=TAKEOVER_BUCKETS, registry=r)
+        self._precreate()
+
+    def _precreate(self) -> None:
+        lb = self.labels
+        for s in State:
+            self.state.labels(**lb, state=s.name)
+        for old, new, reason in TRANSITIONS:
+            self.transitions.labels(**lb, **{"from": old.name, "to": new.name}, reason=reason.value)
+        for d in DropReason:
+            self.adverts_dropped.labels(**lb, reason=d.value)
+        for script in ("up", "down"):
+            self.script_duration.labels(**lb, script=script)
+            for result in SCRIPT_RESULTS:
+                self.script_runs.labels(**lb, script=script, result=result)
+        for result in ("ok", "failed"):
+            self.health_checks.labels(**lb, result=result)
+        for unlabelled in (self.adverts_sent, self.advert_send_errors, self.adverts_received,
+                           self.vip_errors, self.conflicts, self.garps_sent, self.handovers_sent,
+                           self.handovers_received, self.takeover_duration):
+            unlabelled.labels(**lb)
+        self.health_up.labels(**lb).set(1)
+        self.set_state(State.INIT)
+
+    def set_state(self, state: State) -> None:
+        for s in State:
+            self.state.labels(**self.labels, state=s.name).set(1 if s is state else 0)
+        self.state_code.labels(**self.labels).set(int(state))
+        self.is_master.labels(**self.labels).set(1 if state is State.MASTER else 0)

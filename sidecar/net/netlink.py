@@ -1,0 +1,109 @@
+"""Netlink through pyroute2's asyncio API: the interface, the VIP, and link/address events."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+IFF_RUNNING = 0x40
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+AF_INET = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    index: int
+    mac: bytes
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AddressEvent:
+    address: IPv4Address
+    added: bool
+
+
+class InterfaceNotFound(LookupError):
+    pass
+
+
+class Netlink:
+    """Requests on one socket; :meth:`events` opens its own multicast-bound socket."""
+
+    def __init__(self) -> None:
+        self._ipr = AsyncIPRoute()
+
+    async def link(self, ifname: str) -> Link:
+        found = await self._ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise InterfaceNotFound(ifname)
+        msg = [m async for m in await self._ipr.get_links(found[0])][0]
+        mac = bytes.fromhex((msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00").replace(":", ""))
+        return Link(found[0], mac, bool(msg["flags"] & IFF_RUNNING))
+
+    async def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
+        msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET)]
+        return [IPv4Interface(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]
+
+    async def has_address(self, index: int, address: IPv4Address) -> bool:
+        return any(a.ip == address for a in await self.ipv4_addresses(index))
+
+    async def add_address(self, index: int, vip: IPv4Interface, label: str | None) -> bool:
+        """Add; False if it was already there."""
+        extra: dict[str, Any] = {"label": label} if label else {}
+        try:
+            await self._ipr.addr("add", index=index, address=str(vip.ip),
+                                 prefixlen=vip.network.prefixlen, **extra)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise
+        return True
+
+    async def remove_address(self, index: int, vip: IPv4Interface) -> bool:
+        """Remove whatever prefix it has; False if it was not there."""
+        removed = False
+        for have in await self.ipv4_addresses(index):
+            if have.ip != vip.ip:
+                continue
+            try:
+                await self._ipr.addr("del", index=index, address=str(have.ip),
+                                     prefixlen=have.network.prefixlen)
+                removed = True
+            except NetlinkError as e:
+                if e.code != errno.EADDRNOTAVAIL:
+                    raise
+        return removed
+
+    async def events(self, index: int) -> AsyncIterator[LinkEvent | AddressEvent]:
+        monitor = AsyncIPRoute()
+        try:
+            await monitor.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
+            while True:  # get() yields one batch of messages per call
+                async for msg in monitor.get():
+                    if msg.get("index") != index:
+                        continue
+                    event = msg.get("event")
+                    if event == "RTM_NEWLINK":
+                        yield LinkEvent(bool(msg["flags"] & IFF_RUNNING))
+                    elif event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("family") == AF_INET:
+                        address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                        if address:
+                            yield AddressEvent(IPv4Address(address), event == "RTM_NEWADDR")
+        finally:
+            monitor.close()
+
+    def close(self) -> None:
+        self._ipr.close()

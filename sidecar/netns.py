@@ -1,0 +1,145 @@
+"""Throw-away network topologies in network namespaces, for the lab and the integration tests.
+
+A "switch" namespace holds a bridge; every host namespace gets an ``eth0`` veth whose other end
+is a port on that bridge. Nothing is created in the caller's namespace, every name carries a
+random tag so parallel runs never collide, and :meth:`Topology.destroy` removes everything
+(deleting a namespace deletes its veths and bridge with it).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Host:
+    name: str
+    ns: str
+    address: IPv4Interface
+    port: str  # the bridge port (switch side) of this host's cable
+
+    def argv(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *cmd]
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return sh(*self.argv(*cmd), check=check, timeout=timeout)
+
+    def popen(self, cmd: Sequence[str], log: Path | None = None,
+              env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[bytes]:
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+        try:
+            return subprocess.Popen(self.argv(*cmd), stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True, **kw)  # type: ignore[call-overload]
+        finally:
+            if log:
+                out.close()  # type: ignore[union-attr]
+
+
+@dataclass
+class Topology:
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    hosts: dict[str, Host] = field(default_factory=dict)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def switch(self) -> str:
+        return f"carp{self.tag}-sw"
+
+    def create(self, addresses: dict[str, str]) -> Topology:
+        """``{"a": "172.16.0.11/16", ...}``: one namespace per host, all on one bridge."""
+        try:
+            sh("ip", "netns", "add", self.switch)
+            sw = ["ip", "-n", self.switch]
+            sh(*sw, "link", "add", "br0", "type", "bridge")
+            sh(*sw, "link", "set", "br0", "up")
+            sh(*sw, "link", "set", "lo", "up")
+            for i, (name, addr) in enumerate(addresses.items()):
+                ns, port = f"carp{self.tag}-{name}", f"p{i}"
+                sh("ip", "netns", "add", ns)
+                sh(*sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                sh(*sw, "link", "set", port, "master", "br0", "up")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+                sh("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
+                sh("ip", "-n", ns, "link", "set", "eth0", "up")
+                self.hosts[name] = Host(name, ns, IPv4Interface(addr), port)
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __getitem__(self, name: str) -> Host:
+        return self.hosts[name]
+
+    def unplug(self, name: str) -> None:
+        """Pull the cable: the host's eth0 loses carrier, like ucarp's users do in the tutorial."""
+        sh("ip", "-n", self.switch, "link", "set", self.hosts[name].port, "down")
+
+    def plug(self, name: str) -> None:
+        sh("ip", "-n", self.switch, "link", "set", self.hosts[name].port, "up")
+
+    def isolate(self, name: str, isolated: bool = True) -> None:
+        """Block the host's traffic at the switch while its link stays up (a silent partition)."""
+        sh("ip", "netns", "exec", self.switch, "bridge", "link", "set", "dev",
+           self.hosts[name].port, "state", "0" if isolated else "3")
+
+    def start(self, name: str, cmd: Sequence[str], log: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = self.hosts[name].popen(cmd, log=log, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def destroy(self) -> None:
+        for proc in self.procs:
+            stop_process(proc, timeout=3)
+        for ns in [f"carp{self.tag}-{n}" for n in self.hosts] + [self.switch]:
+            _kill_namespace_processes(ns)
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5, sig: int = signal.SIGTERM) -> int | None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
+def _kill_namespace_processes(ns: str) -> None:
+    result = sh("ip", "netns", "pids", ns, check=False)
+    for pid in result.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    deadline = time.monotonic() + 3
+    while sh("ip", "netns", "pids", ns, check=False).stdout.strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def require_root_and_tools(tools: Sequence[str]) -> str | None:
+    """None when we can build namespaces and run ``tools``; else why not."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    missing = [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
+    if missing:
+        return f"missing programs: {', '.join(missing)} (make deps installs them)"
+    return None
