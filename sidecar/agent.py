@@ -29,7 +29,16 @@ from .control import ControlServer, socket_path
 from .health import HealthMonitor, checks_from
 from .http import StatusServer
 from .machine import (
-    Action, AddVip, Conflict, DropVip, Machine, Params, Reason, SendAdvert, SendGarp, State,
+    Action,
+    AddVip,
+    Conflict,
+    DropVip,
+    Machine,
+    Params,
+    Reason,
+    SendAdvert,
+    SendGarp,
+    State,
     Transition,
 )
 from .metrics import Metrics
@@ -41,6 +50,7 @@ from .scripts import run_script, script_argv
 
 log = logging.getLogger("carp-sidecar")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+SUCCESSOR_WAIT = 0.8  # s a stopping master keeps the VIP waiting for the new master's advert
 WHY = {
     Reason.PREEMPT: "Putting MASTER down - preemption",
     Reason.MASTER_TIMEOUT: "Putting MASTER DOWN (going to time out)",
@@ -86,6 +96,7 @@ class Agent:
         self._armed_for = 0.0
         self._takeover_started: float | None = None
         self._stopping = asyncio.Event()
+        self._successor = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_drop_log: dict[str, float] = {}
         self._link_running = True
@@ -213,8 +224,17 @@ class Agent:
 
     async def _shutdown(self) -> None:
         assert self.machine is not None
+        actions = self.machine.stop(self.loop.time())
+        bow_out = [a for a in actions if isinstance(a, SendAdvert)]
+        if bow_out:
+            # Keep the VIP until a successor announces itself (or SUCCESSOR_WAIT passes): the
+            # client then never meets a moment where nobody answers for the VIP.
+            self._successor.clear()
+            self._apply(bow_out)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._successor.wait(), SUCCESSOR_WAIT)
         self.loop.remove_reader(self.sock.fileno())
-        self._apply(self.machine.stop(self.loop.time()))
+        self._apply([a for a in actions if not isinstance(a, SendAdvert)])
         # let the VIP removal / downscript finish; scripts have their own timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._effects.join(), self.s.script_timeout + 1)
@@ -321,6 +341,7 @@ class Agent:
                                 "advskew": ad.advskew}
             if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
                 self.m.handovers_received.labels(**lb).inc()
+            self._successor.set()
             self._apply(self.machine.advert_received(self.loop.time(), received.src,
                                                      ad.advbase, ad.advskew, ad.counter))
 

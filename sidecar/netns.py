@@ -8,6 +8,7 @@ random tag so parallel runs never collide, and :meth:`Topology.destroy` removes 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -111,10 +112,8 @@ class Topology:
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5, sig: int = signal.SIGTERM) -> int | None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -126,10 +125,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5, sig: int = s
 def _kill_namespace_processes(ns: str) -> None:
     result = sh("ip", "netns", "pids", ns, check=False)
     for pid in result.stdout.split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
     deadline = time.monotonic() + 3
     while sh("ip", "netns", "pids", ns, check=False).stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.05)

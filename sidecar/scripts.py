@@ -8,6 +8,7 @@ has a timeout after which its whole process group is killed. Output goes to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -57,7 +58,5 @@ async def run_script(argv: list[str], timeout: float) -> ScriptResult:
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -49,7 +49,8 @@ class Netlink:
         found = await self._ipr.link_lookup(ifname=ifname)
         if not found:
             raise InterfaceNotFound(ifname)
-        msg = [m async for m in await self._ipr.get_links(found[0])][0]
+        msgs = [m async for m in await self._ipr.get_links(found[0])]
+        msg = msgs[0]
         mac = bytes.fromhex((msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00").replace(":", ""))
         return Link(found[0], mac, bool(msg["flags"] & IFF_RUNNING))
 

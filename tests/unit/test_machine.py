@@ -121,12 +121,12 @@ def test_backup_takes_over_at_once_on_bow_out_advert_with_zero_skew() -> None:
     assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.HANDOVER, PEER)
 
 
-def test_backup_takes_over_on_bow_out_after_its_own_skew() -> None:
-    m = machine(advskew=64)  # 0.25 s
+def test_backup_takes_over_on_bow_out_after_a_skew_proportional_delay() -> None:
+    m = machine(advskew=64)  # 0.25 s of skew -> 31.25 ms of handover delay
     m.start(0.0)
     assert m.advert_received(1.0, PEER, 255, 255, 7) == []
-    assert m.next_deadline() == pytest.approx(1.25)
-    actions = m.timer_expired(1.25)
+    assert m.next_deadline() == pytest.approx(1.03125)
+    actions = m.timer_expired(1.03125)
     assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.HANDOVER)
 
 
@@ -323,7 +323,7 @@ def test_scenario_graceful_stop_hands_over_with_one_transition_among_three() -> 
     sim.run_until(20.0)
     assert sim.masters() == ["b"]
     b_up = [t for t, tr in b.transitions if tr.new is State.MASTER]
-    assert b_up[0] - stopped_at == pytest.approx(20 / 256, abs=1e-6)
+    assert b_up[0] - stopped_at == pytest.approx(20 / 256 / 8, abs=1e-6)
     assert [tr.new for _, tr in c.transitions] == [State.BACKUP]  # c never flapped
 
 

@@ -1,0 +1,303 @@
+"""The one-machine failover lab (`carp-sidecar lab`, `make demo`): the classic ucarp + Apache
+tutorial replayed in network namespaces, with a live timeline of what the client sees.
+
+node-a (preferred, preempt) and node-b each run a real Apache whose page names the node and a
+carp-sidecar; a client polls http://VIP/ every 10 ms. Each step says what it does, waits for
+the expected outcome, and reports the client-visible downtime it measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .netns import Topology, require_root_and_tools, stop_process
+
+VIP = "172.16.0.1"
+ADDRESSES = {"a": "172.16.0.11/16", "b": "172.16.0.12/16", "client": "172.16.0.100/16"}
+APACHE = "/usr/sbin/apache2"
+APACHE_MODULES = "/usr/lib/apache2/modules"
+LAB_PASSWORD = "lab-only"  # noqa: S105 - a throw-away secret inside the lab's own namespaces
+
+
+def apache_config(root: Path, node: str, port: int = 80) -> Path:
+    """A minimal Apache serving one page that names ``node`` (not the system service)."""
+    www = root / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "index.html").write_text(f"{node}\n")
+    conf = root / "httpd.conf"
+    conf.write_text(f"""ServerRoot "{root}"
+ServerName {node}
+Listen {port}
+PidFile {root}/httpd.pid
+DefaultRuntimeDir {root}
+ErrorLog {root}/error.log
+LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so
+LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so
+LoadModule dir_module {APACHE_MODULES}/mod_dir.so
+User www-data
+Group www-data
+DocumentRoot {www}
+DirectoryIndex index.html
+<Directory {www}>
+  Require all granted
+</Directory>
+""")
+    for p in (root, www, www / "index.html", conf):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return conf
+
+
+def agent_env(lab_dir: Path, node: str, srcip: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
+    env.update({
+        "CARP_INTERFACE": "eth0", "CARP_SRCIP": srcip, "CARP_VHID": "1",
+        "CARP_PASS": LAB_PASSWORD, "CARP_ADDR": f"{VIP}/16", "CARP_IF_ALIAS": "eth0:0",
+        "CARP_CONTROL_SOCKET": str(lab_dir / f"{node}.sock"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Lab:
+    """Nodes a and b with Apache and carp-sidecar, and a polling client, on one bridge."""
+
+    topo: Topology = field(default_factory=Topology)
+    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="carp-lab-")))
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    apaches: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    probe_lines: list[dict[str, Any]] = field(default_factory=list)
+    on_probe: Callable[[dict[str, Any]], None] | None = None
+
+    def __enter__(self) -> Lab:
+        os.chmod(self.dir, 0o755)
+        self.topo.create(ADDRESSES)
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.topo.destroy()
+        if exc_type is not None:
+            for log in sorted(self.dir.glob("*.log")):
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                print(f"--- last lines of {log.name} ---", *tail, sep="\n", file=sys.stderr)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start_apache(self, node: str) -> None:
+        conf = apache_config(self.dir / f"apache-{node}", f"node-{node}")
+        self.apaches[node] = self.topo.start(node, [APACHE, "-f", str(conf), "-DFOREGROUND"])
+        self.wait(lambda: self.get(node, "http://127.0.0.1/") == f"node-{node}", 10,
+                  f"Apache on node-{node}")
+
+    def kill_apache(self, node: str) -> None:
+        stop_process(self.apaches.pop(node), sig=signal.SIGKILL)
+
+    def start_agent(self, node: str, **extra: str) -> subprocess.Popen[bytes]:
+        srcip = ADDRESSES[node].split("/")[0]
+        cmd = [sys.executable, "-m", "sidecar.cli", "run"]
+        proc = self.topo.start(node, cmd, log=self.dir / f"{node}.log",
+                               env=agent_env(self.dir, node, srcip, **extra))
+        self.agents[node] = proc
+        return proc
+
+    def stop_agent(self, node: str, sig: int = signal.SIGTERM) -> int | None:
+        return stop_process(self.agents.pop(node), sig=sig)
+
+    def start_probe(self) -> None:
+        cmd = [sys.executable, "-m", "sidecar.probe", f"http://{VIP}/"]
+        proc = subprocess.Popen(self.topo["client"].argv(*cmd), stdout=subprocess.PIPE,
+                                start_new_session=True)
+        self.topo.procs.append(proc)
+        threading.Thread(target=self._read_probe, args=(proc,), daemon=True).start()
+
+    def _read_probe(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = json.loads(raw)
+            self.probe_lines.append(line)
+            if self.on_probe:
+                self.on_probe(line)
+
+    # ---- observations ----
+    def get(self, node: str, url: str) -> str | None:
+        r = self.topo[node].run("curl", "-s", "-m", "1", url, check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def status(self, node: str) -> dict[str, Any] | None:
+        text = self.get(node, "http://127.0.0.1:9655/status")
+        try:
+            return json.loads(text) if text else None
+        except json.JSONDecodeError:
+            return None
+
+    def state(self, node: str) -> str | None:
+        st = self.status(node)
+        return st["state"] if st else None
+
+    def has_vip(self, node: str) -> bool:
+        out = self.topo[node].run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        return f" {VIP}/" in out
+
+    def client_sees(self) -> str | None:
+        return self.probe_lines[-1]["body"] if self.probe_lines else None
+
+    def downtime_ms(self, since: float, body: str) -> float | None:
+        """Client-visible gap before the first answer from ``body`` after ``since``."""
+        for line in self.probe_lines:
+            if line["t"] >= since and line["ok"] and line["body"] == body:
+                return float(line["gap_ms"])
+        return None
+
+    @staticmethod
+    def wait(cond: Callable[[], bool], timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if cond():
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.t0 = time.time()
+        self._lock = threading.Lock()
+
+    def say(self, text: str, t: float | None = None) -> None:
+        with self._lock:
+            print(f"  +{(t or time.time()) - self.t0:7.2f}s  {text}", flush=True)
+
+
+@dataclass
+class Step:
+    title: str
+    expect: str  # the node the client must end up seeing
+    act: Callable[[], None]
+    downtime_ms: float | None = None
+    ok: bool = False
+
+
+def _watch_states(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
+    seen: dict[str, tuple[str, str] | None] = {}
+    while not stop.is_set():
+        for node in ("a", "b"):
+            st = lab.status(node) if node in lab.agents else None
+            key = (st["state"], (st["last_transition"] or {}).get("reason", "")) if st else None
+            if key != seen.get(node):
+                seen[node] = key
+                if key:
+                    timeline.say(f"node-{node}: {key[0]:<6} ({key[1]})")
+                else:
+                    timeline.say(f"node-{node}: agent not running")
+        stop.wait(0.1)
+
+
+def _steps(lab: Lab, short: bool) -> list[Step]:
+    def restart_apache_a() -> None:
+        lab.start_apache("a")
+
+    steps = [
+        Step("unplug node-a's network cable", "node-b", lambda: lab.topo.unplug("a")),
+        Step("plug node-a back in (it has preempt: it takes the VIP back)", "node-a",
+             lambda: lab.topo.plug("a")),
+    ]
+    if not short:
+        steps += [
+            Step("kill Apache on node-a (health check fails, node-a demotes itself)", "node-b",
+                 lambda: lab.kill_apache("a")),
+            Step("start Apache on node-a again (healthy: it preempts back)", "node-a",
+                 restart_apache_a),
+        ]
+    steps.append(Step("stop node-a's agent gracefully (SIGTERM: immediate handover)", "node-b",
+                      lambda: lab.stop_agent("a") and None))
+    return steps
+
+
+def run_lab(short: bool = False, keep: bool = False) -> int:
+    why = require_root_and_tools([APACHE, "curl", "ip"])
+    if why:
+        print(f"carp-sidecar lab: {why}", file=sys.stderr)
+        return 2
+    timeline = Timeline()
+    print("carp-sidecar lab: the classic ucarp + Apache failover, in network namespaces")
+    stop = threading.Event()
+    steps: list[Step] = []
+    try:
+        with Lab() as lab:
+            lab.on_probe = lambda line: timeline.say(
+                f"client: {'answer from ' + line['body'] if line['ok'] else 'no answer'}"
+                + (f" (after {line['gap_ms']:.0f} ms without an answer)"
+                   if line["ok"] and line["gap_ms"] > 50 else ""), line["t"])
+            timeline.say(f"namespaces up (tag {lab.topo.tag}): node-a 172.16.0.11, node-b "
+                         f"172.16.0.12, client 172.16.0.100, VIP {VIP}")
+            for node in ("a", "b"):
+                lab.start_apache(node)
+            health = {"CARP_HEALTH_URL": "http://127.0.0.1/", "CARP_HEALTH_INTERVAL": "0.5"}
+            lab.start_agent("a", CARP_PREEMPT="true", **health)
+            lab.start_agent("b", CARP_ADVSKEW="100", **health)
+            timeline.say("Apache and carp-sidecar running on both nodes (node-a: advskew 0 + "
+                         "preempt, node-b: advskew 100)")
+            for node, ip in (("a", "172.16.0.11"), ("b", "172.16.0.12")):
+                timeline.say(f"metrics of node-{node}: ip netns exec {lab.topo['client'].ns} "
+                             f"curl http://{ip}:9655/metrics")
+            threading.Thread(target=_watch_states, args=(lab, timeline, stop), daemon=True).start()
+            lab.start_probe()
+            lab.wait(lambda: lab.client_sees() == "node-a", 15, "the client to reach node-a")
+            timeline.say("step 0: node-a is MASTER and serves the VIP")
+            steps = _steps(lab, short)
+            for number, step in enumerate(steps, 1):
+                time.sleep(1.5)
+                timeline.say(f"step {number}: {step.title}")
+                began = time.time()
+                step.act()
+                lab.wait(lambda s=step: lab.client_sees() == s.expect, 20,  # type: ignore[misc]
+                         f"the client to see {step.expect}")
+                step.downtime_ms = lab.downtime_ms(began, step.expect)
+                step.ok = True
+                holders = [n for n in ("a", "b") if lab.has_vip(n)]
+                timeline.say(f"step {number} done: client sees {step.expect}; VIP on "
+                             f"{', '.join('node-' + h for h in holders) or 'nobody'}; "
+                             f"client-visible downtime {step.downtime_ms:.0f} ms")
+            time.sleep(1)
+            lab.on_probe = None
+            _summary(steps)
+            if keep:
+                print("lab left running; press Ctrl-C to tear it down "
+                      f"(logs in {lab.dir})", flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    signal.pause()
+            stop.set()
+    except TimeoutError as e:
+        stop.set()
+        print(f"carp-sidecar lab: FAILED: {e}", file=sys.stderr)
+        _summary(steps)
+        return 1
+    except KeyboardInterrupt:
+        stop.set()
+        print("carp-sidecar lab: interrupted; everything removed", file=sys.stderr)
+        return 130
+    print("carp-sidecar lab: all steps passed; namespaces, processes and VIPs removed")
+    return 0
+
+
+def _summary(steps: list[Step]) -> None:
+    if not steps:
+        return
+    print("\n  step                                                          client sees  downtime")
+    for i, s in enumerate(steps, 1):
+        down = f"{s.downtime_ms:7.0f} ms" if s.downtime_ms is not None else "        -"
+        print(f"  {i}. {s.title[:58]:<58}  {s.expect if s.ok else 'FAILED':<11}  {down}")
+    print(flush=True)
