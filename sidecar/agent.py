@@ -225,7 +225,7 @@ class Agent:
     async def _shutdown(self) -> None:
         assert self.machine is not None
         actions = self.machine.stop(self.loop.time())
-        bow_out = [a for a in actions if isinstance(a, SendAdvert)]
+        bow_out: list[Action] = [a for a in actions if isinstance(a, SendAdvert)]
         if bow_out:
             # Keep the VIP until a successor announces itself (or SUCCESSOR_WAIT passes): the
             # client then never meets a moment where nobody answers for the VIP.

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "lab":
             from .lab import run_lab
 
-            return run_lab(short=args.short, keep=args.keep)
+            return int(run_lab(short=args.short, keep=args.keep))
         if command in ("demote", "promote"):
             from .control import send_command, socket_path
 

@@ -29,7 +29,7 @@ VIP = "172.16.0.1"
 ADDRESSES = {"a": "172.16.0.11/16", "b": "172.16.0.12/16", "client": "172.16.0.100/16"}
 APACHE = "/usr/sbin/apache2"
 APACHE_MODULES = "/usr/lib/apache2/modules"
-LAB_PASSWORD = "lab-only"  # noqa: S105 - a throw-away secret inside the lab's own namespaces
+LAB_PASSWORD = "lab-only"
 
 
 def apache_config(root: Path, node: str, port: int = 80) -> Path:
@@ -209,6 +209,9 @@ def _steps(lab: Lab, short: bool) -> list[Step]:
     def restart_apache_a() -> None:
         lab.start_apache("a")
 
+    def stop_agent_a() -> None:
+        lab.stop_agent("a")
+
     steps = [
         Step("unplug node-a's network cable", "node-b", lambda: lab.topo.unplug("a")),
         Step("plug node-a back in (it has preempt: it takes the VIP back)", "node-a",
@@ -222,7 +225,7 @@ def _steps(lab: Lab, short: bool) -> list[Step]:
                  restart_apache_a),
         ]
     steps.append(Step("stop node-a's agent gracefully (SIGTERM: immediate handover)", "node-b",
-                      lambda: lab.stop_agent("a") and None))
+                      stop_agent_a))
     return steps
 
 

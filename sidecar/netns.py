@@ -42,8 +42,10 @@ class Host:
               env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[bytes]:
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
         try:
-            return subprocess.Popen(self.argv(*cmd), stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, **kw)  # type: ignore[call-overload]
+            proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+                self.argv(*cmd), stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, **kw)
+            return proc
         finally:
             if log:
                 out.close()  # type: ignore[union-attr]
