@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps
+APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools
 IMAGE ?= localhost/carp-sidecar
 PYTEST_ARGS ?=
 

@@ -105,11 +105,13 @@ class Lab:
     def kill_apache(self, node: str) -> None:
         stop_process(self.apaches.pop(node), sig=signal.SIGKILL)
 
-    def start_agent(self, node: str, **extra: str) -> subprocess.Popen[bytes]:
+    def start_agent(self, node: str, *args: str, **extra: str) -> subprocess.Popen[bytes]:
+        """carp-sidecar [args] run in the node, with the lab's CARP_* plus ``extra``."""
         srcip = ADDRESSES[node].split("/")[0]
-        cmd = [sys.executable, "-m", "sidecar.cli", "run"]
-        proc = self.topo.start(node, cmd, log=self.dir / f"{node}.log",
-                               env=agent_env(self.dir, node, srcip, **extra))
+        cmd = [sys.executable, "-m", "sidecar.cli", *args, "run"]
+        env = agent_env(self.dir, node, srcip, **extra)
+        env = {k: v for k, v in env.items() if v != ""}  # "" unsets a lab default
+        proc = self.topo.start(node, cmd, log=self.dir / f"{node}.log", env=env)
         self.agents[node] = proc
         return proc
 

@@ -198,3 +198,21 @@ def test_scapy_decodes_our_advert_field_by_field() -> None:
     assert (carp.counter1 << 32) | carp.counter2 == 0x1122334455667788
     raw = bytes(carp)[:36]
     assert internet_checksum(raw) == 0
+
+
+def test_committed_real_ucarp_capture_verifies_with_our_hmac() -> None:
+    from pathlib import Path
+
+    import scapy.layers.l2  # noqa: F401 - registers Ethernet for rdpcap
+    from scapy.utils import rdpcap
+
+    frames = rdpcap(str(Path(__file__).parents[1] / "data/ucarp-1.5.2-adverts.pcap"))
+    assert len(frames) == 3
+    for frame in frames:
+        raw = bytes(frame)
+        assert raw[6:12] == bytes.fromhex("00005e000001")  # ucarp's fixed source MAC
+        got = parse_packet(raw[14:], EXPECT)
+        assert (got.advert.advbase, got.advert.advskew) == (1, 10)
+        with pytest.raises(AdvertError) as e:
+            parse_packet(raw[14:], Expect(vhid=1, key=b"geheim!", vip=VIP))
+        assert e.value.reason is DropReason.BAD_HMAC
