@@ -1,0 +1,39 @@
+"""`carp-sidecar lab --short` plays the scenario and its timeline says what happened."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def test_lab_short_timeline() -> None:
+    r = subprocess.run([sys.executable, "-m", "sidecar.cli", "lab", "--short"],
+                       capture_output=True, text=True, timeout=120)
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    order = [
+        r"step 0: node-a is MASTER and serves the VIP",
+        r"step 1: unplug node-a's network cable",
+        r"node-a: BACKUP +\(link_down\)",
+        r"node-b: MASTER",
+        r"step 1 done: client sees node-b; VIP on node-b; client-visible downtime \d+ ms",
+        r"step 2 done: client sees node-a; VIP on node-a",
+        r"node-a: MASTER +\(preempt\)",
+        r"step 3 done: client sees node-b; VIP on node-b",
+        r"node-b: MASTER +\(handover\)",
+        r"all steps passed",
+    ]
+    for pattern in order:
+        assert re.search(pattern, out), f"{pattern!r} missing from:\n{out}"
+    tag = re.search(r"tag (\w+)", out)
+    assert tag is not None
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert tag.group(1) not in leftovers
+
+
+def test_lab_refuses_without_root_with_exit_2() -> None:
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-m", "sidecar.cli", "lab", "--short"],
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 2 and "needs root" in r.stderr, r.stderr
