@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools
+APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables
 IMAGE ?= localhost/carp-sidecar
 PYTEST_ARGS ?=
 
@@ -22,7 +22,7 @@ help: ## list targets
 	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@# the Debian packages start services we do not want: the tests run their own instances
-	@for s in apache2 prometheus keepalived ucarp prometheus-node-exporter; do \
+	@for s in apache2 prometheus keepalived ucarp prometheus-node-exporter nftables; do \
 	  systemctl disable --now $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
 	@touch $@
 

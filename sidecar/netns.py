@@ -98,6 +98,21 @@ class Topology:
         sh("ip", "netns", "exec", self.switch, "bridge", "link", "set", "dev",
            self.hosts[name].port, "state", "0" if isolated else "3")
 
+    def block_carp(self, name: str, blocked: bool = True) -> None:
+        """Drop IP protocol 112 to and from the host at the switch; everything else passes (a
+        partition of the CARP group only, so Prometheus still scrapes both sides)."""
+        port = self.hosts[name].port
+        if blocked:
+            rules = (f"table bridge carpblock_{port} {{\n chain forward {{\n"
+                     "  type filter hook forward priority 0;\n"
+                     f'  iifname "{port}" ip protocol 112 drop\n'
+                     f'  oifname "{port}" ip protocol 112 drop\n }}\n}}\n')
+            subprocess.run(["ip", "netns", "exec", self.switch, "nft", "-f", "-"], input=rules,
+                           text=True, check=True, capture_output=True, timeout=30)
+        else:
+            sh("ip", "netns", "exec", self.switch, "nft", "delete", "table", "bridge",
+               f"carpblock_{port}")
+
     def start(self, name: str, cmd: Sequence[str], log: Path | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         proc = self.hosts[name].popen(cmd, log=log, env=env)

@@ -57,10 +57,10 @@ def test_sigkill_master_backup_takes_over_and_restart_removes_stale_vip(lab: Lab
     start_pair(lab)
     lab.stop_agent("a", sig=signal.SIGKILL)  # no chance to clean up: the VIP stays behind
     assert "a" in vip_holders(lab)
-    wait_for(lambda: status(lab, "b")["state"] == "MASTER", 6, "node-b MASTER after SIGKILL")
+    wait_for(lambda: lab.state("b") == "MASTER", 6, "node-b MASTER after SIGKILL")
     lab.start_agent("a", CARP_PREEMPT="true")
     wait_for(lambda: "Removed stale VIP" in (lab.dir / "a.log").read_text(), 5, "stale VIP removal")
-    wait_for(lambda: status(lab, "a")["state"] == "MASTER", 6, "node-a preempts back")
+    wait_for(lambda: lab.state("a") == "MASTER", 6, "node-a preempts back")
     wait_for(lambda: vip_holders(lab) == ["a"], 3, "VIP on node-a only")
     wait_for(lambda: lab.client_sees() == "node-a", 5, "client back on node-a")
 

@@ -108,7 +108,7 @@ def test_forged_adverts_change_nothing_and_are_counted_by_reason(lab: Lab) -> No
     assert metric(lab, "b", "carp_handovers_received_total") == 0
     # a *valid* bow-out from the same forger does hand over: the test above could fail
     lab.topo["client"].run(sys.executable, "-c", FORGE, "valid", LAB_PASSWORD, timeout=60)
-    wait_for(lambda: status(lab, "b")["state"] == "MASTER", 3, "valid bow-out accepted")
+    wait_for(lambda: lab.state("b") == "MASTER", 3, "valid bow-out accepted")
 
 
 def test_wrong_password_node_never_displaces_the_master(lab: Lab) -> None:

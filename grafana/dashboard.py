@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Generates grafana/dashboards/carp-failover.json with grafana-foundation-sdk.
+
+    .venv/bin/python grafana/dashboard.py            # rewrite the JSON
+    .venv/bin/python grafana/dashboard.py --check    # exit 1 if the committed JSON is stale
+
+Every query is listed in QUERIES so the integration test can run each one against a real
+Prometheus (with the dashboard variables replaced by match-all values).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as m
+
+OUT = Path(__file__).parent / "dashboards" / "carp-failover.json"
+SEL = 'instance=~"$instance", vhid=~"$vhid"'
+DS = m.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+# title -> (expr, legend); the order is the panel order
+QUERIES: dict[str, tuple[str, str]] = {
+    "Master now": (f"max by (vhid, instance) (carp_is_master{{{SEL}}}) == 1",
+                   "vhid {{vhid}}: {{instance}}"),
+    "Masters per VHID (must be 1)": (f"sum by (vhid) (carp_is_master{{{SEL}}})", "vhid {{vhid}}"),
+    "Time since last transition": (f"time() - carp_last_transition_timestamp_seconds{{{SEL}}}",
+                                   "{{instance}} vhid {{vhid}}"),
+    "State timeline": (f"max by (instance, vhid) (carp_state_code{{{SEL}}})",
+                       "{{instance}} vhid {{vhid}}"),
+    "Transitions (flap rate)": (
+        f"sum by (instance, vhid, to, reason) "
+        f"(increase(carp_transitions_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} -> {{to}} ({{reason}})"),
+    "Adverts sent": (f"sum by (instance, vhid) (rate(carp_adverts_sent_total{{{SEL}}}[$__rate_interval]))",
+                     "{{instance}} sent"),
+    "Adverts received": (
+        f"sum by (instance, vhid) (rate(carp_adverts_received_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} received"),
+    "Drops by reason": (
+        f"sum by (instance, reason) (rate(carp_adverts_dropped_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} {{reason}}"),
+    "VIP present (observed by netlink)": (f"max by (instance, vhid) (carp_vip_present{{{SEL}}})",
+                                          "{{instance}} vhid {{vhid}}"),
+    "Service health": (f"min by (instance, vhid) (carp_health_up{{{SEL}}})",
+                       "{{instance}} healthy"),
+    "Demoted / maintenance": (f"max by (instance, vhid) (carp_demoted{{{SEL}}})",
+                              "{{instance}} demoted"),
+    "Split-brain evidence (conflicts)": (
+        f"sum by (instance, vhid) (increase(carp_conflicts_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}}"),
+    "Takeover duration p95": (
+        f"histogram_quantile(0.95, sum by (le, instance) "
+        f"(rate(carp_takeover_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))",
+        "{{instance}}"),
+}
+
+STATE_MAP = m.ValueMap(options={
+    "0": m.ValueMappingResult(text="INIT", color="blue"),
+    "1": m.ValueMappingResult(text="BACKUP", color="yellow"),
+    "2": m.ValueMappingResult(text="MASTER", color="green"),
+})
+
+
+def target(title: str) -> prometheus.Dataquery:
+    expr, legend = QUERIES[title]
+    return prometheus.Dataquery().expr(expr).legend_format(legend).datasource(DS)
+
+
+def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    return db.ThresholdsConfig().mode(m.ThresholdsMode.ABSOLUTE).steps(
+        [m.Threshold(value=v, color=c) for v, c in steps])
+
+
+def build() -> dict[str, object]:
+    d = (db.Dashboard("CARP failover").uid("carp-failover").tags(["carp", "failover", "vip"])
+         .description("carp-sidecar: who holds each VIP, transitions, adverts, drops, health")
+         .refresh("10s").time("now-1h", "now").timezone("browser"))
+    d.with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    for name, query in (("instance", "label_values(carp_state_code, instance)"),
+                        ("vhid", 'label_values(carp_state_code{instance=~"$instance"}, vhid)')):
+        d.with_variable(db.QueryVariable(name).label(name).query(query).datasource(DS)
+                        .multi(True).include_all(True).refresh(m.VariableRefresh.ON_TIME_RANGE_CHANGED))
+    d.with_row(db.Row("Who is master"))
+    d.with_panel(stat.Panel().title("Master now").height(5).span(8)
+                 .with_target(target("Master now").instant()))
+    d.with_panel(stat.Panel().title("Masters per VHID (must be 1)").height(5).span(8)
+                 .with_target(target("Masters per VHID (must be 1)").instant())
+                 .thresholds(thresholds((None, "red"), (1, "green"), (2, "red"))))
+    d.with_panel(stat.Panel().title("Time since last transition").height(5).span(8).unit("s")
+                 .with_target(target("Time since last transition").instant()))
+    d.with_panel(statetimeline.Panel().title("State timeline").height(8).span(24)
+                 .with_target(target("State timeline")).mappings([STATE_MAP]))
+    d.with_row(db.Row("Protocol"))
+    for title, unit in (("Transitions (flap rate)", "short"), ("Adverts sent", "pps"),
+                        ("Adverts received", "pps"), ("Drops by reason", "pps"),
+                        ("Split-brain evidence (conflicts)", "short"),
+                        ("Takeover duration p95", "s")):
+        d.with_panel(timeseries.Panel().title(title).height(8).span(12).unit(unit)
+                     .with_target(target(title)))
+    d.with_row(db.Row("VIP and service"))
+    for title in ("VIP present (observed by netlink)", "Service health", "Demoted / maintenance"):
+        d.with_panel(statetimeline.Panel().title(title).height(6).span(8)
+                     .with_target(target(title)).min(0).max(1))
+    return json.loads(json.dumps(d.build(), cls=JSONEncoder))
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    text = render()
+    if "--check" in sys.argv:
+        if not OUT.exists() or OUT.read_text() != text:
+            print(f"{OUT} is stale: run .venv/bin/python grafana/dashboard.py", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(0)
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
