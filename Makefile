@@ -37,7 +37,7 @@ $(BIN)/carp-sidecar: pyproject.toml
 venv: $(BIN)/carp-sidecar ## create .venv with the project and its test tools
 
 lint: venv ## ruff
-	$(BIN)/ruff check sidecar tests
+	$(BIN)/ruff check sidecar tests grafana
 
 typecheck: venv ## mypy --strict on the package
 	$(BIN)/mypy --strict sidecar

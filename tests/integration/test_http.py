@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -44,6 +45,6 @@ def test_slowloris_client_never_delays_adverts(lab: Lab) -> None:
         attack.wait(20)
     stamps = [float(line.split()[0]) for line in dump.splitlines() if line.strip()]
     assert len(stamps) >= 7, dump
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert max(gaps) < 1.5, f"advert gaps under attack: {gaps}"
     assert attack.returncode == 0
