@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables
+APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose
 IMAGE ?= localhost/carp-sidecar
 PYTEST_ARGS ?=
 
@@ -46,10 +46,10 @@ unit: venv ## fast tests, no root needed
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 integration: deps ## root + netns tests (real ucarp, apache, prometheus)
-	$(BIN)/pytest -q -m integration tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "integration and not image" tests/integration $(PYTEST_ARGS)
 
-test: deps lint typecheck ## everything CI runs: lint, types, unit and integration tests
-	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+test: deps lint typecheck ## lint, types, unit and integration tests (not the image: image-test)
+	$(BIN)/pytest -q -m "not image" tests $(PYTEST_ARGS)
 
 demo: deps ## two-node failover lab on this machine (network namespaces, Apache, carp-sidecar)
 	$(BIN)/carp-sidecar lab $(LAB_ARGS)
@@ -58,5 +58,11 @@ bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepal
 	$(BIN)/python tests/bench/bench_codec.py
 	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
 
+image: ## build the container image with Podman (localhost/carp-sidecar)
+	IMAGE=$(IMAGE) bash .ci/build-image.sh
+
+image-test: deps image ## build the image and run it in network namespaces
+	IMAGE=$(IMAGE) $(BIN)/pytest -q -s -m image tests/integration $(PYTEST_ARGS)
+
 clean: ## remove the venv and caches
-	rm -rf $(VENV) .stamp-* .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) build .stamp-* .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

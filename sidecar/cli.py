@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate and print the effective configuration")
     st = sub.add_parser("status", help="print /status of a running agent")
     st.add_argument("--url", default=None, help="default: from CARP_METRICS_LISTEN")
+    hc = sub.add_parser("healthcheck", help="exit 0 if the local agent answers /healthz "
+                        "(the container HEALTHCHECK)")
+    hc.add_argument("--url", default=None, help="default: from CARP_METRICS_LISTEN")
     for name, text in (("demote", "drain this node: stop winning elections, hand the VIP over"),
                        ("promote", "end maintenance: take part in elections again")):
         c = sub.add_parser(name, help=text)
@@ -66,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             print(send_command(path, command))
             return 0
         if command == "status":
-            url = args.url or _status_url(_settings(args))
+            url = args.url or _endpoint(_settings(args), "/status")
             with urllib.request.urlopen(url, timeout=5) as response:
                 print(json.dumps(json.load(response), indent=2))
             return 0
+        if command == "healthcheck":
+            url = args.url or _endpoint(_settings(args), "/healthz")
+            with urllib.request.urlopen(url, timeout=3) as response:
+                return 0 if response.status == 200 else 1
         settings = _settings(args)
         if command == "check-config":
             for key, value in settings.redacted().items():
@@ -93,12 +100,12 @@ def _settings_or_none(args: argparse.Namespace) -> Settings | None:
         return None
 
 
-def _status_url(settings: Settings) -> str:
+def _endpoint(settings: Settings, path: str) -> str:
     if settings.metrics_listen == "off":
         raise ConfigError("CARP_METRICS_LISTEN: the HTTP endpoint is off")
     host, _, port = settings.metrics_listen.rpartition(":")
     host = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
-    return f"http://{host}:{port}/status"
+    return f"http://{host}:{port}{path}"
 
 
 if __name__ == "__main__":

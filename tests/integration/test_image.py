@@ -1,0 +1,112 @@
+"""The container image, run as a user would: `podman run --net=ns:... --cap-add=NET_ADMIN`.
+
+Needs the image (`make image`); `make image-test` builds it and runs these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.netns import Topology
+
+from .conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("IMAGE", "localhost/carp-sidecar")
+pytestmark = pytest.mark.image
+ENV = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "img-secret",
+       "CARP_ADDR": "172.16.0.1/16", "CARP_IF_ALIAS": "eth0:0"}
+
+
+def podman(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CONTAINERS_CONF": str(ROOT / "build/containers.conf")}
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    if podman("image", "exists", IMAGE, check=False).returncode != 0:
+        pytest.fail(f"image {IMAGE} missing: run `make image` first (make image-test does)")
+    t = Topology().create({"a": "172.16.0.11/16", "b": "172.16.0.12/16"})
+    names: list[str] = []
+    t.containers = names  # type: ignore[attr-defined]
+    try:
+        yield t
+    finally:
+        for name in names:
+            podman("rm", "-f", "-t", "0", name, check=False)
+        t.destroy()
+
+
+def run(topo: Topology, node: str, *caps: str, **env: str) -> str:
+    name = f"carp-{topo.tag}-{node}"
+    topo.containers.append(name)  # type: ignore[attr-defined]
+    args = ["run", "-d", "--name", name, f"--net=ns:/run/netns/{topo[node].ns}"]
+    args += [f"--cap-add={c}" for c in caps]
+    for k, v in {**ENV, **env}.items():
+        args += ["-e", f"{k}={v}"]
+    podman(*args, IMAGE)
+    return name
+
+
+def vip_on(topo: Topology, node: str) -> bool:
+    return " 172.16.0.1/16" in topo[node].run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+
+
+def state(topo: Topology, node: str) -> str:
+    r = topo[node].run("curl", "-s", "-m", "1", "http://127.0.0.1:9655/status", check=False)
+    return r.stdout.split('"state": "')[1].split('"')[0] if '"state"' in r.stdout else ""
+
+
+def test_image_two_nodes_one_master_and_podman_stop_hands_over(topo: Topology) -> None:
+    a = run(topo, "a", "NET_ADMIN", "NET_RAW", CARP_PREEMPT="true")
+    run(topo, "b", "NET_ADMIN", "NET_RAW", CARP_ADVSKEW="100")
+    wait_for(lambda: state(topo, "a") == "MASTER" and state(topo, "b") == "BACKUP", 15,
+             "one MASTER")
+    assert vip_on(topo, "a") and not vip_on(topo, "b")
+    assert "eth0:0" in topo["a"].run("ip", "-4", "addr", "show", "dev", "eth0").stdout
+    assert podman("healthcheck", "run", a, check=False).returncode == 0
+    began = time.monotonic()
+    podman("stop", "-t", "10", a)  # SIGTERM, the image's STOPSIGNAL
+    assert time.monotonic() - began < 5
+    wait_for(lambda: vip_on(topo, "b"), 3, "VIP on node-b")
+    assert not vip_on(topo, "a")  # nothing left behind
+    inspect = podman("inspect", "--format", "{{.State.ExitCode}}", a).stdout.strip()
+    assert inspect == "0"
+    logs = podman("logs", a).stdout + podman("logs", a).stderr
+    assert "Switching to state: MASTER" in logs and "img-secret" not in logs
+    assert "Traceback" not in logs
+
+
+def test_image_without_net_admin_exits_with_a_clear_message(topo: Topology) -> None:
+    name = run(topo, "a")  # no --cap-add at all
+    wait_for(lambda: podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+             == "exited", 15, "container exit")
+    code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+    out = podman("logs", name)
+    text = out.stdout + out.stderr
+    assert code == "1"
+    assert "missing capability NET_ADMIN" in text and "Traceback" not in text
+    assert not vip_on(topo, "a")
+
+
+def test_image_bad_config_exits_2_naming_the_variable(topo: Topology) -> None:
+    name = run(topo, "a", "NET_ADMIN", "NET_RAW", CARP_VHID="300")
+    wait_for(lambda: podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+             == "exited", 15, "container exit")
+    assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "2"
+    out = podman("logs", name)
+    assert "CARP_VHID: Input should be less than or equal to 255" in out.stdout + out.stderr
+
+
+def test_image_size_is_reported() -> None:
+    size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip())
+    print(f"\nimage {IMAGE}: {size / 1e6:.0f} MB")
+    assert size > 0
