@@ -2,8 +2,8 @@
 
 The machine decides; this module only carries out its actions and feeds it events. Adverts are
 sent inline (a non-blocking socket write). Everything slow — netlink VIP changes, scripts,
-GARPs that must follow them — goes through one ordered effects queue served by its own task,
-so a slow script never delays an advertisement. The only timer is the machine's next deadline,
+GARPs that must follow them — goes through :mod:`effects`, one ordered queue served by its own
+task, so a slow script never delays an advertisement. The only timer is the machine's next deadline,
 armed with ``loop.call_at``; there is no polling.
 """
 
@@ -26,6 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import logs
 from .config import Settings, host_port
 from .control import ControlServer, socket_path
+from .effects import Effect, Effects
 from .health import HealthMonitor, checks_from
 from .http import StatusServer
 from .machine import (
@@ -42,11 +43,9 @@ from .machine import (
     Transition,
 )
 from .metrics import Metrics
-from .net.garp import build_garp
 from .net.netlink import AddressEvent, InterfaceNotFound, LinkEvent, Netlink
 from .net.packet import PacketSocket
 from .protocol import BOW_OUT, Advert, AdvertError, Expect, build_frame, build_ip_packet, parse_packet
-from .scripts import run_script, script_argv
 
 log = logging.getLogger("carp-sidecar")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
@@ -91,7 +90,6 @@ class Agent:
         self.last_transition: dict[str, Any] | None = None
         self.sent_count = self.received_count = 0
         self.dropped_counts: dict[str, int] = {}
-        self._effects: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for = 0.0
         self._takeover_started: float | None = None
@@ -156,6 +154,8 @@ class Agent:
                     raise StartupError("missing capability NET_ADMIN: cannot manage the VIP by "
                                        "netlink (docker run --cap-add=NET_ADMIN)") from None
                 raise
+        self.effects = Effects(s, self.m, self.nl, self.ifindex, self.sock, self.mac,
+                               self._garp_sent)
         self.m.vip_present.labels(**self.m.labels).set(
             1 if await self.nl.has_address(self.ifindex, self.vip.ip) else 0)
         await self._open_servers()
@@ -194,7 +194,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stopping.set)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_state)
-        self._spawn(self._effects_worker())
+        self._spawn(self.effects.run())
         self._spawn(self._netlink_events())
         if s.garp_refresh > 0:
             self._spawn(self._garp_refresh())
@@ -237,7 +237,7 @@ class Agent:
         self._apply([a for a in actions if not isinstance(a, SendAdvert)])
         # let the VIP removal / downscript finish; scripts have their own timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._effects.join(), self.s.script_timeout + 1)
+            await asyncio.wait_for(self.effects.join(), self.s.script_timeout + 1)
         log.info("Exiting")
 
     def _close(self) -> None:
@@ -256,11 +256,11 @@ class Agent:
             if isinstance(a, SendAdvert):
                 self._send_advert(a)
             elif isinstance(a, AddVip):
-                self._effects.put_nowait(("add", self.loop.time()))
+                self.effects.put(Effect.ADD_VIP)
             elif isinstance(a, DropVip):
-                self._effects.put_nowait(("drop", self.loop.time()))
+                self.effects.put(Effect.DROP_VIP)
             elif isinstance(a, SendGarp):
-                self._effects.put_nowait(("garp", self.loop.time()))
+                self.effects.put(Effect.GARP)
             elif isinstance(a, Transition):
                 self._on_transition(a)
             elif isinstance(a, Conflict):
@@ -355,49 +355,7 @@ class Agent:
             log.warning("Dropped advertisement: %s (further drops counted in "
                         "carp_adverts_dropped_total)", e)
 
-    # ---- effects: VIP, scripts, GARP, in order ----
-    async def _effects_worker(self) -> None:
-        while True:
-            kind, _queued = await self._effects.get()
-            try:
-                if kind == "garp":
-                    self._send_garp()
-                else:
-                    await self._vip_change(up=kind == "add")
-            except Exception:
-                log.exception("Unexpected error while handling %s", kind)
-            finally:
-                self._effects.task_done()
-
-    async def _vip_change(self, up: bool) -> None:
-        s, lb = self.s, self.m.labels
-        if s.manages_vip_by_scripts:
-            script = s.upscript if up else s.downscript
-            if script is None:
-                return
-            result = await run_script(script_argv(script, s.interface, str(self.vip.ip),
-                                                  s.xparam), s.script_timeout)
-            name = "up" if up else "down"
-            self.m.script_runs.labels(**lb, script=name, result=result.result).inc()
-            self.m.script_duration.labels(**lb, script=name).observe(result.duration)
-            return
-        try:
-            if up:
-                await self.nl.add_address(self.ifindex, self.vip, s.if_alias)
-            else:
-                await self.nl.remove_address(self.ifindex, self.vip)
-        except NetlinkError as e:
-            self.m.vip_errors.labels(**lb).inc()
-            log.error("Cannot %s VIP %s on %s: %s", "add" if up else "remove", self.vip,
-                      s.interface, e)
-
-    def _send_garp(self) -> None:
-        try:
-            self.sock.send_arp(build_garp(self.mac, self.vip.ip))
-        except OSError as e:
-            log.warning("Gratuitous ARP failed: %s", e.strerror)
-            return
-        self.m.garps_sent.labels(**self.m.labels).inc()
+    def _garp_sent(self) -> None:
         if self._takeover_started is not None:
             self.m.takeover_duration.labels(**self.m.labels).observe(
                 self.loop.time() - self._takeover_started)
@@ -407,7 +365,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.s.garp_refresh)
             if self.machine is not None and self.machine.state is State.MASTER:
-                self._effects.put_nowait(("garp", self.loop.time()))
+                self.effects.put(Effect.GARP)
 
     # ---- events from netlink, health, operators ----
     async def _netlink_events(self) -> None:
@@ -423,7 +381,7 @@ class Agent:
                         and not self.s.manages_vip_by_scripts):
                     log.warning("VIP %s was removed from %s by someone else: adding it back",
                                 self.vip.ip, self.s.interface)
-                    self._effects.put_nowait(("add", self.loop.time()))
+                    self.effects.put(Effect.ADD_VIP)
 
     def _health_result(self, ok: bool) -> None:
         self.m.health_checks.labels(**self.m.labels, result="ok" if ok else "failed").inc()
