@@ -175,7 +175,7 @@ class Agent:
             await self.control.start()
         except OSError as e:
             raise StartupError(f"CARP_CONTROL_SOCKET: cannot create {self.control.path}: "
-                               f"{e.strerror}") from None
+                               f"{e.strerror or e}") from None
 
     def _begin(self) -> None:
         assert self.machine is not None

@@ -20,13 +20,14 @@ if TYPE_CHECKING:
 COMMANDS = ("demote", "promote", "status")
 
 
-def socket_path(settings: Settings | None, vhid: int | None = None) -> Path:
+def socket_path(settings: Settings | None) -> Path:
     if settings is not None and settings.control_socket is not None:
         return settings.control_socket
-    number = settings.vhid if settings is not None else vhid
-    if number is None:
-        raise OSError("no control socket: set CARP_CONTROL_SOCKET or CARP_VHID, or pass --socket")
-    return Path(f"/run/carp-sidecar/vhid-{number}.sock")
+    if settings is None:
+        raise OSError("no control socket: set CARP_CONTROL_SOCKET (or the agent's CARP_* "
+                      "variables), or pass --socket")
+    # the same vhid may run on two interfaces (two broadcast domains): both name the socket
+    return Path(f"/run/carp-sidecar/{settings.interface}-vhid{settings.vhid}.sock")
 
 
 class ControlServer:
@@ -36,8 +37,10 @@ class ControlServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if _listening(self.path):
+            raise FileExistsError(f"another agent is listening on {self.path}")
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            self.path.unlink()  # left by an agent that died
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve, str(self.path))
@@ -61,6 +64,15 @@ class ControlServer:
             pass
         finally:
             writer.close()
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def send_command(path: Path, command: str, timeout: float = 5.0) -> str:

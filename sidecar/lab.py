@@ -216,17 +216,17 @@ def _steps(lab: Lab, short: bool) -> list[Step]:
 
     steps = [
         Step("unplug node-a's network cable", "node-b", lambda: lab.topo.unplug("a")),
-        Step("plug node-a back in (it has preempt: it takes the VIP back)", "node-a",
+        Step("plug node-a back in (preempt: it takes the VIP back)", "node-a",
              lambda: lab.topo.plug("a")),
     ]
     if not short:
         steps += [
-            Step("kill Apache on node-a (health check fails, node-a demotes itself)", "node-b",
+            Step("kill Apache on node-a (health check fails: it hands over)", "node-b",
                  lambda: lab.kill_apache("a")),
             Step("start Apache on node-a again (healthy: it preempts back)", "node-a",
                  restart_apache_a),
         ]
-    steps.append(Step("stop node-a's agent gracefully (SIGTERM: immediate handover)", "node-b",
+    steps.append(Step("stop node-a's agent (SIGTERM: immediate handover)", "node-b",
                       stop_agent_a))
     return steps
 

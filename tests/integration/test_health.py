@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from sidecar.lab import Lab
+from sidecar.lab import Lab, agent_env
 
 from .conftest import metric, status, transitions, vip_holders, wait_for
 
@@ -72,6 +72,12 @@ def test_control_socket_is_root_only_and_rejects_unknown_commands(lab: Lab) -> N
     r = lab.topo["a"].run(sys.executable, "-m", "sidecar.cli", "demote", "--socket",
                           str(lab.dir / "nope.sock"), check=False)
     assert r.returncode == 1 and "no agent listening" in r.stderr
+    second = lab.topo["a"].popen([sys.executable, "-m", "sidecar.cli", "run"],
+                                 log=lab.dir / "a2.log", env=agent_env(lab.dir, "a", "172.16.0.11",
+                                                                  CARP_METRICS_LISTEN="off"))
+    assert second.wait(10) == 1  # a second agent must not steal the socket
+    assert "another agent is listening" in (lab.dir / "a2.log").read_text()
+    assert (lab.dir / "a.sock").exists() and lab.state("a") in ("BACKUP", "MASTER")
     out = subprocess.run(lab.topo["a"].argv(sys.executable, "-c", (
         "import socket; s=socket.socket(socket.AF_UNIX); s.connect('" + str(lab.dir / "a.sock")
         + "'); s.sendall(b'reboot\\n'); print(s.recv(100).decode())")),

@@ -62,7 +62,7 @@ def test_hanging_upscript_never_delays_adverts_and_times_out(lab: Lab) -> None:
     hang = lab.dir / "hang.sh"
     hang.write_text("#!/bin/sh\nsleep 60\n")
     hang.chmod(0o755)
-    lab.start_agent("a", CARP_UPSCRIPT=str(hang), CARP_SCRIPT_TIMEOUT="4")
+    lab.start_agent("a", CARP_UPSCRIPT=str(hang), CARP_SCRIPT_TIMEOUT="4", CARP_XPARAM="XP")
     wait_for(lambda: lab.state("a") == "MASTER", 8, "MASTER")
     sent = metric(lab, "a", "carp_adverts_sent_total")
     time.sleep(3)  # the upscript is still hanging
@@ -70,4 +70,7 @@ def test_hanging_upscript_never_delays_adverts_and_times_out(lab: Lab) -> None:
     assert metric(lab, "a", "carp_script_runs_total", script="up", result="timeout") == 0
     wait_for(lambda: metric(lab, "a", "carp_script_runs_total", script="up",
                             result="timeout") == 1, 4, "script killed at its timeout")
-    assert "timed out after 4.0 s and was killed" in (lab.dir / "a.log").read_text()
+    log = (lab.dir / "a.log").read_text()
+    assert "timed out after 4.0 s and was killed" in log
+    assert f"[WARNING] Spawning [{hang} eth0 172.16.0.1 XP]" in log  # xparam is ucarp's argv[3]
+    assert "Warning: no script called when going down" in log
