@@ -22,7 +22,7 @@ RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python3 -m venv /opt/carp-sidecar && \
     /opt/carp-sidecar/bin/pip install --no-cache-dir --disable-pip-version-check . && \
-    /opt/carp-sidecar/bin/pip uninstall -y pip && \
+    /opt/carp-sidecar/bin/pip uninstall -y setuptools pip && \
     find /opt/carp-sidecar -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}
@@ -32,7 +32,7 @@ SHELL ["/bin/sh", "-eu", "-c"]
 RUN if ! command -v python3 >/dev/null; then \
       apt-get update && \
       apt-get install -y --no-install-recommends python3 && \
-      rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+      apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     fi
 COPY --from=build /opt/carp-sidecar /opt/carp-sidecar
 ENV PATH=/opt/carp-sidecar/bin:$PATH \

@@ -37,4 +37,5 @@ if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
 fi
 podman build --format docker --network=host --build-arg BASE="$BASE_IMAGE" "${secret[@]}" \
   -t "$IMAGE" .
+podman image prune -f >/dev/null  # the previous build's now untagged layers
 podman image inspect --format 'image {{.RepoTags}}: {{.Size}} bytes' "$IMAGE"
