@@ -191,7 +191,8 @@ class Agent:
             for kind, path in (("up", s.upscript), ("down", s.downscript)):
                 if path is None:
                     log.warning("Warning: no script called when going %s", kind)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # the signals ucarp --shutdown treats as "release and exit"
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
             self.loop.add_signal_handler(sig, self._stopping.set)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_state)
         self._spawn(self.effects.run())

@@ -83,11 +83,11 @@ def write_scripts(lab: Lab) -> tuple[Path, Path]:
 
 
 def start_ucarp(lab: Lab, node: str, *, advskew: int = 0, preempt: bool = False,
-                password: str = "lab-only") -> subprocess.Popen[bytes]:
+                password: str = "lab-only", src: str | None = None) -> subprocess.Popen[bytes]:
     from sidecar.lab import ADDRESSES
 
     up, down = write_scripts(lab)
-    src = ADDRESSES[node].split("/")[0]
+    src = src or ADDRESSES[node].split("/")[0]
     cmd = ["ucarp", "-i", "eth0", "-s", src, "-v", "1", "-p", password, "-a", VIP, "-b", "1",
            "-k", str(advskew), "-u", str(up), "-d", str(down), "-z", "-f", "none"]
     if preempt:

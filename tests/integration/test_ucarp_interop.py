@@ -88,3 +88,33 @@ def test_mixed_pair_keeps_one_master_for_60_s_without_spurious_transitions(lab: 
     assert metric(lab, "a", "carp_adverts_sent_total") >= 60
     assert sum(metric(lab, "a", "carp_adverts_dropped_total", reason=r)
                for r in ("bad_hmac", "bad_checksum", "bad_ttl", "bad_version")) == 0
+
+
+def healed_partition(lab: Lab, sidecar: str, ucarp: str) -> str:
+    """Equal advbase/advskew, no preempt (the recipe's backup): both become MASTER while CARP is
+    blocked between them; after healing, ucarp's address tie-break picks one. The sources are
+    172.16.0.10 (on a) and 172.16.1.9 (on b): numerically .0.10 is lower, but x86 ucarp compares
+    the raw little-endian s_addr, where 172.16.1.9 is lower and wins (carp-protocol.md §4.4)."""
+    sources = {"a": "172.16.0.10", "b": "172.16.1.9"}
+    for node, ip in sources.items():
+        lab.topo[node].run("ip", "addr", "add", f"{ip}/16", "dev", "eth0")
+    lab.start_agent(sidecar, CARP_SRCIP=sources[sidecar])
+    start_ucarp(lab, ucarp, advskew=0, src=sources[ucarp])
+    lab.topo.block_carp(ucarp)
+    wait_for(lambda: vip_holders(lab) == ["a", "b"], 10, "both MASTER while partitioned")
+    lab.topo.block_carp(ucarp, False)
+    wait_for(lambda: len(vip_holders(lab)) == 1, 10, "one master after healing")
+    time.sleep(3)  # and it stays that way
+    holders = vip_holders(lab)
+    assert len(holders) == 1, dump_on_failure(lab)
+    return holders[0]
+
+
+def test_healed_partition_ucarp_and_sidecar_agree_sidecar_wins_by_address(lab: Lab) -> None:
+    assert healed_partition(lab, sidecar="b", ucarp="a") == "b"  # 172.16.1.9 wins
+    assert ucarp_states(lab, "a")[-1] == "BACKUP" and lab.state("b") == "MASTER"
+
+
+def test_healed_partition_ucarp_and_sidecar_agree_ucarp_wins_by_address(lab: Lab) -> None:
+    assert healed_partition(lab, sidecar="a", ucarp="b") == "b"  # 172.16.1.9 wins
+    assert lab.state("a") == "BACKUP" and ucarp_states(lab, "b")[-1] == "MASTER"
