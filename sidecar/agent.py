@@ -99,6 +99,8 @@ class Agent:
         self._last_drop_log: dict[str, float] = {}
         self._link_running = True
         self.failed = False
+        self.http: StatusServer | None = None
+        self.control: ControlServer | None = None
 
     # ---- start / stop ----
     async def run(self) -> int:
@@ -111,7 +113,7 @@ class Agent:
             await self._stopping.wait()
             await self._shutdown()
         finally:
-            self._close()
+            await self._close()
         return 1 if self.failed else 0
 
     def _check_capabilities(self) -> None:
@@ -161,7 +163,6 @@ class Agent:
         await self._open_servers()
 
     async def _open_servers(self) -> None:
-        self.http: StatusServer | None = None
         if self.s.metrics_listen != "off":
             host, port = host_port(self.s.metrics_listen)
             self.http = StatusServer(self.registry, self.status, self.ready)
@@ -170,12 +171,13 @@ class Agent:
             except OSError as e:
                 raise StartupError(f"CARP_METRICS_LISTEN: cannot listen on "
                                    f"{self.s.metrics_listen}: {e.strerror}") from None
-        self.control = ControlServer(socket_path(self.s), self._control)
+        control = ControlServer(socket_path(self.s), self._control)
         try:
-            await self.control.start()
+            await control.start()
         except OSError as e:
-            raise StartupError(f"CARP_CONTROL_SOCKET: cannot create {self.control.path}: "
+            raise StartupError(f"CARP_CONTROL_SOCKET: cannot create {control.path}: "
                                f"{e.strerror or e}") from None
+        self.control = control
 
     def _begin(self) -> None:
         assert self.machine is not None
@@ -241,11 +243,14 @@ class Agent:
             await asyncio.wait_for(self.effects.join(), self.s.script_timeout + 1)
         log.info("Exiting")
 
-    def _close(self) -> None:
+    async def _close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         for task in self._tasks:
             task.cancel()
+        for server in (getattr(self, "http", None), getattr(self, "control", None)):
+            if server is not None:
+                await server.close()  # also removes the control socket file
         for closer in (getattr(self, "sock", None), self.nl):
             if closer is not None:
                 with contextlib.suppress(Exception):

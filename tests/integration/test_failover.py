@@ -79,3 +79,4 @@ def test_sigterm_master_hands_over_at_once_and_exits_zero(lab: Lab) -> None:
     assert status(lab, "b")["last_transition"]["reason"] == "handover"  # type: ignore[index]
     assert metric(lab, "b", "carp_handovers_received_total") == 1
     assert transitions(lab, "b") == ["BACKUP", "MASTER"]
+    assert not (lab.dir / "a.sock").exists()  # the control socket went with the agent
