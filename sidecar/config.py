@@ -103,14 +103,14 @@ class Settings(BaseSettings):
     def _listen(cls, v: str) -> str:
         if v.lower() in ("", "off"):
             return "off"
-        _host_port(v)
+        host_port(v)
         return v
 
     @field_validator("health_tcp")
     @classmethod
     def _health_tcp(cls, v: str | None) -> str | None:
         if v is not None:
-            _host_port(v)
+            host_port(v)
         return v
 
     @field_validator("health_url")
@@ -211,15 +211,12 @@ class Settings(BaseSettings):
         return out
 
 
-def _host_port(value: str) -> tuple[str, int]:
+def host_port(value: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts in brackets) -> (host, port); ValueError names the value."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not host:port")
     return host.strip("[]"), int(port)
-
-
-def host_port(value: str) -> tuple[str, int]:
-    return _host_port(value)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -93,11 +93,6 @@ class Topology:
     def plug(self, name: str) -> None:
         sh("ip", "-n", self.switch, "link", "set", self.hosts[name].port, "up")
 
-    def isolate(self, name: str, isolated: bool = True) -> None:
-        """Block the host's traffic at the switch while its link stays up (a silent partition)."""
-        sh("ip", "netns", "exec", self.switch, "bridge", "link", "set", "dev",
-           self.hosts[name].port, "state", "0" if isolated else "3")
-
     def block_carp(self, name: str, blocked: bool = True) -> None:
         """Drop IP protocol 112 to and from the host at the switch; everything else passes (a
         partition of the CARP group only, so Prometheus still scrapes both sides)."""
