@@ -27,13 +27,15 @@ RUN --mount=type=secret,id=ca \
 
 FROM ${BASE}
 SHELL ["/bin/sh", "-eu", "-c"]
-# Same interpreter as the build stage (the venv links to it); no compilers, no pip.
+# Same interpreter as the build stage (the venv links to it); no compilers, no pip. iproute2
+# and net-tools let the classic ucarp up/down scripts (ip / ifconfig) run unchanged inside.
 # hadolint ignore=DL3008
-RUN if ! command -v python3 >/dev/null; then \
-      apt-get update && \
-      apt-get install -y --no-install-recommends python3 && \
-      apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    fi
+RUN apt-get update && \
+    apt-get install -y --no-install-recommends iproute2 net-tools && \
+    if ! command -v python3 >/dev/null; then \
+      apt-get install -y --no-install-recommends python3; \
+    fi && \
+    apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 COPY --from=build /opt/carp-sidecar /opt/carp-sidecar
 ENV PATH=/opt/carp-sidecar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -250,9 +250,25 @@ def load(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
         if key.startswith("CARP_") and key not in known:
             raise ConfigError(f"{key}: unknown variable (see `carp-sidecar check-config --help`)")
     try:
-        return Settings.model_validate(ours)
+        return Settings.model_validate(_effective(ours))
     except ValidationError as e:
         raise ConfigError(_one_line(e, ours)) from None
+
+
+def _effective(given: Mapping[str, str]) -> dict[str, str]:
+    """One value per setting: CARP_X if present, else UCARP_X; an empty value means unset, so
+    ``-e UCARP_UPSCRIPT=`` switches off a script that an old ucarp.conf names."""
+    out: dict[str, str] = {}
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if not isinstance(alias, AliasChoices):
+            continue
+        for name in (str(c) for c in alias.choices):
+            if name in given:
+                if given[name] != "":
+                    out[name] = given[name]
+                break
+    return out
 
 
 def _known_variables() -> set[str]:

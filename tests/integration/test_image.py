@@ -110,3 +110,31 @@ def test_image_size_is_reported() -> None:
     size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout.strip())
     print(f"\nimage {IMAGE}: {size / 1e6:.0f} MB")
     assert size > 0
+
+
+def test_image_runs_the_classic_ucarp_conf_and_scripts_as_env_file(topo: Topology, tmp_path: Path) -> None:
+    etc = tmp_path / "ucarp"
+    etc.mkdir()
+    conf = (ROOT / "deploy/ucarp.conf.example").read_text()  # paths stay /etc/ucarp/...
+    (etc / "ucarp.conf").write_text(conf)
+    (etc / "ucarp-up.sh").write_text("#!/bin/bash\n. /etc/ucarp/ucarp.conf\n"
+                                     '/sbin/ifconfig "$UCARP_IF_ALIAS" "$UCARP_ADDR" netmask '
+                                     '"$UCARP_MASK"\n')
+    (etc / "ucarp-down.sh").write_text('#!/bin/bash\n. /etc/ucarp/ucarp.conf\n'
+                                       '/sbin/ifconfig "$UCARP_IF_ALIAS" down\n')
+    for p in ("ucarp-up.sh", "ucarp-down.sh"):
+        (etc / p).chmod(0o700)
+    name = f"carp-{topo.tag}-classic"
+    topo.containers.append(name)  # type: ignore[attr-defined]
+    podman("run", "-d", "--name", name, f"--net=ns:/run/netns/{topo['a'].ns}",
+           "--cap-add=NET_ADMIN", "--cap-add=NET_RAW", "-v", f"{etc}:/etc/ucarp:ro",
+           "--env-file", str(etc / "ucarp.conf"), IMAGE)
+    wait_for(lambda: "eth0:0" in topo["a"].run("ip", "-4", "addr", "show", "dev", "eth0").stdout,
+             10, "eth0:0 raised by the classic up script")
+    assert " 172.16.0.1/16" in topo["a"].run("ip", "-4", "-o", "addr").stdout
+    podman("stop", "-t", "10", name)
+    assert not vip_on(topo, "a")
+    logs = podman("logs", name)
+    text = logs.stdout + logs.stderr
+    assert "Spawning [/etc/ucarp/ucarp-up.sh eth0 172.16.0.1]" in text
+    assert "Spawning [/etc/ucarp/ucarp-down.sh eth0 172.16.0.1]" in text and "geheim" not in text

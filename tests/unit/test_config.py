@@ -134,3 +134,11 @@ def test_cli_check_config_prints_redacted_effective_config() -> None:
 def test_cli_version() -> None:
     r = run_cli("--version", env={})
     assert r.returncode == 0 and r.stdout.startswith("carp-sidecar ")
+
+
+def test_empty_value_unsets_and_carp_spelling_wins_even_when_empty(tmp_path: Path) -> None:
+    up = script(tmp_path, "up.sh")
+    (tmp_path / "e").write_text(f"UCARP_UPSCRIPT={up}\nUCARP_ADVSKEW=20\n")
+    s = load({**BASE, "CARP_UPSCRIPT": "", "UCARP_ADVSKEW": ""}, tmp_path / "e")
+    assert s.upscript is None and s.advskew == 0
+    assert load({**BASE}, tmp_path / "e").upscript == up
