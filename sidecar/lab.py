@@ -280,6 +280,8 @@ def run_lab(short: bool = False, keep: bool = False) -> int:
             lab.on_probe = None
             _summary(steps)
             if keep:
+                lab.start_agent("a", CARP_PREEMPT="true", **health)
+                timeline.say("node-a's agent started again (it will preempt back)")
                 print("lab left running; press Ctrl-C to tear it down "
                       f"(logs in {lab.dir})", flush=True)
                 with contextlib.suppress(KeyboardInterrupt):
