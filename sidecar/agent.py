@@ -231,7 +231,8 @@ class Agent:
         bow_out: list[Action] = [a for a in actions if isinstance(a, SendAdvert)]
         if bow_out:
             # Keep the VIP until a successor announces itself (or SUCCESSOR_WAIT passes): the
-            # client then never meets a moment where nobody answers for the VIP.
+            # client then never meets a moment where nobody answers for the VIP. Backups are
+            # silent, so even a master that never heard a peer cannot skip this wait.
             self._successor.clear()
             self._apply(bow_out)
             with contextlib.suppress(TimeoutError):
