@@ -45,7 +45,16 @@ from .machine import (
 from .metrics import Metrics
 from .net.netlink import AddressEvent, InterfaceNotFound, LinkEvent, Netlink
 from .net.packet import PacketSocket
-from .protocol import BOW_OUT, Advert, AdvertError, Expect, build_frame, build_ip_packet, parse_packet
+from .protocol import (
+    BOW_OUT,
+    Advert,
+    AdvertError,
+    DropReason,
+    Expect,
+    build_frame,
+    build_ip_packet,
+    parse_packet,
+)
 
 log = logging.getLogger("carp-sidecar")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
@@ -88,8 +97,6 @@ class Agent:
         self.health_ok = True
         self.master_since: float | None = None
         self.last_transition: dict[str, Any] | None = None
-        self.sent_count = self.received_count = 0
-        self.dropped_counts: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for = 0.0
         self._takeover_started: float | None = None
@@ -322,7 +329,6 @@ class Agent:
             log.warning("write() has failed: %s", e.strerror)
             return
         self.m.adverts_sent.labels(**self.m.labels).inc()
-        self.sent_count += 1
         if a.handover:
             self.m.handovers_sent.labels(**self.m.labels).inc()
 
@@ -340,7 +346,6 @@ class Agent:
             ad, peer = received.advert, str(received.src)
             lb = self.m.labels
             self.m.adverts_received.labels(**lb).inc()
-            self.received_count += 1
             self.m.peer_last_advert.labels(**lb, peer=peer).set(time.time())
             self.m.peer_advskew.labels(**lb, peer=peer).set(ad.advskew)
             self.m.peer_advbase.labels(**lb, peer=peer).set(ad.advbase)
@@ -355,7 +360,6 @@ class Agent:
     def _dropped(self, e: AdvertError) -> None:
         reason = e.reason.value
         self.m.adverts_dropped.labels(**self.m.labels, reason=reason).inc()
-        self.dropped_counts[reason] = self.dropped_counts.get(reason, 0) + 1
         now = self.loop.time()
         if now - self._last_drop_log.get(reason, -1e9) >= 60:  # one line a minute per reason
             self._last_drop_log[reason] = now
@@ -424,6 +428,15 @@ class Agent:
         log.info("%s on %s id %d", state, self.s.interface, self.s.vhid)
 
     # ---- HTTP views ----
+    def _counters(self) -> dict[str, Any]:
+        """Read back from the metrics, so /status and /metrics can never disagree."""
+        def value(name: str, **labels: str) -> int:
+            return int(self.registry.get_sample_value(name, {**self.m.labels, **labels}) or 0)
+
+        dropped = {r.value: value("carp_adverts_dropped_total", reason=r.value) for r in DropReason}
+        return {"adverts_sent": value("carp_adverts_sent_total"),
+                "adverts_received": value("carp_adverts_received_total"),
+                "adverts_dropped": {r: n for r, n in dropped.items() if n}}
     def ready(self) -> bool:
         return self.machine is not None and self.machine.state is not State.INIT
 
@@ -446,8 +459,7 @@ class Agent:
                 "healthy": self.health.healthy, "last_error": self.health.last_error},
             "link_running": self._link_running,
             "peers": self.peers,
-            "counters": {"adverts_sent": self.sent_count, "adverts_received": self.received_count,
-                         "adverts_dropped": dict(self.dropped_counts)},
+            "counters": self._counters(),
         }
 
 

@@ -124,6 +124,8 @@ def test_wrong_password_node_never_displaces_the_master(lab: Lab) -> None:
     assert status(lab, "a")["state"] == "MASTER"
     assert metric(lab, "a", "carp_adverts_dropped_total", reason="bad_hmac") > 3
     assert metric(lab, "b", "carp_adverts_dropped_total", reason="bad_hmac") > 3
+    counters = status(lab, "a")["counters"]  # /status reads the same counters back
+    assert counters["adverts_dropped"]["bad_hmac"] > 3 and counters["adverts_sent"] > 3  # type: ignore[index]
     logs = (lab.dir / "a.log").read_text() + (lab.dir / "b.log").read_text()
     metrics = (lab.get("a", "http://127.0.0.1:9655/metrics") or "") + str(status(lab, "b"))
     for secret in ("wrong-secret", LAB_PASSWORD):
