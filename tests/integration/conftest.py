@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -46,6 +47,17 @@ def vip_holders(lab: Lab) -> list[str]:
         if VIP in addrs:
             holders.append(name)
     return holders
+
+
+def advert_times(lab: Lab, seconds: float) -> list[float]:
+    """Capture adverts in the client namespace for ``seconds``: their arrival times."""
+    dump = lab.topo["client"].run("timeout", str(seconds), "tcpdump", "-tt", "-n", "-l", "-i",
+                                  "eth0", "ip proto 112", check=False, timeout=seconds + 12).stdout
+    return [float(line.split()[0]) for line in dump.splitlines() if line.strip()]
+
+
+def max_gap(times: list[float]) -> float:
+    return max(b - a for a, b in itertools.pairwise(times))
 
 
 def metric(lab: Lab, node: str, name: str, **labels: str) -> float:
