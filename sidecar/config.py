@@ -245,7 +245,7 @@ def load(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
     merged = read_env_file(env_file) if env_file else {}
     merged.update(environ)
     ours = {k: v for k, v in merged.items() if k.startswith(("CARP_", "UCARP_"))}
-    known = _known_variables()
+    known = {name for names in _spellings() for name in names}
     for key in ours:
         if key.startswith("CARP_") and key not in known:
             raise ConfigError(f"{key}: unknown variable (see `carp-sidecar check-config --help`)")
@@ -255,29 +255,21 @@ def load(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
         raise ConfigError(_one_line(e, ours)) from None
 
 
+def _spellings() -> list[tuple[str, ...]]:
+    """Per setting, its variable names in precedence order: (CARP_X, UCARP_X)."""
+    return [tuple(str(c) for c in f.validation_alias.choices)
+            for f in Settings.model_fields.values() if isinstance(f.validation_alias, AliasChoices)]
+
+
 def _effective(given: Mapping[str, str]) -> dict[str, str]:
     """One value per setting: CARP_X if present, else UCARP_X; an empty value means unset, so
     ``-e UCARP_UPSCRIPT=`` switches off a script that an old ucarp.conf names."""
     out: dict[str, str] = {}
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        if not isinstance(alias, AliasChoices):
-            continue
-        for name in (str(c) for c in alias.choices):
-            if name in given:
-                if given[name] != "":
-                    out[name] = given[name]
-                break
+    for names in _spellings():
+        name = next((n for n in names if n in given), None)
+        if name is not None and given[name] != "":
+            out[name] = given[name]
     return out
-
-
-def _known_variables() -> set[str]:
-    names: set[str] = set()
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(str(c) for c in alias.choices)
-    return names
 
 
 def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
