@@ -136,6 +136,9 @@ def skew_us(advskew: int) -> int:
     return advskew * US // 256
 
 
+BOW_OUT_KEY = (BOW_OUT, skew_us(BOW_OUT))  # the comparison key of a bow-out advert
+
+
 def handover_delay_us(advskew: int) -> int:
     """How long a backup waits after a bow-out advert: advskew/2048 s, at most 125 ms. Short
     enough for a planned handover to stay far below 100 ms of downtime with typical skews, long
@@ -277,7 +280,7 @@ class Machine:
                 return self._become_master(now, Reason.PREEMPT, src)
             p = self.params
             if (p.advbase * p.deadratio, skew_us(p.advskew)) < remote:
-                if remote == (BOW_OUT, skew_us(BOW_OUT)) and p.advskew:
+                if remote == BOW_OUT_KEY and p.advskew:
                     # Handover: the best backup (least skew) fires first and its advert
                     # re-arms the others, so one handover makes one transition.
                     self._master_down_at = _us(now) + handover_delay_us(p.advskew)
@@ -334,7 +337,7 @@ class Machine:
 
 
 def _timeout_reason(remote: tuple[int, int]) -> Reason:
-    return Reason.HANDOVER if remote == (BOW_OUT, skew_us(BOW_OUT)) else Reason.MASTER_TIMEOUT
+    return Reason.HANDOVER if remote == BOW_OUT_KEY else Reason.MASTER_TIMEOUT
 
 
 def _us(seconds: float) -> int:
