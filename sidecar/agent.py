@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine
+from ipaddress import IPv4Address
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -44,7 +45,8 @@ from .machine import (
 )
 from .metrics import Metrics
 from .net.netlink import AddressEvent, InterfaceNotFound, LinkEvent, Netlink
-from .net.packet import PacketSocket
+from .net.packet import ETH_P_ARP, ETH_P_IP, Attached, PacketSocket
+from .peers import ArpClaims, PeerTable
 from .protocol import (
     BOW_OUT,
     Advert,
@@ -59,6 +61,9 @@ from .protocol import (
 log = logging.getLogger("carp-sidecar")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 SUCCESSOR_WAIT = 0.8  # s a stopping master keeps the VIP waiting for the new master's advert
+PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
+ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
+HOUSEKEEPING = 0.25  # s between peer-table sweeps (expiry, silent former masters)
 WHY = {
     Reason.PREEMPT: "Putting MASTER down - preemption",
     Reason.MASTER_TIMEOUT: "Putting MASTER DOWN (going to time out)",
@@ -70,7 +75,7 @@ WHY = {
 
 
 class StartupError(Exception):
-    """Cannot run in this environment; the message says what to change."""
+    """Cannot run in this environment; the message says what to change (exit status 2)."""
 
 
 def _capabilities() -> int:
@@ -91,7 +96,7 @@ class Agent:
         self.m = Metrics(self.registry, settings.vhid, settings.interface, version)
         self.machine: Machine | None = None
         self.srcip = settings.srcip
-        self.peers: dict[str, dict[str, Any]] = {}
+        self.attached: Attached | None = None  # None while the interface is missing
         self.health: HealthMonitor | None = None
         self.maintenance = False
         self.health_ok = True
@@ -138,24 +143,33 @@ class Agent:
             link = await self.nl.link(s.interface)
         except InterfaceNotFound:
             raise StartupError(f"CARP_INTERFACE: no interface named {s.interface!r}") from None
-        self.ifindex, self.mac, self._link_running = link.index, link.mac, link.running
+        self._link_running = link.running
+        own = [a.ip for a in await self.nl.ipv4_addresses(link.index) if a.ip != self.vip.ip]
         if self.srcip is None:
-            own = [a.ip for a in await self.nl.ipv4_addresses(link.index) if a.ip != self.vip.ip]
             if not own:
                 raise StartupError(f"CARP_SRCIP: not set and {s.interface} has no IPv4 address")
             self.srcip = own[0]
+        elif self.srcip not in own:
+            raise StartupError(f"CARP_SRCIP: {self.srcip} is not an address of {s.interface} "
+                               f"(it has {', '.join(map(str, own)) or 'none'})")
         params = Params(advbase=s.advbase, advskew=s.advskew, deadratio=s.deadratio,
                         preempt=s.preempt, neutral=s.neutral, ignoreifstate=s.ignoreifstate,
                         garp_repeat=s.garp_repeat, own_ip=self.srcip)
         self.machine = Machine(params, rng=lambda: secrets.randbits(64))
+        interval = self.machine.advert_interval_us / 1e6
+        self.peer_table = PeerTable(PEER_CAPACITY,
+                                    3 * self.machine.master_down_interval_us / 1e6)
+        self.arp_claims = ArpClaims(ARP_CAPACITY, interval)
         self.expect = Expect(vhid=s.vhid, key=self.key, vip=self.vip.ip, group=s.mcast)
         try:
-            self.sock = PacketSocket(s.interface, link.index, s.mcast, join=not s.nomcast)
+            self.attached = self._attach_socket(link.index, link.mac)
         except PermissionError:
             raise StartupError("missing capability NET_RAW for the packet socket") from None
+        except OSError as e:
+            raise StartupError(f"CARP_INTERFACE: cannot open {s.interface}: {e.strerror}") from None
         if not s.manages_vip_by_scripts:
             try:
-                if await self.nl.remove_address(self.ifindex, self.vip):
+                if await self.nl.remove_address(link.index, self.vip):
                     log.warning("Removed stale VIP %s from %s (left by an earlier run)",
                                 self.vip.ip, s.interface)
             except NetlinkError as e:
@@ -163,16 +177,26 @@ class Agent:
                     raise StartupError("missing capability NET_ADMIN: cannot manage the VIP by "
                                        "netlink (docker run --cap-add=NET_ADMIN)") from None
                 raise
-        self.effects = Effects(s, self.m, self.nl, self.ifindex, self.sock, self.mac,
+        self.effects = Effects(s, self.m, self.nl, lambda: self.attached, self._is_master,
                                self._garp_sent)
         self.m.vip_present.labels(**self.m.labels).set(
-            1 if await self.nl.has_address(self.ifindex, self.vip.ip) else 0)
+            1 if await self.nl.has_address(link.index, self.vip.ip) else 0)
+        self.m.interface_present.labels(**self.m.labels).set(1)
         await self._open_servers()
+
+    def _attach_socket(self, index: int, mac: bytes) -> Attached:
+        s = self.s
+        sock = PacketSocket(s.interface, index, s.mcast, join=not s.nomcast, vips=[self.vip.ip])
+        return Attached(index, mac, sock)
+
+    def _is_master(self) -> bool:
+        return self.machine is not None and self.machine.state is State.MASTER
 
     async def _open_servers(self) -> None:
         if self.s.metrics_listen != "off":
             host, port = host_port(self.s.metrics_listen)
-            self.http = StatusServer(self.registry, self.status, self.ready)
+            self.http = StatusServer(self.registry, self.status, self.ready,
+                                     self.m.http_refused.labels(**self.m.labels).inc)
             try:
                 await self.http.start(host, port)
             except OSError as e:
@@ -206,6 +230,9 @@ class Agent:
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_state)
         self._spawn(self.effects.run())
         self._spawn(self._netlink_events())
+        self._spawn(self._housekeeping())
+        if self.control is not None:
+            self._spawn(self.control.watch())
         if s.garp_refresh > 0:
             self._spawn(self._garp_refresh())
         checks = checks_from(s)
@@ -216,7 +243,8 @@ class Agent:
             self._spawn(self.health.run())
         if not self._link_running:
             self.machine.link_changed(self.loop.time(), up=False)
-        self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        assert self.attached is not None
+        self.loop.add_reader(self.attached.sock.fileno(), self._on_readable)
         self._apply(self.machine.start(self.loop.time()))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -244,7 +272,7 @@ class Agent:
             self._apply(bow_out)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._successor.wait(), SUCCESSOR_WAIT)
-        self.loop.remove_reader(self.sock.fileno())
+        self._stop_reading()
         self._apply([a for a in actions if not isinstance(a, SendAdvert)])
         # let the VIP removal / downscript finish; scripts have their own timeout
         with contextlib.suppress(TimeoutError):
@@ -259,10 +287,14 @@ class Agent:
         for server in (getattr(self, "http", None), getattr(self, "control", None)):
             if server is not None:
                 await server.close()  # also removes the control socket file
-        for closer in (getattr(self, "sock", None), self.nl):
+        for closer in (self.attached.sock if self.attached else None, self.nl):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()
+
+    def _stop_reading(self) -> None:
+        if self.attached is not None:
+            self.loop.remove_reader(self.attached.sock.fileno())
 
     # ---- machine plumbing ----
     def _apply(self, actions: list[Action]) -> None:
@@ -278,9 +310,10 @@ class Agent:
             elif isinstance(a, Transition):
                 self._on_transition(a)
             elif isinstance(a, Conflict):
-                self.m.conflicts.labels(**self.m.labels).inc()
-                log.warning("Non-preferred master advertising: reasserting control of VIP with "
-                            "another gratuitous arp (peer %s)", a.peer)
+                self.m.conflicts.labels(**self.m.labels, evidence="advert").inc()
+                if a.announce:
+                    log.warning("Non-preferred master advertising: reasserting control of VIP "
+                                "with another gratuitous arp (peer %s)", a.peer)
         self._reschedule()
 
     def _reschedule(self) -> None:
@@ -318,12 +351,14 @@ class Agent:
 
     def _send_advert(self, a: SendAdvert) -> None:
         assert self.srcip is not None
+        if self.attached is None:
+            return  # no interface: the machine is BACKUP without timers, except when stopping
         advert = Advert(vhid=self.s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
         packet = build_ip_packet(advert, key=self.key, vip=self.vip.ip, src=self.srcip,
                                  dst=self.s.mcast, ident=random.getrandbits(16))
         frame = build_frame(packet, vhid=self.s.vhid, group=self.s.mcast, broadcast=self.s.nomcast)
         try:
-            self.sock.send(frame)
+            self.attached.sock.send(frame)
         except OSError as e:
             self.m.advert_send_errors.labels(**self.m.labels).inc()
             log.warning("write() has failed: %s", e.strerror)
@@ -333,29 +368,62 @@ class Agent:
             self.m.handovers_sent.labels(**self.m.labels).inc()
 
     def _on_readable(self) -> None:
+        if self.attached is None:
+            return
+        for frame in self.attached.sock.receive():
+            ethertype = int.from_bytes(frame[12:14], "big")
+            if ethertype == ETH_P_IP:
+                self._on_ip_packet(frame[14:])
+            elif ethertype == ETH_P_ARP:
+                self._on_arp(frame)
+
+    def _on_ip_packet(self, packet: bytes) -> None:
         assert self.machine is not None and self.srcip is not None
-        own = self.srcip.packed
-        for packet in self.sock.receive():
-            if packet[12:16] == own:
-                continue
-            try:
-                received = parse_packet(packet, self.expect)
-            except AdvertError as e:
-                self._dropped(e)
-                continue
-            ad, peer = received.advert, str(received.src)
-            lb = self.m.labels
-            self.m.adverts_received.labels(**lb).inc()
-            self.m.peer_last_advert.labels(**lb, peer=peer).set(time.time())
-            self.m.peer_advskew.labels(**lb, peer=peer).set(ad.advskew)
-            self.m.peer_advbase.labels(**lb, peer=peer).set(ad.advbase)
-            self.peers[peer] = {"last_seen": time.time(), "advbase": ad.advbase,
-                                "advskew": ad.advskew}
-            if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
-                self.m.handovers_received.labels(**lb).inc()
-            self._successor.set()
-            self._apply(self.machine.advert_received(self.loop.time(), received.src,
-                                                     ad.advbase, ad.advskew, ad.counter))
+        if packet[12:16] == self.srcip.packed:
+            return
+        try:
+            received = parse_packet(packet, self.expect)
+        except AdvertError as e:
+            self._dropped(e)
+            if e.reason is DropReason.BAD_HMAC:
+                # someone advertises our vhid with another key: remember the claim (a master
+                # that stops claiming may leave clients on its MAC), never act on its content
+                carp = (packet[0] & 0x0F) * 4  # parse_packet has checked the lengths
+                self._heard(str(IPv4Address(packet[12:16])), packet[carp + 5], packet[carp + 2],
+                            valid=False)
+            return
+        ad, peer = received.advert, str(received.src)
+        self.m.adverts_received.labels(**self.m.labels).inc()
+        self._heard(peer, ad.advbase, ad.advskew, valid=True)
+        if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
+            self.m.handovers_received.labels(**self.m.labels).inc()
+        self._successor.set()
+        self._apply(self.machine.advert_received(self.loop.time(), received.src,
+                                                 ad.advbase, ad.advskew, ad.counter))
+
+    def _heard(self, peer: str, advbase: int, advskew: int, valid: bool) -> None:
+        lb, now = self.m.labels, time.time()
+        for gone in self.peer_table.heard(self.loop.time(), now, peer, advbase, advskew, valid):
+            self.m.peers_evicted.labels(**lb).inc()
+            self.m.forget_peer(gone)
+        if valid:
+            self.m.peer_last_advert.labels(**lb, peer=peer).set(now)
+            self.m.peer_advskew.labels(**lb, peer=peer).set(advskew)
+            self.m.peer_advbase.labels(**lb, peer=peer).set(advbase)
+        self.m.peers.labels(**lb).set(len(self.peer_table))
+
+    def _on_arp(self, frame: bytes) -> None:
+        """An ARP frame whose sender address is our VIP (the kernel filter checked that)."""
+        if len(frame) < 42 or self.attached is None or self.machine is None:
+            return
+        sender_mac = frame[22:28]
+        if sender_mac == self.attached.mac or self.machine.state is not State.MASTER:
+            return
+        self.m.conflicts.labels(**self.m.labels, evidence="arp").inc()
+        if self.arp_claims.claimed(self.loop.time(), sender_mac):
+            log.warning("Another host (%s) announces VIP %s: re-announcing ours",
+                        sender_mac.hex(":"), self.vip.ip)
+            self._apply(self.machine.reannounce(self.loop.time()))
 
     def _dropped(self, e: AdvertError) -> None:
         reason = e.reason.value
@@ -375,24 +443,90 @@ class Agent:
     async def _garp_refresh(self) -> None:
         while True:
             await asyncio.sleep(self.s.garp_refresh)
-            if self.machine is not None and self.machine.state is State.MASTER:
+            if self._is_master():
                 self.effects.put(Effect.GARP)
+
+    async def _housekeeping(self) -> None:
+        """Peers expire; a former master that fell silent may have left clients on its MAC."""
+        assert self.machine is not None
+        while True:
+            await asyncio.sleep(HOUSEKEEPING)
+            now = self.loop.time()
+            for gone in self.peer_table.expire(now):
+                self.m.forget_peer(gone)
+            self.m.peers.labels(**self.m.labels).set(len(self.peer_table))
+            silent = self.peer_table.fallen_silent(now)
+            if silent and self._is_master():
+                log.warning("Former master %s stopped advertising: re-announcing VIP %s",
+                            ", ".join(silent[:3]), self.vip.ip)
+                self._apply(self.machine.reannounce(now))
 
     # ---- events from netlink, health, operators ----
     async def _netlink_events(self) -> None:
+        async for event in self.nl.events():
+            if isinstance(event, LinkEvent):
+                await self._on_link_event(event)
+            elif self.attached is not None and event.index == self.attached.index:
+                self._on_address_event(event)
+
+    async def _on_link_event(self, event: LinkEvent) -> None:
         assert self.machine is not None
-        async for event in self.nl.events(self.ifindex):
-            if isinstance(event, LinkEvent) and event.running != self._link_running:
-                self._link_running = event.running
-                log.warning("Link %s on %s", "up" if event.running else "down", self.s.interface)
-                self._apply(self.machine.link_changed(self.loop.time(), event.running))
-            elif isinstance(event, AddressEvent) and event.address == self.vip.ip:
-                self.m.vip_present.labels(**self.m.labels).set(1 if event.added else 0)
-                if (not event.added and self.machine.state is State.MASTER
-                        and not self.s.manages_vip_by_scripts):
-                    log.warning("VIP %s was removed from %s by someone else: adding it back",
-                                self.vip.ip, self.s.interface)
-                    self.effects.put(Effect.ADD_VIP)
+        ours = self.attached is not None and event.index == self.attached.index
+        if ours and (event.deleted or event.name != self.s.interface):
+            self._detach("deleted" if event.deleted else f"renamed to {event.name}")
+        elif not ours and event.name == self.s.interface and not event.deleted:
+            if self.attached is not None:
+                self._detach("replaced")  # the deletion of the old one was not seen
+            self._attach(event)
+        if self.attached is None or event.index != self.attached.index:
+            return
+        if event.running != self._link_running:
+            self._link_running = event.running
+            log.warning("Link %s on %s", "up" if event.running else "down", self.s.interface)
+            self._apply(self.machine.link_changed(self.loop.time(), event.running))
+
+    def _detach(self, why: str) -> None:
+        """The interface is gone: like a link loss (VIP dropped, BACKUP), until it comes back."""
+        assert self.machine is not None and self.attached is not None
+        log.warning("Interface %s %s: leaving MASTER state if held, waiting for it to return",
+                    self.s.interface, why)
+        self._stop_reading()
+        with contextlib.suppress(OSError):
+            self.attached.sock.close()
+        self.attached = None
+        self.m.interface_present.labels(**self.m.labels).set(0)
+        self.m.vip_present.labels(**self.m.labels).set(0)
+        if self._link_running:
+            self._link_running = False
+            # ignoreifstate ignores carrier, not a missing interface: nothing can be sent
+            self._apply(self.machine.link_changed(self.loop.time(), up=False, force=True))
+
+    def _attach(self, event: LinkEvent) -> None:
+        assert self.machine is not None
+        try:
+            self.attached = self._attach_socket(event.index, event.mac)
+        except OSError as e:
+            log.error("Interface %s is back (index %d) but cannot be opened: %s; retrying on its "
+                      "next change", self.s.interface, event.index, e.strerror or e)
+            return
+        log.warning("Interface %s is back (index %d): taking part again", self.s.interface,
+                    event.index)
+        self.loop.add_reader(self.attached.sock.fileno(), self._on_readable)
+        self.m.interface_present.labels(**self.m.labels).set(1)
+        if self.s.ignoreifstate:  # carrier does not matter, presence does
+            self._apply(self.machine.link_changed(self.loop.time(), up=True, force=True))
+
+    def _on_address_event(self, event: AddressEvent) -> None:
+        assert self.machine is not None
+        if event.address != self.vip.ip:
+            return
+        self.m.vip_present.labels(**self.m.labels).set(1 if event.added else 0)
+        if (not event.added and self.machine.state is State.MASTER
+                and not self.s.manages_vip_by_scripts):
+            log.warning("VIP %s was removed from %s by someone else: adding it back",
+                        self.vip.ip, self.s.interface)
+            self.effects.put(Effect.ADD_VIP)
+            self.effects.put(Effect.GARP)  # clients may have moved elsewhere meanwhile
 
     def _health_result(self, ok: bool) -> None:
         self.m.health_checks.labels(**self.m.labels, result="ok" if ok else "failed").inc()
@@ -438,7 +572,8 @@ class Agent:
                 "adverts_received": value("carp_adverts_received_total"),
                 "adverts_dropped": {r: n for r, n in dropped.items() if n}}
     def ready(self) -> bool:
-        return self.machine is not None and self.machine.state is not State.INIT
+        return (self.machine is not None and self.machine.state is not State.INIT
+                and self.attached is not None)
 
     def status(self) -> dict[str, Any]:
         machine = self.machine
@@ -457,8 +592,14 @@ class Agent:
             "maintenance": self.maintenance,
             "health": None if self.health is None else {
                 "healthy": self.health.healthy, "last_error": self.health.last_error},
+            "interface_present": self.attached is not None,
             "link_running": self._link_running,
-            "peers": self.peers,
+            "peers": {src: {"last_seen": p.wall, "advbase": p.advbase, "advskew": p.advskew}
+                      for src, p in self.peer_table.valid_peers().items()}
+                     if machine else {},
+            "control_socket": None if self.control is None else {
+                "path": str(self.control.path), "ok": not self.control.problem,
+                "problem": self.control.problem or None},
             "counters": self._counters(),
         }
 
@@ -469,6 +610,6 @@ def run_agent(settings: Settings, version: str = "0") -> int:
         return asyncio.run(Agent(settings, version=version).run())
     except StartupError as e:
         print(f"carp-sidecar: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         return 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
+import urllib.parse
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -28,6 +30,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
 
 IFNAMSIZ = 15
+PASS_FILE_MAX_READ = 512  # ucarp reads one line of at most 511 bytes
+MIN_GARP_REFRESH = 1.0  # s; below this a refresh is an ARP flood, not a refresh
+MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
 
 
 class ConfigError(Exception):
@@ -55,7 +60,7 @@ class Settings(BaseSettings):
     upscript: Path | None = _var("UPSCRIPT", None)
     downscript: Path | None = _var("DOWNSCRIPT", None)
     xparam: str | None = _var("XPARAM", None)
-    script_timeout: float = _var("SCRIPT_TIMEOUT", 30.0, gt=0)
+    script_timeout: float = _var("SCRIPT_TIMEOUT", 30.0, ge=0.1, le=3600)
     neutral: bool = _var("NEUTRAL", False)
     nomcast: bool = _var("NOMCAST", False)
     ignoreifstate: bool = _var("IGNOREIFSTATE", False)
@@ -63,17 +68,17 @@ class Settings(BaseSettings):
     mcast: IPv4Address = _var("MCAST", DEFAULT_GROUP)
     shutdown: bool = _var("SHUTDOWN", True)
     garp_repeat: int = _var("GARP_REPEAT", 2, ge=1, le=100)
-    garp_refresh: float = _var("GARP_REFRESH", 0.0, ge=0)
+    garp_refresh: float = _var("GARP_REFRESH", 0.0, ge=0, le=86400)
     metrics_listen: str = _var("METRICS_LISTEN", "0.0.0.0:9655")
     control_socket: Path | None = _var("CONTROL_SOCKET", None)
     health_url: str | None = _var("HEALTH_URL", None)
     health_tcp: str | None = _var("HEALTH_TCP", None)
     health_cmd: str | None = _var("HEALTH_CMD", None)
     health_status: int = _var("HEALTH_STATUS", 200, ge=100, le=599)
-    health_interval: float = _var("HEALTH_INTERVAL", 1.0, gt=0)
-    health_timeout: float = _var("HEALTH_TIMEOUT", 1.0, gt=0)
-    health_rise: int = _var("HEALTH_RISE", 2, ge=1)
-    health_fall: int = _var("HEALTH_FALL", 2, ge=1)
+    health_interval: float = _var("HEALTH_INTERVAL", 1.0, ge=MIN_HEALTH_INTERVAL, le=3600)
+    health_timeout: float = _var("HEALTH_TIMEOUT", 1.0, ge=0.01, le=300)
+    health_rise: int = _var("HEALTH_RISE", 2, ge=1, le=1000)
+    health_fall: int = _var("HEALTH_FALL", 2, ge=1, le=1000)
     log_format: Literal["text", "json"] = _var("LOG_FORMAT", "text")
 
     @classmethod
@@ -98,6 +103,28 @@ class Settings(BaseSettings):
             raise ValueError("must be an IPv4 multicast group")
         return v
 
+    @field_validator("srcip")
+    @classmethod
+    def _srcip(cls, v: IPv4Address | None) -> IPv4Address | None:
+        if v is not None and (v.is_multicast or v.is_unspecified or v.is_loopback
+                              or v == IPv4Address("255.255.255.255")):
+            raise ValueError(f"{v} cannot be a host's own source address")
+        return v
+
+    @field_validator("garp_refresh")
+    @classmethod
+    def _garp_refresh(cls, v: float) -> float:
+        if 0 < v < MIN_GARP_REFRESH:
+            raise ValueError(f"0 (off) or at least {MIN_GARP_REFRESH:g} s")
+        return v
+
+    @field_validator("control_socket")
+    @classmethod
+    def _control_socket(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"{v} is not an absolute path")
+        return v
+
     @field_validator("metrics_listen")
     @classmethod
     def _listen(cls, v: str) -> str:
@@ -116,8 +143,17 @@ class Settings(BaseSettings):
     @field_validator("health_url")
     @classmethod
     def _health_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("http://"):
-            raise ValueError("must be an http:// URL")
+        if v is None:
+            return v
+        try:
+            parts = urllib.parse.urlsplit(v)
+            port = parts.port
+        except ValueError as e:
+            raise ValueError(f"not a valid URL ({e})") from None
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("must be an http:// URL with a host")
+        if port == 0:
+            raise ValueError("port 0 is not a port")
         return v
 
     @field_validator("health_cmd")
@@ -165,7 +201,11 @@ class Settings(BaseSettings):
             raise ValueError("CARP_MASK: not a netmask or prefix length") from None
         if len(lens) > 1:
             raise ValueError("CARP_MASK: disagrees with the prefix length given in CARP_ADDR")
-        return IPv4Interface((ip, lens.pop() if lens else 32))
+        vip = IPv4Interface((ip, lens.pop() if lens else 32))
+        problem = _unusable_vip(vip)
+        if problem:
+            raise ValueError(f"CARP_ADDR: {vip.ip} {problem}")
+        return vip
 
     @property
     def secret(self) -> bytes:
@@ -177,11 +217,7 @@ class Settings(BaseSettings):
             var = "CARP_PASS"
         else:
             assert self.pass_file is not None
-            try:
-                # ucarp reads the first line and strips only its '\n'
-                raw = self.pass_file.read_bytes().split(b"\n", 1)[0]
-            except OSError as e:
-                raise ValueError(f"CARP_PASS_FILE: cannot read {self.pass_file}: {e.strerror}") from None
+            raw = _first_line(self.pass_file)
             var = "CARP_PASS_FILE"
         if not raw:
             raise ValueError(f"{var}: the password is empty")
@@ -209,6 +245,36 @@ class Settings(BaseSettings):
             out[var] = str(value).lower() if isinstance(value, bool) else str(value)
         out["VIP (effective)"] = str(self.vip)
         return out
+
+
+def _unusable_vip(vip: IPv4Interface) -> str | None:
+    """Why ``vip`` can never be a service address, or None."""
+    ip, net = vip.ip, vip.network
+    if ip.is_unspecified or ip == IPv4Address("255.255.255.255"):
+        return "is not a host address"
+    if ip.is_multicast or ip.is_loopback or ip.is_reserved:
+        return "is a multicast, loopback or reserved address"
+    if net.prefixlen <= 30 and ip in (net.network_address, net.broadcast_address):
+        return f"is the {'network' if ip == net.network_address else 'broadcast'} address of {net}"
+    return None
+
+
+def _first_line(path: Path) -> bytes:
+    """ucarp's passfile rule (first line, only its '\n' stripped), bounded and safe: a regular
+    file only (a FIFO would block the start, /dev/zero would never end) and one small read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        raise ValueError(f"CARP_PASS_FILE: cannot read {path}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"CARP_PASS_FILE: {path} is not a regular file")
+        head = os.read(fd, PASS_FILE_MAX_READ)
+    except OSError as e:
+        raise ValueError(f"CARP_PASS_FILE: cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return head.split(b"\n", 1)[0]
 
 
 def host_port(value: str) -> tuple[str, int]:

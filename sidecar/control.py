@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
 COMMANDS = ("demote", "promote", "status")
+log = logging.getLogger("carp-sidecar")
 
 
 def socket_path(settings: Settings | None) -> Path:
@@ -31,27 +34,83 @@ def socket_path(settings: Settings | None) -> Path:
 
 
 class ControlServer:
+    """Serves the control socket at ``path`` and removes only what it made.
+
+    At start an existing path is replaced only if it is a socket nobody listens on (left by an
+    agent that died); anything else (a regular file, a device, a symlink, a live agent's socket)
+    is refused. At exit the path is unlinked only if it is still the very socket this process
+    bound (same device and inode). :meth:`watch` re-creates the socket if someone deletes it and
+    reports a path taken over by something else in :attr:`problem` instead of touching it.
+    """
+
     def __init__(self, path: Path, handle: Callable[[str], str]) -> None:
         self.path, self._handle = path, handle
         self._server: asyncio.AbstractServer | None = None
+        self._identity: tuple[int, int] | None = None
+        self.problem = ""  # empty while the socket is ours and in place
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if _listening(self.path):
-            raise FileExistsError(f"another agent is listening on {self.path}")
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by an agent that died
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(f"{self.path} exists and is not a socket; refusing to "
+                                      "replace it")
+            if _listening(self.path):
+                raise FileExistsError(f"another agent is listening on {self.path}")
+            _unlink_if(self.path, (st.st_dev, st.st_ino))  # left by an agent that died
+        await self._bind()
+
+    async def _bind(self) -> None:
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, str(self.path))
+            server = await asyncio.start_unix_server(self._serve, str(self.path))
         finally:
             os.umask(old)
+        if self._server is not None:
+            self._server.close()
+        self._server = server
+        st = os.lstat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        self.problem = ""
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Keep the socket in place for the agent's lifetime."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.check()
+
+    async def check(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            log.warning("Control socket %s was removed: re-creating it", self.path)
+            try:
+                await self._bind()
+            except OSError as e:
+                self._report(f"removed and cannot be re-created: {e.strerror or e}")
+            return
+        except OSError as e:
+            self._report(f"cannot be checked: {e.strerror or e}")
+            return
+        if (st.st_dev, st.st_ino) != self._identity:
+            self._report("replaced by another file; left alone, demote/promote unavailable")
+        elif self.problem:
+            self.problem = ""
+
+    def _report(self, problem: str) -> None:
+        if problem != self.problem:
+            log.error("Control socket %s %s", self.path, problem)
+        self.problem = problem
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._identity is not None:
+            _unlink_if(self.path, self._identity)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -60,10 +119,18 @@ class ControlServer:
             reply = self._handle(command) if command in COMMANDS else f"error: unknown {command!r}"
             writer.write(reply.encode() + b"\n")
             await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
+        except (TimeoutError, ConnectionError, ValueError):
+            pass  # ValueError: a line over the stream limit
         finally:
             writer.close()
+
+
+def _unlink_if(path: Path, identity: tuple[int, int]) -> None:
+    """Unlink ``path`` only if it is still the socket ``identity`` names."""
+    with contextlib.suppress(FileNotFoundError):
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == identity:
+            path.unlink()
 
 
 def _listening(path: Path) -> bool:

@@ -1,8 +1,10 @@
 """/metrics, /healthz, /readyz and /status on one small asyncio server.
 
-It shares the event loop with the protocol, so it must never block it: every connection gets a
-hard deadline for its request head and a size cap, and all I/O is non-blocking. A slowloris
-client costs one idle coroutine until its deadline, never an advertisement.
+It shares the event loop with the protocol, so it must never hold it up: every connection gets a
+hard deadline for its request head and a size cap, connections beyond ``MAX_CONNECTIONS`` are
+closed at once, and the expensive answers are rendered at most once per ``CACHE_TTL`` —
+/metrics in a worker thread, so a storm of scrapes costs a few renders a second, not one per
+request, and an advert never waits for a rendering.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -19,13 +21,42 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 log = logging.getLogger("carp-sidecar")
 HEAD_TIMEOUT = 5.0
 MAX_HEAD = 8192
+MAX_CONNECTIONS = 64
+CACHE_TTL = 0.5  # s: a scrape may see values this old; Prometheus scrapes every 15 s or so
+
+
+class Cached:
+    """One rendering shared by every request within ``ttl``; concurrent requests wait for the
+    same rendering instead of starting their own."""
+
+    def __init__(self, render: Callable[[], Awaitable[bytes]], ttl: float) -> None:
+        self._render, self._ttl = render, ttl
+        self._value: asyncio.Future[bytes] | None = None
+        self._at = 0.0
+
+    async def get(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        if self._value is None or (self._value.done() and loop.time() - self._at > self._ttl):
+            self._at = loop.time()
+            self._value = asyncio.ensure_future(self._render())
+        return await asyncio.shield(self._value)
 
 
 class StatusServer:
     def __init__(self, registry: CollectorRegistry, status: Callable[[], dict[str, Any]],
-                 ready: Callable[[], bool]) -> None:
-        self._registry, self._status, self._ready = registry, status, ready
+                 ready: Callable[[], bool], on_refused: Callable[[], None] = lambda: None) -> None:
+        self._ready, self._on_refused = ready, on_refused
         self._server: asyncio.Server | None = None
+        self._connections = 0
+
+        async def metrics() -> bytes:
+            return await asyncio.to_thread(generate_latest, registry)
+
+        async def status_json() -> bytes:
+            return json.dumps(status(), indent=1).encode()
+
+        self._metrics = Cached(metrics, CACHE_TTL)
+        self._status = Cached(status_json, CACHE_TTL)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._serve, host or None, port,
@@ -38,11 +69,16 @@ class StatusServer:
                 await asyncio.wait_for(self._server.wait_closed(), 0.2)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= MAX_CONNECTIONS:
+            self._on_refused()
+            writer.transport.abort()
+            return
+        self._connections += 1
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             method, _, rest = head.decode("latin-1").partition(" ")
             path = rest.split(" ", 1)[0].split("?", 1)[0]
-            status, ctype, body = self._route(method, path)
+            status, ctype, body = await self._route(method, path)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode() + (body if method != "HEAD" else b""))
@@ -51,13 +87,14 @@ class StatusServer:
                 ConnectionError, UnicodeDecodeError):
             pass
         finally:
+            self._connections -= 1
             writer.close()
 
-    def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            return "200 OK", CONTENT_TYPE_LATEST, await self._metrics.get()
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
@@ -65,5 +102,5 @@ class StatusServer:
             return ("200 OK" if ready else "503 Service Unavailable", "text/plain",
                     b"ready\n" if ready else b"not ready\n")
         if path == "/status":
-            return "200 OK", "application/json", json.dumps(self._status(), indent=1).encode()
+            return "200 OK", "application/json", await self._status.get()
         return "404 Not Found", "text/plain", b"/metrics /healthz /readyz /status\n"

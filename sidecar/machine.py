@@ -20,7 +20,9 @@ Transition table (state, event -> new state: actions) — the rows the tests are
   BACKUP  advert otherwise             -> BACKUP: re-arm master-down
   MASTER  advert timer                 -> MASTER: SendAdvert (+ delayed Garp), re-arm
   MASTER  advert, L > R or tie lost    -> BACKUP: SendAdvert, DropVip, arm master-down
-  MASTER  advert, L < R or tie won     -> MASTER: Garp now and again later (conflict)
+  MASTER  advert, L < R or tie won     -> MASTER: Garp now and again later, at most once per
+                                          advert interval; Conflict once our takeover has had
+                                          an advert interval to reach the other master
   any     link down (not ignored)      -> BACKUP: DropVip if MASTER, no timers
   BACKUP  link up                      -> BACKUP: arm master-down
   MASTER  demoted                      -> BACKUP: SendAdvert(bow-out), DropVip, arm master-down
@@ -124,9 +126,12 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """Another MASTER was heard while we are MASTER and we keep the VIP (split brain healing)."""
+    """Another MASTER kept advertising more than an advert interval after our takeover (so it
+    is not the routine crossing of a preemption): split-brain evidence. ``announce`` is set at
+    most once per advert interval, for the log line."""
 
     peer: IPv4Address
+    announce: bool
 
 
 Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict
@@ -166,6 +171,8 @@ class Machine:
         self._master_down_reason = Reason.MASTER_DOWN
         self._garps_left = 0
         self._adverts_until_garp = 0
+        self._master_since: int | None = None  # µs
+        self._quiet_until = 0  # µs: no conflict GARP / log line before this
 
     # ---- intervals and keys ----
     @property
@@ -220,9 +227,11 @@ class Machine:
             return self._master_hears(now, src, remote)
         return self._backup_hears(now, src, remote)
 
-    def link_changed(self, now: float, up: bool) -> list[Action]:
+    def link_changed(self, now: float, up: bool, force: bool = False) -> list[Action]:
+        """Carrier change (ignored with ``ignoreifstate``), or with ``force`` the interface
+        itself vanishing or returning, which no setting can ignore."""
         self.link_up = up
-        if self.params.ignoreifstate or self.state is State.INIT:
+        if (self.params.ignoreifstate and not force) or self.state is State.INIT:
             return []
         if not up:
             actions = self._leave_master(Reason.LINK_DOWN) if self.state is State.MASTER else []
@@ -240,6 +249,15 @@ class Machine:
         actions += self._leave_master(Reason.DEMOTED)
         self._arm_master_down(now)
         return actions
+
+    def reannounce(self, now: float) -> list[Action]:
+        """Clients may have the VIP on another MAC (an ARP for it from another host, a former
+        master gone quiet): a MASTER sends a GARP, at most once per advert interval."""
+        t = _us(now)
+        if self.state is not State.MASTER or t < self._quiet_until:
+            return []
+        self._quiet_until = t + self.advert_interval_us
+        return [SendGarp()]
 
     def stop(self, now: float) -> list[Action]:
         old = self.state
@@ -268,9 +286,24 @@ class Machine:
             actions += self._leave_master(Reason.PREFERRED_MASTER, src)
             self._arm_master_down(now)
             return actions
-        self._garps_left = self.params.garp_repeat - 1
-        self._adverts_until_garp = 2
-        return [Conflict(src), SendGarp()]
+        return self._reassert(now, src)
+
+    def _reassert(self, now: float, src: IPv4Address) -> list[Action]:
+        """We stay MASTER over a worse one. Unauthenticated fields (source, skew) make this
+        reachable by replays at line rate, so what it costs us (GARPs, log lines) is limited
+        to once per advert interval."""
+        t = _us(now)
+        actions: list[Action] = []
+        settled = self._master_since is not None and t - self._master_since > self.advert_interval_us
+        quiet = t < self._quiet_until
+        if settled:
+            actions.append(Conflict(src, announce=not quiet))
+        if not quiet:
+            self._quiet_until = t + self.advert_interval_us
+            self._garps_left = self.params.garp_repeat - 1
+            self._adverts_until_garp = 2
+            actions.append(SendGarp())
+        return actions
 
     def _backup_hears(
         self, now: float, src: IPv4Address, remote: tuple[int, int]
@@ -293,6 +326,7 @@ class Machine:
     def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
         old = self.state
         self.state = State.MASTER
+        self._master_since = _us(now)
         self._master_down_at = None
         self._garps_left = self.params.garp_repeat - 1
         self._adverts_until_garp = 2
@@ -314,6 +348,7 @@ class Machine:
 
     def _leave_master(self, reason: Reason, peer: IPv4Address | None = None) -> list[Action]:
         self.state = State.BACKUP
+        self._master_since = None
         self._advert_at = None
         self._garps_left = 0
         return [DropVip(), Transition(State.MASTER, State.BACKUP, reason, peer)]

@@ -6,6 +6,7 @@ work on a fresh node. The state encoding matches keepalived exporters: 0 INIT, 1
 
 from __future__ import annotations
 
+import contextlib
 import platform
 
 from prometheus_client import (
@@ -32,7 +33,7 @@ TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
     (State.MASTER, State.INIT, Reason.STOP),
     (State.BACKUP, State.INIT, Reason.STOP),
 )
-SCRIPT_RESULTS = ("ok", "failed", "timeout", "error")
+SCRIPT_RESULTS = ("ok", "failed", "timeout", "error", "superseded")
 TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -91,8 +92,19 @@ class Metrics:
                                "(1 when no check is configured)", base, registry=r)
         self.health_checks = Counter("carp_health_checks", "Health check results",
                                      [*base, "result"], registry=r)
-        self.conflicts = Counter("carp_conflicts", "Another MASTER heard while MASTER "
-                                 "(split brain evidence)", base, registry=r)
+        self.conflicts = Counter("carp_conflicts", "Split-brain evidence while MASTER: another "
+                                 "master's adverts after our takeover settled (evidence=advert), "
+                                 "or an ARP for the VIP from another MAC (evidence=arp)",
+                                 [*base, "evidence"], registry=r)
+        self.interface_present = Gauge("carp_interface_present", "1 while the interface exists "
+                                       "(it may be deleted and re-created)", base, registry=r)
+        self.peers = Gauge("carp_peers", "Senders of adverts for this vhid remembered now "
+                           "(bounded; they expire)", base, registry=r)
+        self.peers_evicted = Counter("carp_peers_evicted", "Peers forgotten early because the "
+                                     "table was full (a flood of forged sources)", base,
+                                     registry=r)
+        self.http_refused = Counter("carp_http_connections_refused", "HTTP connections closed "
+                                    "at once because too many were open", base, registry=r)
         self.garps_sent = Counter("carp_garps_sent", "Gratuitous ARPs sent", base, registry=r)
         self.handovers_sent = Counter("carp_handovers_sent", "Bow-out adverts sent when leaving "
                                       "MASTER on purpose", base, registry=r)
@@ -117,12 +129,23 @@ class Metrics:
                 self.script_runs.labels(**lb, script=script, result=result)
         for result in ("ok", "failed"):
             self.health_checks.labels(**lb, result=result)
+        for evidence in ("advert", "arp"):
+            self.conflicts.labels(**lb, evidence=evidence)
         for unlabelled in (self.adverts_sent, self.advert_send_errors, self.adverts_received,
-                           self.vip_errors, self.conflicts, self.garps_sent, self.handovers_sent,
-                           self.handovers_received, self.takeover_duration):
+                           self.vip_errors, self.garps_sent, self.handovers_sent,
+                           self.handovers_received, self.takeover_duration, self.peers_evicted,
+                           self.http_refused):
             unlabelled.labels(**lb)
+        self.peers.labels(**lb).set(0)
+        self.interface_present.labels(**lb).set(0)
         self.health_up.labels(**lb).set(1)
         self.set_state(State.INIT)
+
+    def forget_peer(self, peer: str) -> None:
+        """Remove a peer's series, so forged sources cannot grow /metrics without bound."""
+        for gauge in (self.peer_last_advert, self.peer_advskew, self.peer_advbase):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*self.labels.values(), peer)
 
     def set_state(self, state: State) -> None:
         for s in State:

@@ -1,8 +1,14 @@
 """Up/down scripts, run like ucarp runs them but never blocking the protocol.
 
-argv is ucarp's: ``[script, interface, vip(, xparam)]``, no shell, the agent's environment
-(so UCARP_* from an env file are visible to scripts that used to source ucarp.conf). Each run
-has a timeout after which its whole process group is killed. Output goes to the log.
+argv is ucarp's: ``[script, interface, vip(, xparam)]``, no shell. Like ucarp, the agent waits
+for the script *process* and nothing else: a script that starts a daemon (``service x start``,
+``cmd &``) has finished when its own process exits, and the daemon lives on. The script's
+output goes where the agent's own log goes (inherited stderr), as with ucarp, so a daemon
+that keeps writing never holds a pipe the agent would have to drain.
+
+A run ends in one of: ``ok``, ``failed`` (non-zero exit), ``error`` (cannot exec), ``timeout``
+(the script's process group is killed), ``superseded`` (the agent left the state the script was
+moving to, e.g. demoted while the upscript still ran: the group gets SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("carp-sidecar")
+SUPERSEDE_GRACE = 0.5  # s between SIGTERM and SIGKILL for a superseded script's process group
 
 
 @dataclass(frozen=True, slots=True)
 class ScriptResult:
-    result: str  # ok | failed | timeout | error
+    result: str  # ok | failed | error | timeout | superseded
     duration: float
     returncode: int | None = None
 
@@ -30,33 +37,52 @@ def script_argv(script: Path, interface: str, vip: str, xparam: str | None) -> l
     return [str(script), interface, vip] + ([xparam] if xparam is not None else [])
 
 
-async def run_script(argv: list[str], timeout: float) -> ScriptResult:
+async def run_script(argv: list[str], timeout: float,
+                     abort: asyncio.Event | None = None) -> ScriptResult:
+    """Run ``argv`` to its end, its timeout, or until ``abort`` is set."""
     log.warning("Spawning [%s]", " ".join(argv))  # ucarp's words, at ucarp's level
     started = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        )
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=2, stderr=2,
+            start_new_session=True)
     except OSError as e:
         log.error("Unable to exec %s: %s", " ".join(argv), e.strerror)
         return ScriptResult("error", time.monotonic() - started)
+    exited: asyncio.Future[int] = asyncio.ensure_future(proc.wait())
+    aborted = asyncio.ensure_future(abort.wait()) if abort is not None else None
+    waiters: set[asyncio.Future[object]] = {exited}  # type: ignore[arg-type]
+    if aborted is not None:
+        waiters.add(aborted)  # type: ignore[arg-type]
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        _kill_group(proc.pid)
-        await proc.wait()
+        done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the agent is stopping: leave no half-run script behind
+        _signal_group(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        if aborted is not None:
+            aborted.cancel()
+    if not exited.done():
+        if aborted is not None and aborted in done:
+            _signal_group(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), SUPERSEDE_GRACE)
+            _signal_group(proc.pid, signal.SIGKILL)
+            await exited
+            log.warning("Script [%s] superseded by a newer state change and stopped", argv[0])
+            return ScriptResult("superseded", time.monotonic() - started)
+        _signal_group(proc.pid, signal.SIGKILL)
+        await exited
         log.error("Script [%s] timed out after %.1f s and was killed", argv[0], timeout)
         return ScriptResult("timeout", time.monotonic() - started)
     duration = time.monotonic() - started
-    for line in output.decode(errors="replace").splitlines():
-        log.info("%s: %s", os.path.basename(argv[0]), line)
     if proc.returncode != 0:
         log.error("Script [%s] exited with status %s", argv[0], proc.returncode)
         return ScriptResult("failed", duration, proc.returncode)
     return ScriptResult("ok", duration, 0)
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

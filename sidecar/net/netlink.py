@@ -26,17 +26,28 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class LinkEvent:
+    """Any interface appeared, changed or went away (``deleted``); the agent picks its own."""
+
+    index: int
+    name: str
+    mac: bytes
     running: bool
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class AddressEvent:
+    index: int
     address: IPv4Address
     added: bool
 
 
 class InterfaceNotFound(LookupError):
     pass
+
+
+def _mac(msg: Any) -> bytes:
+    return bytes.fromhex((msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00").replace(":", ""))
 
 
 class Netlink:
@@ -51,8 +62,7 @@ class Netlink:
             raise InterfaceNotFound(ifname)
         msgs = [m async for m in await self._ipr.get_links(found[0])]
         msg = msgs[0]
-        mac = bytes.fromhex((msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00").replace(":", ""))
-        return Link(found[0], mac, bool(msg["flags"] & IFF_RUNNING))
+        return Link(found[0], _mac(msg), bool(msg["flags"] & IFF_RUNNING))
 
     async def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
         msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET)]
@@ -88,21 +98,24 @@ class Netlink:
                     raise
         return removed
 
-    async def events(self, index: int) -> AsyncIterator[LinkEvent | AddressEvent]:
+    async def events(self) -> AsyncIterator[LinkEvent | AddressEvent]:
+        """Link and IPv4 address events of every interface (the interface we follow may be
+        deleted and come back under a new index, so the caller filters)."""
         monitor = AsyncIPRoute()
         try:
             await monitor.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
             while True:  # get() yields one batch of messages per call
                 async for msg in monitor.get():
-                    if msg.get("index") != index:
-                        continue
-                    event = msg.get("event")
-                    if event == "RTM_NEWLINK":
-                        yield LinkEvent(bool(msg["flags"] & IFF_RUNNING))
+                    event, index = msg.get("event"), msg.get("index")
+                    if event in ("RTM_NEWLINK", "RTM_DELLINK"):
+                        yield LinkEvent(index, msg.get("IFLA_IFNAME") or "", _mac(msg),
+                                        bool(msg["flags"] & IFF_RUNNING),
+                                        deleted=event == "RTM_DELLINK")
                     elif event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("family") == AF_INET:
                         address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
                         if address:
-                            yield AddressEvent(IPv4Address(address), event == "RTM_NEWADDR")
+                            yield AddressEvent(index, IPv4Address(address),
+                                               event == "RTM_NEWADDR")
         finally:
             monitor.close()
 

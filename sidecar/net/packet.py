@@ -1,9 +1,12 @@
-"""AF_PACKET socket for CARP on one interface: whole Ethernet frames out, IPv4 proto-112 packets in.
+"""AF_PACKET socket for CARP on one interface: whole Ethernet frames out; CARP packets and ARP
+announcements of our VIPs in.
 
 ucarp reads and writes through libpcap, i.e. a packet socket: adverts leave with the fixed source
 MAC 00:00:5e:00:00:<vhid> and reach us whatever the IP stack thinks of their source address. We
 do the same, which needs only CAP_NET_RAW. A classic BPF filter keeps everything but IPv4
-protocol 112 in the kernel, so a busy web server's traffic never wakes the agent.
+protocol 112 and ARP from our VIPs' addresses in the kernel, so a busy web server's traffic
+never wakes the agent. If the interface is deleted the socket is dead for good (the kernel
+unbinds it): the agent opens a new one when an interface of that name comes back.
 """
 
 from __future__ import annotations
@@ -11,41 +14,60 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
+ARP_SPA_OFFSET = 28  # 14 Ethernet + 8 ARP fixed fields + 6 sender MAC
 
-# ldh [12]; jeq #0x800 else drop; ldb [23]; jeq #112 else drop; ret 65535; drop: ret 0
-_CARP_FILTER = [
-    (0x28, 0, 0, 12),
-    (0x15, 0, 3, ETH_P_IP),
-    (0x30, 0, 0, 23),
-    (0x15, 0, 1, 112),
-    (0x06, 0, 0, 0xFFFF),
-    (0x06, 0, 0, 0),
-]
+# classic BPF opcodes
+_LDH_ABS, _LDB_ABS, _LD_ABS, _JEQ_K, _RET_K = 0x28, 0x30, 0x20, 0x15, 0x06
 
 
-def _attach_filter(sock: socket.socket) -> None:
-    code = b"".join(struct.pack("HBBI", *ins) for ins in _CARP_FILTER)
+def carp_and_arp_filter(vips: list[IPv4Address]) -> list[tuple[int, int, int, int]]:
+    """Pass IPv4 protocol 112, and ARP whose sender address is one of ``vips``; drop the rest."""
+    accept = 7 + len(vips)  # index of "ret accept" (after the shared "ret drop")
+    drop = accept - 1
+    prog = [
+        (_LDH_ABS, 0, 0, 12),
+        (_JEQ_K, 0, 2, ETH_P_IP),  # not IPv4: go to the ARP test
+        (_LDB_ABS, 0, 0, 23),
+        (_JEQ_K, accept - 4, drop - 4, 112),
+        (_JEQ_K, 0, drop - 5, ETH_P_ARP),
+        (_LD_ABS, 0, 0, ARP_SPA_OFFSET),
+    ]
+    for i, vip in enumerate(vips):
+        here = len(prog)
+        prog.append((_JEQ_K, accept - here - 1, 0 if i < len(vips) - 1 else drop - here - 1,
+                     int(vip)))
+    prog += [(_RET_K, 0, 0, 0), (_RET_K, 0, 0, 0xFFFF)]
+    assert len(prog) == accept + 1
+    return prog
+
+
+def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    code = b"".join(struct.pack("HBBI", *ins) for ins in program)
     buf = ctypes.create_string_buffer(code)
-    fprog = struct.pack("HL", len(_CARP_FILTER), ctypes.addressof(buf))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class PacketSocket:
     """Non-blocking; register :meth:`fileno` with the event loop and call :meth:`receive`."""
 
-    def __init__(self, ifname: str, ifindex: int, group: IPv4Address, join: bool) -> None:
+    def __init__(self, ifname: str, ifindex: int, group: IPv4Address, join: bool,
+                 vips: list[IPv4Address]) -> None:
         self.ifname = ifname
+        self.errors = 0  # receive errors (ENETDOWN when the interface goes away)
         # protocol 0 receives nothing until bind(), so no unfiltered packet can slip in first
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            _attach_filter(self._sock)
-            self._sock.bind((ifname, ETH_P_IP))
+            _attach_filter(self._sock, carp_and_arp_filter(vips))
+            self._sock.bind((ifname, ETH_P_ALL))
             self._sock.setblocking(False)
         except OSError:
             self._sock.close()
@@ -65,17 +87,21 @@ class PacketSocket:
         return self._sock.fileno()
 
     def receive(self, limit: int = 64) -> list[bytes]:
-        """Up to ``limit`` queued IPv4 packets (Ethernet header stripped), ours excluded."""
-        packets: list[bytes] = []
+        """Up to ``limit`` queued Ethernet frames, our own outgoing ones excluded. A socket
+        error (the interface went down or away) ends the batch and is counted, never raised:
+        netlink tells the agent what happened to the interface."""
+        frames: list[bytes] = []
         for _ in range(limit):
             try:
                 frame, addr = self._sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 break
-            if addr[2] == PACKET_OUTGOING:
-                continue
-            packets.append(frame[14:])
-        return packets
+            except OSError:
+                self.errors += 1
+                break
+            if addr[2] != PACKET_OUTGOING:
+                frames.append(frame)
+        return frames
 
     def send(self, frame: bytes) -> None:
         self._sock.send(frame)
@@ -87,3 +113,12 @@ class PacketSocket:
         if self._mcast is not None:
             self._mcast.close()
         self._sock.close()
+
+
+@dataclass(slots=True)
+class Attached:
+    """The interface as the agent holds it now; replaced when the interface is re-created."""
+
+    index: int
+    mac: bytes
+    sock: PacketSocket

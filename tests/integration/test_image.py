@@ -92,7 +92,7 @@ def test_image_without_net_admin_exits_with_a_clear_message(topo: Topology) -> N
     code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
     out = podman("logs", name)
     text = out.stdout + out.stderr
-    assert code == "1"
+    assert code == "2"  # every problem found at start: exit 2, one line
     assert "missing capability NET_ADMIN" in text and "Traceback" not in text
     assert not vip_on(topo, "a")
 

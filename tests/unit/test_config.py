@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -82,6 +83,25 @@ def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
     ({"CARP_LOG_FORMAT": "xml"}, "CARP_LOG_FORMAT: Input should be 'text' or 'json'"),
     ({"CARP_PREMPT": "1"}, "CARP_PREMPT: unknown variable"),
     ({"UCARP_VHID": "0", "CARP_VHID": None}, "UCARP_VHID: Input should be greater"),
+    # values that pass a type check but hurt (issue: faults and hostile input)
+    ({"CARP_GARP_REFRESH": "1e-9"}, "CARP_GARP_REFRESH: 0 (off) or at least 1 s"),
+    ({"CARP_HEALTH_INTERVAL": "1e-9"}, "CARP_HEALTH_INTERVAL: Input should be greater than or "
+                                       "equal to 0.1"),
+    ({"CARP_HEALTH_INTERVAL": "inf"}, "CARP_HEALTH_INTERVAL: Input should be less than"),
+    ({"CARP_SCRIPT_TIMEOUT": "nan"}, "CARP_SCRIPT_TIMEOUT: Input should be"),
+    ({"CARP_ADDR": "0.0.0.0"}, "CARP_ADDR: 0.0.0.0 is not a host address"),
+    ({"CARP_ADDR": "255.255.255.255"}, "CARP_ADDR: 255.255.255.255 is not a host address"),
+    ({"CARP_ADDR": "224.0.0.18"}, "CARP_ADDR: 224.0.0.18 is a multicast"),
+    ({"CARP_ADDR": "127.0.0.1"}, "CARP_ADDR: 127.0.0.1 is a multicast, loopback"),
+    ({"CARP_ADDR": "172.16.0.0/16"}, "CARP_ADDR: 172.16.0.0 is the network address of 172.16.0.0/16"),
+    ({"CARP_ADDR": "172.16.255.255", "CARP_MASK": "255.255.0.0"},
+     "CARP_ADDR: 172.16.255.255 is the broadcast address"),
+    ({"CARP_SRCIP": "224.0.0.18"}, "CARP_SRCIP: 224.0.0.18 cannot be a host's own"),
+    ({"CARP_SRCIP": "0.0.0.0"}, "CARP_SRCIP: 0.0.0.0 cannot be"),
+    ({"CARP_HEALTH_URL": "http://[::1"}, "CARP_HEALTH_URL: not a valid URL"),
+    ({"CARP_HEALTH_URL": "http://:80/"}, "CARP_HEALTH_URL: must be an http:// URL with a host"),
+    ({"CARP_HEALTH_URL": "http://h:99999/"}, "CARP_HEALTH_URL: not a valid URL"),
+    ({"CARP_CONTROL_SOCKET": "run/x.sock"}, "CARP_CONTROL_SOCKET: run/x.sock is not an absolute"),
 ])
 def test_bad_values_name_the_variable(override: dict[str, str | None], message: str) -> None:
     env = {**BASE, **override}
@@ -100,6 +120,31 @@ def test_pass_file_first_line_only_like_ucarp(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("geheim\nsecond line\n")
     env = {k: v for k, v in BASE.items() if k != "CARP_PASS"} | {"CARP_PASS_FILE": str(tmp_path / "pw")}
     assert load(env).secret == b"geheim"
+
+
+def test_a_31_or_32_prefix_has_no_network_or_broadcast_address_to_refuse() -> None:
+    assert str(load({**BASE, "CARP_ADDR": "10.0.0.0/31"}).vip) == "10.0.0.0/31"
+    assert str(load({**BASE, "CARP_ADDR": "10.0.0.255"}).vip) == "10.0.0.255/32"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "huge"])
+def test_pass_file_must_be_a_small_regular_file(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "pw"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block the start forever
+    elif kind == "dev-zero":
+        path = Path("/dev/zero")  # reading it whole would never end
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"x" * 50_000_000)  # one huge line: only 512 bytes are read
+    env = {k: v for k, v in BASE.items() if k != "CARP_PASS"} | {"CARP_PASS_FILE": str(path)}
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"^CARP_PASS_FILE: ") as e:
+        load(env)
+    assert time.monotonic() - started < 1
+    want = "password longer than 19" if kind == "huge" else "is not a regular file"
+    assert want in str(e.value)
 
 
 def test_secret_never_in_errors_or_redacted_output() -> None:

@@ -157,15 +157,15 @@ def test_master_equal_interval_tie_break_is_little_endian() -> None:
     high_numeric = Machine(Params(own_ip=IPv4Address("172.16.1.9")), rng=lambda: 1)
     high_numeric.start(0)
     high_numeric.timer_expired(3)
-    actions = high_numeric.advert_received(4, IPv4Address("172.16.0.10"), 1, 0, 1)
+    actions = high_numeric.advert_received(4.5, IPv4Address("172.16.0.10"), 1, 0, 1)
     assert high_numeric.state is State.MASTER and actions == [
-        Conflict(IPv4Address("172.16.0.10")), SendGarp()]
+        Conflict(IPv4Address("172.16.0.10"), announce=True), SendGarp()]
     assert le_order(IPv4Address("172.16.1.9")) < le_order(IPv4Address("172.16.0.10"))
 
 
 def test_master_reasserts_against_worse_master_with_garp_now_and_later() -> None:
     m = master(advskew=0)
-    assert m.advert_received(3.5, PEER, 1, 50, 9) == [Conflict(PEER), SendGarp()]
+    assert m.advert_received(3.5, PEER, 1, 50, 9) == [SendGarp()]
     first = m.timer_expired(m.next_deadline() or 0)
     second = m.timer_expired(m.next_deadline() or 0)
     assert kinds(first) == ["SendAdvert"] and kinds(second) == ["SendAdvert", "SendGarp"]
@@ -178,7 +178,52 @@ def test_master_takeover_sends_second_garp_with_second_advert() -> None:
                     ["SendAdvert"], ["SendAdvert"]]
 
 
+def test_crossing_advert_right_after_takeover_is_not_a_conflict() -> None:
+    # preemption: the old master's last advert crosses our first one (within one interval)
+    m = master()  # MASTER at t=3
+    assert m.advert_received(3.01, PEER, 1, 50, 9) == [SendGarp()]
+    assert m.advert_received(4.0, PEER, 1, 50, 9) == []  # GARPs limited to one per interval
+
+
+def test_master_still_hearing_worse_master_after_an_interval_counts_conflicts() -> None:
+    m = master()
+    assert m.advert_received(4.5, PEER, 1, 50, 9) == [Conflict(PEER, announce=True), SendGarp()]
+    # more of the same within the interval: counted, but no GARP and no log line
+    assert m.advert_received(4.6, PEER, 1, 50, 9) == [Conflict(PEER, announce=False)]
+    assert m.advert_received(5.6, PEER, 1, 50, 9) == [Conflict(PEER, announce=True), SendGarp()]
+
+
+def test_replayed_adverts_at_line_rate_cost_one_garp_per_interval() -> None:
+    m = master()
+    garps = 0
+    for i in range(10_000):  # 1000 per second for 10 s, from made-up sources
+        src = IPv4Address(0x0A000000 + 2 + i)  # all "worse": our key wins on skew
+        garps += kinds(m.advert_received(4.0 + i / 1000, src, 1, 50, 9)).count("SendGarp")
+        m.timer_expired(4.0 + i / 1000)
+    assert m.state is State.MASTER and 9 <= garps <= 11 + 2  # plus the periodic takeover GARPs
+
+
+def test_reannounce_only_as_master_and_at_most_once_per_interval() -> None:
+    b = machine()
+    b.start(0)
+    assert b.reannounce(1.0) == []
+    m = master()
+    assert m.reannounce(5.0) == [SendGarp()]
+    assert m.reannounce(5.5) == []
+    assert m.reannounce(6.01) == [SendGarp()]
+
+
 # ---- link ----
+def test_interface_gone_is_link_down_even_with_ignoreifstate() -> None:
+    m = master(ignoreifstate=True)
+    assert m.link_changed(4.0, up=False) == []  # carrier: ignored
+    actions = m.link_changed(4.0, up=False, force=True)  # the interface itself: never ignored
+    assert actions == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.LINK_DOWN)]
+    assert m.next_deadline() is None
+    m.link_changed(9.0, up=True, force=True)
+    assert m.next_deadline() == pytest.approx(12.0)  # back in one master-down interval
+
+
 def test_link_down_master_drops_vip_and_stops_timers() -> None:
     m = master()
     actions = m.link_changed(4.0, up=False)

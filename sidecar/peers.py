@@ -1,0 +1,93 @@
+"""Who else claims our VHID and our VIP: bounded tables fed by unauthenticated input. Pure.
+
+CARP authenticates neither the sender's address nor its skew, and ARP authenticates nothing,
+so every table here is sized against a flood: entries expire, the table is capped (the least
+recently heard entry is evicted and counted), and what an entry can make us do is rate limited.
+
+- :class:`PeerTable` — senders of adverts for our VHID, valid or not. Only masters advertise,
+  so a sender that falls silent has stepped down (or died), and whatever ARP entries it held
+  for the VIP are now wrong: :meth:`PeerTable.fallen_silent` reports it once, and a MASTER
+  re-announces the VIP.
+- :class:`ArpClaims` — other MACs announcing the VIP (a GARP, or an ARP from a host that holds
+  it): the split-brain signal that works even when adverts cannot be authenticated. Each MAC
+  earns a re-announcement with exponential back-off, so two masters that cannot hear each
+  other's adverts do not ping-pong GARPs forever.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+BOW_OUT_SILENCE = 1.0  # s: a stopping master keeps the VIP at most 0.8 s after its bow-out
+
+
+@dataclass(slots=True)
+class Peer:
+    last_seen: float  # caller's clock
+    wall: float  # Unix time, for /status and metrics
+    advbase: int
+    advskew: int
+    valid: bool  # its last advert passed the HMAC check
+    quiet_after: float  # silence beyond this means it stopped advertising
+    silent: bool = False
+
+
+class PeerTable:
+    def __init__(self, capacity: int, expire_after: float) -> None:
+        self.capacity, self.expire_after = capacity, expire_after
+        self._peers: OrderedDict[str, Peer] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def heard(self, now: float, wall: float, src: str, advbase: int, advskew: int,
+              valid: bool) -> list[str]:
+        """Record an advert from ``src``; returns the peers evicted to make room."""
+        interval = advbase + advskew / 256
+        bow_out = advbase == 255 and advskew == 255
+        quiet = BOW_OUT_SILENCE if bow_out else max(2.5 * interval, 0.05)
+        self._peers.pop(src, None)
+        self._peers[src] = Peer(now, wall, advbase, advskew, valid, now + quiet)
+        evicted = []
+        while len(self._peers) > self.capacity:
+            evicted.append(self._peers.popitem(last=False)[0])
+        return evicted
+
+    def fallen_silent(self, now: float) -> list[str]:
+        """Peers that stopped advertising since the last call (each reported once)."""
+        gone = []
+        for src, peer in self._peers.items():
+            if not peer.silent and now > peer.quiet_after:
+                peer.silent = True
+                gone.append(src)
+        return gone
+
+    def expire(self, now: float) -> list[str]:
+        """Forget peers not heard for ``expire_after``; returns them."""
+        old = [src for src, p in self._peers.items() if now - p.last_seen > self.expire_after]
+        for src in old:
+            del self._peers[src]
+        return old
+
+    def valid_peers(self) -> dict[str, Peer]:
+        return {src: p for src, p in self._peers.items() if p.valid}
+
+
+class ArpClaims:
+    def __init__(self, capacity: int, interval: float, max_backoff: int = 64) -> None:
+        self.capacity, self.interval, self.max_backoff = capacity, interval, max_backoff
+        self._claims: OrderedDict[bytes, tuple[float, float, int]] = OrderedDict()
+
+    def claimed(self, now: float, mac: bytes) -> bool:
+        """Another MAC announced the VIP: True when it is time to re-announce ours."""
+        _, next_at, backoff = self._claims.pop(mac, (now, now, 1))
+        if now - next_at > 2 * self.max_backoff * self.interval:
+            next_at, backoff = now, 1  # quiet for long: a new episode
+        answer = now >= next_at
+        if answer:
+            next_at, backoff = now + backoff * self.interval, min(backoff * 2, self.max_backoff)
+        self._claims[mac] = (now, next_at, backoff)
+        while len(self._claims) > self.capacity:
+            self._claims.popitem(last=False)
+        return answer

@@ -1,0 +1,254 @@
+"""Fault behaviour of the small I/O pieces, on a temp dir or loopback (no root, no netns):
+the control socket never touches a file it did not make, scripts that daemonise are not
+"hung", a superseded upscript is stopped, the peer and ARP tables stay bounded, and a scrape
+storm costs a few renderings, not one per request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sidecar.control import ControlServer, send_command
+from sidecar.http import StatusServer
+from sidecar.metrics import Metrics
+from sidecar.peers import ArpClaims, PeerTable
+from sidecar.scripts import run_script
+
+
+def serve(path: Path) -> ControlServer:
+    return ControlServer(path, lambda command: f"did {command}")
+
+
+# ---- control socket ----
+@pytest.mark.parametrize("kind", ["regular", "fifo", "symlink", "device"])
+def test_control_socket_refuses_to_replace_a_file_it_did_not_make(tmp_path: Path,
+                                                                 kind: str) -> None:
+    path, target = tmp_path / "ctl.sock", tmp_path / "precious"
+    target.write_text("keep me\n")
+    if kind == "regular":
+        path.write_text("keep me\n")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to(target)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("mknod of a device needs root")
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    before = os.lstat(path)
+
+    async def main() -> None:
+        with pytest.raises(FileExistsError, match="not a socket"):
+            await serve(path).start()
+
+    asyncio.run(main())
+    after = os.lstat(path)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert target.read_text() == "keep me\n"
+
+
+def test_control_socket_replaces_a_dead_agents_socket_but_not_a_live_one(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # bound, never listening: what a killed agent leaves
+    dead.close()
+
+    async def main() -> None:
+        live = serve(path)
+        await live.start()
+        assert await asyncio.to_thread(send_command, path, "status") == "did status"
+        with pytest.raises(FileExistsError, match="another agent is listening"):
+            await serve(path).start()
+        await live.close()
+
+    asyncio.run(main())
+    assert not path.exists()
+
+
+def test_deleted_control_socket_is_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+
+    async def main() -> None:
+        server = serve(path)
+        await server.start()
+        path.unlink()
+        await server.check()
+        assert stat.S_ISSOCK(os.lstat(path).st_mode) and server.problem == ""
+        assert await asyncio.to_thread(send_command, path, "demote") == "did demote"
+        await server.close()
+
+    asyncio.run(main())
+    assert not path.exists()
+
+
+def test_control_socket_replaced_by_a_file_is_reported_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "ctl.sock"
+
+    async def main() -> str:
+        server = serve(path)
+        await server.start()
+        path.unlink()
+        path.write_text("someone else's\n")
+        await server.check()
+        await server.close()  # must not remove what is there now
+        return server.problem
+
+    assert "replaced by another file" in asyncio.run(main())
+    assert path.read_text() == "someone else's\n"
+
+
+# ---- scripts ----
+def executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not alive; our test process is not its parent, so it is reaped by init
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_script_that_starts_a_daemon_ends_when_the_script_does(tmp_path: Path) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    up = executable(tmp_path / "up.sh",
+                    f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\necho started\n")
+
+    async def main() -> tuple[str, float]:
+        r = await run_script([str(up), "eth0", "10.0.0.1"], timeout=5)
+        return r.result, r.duration
+
+    result, duration = asyncio.run(main())
+    assert result == "ok" and duration < 2
+    daemon = int(pidfile.read_text())
+    try:
+        assert alive(daemon)  # its children live on, as with ucarp
+    finally:
+        os.kill(daemon, 9)
+
+
+def test_superseded_upscript_is_stopped_with_its_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    up = executable(tmp_path / "up.sh", f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+
+    async def main() -> tuple[str, float]:
+        abort = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.3, abort.set)
+        r = await run_script([str(up), "eth0", "10.0.0.1"], timeout=30, abort=abort)
+        return r.result, r.duration
+
+    result, duration = asyncio.run(main())
+    assert result == "superseded" and duration < 1.5
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(child)
+
+
+def test_hanging_script_still_times_out(tmp_path: Path) -> None:
+    hang = executable(tmp_path / "hang.sh", "#!/bin/sh\nsleep 300\n")
+
+    async def main() -> str:
+        return (await run_script([str(hang), "eth0", "10.0.0.1"], timeout=0.3)).result
+
+    assert asyncio.run(main()) == "timeout"
+
+
+# ---- peer and ARP tables ----
+def test_peer_table_is_capped_and_counts_evictions() -> None:
+    table = PeerTable(capacity=32, expire_after=9)
+    evicted = []
+    for i in range(10_000):
+        evicted += table.heard(i / 1000, 0.0, f"10.0.{i // 256}.{i % 256}", 1, 0, valid=True)
+    assert len(table) == 32 and len(evicted) == 10_000 - 32
+    assert evicted[0] == "10.0.0.0"  # the least recently heard goes first
+
+
+def test_peer_table_refresh_keeps_a_real_peer_and_entries_expire() -> None:
+    table = PeerTable(capacity=2, expire_after=9)
+    table.heard(0, 0, "real", 1, 0, valid=True)
+    table.heard(0.5, 0, "forged-1", 1, 0, valid=True)
+    table.heard(1.0, 0, "real", 1, 0, valid=True)  # heard again: now the most recent
+    assert table.heard(1.5, 0, "forged-2", 1, 0, valid=True) == ["forged-1"]
+    assert table.expire(9.6) == []
+    assert table.expire(10.1) == ["real"] and len(table) == 1
+
+
+def test_a_master_that_stops_advertising_is_reported_once() -> None:
+    table = PeerTable(capacity=8, expire_after=100)
+    for t in range(5):
+        table.heard(float(t), 0, "old-master", 1, 0, valid=False)  # e.g. wrong password
+    assert table.fallen_silent(6.0) == []  # 2 s after its last advert: still within 2.5 s
+    assert table.fallen_silent(6.6) == ["old-master"]
+    assert table.fallen_silent(20.0) == []
+    table.heard(21.0, 0, "old-master", 255, 255, valid=True)  # back, then a bow-out
+    assert table.fallen_silent(21.9) == [] and table.fallen_silent(22.1) == ["old-master"]
+
+
+def test_arp_claims_back_off_exponentially_per_mac() -> None:
+    claims = ArpClaims(capacity=4, interval=1.0, max_backoff=8)
+    answers = [t for t in range(60) if claims.claimed(float(t), b"\x02" * 6)]
+    assert answers == [0, 1, 3, 7, 15, 23, 31, 39, 47, 55]
+    assert claims.claimed(0.0, b"\x04" * 6)  # another MAC has its own schedule
+    assert claims.claimed(100.0, b"\x02" * 6)  # quiet for long: a new episode answers at once
+
+
+# ---- HTTP under a scrape storm ----
+def test_scrape_storm_renders_a_few_times_and_caps_connections() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry, 1, "eth0", "test", process_metrics=False)
+    renders = 0
+    original = registry.collect
+
+    def counting_collect():  # type: ignore[no-untyped-def]
+        nonlocal renders
+        renders += 1
+        return original()
+
+    registry.collect = counting_collect  # type: ignore[method-assign]
+    server = StatusServer(registry, lambda: {"state": "MASTER"}, lambda: True,
+                          m.http_refused.labels(**m.labels).inc)
+
+    async def get(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            return await reader.read()
+        except ConnectionResetError:
+            return b""  # refused: the server reset the connection
+        finally:
+            writer.close()
+
+    async def main() -> tuple[list[bytes], int]:
+        await server.start("127.0.0.1", 0)
+        assert server._server is not None
+        port = server._server.sockets[0].getsockname()[1]
+        hold = [await asyncio.open_connection("127.0.0.1", port) for _ in range(64)]
+        await asyncio.sleep(0.05)
+        refused = await get(port)  # the 65th connection is closed at once
+        for _, writer in hold:
+            writer.close()
+        await asyncio.sleep(0.05)
+        bodies = await asyncio.gather(*(get(port) for _ in range(40)))
+        await server.close()
+        return [refused, *bodies], renders
+
+    bodies, n = asyncio.run(main())
+    assert bodies[0] == b""
+    assert all(b"carp_adverts_sent_total" in b for b in bodies[1:])
+    assert n <= 2, n
+    assert registry.get_sample_value("carp_http_connections_refused_total",
+                                     m.labels) == 1
