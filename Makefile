@@ -7,7 +7,7 @@ APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl
 IMAGE ?= localhost/carp-sidecar
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv lint typecheck unit integration test demo bench image image-test clean
+.PHONY: help deps venv lint typecheck unit integration test demo bench chaos image image-test clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,10 @@ demo: deps ## two-node failover lab on this machine (network namespaces, Apache,
 bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepalived
 	$(BIN)/python tests/bench/bench_codec.py
 	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
+
+chaos: deps ## the long adversarial run (~20 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
+	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py
+	$(BIN)/python tests/chaos/chaos.py --json docs/chaos-results.json $(CHAOS_ARGS)
 
 image: ## build the container image with Podman (localhost/carp-sidecar)
 	IMAGE=$(IMAGE) bash .ci/build-image.sh

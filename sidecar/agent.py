@@ -152,15 +152,7 @@ class Agent:
         elif self.srcip not in own:
             raise StartupError(f"CARP_SRCIP: {self.srcip} is not an address of {s.interface} "
                                f"(it has {', '.join(map(str, own)) or 'none'})")
-        params = Params(advbase=s.advbase, advskew=s.advskew, deadratio=s.deadratio,
-                        preempt=s.preempt, neutral=s.neutral, ignoreifstate=s.ignoreifstate,
-                        garp_repeat=s.garp_repeat, own_ip=self.srcip)
-        self.machine = Machine(params, rng=lambda: secrets.randbits(64))
-        interval = self.machine.advert_interval_us / 1e6
-        self.peer_table = PeerTable(PEER_CAPACITY,
-                                    3 * self.machine.master_down_interval_us / 1e6)
-        self.arp_claims = ArpClaims(ARP_CAPACITY, interval)
-        self.expect = Expect(vhid=s.vhid, key=self.key, vip=self.vip.ip, group=s.mcast)
+        self._build_core()
         try:
             self.attached = self._attach_socket(link.index, link.mac)
         except PermissionError:
@@ -177,12 +169,25 @@ class Agent:
                     raise StartupError("missing capability NET_ADMIN: cannot manage the VIP by "
                                        "netlink (docker run --cap-add=NET_ADMIN)") from None
                 raise
-        self.effects = Effects(s, self.m, self.nl, lambda: self.attached, self._is_master,
-                               self._garp_sent)
         self.m.vip_present.labels(**self.m.labels).set(
             1 if await self.nl.has_address(link.index, self.vip.ip) else 0)
         self.m.interface_present.labels(**self.m.labels).set(1)
         await self._open_servers()
+
+    def _build_core(self) -> None:
+        """The machine and what feeds it, once the source address is known (no I/O)."""
+        s = self.s
+        assert self.srcip is not None
+        params = Params(advbase=s.advbase, advskew=s.advskew, deadratio=s.deadratio,
+                        preempt=s.preempt, neutral=s.neutral, ignoreifstate=s.ignoreifstate,
+                        garp_repeat=s.garp_repeat, own_ip=self.srcip)
+        self.machine = Machine(params, rng=lambda: secrets.randbits(64))
+        self.peer_table = PeerTable(PEER_CAPACITY,
+                                    3 * self.machine.master_down_interval_us / 1e6)
+        self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
+        self.expect = Expect(vhid=s.vhid, key=self.key, vip=self.vip.ip, group=s.mcast)
+        self.effects = Effects(s, self.m, self.nl, lambda: self.attached, self._is_master,
+                               self._garp_sent)
 
     def _attach_socket(self, index: int, mac: bytes) -> Attached:
         s = self.s

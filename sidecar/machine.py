@@ -1,4 +1,4 @@
-"""The CARP state machine, with ucarp 1.5.2's rules (carp-protocol.md §4). Pure: no I/O, no clock.
+"""The CARP state machine, with ucarp 1.5.2's rules (docs/protocol.md §5). Pure: no I/O, no clock.
 
 Everything that decides *who is master* lives here; nothing here knows about sockets, netlink,
 scripts or time sources. The caller passes ``now`` (seconds, any monotonic origin) into every

@@ -93,6 +93,19 @@ class Topology:
     def plug(self, name: str) -> None:
         sh("ip", "-n", self.switch, "link", "set", self.hosts[name].port, "up")
 
+    def remove_interface(self, name: str) -> None:
+        """Delete the host's eth0 (and its switch port): a container restart, a re-plumbed veth."""
+        sh("ip", "-n", self.switch, "link", "del", self.hosts[name].port)
+
+    def recreate_interface(self, name: str) -> None:
+        """A new eth0 (new ifindex, new MAC) with the same address, plugged into the switch."""
+        host = self.hosts[name]
+        sw = ["ip", "-n", self.switch]
+        sh(*sw, "link", "add", host.port, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
+        sh(*sw, "link", "set", host.port, "master", "br0", "up")
+        sh("ip", "-n", host.ns, "addr", "add", str(host.address), "dev", "eth0")
+        sh("ip", "-n", host.ns, "link", "set", "eth0", "up")
+
     def block_carp(self, name: str, blocked: bool = True) -> None:
         """Drop IP protocol 112 to and from the host at the switch; everything else passes (a
         partition of the CARP group only, so Prometheus still scrapes both sides)."""

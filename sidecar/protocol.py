@@ -1,6 +1,6 @@
 """CARP advertisement codec, byte-compatible with ucarp 1.5.2. Pure: no sockets, no clock.
 
-Layout and checks follow ../shared/carp-protocol.md (§1-§3): a 36-byte CARP header carried in
+Layout and checks follow docs/protocol.md (§1-§4): a 36-byte CARP header carried in
 IPv4 protocol 112, Internet checksum over the CARP bytes, and ucarp's HMAC-SHA1 over
 ``02 01 vhid VIP counter`` keyed with the raw password. ``parse_packet`` runs ucarp's receive
 checks in ucarp's order and raises only :class:`AdvertError`, whose ``reason`` is the label the
@@ -183,7 +183,7 @@ def build_frame(ip_packet: bytes, *, vhid: int, group: IPv4Address, broadcast: b
 
 
 def parse_packet(packet: bytes, expect: Expect) -> Received:
-    """Validate an IPv4 packet as an advert for us, in ucarp's order (carp-protocol.md §1.3).
+    """Validate an IPv4 packet as an advert for us, in ucarp's order (docs/protocol.md §4).
 
     Trailing bytes (Ethernet padding) are ignored; anything wrong raises AdvertError.
     """

@@ -1,4 +1,4 @@
-"""Gratuitous ARP exactly as ucarp sends it (carp-protocol.md §5). Pure frame builder."""
+"""Gratuitous ARP exactly as ucarp sends it (docs/protocol.md §1). Pure frame builder."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def healed_partition(lab: Lab, sidecar: str, ucarp: str) -> str:
     """Equal advbase/advskew, no preempt (the recipe's backup): both become MASTER while CARP is
     blocked between them; after healing, ucarp's address tie-break picks one. The sources are
     172.16.0.10 (on a) and 172.16.1.9 (on b): numerically .0.10 is lower, but x86 ucarp compares
-    the raw little-endian s_addr, where 172.16.1.9 is lower and wins (carp-protocol.md §4.4)."""
+    the raw little-endian s_addr, where 172.16.1.9 is lower and wins (docs/protocol.md §5)."""
     sources = {"a": "172.16.0.10", "b": "172.16.1.9"}
     for node, ip in sources.items():
         lab.topo[node].run("ip", "addr", "add", f"{ip}/16", "dev", "eth0")

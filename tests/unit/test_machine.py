@@ -148,7 +148,7 @@ def test_master_steps_down_for_more_frequent_master() -> None:
 
 
 def test_master_equal_interval_tie_break_is_little_endian() -> None:
-    # carp-protocol.md §4.4 capture: 172.16.0.10 vs 172.16.1.9 -> 172.16.1.9 stays MASTER
+    # docs/protocol.md §5, from a capture: 172.16.0.10 vs 172.16.1.9 -> 172.16.1.9 stays MASTER
     low_numeric = Machine(Params(own_ip=IPv4Address("172.16.0.10")), rng=lambda: 1)
     low_numeric.start(0)
     low_numeric.timer_expired(3)
@@ -279,7 +279,7 @@ def test_stop_backup_sends_nothing() -> None:
     assert m.stop(1.0) == [Transition(State.BACKUP, State.INIT, Reason.STOP)]
 
 
-# ---- counter (carp-protocol.md §2.3) ----
+# ---- counter (docs/protocol.md §2) ----
 def test_counter_random_until_peer_heard_then_peer_plus_one() -> None:
     values = iter([111, 222, 333])
     m = Machine(Params(own_ip=ME), rng=lambda: next(values))

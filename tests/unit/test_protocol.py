@@ -29,11 +29,11 @@ KEY = carp_key("geheim")
 EXPECT = Expect(vhid=1, key=KEY, vip=VIP)
 SRC = IPv4Address("172.16.0.11")
 
-# carp-protocol.md §3.3, computed independently of this code
+# docs/protocol.md §3 test vector, computed independently of this code
 VECTOR = bytes.fromhex(
     "210100070001db9d0123456789abcdef16a18f3fa899d6d54de99ead5f2713b12129bf4a"
 )
-# carp-protocol.md §3.4: the first advert of a live Debian ucarp 1.5.2 capture (IP ck recomputed)
+# the first advert of a live Debian ucarp 1.5.2 capture (IP ck recomputed)
 UCARP_CARP_BYTES = bytes.fromhex(
     "210100070001" "2eac" "7a480974d2432818" "b0399449e4c73005b60cd5d28d30dab8a5243ff4"
 )
