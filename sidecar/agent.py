@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import secrets
 import signal
@@ -57,6 +58,7 @@ from .protocol import (
     build_ip_packet,
     parse_packet,
 )
+from .reaper import reap_forever
 
 log = logging.getLogger("carp-sidecar")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
@@ -109,6 +111,8 @@ class Agent:
         self._successor = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_drop_log: dict[str, float] = {}
+        self._went_silent: list[str] = []  # former masters not yet answered by a re-announce
+        self._peer_series: set[str] = set()  # peers that have carp_peer_* series now
         self._link_running = True
         self.failed = False
         self.http: StatusServer | None = None
@@ -236,6 +240,8 @@ class Agent:
         self._spawn(self.effects.run())
         self._spawn(self._netlink_events())
         self._spawn(self._housekeeping())
+        if os.getpid() == 1:  # a container's entry point inherits every orphaned daemon
+            self._spawn(reap_forever())
         if self.control is not None:
             self._spawn(self.control.watch())
         if s.garp_refresh > 0:
@@ -315,7 +321,7 @@ class Agent:
             elif isinstance(a, Transition):
                 self._on_transition(a)
             elif isinstance(a, Conflict):
-                self.m.conflicts.labels(**self.m.labels, evidence="advert").inc()
+                self.m.hot.conflicts["advert"].inc()
                 if a.announce:
                     log.warning("Non-preferred master advertising: reasserting control of VIP "
                                 "with another gratuitous arp (peer %s)", a.peer)
@@ -398,7 +404,7 @@ class Agent:
                             valid=False)
             return
         ad, peer = received.advert, str(received.src)
-        self.m.adverts_received.labels(**self.m.labels).inc()
+        self.m.hot.received.inc()
         self._heard(peer, ad.advbase, ad.advskew, valid=True)
         if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
             self.m.handovers_received.labels(**self.m.labels).inc()
@@ -407,14 +413,22 @@ class Agent:
                                                  ad.advbase, ad.advskew, ad.counter))
 
     def _heard(self, peer: str, advbase: int, advskew: int, valid: bool) -> None:
-        lb, now = self.m.labels, time.time()
-        for gone in self.peer_table.heard(self.loop.time(), now, peer, advbase, advskew, valid):
-            self.m.peers_evicted.labels(**lb).inc()
+        # Per packet only the table is touched (a flood may bring 20k of these a second);
+        # the peer series follow the table in _sync_peer_series.
+        evicted = self.peer_table.heard(self.loop.time(), time.time(), peer, advbase, advskew,
+                                        valid)
+        if evicted:
+            self.m.hot.peers_evicted.inc(len(evicted))
+
+    def _sync_peer_series(self) -> None:
+        lb, peers = self.m.labels, self.peer_table.valid_peers()
+        for gone in self._peer_series - peers.keys():
             self.m.forget_peer(gone)
-        if valid:
-            self.m.peer_last_advert.labels(**lb, peer=peer).set(now)
-            self.m.peer_advskew.labels(**lb, peer=peer).set(advskew)
-            self.m.peer_advbase.labels(**lb, peer=peer).set(advbase)
+        for src, p in peers.items():
+            self.m.peer_last_advert.labels(**lb, peer=src).set(p.wall)
+            self.m.peer_advskew.labels(**lb, peer=src).set(p.advskew)
+            self.m.peer_advbase.labels(**lb, peer=src).set(p.advbase)
+        self._peer_series = set(peers)
         self.m.peers.labels(**lb).set(len(self.peer_table))
 
     def _on_arp(self, frame: bytes) -> None:
@@ -424,15 +438,17 @@ class Agent:
         sender_mac = frame[22:28]
         if sender_mac == self.attached.mac or self.machine.state is not State.MASTER:
             return
-        self.m.conflicts.labels(**self.m.labels, evidence="arp").inc()
+        self.m.hot.conflicts["arp"].inc()
         if self.arp_claims.claimed(self.loop.time(), sender_mac):
-            log.warning("Another host (%s) announces VIP %s: re-announcing ours",
-                        sender_mac.hex(":"), self.vip.ip)
-            self._apply(self.machine.reannounce(self.loop.time()))
+            actions = self.machine.reannounce(self.loop.time())  # at most one per interval
+            if actions:
+                log.warning("Another host (%s) announces VIP %s: re-announcing ours",
+                            sender_mac.hex(":"), self.vip.ip)
+            self._apply(actions)
 
     def _dropped(self, e: AdvertError) -> None:
         reason = e.reason.value
-        self.m.adverts_dropped.labels(**self.m.labels, reason=reason).inc()
+        self.m.hot.dropped[e.reason].inc()
         now = self.loop.time()
         if now - self._last_drop_log.get(reason, -1e9) >= 60:  # one line a minute per reason
             self._last_drop_log[reason] = now
@@ -457,14 +473,23 @@ class Agent:
         while True:
             await asyncio.sleep(HOUSEKEEPING)
             now = self.loop.time()
-            for gone in self.peer_table.expire(now):
-                self.m.forget_peer(gone)
-            self.m.peers.labels(**self.m.labels).set(len(self.peer_table))
+            self.peer_table.expire(now)
+            self._sync_peer_series()
             silent = self.peer_table.fallen_silent(now)
-            if silent and self._is_master():
-                log.warning("Former master %s stopped advertising: re-announcing VIP %s",
-                            ", ".join(silent[:3]), self.vip.ip)
-                self._apply(self.machine.reannounce(now))
+            if silent:
+                self._went_silent = silent
+            if self._went_silent and not self._is_master():
+                self._went_silent = []
+            elif self._went_silent:
+                # at most one GARP per advert interval: if one just went out, try next tick
+                actions = self.machine.reannounce(now)
+                if actions:
+                    former = self._went_silent
+                    log.warning("Former master %s stopped advertising: re-announcing VIP %s",
+                                ", ".join(former[:3]) + (" …" if len(former) > 3 else ""),
+                                self.vip.ip)
+                    self._went_silent = []
+                self._apply(actions)
 
     # ---- events from netlink, health, operators ----
     async def _netlink_events(self) -> None:

@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 
 from .config import Settings, host_port
+from .reaper import spawn
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -54,9 +55,9 @@ def exec_check(command: str) -> Check:
     argv = shlex.split(command)
 
     async def check() -> bool:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        proc = await spawn(*argv, stdin=asyncio.subprocess.DEVNULL,
+                           stdout=asyncio.subprocess.DEVNULL,
+                           stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         try:
             return await proc.wait() == 0
         except asyncio.CancelledError:

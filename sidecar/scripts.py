@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .reaper import spawn
+
 log = logging.getLogger("carp-sidecar")
 SUPERSEDE_GRACE = 0.5  # s between SIGTERM and SIGKILL for a superseded script's process group
 
@@ -43,9 +45,8 @@ async def run_script(argv: list[str], timeout: float,
     log.warning("Spawning [%s]", " ".join(argv))  # ucarp's words, at ucarp's level
     started = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=2, stderr=2,
-            start_new_session=True)
+        proc = await spawn(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=2, stderr=2,
+                           start_new_session=True)
     except OSError as e:
         log.error("Unable to exec %s: %s", " ".join(argv), e.strerror)
         return ScriptResult("error", time.monotonic() - started)

@@ -270,3 +270,36 @@ def test_vip_deleted_behind_the_agent_is_readded_and_announced(lab: Lab) -> None
     assert any(line.split()[1] == mac and f"tell {VIP}" in line
                for line in out.splitlines() if line.strip()), out
     assert json.dumps(status(lab, "a")).count('"MASTER"') >= 1
+
+
+def test_as_pid_1_the_agent_reaps_the_daemons_its_scripts_leave(lab: Lab) -> None:
+    """In a container the agent is PID 1: orphaned daemons of its scripts become its children."""
+    from sidecar.lab import agent_env
+
+    up = lab.dir / "up.sh"
+    up.write_text("#!/bin/sh\nfor i in 1 2 3; do sleep 0.2 & done\nexit 0\n")
+    up.chmod(0o755)
+    env = {k: v for k, v in agent_env(lab.dir, "a", "172.16.0.11",
+                                       CARP_UPSCRIPT=str(up)).items() if v}
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "sidecar.cli", "run"]
+    proc = lab.topo.start("a", cmd, log=lab.dir / "a.log", env=env)
+    lab.agents["a"] = proc
+    wait_for(lambda: metric(lab, "a", "carp_script_runs_total", script="up", result="ok") == 1,
+             8, "upscript ok")
+
+    def zombies() -> list[int]:
+        agent = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[0] == "Z" and int(fields[1]) == agent:
+                    found.append(int(entry))
+        return found
+
+    time.sleep(0.5)  # the daemons have died: zombies until someone reaps them
+    wait_for(lambda: not zombies(), 4, "orphaned daemons reaped")
+    assert lab.stop_agent("a") == 0
