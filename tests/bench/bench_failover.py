@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sidecar.lab import ADDRESSES, LAB_PASSWORD, VIP, Lab
-from sidecar.netns import stop_process
+from sidecar.lab.netns import stop_process
 
 AGENTS = ("carp-sidecar", "ucarp", "keepalived")
 SCENARIOS = ("unplug", "sigkill", "sigterm", "apache_killed")

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pyroute2 import NetNS
 
 from sidecar.lab import ADDRESSES, LAB_PASSWORD, VIP, Lab
-from sidecar.netns import stop_process
+from sidecar.lab.netns import stop_process
 
 HERE = Path(__file__).resolve().parent
 A_IP = ADDRESSES["a"].split("/")[0]

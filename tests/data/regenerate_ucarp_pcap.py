@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sidecar.netns import Topology
+from sidecar.lab.netns import Topology
 from sidecar.protocol import Expect, carp_key, parse_packet
 
 TARGET = Path(__file__).with_name("ucarp-1.5.2-adverts.pcap")

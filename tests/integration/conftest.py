@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.lab import VIP, Lab
-from sidecar.netns import require_root_and_tools
+from sidecar.lab.netns import require_root_and_tools
 
 NEEDS = ["ucarp", "/usr/sbin/apache2", "curl", "tshark", "tcpdump"]
 why = require_root_and_tools(NEEDS)

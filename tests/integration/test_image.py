@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.netns import Topology
+from sidecar.lab.netns import Topology
 
 from .conftest import wait_for
 

@@ -1,6 +1,6 @@
 """A client that polls ``http://VIP/`` and reports what a user would see, as JSON lines.
 
-``python -m sidecar.probe URL [--interval 0.01] [--timeout 0.2]`` prints one line whenever the
+``python -m sidecar.lab.probe URL [--interval 0.01] [--timeout 0.2]`` prints one line whenever the
 answer changes (a different node, or no answer), with ``gap_ms``: how long the client went
 without any successful answer before this one. That gap is the client-visible downtime.
 """
@@ -29,7 +29,7 @@ def fetch(host: str, port: int, path: str, timeout: float) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sidecar.probe")
+    p = argparse.ArgumentParser(prog="python -m sidecar.lab.probe")
     p.add_argument("url")
     p.add_argument("--interval", type=float, default=0.01)
     p.add_argument("--timeout", type=float, default=0.1)

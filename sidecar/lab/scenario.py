@@ -119,7 +119,7 @@ class Lab:
         return stop_process(self.agents.pop(node), sig=sig)
 
     def start_probe(self) -> None:
-        cmd = [sys.executable, "-m", "sidecar.probe", f"http://{VIP}/"]
+        cmd = [sys.executable, "-m", "sidecar.lab.probe", f"http://{VIP}/"]
         proc = subprocess.Popen(self.topo["client"].argv(*cmd), stdout=subprocess.PIPE,
                                 start_new_session=True)
         self.topo.procs.append(proc)
