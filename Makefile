@@ -58,7 +58,7 @@ bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepal
 	$(BIN)/python tests/bench/bench_codec.py
 	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
 
-chaos: deps ## the long adversarial run (~20 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
+chaos: deps ## the long adversarial run (~25 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py
 	$(BIN)/python tests/chaos/chaos.py --json docs/chaos-results.json $(CHAOS_ARGS)
 
