@@ -1,8 +1,10 @@
 """/metrics, /healthz, /readyz and /status on one small asyncio server.
 
 It shares the event loop with the protocol, so it must never hold it up: every connection gets a
-hard deadline for its request head and a size cap, connections beyond ``MAX_CONNECTIONS`` are
-closed at once, and the expensive answers are rendered at most once per ``CACHE_TTL`` —
+hard deadline for its request head and a size cap; at ``MAX_CONNECTIONS`` open connections a new
+one evicts the oldest that has not finished sending its request head (a slowloris client loses
+its slots to honest ones), or is closed at once if all are busy answering; and the expensive
+answers are rendered at most once per ``CACHE_TTL`` —
 /metrics in a worker thread, so a storm of scrapes costs a few renders a second, not one per
 request, and an advert never waits for a rendering.
 """
@@ -47,6 +49,7 @@ class StatusServer:
                  ready: Callable[[], bool], on_refused: Callable[[], None] = lambda: None) -> None:
         self._ready, self._on_refused = ready, on_refused
         self._server: asyncio.Server | None = None
+        self._waiting: dict[asyncio.StreamWriter, float] = {}  # still sending their head
         self._connections = 0
 
         async def metrics() -> bytes:
@@ -71,11 +74,17 @@ class StatusServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._connections >= MAX_CONNECTIONS:
             self._on_refused()
-            writer.transport.abort()
-            return
+            if not self._waiting:
+                writer.transport.abort()  # every slot is answering a complete request
+                return
+            slowest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[slowest]
+            slowest.transport.abort()
         self._connections += 1
+        self._waiting[writer] = asyncio.get_running_loop().time()
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            self._waiting.pop(writer, None)
             method, _, rest = head.decode("latin-1").partition(" ")
             path = rest.split(" ", 1)[0].split("?", 1)[0]
             status, ctype, body = await self._route(method, path)
@@ -87,6 +96,7 @@ class StatusServer:
                 ConnectionError, UnicodeDecodeError):
             pass
         finally:
+            self._waiting.pop(writer, None)
             self._connections -= 1
             writer.close()
 

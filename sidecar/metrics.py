@@ -116,7 +116,8 @@ class Metrics:
                                      "table was full (a flood of forged sources)", base,
                                      registry=r)
         self.http_refused = Counter("carp_http_connections_refused", "HTTP connections closed "
-                                    "at once because too many were open", base, registry=r)
+                                    "because too many were open (the one slowest to send its "
+                                    "request, else the new one)", base, registry=r)
         self.garps_sent = Counter("carp_garps_sent", "Gratuitous ARPs sent", base, registry=r)
         self.handovers_sent = Counter("carp_handovers_sent", "Bow-out adverts sent when leaving "
                                       "MASTER on purpose", base, registry=r)
