@@ -10,7 +10,7 @@ import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .config import ConfigError, Settings, load
+from .config import Config, ConfigError, load
 
 EXIT_CONFIG = 2
 
@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"carp-sidecar {package_version()}")
     p.add_argument("--env-file", type=Path, help="read KEY=VALUE lines (e.g. /etc/ucarp/ucarp.conf) "
-                   "before the environment; the environment wins")
+                   "before the environment; the environment wins. CARP_CONFIG names a TOML file "
+                   "of many instances instead")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("run", help="run the agent (default)")
     sub.add_parser("check-config", help="validate and print the effective configuration")
@@ -43,14 +44,15 @@ def _parser() -> argparse.ArgumentParser:
                        ("promote", "end maintenance: take part in elections again")):
         c = sub.add_parser(name, help=text)
         c.add_argument("--socket", type=Path, default=None,
-                       help="control socket (default: CARP_CONTROL_SOCKET or the per-vhid default)")
+                       help="control socket (default: CARP_CONTROL_SOCKET or the default path)")
+        c.add_argument("--vhid", type=int, default=None, help="only this instance (default: all)")
     lab = sub.add_parser("lab", help="two-node failover lab in network namespaces (root)")
     lab.add_argument("--short", action="store_true", help="the quick scenario used by the tests")
     lab.add_argument("--keep", action="store_true", help="leave the lab up until Ctrl-C at the end")
     return p
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace) -> Config:
     return load(os.environ, args.env_file)
 
 
@@ -63,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return int(run_lab(short=args.short, keep=args.keep))
         if command in ("demote", "promote"):
-            from .control import send_command, socket_path
+            from .control import send_command
 
-            path = args.socket or socket_path(_settings_or_none(args))
-            print(send_command(path, command))
+            path = args.socket or _socket_path(args)
+            print(send_command(path, command + (f" {args.vhid}" if args.vhid else "")))
             return 0
         if command == "status":
             url = args.url or _endpoint(_settings(args), "/status")
@@ -79,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0 if response.status == 200 else 1
         settings = _settings(args)
         if command == "check-config":
-            for key, value in settings.redacted().items():
-                print(f"{key}={value}")
+            for title, values in settings.redacted():
+                print(f"# {title}")
+                for key, value in values.items():
+                    print(f"{key}={value}")
             return 0
-        from .agent import run_agent
-
-        return run_agent(settings, version=package_version())
+        return _exec_agent(settings)
     except ConfigError as e:
         print(f"carp-sidecar: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -93,14 +95,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _settings_or_none(args: argparse.Namespace) -> Settings | None:
+def _exec_agent(config: Config) -> int:
+    """Become the agent: the validated configuration goes through an in-memory file to a fresh
+    interpreter in this same process (same PID, same signals), which never loads pydantic."""
+    fd = os.memfd_create("carp-sidecar-config", 0)  # inheritable: no MFD_CLOEXEC
+    os.write(fd, config.runtime().to_json().encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    argv = [sys.executable, "-m", "sidecar.agent", "--config-fd", str(fd), "--version",
+            package_version()]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
     try:
-        return _settings(args)
+        return _settings(args).control_socket
     except ConfigError:
-        return None
+        raise OSError("no control socket: set CARP_CONTROL_SOCKET (or the agent's CARP_* "
+                      "variables or CARP_CONFIG), or pass --socket") from None
 
 
-def _endpoint(settings: Settings, path: str) -> str:
+def _endpoint(settings: Config, path: str) -> str:
     if settings.metrics_listen == "off":
         raise ConfigError("CARP_METRICS_LISTEN: the HTTP endpoint is off")
     host, _, port = settings.metrics_listen.rpartition(":")

@@ -1,9 +1,20 @@
-"""Configuration from the environment: every ``CARP_X`` also accepted as ucarp's ``UCARP_X``.
+"""Configuration: the environment (every ``CARP_X`` also as ucarp's ``UCARP_X``) for one VHID,
+or a TOML file named by ``CARP_CONFIG`` for many.
 
-Sources, later wins: ``--env-file`` (KEY=VALUE lines, the classic /etc/ucarp/ucarp.conf works as
-is), then the process environment. :func:`load` returns a validated :class:`Settings` or raises
-:class:`ConfigError` carrying one line that names the variable and the reason. The password is
-a ``SecretStr`` and is never part of an error message.
+Environment mode — sources, later wins: ``--env-file`` (KEY=VALUE lines, the classic
+/etc/ucarp/ucarp.conf works as is), then the process environment. ``CARP_HEALTH_*`` declare one
+check, named ``service``, that gates the one instance.
+
+File mode (``CARP_CONFIG=/etc/carp-sidecar.toml``, read by pydantic-settings' TOML source):
+keys are the variable names without the prefix, in lower case. Top-level keys are the agent's
+own settings and defaults for every instance (the environment overrides those defaults, so a
+node-specific ``CARP_INTERFACE`` can come from the environment); each ``[[vhid]]`` table is one
+instance and wins over both; ``[health.NAME]`` tables declare checks that instances reference
+with ``health = ["NAME"]``.
+
+:func:`load` returns a validated :class:`Config` or raises :class:`ConfigError` carrying one
+line that names the variable (or the file, instance and key) and the reason. Passwords are
+``SecretStr`` and never part of an error message.
 """
 
 from __future__ import annotations
@@ -11,28 +22,37 @@ from __future__ import annotations
 import os
 import shlex
 import stat
+import tomllib
 import urllib.parse
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 from .protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
+from .runconfig import Check, RunConfig, Vhid, host_port
+
+__all__ = ["Config", "ConfigError", "VhidSettings", "host_port", "load", "read_env_file"]
 
 IFNAMSIZ = 15
 PASS_FILE_MAX_READ = 512  # ucarp reads one line of at most 511 bytes
 MIN_GARP_REFRESH = 1.0  # s; below this a refresh is an ARP flood, not a refresh
 MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
+ENV_CHECK = "service"  # the name of the check CARP_HEALTH_* declare
+Vip = IPv4Interface | IPv6Interface
 
 
 class ConfigError(Exception):
@@ -43,15 +63,17 @@ def _var(name: str, default: Any = ..., **kwargs: Any) -> Any:
     return Field(default, validation_alias=AliasChoices(f"CARP_{name}", f"UCARP_{name}"), **kwargs)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+class VhidSettings(BaseModel):
+    """One CARP instance: a VHID on an interface and the VIPs it moves."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     interface: str = _var("INTERFACE")
     srcip: IPv4Address | None = _var("SRCIP", None)
     vhid: int = _var("VHID", ge=1, le=255)
     password: SecretStr | None = _var("PASS", None)
     pass_file: Path | None = _var("PASS_FILE", None)
-    addr: str = _var("ADDR")
+    addr: str | list[str] = _var("ADDR")
     mask: str | None = _var("MASK", None)
     if_alias: str | None = _var("IF_ALIAS", None)
     advbase: int = _var("ADVBASE", 1, ge=0, le=255)
@@ -69,25 +91,7 @@ class Settings(BaseSettings):
     shutdown: bool = _var("SHUTDOWN", True)
     garp_repeat: int = _var("GARP_REPEAT", 2, ge=1, le=100)
     garp_refresh: float = _var("GARP_REFRESH", 0.0, ge=0, le=86400)
-    metrics_listen: str = _var("METRICS_LISTEN", "0.0.0.0:9655")
-    control_socket: Path | None = _var("CONTROL_SOCKET", None)
-    health_url: str | None = _var("HEALTH_URL", None)
-    health_tcp: str | None = _var("HEALTH_TCP", None)
-    health_cmd: str | None = _var("HEALTH_CMD", None)
-    health_status: int = _var("HEALTH_STATUS", 200, ge=100, le=599)
-    health_interval: float = _var("HEALTH_INTERVAL", 1.0, ge=MIN_HEALTH_INTERVAL, le=3600)
-    health_timeout: float = _var("HEALTH_TIMEOUT", 1.0, ge=0.01, le=300)
-    health_rise: int = _var("HEALTH_RISE", 2, ge=1, le=1000)
-    health_fall: int = _var("HEALTH_FALL", 2, ge=1, le=1000)
-    log_format: Literal["text", "json"] = _var("LOG_FORMAT", "text")
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)  # load() merges env file and environment itself
+    health: list[str] = _var("HEALTH", [])  # names of the checks that gate this instance
 
     @field_validator("interface")
     @classmethod
@@ -118,51 +122,6 @@ class Settings(BaseSettings):
             raise ValueError(f"0 (off) or at least {MIN_GARP_REFRESH:g} s")
         return v
 
-    @field_validator("control_socket")
-    @classmethod
-    def _control_socket(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_absolute():
-            raise ValueError(f"{v} is not an absolute path")
-        return v
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        if v.lower() in ("", "off"):
-            return "off"
-        host_port(v)
-        return v
-
-    @field_validator("health_tcp")
-    @classmethod
-    def _health_tcp(cls, v: str | None) -> str | None:
-        if v is not None:
-            host_port(v)
-        return v
-
-    @field_validator("health_url")
-    @classmethod
-    def _health_url(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            parts = urllib.parse.urlsplit(v)
-            port = parts.port
-        except ValueError as e:
-            raise ValueError(f"not a valid URL ({e})") from None
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError("must be an http:// URL with a host")
-        if port == 0:
-            raise ValueError("port 0 is not a port")
-        return v
-
-    @field_validator("health_cmd")
-    @classmethod
-    def _health_cmd(cls, v: str | None) -> str | None:
-        if v is not None and not shlex.split(v):
-            raise ValueError("empty command")
-        return v
-
     @field_validator("upscript", "downscript")
     @classmethod
     def _script(cls, v: Path | None) -> Path | None:
@@ -171,7 +130,7 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> Settings:
+    def _cross_checks(self) -> VhidSettings:
         if self.advbase == 0 and self.advskew == 0:
             raise ValueError("CARP_ADVBASE: advbase and advskew cannot both be 0")
         if self.if_alias is not None and (
@@ -181,31 +140,43 @@ class Settings(BaseSettings):
                 f"CARP_IF_ALIAS: must start with the interface name {self.interface!r} "
                 f"and have at most {IFNAMSIZ} characters, like {self.interface}:0"
             )
-        self.vip  # noqa: B018 - validates CARP_ADDR / CARP_MASK now rather than at first use
+        self.vips  # noqa: B018 - validates CARP_ADDR / CARP_MASK now rather than at first use
         self.secret  # noqa: B018
         return self
 
     # ---- derived values ----
     @property
-    def vip(self) -> IPv4Interface:
-        """The VIP with its prefix, from ``ADDR`` (``a.b.c.d`` or ``a.b.c.d/len``) and ``MASK``."""
-        address, _, prefix = self.addr.strip().partition("/")
-        try:
-            ip = IPv4Address(address)
-        except ValueError:
-            raise ValueError(f"CARP_ADDR: {address!r} is not an IPv4 address") from None
-        lengths = [p for p in (prefix, self.mask) if p]
-        try:
-            lens = {IPv4Network(f"0.0.0.0/{p.strip()}").prefixlen for p in lengths}
-        except ValueError:
-            raise ValueError("CARP_MASK: not a netmask or prefix length") from None
-        if len(lens) > 1:
-            raise ValueError("CARP_MASK: disagrees with the prefix length given in CARP_ADDR")
-        vip = IPv4Interface((ip, lens.pop() if lens else 32))
-        problem = _unusable_vip(vip)
-        if problem:
-            raise ValueError(f"CARP_ADDR: {vip.ip} {problem}")
-        return vip
+    def vips(self) -> tuple[Vip, ...]:
+        """Every VIP with its prefix, in the order given. ``CARP_ADDR`` is ``a.b.c.d``,
+        ``a.b.c.d/len``, an IPv6 address with or without its prefix, or several of them
+        separated by commas; ``CARP_MASK`` applies to the IPv4 ones given without a prefix."""
+        given = self.addr if isinstance(self.addr, list) else self.addr.split(",")
+        given = [a.strip() for a in given if a.strip()]
+        if not given:
+            raise ValueError("CARP_ADDR: no address given")
+        vips = tuple(_one_vip(a, self.mask, strict_mask=len(given) == 1) for a in given)
+        if len({v.ip for v in vips}) != len(vips):
+            raise ValueError("CARP_ADDR: an address is listed twice")
+        return vips
+
+    @property
+    def ipv4_vips(self) -> tuple[IPv4Interface, ...]:
+        return tuple(v for v in self.vips if isinstance(v, IPv4Interface))
+
+    @property
+    def ipv6_vips(self) -> tuple[IPv6Interface, ...]:
+        return tuple(v for v in self.vips if isinstance(v, IPv6Interface))
+
+    @property
+    def hmac_address(self) -> IPv4Address:
+        """The address the advert HMAC covers: the first IPv4 VIP, which is the one a ucarp
+        peer knows as its ``--addr``; 0.0.0.0 for an IPv6-only group (docs/protocol.md §3)."""
+        return self.ipv4_vips[0].ip if self.ipv4_vips else IPv4Address(0)
+
+    @property
+    def script_address(self) -> str:
+        """argv[2] of the up/down scripts: the first VIP, as ucarp passes its --addr."""
+        return str(self.vips[0].ip)
 
     @property
     def secret(self) -> bytes:
@@ -232,35 +203,359 @@ class Settings(BaseSettings):
     def manages_vip_by_scripts(self) -> bool:
         return self.upscript is not None or self.downscript is not None
 
+    @property
+    def name(self) -> str:
+        return f"{self.interface}/vhid{self.vhid}"
+
     def redacted(self) -> dict[str, str]:
-        """Effective configuration as CARP_* strings, the secret shown as ``***``."""
+        """Effective settings as CARP_* strings, the secret shown as ``***``."""
         out: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if name == "password":
                 value = "***" if value is not None else None
-            if value is None:
+            if value is None or value == []:
                 continue
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
             var = "CARP_PASS" if name == "password" else f"CARP_{name.upper()}"
             out[var] = str(value).lower() if isinstance(value, bool) else str(value)
-        out["VIP (effective)"] = str(self.vip)
+        out["VIPS (effective)"] = ",".join(map(str, self.vips))
         return out
 
 
-def _unusable_vip(vip: IPv4Interface) -> str | None:
+class CheckSettings(BaseModel):
+    """A check of the co-located service; all of its configured probes must pass."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    url: str | None = _var("HEALTH_URL", None)
+    tcp: str | None = _var("HEALTH_TCP", None)
+    cmd: str | None = _var("HEALTH_CMD", None)
+    status: int = _var("HEALTH_STATUS", 200, ge=100, le=599)
+    interval: float = _var("HEALTH_INTERVAL", 1.0, ge=MIN_HEALTH_INTERVAL, le=3600)
+    timeout: float = _var("HEALTH_TIMEOUT", 1.0, ge=0.01, le=300)
+    rise: int = _var("HEALTH_RISE", 2, ge=1, le=1000)
+    fall: int = _var("HEALTH_FALL", 2, ge=1, le=1000)
+
+    @field_validator("tcp")
+    @classmethod
+    def _tcp(cls, v: str | None) -> str | None:
+        if v is not None:
+            host_port(v)
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urllib.parse.urlsplit(v)
+            port = parts.port
+        except ValueError as e:
+            raise ValueError(f"not a valid URL ({e})") from None
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("must be an http:// URL with a host")
+        if port == 0:
+            raise ValueError("port 0 is not a port")
+        return v
+
+    @field_validator("cmd")
+    @classmethod
+    def _cmd(cls, v: str | None) -> str | None:
+        if v is not None and not shlex.split(v):
+            raise ValueError("empty command")
+        return v
+
+    @property
+    def configured(self) -> bool:
+        return any((self.url, self.tcp, self.cmd))
+
+
+class AgentSettings(BaseModel):
+    """What the process has once, whatever the number of instances."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    metrics_listen: str = _var("METRICS_LISTEN", "0.0.0.0:9655")
+    control_socket: Path | None = _var("CONTROL_SOCKET", None)
+    log_format: Literal["text", "json"] = _var("LOG_FORMAT", "text")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.lower() in ("", "off"):
+            return "off"
+        host_port(v)
+        return v
+
+    @field_validator("control_socket")
+    @classmethod
+    def _control_socket(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"{v} is not an absolute path")
+        return v
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentSettings
+    instances: tuple[VhidSettings, ...]
+    checks: dict[str, CheckSettings]
+    source: str  # "environment" or the config file's path
+
+    @property
+    def metrics_listen(self) -> str:
+        return self.agent.metrics_listen
+
+    @property
+    def log_format(self) -> str:
+        return self.agent.log_format
+
+    @property
+    def control_socket(self) -> Path:
+        if self.agent.control_socket is not None:
+            return self.agent.control_socket
+        if self.source == "environment":  # one instance: the path earlier versions used
+            only = self.instances[0]
+            return Path(f"/run/carp-sidecar/{only.interface}-vhid{only.vhid}.sock")
+        return Path("/run/carp-sidecar/control.sock")
+
+    def runtime(self) -> RunConfig:
+        """What the running agent needs, as plain data (see :mod:`runconfig`)."""
+        def vhid(i: VhidSettings) -> Vhid:
+            return Vhid(interface=i.interface, vhid=i.vhid, secret=i.secret, vips=i.vips,
+                        srcip=i.srcip, if_alias=i.if_alias, advbase=i.advbase,
+                        advskew=i.advskew, preempt=i.preempt, upscript=i.upscript,
+                        downscript=i.downscript, xparam=i.xparam,
+                        script_timeout=i.script_timeout, neutral=i.neutral, nomcast=i.nomcast,
+                        ignoreifstate=i.ignoreifstate, deadratio=i.deadratio, mcast=i.mcast,
+                        garp_repeat=i.garp_repeat, garp_refresh=i.garp_refresh,
+                        health=tuple(i.health))
+
+        checks = {n: Check(url=c.url, tcp=c.tcp, cmd=c.cmd, status=c.status,
+                           interval=c.interval, timeout=c.timeout, rise=c.rise, fall=c.fall)
+                  for n, c in self.checks.items()}
+        return RunConfig(tuple(vhid(i) for i in self.instances), checks, self.metrics_listen,
+                         self.control_socket, self.log_format, self.source)
+
+    def redacted(self) -> list[tuple[str, dict[str, str]]]:
+        """Sections for `check-config`: the agent, each check, each instance."""
+        agent = {f"CARP_{k.upper()}": str(v) for k, v in self.agent.model_dump().items()
+                 if v is not None}
+        agent["CARP_CONTROL_SOCKET"] = str(self.control_socket)
+        out = [("agent", agent)]
+        for name, check in self.checks.items():
+            out.append((f"health {name}", {f"CARP_HEALTH_{k.upper()}": str(v) for k, v in
+                                           check.model_dump().items() if v is not None}))
+        out += [(f"instance {i.name}", i.redacted()) for i in self.instances]
+        return out
+
+
+# ---- loading ----
+def load(environ: Mapping[str, str], env_file: Path | None = None) -> Config:
+    merged = read_env_file(env_file) if env_file else {}
+    merged.update(environ)
+    ours = {k: v for k, v in merged.items() if k.startswith(("CARP_", "UCARP_"))}
+    for key in ours:
+        if key.startswith("CARP_") and key not in _KNOWN and key != "CARP_CONFIG":
+            raise ConfigError(f"{key}: unknown variable (see `carp-sidecar check-config --help`)")
+    given = _effective(ours)
+    config_file = ours.get("CARP_CONFIG", "")
+    if config_file:
+        return _load_file(Path(config_file), given)
+    agent = _validate(AgentSettings, given, ours)
+    check = _validate(CheckSettings, given, ours)
+    checks = {ENV_CHECK: check} if check.configured else {}
+    instance = _validate(VhidSettings, {**given, "CARP_HEALTH": list(checks)}, ours)
+    return Config(agent, (instance,), checks, "environment")
+
+
+def _load_file(path: Path, env: dict[str, Any]) -> Config:
+    where = str(path)
+    if not path.is_file():
+        raise ConfigError(f"CARP_CONFIG: {path} is not a readable file")
+    try:
+        data = TomlConfigSettingsSource(_ConfigFile, toml_file=path)()
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"CARP_CONFIG: cannot read {path}: {e.strerror}") from None
+    tables = data.pop("vhid", None)
+    checks_in = data.pop("health", {})
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{where}: at least one [[vhid]] table is required")
+    if not isinstance(checks_in, dict):
+        raise ConfigError(f"{where}: health must be tables like [health.apache]")
+    defaults = _file_keys(data, where, "", allowed=_AGENT_VARS | _INSTANCE_VARS)
+    agent = _validate(AgentSettings, {**defaults, **_only(env, _AGENT_VARS)}, {}, where)
+    checks = {}
+    for name, table in checks_in.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [health.{name}] must be a table")
+        check = _validate(CheckSettings,
+                          _file_keys(table, where, f"[health.{name}] ", "HEALTH_", _CHECK_VARS),
+                          {}, f"{where}: [health.{name}]")
+        if not check.configured:
+            raise ConfigError(f"{where}: [health.{name}]: set url, tcp or cmd")
+        checks[name] = check
+    base = {**defaults, **_only(env, _INSTANCE_VARS)}
+    instances = []
+    for number, table in enumerate(tables, 1):
+        label = f"[[vhid]] #{number}" + (f" (vhid {table['vhid']})" if "vhid" in table else "")
+        values = {**base, **_file_keys(table, where, label + " ", allowed=_INSTANCE_VARS)}
+        instance = _validate(VhidSettings, values, {}, f"{where}: {label}")
+        for name in instance.health:
+            if name not in checks:
+                raise ConfigError(f"{where}: {label}: health: no [health.{name}] table")
+        instances.append(instance)
+    _check_unique(instances, where)
+    return Config(agent, tuple(instances), checks, where)
+
+
+class _ConfigFile(BaseSettings):
+    model_config = SettingsConfigDict(extra="allow")
+
+
+def _file_keys(table: dict[str, Any], where: str, label: str, prefix: str = "",
+               allowed: set[str] | None = None) -> dict[str, Any]:
+    """TOML keys -> the CARP_* names the models validate (``pass_file`` -> CARP_PASS_FILE)."""
+    out = {}
+    for key, value in table.items():
+        var = f"CARP_{prefix}{key.upper()}"
+        if var not in _KNOWN or (allowed is not None and var not in allowed):
+            hint = (" (declare checks as [health.NAME] tables)"
+                    if var.startswith("CARP_HEALTH_") and not prefix else "")
+            raise ConfigError(f"{where}: {label}{key}: unknown key here{hint}")
+        out[var] = value
+    return out
+
+
+def _check_unique(instances: list[VhidSettings], where: str) -> None:
+    seen: dict[tuple[str, int], int] = {}
+    owners: dict[Any, str] = {}
+    for number, i in enumerate(instances, 1):
+        key = (i.interface, i.vhid)
+        if key in seen:
+            raise ConfigError(f"{where}: [[vhid]] #{number}: vhid {i.vhid} on {i.interface} is "
+                              f"already instance #{seen[key]}")
+        seen[key] = number
+        for vip in i.vips:
+            if vip.ip in owners:
+                raise ConfigError(f"{where}: [[vhid]] #{number}: addr {vip.ip} is already a VIP "
+                                  f"of {owners[vip.ip]}")
+            owners[vip.ip] = i.name
+
+
+def _validate(model: type[Any], values: dict[str, Any], spelled: Mapping[str, str],
+              where: str = "") -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        line = _one_line(e, spelled)
+        if where:  # a file: name its key, not the variable
+            var, sep, rest = line.partition(": ")
+            key = var.removeprefix("UCARP_").removeprefix("CARP_").removeprefix("HEALTH_").lower()
+            line = f"{where}: {key}: {rest}" if sep and var.isupper() else f"{where}: {line}"
+        raise ConfigError(line) from None
+
+
+def _only(values: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _spellings(model: type[BaseModel]) -> list[tuple[str, ...]]:
+    """Per setting, its variable names in precedence order: (CARP_X, UCARP_X)."""
+    return [tuple(str(c) for c in f.validation_alias.choices)
+            for f in model.model_fields.values() if isinstance(f.validation_alias, AliasChoices)]
+
+
+_ALL_SPELLINGS = [s for m in (VhidSettings, CheckSettings, AgentSettings) for s in _spellings(m)]
+_KNOWN = {name for names in _ALL_SPELLINGS for name in names}
+_AGENT_VARS = {names[0] for names in _spellings(AgentSettings)}
+_INSTANCE_VARS = {names[0] for names in _spellings(VhidSettings)}
+_CHECK_VARS = {names[0] for names in _spellings(CheckSettings)}
+
+
+def _effective(given: Mapping[str, str]) -> dict[str, Any]:
+    """One value per setting under its CARP_ name: CARP_X if present, else UCARP_X; an empty
+    value means unset, so ``-e UCARP_UPSCRIPT=`` switches off a script an old ucarp.conf names."""
+    out: dict[str, Any] = {}
+    for names in _ALL_SPELLINGS:
+        name = next((n for n in names if n in given), None)
+        if name is not None and given[name] != "":
+            out[names[0]] = given[name]
+    return out
+
+
+def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
+    first = error.errors(include_url=False, include_input=False)[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["loc"]:
+        field = str(first["loc"][0])
+        spelled = field if field.startswith(("CARP_", "UCARP_")) else f"CARP_{field.upper()}"
+        for prefix in ("CARP_", "UCARP_"):
+            candidate = prefix + spelled.removeprefix("CARP_").removeprefix("UCARP_")
+            if candidate in given:
+                spelled = candidate
+                break
+        if first["type"] == "missing":
+            message = "required but not set"
+        return f"{spelled}: {message}"
+    return message
+
+
+# ---- values ----
+def _one_vip(text: str, mask: str | None, strict_mask: bool) -> Vip:
+    address, _, prefix = text.partition("/")
+    if ":" in address:
+        try:
+            vip6 = IPv6Interface(text if prefix else f"{address}/128")
+        except ValueError:
+            raise ValueError(f"CARP_ADDR: {text!r} is not an IPv6 address or prefix") from None
+        problem = _unusable_vip(vip6)
+        if problem:
+            raise ValueError(f"CARP_ADDR: {vip6.ip} {problem}")
+        return vip6
+    try:
+        ip = IPv4Address(address)
+    except ValueError:
+        raise ValueError(f"CARP_ADDR: {address!r} is not an IPv4 address") from None
+    lengths = [p for p in (prefix, None if prefix else mask) if p]
+    if prefix and mask and strict_mask:  # a lone address: the two must agree, as before
+        lengths.append(mask)
+    try:
+        lens = {IPv4Network(f"0.0.0.0/{p.strip()}").prefixlen for p in lengths}
+    except ValueError:
+        raise ValueError("CARP_MASK: not a netmask or prefix length") from None
+    if len(lens) > 1:
+        raise ValueError("CARP_MASK: disagrees with the prefix length given in CARP_ADDR")
+    vip = IPv4Interface((ip, lens.pop() if lens else 32))
+    problem = _unusable_vip(vip)
+    if problem:
+        raise ValueError(f"CARP_ADDR: {vip.ip} {problem}")
+    return vip
+
+
+def _unusable_vip(vip: Vip) -> str | None:
     """Why ``vip`` can never be a service address, or None."""
     ip, net = vip.ip, vip.network
     if ip.is_unspecified or ip == IPv4Address("255.255.255.255"):
         return "is not a host address"
     if ip.is_multicast or ip.is_loopback or ip.is_reserved:
         return "is a multicast, loopback or reserved address"
+    if isinstance(vip, IPv6Interface):
+        if ip.is_link_local:
+            return "is link-local (fe80::/10 is per interface, not a service address)"
+        return None
     if net.prefixlen <= 30 and ip in (net.network_address, net.broadcast_address):
         return f"is the {'network' if ip == net.network_address else 'broadcast'} address of {net}"
     return None
 
 
 def _first_line(path: Path) -> bytes:
-    """ucarp's passfile rule (first line, only its '\n' stripped), bounded and safe: a regular
+    """ucarp's passfile rule (first line, only its '\\n' stripped), bounded and safe: a regular
     file only (a FIFO would block the start, /dev/zero would never end) and one small read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
@@ -275,14 +570,6 @@ def _first_line(path: Path) -> bytes:
     finally:
         os.close(fd)
     return head.split(b"\n", 1)[0]
-
-
-def host_port(value: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 hosts in brackets) -> (host, port); ValueError names the value."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -307,49 +594,3 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def load(environ: Mapping[str, str], env_file: Path | None = None) -> Settings:
-    merged = read_env_file(env_file) if env_file else {}
-    merged.update(environ)
-    ours = {k: v for k, v in merged.items() if k.startswith(("CARP_", "UCARP_"))}
-    known = {name for names in _spellings() for name in names}
-    for key in ours:
-        if key.startswith("CARP_") and key not in known:
-            raise ConfigError(f"{key}: unknown variable (see `carp-sidecar check-config --help`)")
-    try:
-        return Settings.model_validate(_effective(ours))
-    except ValidationError as e:
-        raise ConfigError(_one_line(e, ours)) from None
-
-
-def _spellings() -> list[tuple[str, ...]]:
-    """Per setting, its variable names in precedence order: (CARP_X, UCARP_X)."""
-    return [tuple(str(c) for c in f.validation_alias.choices)
-            for f in Settings.model_fields.values() if isinstance(f.validation_alias, AliasChoices)]
-
-
-def _effective(given: Mapping[str, str]) -> dict[str, str]:
-    """One value per setting: CARP_X if present, else UCARP_X; an empty value means unset, so
-    ``-e UCARP_UPSCRIPT=`` switches off a script that an old ucarp.conf names."""
-    out: dict[str, str] = {}
-    for names in _spellings():
-        name = next((n for n in names if n in given), None)
-        if name is not None and given[name] != "":
-            out[name] = given[name]
-    return out
-
-
-def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
-    first = error.errors(include_url=False, include_input=False)[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["loc"]:
-        field = str(first["loc"][0])
-        spelled = field if field.startswith(("CARP_", "UCARP_")) else f"CARP_{field.upper()}"
-        for prefix in ("CARP_", "UCARP_"):
-            candidate = prefix + spelled.removeprefix("CARP_").removeprefix("UCARP_")
-            if candidate in given:
-                spelled = candidate
-                break
-        if first["type"] == "missing":
-            message = "required but not set"
-        return f"{spelled}: {message}"
-    return message

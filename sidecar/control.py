@@ -14,23 +14,9 @@ import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .config import Settings
-
-COMMANDS = ("demote", "promote", "status")
+COMMANDS = ("demote", "promote", "status")  # each may name a vhid: "demote 2"
 log = logging.getLogger("carp-sidecar")
-
-
-def socket_path(settings: Settings | None) -> Path:
-    if settings is not None and settings.control_socket is not None:
-        return settings.control_socket
-    if settings is None:
-        raise OSError("no control socket: set CARP_CONTROL_SOCKET (or the agent's CARP_* "
-                      "variables), or pass --socket")
-    # the same vhid may run on two interfaces (two broadcast domains): both name the socket
-    return Path(f"/run/carp-sidecar/{settings.interface}-vhid{settings.vhid}.sock")
 
 
 class ControlServer:
@@ -116,7 +102,8 @@ class ControlServer:
         try:
             line = await asyncio.wait_for(reader.readline(), 5.0)
             command = line.decode(errors="replace").strip()
-            reply = self._handle(command) if command in COMMANDS else f"error: unknown {command!r}"
+            known = command.partition(" ")[0] in COMMANDS
+            reply = self._handle(command) if known else f"error: unknown {command!r}"
             writer.write(reply.encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError):

@@ -13,8 +13,9 @@ import shlex
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
-from .config import Settings, host_port
 from .reaper import spawn
+from .runconfig import Check as CheckConfig
+from .runconfig import host_port
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -69,15 +70,14 @@ def exec_check(command: str) -> Check:
     return check
 
 
-def checks_from(settings: Settings) -> list[tuple[str, Check]]:
+def checks_for(settings: CheckConfig) -> list[tuple[str, Check]]:
     checks: list[tuple[str, Check]] = []
-    if settings.health_url:
-        checks.append((f"http {settings.health_url}",
-                       http_check(settings.health_url, settings.health_status)))
-    if settings.health_tcp:
-        checks.append((f"tcp {settings.health_tcp}", tcp_check(settings.health_tcp)))
-    if settings.health_cmd:
-        checks.append((f"exec {settings.health_cmd}", exec_check(settings.health_cmd)))
+    if settings.url:
+        checks.append((f"http {settings.url}", http_check(settings.url, settings.status)))
+    if settings.tcp:
+        checks.append((f"tcp {settings.tcp}", tcp_check(settings.tcp)))
+    if settings.cmd:
+        checks.append((f"exec {settings.cmd}", exec_check(settings.cmd)))
     return checks
 
 

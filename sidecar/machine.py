@@ -26,11 +26,17 @@ Transition table (state, event -> new state: actions) — the rows the tests are
   any     link down (not ignored)      -> BACKUP: DropVip if MASTER, no timers
   BACKUP  link up                      -> BACKUP: arm master-down
   MASTER  demoted                      -> BACKUP: SendAdvert(bow-out), DropVip, arm master-down
-  any     stop                         -> INIT: SendAdvert(bow-out) and DropVip if MASTER
+  MASTER  stop                         -> MASTER (stopping): SendAdvert(bow-out), wait for a
+                                          successor's advert or the successor wait, then
+                                          -> INIT: DropVip, Stopped
+  BACKUP  stop                         -> INIT: Stopped
 
 Rules beyond ucarp, each because a sidecar needs it:
-- A demoted node (unhealthy service or maintenance) never becomes MASTER: timeouts and
-  preemption re-arm the master-down timer instead. A demoted MASTER bows out.
+- A demoted node — in maintenance, or its service unhealthy — never becomes MASTER: timeouts
+  and preemption re-arm the master-down timer instead. A demoted MASTER bows out.
+- A stopping MASTER keeps the VIP after its bow-out until a successor's advert arrives (or
+  ``successor_wait`` passes), so clients never meet a moment where nobody answers; backups are
+  silent, so even a master that never heard a peer waits.
 - Leaving MASTER on purpose (stop, demotion) sends the BSD bow-out advert (advbase 255,
   advskew 255). ucarp backups take over on it at once by their "going to time out" rule; our
   backups do the same after a delay proportional to their skew (advskew/2048 s), so with
@@ -125,6 +131,11 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
+class Stopped:
+    """The instance has finished stopping: nothing more will come from it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Conflict:
     """Another MASTER kept advertising more than an advert interval after our takeover (so it
     is not the routine crossing of a preemption): split-brain evidence. ``announce`` is set at
@@ -134,7 +145,8 @@ class Conflict:
     announce: bool
 
 
-Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict
+Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict | Stopped
+SUCCESSOR_WAIT = 0.8  # s a stopping master keeps the VIP waiting for a successor's advert
 
 
 def skew_us(advskew: int) -> int:
@@ -162,8 +174,10 @@ class Machine:
     def __init__(self, params: Params, rng: Callable[[], int]) -> None:
         self.params = params
         self.state = State.INIT
-        self.demoted = False
+        self.maintenance = False  # demoted by an operator
+        self.healthy = True  # the co-located service passes its checks
         self.link_up = True
+        self._stop_at: int | None = None  # µs; set while a MASTER waits for its successor
         self._rng = rng  # 64-bit random counters until a peer's counter is adopted (ucarp §2.3)
         self._counter: int | None = None
         self._advert_at: int | None = None  # deadlines in integer µs
@@ -187,9 +201,18 @@ class Machine:
     def local_key(self) -> tuple[int, int]:
         return (self.params.advbase, skew_us(self.params.advskew))
 
+    @property
+    def demoted(self) -> bool:
+        return self.maintenance or not self.healthy
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at is not None
+
     def next_deadline(self) -> float | None:
         """When :meth:`timer_expired` wants to be called, in the caller's clock (seconds)."""
-        deadline = self._advert_at if self._advert_at is not None else self._master_down_at
+        deadline = next((d for d in (self._stop_at, self._advert_at, self._master_down_at)
+                         if d is not None), None)
         return None if deadline is None else deadline / US
 
     # ---- events ----
@@ -206,6 +229,8 @@ class Machine:
 
     def timer_expired(self, now: float) -> list[Action]:
         t = _us(now)
+        if self._stop_at is not None:
+            return self._finish_stop() if t >= self._stop_at else []
         if self._master_down_at is not None and t >= self._master_down_at:
             if self.demoted:
                 self._arm_master_down(now)
@@ -220,6 +245,8 @@ class Machine:
     ) -> list[Action]:
         """A valid (authenticated, our vhid) advert from ``src``."""
         self._counter = counter  # ucarp adopts the counter in every state, before any logic
+        if self._stop_at is not None:
+            return self._finish_stop()  # a successor speaks: the VIP can go
         if self.state is State.INIT or not self._link_usable:
             return []
         remote = (advbase, skew_us(advskew))
@@ -231,7 +258,10 @@ class Machine:
         """Carrier change (ignored with ``ignoreifstate``), or with ``force`` the interface
         itself vanishing or returning, which no setting can ignore."""
         self.link_up = up
-        if (self.params.ignoreifstate and not force) or self.state is State.INIT:
+        if self._stop_at is not None and not up and (force or not self.params.ignoreifstate):
+            return self._finish_stop()  # nobody can hear us any more: no point waiting
+        if ((self.params.ignoreifstate and not force) or self.state is State.INIT
+                or self._stop_at is not None):
             return []
         if not up:
             actions = self._leave_master(Reason.LINK_DOWN) if self.state is State.MASTER else []
@@ -241,9 +271,16 @@ class Machine:
             self._arm_master_down(now)
         return []
 
-    def set_demoted(self, now: float, demoted: bool) -> list[Action]:
-        self.demoted = demoted
-        if not demoted or self.state is not State.MASTER:
+    def set_maintenance(self, now: float, on: bool) -> list[Action]:
+        self.maintenance = on
+        return self._demotion_changed(now)
+
+    def set_healthy(self, now: float, healthy: bool) -> list[Action]:
+        self.healthy = healthy
+        return self._demotion_changed(now)
+
+    def _demotion_changed(self, now: float) -> list[Action]:
+        if not self.demoted or self.state is not State.MASTER or self._stop_at is not None:
             return []
         actions: list[Action] = [self._bow_out_advert()]
         actions += self._leave_master(Reason.DEMOTED)
@@ -259,18 +296,26 @@ class Machine:
         self._quiet_until = t + self.advert_interval_us
         return [SendGarp()]
 
-    def stop(self, now: float) -> list[Action]:
+    def stop(self, now: float, successor_wait: float = SUCCESSOR_WAIT) -> list[Action]:
         old = self.state
-        if old is State.INIT:
+        if self._stop_at is not None:
             return []
-        actions: list[Action] = []
-        if old is State.MASTER:
-            actions.append(self._bow_out_advert())
-            actions.append(DropVip())
-        actions.append(Transition(old, State.INIT, Reason.STOP))
+        if old is State.MASTER and self._link_usable:
+            self._advert_at = self._master_down_at = None
+            self._stop_at = _us(now) + _us(successor_wait)
+            return [self._bow_out_advert()]
+        actions: list[Action] = [DropVip()] if old is State.MASTER else []
+        if old is not State.INIT:
+            actions.append(Transition(old, State.INIT, Reason.STOP))
         self.state = State.INIT
         self._advert_at = self._master_down_at = None
-        return actions
+        return [*actions, Stopped()]
+
+    def _finish_stop(self) -> list[Action]:
+        self._stop_at = None
+        self.state = State.INIT
+        self._master_since = None
+        return [DropVip(), Transition(State.MASTER, State.INIT, Reason.STOP), Stopped()]
 
     # ---- steps (named after ucarp's / BSD's functions) ----
     @property

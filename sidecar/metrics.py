@@ -1,5 +1,8 @@
 """Every Prometheus metric of the agent, declared in one place (prefix ``carp_``).
 
+:class:`Metrics` declares the families once per registry; :class:`InstanceMetrics` binds the
+label children of one instance (``vhid``, ``interface``) once, so code calls ``.inc()`` and
+``.set()`` without a label lookup — a flood of 20k packets a second must not pay one each.
 All series that can be known at start exist at start (counters at 0), so ``rate()`` and alerts
 work on a fresh node. The state encoding matches keepalived exporters: 0 INIT, 1 BACKUP, 2 MASTER.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,26 +38,15 @@ TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
     (State.BACKUP, State.INIT, Reason.STOP),
 )
 SCRIPT_RESULTS = ("ok", "failed", "timeout", "error", "superseded")
+EVIDENCE = ("advert", "arp")
 TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class HotChildren:
-    """Label children of the per-packet counters, looked up once: a flood of 20k packets a
-    second must not pay a label lookup for each."""
-
-    def __init__(self, m: Metrics) -> None:
-        lb = m.labels
-        self.received = m.adverts_received.labels(**lb)
-        self.dropped = {r: m.adverts_dropped.labels(**lb, reason=r.value) for r in DropReason}
-        self.conflicts = {e: m.conflicts.labels(**lb, evidence=e) for e in ("advert", "arp")}
-        self.peers_evicted = m.peers_evicted.labels(**lb)
-
-
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, vhid: int, interface: str, version: str,
+    def __init__(self, registry: CollectorRegistry, version: str,
                  process_metrics: bool = True) -> None:
         r, base = registry, ["vhid", "interface"]
-        self.labels = {"vhid": str(vhid), "interface": interface}
+        self.registry = registry
         if process_metrics:
             process_collector.ProcessCollector(registry=r)
             platform_collector.PlatformCollector(registry=r)
@@ -78,7 +71,7 @@ class Metrics:
         self.adverts_dropped = Counter("carp_adverts_dropped", "Received packets dropped, by reason",
                                        [*base, "reason"], registry=r)
         self.vip_present = Gauge("carp_vip_present", "1 while the VIP is on the interface "
-                                 "(observed by netlink)", base, registry=r)
+                                 "(observed by netlink), per address", [*base, "vip"], registry=r)
         self.advbase = Gauge("carp_advbase_seconds", "Configured advbase", base, registry=r)
         self.advskew = Gauge("carp_advskew", "Configured advskew (1/256 s)", base, registry=r)
         self.demoted = Gauge("carp_demoted", "1 while this node refuses to be MASTER "
@@ -117,8 +110,9 @@ class Metrics:
                                      registry=r)
         self.http_refused = Counter("carp_http_connections_refused", "HTTP connections closed "
                                     "because too many were open (the one slowest to send its "
-                                    "request, else the new one)", base, registry=r)
-        self.garps_sent = Counter("carp_garps_sent", "Gratuitous ARPs sent", base, registry=r)
+                                    "request, else the new one)", registry=r)
+        self.garps_sent = Counter("carp_garps_sent", "Gratuitous ARPs and unsolicited neighbour "
+                                  "advertisements sent", base, registry=r)
         self.handovers_sent = Counter("carp_handovers_sent", "Bow-out adverts sent when leaving "
                                       "MASTER on purpose", base, registry=r)
         self.handovers_received = Counter("carp_handovers_received", "Bow-out adverts received",
@@ -126,43 +120,69 @@ class Metrics:
         self.takeover_duration = Histogram("carp_takeover_duration_seconds", "From deciding to "
                                            "become MASTER to VIP added and GARP sent", base,
                                            buckets=TAKEOVER_BUCKETS, registry=r)
-        self._precreate()
-        self.hot = HotChildren(self)
 
-    def _precreate(self) -> None:
-        lb = self.labels
-        for s in State:
-            self.state.labels(**lb, state=s.name)
-        for old, new, reason in TRANSITIONS:
-            self.transitions.labels(**lb, **{"from": old.name, "to": new.name}, reason=reason.value)
-        for d in DropReason:
-            self.adverts_dropped.labels(**lb, reason=d.value)
-        for script in ("up", "down"):
-            self.script_duration.labels(**lb, script=script)
-            for result in SCRIPT_RESULTS:
-                self.script_runs.labels(**lb, script=script, result=result)
-        for result in ("ok", "failed"):
-            self.health_checks.labels(**lb, result=result)
-        for evidence in ("advert", "arp"):
-            self.conflicts.labels(**lb, evidence=evidence)
-        for unlabelled in (self.adverts_sent, self.advert_send_errors, self.adverts_received,
-                           self.vip_errors, self.garps_sent, self.handovers_sent,
-                           self.handovers_received, self.takeover_duration, self.peers_evicted,
-                           self.http_refused):
-            unlabelled.labels(**lb)
-        self.peers.labels(**lb).set(0)
-        self.interface_present.labels(**lb).set(0)
-        self.health_up.labels(**lb).set(1)
+
+class InstanceMetrics:
+    """The series of one instance, bound once; all present from the start."""
+
+    def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str]) -> None:
+        self.family = m
+        lb = self.labels = {"vhid": str(vhid), "interface": interface}
+        self.state = {s: m.state.labels(**lb, state=s.name) for s in State}
+        self.state_code = m.state_code.labels(**lb)
+        self.is_master = m.is_master.labels(**lb)
+        self.transitions = {(old, new, reason): m.transitions.labels(
+            **lb, **{"from": old.name, "to": new.name}, reason=reason.value)
+            for old, new, reason in TRANSITIONS}
+        self.last_transition = m.last_transition.labels(**lb)
+        self.adverts_sent = m.adverts_sent.labels(**lb)
+        self.advert_send_errors = m.advert_send_errors.labels(**lb)
+        self.received = m.adverts_received.labels(**lb)
+        self.dropped = {r: m.adverts_dropped.labels(**lb, reason=r.value) for r in DropReason}
+        self.vip_present = {vip: m.vip_present.labels(**lb, vip=vip) for vip in vips}
+        self.advbase = m.advbase.labels(**lb)
+        self.advskew = m.advskew.labels(**lb)
+        self.demoted = m.demoted.labels(**lb)
+        self.maintenance = m.maintenance.labels(**lb)
+        self.master_down_interval = m.master_down_interval.labels(**lb)
+        self.script_runs = {(script, result): m.script_runs.labels(**lb, script=script,
+                                                                     result=result)
+                            for script in ("up", "down") for result in SCRIPT_RESULTS}
+        self.script_duration = {s: m.script_duration.labels(**lb, script=s) for s in ("up", "down")}
+        self.vip_errors = m.vip_errors.labels(**lb)
+        self.health_up = m.health_up.labels(**lb)
+        self.health_checks = {ok: m.health_checks.labels(**lb, result="ok" if ok else "failed")
+                              for ok in (True, False)}
+        self.conflicts = {e: m.conflicts.labels(**lb, evidence=e) for e in EVIDENCE}
+        self.interface_present = m.interface_present.labels(**lb)
+        self.peers = m.peers.labels(**lb)
+        self.peers_evicted = m.peers_evicted.labels(**lb)
+        self.garps_sent = m.garps_sent.labels(**lb)
+        self.handovers_sent = m.handovers_sent.labels(**lb)
+        self.handovers_received = m.handovers_received.labels(**lb)
+        self.takeover_duration = m.takeover_duration.labels(**lb)
+        self.health_up.set(1)
         self.set_state(State.INIT)
+
+    def set_state(self, state: State) -> None:
+        for s, child in self.state.items():
+            child.set(1 if s is state else 0)
+        self.state_code.set(int(state))
+        self.is_master.set(1 if state is State.MASTER else 0)
+
+    def set_peer(self, peer: str, wall: float, advbase: int, advskew: int) -> None:
+        m, lb = self.family, self.labels
+        m.peer_last_advert.labels(**lb, peer=peer).set(wall)
+        m.peer_advskew.labels(**lb, peer=peer).set(advskew)
+        m.peer_advbase.labels(**lb, peer=peer).set(advbase)
 
     def forget_peer(self, peer: str) -> None:
         """Remove a peer's series, so forged sources cannot grow /metrics without bound."""
-        for gauge in (self.peer_last_advert, self.peer_advskew, self.peer_advbase):
+        m = self.family
+        for gauge in (m.peer_last_advert, m.peer_advskew, m.peer_advbase):
             with contextlib.suppress(KeyError):
-                gauge.remove(*self.labels.values(), peer)
+                gauge.remove(self.labels["vhid"], self.labels["interface"], peer)
 
-    def set_state(self, state: State) -> None:
-        for s in State:
-            self.state.labels(**self.labels, state=s.name).set(1 if s is state else 0)
-        self.state_code.labels(**self.labels).set(int(state))
-        self.is_master.labels(**self.labels).set(1 if state is State.MASTER else 0)
+    def value(self, name: str, **labels: str) -> int:
+        """A counter read back from the registry (for /status: it never disagrees)."""
+        return int(self.family.registry.get_sample_value(name, {**self.labels, **labels}) or 0)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from ._pyroute2 import AsyncIPRoute, NetlinkError
+
+__all__ = ["AddressEvent", "InterfaceNotFound", "Link", "LinkEvent", "Netlink", "NetlinkError"]
 
 IFF_RUNNING = 0x40
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 AF_INET = 2
+AF_INET6 = 10
+IFA_F_NODAD = 0x02  # a VIP moves between hosts: duplicate address detection would delay it
+Vip = IPv4Interface | IPv6Interface
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,7 @@ class LinkEvent:
 @dataclass(frozen=True, slots=True)
 class AddressEvent:
     index: int
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
     added: bool
 
 
@@ -55,43 +61,65 @@ class Netlink:
 
     def __init__(self) -> None:
         self._ipr = AsyncIPRoute()
+        # One request at a time: the instances' effects run concurrently, and pyroute2 answers
+        # a second request on a socket still busy with the first with EBUSY.
+        self._busy = asyncio.Lock()
 
     async def link(self, ifname: str) -> Link:
-        found = await self._ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise InterfaceNotFound(ifname)
-        msgs = [m async for m in await self._ipr.get_links(found[0])]
+        async with self._busy:
+            found = await self._ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise InterfaceNotFound(ifname)
+            msgs = [m async for m in await self._ipr.get_links(found[0])]
         msg = msgs[0]
         return Link(found[0], _mac(msg), bool(msg["flags"] & IFF_RUNNING))
 
     async def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
-        msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET)]
+        async with self._busy:
+            msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET)]
         return [IPv4Interface(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]
 
-    async def has_address(self, index: int, address: IPv4Address) -> bool:
-        return any(a.ip == address for a in await self.ipv4_addresses(index))
+    async def addresses(self, index: int) -> list[Vip]:
+        """Every IPv4 and IPv6 address of the interface."""
+        async with self._busy:
+            msgs = [m async for m in await self._ipr.get_addr(index=index)]
+        out: list[Vip] = []
+        for m in msgs:
+            address = m.get("IFA_LOCAL") or m.get("IFA_ADDRESS")
+            if m.get("family") == AF_INET:
+                out.append(IPv4Interface(f"{address}/{m['prefixlen']}"))
+            elif m.get("family") == AF_INET6:
+                out.append(IPv6Interface(f"{address}/{m['prefixlen']}"))
+        return out
 
-    async def add_address(self, index: int, vip: IPv4Interface, label: str | None) -> bool:
-        """Add; False if it was already there."""
-        extra: dict[str, Any] = {"label": label} if label else {}
+    async def has_address(self, index: int, address: IPv4Address | IPv6Address) -> bool:
+        return any(a.ip == address for a in await self.addresses(index))
+
+    async def add_address(self, index: int, vip: Vip, label: str | None) -> bool:
+        """Add (IPv6 without duplicate address detection); False if it was already there."""
+        extra: dict[str, Any] = {"label": label} if label and vip.version == 4 else {}
+        if vip.version == 6:
+            extra["flags"] = IFA_F_NODAD
         try:
-            await self._ipr.addr("add", index=index, address=str(vip.ip),
-                                 prefixlen=vip.network.prefixlen, **extra)
+            async with self._busy:
+                await self._ipr.addr("add", index=index, address=str(vip.ip),
+                                     prefixlen=vip.network.prefixlen, **extra)
         except NetlinkError as e:
             if e.code == errno.EEXIST:
                 return False
             raise
         return True
 
-    async def remove_address(self, index: int, vip: IPv4Interface) -> bool:
+    async def remove_address(self, index: int, vip: Vip) -> bool:
         """Remove whatever prefix it has; False if it was not there."""
         removed = False
-        for have in await self.ipv4_addresses(index):
+        for have in await self.addresses(index):
             if have.ip != vip.ip:
                 continue
             try:
-                await self._ipr.addr("del", index=index, address=str(have.ip),
-                                     prefixlen=have.network.prefixlen)
+                async with self._busy:
+                    await self._ipr.addr("del", index=index, address=str(have.ip),
+                                         prefixlen=have.network.prefixlen)
                 removed = True
             except NetlinkError as e:
                 if e.code != errno.EADDRNOTAVAIL:
@@ -99,11 +127,11 @@ class Netlink:
         return removed
 
     async def events(self) -> AsyncIterator[LinkEvent | AddressEvent]:
-        """Link and IPv4 address events of every interface (the interface we follow may be
+        """Link and address events of every interface (the interface we follow may be
         deleted and come back under a new index, so the caller filters)."""
         monitor = AsyncIPRoute()
         try:
-            await monitor.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
+            await monitor.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
             while True:  # get() yields one batch of messages per call
                 async for msg in monitor.get():
                     event, index = msg.get("event"), msg.get("index")
@@ -111,10 +139,10 @@ class Netlink:
                         yield LinkEvent(index, msg.get("IFLA_IFNAME") or "", _mac(msg),
                                         bool(msg["flags"] & IFF_RUNNING),
                                         deleted=event == "RTM_DELLINK")
-                    elif event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("family") == AF_INET:
+                    elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
                         address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
                         if address:
-                            yield AddressEvent(index, IPv4Address(address),
+                            yield AddressEvent(index, ip_address(address),
                                                event == "RTM_NEWADDR")
         finally:
             monitor.close()

@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 ARP_SPA_OFFSET = 28  # 14 Ethernet + 8 ARP fixed fields + 6 sender MAC
@@ -28,8 +29,16 @@ ARP_SPA_OFFSET = 28  # 14 Ethernet + 8 ARP fixed fields + 6 sender MAC
 _LDH_ABS, _LDB_ABS, _LD_ABS, _JEQ_K, _RET_K = 0x28, 0x30, 0x20, 0x15, 0x06
 
 
+MAX_FILTERED_VIPS = 64  # classic BPF jumps are 8-bit: beyond this, pass all ARP
+
+
 def carp_and_arp_filter(vips: list[IPv4Address]) -> list[tuple[int, int, int, int]]:
-    """Pass IPv4 protocol 112, and ARP whose sender address is one of ``vips``; drop the rest."""
+    """Pass IPv4 protocol 112, and ARP whose sender address is one of ``vips`` (any ARP when
+    there are more than MAX_FILTERED_VIPS of them); drop the rest."""
+    if len(vips) > MAX_FILTERED_VIPS:
+        return [(_LDH_ABS, 0, 0, 12), (_JEQ_K, 0, 2, ETH_P_IP), (_LDB_ABS, 0, 0, 23),
+                (_JEQ_K, 1, 2, 112), (_JEQ_K, 0, 1, ETH_P_ARP), (_RET_K, 0, 0, 0xFFFF),
+                (_RET_K, 0, 0, 0)]
     accept = 7 + len(vips)  # index of "ret accept" (after the shared "ret drop")
     drop = accept - 1
     prog = [
@@ -59,7 +68,7 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
 class PacketSocket:
     """Non-blocking; register :meth:`fileno` with the event loop and call :meth:`receive`."""
 
-    def __init__(self, ifname: str, ifindex: int, group: IPv4Address, join: bool,
+    def __init__(self, ifname: str, ifindex: int, groups: list[IPv4Address],
                  vips: list[IPv4Address]) -> None:
         self.ifname = ifname
         self.errors = 0  # receive errors (ENETDOWN when the interface goes away)
@@ -73,12 +82,13 @@ class PacketSocket:
             self._sock.close()
             raise
         self._mcast: socket.socket | None = None
-        if join:
+        if groups:
             # Joining the group makes real NICs accept 01:00:5e:00:00:12 (ucarp does the same).
             self._mcast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            mreqn = struct.pack("4s4si", group.packed, b"\0" * 4, ifindex)
             try:
-                self._mcast.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+                for group in groups:
+                    mreqn = struct.pack("4s4si", group.packed, b"\0" * 4, ifindex)
+                    self._mcast.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
             except OSError:
                 self.close()
                 raise
@@ -108,6 +118,9 @@ class PacketSocket:
 
     def send_arp(self, frame: bytes) -> None:
         self._sock.sendto(frame, (self.ifname, ETH_P_ARP))
+
+    def send_ipv6(self, frame: bytes) -> None:
+        self._sock.sendto(frame, (self.ifname, ETH_P_IPV6))
 
     def close(self) -> None:
         if self._mcast is not None:

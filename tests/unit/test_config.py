@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, load, read_env_file
+from sidecar.config import ConfigError, VhidSettings, load, read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def one(environ: dict[str, str], env_file: Path | None = None) -> VhidSettings:
+    """The environment's single instance."""
+    config = load(environ, env_file)
+    assert len(config.instances) == 1
+    return config.instances[0]
 BASE = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim", "CARP_ADDR": "10.0.0.1"}
 
 
@@ -30,16 +37,16 @@ def test_classic_ucarp_conf_loads_as_is(tmp_path: Path) -> None:
     conf = conf.replace("/etc/ucarp/ucarp-up.sh", str(script(tmp_path, "up.sh")))
     conf = conf.replace("/etc/ucarp/ucarp-down.sh", str(script(tmp_path, "down.sh")))
     (tmp_path / "ucarp.conf").write_text(conf)
-    s = load({}, tmp_path / "ucarp.conf")
+    s = one({}, tmp_path / "ucarp.conf")
     assert s.interface == "eth0" and s.if_alias == "eth0:0" and s.vhid == 1
     assert s.srcip == IPv4Address("172.16.0.11") and s.advbase == 1
-    assert s.vip == IPv4Interface("172.16.0.1/16") and s.secret == b"geheim"
+    assert s.vips[0] == IPv4Interface("172.16.0.1/16") and s.secret == b"geheim"
     assert s.manages_vip_by_scripts
 
 
 def test_environment_overrides_env_file(tmp_path: Path) -> None:
     (tmp_path / "e").write_text("CARP_INTERFACE=eth0\nCARP_VHID=1\nCARP_PASS=a\nCARP_ADDR=10.0.0.1\n")
-    assert load({"UCARP_VHID": "9", "CARP_VHID": "7"}, tmp_path / "e").vhid == 7
+    assert one({"UCARP_VHID": "9", "CARP_VHID": "7"}, tmp_path / "e").vhid == 7
 
 
 def test_env_file_accepts_export_and_quotes(tmp_path: Path) -> None:
@@ -61,7 +68,7 @@ def test_env_file_bad_line_names_file_and_line(tmp_path: Path) -> None:
 ])
 def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
     env = {**BASE, "CARP_ADDR": addr} | ({"CARP_MASK": mask} if mask else {})
-    assert load(env).vip == IPv4Interface(want)
+    assert one(env).vips[0] == IPv4Interface(want)
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -107,24 +114,24 @@ def test_bad_values_name_the_variable(override: dict[str, str | None], message: 
     env = {**BASE, **override}
     env = {k: v for k, v in env.items() if v is not None}
     with pytest.raises(ConfigError) as e:
-        load(env)  # type: ignore[arg-type]
+        one(env)  # type: ignore[arg-type]
     assert str(e.value).startswith(message)
 
 
 def test_missing_required_variable() -> None:
     with pytest.raises(ConfigError, match=r"^CARP_INTERFACE: required but not set$"):
-        load({k: v for k, v in BASE.items() if k != "CARP_INTERFACE"})
+        one({k: v for k, v in BASE.items() if k != "CARP_INTERFACE"})
 
 
 def test_pass_file_first_line_only_like_ucarp(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("geheim\nsecond line\n")
     env = {k: v for k, v in BASE.items() if k != "CARP_PASS"} | {"CARP_PASS_FILE": str(tmp_path / "pw")}
-    assert load(env).secret == b"geheim"
+    assert one(env).secret == b"geheim"
 
 
 def test_a_31_or_32_prefix_has_no_network_or_broadcast_address_to_refuse() -> None:
-    assert str(load({**BASE, "CARP_ADDR": "10.0.0.0/31"}).vip) == "10.0.0.0/31"
-    assert str(load({**BASE, "CARP_ADDR": "10.0.0.255"}).vip) == "10.0.0.255/32"
+    assert str(one({**BASE, "CARP_ADDR": "10.0.0.0/31"}).vips[0]) == "10.0.0.0/31"
+    assert str(one({**BASE, "CARP_ADDR": "10.0.0.255"}).vips[0]) == "10.0.0.255/32"
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "huge"])
@@ -141,7 +148,7 @@ def test_pass_file_must_be_a_small_regular_file(tmp_path: Path, kind: str) -> No
     env = {k: v for k, v in BASE.items() if k != "CARP_PASS"} | {"CARP_PASS_FILE": str(path)}
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"^CARP_PASS_FILE: ") as e:
-        load(env)
+        one(env)
     assert time.monotonic() - started < 1
     want = "password longer than 19" if kind == "huge" else "is not a regular file"
     assert want in str(e.value)
@@ -149,9 +156,9 @@ def test_pass_file_must_be_a_small_regular_file(tmp_path: Path, kind: str) -> No
 
 def test_secret_never_in_errors_or_redacted_output() -> None:
     with pytest.raises(ConfigError) as e:
-        load({**BASE, "CARP_PASS": "s3cret-s3cret-s3cret-x"})
+        one({**BASE, "CARP_PASS": "s3cret-s3cret-s3cret-x"})
     assert "s3cret" not in str(e.value)
-    shown = load({**BASE, "CARP_PASS": "s3cret"}).redacted()
+    shown = one({**BASE, "CARP_PASS": "s3cret"}).redacted()
     assert shown["CARP_PASS"] == "***" and "s3cret" not in repr(shown)
 
 
@@ -184,6 +191,135 @@ def test_cli_version() -> None:
 def test_empty_value_unsets_and_carp_spelling_wins_even_when_empty(tmp_path: Path) -> None:
     up = script(tmp_path, "up.sh")
     (tmp_path / "e").write_text(f"UCARP_UPSCRIPT={up}\nUCARP_ADVSKEW=20\n")
-    s = load({**BASE, "CARP_UPSCRIPT": "", "UCARP_ADVSKEW": ""}, tmp_path / "e")
+    s = one({**BASE, "CARP_UPSCRIPT": "", "UCARP_ADVSKEW": ""}, tmp_path / "e")
     assert s.upscript is None and s.advskew == 0
-    assert load({**BASE}, tmp_path / "e").upscript == up
+    assert one({**BASE}, tmp_path / "e").upscript == up
+
+
+# ---- many instances: CARP_CONFIG names a TOML file ----
+TOML = """
+interface = "eth0"
+pass_file = "{pw}"
+preempt = true
+
+[health.apache]
+url = "http://127.0.0.1/"
+fall = 3
+
+[[vhid]]
+vhid = 1
+addr = ["172.16.0.1/16", "2001:db8::1/64"]
+advskew = 0
+health = ["apache"]
+
+[[vhid]]
+vhid = 2
+addr = ["172.16.0.2/16"]
+advskew = 100
+upscript = "{up}"
+"""
+
+
+def config_file(tmp_path: Path, text: str = TOML, **replace: str) -> Path:
+    (tmp_path / "pw").write_text("geheim\n")
+    up = script(tmp_path, "vip2-up.sh")
+    body = text.format(pw=tmp_path / "pw", up=up)
+    for old, new in replace.items():
+        body = body.replace(old, new)
+    path = tmp_path / "carp.toml"
+    path.write_text(body)
+    return path
+
+
+def test_config_file_declares_instances_with_shared_defaults_and_checks(tmp_path: Path) -> None:
+    config = load({"CARP_CONFIG": str(config_file(tmp_path))})
+    first, second = config.instances
+    assert (first.vhid, first.interface, first.preempt, first.advskew) == (1, "eth0", True, 0)
+    assert [str(v) for v in first.vips] == ["172.16.0.1/16", "2001:db8::1/64"]
+    assert first.hmac_address == IPv4Address("172.16.0.1") and first.health == ["apache"]
+    assert first.secret == b"geheim" and not first.manages_vip_by_scripts
+    assert (second.vhid, second.advskew, second.health) == (2, 100, [])
+    assert second.manages_vip_by_scripts
+    assert config.checks["apache"].url == "http://127.0.0.1/" and config.checks["apache"].fall == 3
+    assert config.control_socket == Path("/run/carp-sidecar/control.sock")
+
+
+def test_environment_overrides_the_files_defaults_but_not_an_instances_own_keys(
+        tmp_path: Path) -> None:
+    path = config_file(tmp_path)
+    config = load({"CARP_CONFIG": str(path), "CARP_INTERFACE": "ens3", "CARP_ADVSKEW": "50",
+                   "CARP_METRICS_LISTEN": "127.0.0.1:9700"})
+    assert [i.interface for i in config.instances] == ["ens3", "ens3"]
+    assert [i.advskew for i in config.instances] == [0, 100]  # the tables win
+    assert config.metrics_listen == "127.0.0.1:9700"
+
+
+@pytest.mark.parametrize(("replace", "message"), [
+    ({'vhid = 2': 'vhid = 300'}, "carp.toml: [[vhid]] #2 (vhid 300): vhid: Input should be less "
+                                 "than or equal to 255"),
+    ({'"172.16.0.2/16"': '"172.16.0.300/16"'},
+     "carp.toml: [[vhid]] #2 (vhid 2): addr: '172.16.0.300' is not an IPv4 address"),
+    ({'advskew = 100': 'advskw = 100'}, "carp.toml: [[vhid]] #2 (vhid 2) advskw: unknown key"),
+    ({'vhid = 2': 'vhid = 1'}, "[[vhid]] #2: vhid 1 on eth0 is already instance #1"),
+    ({'"172.16.0.2/16"': '"172.16.0.1/24"'}, "[[vhid]] #2: addr 172.16.0.1 is already a VIP"),
+    ({'health = ["apache"]': 'health = ["nginx"]'},
+     "[[vhid]] #1 (vhid 1): health: no [health.nginx] table"),
+    ({'fall = 3': 'fall = 0'}, "carp.toml: [health.apache]: fall: Input should be greater"),
+    ({'preempt = true': 'preempt = true\nhealth_url = "http://x/"'},
+     "health_url: unknown key here (declare checks as [health.NAME] tables)"),
+    ({'"2001:db8::1/64"': '"fe80::1/64"'}, "addr: fe80::1 is link-local"),
+    ({'vhid = 1\n': 'vhid = 1\nmetrics_listen = "x:1"\n'}, "metrics_listen: unknown key here"),
+])
+def test_config_file_errors_name_the_instance_and_key(tmp_path: Path, replace: dict[str, str],
+                                                        message: str) -> None:
+    path = config_file(tmp_path, **replace)
+    with pytest.raises(ConfigError) as e:
+        load({"CARP_CONFIG": str(path)})
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert "geheim" not in str(e.value)
+
+
+def test_config_file_must_exist_parse_and_have_instances(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"CARP_CONFIG: .* is not a readable file"):
+        load({"CARP_CONFIG": str(tmp_path / "missing.toml")})
+    (tmp_path / "bad.toml").write_text("interface = \n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load({"CARP_CONFIG": str(tmp_path / "bad.toml")})
+    (tmp_path / "none.toml").write_text('interface = "eth0"\n')
+    with pytest.raises(ConfigError, match="at least one \\[\\[vhid\\]\\] table"):
+        load({"CARP_CONFIG": str(tmp_path / "none.toml")})
+
+
+def test_several_addresses_in_the_environment_ipv4_and_ipv6(tmp_path: Path) -> None:
+    s = one({**BASE, "CARP_ADDR": "172.16.0.1,172.16.0.2/24, 2001:db8::1/64,2001:db8::2",
+             "CARP_MASK": "16"})
+    assert [str(v) for v in s.vips] == ["172.16.0.1/16", "172.16.0.2/24", "2001:db8::1/64",
+                                        "2001:db8::2/128"]
+    assert s.hmac_address == IPv4Address("172.16.0.1") and s.script_address == "172.16.0.1"
+    six = one({**BASE, "CARP_ADDR": "2001:db8::1/64"})
+    assert six.hmac_address == IPv4Address("0.0.0.0") and not six.ipv4_vips
+    with pytest.raises(ConfigError, match="CARP_ADDR: an address is listed twice"):
+        one({**BASE, "CARP_ADDR": "10.0.0.1,10.0.0.1/24"})
+
+
+def test_check_config_prints_every_instance(tmp_path: Path) -> None:
+    r = run_cli("check-config", env={"CARP_CONFIG": str(config_file(tmp_path))})
+    assert r.returncode == 0, r.stderr
+    assert "# instance eth0/vhid1" in r.stdout and "# instance eth0/vhid2" in r.stdout
+    assert "# health apache" in r.stdout and "CARP_HEALTH_URL=http://127.0.0.1/" in r.stdout
+    assert "VIPS (effective)=172.16.0.1/16,2001:db8::1/64" in r.stdout
+
+
+def test_runtime_config_round_trips_through_json_without_pydantic(tmp_path: Path) -> None:
+    from sidecar.runconfig import RunConfig
+
+    config = load({"CARP_CONFIG": str(config_file(tmp_path))})
+    runtime = config.runtime()
+    again = RunConfig.from_json(runtime.to_json())
+    assert again == runtime
+    assert again.instances[0].secret == b"geheim" and again.instances[1].upscript is not None
+    assert again.instances[0].hmac_address == IPv4Address("172.16.0.1")
+    # the agent's process never imports pydantic: the config arrives as this JSON
+    code = ("import sys, sidecar.agent; "
+            "sys.exit(any(m.startswith('pydantic') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0

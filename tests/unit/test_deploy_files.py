@@ -35,8 +35,8 @@ def test_dockerfile_runs_the_cli_with_a_healthcheck_and_sigterm() -> None:
 def test_node_env_files_are_valid_carp_sidecar_configs(node: str, tmp_path: Path) -> None:
     values = read_env_file(DEPLOY / f"node-{node}.env")
     (tmp_path / "pass").write_text("geheim\n")
-    settings = load({**values, "CARP_PASS_FILE": str(tmp_path / "pass")})
-    assert settings.vhid == 1 and str(settings.vip) == "172.16.0.1/16"
+    settings = load({**values, "CARP_PASS_FILE": str(tmp_path / "pass")}).instances[0]
+    assert settings.vhid == 1 and str(settings.vips[0]) == "172.16.0.1/16"
     assert settings.preempt is (node == "a")
 
 

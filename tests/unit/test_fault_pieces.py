@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.control import ControlServer, send_command
 from sidecar.http import StatusServer
-from sidecar.metrics import Metrics
+from sidecar.metrics import InstanceMetrics, Metrics
 from sidecar.peers import ArpClaims, PeerTable
 from sidecar.scripts import run_script
 
@@ -209,7 +209,8 @@ def test_arp_claims_back_off_exponentially_per_mac() -> None:
 # ---- HTTP under a scrape storm ----
 def test_scrape_storm_renders_a_few_times_and_slow_clients_give_way() -> None:
     registry = CollectorRegistry()
-    m = Metrics(registry, 1, "eth0", "test", process_metrics=False)
+    m = Metrics(registry, "test", process_metrics=False)
+    InstanceMetrics(m, 1, "eth0", ["10.0.0.1"])
     renders = 0
     original = registry.collect
 
@@ -220,7 +221,7 @@ def test_scrape_storm_renders_a_few_times_and_slow_clients_give_way() -> None:
 
     registry.collect = counting_collect  # type: ignore[method-assign]
     server = StatusServer(registry, lambda: {"state": "MASTER"}, lambda: True,
-                          m.http_refused.labels(**m.labels).inc)
+                          m.http_refused.inc)
 
     async def get(port: int) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -253,5 +254,4 @@ def test_scrape_storm_renders_a_few_times_and_slow_clients_give_way() -> None:
     assert bodies[0] == b""
     assert all(b"carp_adverts_sent_total" in b for b in bodies[1:])
     assert n <= 2, n
-    assert registry.get_sample_value("carp_http_connections_refused_total",
-                                     m.labels) == 1
+    assert registry.get_sample_value("carp_http_connections_refused_total") == 1

@@ -3,8 +3,9 @@ is a valid advert, nothing changes state.
 
 Seeds are real captures (tests/data/ucarp-1.5.2-adverts.pcap, Debian ucarp's adverts) and an
 ARP announcement of the VIP; hypothesis mutates them (byte flips, truncation, extension) and
-also tries pure noise. Frames go through the agent's own handlers (``Agent._on_ip_packet``,
-``Agent._on_arp``) on an agent built without sockets. The example budget is small in `make
+also tries pure noise. Frames go through the agent's own receive path — the interface's
+channel (``Channel.ip_packet``, ``Channel.arp_frame``) dispatching to two instances — built
+without sockets. The example budget is small in `make
 test`; `make chaos` runs it with ``HYPOTHESIS_PROFILE=chaos`` (200,000 examples).
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import os
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -22,10 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from sidecar.agent import Agent
 from sidecar.config import load
+from sidecar.instance import Instance
 from sidecar.machine import State
-from sidecar.net.garp import build_garp
+from sidecar.metrics import Metrics
+from sidecar.net.announce import build_garp
+from sidecar.net.channel import Channel
 from sidecar.net.netlink import Netlink
 
 PCAP = Path(__file__).resolve().parents[1] / "data" / "ucarp-1.5.2-adverts.pcap"
@@ -48,31 +52,44 @@ def pcap_frames(path: Path) -> Iterator[bytes]:
 SEEDS = [*pcap_frames(PCAP), build_garp(b"\x02\x00\x00\x00\x00\x09", IPv4Address("172.16.0.1"))]
 
 
+@dataclass
+class Receive:
+    channel: Channel
+    instance: Instance  # vhid 1, the capture's group
+    other: Instance  # vhid 3 on the same interface
+
+    def accepted(self) -> float:
+        return self.instance.m.value("carp_adverts_received_total")
+
+
 @pytest.fixture(scope="module")
-def agent() -> Iterator[Agent]:
+def receive() -> Iterator[Receive]:
     # the capture's group: vhid 1 and 3, password geheim, VIP 172.16.0.1
-    settings_ = load({"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim",
-                      "CARP_ADDR": "172.16.0.1/16", "CARP_SRCIP": "172.16.0.250",
-                      "CARP_METRICS_LISTEN": "off"})
-    a = Agent(settings_, registry=CollectorRegistry())
+    env = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim",
+           "CARP_ADDR": "172.16.0.1/16", "CARP_SRCIP": "172.16.0.250",
+           "CARP_METRICS_LISTEN": "off"}
     loop = asyncio.new_event_loop()
-    a.loop = loop
-    a.nl = Netlink()
-    a._build_core()
-    assert a.machine is not None
-    a.machine.start(loop.time())
-    yield a
-    a.nl.close()
+    nl = Netlink()
+    metrics = Metrics(CollectorRegistry(), "test", process_metrics=False)
+    channel = Channel("eth0", loop)
+    made = []
+    for vhid, vip in ((1, "172.16.0.1/16"), (3, "172.16.0.3/16")):
+        settings = load({**env, "CARP_VHID": str(vhid), "CARP_ADDR": vip}).runtime().instances[0]
+        instance = Instance(settings, IPv4Address("172.16.0.250"), channel, nl, metrics, loop,
+                            several=True)
+        channel.add(instance, instance.srcip, settings.mcast, [v.ip for v in settings.ipv4_vips])
+        instance.machine.start(loop.time())
+        made.append(instance)
+    yield Receive(channel, *made)
+    nl.close()
     loop.close()
 
 
-def test_seeds_are_real_adverts_and_accepted(agent: Agent) -> None:
+def test_seeds_are_real_adverts_and_accepted(receive: Receive) -> None:
     assert len(SEEDS) >= 4  # three captured adverts and one ARP announcement
-    received = agent.registry.get_sample_value("carp_adverts_received_total",
-                                               agent.m.labels) or 0
-    agent._on_ip_packet(SEEDS[0][14:])
-    assert (agent.registry.get_sample_value("carp_adverts_received_total", agent.m.labels)
-            or 0) == received + 1
+    before = receive.accepted()
+    receive.channel.ip_packet(SEEDS[0][14:])
+    assert receive.accepted() == before + 1
 
 
 mutation = st.tuples(st.sampled_from(["flip", "cut", "extend", "set"]),
@@ -81,7 +98,7 @@ mutation = st.tuples(st.sampled_from(["flip", "cut", "extend", "set"]),
 
 @given(seed=st.sampled_from(SEEDS), mutations=st.lists(mutation, min_size=1, max_size=6),
        noise=st.binary(max_size=120), pure_noise=st.booleans())
-def test_mutated_and_random_frames_never_escape(agent: Agent, seed: bytes,
+def test_mutated_and_random_frames_never_escape(receive: Receive, seed: bytes,
                                                  mutations: list[tuple[str, int, int]],
                                                  noise: bytes, pure_noise: bool) -> None:
     frame = bytearray(noise if pure_noise else seed)
@@ -94,14 +111,13 @@ def test_mutated_and_random_frames_never_escape(agent: Agent, seed: bytes,
             frame += bytes([value]) * (pos % 40)
         elif op == "set" and frame:
             frame[pos % len(frame)] = value
-    assert agent.machine is not None
-    before = agent.machine.state
-    accepted = agent.registry.get_sample_value("carp_adverts_received_total", agent.m.labels)
-    agent._on_ip_packet(bytes(frame[14:]))  # as the IPv4 path sees it
-    agent._on_arp(bytes(frame))  # as the ARP path sees it
-    agent._on_ip_packet(bytes(frame))  # and misaligned
-    if agent.registry.get_sample_value("carp_adverts_received_total",
-                                       agent.m.labels) == accepted:
-        assert agent.machine.state is before  # nothing valid arrived: no state change
-    assert agent.machine.state in (State.BACKUP, State.MASTER)
-    assert len(agent.peer_table) <= 32
+    machines = (receive.instance.machine, receive.other.machine)
+    before = [m.state for m in machines]
+    accepted = receive.accepted()
+    receive.channel.ip_packet(bytes(frame[14:]))  # as the IPv4 path sees it
+    receive.channel.arp_frame(bytes(frame))  # as the ARP path sees it
+    receive.channel.ip_packet(bytes(frame))  # and misaligned
+    if receive.accepted() == accepted:
+        assert [m.state for m in machines] == before  # nothing valid: no state change
+    assert all(m.state in (State.BACKUP, State.MASTER) for m in machines)
+    assert len(receive.instance.peer_table) <= 32

@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.http import StatusServer
 from sidecar.logs import JsonFormatter, UcarpFormatter
-from sidecar.metrics import Metrics
-from sidecar.net.garp import build_garp
+from sidecar.metrics import InstanceMetrics, Metrics
+from sidecar.net.announce import build_garp
 from sidecar.scripts import run_script, script_argv
 
 
@@ -35,7 +35,7 @@ def test_script_results_ok_failed_error(tmp_path: Path, caplog: object) -> None:
 
 def test_http_routes(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    Metrics(registry, 7, "eth9", "1.2.3", process_metrics=False)
+    InstanceMetrics(Metrics(registry, "1.2.3", process_metrics=False), 7, "eth9", ["10.0.0.1"])
 
     async def get(port: int, request: bytes) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

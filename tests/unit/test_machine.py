@@ -18,6 +18,7 @@ from sidecar.machine import (
     SendAdvert,
     SendGarp,
     State,
+    Stopped,
     Transition,
     le_order,
 )
@@ -247,7 +248,7 @@ def test_link_down_ignored_with_ignoreifstate() -> None:
 # ---- demotion ----
 def test_demoted_master_bows_out_and_drops_vip() -> None:
     m = master()
-    actions = m.set_demoted(5.0, True)
+    actions = m.set_maintenance(5.0, True)
     assert isinstance(actions[0], SendAdvert) and actions[0].handover
     assert (actions[0].advbase, actions[0].advskew) == (255, 255)
     assert actions[1:] == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.DEMOTED)]
@@ -256,27 +257,53 @@ def test_demoted_master_bows_out_and_drops_vip() -> None:
 def test_demoted_backup_never_takes_the_vip() -> None:
     m = machine(preempt=True)
     m.start(0.0)
-    m.set_demoted(0.5, True)
+    m.set_maintenance(0.5, True)
     assert m.timer_expired(10.0) == [] and m.state is State.BACKUP
     assert m.advert_received(11.0, PEER, 1, 200, 1) == []
     assert m.advert_received(11.5, PEER, 255, 255, 1) == []
-    m.set_demoted(12.0, False)
+    m.set_maintenance(12.0, False)
     assert m.advert_received(12.5, PEER, 1, 200, 1)[0].reason is Reason.PREEMPT  # type: ignore[union-attr]
 
 
 # ---- stop ----
-def test_stop_master_sends_bow_out_and_drops_vip() -> None:
+def test_stop_master_bows_out_and_keeps_the_vip_until_a_successor_speaks() -> None:
     m = master()
     actions = m.stop(6.0)
-    assert kinds(actions) == ["SendAdvert", "DropVip", "Transition"]
-    assert actions[2] == Transition(State.MASTER, State.INIT, Reason.STOP)
-    assert m.next_deadline() is None
+    assert kinds(actions) == ["SendAdvert"] and actions[0].handover  # type: ignore[union-attr]
+    assert m.state is State.MASTER and m.stopping
+    assert m.next_deadline() == pytest.approx(6.8)  # no periodic adverts, only the wait
+    assert m.advert_received(6.05, PEER, 1, 100, 7) == [
+        DropVip(), Transition(State.MASTER, State.INIT, Reason.STOP), Stopped()]
+    assert m.next_deadline() is None and m.state is State.INIT
 
 
-def test_stop_backup_sends_nothing() -> None:
+def test_stop_master_without_successor_drops_the_vip_after_the_wait() -> None:
+    m = master()
+    m.stop(6.0)
+    assert m.timer_expired(6.5) == []
+    assert kinds(m.timer_expired(6.8)) == ["DropVip", "Transition", "Stopped"]
+
+
+def test_stop_master_whose_link_is_down_finishes_at_once() -> None:
+    m = master()
+    m.stop(6.0)
+    assert kinds(m.link_changed(6.1, up=False)) == ["DropVip", "Transition", "Stopped"]
+
+
+def test_unhealthy_service_and_maintenance_both_demote() -> None:
+    m = master()
+    assert kinds(m.set_healthy(5.0, False)) == ["SendAdvert", "DropVip", "Transition"]
+    m.set_maintenance(6.0, True)
+    m.set_healthy(7.0, True)
+    assert m.demoted and m.timer_expired(20.0) == []  # still in maintenance
+    m.set_maintenance(21.0, False)
+    assert not m.demoted
+
+
+def test_stop_backup_sends_nothing_and_is_stopped_at_once() -> None:
     m = machine()
     m.start(0.0)
-    assert m.stop(1.0) == [Transition(State.BACKUP, State.INIT, Reason.STOP)]
+    assert m.stop(1.0) == [Transition(State.BACKUP, State.INIT, Reason.STOP), Stopped()]
 
 
 # ---- counter (docs/protocol.md §2) ----
@@ -364,11 +391,13 @@ def test_scenario_graceful_stop_hands_over_with_one_transition_among_three() -> 
     assert sim.masters() == ["a"]
     stopped_at = sim.now
     sim.do(a, a.machine.stop(sim.now))
-    a.connected = False
+    assert a.holds_vip  # still answering while the successor is chosen
     sim.run_until(20.0)
-    assert sim.masters() == ["b"]
+    assert sim.masters() == ["b"] and not a.holds_vip and a.state is State.INIT
     b_up = [t for t, tr in b.transitions if tr.new is State.MASTER]
     assert b_up[0] - stopped_at == pytest.approx(20 / 256 / 8, abs=1e-6)
+    # a let the VIP go the moment b's first advert arrived: no instant without a holder
+    assert a.transitions[-1] == (b_up[0], Transition(State.MASTER, State.INIT, Reason.STOP))
     assert [tr.new for _, tr in c.transitions] == [State.BACKUP]  # c never flapped
 
 
@@ -400,7 +429,7 @@ def test_vip_held_only_in_master_and_one_timer_at_most(
         elif kind == "link":
             actions = m.link_changed(now, flag)
         elif kind == "demote":
-            actions = m.set_demoted(now, flag)
+            actions = m.set_maintenance(now, flag)
         elif kind == "stop":
             actions = m.stop(now)
         else:
@@ -412,7 +441,7 @@ def test_vip_held_only_in_master_and_one_timer_at_most(
                 holds = False
         assert holds == (m.state is State.MASTER)
         assert m._advert_at is None or m._master_down_at is None
-        if m.state is State.MASTER:
+        if m.state is State.MASTER and not m.stopping:
             assert m._advert_at is not None
-        if m.demoted:
+        if m.demoted and not m.stopping:
             assert m.state is not State.MASTER

@@ -1,0 +1,415 @@
+"""One CARP instance: a VHID on an interface, its state machine, its VIPs and its metrics.
+
+The machine decides; an instance feeds it events (adverts routed here by the interface's
+channel, the interface coming and going, health, maintenance, its own timer) and carries out
+its actions: adverts are written at once, everything slow goes through its :class:`Effects`
+queue. Everything an unauthenticated sender can grow (peers, ARP claims) is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Coroutine
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from .effects import Effect, Effects
+from .machine import (
+    Action,
+    AddVip,
+    Conflict,
+    DropVip,
+    Machine,
+    Params,
+    Reason,
+    SendAdvert,
+    SendGarp,
+    State,
+    Stopped,
+    Transition,
+)
+from .metrics import InstanceMetrics, Metrics
+from .net.announce import build_garp, build_unsolicited_na
+from .net.channel import Channel
+from .net.netlink import AddressEvent, Netlink
+from .peers import ArpClaims, PeerTable
+from .protocol import (
+    BOW_OUT,
+    Advert,
+    AdvertError,
+    DropReason,
+    Expect,
+    build_frame,
+    build_ip_packet,
+    parse_packet,
+)
+from .runconfig import Vhid
+from .vips import backend_for
+
+log = logging.getLogger("carp-sidecar")
+PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
+ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
+HOUSEKEEPING = 0.25  # s between peer-table sweeps (expiry, silent former masters)
+WHY = {
+    Reason.PREEMPT: "Putting MASTER down - preemption",
+    Reason.MASTER_TIMEOUT: "Putting MASTER DOWN (going to time out)",
+    Reason.HANDOVER: "Master handed over (bow-out advertisement): taking over",
+    Reason.PREFERRED_MASTER: "Preferred master advertised: going back to BACKUP state",
+    Reason.LINK_DOWN: "Link down: leaving MASTER state",
+    Reason.DEMOTED: "Demoted: handing the VIP over",
+}
+
+
+class Instance:
+    def __init__(self, settings: Vhid, srcip: IPv4Address, channel: Channel,
+                 netlink: Netlink, metrics: Metrics, loop: asyncio.AbstractEventLoop,
+                 several: bool = False) -> None:
+        s = self.s = settings
+        self._several = several  # log lines then say which vhid they are about
+        self.srcip, self.channel, self.loop = srcip, channel, loop
+        self.key = s.secret
+        self.m = InstanceMetrics(metrics, s.vhid, s.interface, [str(v.ip) for v in s.vips])
+        self.machine = Machine(Params(advbase=s.advbase, advskew=s.advskew,
+                                      deadratio=s.deadratio, preempt=s.preempt,
+                                      neutral=s.neutral, ignoreifstate=s.ignoreifstate,
+                                      garp_repeat=s.garp_repeat, own_ip=srcip),
+                               rng=lambda: secrets.randbits(64))
+        self.peer_table = PeerTable(PEER_CAPACITY, 3 * self.machine.master_down_interval_us / 1e6)
+        self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
+        self._expect = Expect(vhid=s.vhid, key=self.key, vip=s.hmac_address, group=s.mcast)
+        self.effects = Effects(backend_for(s, netlink, self.m, lambda: channel.ifindex),
+                               self._announce)
+        self.checks: dict[str, tuple[bool, str]] = {}  # check name -> (healthy, last error)
+        self.master_since: float | None = None
+        self.last_transition: dict[str, Any] | None = None
+        self.link_running = False  # the channel is opened after the instances are built
+        self.stopped = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = 0.0
+        self._takeover_started: float | None = None
+        self._last_drop_log: dict[str, float] = {}
+        self._went_silent: list[str] = []  # former masters not yet answered by a re-announce
+        self._peer_series: set[str] = set()  # peers that have carp_peer_* series now
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- Receiver (what the channel calls) ----
+    @property
+    def vhid(self) -> int:
+        return self.s.vhid
+
+    @property
+    def expect(self) -> Expect:
+        return self._expect
+
+    # ---- life ----
+    def start(self) -> list[Coroutine[Any, Any, None]]:
+        """Start the machine; returns the coroutines the agent must supervise."""
+        s, m = self.s, self.m
+        m.advbase.set(s.advbase)
+        m.advskew.set(s.advskew)
+        m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
+        m.interface_present.set(1 if self.channel.attached is not None else 0)
+        log.info("Using [%s] as a network interface, vhid %d, VIP %s, source %s", s.interface,
+                 s.vhid, ", ".join(map(str, s.vips)), self.srcip)
+        if s.manages_vip_by_scripts:
+            for kind, path in (("up", s.upscript), ("down", s.downscript)):
+                if path is None:
+                    log.warning("Warning: no script called when going %s", kind)
+        self.link_running = self.channel.running
+        if not self.link_running:
+            self.machine.link_changed(self.loop.time(), up=False)
+        self._apply(self.machine.start(self.loop.time()))
+        jobs = [self.effects.run(), self._housekeeping()]
+        if s.garp_refresh > 0:
+            jobs.append(self._garp_refresh())
+        return jobs
+
+    async def stop(self) -> None:
+        """Hand over if MASTER (bow-out, VIP kept until a successor speaks), release the VIPs,
+        and let the downscript finish (scripts have their own timeout)."""
+        self._apply(self.machine.stop(self.loop.time()))
+        await self.stopped.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.effects.join(), self.s.script_timeout + 1)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    # ---- machine plumbing ----
+    def _apply(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, SendAdvert):
+                self._send_advert(a)
+            elif isinstance(a, AddVip):
+                self.effects.put(Effect.ADD_VIP)
+            elif isinstance(a, DropVip):
+                self.effects.put(Effect.DROP_VIP)
+            elif isinstance(a, SendGarp):
+                self.effects.put(Effect.ANNOUNCE)
+            elif isinstance(a, Transition):
+                self._on_transition(a)
+            elif isinstance(a, Conflict):
+                self.m.conflicts["advert"].inc()
+                if a.announce:
+                    log.warning("Non-preferred master advertising: reasserting control of VIP "
+                                "with another gratuitous arp (peer %s)", a.peer)
+            elif isinstance(a, Stopped):
+                self.stopped.set()
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        deadline = self.machine.next_deadline()
+        if self._timer is not None and deadline == self._armed_for:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._armed_for = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._apply(self.machine.timer_expired(max(self.loop.time(), self._armed_for)))
+
+    def _on_transition(self, t: Transition) -> None:
+        m = self.m
+        if t.reason in WHY:
+            log.warning("%s%s", WHY[t.reason], f" (peer {t.peer})" if t.peer else "")
+        if t.new is not State.INIT:
+            log.warning("Switching to state: %s%s", t.new.name, self._which())
+        m.set_state(t.new)
+        m.transitions[(t.old, t.new, t.reason)].inc()
+        now = time.time()
+        m.last_transition.set(now)
+        self.last_transition = {"from": t.old.name, "to": t.new.name, "reason": t.reason.value,
+                                "at": now, "peer": str(t.peer) if t.peer else None}
+        self.master_since = now if t.new is State.MASTER else None
+        self._takeover_started = self.loop.time() if t.new is State.MASTER else None
+
+    def _which(self) -> str:
+        """ucarp's log lines name nothing (one process, one VHID); with several we say which."""
+        return f" (vhid {self.s.vhid} on {self.s.interface})" if self._several else ""
+
+    def _send_advert(self, a: SendAdvert) -> None:
+        s = self.s
+        advert = Advert(vhid=s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
+        packet = build_ip_packet(advert, key=self.key, vip=s.hmac_address, src=self.srcip,
+                                 dst=s.mcast, ident=random.getrandbits(16))
+        try:
+            self.channel.send(build_frame(packet, vhid=s.vhid, group=s.mcast,
+                                          broadcast=s.nomcast))
+        except OSError as e:
+            self.m.advert_send_errors.inc()
+            log.warning("write() has failed: %s", e.strerror)
+            return
+        self.m.adverts_sent.inc()
+        if a.handover:
+            self.m.handovers_sent.inc()
+
+    def _announce(self) -> None:
+        """GARP for each IPv4 VIP, unsolicited NA for each IPv6 VIP — only while MASTER: a
+        stale announcement would pull clients to a node that has left."""
+        attached = self.channel.attached
+        if attached is None or self.machine.state is not State.MASTER:
+            return
+        try:
+            for v4 in self.s.ipv4_vips:
+                attached.sock.send_arp(build_garp(attached.mac, v4.ip))
+            for v6 in self.s.ipv6_vips:
+                attached.sock.send_ipv6(build_unsolicited_na(attached.mac, v6.ip))
+        except OSError as e:
+            log.warning("Gratuitous ARP failed: %s", e.strerror)
+            return
+        self.m.garps_sent.inc()
+        if self._takeover_started is not None:
+            self.m.takeover_duration.observe(self.loop.time() - self._takeover_started)
+            self._takeover_started = None
+
+    # ---- from the channel ----
+    def advert_packet(self, packet: bytes) -> None:
+        try:
+            received = parse_packet(packet, self._expect)
+        except AdvertError as e:
+            self.dropped(e)
+            if e.reason is DropReason.BAD_HMAC:
+                # someone advertises our vhid with another key: remember the claim (a master
+                # that stops claiming may leave clients on its MAC), never act on its content
+                carp = (packet[0] & 0x0F) * 4  # parse_packet has checked the lengths
+                self._heard(str(IPv4Address(packet[12:16])), packet[carp + 5], packet[carp + 2],
+                            valid=False)
+            return
+        ad, peer = received.advert, str(received.src)
+        self.m.received.inc()
+        self._heard(peer, ad.advbase, ad.advskew, valid=True)
+        if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
+            self.m.handovers_received.inc()
+        self._apply(self.machine.advert_received(self.loop.time(), received.src,
+                                                 ad.advbase, ad.advskew, ad.counter))
+
+    def dropped(self, error: AdvertError) -> None:
+        self.m.dropped[error.reason].inc()
+        reason, now = error.reason.value, self.loop.time()
+        if now - self._last_drop_log.get(reason, -1e9) >= 60:  # one line a minute per reason
+            self._last_drop_log[reason] = now
+            log.warning("Dropped advertisement%s: %s (further drops counted in "
+                        "carp_adverts_dropped_total)", self._which(), error)
+
+    def arp_claim(self, sender_mac: bytes) -> None:
+        """An ARP for one of our IPv4 VIPs from another MAC."""
+        if self.machine.state is not State.MASTER:
+            return
+        self.m.conflicts["arp"].inc()
+        if self.arp_claims.claimed(self.loop.time(), sender_mac):
+            actions = self.machine.reannounce(self.loop.time())  # at most one per interval
+            if actions:
+                log.warning("Another host (%s) announces a VIP of vhid %d: re-announcing ours",
+                            sender_mac.hex(":"), self.s.vhid)
+            self._apply(actions)
+
+    def interface_changed(self, present: bool, running: bool, reattached: bool) -> None:
+        self.m.interface_present.set(1 if present else 0)
+        now = self.loop.time()
+        if not present:
+            for child in self.m.vip_present.values():
+                child.set(0)
+            if self.link_running:
+                self.link_running = False
+                # ignoreifstate ignores carrier, not a missing interface: nothing can be sent
+                self._apply(self.machine.link_changed(now, up=False, force=True))
+            return
+        if running != self.link_running:
+            self.link_running = running
+            self._apply(self.machine.link_changed(now, running))
+        if reattached and self.s.ignoreifstate:  # carrier does not matter, presence does
+            self._apply(self.machine.link_changed(now, up=True, force=True))
+
+    def address_event(self, event: AddressEvent) -> None:
+        child = self.m.vip_present.get(str(event.address))
+        if child is None:
+            return
+        child.set(1 if event.added else 0)
+        if (not event.added and self.machine.state is State.MASTER and not self.machine.stopping
+                and not self.s.manages_vip_by_scripts):
+            log.warning("VIP %s was removed from %s by someone else: adding it back",
+                        event.address, self.s.interface)
+            self.effects.put(Effect.ADD_VIP)
+            self.effects.put(Effect.ANNOUNCE)  # clients may have moved elsewhere meanwhile
+
+    def vip_observed(self, present: set[IPv4Address | IPv6Address]) -> None:
+        for vip in self.s.vips:
+            self.m.vip_present[str(vip.ip)].set(1 if vip.ip in present else 0)
+
+    # ---- peers ----
+    def _heard(self, peer: str, advbase: int, advskew: int, valid: bool) -> None:
+        # Per packet only the table is touched (a flood may bring 20k of these a second);
+        # the peer series follow the table in _sync_peer_series.
+        evicted = self.peer_table.heard(self.loop.time(), time.time(), peer, advbase, advskew,
+                                        valid)
+        if evicted:
+            self.m.peers_evicted.inc(len(evicted))
+
+    def _sync_peer_series(self) -> None:
+        peers = self.peer_table.valid_peers()
+        for gone in self._peer_series - peers.keys():
+            self.m.forget_peer(gone)
+        for src, p in peers.items():
+            self.m.set_peer(src, p.wall, p.advbase, p.advskew)
+        self._peer_series = set(peers)
+        self.m.peers.set(len(self.peer_table))
+
+    async def _housekeeping(self) -> None:
+        """Peers expire; a former master that fell silent may have left clients on its MAC."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING)
+            now = self.loop.time()
+            self.peer_table.expire(now)
+            self._sync_peer_series()
+            silent = self.peer_table.fallen_silent(now)
+            if silent:
+                self._went_silent = silent
+            if self._went_silent and self.machine.state is not State.MASTER:
+                self._went_silent = []
+            elif self._went_silent:
+                # at most one GARP per advert interval: if one just went out, try next tick
+                actions = self.machine.reannounce(now)
+                if actions:
+                    former = self._went_silent
+                    log.warning("Former master %s stopped advertising: re-announcing VIP %s",
+                                ", ".join(former[:3]) + (" …" if len(former) > 3 else ""),
+                                self.s.vips[0].ip)
+                    self._went_silent = []
+                self._apply(actions)
+
+    async def _garp_refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.garp_refresh)
+            if self.machine.state is State.MASTER:
+                self.effects.put(Effect.ANNOUNCE)
+
+    # ---- health and maintenance ----
+    def set_maintenance(self, on: bool) -> None:
+        self.m.maintenance.set(1 if on else 0)
+        log.warning("Maintenance mode %s by operator%s", "on" if on else "off", self._which())
+        self._apply(self.machine.set_maintenance(self.loop.time(), on))
+        self.m.demoted.set(1 if self.machine.demoted else 0)
+
+    def check_result(self, ok: bool) -> None:
+        self.m.health_checks[ok].inc()
+
+    def check_changed(self, name: str, healthy: bool, error: str) -> None:
+        self.checks[name] = (healthy, error)
+        all_ok = all(ok for ok, _ in self.checks.values())
+        self.m.health_up.set(1 if all_ok else 0)
+        if all_ok != self.machine.healthy:
+            log.warning("Service %s%s", "healthy again" if all_ok else f"unhealthy ({error})",
+                        self._which())
+        self._apply(self.machine.set_healthy(self.loop.time(), all_ok))
+        self.m.demoted.set(1 if self.machine.demoted else 0)
+
+    # ---- views ----
+    def log_state(self) -> None:
+        state = "BACKUP" if self.machine.state is not State.MASTER else "MASTER"
+        log.info("%s on %s id %d", state, self.s.interface, self.s.vhid)
+
+    def ready(self) -> bool:
+        return self.machine.state is not State.INIT and self.channel.attached is not None
+
+    def status(self) -> dict[str, Any]:
+        s, machine = self.s, self.machine
+        dropped = {r.value: self.m.value("carp_adverts_dropped_total", reason=r.value)
+                   for r in DropReason}
+        health = None
+        if self.checks:
+            errors = [e for ok, e in self.checks.values() if not ok]
+            health = {"healthy": machine.healthy, "last_error": errors[0] if errors else "",
+                      "checks": {n: ok for n, (ok, _) in self.checks.items()}}
+        return {
+            "state": machine.state.name,
+            "vhid": s.vhid,
+            "interface": s.interface,
+            "vip": str(s.vips[0]),
+            "vips": [str(v) for v in s.vips],
+            "srcip": str(self.srcip),
+            "advbase": s.advbase,
+            "advskew": s.advskew,
+            "preempt": s.preempt,
+            "master_since": self.master_since,
+            "last_transition": self.last_transition,
+            "demoted": machine.demoted,
+            "maintenance": machine.maintenance,
+            "health": health,
+            "interface_present": self.channel.attached is not None,
+            "link_running": self.link_running,
+            "peers": {src: {"last_seen": p.wall, "advbase": p.advbase, "advskew": p.advskew}
+                      for src, p in self.peer_table.valid_peers().items()},
+            "counters": {"adverts_sent": self.m.value("carp_adverts_sent_total"),
+                         "adverts_received": self.m.value("carp_adverts_received_total"),
+                         "adverts_dropped": {r: n for r, n in dropped.items() if n}},
+        }

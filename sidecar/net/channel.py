@@ -1,0 +1,169 @@
+"""One interface as the agent uses it: its packet socket, the instances (VHIDs) on it, and the
+frames it dispatches to them.
+
+Adverts are routed by the VHID byte to the instance that owns it, which runs the full checks
+with its own key; a packet that cannot be attributed to one of our VHIDs (too short to say, or
+another VHID) is counted as a drop by every instance on the interface, as each ucarp process
+would. ARP frames whose sender address is one of our IPv4 VIPs go to the instance owning it.
+
+The interface may be deleted and come back under a new index: :meth:`Channel.link_event`
+closes the dead socket, opens a new one on the new index (re-joining the multicast groups)
+and tells every instance whether the interface is there and its carrier up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from ..protocol import AdvertError, Expect, parse_packet
+from .netlink import Link, LinkEvent
+from .packet import ETH_P_ARP, ETH_P_IP, Attached, PacketSocket
+
+log = logging.getLogger("carp-sidecar")
+
+
+class Receiver(Protocol):
+    """What a channel needs of an instance."""
+
+    @property
+    def vhid(self) -> int: ...
+
+    @property
+    def expect(self) -> Expect: ...
+
+    def advert_packet(self, packet: bytes) -> None: ...
+
+    def dropped(self, error: AdvertError) -> None: ...
+
+    def arp_claim(self, sender_mac: bytes) -> None: ...
+
+    def interface_changed(self, present: bool, running: bool, reattached: bool) -> None: ...
+
+
+class Channel:
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.name, self.loop = name, loop
+        self.attached: Attached | None = None
+        self.running = False
+        self.receivers: dict[int, Receiver] = {}
+        self._own: set[bytes] = set()  # our source addresses: our own adverts come back
+        self._groups: list[IPv4Address] = []
+        self._arp: dict[bytes, Receiver] = {}  # IPv4 VIP (packed) -> its instance
+
+    def add(self, receiver: Receiver, srcip: IPv4Address, group: IPv4Address | None,
+            arp_vips: Iterable[IPv4Address]) -> None:
+        self.receivers[receiver.vhid] = receiver
+        self._own.add(srcip.packed)
+        if group is not None and group not in self._groups:
+            self._groups.append(group)
+        for vip in arp_vips:
+            self._arp[vip.packed] = receiver
+
+    @property
+    def ifindex(self) -> int | None:
+        return self.attached.index if self.attached is not None else None
+
+    def open(self, link: Link) -> None:
+        """Bind to the interface (raises OSError); the caller reports problems at start."""
+        sock = PacketSocket(self.name, link.index, self._groups,
+                            [IPv4Address(v) for v in self._arp])
+        self.attached = Attached(link.index, link.mac, sock)
+        self.running = link.running
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        if self.attached is not None:
+            self.loop.remove_reader(self.attached.sock.fileno())
+            with contextlib.suppress(OSError):
+                self.attached.sock.close()
+            self.attached = None
+
+    # ---- sending ----
+    def send(self, frame: bytes) -> None:
+        self._sock().send(frame)
+
+    def send_arp(self, frame: bytes) -> None:
+        self._sock().send_arp(frame)
+
+    def send_ipv6(self, frame: bytes) -> None:
+        self._sock().send_ipv6(frame)
+
+    def _sock(self) -> PacketSocket:
+        if self.attached is None:
+            raise OSError(errno.ENODEV, f"interface {self.name} is missing")
+        return self.attached.sock
+
+    # ---- receiving ----
+    def _on_readable(self) -> None:
+        if self.attached is None:
+            return
+        for frame in self.attached.sock.receive():
+            ethertype = int.from_bytes(frame[12:14], "big")
+            if ethertype == ETH_P_IP:
+                self.ip_packet(frame[14:])
+            elif ethertype == ETH_P_ARP and len(frame) >= 42:
+                self.arp_frame(frame)
+
+    def ip_packet(self, packet: bytes) -> None:
+        if packet[12:16] in self._own:
+            return
+        ihl = (packet[0] & 0x0F) * 4 if packet else 0
+        receiver = self.receivers.get(packet[ihl + 1]) if 20 <= ihl < len(packet) - 1 else None
+        if receiver is not None:
+            receiver.advert_packet(packet)
+            return
+        # not attributable to one of our VHIDs: every instance counts the drop
+        any_receiver = next(iter(self.receivers.values()))
+        try:
+            parse_packet(packet, any_receiver.expect)
+        except AdvertError as e:
+            for r in self.receivers.values():
+                r.dropped(e)
+
+    def arp_frame(self, frame: bytes) -> None:
+        receiver = self._arp.get(frame[28:32])
+        if receiver is None or (self.attached is not None and frame[22:28] == self.attached.mac):
+            return
+        receiver.arp_claim(frame[22:28])
+
+    # ---- the interface coming and going ----
+    def link_event(self, event: LinkEvent) -> None:
+        ours = self.attached is not None and event.index == self.attached.index
+        if ours and (event.deleted or event.name != self.name):
+            self._detach("deleted" if event.deleted else f"renamed to {event.name}")
+            return
+        if not ours and event.name == self.name and not event.deleted:
+            if self.attached is not None:
+                self._detach("replaced")  # the deletion of the old one was not seen
+            self._attach(event)
+            return
+        if ours and event.running != self.running:
+            self.running = event.running
+            log.warning("Link %s on %s", "up" if event.running else "down", self.name)
+            for r in self.receivers.values():
+                r.interface_changed(True, event.running, reattached=False)
+
+    def _detach(self, why: str) -> None:
+        log.warning("Interface %s %s: leaving MASTER state if held, waiting for it to return",
+                    self.name, why)
+        self.close()
+        self.running = False
+        for r in self.receivers.values():
+            r.interface_changed(False, False, reattached=False)
+
+    def _attach(self, event: LinkEvent) -> None:
+        try:
+            self.open(Link(event.index, event.mac, event.running))
+        except OSError as e:
+            log.error("Interface %s is back (index %d) but cannot be opened: %s; retrying on its "
+                      "next change", self.name, event.index, e.strerror or e)
+            return
+        log.warning("Interface %s is back (index %d): taking part again", self.name, event.index)
+        for r in self.receivers.values():
+            r.interface_changed(True, event.running, reattached=True)

@@ -1,0 +1,91 @@
+"""Where the VIPs of an instance go when it becomes MASTER, chosen once at start: the agent's
+own netlink requests, or the classic up/down scripts (which then own the VIPs)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from .metrics import InstanceMetrics
+from .net.netlink import Netlink, NetlinkError
+from .runconfig import Vhid, Vip
+from .scripts import run_script, script_argv
+
+log = logging.getLogger("carp-sidecar")
+
+
+class VipBackend(Protocol):
+    async def up(self, abort: asyncio.Event) -> None: ...
+
+    async def down(self) -> None: ...
+
+
+class NetlinkVips:
+    """Adds and removes every VIP itself, labelled like ``eth0:0`` (IPv4) for ifconfig users."""
+
+    def __init__(self, settings: Vhid, netlink: Netlink, metrics: InstanceMetrics,
+                 ifindex: Callable[[], int | None]) -> None:
+        self.s, self.nl, self.m, self._ifindex = settings, netlink, metrics, ifindex
+
+    async def up(self, abort: asyncio.Event) -> None:
+        await self._change(up=True)
+
+    async def down(self) -> None:
+        await self._change(up=False)
+
+    async def _change(self, up: bool) -> None:
+        index = self._ifindex()
+        if index is None:
+            if up:
+                log.error("Cannot add the VIPs of %s: interface %s is missing", self.s.name,
+                          self.s.interface)
+                self.m.vip_errors.inc()
+            return  # a missing interface holds no VIP
+        for vip in self.s.vips:
+            await self._one(index, vip, up)
+
+    async def _one(self, index: int, vip: Vip, up: bool) -> None:
+        try:
+            if up:
+                await self.nl.add_address(index, vip, self.s.if_alias)
+            else:
+                await self.nl.remove_address(index, vip)
+        except NetlinkError as e:
+            if not up and e.code == errno.ENODEV:
+                return  # the interface went away, and its addresses with it
+            self.m.vip_errors.inc()
+            log.error("Cannot %s VIP %s on %s: %s", "add" if up else "remove", vip,
+                      self.s.interface, e)
+
+
+class ScriptVips:
+    """ucarp's way: the upscript and downscript own the VIPs, argv ``script iface vip [xparam]``."""
+
+    def __init__(self, settings: Vhid, metrics: InstanceMetrics) -> None:
+        self.s, self.m = settings, metrics
+
+    async def up(self, abort: asyncio.Event) -> None:
+        await self._run("up", abort)
+
+    async def down(self) -> None:
+        await self._run("down", None)
+
+    async def _run(self, name: str, abort: asyncio.Event | None) -> None:
+        s = self.s
+        script = s.upscript if name == "up" else s.downscript
+        if script is None:
+            return
+        result = await run_script(script_argv(script, s.interface, s.script_address, s.xparam),
+                                  s.script_timeout, abort=abort)
+        self.m.script_runs[(name, result.result)].inc()
+        self.m.script_duration[name].observe(result.duration)
+
+
+def backend_for(settings: Vhid, netlink: Netlink, metrics: InstanceMetrics,
+                ifindex: Callable[[], int | None]) -> VipBackend:
+    if settings.manages_vip_by_scripts:
+        return ScriptVips(settings, metrics)
+    return NetlinkVips(settings, netlink, metrics, ifindex)
