@@ -57,6 +57,7 @@ demo: deps ## two-node failover lab on this machine (network namespaces, Apache,
 bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepalived
 	$(BIN)/python tests/bench/bench_codec.py
 	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
+	$(BIN)/python tests/bench/bench_instances.py --json docs/bench-instances.json
 
 chaos: deps ## the long adversarial run (~25 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py

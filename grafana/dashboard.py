@@ -35,24 +35,26 @@ QUERIES: dict[str, tuple[str, str]] = {
     "Transitions (flap rate)": (
         f"sum by (instance, vhid, to, reason) "
         f"(increase(carp_transitions_total{{{SEL}}}[$__rate_interval]))",
-        "{{instance}} -> {{to}} ({{reason}})"),
+        "{{instance}} vhid {{vhid}} -> {{to}} ({{reason}})"),
     "Adverts sent": (f"sum by (instance, vhid) (rate(carp_adverts_sent_total{{{SEL}}}[$__rate_interval]))",
-                     "{{instance}} sent"),
+                     "{{instance}} vhid {{vhid}} sent"),
     "Adverts received": (
         f"sum by (instance, vhid) (rate(carp_adverts_received_total{{{SEL}}}[$__rate_interval]))",
-        "{{instance}} received"),
+        "{{instance}} vhid {{vhid}} received"),
     "Drops by reason": (
         f"sum by (instance, reason) (rate(carp_adverts_dropped_total{{{SEL}}}[$__rate_interval]))",
         "{{instance}} {{reason}}"),
-    "VIP present (observed by netlink)": (f"max by (instance, vhid) (carp_vip_present{{{SEL}}})",
-                                          "{{instance}} vhid {{vhid}}"),
+    "VIP present (observed by netlink)": (
+        f"max by (instance, vhid, vip) (carp_vip_present{{{SEL}}})",
+        "{{instance}} vhid {{vhid}} {{vip}}"),
     "Service health": (f"min by (instance, vhid) (carp_health_up{{{SEL}}})",
-                       "{{instance}} healthy"),
+                       "{{instance}} vhid {{vhid}} healthy"),
     "Demoted / maintenance": (f"max by (instance, vhid) (carp_demoted{{{SEL}}})",
-                              "{{instance}} demoted"),
+                              "{{instance}} vhid {{vhid}} demoted"),
     "Split-brain evidence (conflicts)": (
-        f"sum by (instance, vhid) (increase(carp_conflicts_total{{{SEL}}}[$__rate_interval]))",
-        "{{instance}}"),
+        f"sum by (instance, vhid, evidence) "
+        f"(increase(carp_conflicts_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} vhid {{vhid}} {{evidence}}"),
     "Takeover duration p95": (
         f"histogram_quantile(0.95, sum by (le, instance) "
         f"(rate(carp_takeover_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))",
