@@ -98,3 +98,14 @@ def test_systemd_unit_runs_the_agent_with_only_net_capabilities() -> None:
     assert service["KillSignal"] == "SIGTERM"
     assert service["CapabilityBoundingSet"] == "CAP_NET_ADMIN CAP_NET_RAW"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_example_config_file_loads(tmp_path: Path) -> None:
+    text = (DEPLOY / "carp-sidecar.toml.example").read_text()
+    (tmp_path / "pass").write_text("geheim\n")
+    path = tmp_path / "carp.toml"
+    path.write_text(text.replace("/run/secrets/carp_pass", str(tmp_path / "pass")))
+    config = load({"CARP_CONFIG": str(path)})
+    assert [i.vhid for i in config.instances] == [1, 2, 3]
+    assert [str(v) for v in config.instances[0].vips] == ["172.16.0.1/16", "2001:db8::1/64"]
+    assert all(i.health == ["apache"] for i in config.instances)
