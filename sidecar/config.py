@@ -160,25 +160,6 @@ class VhidSettings(BaseModel):
         return vips
 
     @property
-    def ipv4_vips(self) -> tuple[IPv4Interface, ...]:
-        return tuple(v for v in self.vips if isinstance(v, IPv4Interface))
-
-    @property
-    def ipv6_vips(self) -> tuple[IPv6Interface, ...]:
-        return tuple(v for v in self.vips if isinstance(v, IPv6Interface))
-
-    @property
-    def hmac_address(self) -> IPv4Address:
-        """The address the advert HMAC covers: the first IPv4 VIP, which is the one a ucarp
-        peer knows as its ``--addr``; 0.0.0.0 for an IPv6-only group (docs/protocol.md §3)."""
-        return self.ipv4_vips[0].ip if self.ipv4_vips else IPv4Address(0)
-
-    @property
-    def script_address(self) -> str:
-        """argv[2] of the up/down scripts: the first VIP, as ucarp passes its --addr."""
-        return str(self.vips[0].ip)
-
-    @property
     def secret(self) -> bytes:
         """The HMAC key (the raw password, like ucarp). Read from CARP_PASS or CARP_PASS_FILE."""
         if (self.password is None) == (self.pass_file is None):
@@ -200,12 +181,19 @@ class VhidSettings(BaseModel):
         return raw
 
     @property
-    def manages_vip_by_scripts(self) -> bool:
-        return self.upscript is not None or self.downscript is not None
-
-    @property
     def name(self) -> str:
         return f"{self.interface}/vhid{self.vhid}"
+
+    def runtime(self) -> Vhid:
+        """This instance as the running agent holds it (derived values live there)."""
+        return Vhid(interface=self.interface, vhid=self.vhid, secret=self.secret,
+                    vips=self.vips, srcip=self.srcip, if_alias=self.if_alias,
+                    advbase=self.advbase, advskew=self.advskew, preempt=self.preempt,
+                    upscript=self.upscript, downscript=self.downscript, xparam=self.xparam,
+                    script_timeout=self.script_timeout, neutral=self.neutral,
+                    nomcast=self.nomcast, ignoreifstate=self.ignoreifstate,
+                    deadratio=self.deadratio, mcast=self.mcast, garp_repeat=self.garp_repeat,
+                    garp_refresh=self.garp_refresh, health=tuple(self.health))
 
     def redacted(self) -> dict[str, str]:
         """Effective settings as CARP_* strings, the secret shown as ``***``."""
@@ -324,21 +312,11 @@ class Config:
 
     def runtime(self) -> RunConfig:
         """What the running agent needs, as plain data (see :mod:`runconfig`)."""
-        def vhid(i: VhidSettings) -> Vhid:
-            return Vhid(interface=i.interface, vhid=i.vhid, secret=i.secret, vips=i.vips,
-                        srcip=i.srcip, if_alias=i.if_alias, advbase=i.advbase,
-                        advskew=i.advskew, preempt=i.preempt, upscript=i.upscript,
-                        downscript=i.downscript, xparam=i.xparam,
-                        script_timeout=i.script_timeout, neutral=i.neutral, nomcast=i.nomcast,
-                        ignoreifstate=i.ignoreifstate, deadratio=i.deadratio, mcast=i.mcast,
-                        garp_repeat=i.garp_repeat, garp_refresh=i.garp_refresh,
-                        health=tuple(i.health))
-
         checks = {n: Check(url=c.url, tcp=c.tcp, cmd=c.cmd, status=c.status,
                            interval=c.interval, timeout=c.timeout, rise=c.rise, fall=c.fall)
                   for n, c in self.checks.items()}
-        return RunConfig(tuple(vhid(i) for i in self.instances), checks, self.metrics_listen,
-                         self.control_socket, self.log_format, self.source)
+        return RunConfig(tuple(i.runtime() for i in self.instances), checks,
+                         self.metrics_listen, self.control_socket, self.log_format, self.source)
 
     def redacted(self) -> list[tuple[str, dict[str, str]]]:
         """Sections for `check-config`: the agent, each check, each instance."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
+from ..protocol import internet_checksum
+
 BROADCAST = b"\xff" * 6
 ALL_NODES = IPv6Address("ff02::1")
 ALL_NODES_MAC = b"\x33\x33\x00\x00\x00\x01"
@@ -33,16 +35,8 @@ def build_unsolicited_na(mac: bytes, vip: IPv6Address) -> bytes:
     body = struct.pack("!I16s", NA_OVERRIDE, vip.packed) + option
     length = 4 + len(body)
     pseudo = vip.packed + ALL_NODES.packed + struct.pack("!I3xB", length, 58)
-    checksum = _checksum(pseudo + struct.pack("!BBH", ICMPV6_NA, 0, 0) + body)
+    checksum = internet_checksum(pseudo + struct.pack("!BBH", ICMPV6_NA, 0, 0) + body)
     icmp = struct.pack("!BBH", ICMPV6_NA, 0, checksum) + body
     ipv6 = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), 58, 255, vip.packed, ALL_NODES.packed)
     return ALL_NODES_MAC + mac + b"\x86\xdd" + ipv6 + icmp
 
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, VhidSettings, load, read_env_file
+from sidecar.config import ConfigError, load, read_env_file
+from sidecar.runconfig import Vhid
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def one(environ: dict[str, str], env_file: Path | None = None) -> VhidSettings:
-    """The environment's single instance."""
+def one(environ: dict[str, str], env_file: Path | None = None) -> Vhid:
+    """The environment's single instance, as the agent receives it."""
     config = load(environ, env_file)
     assert len(config.instances) == 1
-    return config.instances[0]
+    return config.runtime().instances[0]
 BASE = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim", "CARP_ADDR": "10.0.0.1"}
 
 
@@ -158,8 +159,10 @@ def test_secret_never_in_errors_or_redacted_output() -> None:
     with pytest.raises(ConfigError) as e:
         one({**BASE, "CARP_PASS": "s3cret-s3cret-s3cret-x"})
     assert "s3cret" not in str(e.value)
-    shown = one({**BASE, "CARP_PASS": "s3cret"}).redacted()
+    config = load({**BASE, "CARP_PASS": "s3cret"})
+    shown = config.instances[0].redacted()
     assert shown["CARP_PASS"] == "***" and "s3cret" not in repr(shown)
+    assert "s3cret" not in repr(config) and "733363726574" not in repr(config.runtime())
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -233,12 +236,12 @@ def config_file(tmp_path: Path, text: str = TOML, **replace: str) -> Path:
 
 def test_config_file_declares_instances_with_shared_defaults_and_checks(tmp_path: Path) -> None:
     config = load({"CARP_CONFIG": str(config_file(tmp_path))})
-    first, second = config.instances
+    first, second = config.runtime().instances
     assert (first.vhid, first.interface, first.preempt, first.advskew) == (1, "eth0", True, 0)
     assert [str(v) for v in first.vips] == ["172.16.0.1/16", "2001:db8::1/64"]
-    assert first.hmac_address == IPv4Address("172.16.0.1") and first.health == ["apache"]
+    assert first.hmac_address == IPv4Address("172.16.0.1") and first.health == ("apache",)
     assert first.secret == b"geheim" and not first.manages_vip_by_scripts
-    assert (second.vhid, second.advskew, second.health) == (2, 100, [])
+    assert (second.vhid, second.advskew, second.health) == (2, 100, ())
     assert second.manages_vip_by_scripts
     assert config.checks["apache"].url == "http://127.0.0.1/" and config.checks["apache"].fall == 3
     assert config.control_socket == Path("/run/carp-sidecar/control.sock")

@@ -35,7 +35,7 @@ def test_dockerfile_runs_the_cli_with_a_healthcheck_and_sigterm() -> None:
 def test_node_env_files_are_valid_carp_sidecar_configs(node: str, tmp_path: Path) -> None:
     values = read_env_file(DEPLOY / f"node-{node}.env")
     (tmp_path / "pass").write_text("geheim\n")
-    settings = load({**values, "CARP_PASS_FILE": str(tmp_path / "pass")}).instances[0]
+    settings = load({**values, "CARP_PASS_FILE": str(tmp_path / "pass")}).runtime().instances[0]
     assert settings.vhid == 1 and str(settings.vips[0]) == "172.16.0.1/16"
     assert settings.preempt is (node == "a")
 
@@ -109,3 +109,4 @@ def test_example_config_file_loads(tmp_path: Path) -> None:
     assert [i.vhid for i in config.instances] == [1, 2, 3]
     assert [str(v) for v in config.instances[0].vips] == ["172.16.0.1/16", "2001:db8::1/64"]
     assert all(i.health == ["apache"] for i in config.instances)
+    assert config.runtime().instances[0].hmac_address.compressed == "172.16.0.1"

@@ -74,7 +74,8 @@ def receive() -> Iterator[Receive]:
     channel = Channel("eth0", loop)
     made = []
     for vhid, vip in ((1, "172.16.0.1/16"), (3, "172.16.0.3/16")):
-        settings = load({**env, "CARP_VHID": str(vhid), "CARP_ADDR": vip}).runtime().instances[0]
+        settings = load({**env, "CARP_VHID": str(vhid),
+                         "CARP_ADDR": vip}).runtime().instances[0]
         instance = Instance(settings, IPv4Address("172.16.0.250"), channel, nl, metrics, loop,
                             several=True)
         channel.add(instance, instance.srcip, settings.mcast, [v.ip for v in settings.ipv4_vips])
