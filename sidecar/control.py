@@ -63,7 +63,7 @@ class ControlServer:
         self._identity = (st.st_dev, st.st_ino)
         self.problem = ""
 
-    async def watch(self, interval: float = 1.0) -> None:
+    async def watch(self, interval: float = 2.0) -> None:
         """Keep the socket in place for the agent's lifetime."""
         while True:
             await asyncio.sleep(interval)

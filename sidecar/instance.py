@@ -54,7 +54,7 @@ from .vips import backend_for
 log = logging.getLogger("carp-sidecar")
 PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
 ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
-HOUSEKEEPING = 0.25  # s between peer-table sweeps (expiry, silent former masters)
+SWEEP_MIN, SWEEP_MAX = 0.05, 1.0  # s between peer-table sweeps: as needed, bounded both ways
 WHY = {
     Reason.PREEMPT: "Putting MASTER down - preemption",
     Reason.MASTER_TIMEOUT: "Putting MASTER DOWN (going to time out)",
@@ -95,6 +95,7 @@ class Instance:
         self._last_drop_log: dict[str, float] = {}
         self._went_silent: list[str] = []  # former masters not yet answered by a re-announce
         self._peer_series: set[str] = set()  # peers that have carp_peer_* series now
+        self._peer_heard = asyncio.Event()  # wakes the sweeper of an empty peer table
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- Receiver (what the channel calls) ----
@@ -312,6 +313,7 @@ class Instance:
         # the peer series follow the table in _sync_peer_series.
         evicted = self.peer_table.heard(self.loop.time(), time.time(), peer, advbase, advskew,
                                         valid)
+        self._peer_heard.set()
         if evicted:
             self.m.peers_evicted.inc(len(evicted))
 
@@ -325,9 +327,19 @@ class Instance:
         self.m.peers.set(len(self.peer_table))
 
     async def _housekeeping(self) -> None:
-        """Peers expire; a former master that fell silent may have left clients on its MAC."""
+        """Peers expire; a former master that fell silent may have left clients on its MAC.
+        A sweep happens when the table says something is due, and at least once a second (a
+        peer heard meanwhile is due 2.5 of its intervals later at the earliest, 1 s after a
+        bow-out); with nobody to watch it sleeps until an advert arrives."""
         while True:
-            await asyncio.sleep(HOUSEKEEPING)
+            deadline = self.peer_table.next_deadline()
+            if deadline is None and not self._went_silent:
+                self._peer_heard.clear()  # nobody to watch (a lone master): sleep until heard
+                await self._peer_heard.wait()
+                continue
+            now = self.loop.time()
+            wait = SWEEP_MAX if deadline is None else min(max(deadline - now, SWEEP_MIN), SWEEP_MAX)
+            await asyncio.sleep(wait)
             now = self.loop.time()
             self.peer_table.expire(now)
             self._sync_peer_series()

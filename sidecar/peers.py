@@ -38,6 +38,12 @@ class PeerTable:
         self.capacity, self.expire_after = capacity, expire_after
         self._peers: OrderedDict[str, Peer] = OrderedDict()
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`fallen_silent` or :meth:`expire` may next have something to report."""
+        times = [p.last_seen + self.expire_after for p in self._peers.values()]
+        times += [p.quiet_after for p in self._peers.values() if not p.silent]
+        return min(times, default=None)
+
     def __len__(self) -> int:
         return len(self._peers)
 

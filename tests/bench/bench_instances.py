@@ -6,12 +6,13 @@
            advert strays from its nominal 1 s interval (p99 and max, from a capture in the
            client namespace) — side by side with 255 Debian ucarp processes doing the same
            (CPU and RSS summed over the processes).
-  one      one VHID: idle CPU and RSS of carp-sidecar (targets: RSS <= 40 MB, CPU no worse than
-           the single-VHID figure in docs/bench-results.json).
+  one      one VHID: idle CPU and RSS of carp-sidecar, and of the version before many instances
+           (--baseline REV, default 4aa8c94, checked out in a temporary git worktree) in the
+           same run (targets: RSS <= 40 MB, CPU no worse than the baseline).
   unplug   node-a masters three VHIDs and is unplugged: when each VIP appears on node-b,
            against node-b's master-down interval for that VHID (target: within + 100 ms).
 
-    python tests/bench/bench_instances.py [--idle 30] [--json FILE]
+    python tests/bench/bench_instances.py [--idle 30] [--baseline REV] [--json FILE]
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,20 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import itertools
 
-from sidecar.lab import LAB_PASSWORD, Lab
+from sidecar.lab import LAB_PASSWORD, Lab, agent_env
 
-TICK = os.sysconf("SC_CLK_TCK")
 NO_LAB_DEFAULTS = {k: "" for k in ("CARP_VHID", "CARP_PASS", "CARP_ADDR", "CARP_IF_ALIAS",
                                    "CARP_SRCIP")}
 
 
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of every thread, from schedstat (nanoseconds; utime/stime count 10 ms ticks,
+    too coarse for an idle agent)."""
     total = 0
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total / 1e9
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -57,7 +61,7 @@ def idle(pids: list[int], seconds: float) -> tuple[float, float]:
     before, t0 = cpu_seconds(pids), time.monotonic()
     time.sleep(seconds)
     used, elapsed = cpu_seconds(pids) - before, time.monotonic() - t0
-    return round(100 * used / elapsed, 2), round(rss_mb(pids), 1)
+    return round(100 * used / elapsed, 3), round(rss_mb(pids), 1)
 
 
 def config(lab: Lab, node: str, vhids: dict[int, tuple[str, int]]) -> Path:
@@ -80,9 +84,9 @@ def advert_deviation(lab: Lab, seconds: float) -> dict[str, float]:
     out = lab.topo["client"].run("timeout", str(seconds), "tcpdump", "-tt", "-n", "-l", "-i",
                                  "eth0", "ip proto 112", check=False, timeout=seconds + 30).stdout
     times: dict[str, list[float]] = defaultdict(list)
-    for line in out.splitlines():
-        if "vhid=" in line:
-            vhid = line.split("vhid=")[1].split()[0]
+    for line in out.splitlines():  # tcpdump decodes protocol 112 as VRRP: "vrid N,"
+        if "vrid " in line:
+            vhid = line.split("vrid ")[1].split(",")[0]
             times[vhid].append(float(line.split()[0]))
     deviations = sorted(abs(b - a - 1.0) * 1000 for ts in times.values()
                         for a, b in itertools.pairwise(ts))
@@ -116,13 +120,29 @@ def many(idle_s: float) -> dict[str, Any]:
     return result
 
 
-def one(idle_s: float) -> dict[str, Any]:
-    with Lab() as lab:
-        proc = lab.start_agent("a")
-        Lab.wait(lambda: lab.state("a") == "MASTER", 10, "MASTER")
-        time.sleep(3)
-        cpu, rss = idle([proc.pid], idle_s)
-        return {"cpu_percent": cpu, "rss_mb": rss}
+def one(idle_s: float, baseline: str) -> dict[str, Any]:
+    root = Path(__file__).resolve().parents[2]
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(old),
+                        baseline], check=True)
+        try:
+            for name, checkout in (("carp-sidecar", root), (f"baseline {baseline}", old)):
+                with Lab() as lab:
+                    env = agent_env(lab.dir, "a", "172.16.0.11", PYTHONPATH=str(checkout))
+                    proc = lab.topo["a"].popen([sys.executable, "-m", "sidecar.cli", "run"],
+                                               log=lab.dir / "a.log", env=env, cwd=checkout)
+                    lab.topo.procs.append(proc)
+                    lab.agents["a"] = proc
+                    Lab.wait(lambda lab=lab: lab.state("a") == "MASTER", 10, "MASTER")
+                    time.sleep(3)
+                    cpu, rss = idle([proc.pid], idle_s)
+                    result[name] = {"cpu_percent": cpu, "rss_mb": rss}
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(old)],
+                           check=False)
+    return result
 
 
 def unplug() -> dict[str, Any]:
@@ -134,11 +154,14 @@ def unplug() -> dict[str, Any]:
         lab.start_agent("b", CARP_CONFIG=str(config(lab, "b", {v: (vips[v], skews[v]) for v in vips})),
                         **NO_LAB_DEFAULTS)
 
-        def on_b() -> set[int]:
-            out = lab.topo["b"].run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        def on(node: str) -> set[int]:
+            out = lab.topo[node].run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
             return {v for v, ip in vips.items() if f" {ip}/" in out}
 
-        Lab.wait(lambda: not on_b() and lab.state("a") is not None, 12, "node-a master of all")
+        def on_b() -> set[int]:
+            return on("b")
+
+        Lab.wait(lambda: not on_b() and on("a") == set(vips), 12, "node-a master of all")
         time.sleep(3)
         t0 = time.monotonic()
         lab.topo.unplug("a")
@@ -156,9 +179,10 @@ def unplug() -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--idle", type=float, default=30)
+    p.add_argument("--baseline", default="4aa8c94", help="git revision to compare one VHID with")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    results = {"one_vhid": one(args.idle), "unplug_three_vhids": unplug(),
+    results = {"one_vhid": one(args.idle, args.baseline), "unplug_three_vhids": unplug(),
                "vhids_255": many(args.idle)}
     print(json.dumps(results, indent=1))
     s, u = results["vhids_255"]["carp-sidecar"], results["vhids_255"]["ucarp x255"]

@@ -99,7 +99,7 @@ def test_deleted_control_socket_is_recreated_and_a_replaced_one_left_alone(lab: 
     lab.start_agent("a")
     wait_for(lambda: lab.state("a") == "BACKUP" or lab.state("a") == "MASTER", 8, "agent up")
     sock.unlink()
-    wait_for(lambda: sock.exists() and stat.S_ISSOCK(os.lstat(sock).st_mode), 3, "re-created")
+    wait_for(lambda: sock.exists() and stat.S_ISSOCK(os.lstat(sock).st_mode), 5, "re-created")
     cli = [sys.executable, "-m", "sidecar.cli", "demote", "--socket", str(sock)]
     assert "maintenance=on" in lab.topo["a"].run(*cli).stdout
     sock.unlink()

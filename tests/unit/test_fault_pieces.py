@@ -255,3 +255,12 @@ def test_scrape_storm_renders_a_few_times_and_slow_clients_give_way() -> None:
     assert all(b"carp_adverts_sent_total" in b for b in bodies[1:])
     assert n <= 2, n
     assert registry.get_sample_value("carp_http_connections_refused_total") == 1
+
+
+def test_peer_table_says_when_its_next_sweep_is_due() -> None:
+    table = PeerTable(capacity=8, expire_after=9)
+    assert table.next_deadline() is None  # nobody heard: nothing to sweep for
+    table.heard(10.0, 0, "master", 1, 0, valid=True)
+    assert table.next_deadline() == pytest.approx(12.5)  # silent after 2.5 intervals
+    table.fallen_silent(12.6)
+    assert table.next_deadline() == pytest.approx(19.0)  # then only its expiry
