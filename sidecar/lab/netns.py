@@ -93,6 +93,19 @@ class Topology:
     def plug(self, name: str) -> None:
         sh("ip", "-n", self.switch, "link", "set", self.hosts[name].port, "up")
 
+    def add_second_network(self, addresses: dict[str, str]) -> None:
+        """An ``eth1`` on each named host, all on a second bridge ``br1`` (another broadcast
+        domain, as a second NIC on another VLAN would be). Deleted with the namespaces."""
+        sw = ["ip", "-n", self.switch]
+        sh(*sw, "link", "add", "br1", "type", "bridge")
+        sh(*sw, "link", "set", "br1", "up")
+        for name, addr in addresses.items():
+            host, port = self.hosts[name], f"q{list(self.hosts).index(name)}"
+            sh(*sw, "link", "add", port, "type", "veth", "peer", "name", "eth1", "netns", host.ns)
+            sh(*sw, "link", "set", port, "master", "br1", "up")
+            sh("ip", "-n", host.ns, "addr", "add", addr, "dev", "eth1")
+            sh("ip", "-n", host.ns, "link", "set", "eth1", "up")
+
     def remove_interface(self, name: str) -> None:
         """Delete the host's eth0 (and its switch port): a container restart, a re-plumbed veth."""
         sh("ip", "-n", self.switch, "link", "del", self.hosts[name].port)

@@ -182,3 +182,37 @@ def test_prometheus_and_alert_rules_with_three_vhids(lab: Lab) -> None:
     rules = json.dumps(api(lab, "rules"))
     assert "CarpSplitBrain" in rules and not firing(lab, "CarpSplitBrain")
     assert not firing(lab, "CarpNoMaster") and not firing(lab, "CarpMasterWithoutVip")
+
+
+def test_instances_on_two_interfaces_and_one_health_check_gating_several(lab: Lab) -> None:
+    """VHID 1 on eth0, VHID 2 on eth1 (another network), both gated by one Apache check
+    declared once: killing node-a's Apache moves both; each interface has its own socket."""
+    lab.topo.add_second_network({"a": "10.99.0.11/24", "b": "10.99.0.12/24",
+                                 "client": "10.99.0.100/24"})
+    for node in ("a", "b"):
+        lab.start_apache(node)
+    head = '[health.apache]\nurl = "http://127.0.0.1/"\ninterval = 0.5\n'
+    for node, skew in (("a", 0), ("b", 100)):
+        tables = (f'[[vhid]]\nvhid = 1\naddr = ["{VIPS[1]}/16"]\nadvskew = {skew}\n'
+                  'health = ["apache"]\n\n'
+                  f'[[vhid]]\ninterface = "eth1"\nvhid = 2\naddr = ["10.99.0.2/24"]\n'
+                  f'advskew = {skew}\nhealth = ["apache"]\n')
+        lab.start_agent(node, CARP_CONFIG=str(write_config(lab, node, tables, head)),
+                        **NO_LAB_DEFAULTS)
+
+    def on(node: str) -> list[str]:
+        out = lab.topo[node].run("ip", "-4", "-o", "addr").stdout
+        return [vip for vip in (VIPS[1], "10.99.0.2") if f" {vip}/" in out]
+
+    wait_for(lambda: on("a") == [VIPS[1], "10.99.0.2"] and on("b") == [], 12, "node-a both")
+    assert lab.get("client", "http://10.99.0.2/") == "node-a"
+    st = lab.status("a")
+    assert st is not None and [(i["interface"], i["vhid"]) for i in st["instances"]] == [
+        ("eth0", 1), ("eth1", 2)]
+    lab.kill_apache("a")
+    wait_for(lambda: on("b") == [VIPS[1], "10.99.0.2"] and on("a") == [], 6,
+             "one failing check moves both VHIDs")
+    assert lab.get("client", "http://10.99.0.2/") == "node-b"
+    assert metric(lab, "a", "carp_health_up", vhid="2", interface="eth1") == 0
+    lab.start_apache("a")
+    wait_for(lambda: on("a") == [VIPS[1], "10.99.0.2"], 8, "healthy again: both come back")
