@@ -96,12 +96,14 @@ class Agent:
 
     async def _open(self) -> None:
         several = len(self.config.instances) > 1
+        links: dict[str, Link] = {}  # one lookup per interface, however many instances
         for settings in self.config.instances:
             channel = self.channels.get(settings.interface)
             if channel is None:
                 channel = self.channels[settings.interface] = Channel(settings.interface,
                                                                       self.loop)
-            link = await self._link(settings)
+                links[settings.interface] = await self._link(settings)
+            link = links[settings.interface]
             srcip = await self._srcip(settings, link)
             instance = Instance(settings, srcip, channel, self.nl, self.metrics, self.loop,
                                 several=several)
@@ -110,7 +112,7 @@ class Agent:
             self.instances.append(instance)
         for name, channel in self.channels.items():
             try:
-                channel.open(await self.nl.link(name))
+                channel.open(links[name])
             except PermissionError:
                 raise StartupError("missing capability NET_RAW for the packet socket") from None
             except OSError as e:

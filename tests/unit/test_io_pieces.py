@@ -82,3 +82,15 @@ def test_garp_frame_is_ucarps() -> None:
     assert frame[:14] == b"\xff" * 6 + mac + b"\x08\x06"
     assert frame[14:22] == bytes.fromhex("0001080006040001")  # Ethernet/IPv4, request
     assert frame[22:42] == mac + bytes([172, 16, 0, 1]) + mac + bytes([172, 16, 0, 1])
+
+
+def test_agent_loads_rtnetlink_only_yet_pyroute2_stays_whole_for_others() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, sidecar.agent; "
+            "assert 'pyroute2.ndb.main' not in sys.modules, 'pyroute2 __init__ ran'; "
+            "from pyroute2 import NetNS, IPRoute; "
+            "assert 'pyroute2.ndb.main' in sys.modules; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ok", r.stderr
