@@ -43,7 +43,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
 from .protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
-from .runconfig import Check, RunConfig, Vhid, host_port
+from .runconfig import Check, RunConfig, Vhid, Vip, host_port
 
 __all__ = ["Config", "ConfigError", "VhidSettings", "host_port", "load", "read_env_file"]
 
@@ -52,7 +52,6 @@ PASS_FILE_MAX_READ = 512  # ucarp reads one line of at most 511 bytes
 MIN_GARP_REFRESH = 1.0  # s; below this a refresh is an ARP flood, not a refresh
 MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
 ENV_CHECK = "service"  # the name of the check CARP_HEALTH_* declare
-Vip = IPv4Interface | IPv6Interface
 
 
 class ConfigError(Exception):

@@ -88,12 +88,6 @@ class Channel:
     def send(self, frame: bytes) -> None:
         self._sock().send(frame)
 
-    def send_arp(self, frame: bytes) -> None:
-        self._sock().send_arp(frame)
-
-    def send_ipv6(self, frame: bytes) -> None:
-        self._sock().send_ipv6(frame)
-
     def _sock(self) -> PacketSocket:
         if self.attached is None:
             raise OSError(errno.ENODEV, f"interface {self.name} is missing")

@@ -92,9 +92,6 @@ class Netlink:
                 out.append(IPv6Interface(f"{address}/{m['prefixlen']}"))
         return out
 
-    async def has_address(self, index: int, address: IPv4Address | IPv6Address) -> bool:
-        return any(a.ip == address for a in await self.addresses(index))
-
     async def add_address(self, index: int, vip: Vip, label: str | None) -> bool:
         """Add (IPv6 without duplicate address detection); False if it was already there."""
         extra: dict[str, Any] = {"label": label} if label and vip.version == 4 else {}
