@@ -14,7 +14,8 @@ Transition table (state, event -> new state: actions) — the rows the tests are
 
   INIT    start                        -> BACKUP: DropVip (unless neutral), arm master-down
   BACKUP  master-down timer            -> MASTER: AddVip, Garp, SendAdvert, arm advert timer
-  BACKUP  advert, preempt and L < R    -> MASTER  (reason preempt)
+  BACKUP  advert, preempt and L < R    -> MASTER  (reason preempt); within the preempt delay
+                                          after start or link up: at the delay's end instead
   BACKUP  advert, R would time out     -> MASTER  (reason master_timeout; a bow-out advert is
                                           "handover" and waits our own skew first, see below)
   BACKUP  advert otherwise             -> BACKUP: re-arm master-down
@@ -34,6 +35,9 @@ Transition table (state, event -> new state: actions) — the rows the tests are
 Rules beyond ucarp, each because a sidecar needs it:
 - A demoted node — in maintenance, or its service unhealthy — never becomes MASTER: timeouts
   and preemption re-arm the master-down timer instead. A demoted MASTER bows out.
+- Preempt delay (keepalived's ``preempt_delay``): a preferred node that has just started or
+  regained its link lets a working master keep the VIP for that long, so its own service can
+  warm up first; with no master at all it still takes over at master-down time.
 - A stopping MASTER keeps the VIP after its bow-out until a successor's advert arrives (or
   ``successor_wait`` passes), so clients never meet a moment where nobody answers; backups are
   silent, so even a master that never heard a peer waits.
@@ -86,6 +90,7 @@ class Params:
     ignoreifstate: bool = False
     garp_repeat: int = 2  # GARPs per takeover: one at once, the rest with later adverts
     own_ip: IPv4Address = UNSPECIFIED  # srcip, for the equal-interval tie-break
+    preempt_delay: float = 0.0  # s after start or link up before preempting a working master
 
     def __post_init__(self) -> None:
         if not (0 <= self.advbase <= 255 and 0 <= self.advskew <= 255):
@@ -96,6 +101,8 @@ class Params:
             raise ValueError("deadratio must be at least 1")
         if self.garp_repeat < 1:
             raise ValueError("garp_repeat must be at least 1")
+        if self.preempt_delay < 0:
+            raise ValueError("preempt_delay cannot be negative")
 
 
 # ---- actions (what the caller must do, in order) ----
@@ -183,6 +190,8 @@ class Machine:
         self._advert_at: int | None = None  # deadlines in integer µs
         self._master_down_at: int | None = None
         self._master_down_reason = Reason.MASTER_DOWN
+        self._master_down_peer: IPv4Address | None = None
+        self._preempt_after = 0  # µs: no preemption before this (start, link back)
         self._garps_left = 0
         self._adverts_until_garp = 0
         self._master_since: int | None = None  # µs
@@ -221,6 +230,7 @@ class Machine:
             return []
         actions: list[Action] = [Transition(State.INIT, State.BACKUP, Reason.STARTUP)]
         self.state = State.BACKUP
+        self._preempt_after = _us(now) + _us(self.params.preempt_delay)
         if not self.params.neutral:
             actions.append(DropVip())
         if self.link_up or self.params.ignoreifstate:
@@ -235,7 +245,7 @@ class Machine:
             if self.demoted:
                 self._arm_master_down(now)
                 return []
-            return self._become_master(now, self._master_down_reason, None)
+            return self._become_master(now, self._master_down_reason, self._master_down_peer)
         if self._advert_at is not None and t >= self._advert_at:
             return self._periodic_advert(now)
         return []
@@ -257,6 +267,8 @@ class Machine:
     def link_changed(self, now: float, up: bool, force: bool = False) -> list[Action]:
         """Carrier change (ignored with ``ignoreifstate``), or with ``force`` the interface
         itself vanishing or returning, which no setting can ignore."""
+        if up and not self.link_up:
+            self._preempt_after = _us(now) + _us(self.params.preempt_delay)
         self.link_up = up
         if self._stop_at is not None and not up and (force or not self.params.ignoreifstate):
             return self._finish_stop()  # nobody can hear us any more: no point waiting
@@ -353,19 +365,27 @@ class Machine:
     def _backup_hears(
         self, now: float, src: IPv4Address, remote: tuple[int, int]
     ) -> list[Action]:
+        preempt_later = False
         if not self.demoted:
             if self.params.preempt and self.local_key < remote:
-                return self._become_master(now, Reason.PREEMPT, src)
+                if _us(now) >= self._preempt_after:
+                    return self._become_master(now, Reason.PREEMPT, src)
+                preempt_later = True  # a bow-out below still hands over at once
             p = self.params
             if (p.advbase * p.deadratio, skew_us(p.advskew)) < remote:
                 if remote == BOW_OUT_KEY and p.advskew:
                     # Handover: the best backup (least skew) fires first and its advert
                     # re-arms the others, so one handover makes one transition.
                     self._master_down_at = _us(now) + handover_delay_us(p.advskew)
-                    self._master_down_reason = Reason.HANDOVER
+                    self._master_down_reason, self._master_down_peer = Reason.HANDOVER, None
                     return []
                 return self._become_master(now, _timeout_reason(remote), src)
         self._arm_master_down(now)
+        if preempt_later and self._master_down_at is not None \
+                and self._preempt_after < self._master_down_at:
+            # The preempt delay runs out before this master would time out: preempt then.
+            self._master_down_at = self._preempt_after
+            self._master_down_reason, self._master_down_peer = Reason.PREEMPT, src
         return []
 
     def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
@@ -401,7 +421,7 @@ class Machine:
     def _arm_master_down(self, now: float) -> None:
         self._advert_at = None
         self._master_down_at = _us(now) + self.master_down_interval_us
-        self._master_down_reason = Reason.MASTER_DOWN
+        self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
 
     def _next_counter(self) -> int:
         if self._counter is None:

@@ -88,6 +88,58 @@ def test_backup_preempts_worse_master_when_preempt_enabled() -> None:
     assert AddVip() in actions
 
 
+def test_backup_within_preempt_delay_preempts_when_the_delay_ends() -> None:
+    m = machine(advskew=0, preempt=True, preempt_delay=5.0)
+    m.start(0.0)
+    assert m.advert_received(1.0, PEER, 1, 10, 7) == []
+    assert m.state is State.BACKUP and m.next_deadline() == pytest.approx(4.0)  # master-down first
+    assert m.advert_received(3.0, PEER, 1, 10, 8) == []
+    assert m.next_deadline() == pytest.approx(5.0)  # the delay ends before the master would time out
+    assert m.timer_expired(4.99) == []
+    actions = m.timer_expired(5.0)
+    assert actions[0] == Transition(State.BACKUP, State.MASTER, Reason.PREEMPT, PEER)
+
+
+def test_backup_after_preempt_delay_preempts_on_the_advert() -> None:
+    m = machine(advskew=0, preempt=True, preempt_delay=5.0)
+    m.start(0.0)
+    assert m.advert_received(5.0, PEER, 1, 10, 7)[0].reason is Reason.PREEMPT  # type: ignore[union-attr]
+
+
+def test_backup_within_preempt_delay_without_master_takes_over_at_master_down() -> None:
+    m = machine(preempt=True, preempt_delay=30.0)
+    m.start(0.0)
+    assert m.timer_expired(3.0)[0] == Transition(State.BACKUP, State.MASTER, Reason.MASTER_DOWN)
+
+
+def test_backup_within_preempt_delay_still_takes_over_a_bow_out() -> None:
+    m = machine(advskew=0, preempt=True, preempt_delay=30.0)
+    m.start(0.0)
+    assert m.advert_received(1.0, PEER, 255, 255, 7)[0].reason is Reason.HANDOVER  # type: ignore[union-attr]
+
+
+def test_link_back_restarts_the_preempt_delay() -> None:
+    m = machine(advskew=0, preempt=True, preempt_delay=5.0)
+    m.start(0.0)
+    m.link_changed(10.0, up=False)
+    m.link_changed(20.0, up=True)
+    assert m.advert_received(21.0, PEER, 1, 10, 7) == []
+    assert m.advert_received(25.0, PEER, 1, 10, 8)[0].reason is Reason.PREEMPT  # type: ignore[union-attr]
+
+
+def test_demoted_backup_does_not_preempt_when_the_delay_ends() -> None:
+    m = machine(advskew=0, preempt=True, preempt_delay=2.0)
+    m.start(0.0)
+    m.advert_received(1.0, PEER, 1, 10, 7)
+    m.set_maintenance(1.5, True)
+    assert m.timer_expired(2.0) == [] and m.state is State.BACKUP
+
+
+def test_negative_preempt_delay_is_refused() -> None:
+    with pytest.raises(ValueError, match="preempt_delay"):
+        Params(preempt_delay=-1)
+
+
 def test_backup_does_not_preempt_without_preempt() -> None:
     m = machine(advskew=0)
     m.start(0.0)
