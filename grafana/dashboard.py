@@ -51,6 +51,8 @@ QUERIES: dict[str, tuple[str, str]] = {
                        "{{instance}} vhid {{vhid}} healthy"),
     "Demoted / maintenance": (f"max by (instance, vhid) (carp_demoted{{{SEL}}})",
                               "{{instance}} vhid {{vhid}} demoted"),
+    "Maintenance since": (f"max by (instance, vhid) (carp_maintenance_since_seconds{{{SEL}}} > 0) "
+                          "* 1000", "{{instance}} vhid {{vhid}}"),
     "Split-brain evidence (conflicts)": (
         f"sum by (instance, vhid, evidence) "
         f"(increase(carp_conflicts_total{{{SEL}}}[$__rate_interval]))",
@@ -108,6 +110,11 @@ def build() -> dict[str, object]:
     for title in ("VIP present (observed by netlink)", "Service health", "Demoted / maintenance"):
         d.with_panel(statetimeline.Panel().title(title).height(6).span(8)
                      .with_target(target(title)).min(0).max(1))
+    d.with_panel(stat.Panel().title("Maintenance since").height(4).span(24)
+                 .description("Nodes drained by `carp-sidecar demote` (kept across restarts) "
+                              "or the maintenance file, and since when")
+                 .unit("dateTimeFromNow").no_value("no node in maintenance")
+                 .with_target(target("Maintenance since").instant()))
     return json.loads(json.dumps(d.build(), cls=JSONEncoder))
 
 

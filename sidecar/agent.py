@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from ipaddress import IPv4Address
 from typing import Any
@@ -25,6 +26,7 @@ from .control import ControlServer
 from .health import HealthMonitor, checks_for
 from .http import StatusServer
 from .instance import Instance
+from .maintenance import MaintenanceStore, Record, StateError, file_since
 from .metrics import Metrics
 from .net.channel import Channel
 from .net.netlink import (
@@ -40,6 +42,7 @@ from .runconfig import Check, RunConfig, Vhid, host_port
 
 log = logging.getLogger("carp-sidecar")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+MAINTENANCE_FILE_POLL = 0.5  # s: a maintenance file is noticed within a second
 
 
 class StartupError(Exception):
@@ -75,6 +78,7 @@ class Agent:
         self.monitors: list[HealthMonitor] = []
         self.http: StatusServer | None = None
         self.control: ControlServer | None = None
+        self.store = None if config.state_dir is None else MaintenanceStore(config.state_dir)
         self.failed = False
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,6 +123,7 @@ class Agent:
                 raise StartupError(f"CARP_INTERFACE: cannot open {name}: {e.strerror}") from None
         for instance in self.instances:
             await self._remove_stale_vips(instance)
+        self._restore_maintenance()
         await self._open_servers()
         for name, check in self.config.checks.items():
             self.monitors.append(self._monitor(name, check))
@@ -177,6 +182,30 @@ class Agent:
                     raise
         instance.vip_observed({a.ip for a in await self.nl.addresses(index)})
 
+    def _restore_maintenance(self) -> None:
+        """Before the first election: an operator's demotion and the maintenance file hold from
+        the start, so a node restarted in its maintenance window stays out of it."""
+        if self.store is not None:
+            try:
+                self.store.prepare()
+                for instance in self.instances:
+                    record = self.store.load(instance.s.name)
+                    if record is not None and record.maintenance:
+                        instance.set_maintenance("operator", record.since)
+            except StateError as e:
+                raise StartupError(str(e)) from None
+        self._check_maintenance_files()
+
+    def _check_maintenance_files(self) -> None:
+        for instance in self.instances:
+            if instance.s.maintenance_file is not None:
+                instance.set_maintenance("file", file_since(instance.s.maintenance_file))
+
+    async def _watch_maintenance_files(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_FILE_POLL)
+            self._check_maintenance_files()
+
     async def _open_servers(self) -> None:
         listen = self.config.metrics_listen
         if listen != "off":
@@ -207,6 +236,8 @@ class Agent:
             self._spawn(self.control.watch())
         for monitor in self.monitors:
             self._spawn(monitor.run())
+        if any(i.s.maintenance_file is not None for i in self.instances):
+            self._spawn(self._watch_maintenance_files())
         if os.getpid() == 1:  # a container's entry point inherits every orphaned daemon
             self._spawn(reap_forever())
         for instance in self.instances:
@@ -266,11 +297,30 @@ class Agent:
             targets = [i for i in self.instances if i.s.vhid == int(arg)]
             if not targets:
                 return f"error: no instance with vhid {arg}"
+        unsaved = []
         if verb in ("demote", "promote"):
+            since = time.time() if verb == "demote" else None
             for instance in targets:
-                instance.set_maintenance(verb == "demote")
-        return "; ".join(f"vhid {i.s.vhid} {i.machine.state.name} maintenance="
-                         f"{'on' if i.machine.maintenance else 'off'}" for i in targets)
+                if instance.set_maintenance("operator", since) or verb == "demote":
+                    problem = self._persist(instance, since)
+                    if problem:
+                        unsaved.append(f"vhid {instance.s.vhid}: {problem}")
+        reply = "; ".join(f"vhid {i.s.vhid} {i.machine.state.name} maintenance="
+                          f"{'on' if i.machine.maintenance else 'off'}" for i in targets)
+        return reply + "".join(f"; NOT KEPT ACROSS RESTARTS ({u})" for u in unsaved)
+
+    def _persist(self, instance: Instance, since: float | None) -> str:
+        """Record the operator's decision; the problem if it could not be recorded."""
+        if self.store is None:
+            return ""
+        recorded = instance.maintenance.get("operator", since)
+        try:
+            self.store.save(instance.s.name, Record(since is not None, recorded or time.time()))
+        except OSError as e:
+            log.error("Cannot record maintenance in %s: %s; a restart will forget it",
+                      self.store.directory, e.strerror or e)
+            return f"cannot write {self.store.path(instance.s.name)}: {e.strerror or e}"
+        return ""
 
     def _log_state(self) -> None:
         for instance in self.instances:

@@ -52,6 +52,7 @@ PASS_FILE_MAX_READ = 512  # ucarp reads one line of at most 511 bytes
 MIN_GARP_REFRESH = 1.0  # s; below this a refresh is an ARP flood, not a refresh
 MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
 ENV_CHECK = "service"  # the name of the check CARP_HEALTH_* declare
+DEFAULT_STATE_DIR = Path("/var/lib/carp-sidecar")
 
 
 class ConfigError(Exception):
@@ -91,6 +92,8 @@ class VhidSettings(BaseModel):
     garp_repeat: int = _var("GARP_REPEAT", 2, ge=1, le=100)
     garp_refresh: float = _var("GARP_REFRESH", 0.0, ge=0, le=86400)
     health: list[str] = _var("HEALTH", [])  # names of the checks that gate this instance
+    preempt_delay: float = _var("PREEMPT_DELAY", 0.0, ge=0, le=86400)
+    maintenance_file: Path | None = _var("MAINTENANCE_FILE", None)
 
     @field_validator("interface")
     @classmethod
@@ -119,6 +122,13 @@ class VhidSettings(BaseModel):
     def _garp_refresh(cls, v: float) -> float:
         if 0 < v < MIN_GARP_REFRESH:
             raise ValueError(f"0 (off) or at least {MIN_GARP_REFRESH:g} s")
+        return v
+
+    @field_validator("maintenance_file")
+    @classmethod
+    def _maintenance_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"{v} is not an absolute path")
         return v
 
     @field_validator("upscript", "downscript")
@@ -192,7 +202,8 @@ class VhidSettings(BaseModel):
                     script_timeout=self.script_timeout, neutral=self.neutral,
                     nomcast=self.nomcast, ignoreifstate=self.ignoreifstate,
                     deadratio=self.deadratio, mcast=self.mcast, garp_repeat=self.garp_repeat,
-                    garp_refresh=self.garp_refresh, health=tuple(self.health))
+                    garp_refresh=self.garp_refresh, health=tuple(self.health),
+                    preempt_delay=self.preempt_delay, maintenance_file=self.maintenance_file)
 
     def redacted(self) -> dict[str, str]:
         """Effective settings as CARP_* strings, the secret shown as ``***``."""
@@ -268,6 +279,7 @@ class AgentSettings(BaseModel):
     metrics_listen: str = _var("METRICS_LISTEN", "0.0.0.0:9655")
     control_socket: Path | None = _var("CONTROL_SOCKET", None)
     log_format: Literal["text", "json"] = _var("LOG_FORMAT", "text")
+    state_dir: Path | None = _var("STATE_DIR", DEFAULT_STATE_DIR)  # None: "off"
 
     @field_validator("metrics_listen")
     @classmethod
@@ -277,9 +289,14 @@ class AgentSettings(BaseModel):
         host_port(v)
         return v
 
-    @field_validator("control_socket")
+    @field_validator("state_dir", mode="before")
     @classmethod
-    def _control_socket(cls, v: Path | None) -> Path | None:
+    def _state_dir_off(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.lower() == "off" else v
+
+    @field_validator("control_socket", "state_dir")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_absolute():
             raise ValueError(f"{v} is not an absolute path")
         return v
@@ -315,12 +332,14 @@ class Config:
                            interval=c.interval, timeout=c.timeout, rise=c.rise, fall=c.fall)
                   for n, c in self.checks.items()}
         return RunConfig(tuple(i.runtime() for i in self.instances), checks,
-                         self.metrics_listen, self.control_socket, self.log_format, self.source)
+                         self.metrics_listen, self.control_socket, self.log_format, self.source,
+                         self.agent.state_dir)
 
     def redacted(self) -> list[tuple[str, dict[str, str]]]:
         """Sections for `check-config`: the agent, each check, each instance."""
         agent = {f"CARP_{k.upper()}": str(v) for k, v in self.agent.model_dump().items()
                  if v is not None}
+        agent["CARP_STATE_DIR"] = str(self.agent.state_dir or "off")
         agent["CARP_CONTROL_SOCKET"] = str(self.control_socket)
         out = [("agent", agent)]
         for name, check in self.checks.items():

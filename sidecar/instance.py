@@ -77,7 +77,8 @@ class Instance:
         self.machine = Machine(Params(advbase=s.advbase, advskew=s.advskew,
                                       deadratio=s.deadratio, preempt=s.preempt,
                                       neutral=s.neutral, ignoreifstate=s.ignoreifstate,
-                                      garp_repeat=s.garp_repeat, own_ip=srcip),
+                                      garp_repeat=s.garp_repeat, own_ip=srcip,
+                                      preempt_delay=s.preempt_delay),
                                rng=lambda: secrets.randbits(64))
         self.peer_table = PeerTable(PEER_CAPACITY, 3 * self.machine.master_down_interval_us / 1e6)
         self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
@@ -85,6 +86,7 @@ class Instance:
         self.effects = Effects(backend_for(s, netlink, self.m, lambda: channel.ifindex),
                                self._announce)
         self.checks: dict[str, tuple[bool, str]] = {}  # check name -> (healthy, last error)
+        self.maintenance: dict[str, float] = {}  # "operator"/"file" -> since (Unix time)
         self.master_since: float | None = None
         self.last_transition: dict[str, Any] | None = None
         self.link_running = False  # the channel is opened after the instances are built
@@ -366,11 +368,30 @@ class Instance:
                 self.effects.put(Effect.ANNOUNCE)
 
     # ---- health and maintenance ----
-    def set_maintenance(self, on: bool) -> None:
+    def set_maintenance(self, source: str, since: float | None) -> bool:
+        """Maintenance by ``source`` ("operator": the control socket or a record restored at
+        start; "file": the maintenance file) began at ``since`` (Unix time), or ended (None).
+        True if that changed anything."""
+        if (source in self.maintenance) == (since is not None):
+            return False
+        if since is None:
+            del self.maintenance[source]
+        else:
+            self.maintenance[source] = since
+        on = bool(self.maintenance)
         self.m.maintenance.set(1 if on else 0)
-        log.warning("Maintenance mode %s by operator%s", "on" if on else "off", self._which())
+        self.m.maintenance_since.set(min(self.maintenance.values()) if on else 0)
+        what = "by operator" if source == "operator" else f"by maintenance file {self.s.maintenance_file}"
+        if self.machine.state is State.INIT:
+            if since is not None:
+                log.warning("Starting in maintenance (demoted %s since %s)%s", what,
+                            _utc(since), self._which())
+        else:
+            log.warning("Maintenance mode %s %s%s", "on" if since is not None else "off", what,
+                        self._which())
         self._apply(self.machine.set_maintenance(self.loop.time(), on))
         self.m.demoted.set(1 if self.machine.demoted else 0)
+        return True
 
     def check_result(self, ok: bool) -> None:
         self.m.health_checks[ok].inc()
@@ -416,6 +437,9 @@ class Instance:
             "last_transition": self.last_transition,
             "demoted": machine.demoted,
             "maintenance": machine.maintenance,
+            "maintenance_since": _utc(min(self.maintenance.values())) if self.maintenance else None,
+            "maintenance_by": sorted(self.maintenance),
+            "preempt_delay": s.preempt_delay,
             "health": health,
             "interface_present": self.channel.attached is not None,
             "link_running": self.link_running,
@@ -425,3 +449,7 @@ class Instance:
                          "adverts_received": self.m.value("carp_adverts_received_total"),
                          "adverts_dropped": {r: n for r, n in dropped.items() if n}},
         }
+
+
+def _utc(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))

@@ -76,8 +76,12 @@ class Metrics:
         self.advskew = Gauge("carp_advskew", "Configured advskew (1/256 s)", base, registry=r)
         self.demoted = Gauge("carp_demoted", "1 while this node refuses to be MASTER "
                              "(unhealthy service or maintenance)", base, registry=r)
-        self.maintenance = Gauge("carp_maintenance", "1 while demoted by an operator", base,
-                                 registry=r)
+        self.maintenance = Gauge("carp_maintenance", "1 while demoted by an operator (control "
+                                 "socket, kept across restarts) or by the maintenance file",
+                                 base, registry=r)
+        self.maintenance_since = Gauge("carp_maintenance_since_seconds", "Unix time this "
+                                       "node's maintenance began; 0 when not in maintenance",
+                                       base, registry=r)
         self.master_down_interval = Gauge("carp_master_down_interval_seconds",
                                           "How long a BACKUP waits for a silent master", base,
                                           registry=r)
@@ -144,6 +148,7 @@ class InstanceMetrics:
         self.advskew = m.advskew.labels(**lb)
         self.demoted = m.demoted.labels(**lb)
         self.maintenance = m.maintenance.labels(**lb)
+        self.maintenance_since = m.maintenance_since.labels(**lb)
         self.master_down_interval = m.master_down_interval.labels(**lb)
         self.script_runs = {(script, result): m.script_runs.labels(**lb, script=script,
                                                                      result=result)

@@ -41,6 +41,8 @@ class Vhid:
     garp_repeat: int = 2
     garp_refresh: float = 0.0
     health: tuple[str, ...] = ()
+    preempt_delay: float = 0.0
+    maintenance_file: Path | None = None
 
     @property
     def ipv4_vips(self) -> tuple[IPv4Interface, ...]:
@@ -89,6 +91,7 @@ class RunConfig:
     control_socket: Path
     log_format: str
     source: str  # "environment" or the config file's path
+    state_dir: Path | None = None  # where operator maintenance persists; None: not at all
 
     def to_json(self) -> str:
         def vhid(v: Vhid) -> dict[str, Any]:
@@ -97,6 +100,7 @@ class RunConfig:
                        srcip=str(v.srcip) if v.srcip else None, mcast=str(v.mcast),
                        upscript=str(v.upscript) if v.upscript else None,
                        downscript=str(v.downscript) if v.downscript else None,
+                       maintenance_file=str(v.maintenance_file) if v.maintenance_file else None,
                        health=list(v.health))
             return out
 
@@ -104,7 +108,8 @@ class RunConfig:
             "instances": [vhid(v) for v in self.instances],
             "checks": {n: c.__dict__ for n, c in self.checks.items()},
             "metrics_listen": self.metrics_listen, "control_socket": str(self.control_socket),
-            "log_format": self.log_format, "source": self.source})
+            "log_format": self.log_format, "source": self.source,
+            "state_dir": str(self.state_dir) if self.state_dir else None})
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -117,11 +122,13 @@ class RunConfig:
                        mcast=IPv4Address(raw["mcast"]),
                        upscript=Path(raw["upscript"]) if raw["upscript"] else None,
                        downscript=Path(raw["downscript"]) if raw["downscript"] else None,
+                       maintenance_file=(Path(raw["maintenance_file"])
+                                         if raw["maintenance_file"] else None),
                        health=tuple(raw["health"]))
             instances.append(Vhid(**raw))
         return cls(tuple(instances), {n: Check(**c) for n, c in doc["checks"].items()},
                    doc["metrics_listen"], Path(doc["control_socket"]), doc["log_format"],
-                   doc["source"])
+                   doc["source"], Path(doc["state_dir"]) if doc["state_dir"] else None)
 
 
 def host_port(value: str) -> tuple[str, int]:

@@ -66,6 +66,7 @@ def agent_env(lab_dir: Path, node: str, srcip: str, **extra: str) -> dict[str, s
         "CARP_INTERFACE": "eth0", "CARP_SRCIP": srcip, "CARP_VHID": "1",
         "CARP_PASS": LAB_PASSWORD, "CARP_ADDR": f"{VIP}/16", "CARP_IF_ALIAS": "eth0:0",
         "CARP_CONTROL_SOCKET": str(lab_dir / f"{node}.sock"),
+        "CARP_STATE_DIR": str(lab_dir / f"{node}-state"),  # never the host's own
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sidecar.lab import Lab
 
-from .conftest import dump_on_failure, wait_for
+from .conftest import dump_on_failure, metric, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "grafana"))
@@ -64,7 +64,8 @@ def concrete(expr: str) -> str:
 
 def test_prometheus_sees_failover_and_split_brain(lab: Lab) -> None:
     lab.start_agent("a", CARP_PREEMPT="true")
-    lab.start_agent("b", CARP_ADVSKEW="100")
+    drained = lab.dir / "b-maintenance"
+    lab.start_agent("b", CARP_ADVSKEW="100", CARP_MAINTENANCE_FILE=str(drained))
     start_prometheus(lab)
     wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
              "Prometheus ready")
@@ -75,6 +76,7 @@ def test_prometheus_sees_failover_and_split_brain(lab: Lab) -> None:
     wait_for(lambda: lab.state("b") == "MASTER", 10, "node-b MASTER")
     lab.topo.plug("a")
     wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER again")
+    drained.touch()  # node-b in maintenance: the "Maintenance since" panel has a node to show
     time.sleep(4)  # a few scrapes after the last transition
 
     for title, (expr, _legend) in QUERIES.items():
@@ -96,6 +98,9 @@ def test_prometheus_sees_failover_and_split_brain(lab: Lab) -> None:
         ("172.16.0.12", "MASTER", "BACKUP", "preferred_master"): 1,
     }, dump_on_failure(lab)
     assert not firing(lab, "CarpSplitBrain") and not firing(lab, "CarpFlappingMaster")
+
+    drained.unlink()
+    wait_for(lambda: metric(lab, "b", "carp_maintenance") == 0, 5, "node-b out of maintenance")
 
     # split brain: the switch drops CARP to and from node-b; scrapes still pass
     lab.topo.block_carp("b")

@@ -110,6 +110,10 @@ def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
     ({"CARP_HEALTH_URL": "http://:80/"}, "CARP_HEALTH_URL: must be an http:// URL with a host"),
     ({"CARP_HEALTH_URL": "http://h:99999/"}, "CARP_HEALTH_URL: not a valid URL"),
     ({"CARP_CONTROL_SOCKET": "run/x.sock"}, "CARP_CONTROL_SOCKET: run/x.sock is not an absolute"),
+    ({"CARP_STATE_DIR": "state"}, "CARP_STATE_DIR: state is not an absolute path"),
+    ({"CARP_MAINTENANCE_FILE": "down"}, "CARP_MAINTENANCE_FILE: down is not an absolute path"),
+    ({"CARP_PREEMPT_DELAY": "-1"}, "CARP_PREEMPT_DELAY: Input should be greater than or equal"),
+    ({"CARP_PREEMPT_DELAY": "nan"}, "CARP_PREEMPT_DELAY: Input should be"),
 ])
 def test_bad_values_name_the_variable(override: dict[str, str | None], message: str) -> None:
     env = {**BASE, **override}
@@ -326,3 +330,16 @@ def test_runtime_config_round_trips_through_json_without_pydantic(tmp_path: Path
     code = ("import sys, sidecar.agent; "
             "sys.exit(any(m.startswith('pydantic') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
+
+
+def test_state_dir_default_off_and_maintenance_settings_reach_the_agent(tmp_path: Path) -> None:
+    from sidecar.runconfig import RunConfig
+
+    assert load(BASE).runtime().state_dir == Path("/var/lib/carp-sidecar")
+    assert load({**BASE, "CARP_STATE_DIR": "off"}).runtime().state_dir is None
+    env = {**BASE, "UCARP_STATE_DIR": str(tmp_path), "CARP_PREEMPT_DELAY": "2.5",
+           "CARP_MAINTENANCE_FILE": "/etc/carp/maintenance"}
+    again = RunConfig.from_json(load(env).runtime().to_json())
+    assert again.state_dir == tmp_path
+    assert again.instances[0].preempt_delay == 2.5
+    assert again.instances[0].maintenance_file == Path("/etc/carp/maintenance")

@@ -264,3 +264,45 @@ def test_peer_table_says_when_its_next_sweep_is_due() -> None:
     assert table.next_deadline() == pytest.approx(12.5)  # silent after 2.5 intervals
     table.fallen_silent(12.6)
     assert table.next_deadline() == pytest.approx(19.0)  # then only its expiry
+
+
+# ---- persistent maintenance records ----
+def test_maintenance_record_round_trips_and_replaces_atomically(tmp_path: Path) -> None:
+    from sidecar.maintenance import MaintenanceStore, Record
+
+    store = MaintenanceStore(tmp_path / "state")
+    store.prepare()
+    assert store.load("eth0/vhid1") is None
+    store.save("eth0/vhid1", Record(True, 1764300000.5))
+    assert store.load("eth0/vhid1") == Record(True, 1764300000.5)
+    store.save("eth0/vhid1", Record(False, 1764300100.0))
+    assert store.load("eth0/vhid1") == Record(False, 1764300100.0)
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["eth0-vhid1.json"]
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("content", [b'{"maintenance": true, "since"', b"", b"null",
+                                     b'{"maintenance": 1, "since": 5}',
+                                     b'{"maintenance": true, "since": -1}',
+                                     b'{"maintenance": true}', b" " * 5000])
+def test_maintenance_record_that_cannot_be_trusted_is_an_error(tmp_path: Path,
+                                                               content: bytes) -> None:
+    from sidecar.maintenance import MaintenanceStore, StateError
+
+    store = MaintenanceStore(tmp_path)
+    store.path("eth0/vhid1").write_bytes(content)
+    with pytest.raises(StateError, match=r"^CARP_STATE_DIR: .*eth0-vhid1.json is not a "):
+        store.load("eth0/vhid1")
+
+
+def test_maintenance_store_refuses_a_symlinked_record_and_a_file_as_directory(
+        tmp_path: Path) -> None:
+    from sidecar.maintenance import MaintenanceStore, StateError
+
+    (tmp_path / "elsewhere").write_text('{"maintenance": true, "since": 1}')
+    store = MaintenanceStore(tmp_path)
+    store.path("eth0/vhid1").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StateError, match="cannot read"):
+        store.load("eth0/vhid1")
+    with pytest.raises(StateError, match="CARP_STATE_DIR: cannot create"):
+        MaintenanceStore(tmp_path / "elsewhere" / "sub").prepare()

@@ -1,0 +1,112 @@
+"""Operator maintenance that outlives the process: one small JSON file per instance in the
+state directory (``CARP_STATE_DIR``), and the maintenance file an operator can create by hand
+(``CARP_MAINTENANCE_FILE``).
+
+A demoted node that restarts (an upgrade, a reboot, a rescheduled pod) must come back demoted,
+or it preempts in the middle of the maintenance window. So the record is written atomically
+(temporary file, fsync, rename, fsync of the directory) and read before the first election; a
+record that cannot be read is an error at start, never a silent "not in maintenance".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_RECORD_BYTES = 4096  # a record is ~100 bytes; anything larger is not ours
+
+
+class StateError(Exception):
+    """The state directory or a record in it is unusable; one line naming the path."""
+
+
+@dataclass(frozen=True)
+class Record:
+    maintenance: bool
+    since: float  # Unix time the operator's decision was made
+
+    def to_json(self) -> str:
+        utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
+        return json.dumps({"maintenance": self.maintenance, "since": self.since,
+                           "since_utc": utc}) + "\n"
+
+
+class MaintenanceStore:
+    """Records in ``directory``, one per instance, named after it (``eth0-vhid1.json``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, instance: str) -> Path:
+        return self.directory / (instance.replace("/", "-") + ".json")
+
+    def prepare(self) -> None:
+        """Create the directory if needed and check it can take a record now, not later."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StateError(f"CARP_STATE_DIR: cannot create {self.directory}: "
+                             f"{e.strerror or e} (mount a volume there, or set it to off)") from None
+        if not self.directory.is_dir() or not os.access(self.directory, os.W_OK | os.X_OK):
+            raise StateError(f"CARP_STATE_DIR: {self.directory} is not a writable directory "
+                             "(mount a volume there, or set it to off)")
+
+    def load(self, instance: str) -> Record | None:
+        """The instance's record, None if it has none; StateError if it cannot be trusted."""
+        path = self.path(instance)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateError(f"CARP_STATE_DIR: cannot read {path}: {e.strerror or e}") from None
+        try:
+            raw = os.read(fd, MAX_RECORD_BYTES + 1)
+        except OSError as e:
+            raise StateError(f"CARP_STATE_DIR: cannot read {path}: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+        try:
+            if len(raw) > MAX_RECORD_BYTES:
+                raise ValueError("too large")
+            doc = json.loads(raw)
+            on, since = doc["maintenance"], doc["since"]
+            if not isinstance(on, bool) or not isinstance(since, int | float) or since < 0:
+                raise ValueError("unexpected values")
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(f"CARP_STATE_DIR: {path} is not a maintenance record ({e}); "
+                             "it may be truncated: fix it, or delete it to leave maintenance"
+                             ) from None
+        return Record(on, float(since))
+
+    def save(self, instance: str, record: Record) -> None:
+        """Atomically replace the instance's record; OSError if it could not be made durable."""
+        path = self.path(instance)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, record.to_json().encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+
+
+def file_since(path: Path) -> float | None:
+    """When the maintenance file appeared (its mtime), or None while it does not exist."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
