@@ -110,7 +110,7 @@ class Agent:
             link = links[settings.interface]
             srcip = await self._srcip(settings, link)
             instance = Instance(settings, srcip, channel, self.nl, self.metrics, self.loop,
-                                several=several)
+                                several=several, script_extra=self.config.script_extra)
             channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
                         [v.ip for v in settings.ipv4_vips])
             self.instances.append(instance)
@@ -169,7 +169,13 @@ class Agent:
     async def _remove_stale_vips(self, instance: Instance) -> None:
         s, index = instance.s, instance.channel.ifindex
         assert index is not None
-        if not s.manages_vip_by_scripts:
+        if s.neutral:  # ucarp --neutral: what is on the interface at start stays there
+            present = {a.ip for a in await self.nl.addresses(index)}
+            for vip in s.vips:
+                if vip.ip in present:
+                    log.warning("Neutral start: leaving VIP %s on %s until the group decides",
+                                vip.ip, s.interface)
+        elif not s.manages_vip_by_scripts:
             for vip in s.vips:
                 try:
                     if await self.nl.remove_address(index, vip):
@@ -342,7 +348,7 @@ class Agent:
 
 def run_agent(config: RunConfig, version: str = "0") -> int:
     """Run in this process (tests, embedding); ``carp-sidecar run`` goes through :func:`main`."""
-    logs.setup(config.log_format)
+    logs.setup(config.log_format, config.log_level, config.syslog)
 
     async def main() -> int:
         agent = await Agent.start(config, version=version)

@@ -1,8 +1,10 @@
-"""`carp-sidecar [run|check-config|status|demote|promote|lab]` — the console entry point."""
+"""`carp-sidecar [run|check-config|status|healthcheck|demote|promote|import|completion|lab]` —
+the console entry point; installed or symlinked as ``ucarp``, ucarp's drop-in."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -10,6 +12,7 @@ import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from . import ucarp_options
 from .config import Config, ConfigError, load
 
 EXIT_CONFIG = 2
@@ -22,48 +25,90 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def _variables_help() -> str:
+    from .config import HELP
+
+    lines = ["variables (each CARP_X is also read as ucarp's UCARP_X; CARP_X wins):"]
+    lines += [f"  CARP_{name:<17} {text}" for name, text in HELP.items()]
+    lines.append("  CARP_CONFIG            a TOML file of many instances (keys: the names above "
+                 "in lower case, without CARP_)")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
+    env_file = argparse.ArgumentParser(add_help=False)
+    env_file.add_argument(
+        "--env-file", type=Path, default=argparse.SUPPRESS,
+        help="read KEY=VALUE lines as the shell does (e.g. /etc/ucarp/ucarp.conf: comments, "
+        "quotes, ${VAR}) before the environment; the environment wins")
     p = argparse.ArgumentParser(
-        prog="carp-sidecar",
+        prog="carp-sidecar", parents=[env_file],
         description="CARP (ucarp-compatible) virtual IP failover agent. Configured by CARP_* "
-        "(or ucarp's UCARP_*) environment variables; see README.md.",
+        "(or ucarp's UCARP_*) environment variables, ucarp's options, or a TOML file; "
+        "see README.md.",
     )
     p.add_argument("--version", action="version", version=f"carp-sidecar {package_version()}")
-    p.add_argument("--env-file", type=Path, help="read KEY=VALUE lines (e.g. /etc/ucarp/ucarp.conf) "
-                   "before the environment; the environment wins. CARP_CONFIG names a TOML file "
-                   "of many instances instead")
-    sub = p.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the agent (default)")
-    sub.add_parser("check-config", help="validate and print the effective configuration")
-    st = sub.add_parser("status", help="print /status of a running agent")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", parents=[env_file], help="run the agent (default)")
+    ucarp_options.add_to(run)
+    sub.add_parser("check-config", parents=[env_file],
+                   help="validate and print the effective configuration",
+                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_variables_help())
+    st = sub.add_parser("status", parents=[env_file], help="print /status of a running agent")
     st.add_argument("--url", default=None, help="default: from CARP_METRICS_LISTEN")
-    hc = sub.add_parser("healthcheck", help="exit 0 if the local agent answers /healthz "
-                        "(the container HEALTHCHECK)")
+    hc = sub.add_parser("healthcheck", parents=[env_file],
+                        help="exit 0 if the local agent answers /healthz (the container "
+                        "HEALTHCHECK), 1 if not")
     hc.add_argument("--url", default=None, help="default: from CARP_METRICS_LISTEN")
-    for name, text in (("demote", "drain this node: stop winning elections, hand the VIP over"),
+    for name, text in (("demote", "drain this node: stop winning elections, hand the VIP over "
+                        "(kept across restarts)"),
                        ("promote", "end maintenance: take part in elections again")):
-        c = sub.add_parser(name, help=text)
+        c = sub.add_parser(name, parents=[env_file], help=text)
         c.add_argument("--socket", type=Path, default=None,
                        help="control socket (default: CARP_CONTROL_SOCKET or the default path)")
         c.add_argument("--vhid", type=int, default=None, help="only this instance (default: all)")
+    imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
+                         "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
+    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    comp = sub.add_parser("completion", help="print a shell completion script")
+    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     lab = sub.add_parser("lab", help="two-node failover lab in network namespaces (root)")
     lab.add_argument("--short", action="store_true", help="the quick scenario used by the tests")
     lab.add_argument("--keep", action="store_true", help="leave the lab up until Ctrl-C at the end")
     return p
 
 
-def _settings(args: argparse.Namespace) -> Config:
-    return load(os.environ, args.env_file)
+def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> Config:
+    return load({**os.environ, **(overrides or {})}, getattr(args, "env_file", None))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if Path(sys.argv[0]).name == "ucarp":  # the drop-in: ucarp's command line, nothing else
+        args = ucarp_options.parser().parse_args(argv)
+        args.command = "run"
+    else:
+        args = _parser().parse_args(argv)
     command = args.command or "run"
     try:
         if command == "lab":
             from .lab import run_lab
 
             return int(run_lab(short=args.short, keep=args.keep))
+        if command == "import":
+            from .ucarp_import import ImportError_, translate
+
+            try:
+                print(translate(args.files), end="")
+            except ImportError_ as e:
+                print(f"carp-sidecar: import: {e}", file=sys.stderr)
+                return EXIT_CONFIG
+            return 0
+        if command == "completion":
+            import shtab
+
+            print(shtab.complete(_parser(), shell=args.shell))
+            return 0
         if command in ("demote", "promote"):
             from .control import send_command
 
@@ -79,20 +124,51 @@ def main(argv: list[str] | None = None) -> int:
             url = args.url or _endpoint(_settings(args), "/healthz")
             with urllib.request.urlopen(url, timeout=3) as response:
                 return 0 if response.status == 200 else 1
-        settings = _settings(args)
+        overrides = ucarp_options.settings(args) if command == "run" else {}
+        settings = _settings(args, overrides)
         if command == "check-config":
             for title, values in settings.redacted():
                 print(f"# {title}")
                 for key, value in values.items():
                     print(f"{key}={value}")
             return 0
+        if getattr(args, "ucarp_daemonize", False):
+            settings = _daemonize(settings)
         return _exec_agent(settings)
     except ConfigError as e:
-        print(f"carp-sidecar: configuration error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"carp-sidecar: configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as e:
         print(f"carp-sidecar: {command}: {e}", file=sys.stderr)
         return 1
+
+
+def in_container() -> bool:
+    return os.getpid() == 1 or any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
+
+
+def _daemonize(config: Config) -> Config:
+    """ucarp's --daemonize: detach (double fork, new session, stdio to /dev/null) and log to
+    syslog. In a container the runtime supervises the foreground process: stay there."""
+    if in_container():
+        print("carp-sidecar: --daemonize ignored in a container: staying in the foreground",
+              file=sys.stderr)
+        return config
+    if config.agent.syslog is None:  # detached, stderr goes nowhere: syslog as ucarp does
+        config = dataclasses.replace(config, agent=config.agent.model_copy(
+            update={"syslog": "daemon"}))
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    return config
 
 
 def _exec_agent(config: Config) -> int:

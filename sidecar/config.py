@@ -19,17 +19,23 @@ line that names the variable (or the file, instance and key) and the reason. Pas
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import io
 import os
 import shlex
 import stat
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface
+from logging.handlers import SysLogHandler
 from pathlib import Path
 from typing import Any, Literal
 
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -37,10 +43,17 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from .protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
 from .runconfig import Check, RunConfig, Vhid, Vip, host_port
@@ -59,8 +72,58 @@ class ConfigError(Exception):
     """A configuration problem, one line: ``VARIABLE: reason``."""
 
 
+# What `carp-sidecar check-config --help` says of each variable (README.md has the long form).
+HELP = {
+    "INTERFACE": "interface to run on (required)",
+    "SRCIP": "our address on it: advert source and tie-break (default: its first IPv4)",
+    "VHID": "virtual host id 1-255 (required)",
+    "PASS": "shared password, at most 19 bytes (this or CARP_PASS_FILE is required)",
+    "PASS_FILE": "file whose first line is the password",
+    "ADDR": "the VIPs: 172.16.0.1, 172.16.0.1/16, 2001:db8::1/64, comma-separated (required)",
+    "MASK": "netmask or prefix length of IPv4 VIPs given without one (default 32)",
+    "IF_ALIAS": "label of the VIP, e.g. eth0:0",
+    "ADVBASE": "advert interval base, seconds 0-255 (default 1)",
+    "ADVSKEW": "advert skew, 1/256 s 0-255; lower wins (default 0)",
+    "PREEMPT": "take over from a worse master (default false)",
+    "PREEMPT_DELAY": "seconds to wait after start or link up before preempting (default 0)",
+    "UPSCRIPT": "script run on becoming MASTER: script IFACE VIP [XPARAM]",
+    "DOWNSCRIPT": "script run on leaving MASTER",
+    "NOTIFYSCRIPT": "script run on every state change: script VHID STATE REASON",
+    "XPARAM": "extra argument for the scripts",
+    "SCRIPT_TIMEOUT": "seconds before a script is killed (default 30)",
+    "NEUTRAL": "no downscript and no VIP removal at start (default false)",
+    "NOMCAST": "adverts to Ethernet broadcast (default false)",
+    "IGNOREIFSTATE": "ignore carrier loss (default false)",
+    "DEADRATIO": "master-down = advbase x deadratio + skew (default 3)",
+    "MCAST": "multicast group (default 224.0.0.18)",
+    "SHUTDOWN": "accepted for ucarp compatibility; a stopping master always releases the VIP",
+    "GARP_REPEAT": "gratuitous ARPs per takeover (default 2)",
+    "GARP_REFRESH": "seconds between extra GARPs while MASTER, 0 = off (default 0)",
+    "HEALTH": "names of the [health.NAME] checks gating an instance (config file)",
+    "MAINTENANCE_FILE": "while this file exists the node is in maintenance",
+    "HEALTH_URL": "http(s) URL of the service check",
+    "HEALTH_HOST": "Host header of the URL check",
+    "HEALTH_BODY": "text the URL check's body must contain",
+    "HEALTH_INSECURE": "https check without certificate verification (default false)",
+    "HEALTH_TCP": "host:port the service check connects to",
+    "HEALTH_CMD": "command the service check runs (exit 0 = healthy)",
+    "HEALTH_STATUS": "HTTP status the URL check expects (default 200)",
+    "HEALTH_INTERVAL": "seconds between checks (default 1)",
+    "HEALTH_TIMEOUT": "seconds per check (default 1)",
+    "HEALTH_RISE": "passes needed to become healthy (default 2)",
+    "HEALTH_FALL": "failures needed to become unhealthy (default 2)",
+    "METRICS_LISTEN": "address:port of /metrics /status /healthz /readyz, or off",
+    "CONTROL_SOCKET": "Unix socket for demote/promote (absolute path)",
+    "STATE_DIR": "where demote/promote are kept across restarts, or off",
+    "LOG_FORMAT": "text (ucarp-like lines) or json (default text)",
+    "LOG_LEVEL": "debug (each advert decision), info, warning or error (default info)",
+    "SYSLOG": "also log to syslog with this facility (daemon, local0...), or off",
+}
+
+
 def _var(name: str, default: Any = ..., **kwargs: Any) -> Any:
-    return Field(default, validation_alias=AliasChoices(f"CARP_{name}", f"UCARP_{name}"), **kwargs)
+    return Field(default, validation_alias=AliasChoices(f"CARP_{name}", f"UCARP_{name}"),
+                 description=HELP[name], **kwargs)
 
 
 class VhidSettings(BaseModel):
@@ -81,6 +144,7 @@ class VhidSettings(BaseModel):
     preempt: bool = _var("PREEMPT", False)
     upscript: Path | None = _var("UPSCRIPT", None)
     downscript: Path | None = _var("DOWNSCRIPT", None)
+    notifyscript: Path | None = _var("NOTIFYSCRIPT", None)
     xparam: str | None = _var("XPARAM", None)
     script_timeout: float = _var("SCRIPT_TIMEOUT", 30.0, ge=0.1, le=3600)
     neutral: bool = _var("NEUTRAL", False)
@@ -131,7 +195,7 @@ class VhidSettings(BaseModel):
             raise ValueError(f"{v} is not an absolute path")
         return v
 
-    @field_validator("upscript", "downscript")
+    @field_validator("upscript", "downscript", "notifyscript")
     @classmethod
     def _script(cls, v: Path | None) -> Path | None:
         if v is not None and not (v.is_file() and os.access(v, os.X_OK)):
@@ -203,7 +267,19 @@ class VhidSettings(BaseModel):
                     nomcast=self.nomcast, ignoreifstate=self.ignoreifstate,
                     deadratio=self.deadratio, mcast=self.mcast, garp_repeat=self.garp_repeat,
                     garp_refresh=self.garp_refresh, health=tuple(self.health),
-                    preempt_delay=self.preempt_delay, maintenance_file=self.maintenance_file)
+                    preempt_delay=self.preempt_delay, maintenance_file=self.maintenance_file,
+                    notifyscript=self.notifyscript,
+                    script_env=tuple(sorted(self.script_environment().items())))
+
+    def script_environment(self) -> dict[str, str]:
+        """The effective settings under both names, for the scripts; never the password."""
+        out = {}
+        for var, value in self.redacted().items():
+            if var != "CARP_PASS" and var.startswith("CARP_"):
+                out[var] = out["U" + var] = value
+        out["CARP_VIPS"] = ",".join(str(v) for v in self.vips)
+        out["CARP_INSTANCE"] = self.name
+        return out
 
     def redacted(self) -> dict[str, str]:
         """Effective settings as CARP_* strings, the secret shown as ``***``."""
@@ -279,6 +355,8 @@ class AgentSettings(BaseModel):
     metrics_listen: str = _var("METRICS_LISTEN", "0.0.0.0:9655")
     control_socket: Path | None = _var("CONTROL_SOCKET", None)
     log_format: Literal["text", "json"] = _var("LOG_FORMAT", "text")
+    log_level: Literal["debug", "info", "warning", "error"] = _var("LOG_LEVEL", "info")
+    syslog: str | None = _var("SYSLOG", None)  # a facility name; None: no syslog
     state_dir: Path | None = _var("STATE_DIR", DEFAULT_STATE_DIR)  # None: "off"
 
     @field_validator("metrics_listen")
@@ -288,6 +366,20 @@ class AgentSettings(BaseModel):
             return "off"
         host_port(v)
         return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog(cls, v: str | None) -> str | None:
+        if v is None or v.lower() in ("", "off"):
+            return None
+        if v.lower() not in SysLogHandler.facility_names:
+            raise ValueError(f"{v!r} is not a syslog facility (daemon, user, local0-local7...)")
+        return v.lower()
 
     @field_validator("state_dir", mode="before")
     @classmethod
@@ -308,6 +400,7 @@ class Config:
     instances: tuple[VhidSettings, ...]
     checks: dict[str, CheckSettings]
     source: str  # "environment" or the config file's path
+    script_extra: dict[str, str] = field(default_factory=dict)  # see _script_extra
 
     @property
     def metrics_listen(self) -> str:
@@ -331,9 +424,15 @@ class Config:
         checks = {n: Check(url=c.url, tcp=c.tcp, cmd=c.cmd, status=c.status,
                            interval=c.interval, timeout=c.timeout, rise=c.rise, fall=c.fall)
                   for n, c in self.checks.items()}
-        return RunConfig(tuple(i.runtime() for i in self.instances), checks,
+        agent_env = {}
+        for var, value in self.redacted()[0][1].items():
+            agent_env[var] = agent_env["U" + var] = value
+        instances = tuple(dataclasses.replace(i.runtime(), script_env=tuple(sorted(
+            {**agent_env, **dict(i.runtime().script_env)}.items()))) for i in self.instances)
+        return RunConfig(instances, checks,
                          self.metrics_listen, self.control_socket, self.log_format, self.source,
-                         self.agent.state_dir)
+                         self.agent.state_dir, self.agent.log_level, self.agent.syslog,
+                         self.script_extra)
 
     def redacted(self) -> list[tuple[str, dict[str, str]]]:
         """Sections for `check-config`: the agent, each check, each instance."""
@@ -351,21 +450,104 @@ class Config:
 
 # ---- loading ----
 def load(environ: Mapping[str, str], env_file: Path | None = None) -> Config:
-    merged = read_env_file(env_file) if env_file else {}
-    merged.update(environ)
-    ours = {k: v for k, v in merged.items() if k.startswith(("CARP_", "UCARP_"))}
-    for key in ours:
-        if key.startswith("CARP_") and key not in _KNOWN and key != "CARP_CONFIG":
-            raise ConfigError(f"{key}: unknown variable (see `carp-sidecar check-config --help`)")
-    given = _effective(ours)
-    config_file = ours.get("CARP_CONFIG", "")
+    """Validate the environment (and ``env_file``) or the TOML file it names; ConfigError
+    carries every problem found, one line each."""
+    raw, given = read_sources(environ, env_file)
+    errors = [_unknown(key) for key in raw if _unknown(key)]
+    config_file = given.get("CARP_CONFIG", "")
     if config_file:
+        if errors:
+            raise ConfigError("\n".join(errors))
         return _load_file(Path(config_file), given)
-    agent = _validate(AgentSettings, given, ours)
-    check = _validate(CheckSettings, given, ours)
-    checks = {ENV_CHECK: check} if check.configured else {}
-    instance = _validate(VhidSettings, {**given, "CARP_HEALTH": list(checks)}, ours)
-    return Config(agent, (instance,), checks, "environment")
+    agent = _collect(errors, lambda: _validate(AgentSettings, given, raw))
+    check = _collect(errors, lambda: _validate(CheckSettings, given, raw))
+    checks = {ENV_CHECK: check} if check is not None and check.configured else {}
+    instance = _collect(errors, lambda: _validate(
+        VhidSettings, {**given, "CARP_HEALTH": list(checks)}, raw))
+    if errors or agent is None or instance is None:
+        raise ConfigError("\n".join(errors))
+    return Config(agent, (instance,), checks, "environment", _script_extra(raw, env_file))
+
+
+def read_sources(environ: Mapping[str, str],
+                 env_file: Path | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Every ``CARP_*``/``UCARP_*`` as spelled in the env file and the environment (the
+    environment wins), and one value per setting under its CARP_ name, read by
+    pydantic-settings' dotenv and environment sources: shell-like values (``X=pw  # note`` is
+    ``pw``, ``${VAR}`` expanded), ``CARP_X`` before ``UCARP_X`` within a source, the
+    environment before the file, an empty value meaning unset."""
+    sources: list[EnvSettingsSource] = []
+    if env_file is not None:
+        _check_env_file(env_file)
+        sources.append(DotEnvSettingsSource(_Variables, env_file=env_file, case_sensitive=True))
+    sources.append(_Environ(environ))
+    raw: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for source in sources:  # later wins
+        raw.update({k: v or "" for k, v in source.env_vars.items()})
+        values.update({k: v for k, v in source().items() if k in _CARP_NAMES})
+    given = {k: str(v) for k, v in values.items() if v not in ("", None)}
+    return raw, given
+
+
+class _Environ(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (the CLI's, or a test's)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._given = dict(environ)
+        super().__init__(_Variables, case_sensitive=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._given
+
+
+def _check_env_file(path: Path) -> None:
+    """python-dotenv skips what it cannot parse with a warning; a config file must not."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--env-file: cannot read {path}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+    bad = [b.original.line for b in parse_stream(io.StringIO(text)) if b.error]
+    if bad:
+        raise ConfigError("\n".join(f"--env-file: {path}:{n}: expected KEY=VALUE" for n in bad))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """An env file's variables as the shell would see them (``# comments``, ``export``, quotes,
+    ``${VAR}``), for tests and tools; the agent reads it through :func:`read_sources`."""
+    _check_env_file(path)
+    return {k: v or "" for k, v in dotenv_values(path, interpolate=True).items()}
+
+
+def _unknown(key: str) -> str:
+    """The error for a CARP_/UCARP_ name that is no setting ("" if it is fine): a typo must not
+    pass silently. Unknown UCARP_* names far from any setting are the user's own (an old
+    ucarp.conf may carry variables its scripts read) and pass through to the scripts."""
+    if key in _KNOWN or key == "CARP_CONFIG" or not key.startswith(("CARP_", "UCARP_")):
+        return ""
+    close = difflib.get_close_matches(key, _KNOWN, n=1, cutoff=0.8)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    if key.startswith("CARP_") or close:
+        return f"{key}: unknown variable{hint} (see `carp-sidecar check-config --help`)"
+    return ""
+
+
+def _script_extra(raw: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
+    """What the scripts see beyond the settings: the user's own UCARP_* names, and the env
+    file's other variables (the agent's own environment reaches them anyway)."""
+    extra = {k: v for k, v in read_env_file(env_file).items()
+             if not k.startswith(("CARP_", "UCARP_"))} if env_file else {}
+    extra.update({k: v for k, v in raw.items() if k.startswith("UCARP_") and k not in _KNOWN})
+    return extra
+
+
+def _collect(errors: list[str], validate: Callable[[], Any]) -> Any:
+    try:
+        return validate()
+    except ConfigError as e:
+        errors.extend(str(e).splitlines())
+        return None
 
 
 def _load_file(path: Path, env: dict[str, Any]) -> Config:
@@ -449,12 +631,15 @@ def _validate(model: type[Any], values: dict[str, Any], spelled: Mapping[str, st
     try:
         return model.model_validate(values)
     except ValidationError as e:
-        line = _one_line(e, spelled)
-        if where:  # a file: name its key, not the variable
-            var, sep, rest = line.partition(": ")
-            key = var.removeprefix("UCARP_").removeprefix("CARP_").removeprefix("HEALTH_").lower()
-            line = f"{where}: {key}: {rest}" if sep and var.isupper() else f"{where}: {line}"
-        raise ConfigError(line) from None
+        lines = []
+        for line in _lines(e, spelled):
+            if where:  # a file: name its key, not the variable
+                var, sep, rest = line.partition(": ")
+                key = (var.removeprefix("UCARP_").removeprefix("CARP_")
+                       .removeprefix("HEALTH_").lower())
+                line = f"{where}: {key}: {rest}" if sep and var.isupper() else f"{where}: {line}"
+            lines.append(line)
+        raise ConfigError("\n".join(lines)) from None
 
 
 def _only(values: dict[str, Any], names: set[str]) -> dict[str, Any]:
@@ -474,32 +659,37 @@ _INSTANCE_VARS = {names[0] for names in _spellings(VhidSettings)}
 _CHECK_VARS = {names[0] for names in _spellings(CheckSettings)}
 
 
-def _effective(given: Mapping[str, str]) -> dict[str, Any]:
-    """One value per setting under its CARP_ name: CARP_X if present, else UCARP_X; an empty
-    value means unset, so ``-e UCARP_UPSCRIPT=`` switches off a script an old ucarp.conf names."""
-    out: dict[str, Any] = {}
-    for names in _ALL_SPELLINGS:
-        name = next((n for n in names if n in given), None)
-        if name is not None and given[name] != "":
-            out[names[0]] = given[name]
-    return out
+class _SourceModel(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
 
 
-def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
-    first = error.errors(include_url=False, include_input=False)[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["loc"]:
-        field = str(first["loc"][0])
+_CARP_NAMES = {names[0] for names in _ALL_SPELLINGS} | {"CARP_CONFIG"}
+# What the sources read: one optional string per setting, spelled CARP_X or UCARP_X.
+_Variables = create_model(  # type: ignore[call-overload]
+    "_Variables", __base__=_SourceModel,
+    **{names[0].lower(): (str | None, Field(None, validation_alias=AliasChoices(*names)))
+       for names in [*_ALL_SPELLINGS, ("CARP_CONFIG",)]})
+
+
+def _lines(error: ValidationError, given: Mapping[str, str]) -> list[str]:
+    """One line per problem, naming the variable as the user spelled it."""
+    out = []
+    for problem in error.errors(include_url=False, include_input=False):
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        if not problem["loc"]:
+            out.append(message)
+            continue
+        field = str(problem["loc"][0])
         spelled = field if field.startswith(("CARP_", "UCARP_")) else f"CARP_{field.upper()}"
         for prefix in ("CARP_", "UCARP_"):
             candidate = prefix + spelled.removeprefix("CARP_").removeprefix("UCARP_")
             if candidate in given:
                 spelled = candidate
                 break
-        if first["type"] == "missing":
+        if problem["type"] == "missing":
             message = "required but not set"
-        return f"{spelled}: {message}"
-    return message
+        out.append(f"{spelled}: {message}")
+    return out
 
 
 # ---- values ----
@@ -566,27 +756,3 @@ def _first_line(path: Path) -> bytes:
     finally:
         os.close(fd)
     return head.split(b"\n", 1)[0]
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; ``#`` comments, blank lines, ``export`` and surrounding quotes allowed."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"--env-file: cannot read {path}: {e.strerror}") from None
-    values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip().replace("_", "").isalnum():
-            raise ConfigError(f"--env-file: {path}:{number}: expected KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
-
-

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from .effects import Effect, Effects
+from .logs import fields
 from .machine import (
     Action,
     AddVip,
@@ -49,6 +50,7 @@ from .protocol import (
     parse_packet,
 )
 from .runconfig import Vhid
+from .scripts import Notifier, ScriptResult, base_environment
 from .vips import backend_for
 
 log = logging.getLogger("carp-sidecar")
@@ -68,7 +70,8 @@ WHY = {
 class Instance:
     def __init__(self, settings: Vhid, srcip: IPv4Address, channel: Channel,
                  netlink: Netlink, metrics: Metrics, loop: asyncio.AbstractEventLoop,
-                 several: bool = False) -> None:
+                 several: bool = False, script_extra: dict[str, str] | None = None) -> None:
+        script_extra = script_extra or {}
         s = self.s = settings
         self._several = several  # log lines then say which vhid they are about
         self.srcip, self.channel, self.loop = srcip, channel, loop
@@ -83,14 +86,19 @@ class Instance:
         self.peer_table = PeerTable(PEER_CAPACITY, 3 * self.machine.master_down_interval_us / 1e6)
         self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
         self._expect = Expect(vhid=s.vhid, key=self.key, vip=s.hmac_address, group=s.mcast)
-        self.effects = Effects(backend_for(s, netlink, self.m, lambda: channel.ifindex),
-                               self._announce)
+        self._script_base = base_environment(script_extra, s.script_env)
+        self.effects = Effects(backend_for(s, netlink, self.m, lambda: channel.ifindex,
+                                           self.script_environment), self._announce)
+        self.notifier = None if s.notifyscript is None else Notifier(
+            s.notifyscript, s.vhid, s.script_timeout, self._notify_result)
+        self._notified: str | None = None  # the last state the notify script was told
         self.checks: dict[str, tuple[bool, str]] = {}  # check name -> (healthy, last error)
         self.maintenance: dict[str, float] = {}  # "operator"/"file" -> since (Unix time)
         self.master_since: float | None = None
         self.last_transition: dict[str, Any] | None = None
         self.link_running = False  # the channel is opened after the instances are built
         self.stopped = asyncio.Event()
+        self.stopping = False
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for = 0.0
         self._takeover_started: float | None = None
@@ -118,7 +126,10 @@ class Instance:
         m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
         m.interface_present.set(1 if self.channel.attached is not None else 0)
         log.info("Using [%s] as a network interface, vhid %d, VIP %s, source %s", s.interface,
-                 s.vhid, ", ".join(map(str, s.vips)), self.srcip)
+                 s.vhid, ", ".join(map(str, s.vips)), self.srcip,
+                 extra=fields(vhid=s.vhid, interface=s.interface))
+        log.info("Local advertised ethernet address is [00:00:5e:00:00:%02x]", s.vhid,
+                 extra=fields(vhid=s.vhid, interface=s.interface))
         if s.manages_vip_by_scripts:
             for kind, path in (("up", s.upscript), ("down", s.downscript)):
                 if path is None:
@@ -128,6 +139,9 @@ class Instance:
             self.machine.link_changed(self.loop.time(), up=False)
         self._apply(self.machine.start(self.loop.time()))
         jobs = [self.effects.run(), self._housekeeping()]
+        if self.notifier is not None:
+            jobs.append(self.notifier.run())
+        self._notify_if_changed("startup")
         if s.garp_refresh > 0:
             jobs.append(self._garp_refresh())
         return jobs
@@ -135,10 +149,14 @@ class Instance:
     async def stop(self) -> None:
         """Hand over if MASTER (bow-out, VIP kept until a successor speaks), release the VIPs,
         and let the downscript finish (scripts have their own timeout)."""
+        self.stopping = True
         self._apply(self.machine.stop(self.loop.time()))
         await self.stopped.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.effects.join(), self.s.script_timeout + 1)
+        if self.notifier is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.notifier.join(), self.s.script_timeout + 1)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -183,10 +201,13 @@ class Instance:
 
     def _on_transition(self, t: Transition) -> None:
         m = self.m
+        extra = fields(vhid=self.s.vhid, interface=self.s.interface, state=t.new.name,
+                       **{"from": t.old.name}, reason=t.reason.value,
+                       peer=str(t.peer) if t.peer else None)
         if t.reason in WHY:
-            log.warning("%s%s", WHY[t.reason], f" (peer {t.peer})" if t.peer else "")
+            log.warning("%s%s", WHY[t.reason], f" (peer {t.peer})" if t.peer else "", extra=extra)
         if t.new is not State.INIT:
-            log.warning("Switching to state: %s%s", t.new.name, self._which())
+            log.warning("Switching to state: %s%s", t.new.name, self._which(), extra=extra)
         m.set_state(t.new)
         m.transitions[(t.old, t.new, t.reason)].inc()
         now = time.time()
@@ -195,6 +216,43 @@ class Instance:
                                 "at": now, "peer": str(t.peer) if t.peer else None}
         self.master_since = now if t.new is State.MASTER else None
         self._takeover_started = self.loop.time() if t.new is State.MASTER else None
+        self._notify_if_changed(t.reason.value, t.peer)
+
+    # ---- scripts: their environment, the notify script ----
+    def script_environment(self, state: str) -> dict[str, str]:
+        t = self.last_transition or {}
+        env = dict(self._script_base)
+        env.update(CARP_STATE=state, CARP_REASON=str(t.get("reason") or ""))
+        if t.get("peer"):
+            env["CARP_PEER"] = str(t["peer"])
+        return env
+
+    def notify_state(self) -> str:
+        """keepalived's vocabulary: MASTER, BACKUP, FAULT (no usable link, or the service
+        unhealthy: this node could not serve), STOP."""
+        if self.machine.state is State.MASTER:
+            return "MASTER"
+        if self.machine.state is State.INIT:
+            return "STOP" if self.stopping else "INIT"
+        link_ok = self.channel.attached is not None and (self.link_running
+                                                         or self.s.ignoreifstate)
+        return "BACKUP" if link_ok and self.machine.healthy else "FAULT"
+
+    def _notify_if_changed(self, reason: str, peer: IPv4Address | None = None) -> None:
+        state = self.notify_state()
+        if state == self._notified or state == "INIT":
+            return
+        self._notified = state
+        if self.notifier is not None:
+            env = self.script_environment(state)
+            env["CARP_REASON"] = reason
+            if peer is not None:
+                env["CARP_PEER"] = str(peer)
+            self.notifier.notify(state, reason, env)
+
+    def _notify_result(self, result: ScriptResult) -> None:
+        self.m.script_runs[("notify", result.result)].inc()
+        self.m.script_duration["notify"].observe(result.duration)
 
     def _which(self) -> str:
         """ucarp's log lines name nothing (one process, one VHID); with several we say which."""
@@ -240,7 +298,7 @@ class Instance:
         try:
             received = parse_packet(packet, self._expect)
         except AdvertError as e:
-            self.dropped(e)
+            self.dropped(e, str(IPv4Address(packet[12:16])) if len(packet) >= 20 else None)
             if e.reason is DropReason.BAD_HMAC:
                 # someone advertises our vhid with another key: remember the claim (a master
                 # that stops claiming may leave clients on its MAC), never act on its content
@@ -253,16 +311,35 @@ class Instance:
         self._heard(peer, ad.advbase, ad.advskew, valid=True)
         if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
             self.m.handovers_received.inc()
-        self._apply(self.machine.advert_received(self.loop.time(), received.src,
-                                                 ad.advbase, ad.advskew, ad.counter))
+        actions = self.machine.advert_received(self.loop.time(), received.src,
+                                               ad.advbase, ad.advskew, ad.counter)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Advert from %s advbase %d advskew %d counter %d in %s: %s", peer,
+                      ad.advbase, ad.advskew, ad.counter, self.machine.state.name,
+                      ", ".join(type(a).__name__ for a in actions) or "nothing to do",
+                      extra=fields(vhid=self.s.vhid, peer=peer, advbase=ad.advbase,
+                                   advskew=ad.advskew))
+        self._apply(actions)
 
-    def dropped(self, error: AdvertError) -> None:
+    def dropped(self, error: AdvertError, peer: str | None = None) -> None:
         self.m.dropped[error.reason].inc()
         reason, now = error.reason.value, self.loop.time()
-        if now - self._last_drop_log.get(reason, -1e9) >= 60:  # one line a minute per reason
-            self._last_drop_log[reason] = now
+        extra = fields(vhid=self.s.vhid, interface=self.s.interface, reason=reason, peer=peer)
+        if error.reason is DropReason.OTHER_VHID:
+            # other groups sharing the LAN are normal: counted, never warned about
+            log.debug("Ignored advertisement of another group: %s", error, extra=extra)
+            return
+        if now - self._last_drop_log.get(reason, -1e9) < 60:  # one line a minute per reason
+            log.debug("Dropped advertisement%s: %s", self._which(), error, extra=extra)
+            return
+        self._last_drop_log[reason] = now
+        if error.reason is DropReason.BAD_HMAC:  # ucarp's words, which people search for
+            log.warning("Bad digest - Check vhid, password and virtual IP address%s (from %s; "
+                        "further ones counted in carp_adverts_dropped_total)", self._which(),
+                        peer or "?", extra=extra)
+        else:
             log.warning("Dropped advertisement%s: %s (further drops counted in "
-                        "carp_adverts_dropped_total)", self._which(), error)
+                        "carp_adverts_dropped_total)", self._which(), error, extra=extra)
 
     def arp_claim(self, sender_mac: bytes) -> None:
         """An ARP for one of our IPv4 VIPs from another MAC."""
@@ -277,6 +354,12 @@ class Instance:
             self._apply(actions)
 
     def interface_changed(self, present: bool, running: bool, reattached: bool) -> None:
+        self._interface_changed(present, running, reattached)
+        if not self.stopping:
+            self._notify_if_changed("link_up" if present and (running or self.s.ignoreifstate)
+                                    else "link_down" if present else "interface_missing")
+
+    def _interface_changed(self, present: bool, running: bool, reattached: bool) -> None:
         self.m.interface_present.set(1 if present else 0)
         now = self.loop.time()
         if not present:
@@ -405,6 +488,8 @@ class Instance:
                         self._which())
         self._apply(self.machine.set_healthy(self.loop.time(), all_ok))
         self.m.demoted.set(1 if self.machine.demoted else 0)
+        if not self.stopping:
+            self._notify_if_changed("healthy" if all_ok else "unhealthy")
 
     # ---- views ----
     def log_state(self) -> None:

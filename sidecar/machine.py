@@ -13,6 +13,8 @@ is better. Equal keys between two masters are broken by ucarp's little-endian ad
 Transition table (state, event -> new state: actions) — the rows the tests are named after:
 
   INIT    start                        -> BACKUP: DropVip (unless neutral), arm master-down
+  BACKUP  advert after a neutral start -> BACKUP: DropVip once (a VIP left in place at start
+                                          goes when another master is heard instead)
   BACKUP  master-down timer            -> MASTER: AddVip, Garp, SendAdvert, arm advert timer
   BACKUP  advert, preempt and L < R    -> MASTER  (reason preempt); within the preempt delay
                                           after start or link up: at the delay's end instead
@@ -192,6 +194,7 @@ class Machine:
         self._master_down_reason = Reason.MASTER_DOWN
         self._master_down_peer: IPv4Address | None = None
         self._preempt_after = 0  # µs: no preemption before this (start, link back)
+        self._vip_undecided = False  # neutral start: a VIP found in place is neither ours nor not
         self._garps_left = 0
         self._adverts_until_garp = 0
         self._master_since: int | None = None  # µs
@@ -233,6 +236,7 @@ class Machine:
         self._preempt_after = _us(now) + _us(self.params.preempt_delay)
         if not self.params.neutral:
             actions.append(DropVip())
+        self._vip_undecided = self.params.neutral
         if self.link_up or self.params.ignoreifstate:
             self._arm_master_down(now)
         return actions
@@ -381,15 +385,20 @@ class Machine:
                     return []
                 return self._become_master(now, _timeout_reason(remote), src)
         self._arm_master_down(now)
+        actions: list[Action] = []
+        if self._vip_undecided:  # another master is settled: what a neutral start left goes
+            self._vip_undecided = False
+            actions.append(DropVip())
         if preempt_later and self._master_down_at is not None \
                 and self._preempt_after < self._master_down_at:
             # The preempt delay runs out before this master would time out: preempt then.
             self._master_down_at = self._preempt_after
             self._master_down_reason, self._master_down_peer = Reason.PREEMPT, src
-        return []
+        return actions
 
     def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
         old = self.state
+        self._vip_undecided = False
         self.state = State.MASTER
         self._master_since = _us(now)
         self._master_down_at = None

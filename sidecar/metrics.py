@@ -38,6 +38,7 @@ TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
     (State.BACKUP, State.INIT, Reason.STOP),
 )
 SCRIPT_RESULTS = ("ok", "failed", "timeout", "error", "superseded")
+SCRIPTS = ("up", "down", "notify")
 EVIDENCE = ("advert", "arp")
 TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -152,8 +153,8 @@ class InstanceMetrics:
         self.master_down_interval = m.master_down_interval.labels(**lb)
         self.script_runs = {(script, result): m.script_runs.labels(**lb, script=script,
                                                                      result=result)
-                            for script in ("up", "down") for result in SCRIPT_RESULTS}
-        self.script_duration = {s: m.script_duration.labels(**lb, script=s) for s in ("up", "down")}
+                            for script in SCRIPTS for result in SCRIPT_RESULTS}
+        self.script_duration = {s: m.script_duration.labels(**lb, script=s) for s in SCRIPTS}
         self.vip_errors = m.vip_errors.labels(**lb)
         self.health_up = m.health_up.labels(**lb)
         self.health_checks = {ok: m.health_checks.labels(**lb, result="ok" if ok else "failed")

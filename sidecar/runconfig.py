@@ -43,6 +43,9 @@ class Vhid:
     health: tuple[str, ...] = ()
     preempt_delay: float = 0.0
     maintenance_file: Path | None = None
+    notifyscript: Path | None = None
+    # the effective settings under CARP_* and UCARP_* names, never the password (scripts.py)
+    script_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def ipv4_vips(self) -> tuple[IPv4Interface, ...]:
@@ -63,7 +66,7 @@ class Vhid:
         return str(self.vips[0].ip)
 
     @property
-    def manages_vip_by_scripts(self) -> bool:
+    def manages_vip_by_scripts(self) -> bool:  # the notify script only observes
         return self.upscript is not None or self.downscript is not None
 
     @property
@@ -92,6 +95,9 @@ class RunConfig:
     log_format: str
     source: str  # "environment" or the config file's path
     state_dir: Path | None = None  # where operator maintenance persists; None: not at all
+    log_level: str = "info"
+    syslog: str | None = None  # facility name
+    script_extra: dict[str, str] = field(default_factory=dict)  # the env file's own variables
 
     def to_json(self) -> str:
         def vhid(v: Vhid) -> dict[str, Any]:
@@ -101,6 +107,8 @@ class RunConfig:
                        upscript=str(v.upscript) if v.upscript else None,
                        downscript=str(v.downscript) if v.downscript else None,
                        maintenance_file=str(v.maintenance_file) if v.maintenance_file else None,
+                       notifyscript=str(v.notifyscript) if v.notifyscript else None,
+                       script_env=[list(p) for p in v.script_env],
                        health=list(v.health))
             return out
 
@@ -109,7 +117,9 @@ class RunConfig:
             "checks": {n: c.__dict__ for n, c in self.checks.items()},
             "metrics_listen": self.metrics_listen, "control_socket": str(self.control_socket),
             "log_format": self.log_format, "source": self.source,
-            "state_dir": str(self.state_dir) if self.state_dir else None})
+            "state_dir": str(self.state_dir) if self.state_dir else None,
+            "log_level": self.log_level, "syslog": self.syslog,
+            "script_extra": self.script_extra})
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -124,11 +134,14 @@ class RunConfig:
                        downscript=Path(raw["downscript"]) if raw["downscript"] else None,
                        maintenance_file=(Path(raw["maintenance_file"])
                                          if raw["maintenance_file"] else None),
+                       notifyscript=Path(raw["notifyscript"]) if raw["notifyscript"] else None,
+                       script_env=tuple((k, v) for k, v in raw["script_env"]),
                        health=tuple(raw["health"]))
             instances.append(Vhid(**raw))
         return cls(tuple(instances), {n: Check(**c) for n, c in doc["checks"].items()},
                    doc["metrics_listen"], Path(doc["control_socket"]), doc["log_format"],
-                   doc["source"], Path(doc["state_dir"]) if doc["state_dir"] else None)
+                   doc["source"], Path(doc["state_dir"]) if doc["state_dir"] else None,
+                   doc["log_level"], doc["syslog"], doc["script_extra"])
 
 
 def host_port(value: str) -> tuple[str, int]:

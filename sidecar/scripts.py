@@ -6,6 +6,13 @@ for the script *process* and nothing else: a script that starts a daemon (``serv
 output goes where the agent's own log goes (inherited stderr), as with ucarp, so a daemon
 that keeps writing never holds a pipe the agent would have to drain.
 
+Environment: the agent's own, without any CARP_*/UCARP_* variable (the password never reaches a
+script), plus the env file's other variables, plus the effective settings under both their
+CARP_* and UCARP_* names (so a classic up script can use ``$UCARP_IF_ALIAS`` without sourcing
+ucarp.conf), plus the event: ``CARP_STATE`` (MASTER, BACKUP, FAULT, STOP), ``CARP_REASON``,
+``CARP_PEER`` (when one caused it), ``CARP_VIPS``, ``CARP_INSTANCE`` — what a cloud hook needs
+to move an address through a provider's API.
+
 A run ends in one of: ``ok``, ``failed`` (non-zero exit), ``error`` (cannot exec), ``timeout``
 (the script's process group is killed), ``superseded`` (the agent left the state the script was
 moving to, e.g. demoted while the upscript still ran: the group gets SIGTERM, then SIGKILL).
@@ -19,9 +26,12 @@ import logging
 import os
 import signal
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .logs import fields
 from .reaper import spawn
 
 log = logging.getLogger("carp-sidecar")
@@ -39,16 +49,25 @@ def script_argv(script: Path, interface: str, vip: str, xparam: str | None) -> l
     return [str(script), interface, vip] + ([xparam] if xparam is not None else [])
 
 
-async def run_script(argv: list[str], timeout: float,
-                     abort: asyncio.Event | None = None) -> ScriptResult:
+def base_environment(extra: dict[str, str], settings: tuple[tuple[str, str], ...]
+                     ) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
+    env.update(extra)
+    env.update(settings)
+    return env
+
+
+async def run_script(argv: list[str], timeout: float, abort: asyncio.Event | None = None,
+                     env: dict[str, str] | None = None) -> ScriptResult:
     """Run ``argv`` to its end, its timeout, or until ``abort`` is set."""
-    log.warning("Spawning [%s]", " ".join(argv))  # ucarp's words, at ucarp's level
+    log.warning("Spawning [%s]", " ".join(argv), extra=fields(script=argv[0]))  # ucarp's words
     started = time.monotonic()
     try:
         proc = await spawn(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=2, stderr=2,
-                           start_new_session=True)
+                           start_new_session=True, env=env)
     except OSError as e:
-        log.error("Unable to exec %s: %s", " ".join(argv), e.strerror)
+        log.error("Unable to exec %s: %s", " ".join(argv), e.strerror,
+                  extra=fields(script=argv[0], result="error"))
         return ScriptResult("error", time.monotonic() - started)
     exited: asyncio.Future[int] = asyncio.ensure_future(proc.wait())
     aborted = asyncio.ensure_future(abort.wait()) if abort is not None else None
@@ -71,15 +90,18 @@ async def run_script(argv: list[str], timeout: float,
                 await asyncio.wait_for(asyncio.shield(exited), SUPERSEDE_GRACE)
             _signal_group(proc.pid, signal.SIGKILL)
             await exited
-            log.warning("Script [%s] superseded by a newer state change and stopped", argv[0])
+            log.warning("Script [%s] superseded by a newer state change and stopped", argv[0],
+                        extra=fields(script=argv[0], result="superseded"))
             return ScriptResult("superseded", time.monotonic() - started)
         _signal_group(proc.pid, signal.SIGKILL)
         await exited
-        log.error("Script [%s] timed out after %.1f s and was killed", argv[0], timeout)
+        log.error("Script [%s] timed out after %.1f s and was killed", argv[0], timeout,
+                  extra=fields(script=argv[0], result="timeout"))
         return ScriptResult("timeout", time.monotonic() - started)
     duration = time.monotonic() - started
     if proc.returncode != 0:
-        log.error("Script [%s] exited with status %s", argv[0], proc.returncode)
+        log.error("Script [%s] exited with status %s", argv[0], proc.returncode,
+                  extra=fields(script=argv[0], result="failed"))
         return ScriptResult("failed", duration, proc.returncode)
     return ScriptResult("ok", duration, 0)
 
@@ -87,3 +109,37 @@ async def run_script(argv: list[str], timeout: float,
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+class Notifier:
+    """The notify script (keepalived's ``notify``): ``script VHID STATE REASON`` on every state
+    change, in order, one at a time, off the protocol's path. A script slower than the changes
+    it reports cannot queue without bound: beyond ``capacity`` the oldest waiting call goes."""
+
+    def __init__(self, script: Path, vhid: int, timeout: float,
+                 on_result: Callable[[ScriptResult], None], capacity: int = 32) -> None:
+        self.script, self.vhid, self.timeout, self.on_result = script, vhid, timeout, on_result
+        self._queue: deque[tuple[list[str], dict[str, str]]] = deque(maxlen=capacity)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def notify(self, state: str, reason: str, env: dict[str, str]) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            log.warning("Notify script [%s] falls behind: dropping its oldest waiting call",
+                        self.script)
+        self._queue.append(([str(self.script), str(self.vhid), state, reason], env))
+        self._idle.clear()
+        self._wake.set()
+
+    async def join(self) -> None:
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                argv, env = self._queue.popleft()
+                self.on_result(await run_script(argv, self.timeout, env=env))
+            self._idle.set()

@@ -64,8 +64,9 @@ class NetlinkVips:
 class ScriptVips:
     """ucarp's way: the upscript and downscript own the VIPs, argv ``script iface vip [xparam]``."""
 
-    def __init__(self, settings: Vhid, metrics: InstanceMetrics) -> None:
-        self.s, self.m = settings, metrics
+    def __init__(self, settings: Vhid, metrics: InstanceMetrics,
+                 environment: Callable[[str], dict[str, str]]) -> None:
+        self.s, self.m, self.environment = settings, metrics, environment
 
     async def up(self, abort: asyncio.Event) -> None:
         await self._run("up", abort)
@@ -79,13 +80,15 @@ class ScriptVips:
         if script is None:
             return
         result = await run_script(script_argv(script, s.interface, s.script_address, s.xparam),
-                                  s.script_timeout, abort=abort)
+                                  s.script_timeout, abort=abort,
+                                  env=self.environment("MASTER" if name == "up" else "BACKUP"))
         self.m.script_runs[(name, result.result)].inc()
         self.m.script_duration[name].observe(result.duration)
 
 
 def backend_for(settings: Vhid, netlink: Netlink, metrics: InstanceMetrics,
-                ifindex: Callable[[], int | None]) -> VipBackend:
+                ifindex: Callable[[], int | None],
+                environment: Callable[[str], dict[str, str]]) -> VipBackend:
     if settings.manages_vip_by_scripts:
-        return ScriptVips(settings, metrics)
+        return ScriptVips(settings, metrics, environment)
     return NetlinkVips(settings, netlink, metrics, ifindex)

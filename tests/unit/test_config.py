@@ -59,6 +59,41 @@ def test_env_file_bad_line_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "e").write_text("A=1\nthis is not it\n")
     with pytest.raises(ConfigError, match=r"e:2: expected KEY=VALUE"):
         read_env_file(tmp_path / "e")
+    with pytest.raises(ConfigError, match=r"e:2: expected KEY=VALUE"):
+        load({}, tmp_path / "e")
+    with pytest.raises(ConfigError, match=r"--env-file: cannot read .*nope"):
+        load({}, tmp_path / "nope")
+
+
+def test_env_file_is_read_as_the_shell_reads_ucarp_conf(tmp_path: Path) -> None:
+    """What `. /etc/ucarp/ucarp.conf` gives the start script is what the agent gets."""
+    conf = tmp_path / "ucarp.conf"
+    conf.write_text("UCARP_INTERFACE=eth0\nUCARP_IF_ALIAS=${UCARP_INTERFACE}:0\n"
+                    "UCARP_PASS=pw   # the ops password\nUCARP_VHID=3 # vhid\n"
+                    "UCARP_ADDR=172.16.0.1\nUCARP_MASK=255.255.0.0\n")
+    shell = subprocess.run(["sh", "-c", f". {conf}; printf '%s|%s' \"$UCARP_PASS\" "
+                            "\"$UCARP_IF_ALIAS\""], capture_output=True, text=True).stdout
+    s = one({}, conf)
+    assert shell == "pw|eth0:0"
+    assert (s.secret.decode(), s.if_alias, s.vhid) == ("pw", "eth0:0", 3)
+
+
+def test_every_configuration_error_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
+    (tmp_path / "e").write_text("UCARP_PREMPT=1\nUCARP_ADVBASE=x\nUCARP_OWN_THING=kept\n")
+    with pytest.raises(ConfigError) as e:
+        load({**BASE, "CARP_VHID": "300", "CARP_ADVSKW": "1"}, tmp_path / "e")
+    lines = str(e.value).splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "CARP_ADVSKW", "CARP_VHID", "UCARP_ADVBASE", "UCARP_PREMPT"], lines
+    assert "did you mean UCARP_PREEMPT?" in str(e.value)
+    # a UCARP_ name nowhere near a setting is the user's own: it passes (to the scripts)
+    (tmp_path / "e").write_text("UCARP_OWN_THING=kept\n")
+    assert load(BASE, tmp_path / "e").script_extra == {"UCARP_OWN_THING": "kept"}
+
+
+def test_environment_ucarp_spelling_beats_the_files_carp_spelling(tmp_path: Path) -> None:
+    (tmp_path / "e").write_text("CARP_ADVSKEW=5\n")
+    assert one({**BASE, "UCARP_ADVSKEW": "9"}, tmp_path / "e").advskew == 9
 
 
 @pytest.mark.parametrize(("addr", "mask", "want"), [

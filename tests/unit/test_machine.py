@@ -497,3 +497,21 @@ def test_vip_held_only_in_master_and_one_timer_at_most(
             assert m._advert_at is not None
         if m.demoted and not m.stopping:
             assert m.state is not State.MASTER
+
+
+# ---- neutral start ----
+def test_neutral_start_leaves_the_vip_until_a_master_is_heard() -> None:
+    m = machine(neutral=True)
+    assert DropVip() not in m.start(0.0)
+    assert m.advert_received(1.0, PEER, 1, 0, 7) == [DropVip()]
+    assert m.advert_received(2.0, PEER, 1, 0, 8) == []  # once
+
+
+def test_neutral_start_without_a_master_keeps_the_vip_by_becoming_master() -> None:
+    m = machine(neutral=True)
+    m.start(0.0)
+    actions = m.timer_expired(3.0)
+    assert DropVip() not in actions and AddVip() in actions
+    m2 = machine(neutral=True, advskew=0, preempt=True)
+    m2.start(0.0)
+    assert DropVip() not in m2.advert_received(1.0, PEER, 1, 100, 7)  # preempts instead
