@@ -8,12 +8,12 @@ import dataclasses
 import json
 import os
 import sys
-import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import ucarp_options
 from .config import Config, ConfigError, load
+from .httpclient import fetch
 
 EXIT_CONFIG = 2
 
@@ -117,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "status":
             url = args.url or _endpoint(_settings(args), "/status")
-            with urllib.request.urlopen(url, timeout=5) as response:
-                print(json.dumps(json.load(response), indent=2))
+            response = fetch(url, timeout=5, max_body=16 * 1024 * 1024)
+            if response.status != 200:
+                raise OSError(f"{url} answered {response.status}")
+            print(json.dumps(json.loads(response.body), indent=2))
             return 0
         if command == "healthcheck":
             url = args.url or _endpoint(_settings(args), "/healthz")
-            with urllib.request.urlopen(url, timeout=3) as response:
-                return 0 if response.status == 200 else 1
+            return 0 if fetch(url, timeout=3).status == 200 else 1
         overrides = ucarp_options.settings(args) if command == "run" else {}
         settings = _settings(args, overrides)
         if command == "check-config":

@@ -304,6 +304,9 @@ class CheckSettings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     url: str | None = _var("HEALTH_URL", None)
+    host: str | None = _var("HEALTH_HOST", None)
+    body: str | None = _var("HEALTH_BODY", None)
+    insecure: bool = _var("HEALTH_INSECURE", False)
     tcp: str | None = _var("HEALTH_TCP", None)
     cmd: str | None = _var("HEALTH_CMD", None)
     status: int = _var("HEALTH_STATUS", 200, ge=100, le=599)
@@ -329,8 +332,8 @@ class CheckSettings(BaseModel):
             port = parts.port
         except ValueError as e:
             raise ValueError(f"not a valid URL ({e})") from None
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError("must be an http:// URL with a host")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
         if port == 0:
             raise ValueError("port 0 is not a port")
         return v
@@ -422,7 +425,8 @@ class Config:
     def runtime(self) -> RunConfig:
         """What the running agent needs, as plain data (see :mod:`runconfig`)."""
         checks = {n: Check(url=c.url, tcp=c.tcp, cmd=c.cmd, status=c.status,
-                           interval=c.interval, timeout=c.timeout, rise=c.rise, fall=c.fall)
+                           interval=c.interval, timeout=c.timeout, rise=c.rise, fall=c.fall,
+                           host=c.host, body=c.body, insecure=c.insecure)
                   for n, c in self.checks.items()}
         agent_env = {}
         for var, value in self.redacted()[0][1].items():

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shlex
-import urllib.parse
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
+from .httpclient import HttpError, fetch
 from .reaper import spawn
 from .runconfig import Check as CheckConfig
 from .runconfig import host_port
@@ -20,25 +21,34 @@ from .runconfig import host_port
 Check = Callable[[], Awaitable[bool]]
 
 
-def http_check(url: str, expect_status: int) -> Check:
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    request = (f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
-               "User-Agent: carp-sidecar-health\r\nConnection: close\r\n\r\n").encode()
+def http_check(url: str, expect_status: int, host: str | None = None, body: str | None = None,
+               verify: bool = True, timeout: float = 1.0) -> Check:
+    """GET ``url`` (no redirects followed): the status must be ``expect_status`` and the body
+    contain ``body`` when given. The blocking client runs in this module's own small thread
+    pool, so checks that hang cannot starve anything else (the /metrics renderer)."""
+    needle = body.encode() if body else None
 
     async def check() -> bool:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(request)
-            await writer.drain()
-            status_line = await reader.readline()
-        finally:
-            writer.close()
-        fields = status_line.split()
-        return len(fields) >= 2 and fields[1] == str(expect_status).encode()
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(
+            _pool(), lambda: fetch(url, timeout, host=host, verify=verify))
+        if response.status != expect_status:
+            raise HttpError(0, f"status {response.status}, expected {expect_status}")
+        if needle is not None and needle not in response.body:
+            raise HttpError(0, f"body does not contain {body!r}")
+        return True
 
     return check
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
+    return _POOL
 
 
 def tcp_check(target: str) -> Check:
@@ -73,7 +83,9 @@ def exec_check(command: str) -> Check:
 def checks_for(settings: CheckConfig) -> list[tuple[str, Check]]:
     checks: list[tuple[str, Check]] = []
     if settings.url:
-        checks.append((f"http {settings.url}", http_check(settings.url, settings.status)))
+        checks.append((f"http {settings.url}", http_check(
+            settings.url, settings.status, settings.host, settings.body,
+            verify=not settings.insecure, timeout=settings.timeout)))
     if settings.tcp:
         checks.append((f"tcp {settings.tcp}", tcp_check(settings.tcp)))
     if settings.cmd:

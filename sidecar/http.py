@@ -4,7 +4,8 @@ It shares the event loop with the protocol, so it must never hold it up: every c
 hard deadline for its request head and a size cap; at ``MAX_CONNECTIONS`` open connections a new
 one evicts the oldest that has not finished sending its request head (a slowloris client loses
 its slots to honest ones), or is closed at once if all are busy answering; and the expensive
-answers are rendered at most once per ``CACHE_TTL`` —
+answers are rendered at most once per ``CACHE_TTL`` (per format: text or OpenMetrics, plain or
+gzip, negotiated as prometheus_client's exposition does) —
 /metrics in a worker thread, so a storm of scrapes costs a few renders a second, not one per
 request, and an advert never waits for a rendering.
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger("carp-sidecar")
 HEAD_TIMEOUT = 5.0
@@ -52,13 +55,12 @@ class StatusServer:
         self._waiting: dict[asyncio.StreamWriter, float] = {}  # still sending their head
         self._connections = 0
 
-        async def metrics() -> bytes:
-            return await asyncio.to_thread(generate_latest, registry)
+        self._registry = registry
 
         async def status_json() -> bytes:
             return json.dumps(status(), indent=1).encode()
 
-        self._metrics = Cached(metrics, CACHE_TTL)
+        self._metrics: dict[tuple[str, bool], Cached] = {}  # (content type, gzip) -> rendering
         self._status = Cached(status_json, CACHE_TTL)
 
     async def start(self, host: str, port: int) -> None:
@@ -85,12 +87,16 @@ class StatusServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             self._waiting.pop(writer, None)
-            method, _, rest = head.decode("latin-1").partition(" ")
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            method, _, rest = request_line.partition(" ")
             path = rest.split(" ", 1)[0].split("?", 1)[0]
-            status, ctype, body = await self._route(method, path)
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (line.partition(":") for line in header_lines if ":" in line)}
+            status, ctype, body, extra = await self._route(method, path, headers)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + (body if method != "HEAD" else b""))
+                f"{extra}Connection: close\r\n\r\n".encode()
+                + (body if method != "HEAD" else b""))
             await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError, UnicodeDecodeError):
@@ -100,17 +106,39 @@ class StatusServer:
             self._connections -= 1
             writer.close()
 
-    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+    async def _route(self, method: str, path: str,
+                     headers: dict[str, str]) -> tuple[str, str, bytes, str]:
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+            return "405 Method Not Allowed", "text/plain", b"GET only\n", ""
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, await self._metrics.get()
+            return await self._exposition(headers)
         if path == "/healthz":
-            return "200 OK", "text/plain", b"ok\n"
+            return "200 OK", "text/plain", b"ok\n", ""
         if path == "/readyz":
             ready = self._ready()
             return ("200 OK" if ready else "503 Service Unavailable", "text/plain",
-                    b"ready\n" if ready else b"not ready\n")
+                    b"ready\n" if ready else b"not ready\n", "")
         if path == "/status":
-            return "200 OK", "application/json", await self._status.get()
-        return "404 Not Found", "text/plain", b"/metrics /healthz /readyz /status\n"
+            return "200 OK", "application/json", await self._status.get(), ""
+        return "404 Not Found", "text/plain", b"/metrics /healthz /readyz /status\n", ""
+
+    async def _exposition(self, headers: dict[str, str]) -> tuple[str, str, bytes, str]:
+        """As prometheus_client's own exposition does it: the format the scraper's Accept asks
+        for (OpenMetrics or text), gzip when its Accept-Encoding allows."""
+        encoder, ctype = choose_encoder(headers.get("accept", ""))
+        gzipped = "gzip" in headers.get("accept-encoding", "")
+        cached = self._metrics.get((ctype, gzipped))
+        if cached is None:
+            registry = self._registry
+
+            def render() -> bytes:
+                body: bytes = encoder(registry)
+                return gzip.compress(body, compresslevel=6) if gzipped else body
+
+            async def in_thread() -> bytes:
+                return await asyncio.to_thread(render)
+
+            cached = self._metrics[(ctype, gzipped)] = Cached(in_thread, CACHE_TTL)
+        extra = "Vary: Accept, Accept-Encoding\r\n" + (
+            "Content-Encoding: gzip\r\n" if gzipped else "")
+        return "200 OK", ctype, await cached.get(), extra

@@ -84,6 +84,9 @@ class Check:
     timeout: float = 1.0
     rise: int = 2
     fall: int = 2
+    host: str | None = None
+    body: str | None = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,24 +8,19 @@ without any successful answer before this one. That gap is the client-visible do
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import sys
 import time
-import urllib.parse
+
+from ..httpclient import fetch
 
 
-def fetch(host: str, port: int, path: str, timeout: float) -> str | None:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+def answer(url: str, timeout: float) -> str | None:
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        body = response.read().decode(errors="replace").strip()
-        return body if response.status == 200 else None
-    except (OSError, http.client.HTTPException):
+        response = fetch(url, timeout)
+    except OSError:
         return None
-    finally:
-        conn.close()
+    return response.body.decode(errors="replace").strip() if response.status == 200 else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,14 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=0.1)
     p.add_argument("--duration", type=float, default=0, help="stop after this many s (0: never)")
     args = p.parse_args(argv)
-    url = urllib.parse.urlsplit(args.url)
-    host, port, path = url.hostname or "127.0.0.1", url.port or 80, url.path or "/"
     last: tuple[bool, str | None] | None = None
     last_ok = time.time()
     end = time.monotonic() + args.duration if args.duration else None
     while end is None or time.monotonic() < end:
         started = time.time()
-        body = fetch(host, port, path, args.timeout)
+        body = answer(args.url, args.timeout)
         now = time.time()
         current = (body is not None, body)
         if current != last:

@@ -142,7 +142,7 @@ def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
     ({"CARP_SRCIP": "224.0.0.18"}, "CARP_SRCIP: 224.0.0.18 cannot be a host's own"),
     ({"CARP_SRCIP": "0.0.0.0"}, "CARP_SRCIP: 0.0.0.0 cannot be"),
     ({"CARP_HEALTH_URL": "http://[::1"}, "CARP_HEALTH_URL: not a valid URL"),
-    ({"CARP_HEALTH_URL": "http://:80/"}, "CARP_HEALTH_URL: must be an http:// URL with a host"),
+    ({"CARP_HEALTH_URL": "http://:80/"}, "CARP_HEALTH_URL: must be an http:// or https:// URL with a host"),
     ({"CARP_HEALTH_URL": "http://h:99999/"}, "CARP_HEALTH_URL: not a valid URL"),
     ({"CARP_CONTROL_SOCKET": "run/x.sock"}, "CARP_CONTROL_SOCKET: run/x.sock is not an absolute"),
     ({"CARP_STATE_DIR": "state"}, "CARP_STATE_DIR: state is not an absolute path"),

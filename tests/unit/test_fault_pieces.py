@@ -306,3 +306,42 @@ def test_maintenance_store_refuses_a_symlinked_record_and_a_file_as_directory(
         store.load("eth0/vhid1")
     with pytest.raises(StateError, match="CARP_STATE_DIR: cannot create"):
         MaintenanceStore(tmp_path / "elsewhere" / "sub").prepare()
+
+
+# ---- /metrics negotiation ----
+@pytest.mark.parametrize(("accept", "encoding", "ctype", "gzipped"), [
+    ("", "", "text/plain; version=0.0.4", False),
+    ("application/openmetrics-text; version=1.0.0,text/plain;q=0.5", "",
+     "application/openmetrics-text; version=1.0.0", False),
+    ("text/plain", "gzip, deflate", "text/plain; version=0.0.4", True),
+    ("application/openmetrics-text; version=1.0.0", "gzip", "application/openmetrics-text", True),
+])
+def test_metrics_format_and_compression_follow_the_request(accept: str, encoding: str,
+                                                           ctype: str, gzipped: bool) -> None:
+    import gzip as gz
+
+    registry = CollectorRegistry()
+    Metrics(registry, "1.0")
+    server = StatusServer(registry, lambda: {}, lambda: True)
+
+    async def main() -> bytes:
+        await server.start("127.0.0.1", 0)
+        assert server._server is not None
+        port = server._server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = "GET /metrics HTTP/1.1\r\nHost: x\r\n"
+        head += f"Accept: {accept}\r\n" if accept else ""
+        head += f"Accept-Encoding: {encoding}\r\n" if encoding else ""
+        writer.write((head + "\r\n").encode())
+        answer = await reader.read()
+        writer.close()
+        await server.close()
+        return answer
+
+    raw_head, _, body = asyncio.run(main()).partition(b"\r\n\r\n")
+    head = raw_head.decode()
+    assert f"Content-Type: {ctype}" in head
+    assert ("Content-Encoding: gzip" in head) == gzipped
+    text = gz.decompress(body).decode() if gzipped else body.decode()
+    assert "carp_build_info" in text or "carp_" in text
+    assert text.rstrip().endswith("# EOF") == ("openmetrics" in ctype)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
+from pathlib import Path
 
 from sidecar.health import HealthMonitor, exec_check, http_check, tcp_check
 
@@ -14,26 +17,76 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def serve(status: str) -> tuple[asyncio.Server, int]:
+async def serve(status: str, body: str = "ok", seen: list[bytes] | None = None,
+                ssl: object = None) -> tuple[asyncio.Server, int]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(f"HTTP/1.0 {status}\r\nContent-Length: 2\r\n\r\nok".encode())
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        if seen is not None:
+            seen.append(request)
+        writer.write(f"HTTP/1.0 {status}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl)  # type: ignore[arg-type]
     return server, server.sockets[0].getsockname()[1]
 
 
+def monitor(check: object) -> HealthMonitor:
+    return HealthMonitor([("http", check)], 1, 2, 1, 1, lambda ok: None,  # type: ignore[list-item]
+                         lambda ok, err: None)
+
+
 def test_http_check_expects_the_status() -> None:
-    async def main() -> tuple[bool, bool]:
+    async def main() -> tuple[bool, bool, str]:
         good, port_good = await serve("200 OK")
         bad, port_bad = await serve("503 Service Unavailable")
         async with good, bad:
-            return (await http_check(f"http://127.0.0.1:{port_good}/", 200)(),
-                    await http_check(f"http://127.0.0.1:{port_bad}/x?y=1", 200)())
+            failing = monitor(http_check(f"http://127.0.0.1:{port_bad}/x?y=1", 200))
+            return (await monitor(http_check(f"http://127.0.0.1:{port_good}/", 200)).run_once(),
+                    await failing.run_once(), failing.last_error)
 
-    assert asyncio.run(main()) == (True, False)
+    ok, bad, error = asyncio.run(main())
+    assert (ok, bad) == (True, False) and "status 503, expected 200" in error
+
+
+def test_http_check_sends_the_host_header_and_looks_for_the_body() -> None:
+    seen: list[bytes] = []
+
+    async def main() -> tuple[bool, bool, str]:
+        server, port = await serve("200 OK", body="<h1>It works!</h1>", seen=seen)
+        async with server:
+            url = f"http://127.0.0.1:{port}/"
+            good = monitor(http_check(url, 200, host="www.example.org", body="It works"))
+            bad = monitor(http_check(url, 200, body="Welcome to nginx"))
+            return await good.run_once(), await bad.run_once(), bad.last_error
+
+    ok, bad, error = asyncio.run(main())
+    assert ok and not bad and "body does not contain 'Welcome to nginx'" in error
+    assert b"Host: www.example.org\r\n" in seen[0]
+
+
+def test_https_check_verifies_the_certificate_unless_told_not_to(tmp_path: Path) -> None:
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(tmp_path / "c.pem")], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+
+    async def main() -> tuple[bool, str, bool]:
+        server, port = await serve("200 OK", ssl=context)
+        async with server:
+            url = f"https://127.0.0.1:{port}/"
+            verified = monitor(http_check(url, 200))
+            return (await verified.run_once(), verified.last_error,
+                    await monitor(http_check(url, 200, verify=False)).run_once())
+
+    ok, error, insecure_ok = asyncio.run(main())
+    assert not ok and "TLS" in error and "CERTIFICATE_VERIFY_FAILED" in error
+    assert insecure_ok
 
 
 def test_tcp_check_refused_raises_oserror_which_counts_as_failure() -> None:
