@@ -145,8 +145,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}
+HOST_INITS = {"systemd", "init", "openrc-init", "runit", "s6-svscan"}
+
+
 def in_container() -> bool:
-    return os.getpid() == 1 or any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
+    """PID 1 ourselves, a container init as PID 1, or a container runtime's marker file with
+    no host init: a background agent would end the container (or escape its supervisor)."""
+    try:
+        with open("/proc/1/comm") as f:
+            init = f.read().strip()
+    except OSError:
+        init = ""
+    if os.getpid() == 1 or init in CONTAINER_INITS:
+        return True
+    marked = any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
+    return marked and init not in HOST_INITS
 
 
 def _daemonize(config: Config) -> Config:
