@@ -13,6 +13,7 @@ nothing is guessed silently.
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
 import string
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from . import ucarp_options
 
@@ -42,7 +44,8 @@ class ImportError_(Exception):  # ImportError is Python's own
 @dataclass
 class Imported:
     instances: list[dict[str, str]] = field(default_factory=list)  # setting -> value
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be translated
+    info: list[str] = field(default_factory=list)  # translated, but behaves a little differently
 
 
 def translate(paths: Iterable[Path]) -> str:
@@ -56,7 +59,13 @@ def translate(paths: Iterable[Path]) -> str:
             raise ImportError_(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
         texts.append((path, text))
         if _kind(text) == "conf":
-            conf_vars.update({k: v or "" for k, v in dotenv_values(path).items()})
+            values = _shell_values(text)
+            ours = {k: v for k, v in values.items() if k.startswith(("UCARP_", "CARP_"))}
+            if not ours:
+                continue
+            conf_vars.update(ours)
+            result.notes += [f"{path}: {k}: not a ucarp variable; left out"
+                             for k in values if k not in ours]
     for path, text in texts:
         kind = _kind(text)
         if kind == "interfaces":
@@ -64,7 +73,7 @@ def translate(paths: Iterable[Path]) -> str:
         elif kind == "script":
             _script(path, text, conf_vars, result)
     if not result.instances and conf_vars:  # a lone ucarp.conf is already an env file
-        result.instances.append(_from_conf(conf_vars, result))
+        result.instances.append({k.split("_", 1)[1].lower(): v for k, v in conf_vars.items()})
     if not result.instances:
         raise ImportError_("no ucarp configuration found (expected ucarp-* options in iface "
                            "stanzas, UCARP_* variables, or a ucarp command line)")
@@ -143,14 +152,12 @@ def _prefix(address: str) -> str:
 
 
 # ---- ucarp.conf ----
-def _from_conf(values: dict[str, str], out: Imported) -> dict[str, str]:
-    instance: dict[str, str] = {}
-    for key, value in values.items():
-        if key.startswith(("UCARP_", "CARP_")):
-            instance[key.split("_", 1)[1].lower()] = value
-        else:
-            out.notes.append(f"{key}: not a ucarp variable; left out")
-    return instance
+def _shell_values(text: str) -> dict[str, str]:
+    """KEY=VALUE lines as the shell sees them (python-dotenv: comments, quotes, ${VAR});
+    lines that are not assignments are skipped quietly, as a script's other lines are."""
+    good = "\n".join(b.original.string.rstrip("\n") for b in parse_stream(io.StringIO(text))
+                     if not b.error and b.key)
+    return {k: v or "" for k, v in dotenv_values(stream=io.StringIO(good)).items()}
 
 
 # ---- start scripts ----
@@ -161,7 +168,7 @@ def _script(path: Path, text: str, known: dict[str, str], out: Imported) -> None
         if len(words) == 2 and words[0] in (".", "source"):  # the ucarp.conf it sources
             sourced = Path(words[1])
             if sourced.is_file():
-                values.update({k: v or "" for k, v in dotenv_values(sourced).items()})
+                values.update(_shell_values(sourced.read_text(errors="replace")))
             elif not any(k.startswith("UCARP_") for k in values):
                 out.notes.append(f"{path}: sources {sourced}, which is not here: pass it to "
                                  "import too")
@@ -182,7 +189,7 @@ def _script(path: Path, text: str, known: dict[str, str], out: Imported) -> None
             out.notes.append(f"{path}: unresolved shell variables in {' '.join(unresolved)}")
         settings = ucarp_options.settings(args)
         if args.ucarp_daemonize:
-            out.notes.append(f"{path}: --daemonize: the agent detaches and logs to syslog as "
+            out.info.append(f"{path}: --daemonize: the agent detaches and logs to syslog as "
                              "ucarp does, except in a container (foreground)")
         out.instances.append({k.removeprefix("CARP_").lower(): v for k, v in settings.items()})
     if not found:
@@ -214,6 +221,7 @@ def _logical_lines_text(text: str) -> str:
 # ---- output ----
 def _render(result: Imported) -> str:
     head = [f"# not translated: {note}" for note in result.notes]
+    head += [f"# note: {note}" for note in result.info]
     if len(result.instances) == 1:
         body = [f"CARP_{k.upper()}={_env_value(v)}" for k, v in result.instances[0].items()]
         return "\n".join(["# carp-sidecar environment (use as --env-file)", *head, *body]) + "\n"
