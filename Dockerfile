@@ -23,6 +23,7 @@ RUN --mount=type=secret,id=ca \
     python3 -m venv /opt/carp-sidecar && \
     /opt/carp-sidecar/bin/pip install --no-cache-dir --disable-pip-version-check . && \
     /opt/carp-sidecar/bin/pip uninstall -y setuptools pip && \
+    ln -s carp-sidecar /opt/carp-sidecar/bin/ucarp && \
     find /opt/carp-sidecar -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${BASE}

@@ -138,3 +138,19 @@ def test_image_runs_the_classic_ucarp_conf_and_scripts_as_env_file(topo: Topolog
     text = logs.stdout + logs.stderr
     assert "Spawning [/etc/ucarp/ucarp-up.sh eth0 172.16.0.1]" in text
     assert "Spawning [/etc/ucarp/ucarp-down.sh eth0 172.16.0.1]" in text and "geheim" not in text
+
+
+def test_image_as_ucarp_takes_a_ucarp_command_line(topo: Topology) -> None:
+    """`--entrypoint ucarp` with the options of a start script; --daemonize keeps PID 1 in the
+    foreground (the container would end otherwise)."""
+    name = f"carp-{topo.tag}-asucarp"
+    topo.containers.append(name)  # type: ignore[attr-defined]
+    podman("run", "-d", "--name", name, f"--net=ns:/run/netns/{topo['a'].ns}",
+           "--cap-add=NET_ADMIN", "--cap-add=NET_RAW", "--entrypoint", "ucarp", IMAGE,
+           "--interface=eth0", "--srcip=172.16.0.11", "--vhid=1", "--pass=geheim",
+           "--addr=172.16.0.1", "--daemonize", "--preempt")
+    wait_for(lambda: vip_on(topo, "a"), 10, "VIP raised by the ucarp drop-in")
+    podman("stop", "-t", "10", name)
+    assert not vip_on(topo, "a")
+    logs = podman("logs", name)
+    assert "--daemonize ignored in a container" in logs.stdout + logs.stderr
