@@ -5,6 +5,9 @@ ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
 SHELL ["/bin/sh", "-eu", "-c"]
+# Marks this stage's image, which the build leaves untagged, so .ci/build-image.sh removes it
+# and nothing else.
+LABEL io.carp-sidecar.stage="build"
 # Only for a Python-less base (CI's debootstrap image): Debian's python3 of that release is the
 # point, so versions follow the release instead of being pinned (pins break with every update).
 # hadolint ignore=DL3008
@@ -14,7 +17,7 @@ RUN if ! command -v python3 >/dev/null; then \
       rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY sidecar ./sidecar
 # The CA secret exists only where HTTPS goes through an intercepting proxy (see
 # container-ci notes in README); it is never written into a layer.
@@ -41,11 +44,20 @@ COPY --from=build /opt/carp-sidecar /opt/carp-sidecar
 ENV PATH=/opt/carp-sidecar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# Set by .ci/build-image.sh (version from sidecar/__init__.py, the git commit, the build time);
+# a release overrides SOURCE if the project lives elsewhere.
+ARG VERSION=0+unknown
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+ARG SOURCE=https://github.com/carp-sidecar/carp-sidecar
 LABEL org.opencontainers.image.title="carp-sidecar" \
       org.opencontainers.image.description="ucarp-compatible CARP virtual IP failover agent with Prometheus metrics" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="ISC" \
-      org.opencontainers.image.source="https://example.invalid/carp-sidecar"
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.documentation="${SOURCE}#readme"
 # Runs as the container's root on purpose: Docker gives capabilities added with --cap-add
 # (NET_ADMIN for netlink, NET_RAW for the packet socket) only to root processes, so a non-root
 # user would need file capabilities, which turn a missing --cap-add into an opaque exec error

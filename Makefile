@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose
+APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose openssl
 IMAGE ?= localhost/carp-sidecar
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv lint typecheck unit integration test demo bench chaos image image-test clean
+.PHONY: help deps venv lint typecheck unit integration test demo bench chaos dist image image-test clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,10 @@ help: ## list targets
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# kubectl renders the kustomize base in the tests: any kubectl will do (Debian's, or one
+	@# the machine already has, which Debian's package would conflict with)
+	@command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive \
+	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends kubernetes-client >/dev/null
 	@# the Debian packages start services we do not want: the tests run their own instances
 	@for s in apache2 prometheus keepalived ucarp prometheus-node-exporter nftables; do \
 	  systemctl disable --now $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
@@ -63,6 +67,9 @@ chaos: deps ## the long adversarial run (~25 min): floods, scrape storm, 10 min 
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py
 	$(BIN)/python tests/chaos/chaos.py --json docs/chaos-results.json $(CHAOS_ARGS)
 
+dist: venv ## build the wheel and the sdist into dist/
+	$(BIN)/python -m build --outdir dist .
+
 image: ## build the container image with Podman (localhost/carp-sidecar)
 	IMAGE=$(IMAGE) bash .ci/build-image.sh
 
@@ -70,4 +77,4 @@ image-test: deps image ## build the image and run it in network namespaces
 	IMAGE=$(IMAGE) $(BIN)/pytest -q -s -m image tests/integration $(PYTEST_ARGS)
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) build .stamp-* .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) build dist .stamp-* .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -35,7 +35,30 @@ secret=()
 if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
   secret=(--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt)
 fi
-podman build --format docker --network=host --build-arg BASE="$BASE_IMAGE" "${secret[@]}" \
-  -t "$IMAGE" .
-podman image prune -f >/dev/null  # the previous build's now untagged layers
-podman image inspect --format 'image {{.RepoTags}}: {{.Size}} bytes' "$IMAGE"
+# Labels: the version from its one place, the commit, the build time (SOURCE_DATE_EPOCH when a
+# reproducible build sets it). SOURCE overrides the project URL.
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' sidecar/__init__.py)
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+CREATED=$(date -u ${SOURCE_DATE_EPOCH:+-d @$SOURCE_DATE_EPOCH} +%Y-%m-%dT%H:%M:%SZ)
+labels=(--build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION"
+        --build-arg CREATED="$CREATED")
+if [ -n "${SOURCE:-}" ]; then labels+=(--build-arg SOURCE="$SOURCE"); fi
+
+# Multi-arch (PLATFORMS=linux/amd64,linux/arm64) needs user-mode emulation of the foreign
+# architectures (qemu-user-static registered with binfmt_misc) and a base image per platform.
+PLATFORMS=${PLATFORMS:-}
+if [ -n "$PLATFORMS" ]; then
+  podman manifest rm "$IMAGE" >/dev/null 2>&1 || true
+  podman build --format docker --network=host --build-arg BASE="$BASE_IMAGE" "${secret[@]}" \
+    "${labels[@]}" --platform "$PLATFORMS" --manifest "$IMAGE" .
+else
+  podman build --format docker --network=host --build-arg BASE="$BASE_IMAGE" "${secret[@]}" \
+    "${labels[@]}" -t "$IMAGE" .
+fi
+# Only what our builds leave untagged: the build stage's image and a previous build of ours.
+# (`podman image prune` alone would delete every dangling image on the host, anyone's.)
+for label in io.carp-sidecar.stage=build org.opencontainers.image.title=carp-sidecar; do
+  podman image prune -f --filter "label=$label" >/dev/null
+done
+podman image inspect --format 'image {{.RepoTags}}: {{.Size}} bytes' "$IMAGE" 2>/dev/null \
+  || podman manifest inspect "$IMAGE" >/dev/null

@@ -8,10 +8,9 @@ import dataclasses
 import json
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import ucarp_options
+from . import __version__, ucarp_options
 from .config import Config, ConfigError, load
 from .httpclient import fetch
 
@@ -19,10 +18,7 @@ EXIT_CONFIG = 2
 
 
 def package_version() -> str:
-    try:
-        return version("carp-sidecar")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return __version__
 
 
 def _variables_help() -> str:

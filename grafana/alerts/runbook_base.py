@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = [ROOT / "grafana/alerts/carp.rules.yml", ROOT / "deploy/kubernetes/prometheusrule.yaml",
+FILES = [ROOT / "grafana/alerts/carp.rules.yml", ROOT / "deploy/kubernetes/monitoring/prometheusrule.yaml",
          ROOT / "grafana/alerts/carp.rules.test.yml"]  # the promtool tests expect the URLs too
 DEFAULT_BASE = "https://github.com/carp-sidecar/carp-sidecar/blob/main/docs/runbook.md"
 URL = re.compile(r'(runbook_url: )"?([^"#\s]*)#([a-z0-9-]+)"?')

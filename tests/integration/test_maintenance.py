@@ -108,3 +108,16 @@ def test_unreadable_state_record_stops_the_start_with_one_line(lab: Lab, content
     lines = [ln for ln in (lab.dir / "a.log").read_text().splitlines() if ln.strip()]
     assert len(lines) == 1 and "CARP_STATE_DIR" in lines[0] and "eth0-vhid1.json" in lines[0], lines
     lab.agents.pop("a")
+
+
+def test_demote_that_cannot_be_recorded_says_so_and_still_demotes(lab: Lab) -> None:
+    start_pair(lab)
+    state = lab.dir / "a-state"
+    for f in state.iterdir():
+        f.unlink()
+    state.rmdir()
+    state.write_text("a file where the directory was\n")  # a broken volume, a full disk...
+    reply = control(lab, "demote")
+    assert "maintenance=on" in reply and "NOT KEPT ACROSS RESTARTS" in reply, reply
+    wait_for(lambda: vip_holders(lab) == ["b"], 5, "node-b MASTER: demoted all the same")
+    assert "Cannot record maintenance" in (lab.dir / "a.log").read_text()

@@ -56,35 +56,94 @@ def test_compose_file_passes_the_compose_schema(node: str, tmp_path: Path) -> No
     assert sidecar["environment"]["CARP_SRCIP"] == f"172.16.0.1{1 if node == 'a' else 2}"
 
 
-def test_kubernetes_core_manifests_validate_strictly() -> None:
-    k8s = DEPLOY / "kubernetes"
-    files = [str(k8s / f) for f in ("secret.yaml", "configmap.yaml", "daemonset.yaml")]
-    r = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *files],
+def _kustomize_version() -> int:
+    if shutil.which("kubectl") is None:
+        return 0
+    out = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True,
+                         timeout=60).stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith("Kustomize Version: v")), "")
+    return int(line.removeprefix("Kustomize Version: v").split(".")[0] or 0) if line else 0
+
+
+kubectl = pytest.mark.skipif(_kustomize_version() < 4, reason="needs kubectl with kustomize >= 4 "
+                             "(directories as resources); make deps installs a kubectl")
+
+
+def kustomize(path: Path) -> list[dict[str, object]]:
+    r = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@kubectl
+def test_kustomize_base_renders_valid_objects_in_one_namespace(tmp_path: Path) -> None:
+    docs = kustomize(DEPLOY / "kubernetes/base")
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)  # type: ignore[index]
+    assert kinds == ["ConfigMap/carp-sidecar", "ConfigMap/carp-sidecar-nodes",
+                     "DaemonSet/apache", "DaemonSet/carp-sidecar", "Namespace/carp",
+                     "Secret/carp-sidecar"]
+    for d in docs:
+        if d["kind"] != "Namespace":
+            assert d["metadata"]["namespace"] == "carp", d["kind"]  # type: ignore[index]
+    files = []
+    for n, d in enumerate(docs):
+        files.append(tmp_path / f"{n}.yaml")
+        files[-1].write_text(yaml.safe_dump(d))
+    r = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *map(str, files)],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.count("passed") == 3, r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.count("passed") == len(docs), r.stdout + r.stderr
 
 
-def test_kubernetes_daemonset_has_host_network_and_only_the_needed_capabilities() -> None:
-    ds = yaml.safe_load((DEPLOY / "kubernetes/daemonset.yaml").read_text())
-    pod = ds["spec"]["template"]["spec"]
+@kubectl
+def test_kustomize_sets_a_pullable_pinned_image_and_per_node_settings() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d  # type: ignore[index]
+            for d in kustomize(DEPLOY / "kubernetes/base")}
+    pod = docs[("DaemonSet", "carp-sidecar")]["spec"]["template"]["spec"]  # type: ignore[index]
+    agent = pod["containers"][0]
+    assert [c["name"] for c in pod["containers"]] == ["carp-sidecar"]  # Apache on its own
+    image, tag = agent["image"].rsplit(":", 1)
+    assert "/" in image and not image.startswith("localhost/") and tag not in ("", "latest")
+    assert agent["imagePullPolicy"] == "IfNotPresent"
+    assert any(t["key"] == "node-role.kubernetes.io/control-plane" for t in pod["tolerations"])
+    assert pod["priorityClassName"] == "system-node-critical"
     assert pod["hostNetwork"] is True
-    sidecar = next(c for c in pod["containers"] if c["name"] == "carp-sidecar")
-    caps = sidecar["securityContext"]["capabilities"]
-    assert caps == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
-    cm = yaml.safe_load((DEPLOY / "kubernetes/configmap.yaml").read_text())
-    mount = next(v for v in sidecar["volumeMounts"] if v["name"] == "pass")["mountPath"]
-    assert cm["data"]["CARP_PASS_FILE"].startswith(mount)
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"],
+                                                        "add": ["NET_ADMIN", "NET_RAW"]}
+    # each node's file, chosen by the downward API's node name, is a valid env file with the
+    # shared ConfigMap
+    assert agent["args"][:2] == ["--env-file", "/etc/carp-sidecar/nodes/$(NODE_NAME).env"]
+    assert agent["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    shared = docs[("ConfigMap", "carp-sidecar")]["data"]  # type: ignore[index]
+    mounts = {v["name"]: v["mountPath"] for v in agent["volumeMounts"]}
+    assert shared["CARP_PASS_FILE"].startswith(mounts["pass"])
+    assert mounts["nodes"] == "/etc/carp-sidecar/nodes"
+    nodes = docs[("ConfigMap", "carp-sidecar-nodes")]["data"]  # type: ignore[index]
+    assert len(nodes) >= 2
+    for name, text in nodes.items():
+        assert name.endswith(".env")
+        env = {**shared, **dict(line.split("=", 1) for line in text.splitlines() if line),
+               "CARP_PASS": "x"}
+        env.pop("CARP_PASS_FILE")
+        assert load(env).instances[0].interface
+
+
+@kubectl
+def test_monitoring_overlay_adds_the_operator_objects() -> None:
+    kinds = sorted(d["kind"] for d in kustomize(DEPLOY / "kubernetes/monitoring"))  # type: ignore[misc]
+    assert kinds.count("PodMonitor") == 1 and kinds.count("PrometheusRule") == 1
+    assert kinds.count("DaemonSet") == 2
 
 
 def test_prometheusrule_carries_exactly_the_alert_rules() -> None:
-    rule = yaml.safe_load((DEPLOY / "kubernetes/prometheusrule.yaml").read_text())
+    rule = yaml.safe_load((DEPLOY / "kubernetes/monitoring/prometheusrule.yaml").read_text())
     rules = yaml.safe_load((ROOT / "grafana/alerts/carp.rules.yml").read_text())
     assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
     assert rule["spec"] == rules
 
 
 def test_podmonitor_scrapes_the_metrics_port() -> None:
-    pm = yaml.safe_load((DEPLOY / "kubernetes/podmonitor.yaml").read_text())
+    pm = yaml.safe_load((DEPLOY / "kubernetes/monitoring/podmonitor.yaml").read_text())
     assert pm["kind"] == "PodMonitor"
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
@@ -98,6 +157,20 @@ def test_systemd_unit_runs_the_agent_with_only_net_capabilities() -> None:
     assert service["KillSignal"] == "SIGTERM"
     assert service["CapabilityBoundingSet"] == "CAP_NET_ADMIN CAP_NET_RAW"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_unit_is_rated_at_most_3_and_starts_what_the_install_puts_there() -> None:
+    unit = DEPLOY / "systemd/carp-sidecar@.service"
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                       capture_output=True, text=True, timeout=60)
+    score = float(r.stdout.rsplit("exposure level for", 1)[1].split(":")[1].split()[0])
+    assert score <= 3.0, r.stdout[-3000:]
+    text = unit.read_text()
+    exec_start = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
+    assert exec_start.split("=", 1)[1].split()[0] == "/opt/carp-sidecar/bin/carp-sidecar"
+    assert "python3 -m venv /opt/carp-sidecar" in (ROOT / "README.md").read_text()
+    assert "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_PACKET AF_NETLINK" in text
 
 
 def test_example_config_file_loads(tmp_path: Path) -> None:

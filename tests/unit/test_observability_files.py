@@ -85,13 +85,13 @@ def test_runbook_base_is_one_absolute_url_and_can_be_changed(tmp_path: Path) -> 
     assert subprocess.run([sys.executable, str(script), "--check"], timeout=30).returncode == 0
     copy = tmp_path / "repo"
     for f in ("grafana/alerts/runbook_base.py", "grafana/alerts/carp.rules.yml",
-              "deploy/kubernetes/prometheusrule.yaml", "grafana/alerts/carp.rules.test.yml"):
+              "deploy/kubernetes/monitoring/prometheusrule.yaml", "grafana/alerts/carp.rules.test.yml"):
         (copy / f).parent.mkdir(parents=True, exist_ok=True)
         (copy / f).write_text((ROOT / f).read_text())
     r = subprocess.run([sys.executable, str(copy / "grafana/alerts/runbook_base.py"),
                         "https://wiki.example.org/carp/runbook"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    for f in ("grafana/alerts/carp.rules.yml", "deploy/kubernetes/prometheusrule.yaml"):
+    for f in ("grafana/alerts/carp.rules.yml", "deploy/kubernetes/monitoring/prometheusrule.yaml"):
         text = (copy / f).read_text()
         assert text.count('"https://wiki.example.org/carp/runbook#carp') == 8, f
     r = subprocess.run([sys.executable, str(copy / "grafana/alerts/runbook_base.py"), "wiki"],
