@@ -45,6 +45,9 @@ labels=(--build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION"
 if [ -n "${SOURCE:-}" ]; then labels+=(--build-arg SOURCE="$SOURCE"); fi
 
 # Multi-arch (PLATFORMS=linux/amd64,linux/arm64) needs user-mode emulation of the foreign
+# architectures and a BASE_IMAGE that exists for each platform (a registry's multi-arch image such
+# as docker.io/library/python:3.11-slim-bookworm; the local debootstrap base is this machine's only).
+# Emulation:
 # architectures (qemu-user-static registered with binfmt_misc) and a base image per platform.
 PLATFORMS=${PLATFORMS:-}
 if [ -n "$PLATFORMS" ]; then

@@ -149,8 +149,69 @@ def test_image_as_ucarp_takes_a_ucarp_command_line(topo: Topology) -> None:
            "--cap-add=NET_ADMIN", "--cap-add=NET_RAW", "--entrypoint", "ucarp", IMAGE,
            "--interface=eth0", "--srcip=172.16.0.11", "--vhid=1", "--pass=geheim",
            "--addr=172.16.0.1", "--daemonize", "--preempt")
-    wait_for(lambda: vip_on(topo, "a"), 10, "VIP raised by the ucarp drop-in")
+    def vip32() -> bool:  # ucarp's --addr is one address: /32 without a mask
+        return " 172.16.0.1/32" in topo["a"].run("ip", "-4", "-o", "addr", "show", "dev",
+                                                 "eth0").stdout
+
+    wait_for(vip32, 10, "VIP raised by the ucarp drop-in")
     podman("stop", "-t", "10", name)
-    assert not vip_on(topo, "a")
+    assert not vip32()
     logs = podman("logs", name)
     assert "--daemonize ignored in a container" in logs.stdout + logs.stderr
+
+
+def test_image_labels_name_the_version_commit_time_and_source() -> None:
+    import json
+
+    import sidecar
+
+    labels = json.loads(podman("image", "inspect", "--format", "{{json .Labels}}", IMAGE).stdout)
+    assert labels["org.opencontainers.image.version"] == sidecar.__version__
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # built from this checkout by `make image`
+        assert labels["org.opencontainers.image.revision"] == head.stdout.strip()
+    assert labels["org.opencontainers.image.created"].endswith("Z")
+    assert labels["org.opencontainers.image.created"] > "2026"
+    assert labels["org.opencontainers.image.source"].startswith("https://")
+    assert "example.invalid" not in json.dumps(labels)
+    assert labels["org.opencontainers.image.licenses"] == "ISC"
+    version = podman("run", "--rm", IMAGE, "--version").stdout.strip()
+    assert version == f"carp-sidecar {sidecar.__version__}"
+
+
+def test_build_script_removes_only_the_images_it_left_untagged(tmp_path: Path) -> None:
+    """Somebody else's dangling image survives our build (podman image prune alone would
+    delete it)."""
+    (tmp_path / "Containerfile").write_text(
+        "FROM localhost/debian:bookworm\nLABEL test.owner=someone-else\nRUN true\n")
+    podman("build", "--network=host", "-q", str(tmp_path), timeout=300)  # untagged: dangling
+    theirs = podman("images", "-q", "--filter", "dangling=true", "--filter",
+                    "label=test.owner=someone-else").stdout.split()
+    assert theirs
+    try:
+        r = subprocess.run(["bash", str(ROOT / ".ci/build-image.sh")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "IMAGE": IMAGE})
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert podman("image", "exists", theirs[0], check=False).returncode == 0
+        ours = podman("images", "-q", "--filter", "dangling=true", "--filter",
+                      "label=io.carp-sidecar.stage=build").stdout.split()
+        assert ours == []
+    finally:
+        for image in theirs:
+            podman("rmi", "-f", image, check=False)
+
+
+def test_image_for_another_architecture_when_the_machine_can_emulate_it() -> None:
+    emulator = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    if not emulator.exists():
+        pytest.skip("no arm64 emulation here (qemu-user-static registered with binfmt_misc): "
+                    "linux/arm64 is built on a machine that has it, see README 'Releases'")
+    arm = f"{IMAGE}-arm64-test"
+    r = subprocess.run(["bash", str(ROOT / ".ci/build-image.sh")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=3600,
+                       env={**os.environ, "IMAGE": arm, "PLATFORMS": "linux/arm64"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = podman("run", "--rm", "--platform", "linux/arm64", arm, "--version").stdout
+    assert out.startswith("carp-sidecar ")
