@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
                          "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    w = sub.add_parser("watch", parents=[env_file],
+                       help="print every CARP advert on the link and who is master (scapy)")
+    w.add_argument("--interface", "-i", help="default: CARP_INTERFACE")
+    w.add_argument("--count", "-c", type=int, default=0, help="stop after N adverts")
+    w.add_argument("--seconds", "-t", type=float, default=None, help="stop after S seconds")
+    w.add_argument("--pcap", "-w", type=Path, default=None,
+                   help="also write the frames to this pcap file (for a support ticket)")
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
     lab = sub.add_parser("lab", help="two-node failover lab in network namespaces (root)")
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(shtab.complete(_parser(), shell=args.shell))
             return 0
+        if command == "watch":
+            return _watch(args)
         if command in ("demote", "promote"):
             from .control import send_command
 
@@ -143,6 +152,27 @@ def main(argv: list[str] | None = None) -> int:
 
 CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}
 HOST_INITS = {"systemd", "init", "openrc-init", "runit", "s6-svscan"}
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Authenticates adverts with the configured password and VIP when the configuration
+    loads; without one it still decodes and tells masters from silent nodes."""
+    from .watch import keys_from, run
+
+    interface = args.interface
+    keys = {}
+    try:
+        config = _settings(args)
+        keys = keys_from(i for i in config.runtime().instances)
+        interface = interface or config.instances[0].interface
+    except ConfigError as e:
+        first = str(e).splitlines()[0]
+        print(f"carp-sidecar: watch: no usable configuration ({first}): auth=unknown",
+              file=sys.stderr)
+    if not interface:
+        raise ConfigError("CARP_INTERFACE: watch needs --interface or CARP_INTERFACE")
+    return run(interface, keys, args.count, args.seconds, args.pcap,
+               out=lambda line: print(line, flush=True))
 
 
 def in_container() -> bool:

@@ -363,7 +363,7 @@ def test_runtime_config_round_trips_through_json_without_pydantic(tmp_path: Path
     assert again.instances[0].hmac_address == IPv4Address("172.16.0.1")
     # the agent's process never imports pydantic: the config arrives as this JSON
     code = ("import sys, sidecar.agent; "
-            "sys.exit(any(m.startswith('pydantic') for m in sys.modules))")
+            "sys.exit(any(m.startswith(('pydantic', 'scapy')) for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
 
 

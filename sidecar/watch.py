@@ -1,0 +1,190 @@
+"""`carp-sidecar watch`: what is on the link, one line per CARP advert, and who is who.
+
+tcpdump shows protocol 112 but cannot tell a wrong password from a wrong VHID. This decodes each
+advert with scapy (only this command imports it: the agent's start-up and memory stay as they
+are), checks its HMAC against the configured password and VIP when they are set, and on the end
+(Ctrl-C, ``--count``, ``--seconds``) prints a table of senders per VHID: who is master, who has
+fallen silent, whose digest fails and the likely cause.
+
+:class:`Watch` is the pure part (frames and times in, lines out); :func:`run` sniffs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from .protocol import compute_hmac
+
+SILENT_AFTER = 3  # advert intervals without a word: a sender has fallen silent
+
+
+@dataclass(frozen=True)
+class Key:
+    """What authenticates one VHID's adverts: the password and the VIP the HMAC covers."""
+
+    key: bytes
+    vip: IPv4Address
+
+
+@dataclass
+class Sender:
+    src: str
+    mac: str
+    vhid: int
+    advbase: int = 0
+    advskew: int = 0
+    adverts: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    auth: dict[str, int] = field(default_factory=lambda: {"ok": 0, "bad": 0, "unknown": 0})
+
+    @property
+    def interval(self) -> float:
+        return self.advbase + self.advskew / 256
+
+    def silent(self, now: float) -> bool:
+        return now - self.last > SILENT_AFTER * max(self.interval, 1 / 256)
+
+
+@dataclass
+class Advert:
+    time: float
+    src: str
+    mac: str
+    vhid: int
+    advbase: int
+    advskew: int
+    counter: int
+    auth: str
+    since_previous: float | None
+
+
+class Watch:
+    def __init__(self, keys: dict[int, Key]) -> None:
+        self.keys = keys
+        self.senders: dict[tuple[int, str], Sender] = {}
+        self.undecodable = 0
+
+    def frame(self, when: float, raw: bytes) -> Advert | None:
+        """One Ethernet frame; the advert it carries, or None (not CARP, or undecodable)."""
+        from scapy.contrib.carp import CARP
+        from scapy.layers.inet import IP
+        from scapy.layers.l2 import Ether
+
+        packet = Ether(raw)
+        if IP not in packet or packet[IP].proto != 112:
+            return None
+        if CARP not in packet:
+            self.undecodable += 1
+            return None
+        ip, carp = packet[IP], packet[CARP]
+        counter = (carp.counter1 << 32) | carp.counter2
+        digest = b"".join(getattr(carp, f"hmac{i}").to_bytes(4, "big") for i in range(1, 6))
+        key = self.keys.get(carp.vhid)
+        if key is None:
+            auth = "unknown"
+        else:
+            expected = compute_hmac(key.key, carp.vhid, key.vip, counter.to_bytes(8, "big"))
+            auth = "ok" if expected == digest else "bad"
+        sender = self.senders.setdefault((carp.vhid, ip.src), Sender(
+            ip.src, packet[Ether].src, carp.vhid, first=when))
+        previous = sender.last if sender.adverts else None
+        sender.adverts += 1
+        sender.last, sender.mac = when, packet[Ether].src
+        sender.advbase, sender.advskew = carp.advbase, carp.advskew
+        sender.auth[auth] += 1
+        return Advert(when, ip.src, packet[Ether].src, carp.vhid, carp.advbase, carp.advskew,
+                      counter, auth, None if previous is None else when - previous)
+
+    @staticmethod
+    def line(a: Advert) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(a.time)) + f".{int(a.time % 1 * 1000):03d}"
+        gap = "first" if a.since_previous is None else f"+{a.since_previous:.3f}s"
+        return (f"{stamp} {a.src:<15} {a.mac} vhid {a.vhid:<3} advbase {a.advbase:<3} "
+                f"advskew {a.advskew:<3} counter {a.counter:<20} {gap:<9} auth={a.auth}")
+
+    def summary(self, now: float) -> str:
+        if not self.senders:
+            return "no CARP advertisements seen"
+        out = []
+        for vhid in sorted({v for v, _ in self.senders}):
+            senders = sorted((s for (v, _), s in self.senders.items() if v == vhid),
+                             key=lambda s: (s.silent(now), s.advbase, s.advskew, s.src))
+            speaking = [s for s in senders if not s.silent(now)]
+            out.append(f"vhid {vhid}: " + (
+                "no master (every sender has fallen silent)" if not speaking else
+                f"{len(speaking)} nodes advertise at once: split brain" if len(speaking) > 1 else
+                f"master {speaking[0].src}"))
+            out.append(f"  {'sender':<15} {'mac':<17} {'adverts':>7} {'base/skew':>9} "
+                       f"{'last seen':>10}  auth / role")
+            for s in senders:
+                out.append(f"  {s.src:<15} {s.mac:<17} {s.adverts:>7} "
+                           f"{f'{s.advbase}/{s.advskew}':>9} {f'{now - s.last:.1f}s ago':>10}  "
+                           f"{self._verdict(s, now)}")
+        if self.undecodable:
+            out.append(f"{self.undecodable} protocol-112 packets were not CARP adverts")
+        return "\n".join(out)
+
+    def _verdict(self, s: Sender, now: float) -> str:
+        role = "silent" if s.silent(now) else "advertising (master)"
+        ok, bad, unknown = s.auth["ok"], s.auth["bad"], s.auth["unknown"]
+        if s.vhid not in self.keys:
+            why = ("another group (not the configured VHID)" if self.keys else
+                   "not checked (no password and VIP configured)")
+            return f"unknown: {why}; {role}"
+        if bad and ok:
+            return f"bad {bad} of {ok + bad}: its password or VIP changed while watched; {role}"
+        if bad:
+            return f"bad: password or VIP differ from ours (the digest covers both); {role}"
+        return f"ok{'' if not unknown else f' ({unknown} unknown)'}; {role}"
+
+
+def run(interface: str, keys: dict[int, Key], count: int, seconds: float | None,
+        pcap: Path | None, out: Callable[[str], None] = print) -> int:
+    """Sniff ``interface`` until Ctrl-C, ``count`` adverts or ``seconds``; the summary last."""
+    from scapy.sendrecv import sniff
+    from scapy.utils import PcapWriter
+
+    watch = Watch(keys)
+    writer = PcapWriter(str(pcap), sync=True) if pcap is not None else None
+    seen = 0
+
+    def handle(packet: Any) -> None:
+        nonlocal seen
+        advert = watch.frame(float(packet.time), bytes(packet))
+        if advert is None:
+            return
+        seen += 1
+        if writer is not None:
+            writer.write(packet)
+        out(Watch.line(advert))
+
+    def done(_: Any) -> bool:
+        return bool(count) and seen >= count
+
+    try:
+        sniff(iface=interface, prn=handle, store=False, timeout=seconds, stop_filter=done,
+              lfilter=_is_carp)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if writer is not None:
+            writer.close()
+    out("")
+    out(watch.summary(time.time()))
+    return 0
+
+
+def _is_carp(packet: Any) -> bool:
+    raw = bytes(packet)
+    return len(raw) > 34 and raw[12:14] == b"\x08\x00" and raw[23] == 112
+
+
+def keys_from(instances: Iterable[Any]) -> dict[int, Key]:
+    """The configured instances' keys (runconfig.Vhid: secret and hmac_address)."""
+    return {i.vhid: Key(i.secret, i.hmac_address) for i in instances}

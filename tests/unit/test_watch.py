@@ -1,0 +1,48 @@
+"""`carp-sidecar watch`'s pure part: frames in, lines and verdicts out (scapy decodes)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from sidecar.protocol import DEFAULT_GROUP, Advert, build_frame, build_ip_packet
+from sidecar.watch import Key, Watch
+
+VIP = IPv4Address("172.16.0.1")
+
+
+def frame(src: str, vhid: int = 1, password: bytes = b"geheim", advskew: int = 0,
+          counter: int = 7) -> bytes:
+    packet = build_ip_packet(Advert(vhid=vhid, advbase=1, advskew=advskew, counter=counter),
+                             key=password, vip=VIP, src=IPv4Address(src))
+    return build_frame(packet, vhid=vhid, group=DEFAULT_GROUP, broadcast=False)
+
+
+def test_auth_is_checked_with_the_configured_password_and_vip() -> None:
+    w = Watch({1: Key(b"geheim", VIP)})
+    ok = w.frame(10.0, frame("10.0.0.1"))
+    bad = w.frame(10.1, frame("10.0.0.2", password=b"other", advskew=100))
+    other = w.frame(10.2, frame("10.0.0.3", vhid=7))
+    assert ok is not None and bad is not None and other is not None
+    assert (ok.auth, bad.auth, other.auth) == ("ok", "bad", "unknown")
+    assert ok.counter == 7 and bad.advskew == 100 and ok.since_previous is None
+    again = w.frame(11.0, frame("10.0.0.1", counter=8))
+    assert again is not None and again.since_previous == 1.0
+    line = Watch.line(again)
+    assert "10.0.0.1" in line and "00:00:5e:00:00:01" in line and "+1.000s" in line
+    assert line.endswith("auth=ok")
+    assert w.frame(12.0, b"\xff" * 6 + b"\x00" * 6 + b"\x08\x06" + b"\x00" * 28) is None  # ARP
+
+
+def test_summary_names_master_split_brain_silence_and_likely_causes() -> None:
+    w = Watch({1: Key(b"geheim", VIP)})
+    for t in range(5):
+        w.frame(100.0 + t, frame("10.0.0.1", counter=t))
+        w.frame(100.0 + t, frame("10.0.0.2", password=b"wrong", counter=t))
+    w.frame(100.0, frame("10.0.0.9", vhid=7))
+    text = w.summary(104.5)
+    assert "vhid 1: 2 nodes advertise at once: split brain" in text
+    assert "bad: password or VIP differ from ours" in text
+    assert "vhid 7:" in text and "another group (not the configured VHID)" in text
+    later = w.summary(120.0)
+    assert "vhid 1: no master (every sender has fallen silent)" in later
+    assert Watch({}).summary(0) == "no CARP advertisements seen"
