@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
+from .serial import SerialWork
 from .vips import VipBackend
 
 log = logging.getLogger("carp-sidecar")
@@ -28,13 +29,10 @@ class Effect(Enum):
     ANNOUNCE = "announce"
 
 
-class Effects:
+class Effects(SerialWork[Effect]):
     def __init__(self, backend: VipBackend, announce: Callable[[], None]) -> None:
+        super().__init__()
         self._backend, self._announce = backend, announce
-        self._pending: deque[Effect] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._running: Effect | None = None
         self._abort = asyncio.Event()
 
@@ -44,29 +42,19 @@ class Effects:
                 self._pending = deque(e for e in self._pending if e is Effect.DROP_VIP)
             if self._running is Effect.ADD_VIP:
                 self._abort.set()
-        self._pending.append(effect)
-        self._idle.clear()
-        self._wake.set()
+        self._put(effect)
 
-    async def join(self) -> None:
-        await self._idle.wait()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                effect = self._running = self._pending.popleft()
-                self._abort.clear()
-                try:
-                    if effect is Effect.ANNOUNCE:
-                        self._announce()
-                    elif effect is Effect.ADD_VIP:
-                        await self._backend.up(self._abort)
-                    else:
-                        await self._backend.down()
-                except Exception:
-                    log.exception("Unexpected error while handling %s", effect.value)
-                finally:
-                    self._running = None
-            self._idle.set()
+    async def _handle(self, effect: Effect) -> None:
+        self._running = effect
+        self._abort.clear()
+        try:
+            if effect is Effect.ANNOUNCE:
+                self._announce()
+            elif effect is Effect.ADD_VIP:
+                await self._backend.up(self._abort)
+            else:
+                await self._backend.down()
+        except Exception:
+            log.exception("Unexpected error while handling %s", effect.value)
+        finally:
+            self._running = None

@@ -26,13 +26,13 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .logs import fields
 from .reaper import spawn
+from .serial import SerialWork
 
 log = logging.getLogger("carp-sidecar")
 SUPERSEDE_GRACE = 0.5  # s between SIGTERM and SIGKILL for a superseded script's process group
@@ -111,35 +111,22 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-class Notifier:
+class Notifier(SerialWork[tuple[list[str], dict[str, str]]]):
     """The notify script (keepalived's ``notify``): ``script VHID STATE REASON`` on every state
     change, in order, one at a time, off the protocol's path. A script slower than the changes
     it reports cannot queue without bound: beyond ``capacity`` the oldest waiting call goes."""
 
     def __init__(self, script: Path, vhid: int, timeout: float,
                  on_result: Callable[[ScriptResult], None], capacity: int = 32) -> None:
+        super().__init__(capacity)
         self.script, self.vhid, self.timeout, self.on_result = script, vhid, timeout, on_result
-        self._queue: deque[tuple[list[str], dict[str, str]]] = deque(maxlen=capacity)
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def notify(self, state: str, reason: str, env: dict[str, str]) -> None:
-        if len(self._queue) == self._queue.maxlen:
+        if len(self._pending) == self._pending.maxlen:
             log.warning("Notify script [%s] falls behind: dropping its oldest waiting call",
                         self.script)
-        self._queue.append(([str(self.script), str(self.vhid), state, reason], env))
-        self._idle.clear()
-        self._wake.set()
+        self._put(([str(self.script), str(self.vhid), state, reason], env))
 
-    async def join(self) -> None:
-        await self._idle.wait()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                argv, env = self._queue.popleft()
-                self.on_result(await run_script(argv, self.timeout, env=env))
-            self._idle.set()
+    async def _handle(self, item: tuple[list[str], dict[str, str]]) -> None:
+        argv, env = item
+        self.on_result(await run_script(argv, self.timeout, env=env))
