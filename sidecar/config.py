@@ -526,11 +526,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def _unknown(key: str) -> str:
     """The error for a CARP_/UCARP_ name that is no setting ("" if it is fine): a typo must not
-    pass silently. Unknown UCARP_* names far from any setting are the user's own (an old
-    ucarp.conf may carry variables its scripts read) and pass through to the scripts."""
+    pass silently. An unknown UCARP_* is an error only when it looks like a typo of a setting
+    (close, and at most two letters longer or shorter: UCARP_PREMPT); others are the user's own
+    (an old ucarp.conf may define UCARP_NETMASK for its scripts) and pass through to them."""
     if key in _KNOWN or key == "CARP_CONFIG" or not key.startswith(("CARP_", "UCARP_")):
         return ""
-    close = difflib.get_close_matches(key, _KNOWN, n=1, cutoff=0.8)
+    close = [c for c in difflib.get_close_matches(key, _KNOWN, n=3, cutoff=0.8)
+             if abs(len(c) - len(key)) <= 2 and c.startswith(key.split("_", 1)[0] + "_")]
     hint = f"; did you mean {close[0]}?" if close else ""
     if key.startswith("CARP_") or close:
         return f"{key}: unknown variable{hint} (see `carp-sidecar check-config --help`)"

@@ -87,8 +87,9 @@ def test_every_configuration_error_is_reported_at_once_one_line_each(tmp_path: P
         "CARP_ADVSKW", "CARP_VHID", "UCARP_ADVBASE", "UCARP_PREMPT"], lines
     assert "did you mean UCARP_PREEMPT?" in str(e.value)
     # a UCARP_ name nowhere near a setting is the user's own: it passes (to the scripts)
-    (tmp_path / "e").write_text("UCARP_OWN_THING=kept\n")
-    assert load(BASE, tmp_path / "e").script_extra == {"UCARP_OWN_THING": "kept"}
+    (tmp_path / "e").write_text("UCARP_OWN_THING=kept\nUCARP_NETMASK=255.255.0.0\n")
+    assert load(BASE, tmp_path / "e").script_extra == {"UCARP_OWN_THING": "kept",
+                                                        "UCARP_NETMASK": "255.255.0.0"}
 
 
 def test_environment_ucarp_spelling_beats_the_files_carp_spelling(tmp_path: Path) -> None:
