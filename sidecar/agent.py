@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -109,8 +110,12 @@ class Agent:
                 links[settings.interface] = await self._link(settings)
             link = links[settings.interface]
             srcip = await self._srcip(settings, link)
-            instance = Instance(settings, srcip, channel, self.nl, self.metrics, self.loop,
-                                several=several, script_extra=self.config.script_extra)
+            try:
+                instance = Instance(settings, srcip, channel, self.nl, self.metrics, self.loop,
+                                    several=several, script_extra=self.config.script_extra)
+            except OSError as e:  # the unicast socket (CARP_PEERS) needs NET_RAW
+                raise StartupError(f"CARP_PEERS: cannot open the unicast socket: "
+                                   f"{e.strerror or e}" + self._where(settings)) from None
             channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
                         [v.ip for v in settings.ipv4_vips])
             self.instances.append(instance)
@@ -246,6 +251,12 @@ class Agent:
             self._spawn(self._watch_maintenance_files())
         if os.getpid() == 1:  # a container's entry point inherits every orphaned daemon
             self._spawn(reap_forever())
+        # Everything built at start lives as long as the process: out of the collector's sight,
+        # a full collection walks only what changes, and a sub-second master is not paused.
+        gc.collect()
+        gc.freeze()
+        if self.config.realtime:
+            self._realtime()
         for instance in self.instances:
             for job in instance.start():
                 self._spawn(job)
@@ -253,6 +264,23 @@ class Agent:
         await asyncio.gather(*(i.stop() for i in self.instances))
         log.info("Exiting")
         return 1 if self.failed else 0
+
+    @staticmethod
+    def _realtime() -> None:
+        """SCHED_FIFO for the agent (CARP_REALTIME), with reset-on-fork so scripts and checks
+        run at normal priority; needs CAP_SYS_NICE, else niceness -10, else nothing (logged)."""
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(10))
+            log.info("Running with real-time scheduling (SCHED_FIFO 10)")
+            return
+        except PermissionError:
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+            log.warning("CARP_REALTIME: no CAP_SYS_NICE for SCHED_FIFO; running at nice -10")
+        except PermissionError:
+            log.warning("CARP_REALTIME: no CAP_SYS_NICE: normal scheduling "
+                        "(docker run --cap-add=SYS_NICE)")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -89,6 +89,10 @@ HELP = {
     "UPSCRIPT": "script run on becoming MASTER: script IFACE VIP [XPARAM]",
     "DOWNSCRIPT": "script run on leaving MASTER",
     "NOTIFYSCRIPT": "script run on every state change: script VHID STATE REASON",
+    "PEERS": "unicast: send adverts to these addresses only and accept only theirs",
+    "PEERS_MULTICAST": "with CARP_PEERS, also advertise to the multicast group (migration)",
+    "STRICT": "only carp-sidecar peers: HMAC over the whole header, replays dropped",
+    "DEAD_TIMER": "auto (VRRPv3's rule at advbase 0, ucarp's otherwise) or ucarp",
     "XPARAM": "extra argument for the scripts",
     "SCRIPT_TIMEOUT": "seconds before a script is killed (default 30)",
     "NEUTRAL": "no downscript and no VIP removal at start (default false)",
@@ -118,6 +122,7 @@ HELP = {
     "LOG_FORMAT": "text (ucarp-like lines) or json (default text)",
     "LOG_LEVEL": "debug (each advert decision), info, warning or error (default info)",
     "SYSLOG": "also log to syslog with this facility (daemon, local0...), or off",
+    "REALTIME": "real-time scheduling for the agent (needs CAP_SYS_NICE), for sub-second mode",
 }
 
 
@@ -157,6 +162,10 @@ class VhidSettings(BaseModel):
     garp_refresh: float = _var("GARP_REFRESH", 0.0, ge=0, le=86400)
     health: list[str] = _var("HEALTH", [])  # names of the checks that gate this instance
     preempt_delay: float = _var("PREEMPT_DELAY", 0.0, ge=0, le=86400)
+    peers: list[IPv4Address] = _var("PEERS", [])
+    peers_multicast: bool = _var("PEERS_MULTICAST", False)
+    strict: bool = _var("STRICT", False)
+    dead_timer: Literal["auto", "ucarp"] = _var("DEAD_TIMER", "auto")
     maintenance_file: Path | None = _var("MAINTENANCE_FILE", None)
 
     @field_validator("interface")
@@ -188,6 +197,23 @@ class VhidSettings(BaseModel):
             raise ValueError(f"0 (off) or at least {MIN_GARP_REFRESH:g} s")
         return v
 
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _peer_list(cls, v: Any) -> Any:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, v: list[IPv4Address]) -> list[IPv4Address]:
+        for peer in v:
+            if peer.is_multicast or peer.is_unspecified or peer.is_loopback:
+                raise ValueError(f"{peer} cannot be a peer's address")
+        if len(set(v)) != len(v):
+            raise ValueError("a peer is listed twice")
+        if len(v) > 32:
+            raise ValueError("at most 32 peers")
+        return v
+
     @field_validator("maintenance_file")
     @classmethod
     def _maintenance_file(cls, v: Path | None) -> Path | None:
@@ -213,6 +239,13 @@ class VhidSettings(BaseModel):
                 f"CARP_IF_ALIAS: must start with the interface name {self.interface!r} "
                 f"and have at most {IFNAMSIZ} characters, like {self.interface}:0"
             )
+        if self.strict and not self.peers:
+            raise ValueError("CARP_STRICT: needs CARP_PEERS (strict groups accept only listed "
+                             "carp-sidecar nodes)")
+        if self.peers_multicast and not self.peers:
+            raise ValueError("CARP_PEERS_MULTICAST: needs CARP_PEERS")
+        if self.srcip is not None and self.srcip in self.peers:
+            raise ValueError("CARP_PEERS: lists this node's own CARP_SRCIP")
         self.vips  # noqa: B018 - validates CARP_ADDR / CARP_MASK now rather than at first use
         self.secret  # noqa: B018
         return self
@@ -268,7 +301,9 @@ class VhidSettings(BaseModel):
                     deadratio=self.deadratio, mcast=self.mcast, garp_repeat=self.garp_repeat,
                     garp_refresh=self.garp_refresh, health=tuple(self.health),
                     preempt_delay=self.preempt_delay, maintenance_file=self.maintenance_file,
-                    notifyscript=self.notifyscript,
+                    notifyscript=self.notifyscript, peers=tuple(self.peers),
+                    peers_multicast=self.peers_multicast, strict=self.strict,
+                    vrrp3_dead_timer=self.dead_timer == "auto" and self.advbase == 0,
                     script_env=tuple(sorted(self.script_environment().items())))
 
     def script_environment(self) -> dict[str, str]:
@@ -360,6 +395,7 @@ class AgentSettings(BaseModel):
     log_format: Literal["text", "json"] = _var("LOG_FORMAT", "text")
     log_level: Literal["debug", "info", "warning", "error"] = _var("LOG_LEVEL", "info")
     syslog: str | None = _var("SYSLOG", None)  # a facility name; None: no syslog
+    realtime: bool = _var("REALTIME", False)
     state_dir: Path | None = _var("STATE_DIR", DEFAULT_STATE_DIR)  # None: "off"
 
     @field_validator("metrics_listen")
@@ -436,7 +472,7 @@ class Config:
         return RunConfig(instances, checks,
                          self.metrics_listen, self.control_socket, self.log_format, self.source,
                          self.agent.state_dir, self.agent.log_level, self.agent.syslog,
-                         self.script_extra)
+                         self.script_extra, self.agent.realtime)
 
     def redacted(self) -> list[tuple[str, dict[str, str]]]:
         """Sections for `check-config`: the agent, each check, each instance."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -38,6 +39,7 @@ from .metrics import InstanceMetrics, Metrics
 from .net.announce import build_garp, build_unsolicited_na
 from .net.channel import Channel
 from .net.netlink import AddressEvent, Netlink
+from .net.packet import UnicastSender
 from .peers import ArpClaims, PeerTable
 from .protocol import (
     BOW_OUT,
@@ -81,11 +83,20 @@ class Instance:
                                       deadratio=s.deadratio, preempt=s.preempt,
                                       neutral=s.neutral, ignoreifstate=s.ignoreifstate,
                                       garp_repeat=s.garp_repeat, own_ip=srcip,
-                                      preempt_delay=s.preempt_delay),
-                               rng=lambda: secrets.randbits(64))
+                                      preempt_delay=s.preempt_delay,
+                                      vrrp3_dead_timer=s.vrrp3_dead_timer, strict=s.strict),
+                               # strict: counters start at the clock in µs, so they keep
+                               # increasing across restarts (peers drop anything not newer)
+                               rng=(lambda: time.time_ns() // 1000) if s.strict
+                               else (lambda: secrets.randbits(64)))
         self.peer_table = PeerTable(PEER_CAPACITY, 3 * self.machine.master_down_interval_us / 1e6)
         self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
-        self._expect = Expect(vhid=s.vhid, key=self.key, vip=s.hmac_address, group=s.mcast)
+        self._expect = Expect(vhid=s.vhid, key=self.key, vip=s.hmac_address, group=s.mcast,
+                              peers=frozenset(s.peers) if s.peers else None,
+                              own=srcip if s.peers else None,
+                              multicast=not s.peers or s.peers_multicast, strict=s.strict)
+        self.unicast = UnicastSender() if s.peers else None
+        self._last_counter: dict[IPv4Address, int] = {}  # strict mode: per listed peer
         self._script_base = base_environment(script_extra, s.script_env)
         self.effects = Effects(backend_for(s, netlink, self.m, lambda: channel.ifindex,
                                            self.script_environment), self._announce)
@@ -161,6 +172,8 @@ class Instance:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.unicast is not None:
+            self.unicast.close()
 
     # ---- machine plumbing ----
     def _apply(self, actions: list[Action]) -> None:
@@ -261,18 +274,31 @@ class Instance:
     def _send_advert(self, a: SendAdvert) -> None:
         s = self.s
         advert = Advert(vhid=s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
-        packet = build_ip_packet(advert, key=self.key, vip=s.hmac_address, src=self.srcip,
-                                 dst=s.mcast, ident=random.getrandbits(16))
+        sent = False
+        unicast = self.unicast
+        if unicast is not None:  # to each listed peer; the kernel routes
+            for peer in s.peers:
+                packet = build_ip_packet(advert, key=self.key, vip=s.hmac_address, src=self.srcip,
+                                         dst=peer, ident=random.getrandbits(16), strict=s.strict)
+                sent = self._sent(functools.partial(unicast.send, packet, peer)) or sent
+        if self._expect.multicast:
+            packet = build_ip_packet(advert, key=self.key, vip=s.hmac_address, src=self.srcip,
+                                     dst=s.mcast, ident=random.getrandbits(16), strict=s.strict)
+            frame = build_frame(packet, vhid=s.vhid, group=s.mcast, broadcast=s.nomcast)
+            sent = self._sent(lambda: self.channel.send(frame)) or sent
+        if sent:
+            self.m.adverts_sent.inc()
+            if a.handover:
+                self.m.handovers_sent.inc()
+
+    def _sent(self, send: Callable[[], None]) -> bool:
         try:
-            self.channel.send(build_frame(packet, vhid=s.vhid, group=s.mcast,
-                                          broadcast=s.nomcast))
+            send()
         except OSError as e:
             self.m.advert_send_errors.inc()
             log.warning("write() has failed: %s", e.strerror)
-            return
-        self.m.adverts_sent.inc()
-        if a.handover:
-            self.m.handovers_sent.inc()
+            return False
+        return True
 
     def _announce(self) -> None:
         """GARP for each IPv4 VIP, unsolicited NA for each IPv6 VIP — only while MASTER: a
@@ -307,6 +333,12 @@ class Instance:
                             valid=False)
             return
         ad, peer = received.advert, str(received.src)
+        if self.s.strict:
+            last = self._last_counter.get(received.src)
+            if last is not None and ad.counter <= last:
+                self.dropped(AdvertError(DropReason.REPLAY, f"counter not above {last}"), peer)
+                return
+            self._last_counter[received.src] = ad.counter
         self.m.received.inc()
         self._heard(peer, ad.advbase, ad.advskew, valid=True)
         if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:

@@ -93,6 +93,11 @@ class Params:
     garp_repeat: int = 2  # GARPs per takeover: one at once, the rest with later adverts
     own_ip: IPv4Address = UNSPECIFIED  # srcip, for the equal-interval tie-break
     preempt_delay: float = 0.0  # s after start or link up before preempting a working master
+    # Sub-second mode's dead timer (VRRPv3's): deadratio x the master's advertised interval +
+    # own skew, instead of ucarp's advbase x deadratio + skew, which at advbase 0 is the own
+    # skew alone. The configuration turns it on for advbase 0 (docs/protocol.md §5.4).
+    vrrp3_dead_timer: bool = False
+    strict: bool = False  # never adopt a peer's counter: each node's own counter only increases
 
     def __post_init__(self) -> None:
         if not (0 <= self.advbase <= 255 and 0 <= self.advskew <= 255):
@@ -195,6 +200,7 @@ class Machine:
         self._master_down_peer: IPv4Address | None = None
         self._preempt_after = 0  # µs: no preemption before this (start, link back)
         self._vip_undecided = False  # neutral start: a VIP found in place is neither ours nor not
+        self._master_interval_us: int | None = None  # the master's, as last advertised
         self._garps_left = 0
         self._adverts_until_garp = 0
         self._master_since: int | None = None  # µs
@@ -207,7 +213,11 @@ class Machine:
 
     @property
     def master_down_interval_us(self) -> int:
-        return self.params.advbase * self.params.deadratio * US + skew_us(self.params.advskew)
+        p = self.params
+        if p.vrrp3_dead_timer:
+            interval = self._master_interval_us or self.advert_interval_us
+            return p.deadratio * interval + skew_us(p.advskew)
+        return p.advbase * p.deadratio * US + skew_us(p.advskew)
 
     @property
     def local_key(self) -> tuple[int, int]:
@@ -258,12 +268,15 @@ class Machine:
         self, now: float, src: IPv4Address, advbase: int, advskew: int, counter: int
     ) -> list[Action]:
         """A valid (authenticated, our vhid) advert from ``src``."""
-        self._counter = counter  # ucarp adopts the counter in every state, before any logic
+        if not self.params.strict:
+            self._counter = counter  # ucarp adopts the counter in every state, before any logic
         if self._stop_at is not None:
             return self._finish_stop()  # a successor speaks: the VIP can go
         if self.state is State.INIT or not self._link_usable:
             return []
         remote = (advbase, skew_us(advskew))
+        if remote != BOW_OUT_KEY:
+            self._master_interval_us = advbase * US + skew_us(advskew)
         if self.state is State.MASTER:
             return self._master_hears(now, src, remote)
         return self._backup_hears(now, src, remote)
@@ -433,6 +446,9 @@ class Machine:
         self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
 
     def _next_counter(self) -> int:
+        if self._counter is None and self.params.strict:
+            self._counter = self._rng() & 0xFFFF_FFFF_FFFF_FFFF  # then only ever increased
+            return self._counter
         if self._counter is None:
             return self._rng() & 0xFFFF_FFFF_FFFF_FFFF
         self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF

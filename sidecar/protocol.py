@@ -43,9 +43,11 @@ class DropReason(StrEnum):
     BAD_VERSION = "bad_version"
     BAD_TYPE = "bad_type"
     OTHER_VHID = "other_vhid"
+    NOT_A_PEER = "not_a_peer"  # unicast mode: the source is not one of CARP_PEERS
     WRONG_GROUP = "wrong_group"
     BAD_CHECKSUM = "bad_checksum"
     BAD_HMAC = "bad_hmac"
+    REPLAY = "replay"  # strict mode: a counter that does not increase (decided by the instance)
 
 
 class AdvertError(ValueError):
@@ -98,6 +100,12 @@ class Expect:
     key: bytes
     vip: IPv4Address
     group: IPv4Address = DEFAULT_GROUP
+    # Unicast mode (CARP_PEERS): only these sources; adverts to ``own`` are accepted too, and
+    # their TTL may have been decremented by routers (FreeBSD's rule for unicast peers).
+    peers: frozenset[IPv4Address] | None = None
+    own: IPv4Address | None = None
+    multicast: bool = True  # adverts to the group are accepted (not in unicast-only mode)
+    strict: bool = False  # the HMAC covers the whole header and the source (strict_hmac)
 
 
 def internet_checksum(data: bytes) -> int:
@@ -124,12 +132,30 @@ def compute_hmac(key: bytes, vhid: int, vip: IPv4Address, counter_bytes: bytes) 
     return hmac.new(key, msg, hashlib.sha1).digest()
 
 
-def build_advert(advert: Advert, key: bytes, vip: IPv4Address) -> bytes:
-    """The 36 CARP bytes of ``advert``, with its HMAC and checksum."""
+STRICT_TAG = b"carp-sidecar strict v1"
+
+
+def strict_hmac(key: bytes, header: bytes, counter_bytes: bytes, vip: IPv4Address,
+                src: IPv4Address) -> bytes:
+    """Strict mode's digest (groups of carp-sidecar nodes only): HMAC-SHA1 over every header
+    field (version, type, vhid, advskew, authlen, demote, advbase — the 6 bytes before the
+    checksum), the counter, the VIP and the sender's address. ucarp's digest leaves advbase,
+    advskew and the source out, so a replay from anywhere with any skew still authenticates."""
+    return hmac.new(key, STRICT_TAG + header + counter_bytes + vip.packed + src.packed,
+                    hashlib.sha1).digest()
+
+
+def build_advert(advert: Advert, key: bytes, vip: IPv4Address,
+                 strict_src: IPv4Address | None = None) -> bytes:
+    """The 36 CARP bytes of ``advert``, with its HMAC (strict mode's when ``strict_src`` is the
+    sender's address) and checksum."""
     counter = advert.counter.to_bytes(8, "big")
-    md = compute_hmac(key, advert.vhid, vip, counter)
     first = (advert.version << 4) | advert.type
     fields = (first, advert.vhid, advert.advskew, advert.authlen, advert.demote, advert.advbase)
+    if strict_src is None:
+        md = compute_hmac(key, advert.vhid, vip, counter)
+    else:
+        md = strict_hmac(key, bytes(fields), counter, vip, strict_src)
     unsummed = _HEADER.pack(*fields, 0, counter, md)
     return _HEADER.pack(*fields, internet_checksum(unsummed), counter, md)
 
@@ -153,10 +179,10 @@ def decode_advert(payload: bytes) -> Advert:
 
 def build_ip_packet(
     advert: Advert, *, key: bytes, vip: IPv4Address, src: IPv4Address,
-    dst: IPv4Address = DEFAULT_GROUP, ident: int = 0, ttl: int = TTL,
+    dst: IPv4Address = DEFAULT_GROUP, ident: int = 0, ttl: int = TTL, strict: bool = False,
 ) -> bytes:
     """IPv4 header (TOS 0x10, DF, TTL 255, proto 112) + advert, as ucarp writes it."""
-    payload = build_advert(advert, key, vip)
+    payload = build_advert(advert, key, vip, strict_src=src if strict else None)
     header = _IP_HEADER.pack(
         0x45, TOS_LOWDELAY, IP_HEADER_LEN + len(payload), ident & 0xFFFF, 0x4000,
         ttl, CARP_PROTO, 0, src.packed, dst.packed,
@@ -197,7 +223,11 @@ def parse_packet(packet: bytes, expect: Expect) -> Received:
         raise AdvertError(DropReason.NOT_CARP, f"IP protocol {proto}")
     if len(packet) < ihl + ADVERT_LEN:
         raise AdvertError(DropReason.SHORT, f"{len(packet)} bytes, need {ihl + ADVERT_LEN}")
-    if ttl != TTL:
+    source, destination = IPv4Address(src), IPv4Address(dst)
+    unicast = expect.own is not None and destination == expect.own
+    if expect.peers is not None and source not in expect.peers:
+        raise AdvertError(DropReason.NOT_A_PEER, f"source {source}")
+    if ttl != TTL and not (unicast and ttl > 0):
         raise AdvertError(DropReason.BAD_TTL, f"TTL {ttl}")
     payload = packet[ihl : ihl + ADVERT_LEN]
     advert = decode_advert(payload)
@@ -205,14 +235,17 @@ def parse_packet(packet: bytes, expect: Expect) -> Received:
         raise AdvertError(DropReason.BAD_VERSION, f"version {advert.version}")
     if advert.vhid != expect.vhid:
         raise AdvertError(DropReason.OTHER_VHID, f"vhid {advert.vhid}")
-    if IPv4Address(dst) != expect.group:
-        raise AdvertError(DropReason.WRONG_GROUP, f"destination {IPv4Address(dst)}")
+    if not unicast and (destination != expect.group or not expect.multicast):
+        raise AdvertError(DropReason.WRONG_GROUP, f"destination {destination}")
     if internet_checksum(packet[:ihl]) or internet_checksum(payload):
         raise AdvertError(DropReason.BAD_CHECKSUM)
     if advert.type != CARP_ADVERTISEMENT:
         raise AdvertError(DropReason.BAD_TYPE, f"type {advert.type}")
-    expected = compute_hmac(expect.key, advert.vhid, expect.vip, payload[8:16])
+    if expect.strict:
+        expected = strict_hmac(expect.key, payload[:6], payload[8:16], expect.vip, source)
+    else:
+        expected = compute_hmac(expect.key, advert.vhid, expect.vip, payload[8:16])
     if not hmac.compare_digest(expected, payload[16:36]):
         # Never include digests: they are derived from the secret.
         raise AdvertError(DropReason.BAD_HMAC, "check vhid, password and virtual IP address")
-    return Received(src=IPv4Address(src), dst=IPv4Address(dst), ttl=ttl, advert=advert)
+    return Received(src=source, dst=destination, ttl=ttl, advert=advert)

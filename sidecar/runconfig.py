@@ -44,6 +44,10 @@ class Vhid:
     preempt_delay: float = 0.0
     maintenance_file: Path | None = None
     notifyscript: Path | None = None
+    peers: tuple[IPv4Address, ...] = ()  # unicast mode when not empty
+    peers_multicast: bool = False
+    strict: bool = False
+    vrrp3_dead_timer: bool = False
     # the effective settings under CARP_* and UCARP_* names, never the password (scripts.py)
     script_env: tuple[tuple[str, str], ...] = ()
 
@@ -101,6 +105,7 @@ class RunConfig:
     log_level: str = "info"
     syslog: str | None = None  # facility name
     script_extra: dict[str, str] = field(default_factory=dict)  # the env file's own variables
+    realtime: bool = False  # SCHED_FIFO (or nice) for the agent itself
 
     def to_json(self) -> str:
         def vhid(v: Vhid) -> dict[str, Any]:
@@ -112,6 +117,7 @@ class RunConfig:
                        maintenance_file=str(v.maintenance_file) if v.maintenance_file else None,
                        notifyscript=str(v.notifyscript) if v.notifyscript else None,
                        script_env=[list(p) for p in v.script_env],
+                       peers=[str(p) for p in v.peers],
                        health=list(v.health))
             return out
 
@@ -122,7 +128,7 @@ class RunConfig:
             "log_format": self.log_format, "source": self.source,
             "state_dir": str(self.state_dir) if self.state_dir else None,
             "log_level": self.log_level, "syslog": self.syslog,
-            "script_extra": self.script_extra})
+            "script_extra": self.script_extra, "realtime": self.realtime})
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -139,12 +145,13 @@ class RunConfig:
                                          if raw["maintenance_file"] else None),
                        notifyscript=Path(raw["notifyscript"]) if raw["notifyscript"] else None,
                        script_env=tuple((k, v) for k, v in raw["script_env"]),
+                       peers=tuple(IPv4Address(p) for p in raw["peers"]),
                        health=tuple(raw["health"]))
             instances.append(Vhid(**raw))
         return cls(tuple(instances), {n: Check(**c) for n, c in doc["checks"].items()},
                    doc["metrics_listen"], Path(doc["control_socket"]), doc["log_format"],
                    doc["source"], Path(doc["state_dir"]) if doc["state_dir"] else None,
-                   doc["log_level"], doc["syslog"], doc["script_extra"])
+                   doc["log_level"], doc["syslog"], doc["script_extra"], doc["realtime"])
 
 
 def host_port(value: str) -> tuple[str, int]:

@@ -134,6 +134,14 @@ class Topology:
             sh("ip", "netns", "exec", self.switch, "nft", "delete", "table", "bridge",
                f"carpblock_{port}")
 
+    def drop_multicast(self) -> None:
+        """The switch drops every IPv4 multicast frame, as many clouds and vSwitches do."""
+        rules = ("table bridge nomcast {\n chain forward {\n"
+                 "  type filter hook forward priority 0;\n"
+                 "  ip daddr 224.0.0.0/4 drop\n }\n}\n")
+        subprocess.run(["ip", "netns", "exec", self.switch, "nft", "-f", "-"], input=rules,
+                       text=True, check=True, capture_output=True, timeout=30)
+
     def start(self, name: str, cmd: Sequence[str], log: Path | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         proc = self.hosts[name].popen(cmd, log=log, env=env)

@@ -135,3 +135,29 @@ class Attached:
     index: int
     mac: bytes
     sock: PacketSocket
+
+
+class UnicastSender:
+    """Adverts to listed peers (CARP_PEERS) as unicast IP: the kernel routes them and resolves
+    the next hop, so peers behind a router work and no multicast membership is needed.
+
+    A raw IPPROTO 112 socket with IP_HDRINCL sends our own IP packets. Having it open also
+    keeps the kernel from answering peers' unicast adverts with ICMP "protocol unreachable";
+    it never queues what it receives (a drop-all filter): the packet socket reads adverts.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            self.sock.setblocking(False)
+            _attach_filter(self.sock, [(0x06, 0, 0, 0)])  # BPF_RET|BPF_K 0: keep nothing
+        except OSError:
+            self.sock.close()
+            raise
+
+    def send(self, packet: bytes, peer: IPv4Address) -> None:
+        self.sock.sendto(packet, (str(peer), 0))
+
+    def close(self) -> None:
+        self.sock.close()

@@ -515,3 +515,37 @@ def test_neutral_start_without_a_master_keeps_the_vip_by_becoming_master() -> No
     m2 = machine(neutral=True, advskew=0, preempt=True)
     m2.start(0.0)
     assert DropVip() not in m2.advert_received(1.0, PEER, 1, 100, 7)  # preempts instead
+
+
+# ---- sub-second mode's dead timer; strict counters ----
+def test_advbase_0_ucarp_dead_timer_is_the_own_skew_alone() -> None:
+    m = machine(advbase=0, advskew=26)
+    m.start(0.0)
+    assert m.next_deadline() == pytest.approx(26 / 256, abs=1e-5)
+
+
+def test_vrrp3_dead_timer_follows_the_masters_advertised_interval() -> None:
+    m = machine(advbase=0, advskew=26, vrrp3_dead_timer=True)
+    m.start(0.0)
+    assert m.next_deadline() == pytest.approx(3 * 26 / 256 + 26 / 256, abs=1e-5)  # none heard yet
+    assert m.advert_received(1.0, PEER, 0, 20, 7) == []
+    assert m.next_deadline() == pytest.approx(1.0 + 3 * 20 / 256 + 26 / 256, abs=1e-5)
+    m.advert_received(1.05, PEER, 255, 255, 8)  # a bow-out says nothing of the interval
+    assert m.master_down_interval_us == 3 * skew(20) + skew(26)
+
+
+def skew(advskew: int) -> int:
+    return advskew * 1_000_000 // 256
+
+
+def test_strict_node_never_adopts_a_peers_counter() -> None:
+    m = master(strict=True)
+    first = m.timer_expired(m.next_deadline() or 0)[0]
+    m.advert_received(5.0, PEER, 1, 100, 10**12)  # a worse master's huge counter
+    after = m.timer_expired(m.next_deadline() or 0)[0]
+    assert isinstance(first, SendAdvert) and isinstance(after, SendAdvert)
+    assert after.counter == first.counter + 1
+    plain = master()
+    plain.advert_received(5.0, PEER, 1, 100, 10**12)
+    adopted = plain.timer_expired(plain.next_deadline() or 0)[0]
+    assert isinstance(adopted, SendAdvert) and adopted.counter == 10**12 + 1
