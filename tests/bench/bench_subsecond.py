@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Sub-second failover and its steadiness, measured in the same run against ucarp and keepalived.
+
+Failover: fresh namespaces per run (sidecar.lab), Apache on both nodes, a client polling
+http://VIP/ every 10 ms; node-a (preferred) is unplugged and we take the client-visible downtime
+(the gap before the first answer from node-b). Agents, same topology, same run:
+
+  carp-sidecar sub-second   advbase 0, skew 20 (adverts every 78 ms) / backup skew 26, multicast
+  carp-sidecar unicast      the same over CARP_PEERS
+  ucarp advbase 1           Debian's ucarp, the recipe's timing
+  keepalived advert_int 1   VRRPv2
+  keepalived VRRPv3 0.1     vrrp_version 3, advert_int 0.1
+
+Soak (--soak S): the sub-second pair for S seconds with a CPU burner on every core and 1000
+/metrics requests a second to the master: spurious transitions (must be 0) and the master's
+advert gaps seen on the wire (p99.9 must stay under half the backup's dead timer).
+
+    python tests/bench/bench_subsecond.py [--runs 5] [--soak 600] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sidecar.lab import ADDRESSES, LAB_PASSWORD, VIP, Lab
+
+KINDS = ("carp-sidecar sub-second", "carp-sidecar unicast", "ucarp advbase 1",
+         "keepalived advert_int 1", "keepalived VRRPv3 0.1")
+SKEW_A, SKEW_B = 20, 26
+DEAD_TIMER_B = (3 * SKEW_A + SKEW_B) / 256  # VRRPv3's rule at advbase 0 (docs/protocol.md §6)
+KEEPALIVED = """global_defs {{
+  {version}
+}}
+vrrp_instance VI_1 {{
+  state BACKUP
+  interface eth0
+  virtual_router_id 1
+  priority {priority}
+  advert_int {interval}
+  virtual_ipaddress {{
+    {vip}/16 dev eth0 label eth0:0
+  }}
+}}
+"""
+
+
+def start(lab: Lab, kind: str, node: str) -> None:
+    preferred = node == "a"
+    src = ADDRESSES[node].split("/")[0]
+    other = ADDRESSES["b" if preferred else "a"].split("/")[0]
+    if kind.startswith("carp-sidecar"):
+        env = {"CARP_ADVBASE": "0", "CARP_ADVSKEW": str(SKEW_A if preferred else SKEW_B)}
+        env |= {"CARP_PREEMPT": "true"} if preferred else {}
+        env |= {"CARP_PEERS": other} if "unicast" in kind else {}
+        lab.start_agent(node, **env)
+        return
+    if kind.startswith("ucarp"):
+        up, down = lab.dir / "up.sh", lab.dir / "down.sh"
+        up.write_text('#!/bin/sh\nip addr add "$2"/16 dev "$1" label "$1":0\n')
+        down.write_text('#!/bin/sh\nip addr del "$2"/16 dev "$1" 2>/dev/null; true\n')
+        for p in (up, down):
+            p.chmod(0o755)
+        cmd = ["ucarp", "-i", "eth0", "-s", src, "-v", "1", "-p", LAB_PASSWORD, "-a", VIP,
+               "-b", "1", "-k", "0" if preferred else "100", "-u", str(up), "-d", str(down),
+               "-z", "-f", "none"] + (["-P"] if preferred else [])
+    else:
+        v3 = "VRRPv3" in kind
+        conf = lab.dir / f"keepalived-{node}.conf"
+        conf.write_text(KEEPALIVED.format(version="vrrp_version 3" if v3 else "",
+                                          interval="0.1" if v3 else "1",
+                                          priority=150 if preferred else 100, vip=VIP))
+        cmd = ["keepalived", "-n", "-l", "-D", "--vrrp", "-f", str(conf),
+               "-p", str(lab.dir / f"ka-{node}.pid"), "-r", str(lab.dir / f"vrrp-{node}.pid")]
+    lab.agents[node] = lab.topo.start(node, cmd, log=lab.dir / f"{node}.log")
+
+
+def failover(kind: str) -> float | None:
+    with Lab() as lab:
+        for node in ("a", "b"):
+            lab.start_apache(node)
+        start(lab, kind, "a")
+        lab.wait(lambda: lab.has_vip("a"), 10, f"{kind}: node-a takes the VIP")
+        start(lab, kind, "b")
+        lab.start_probe()
+        lab.wait(lambda: lab.client_sees() == "node-a", 10, "the client on node-a")
+        time.sleep(2.5)
+        began = time.time()
+        lab.topo.unplug("a")
+        try:
+            lab.wait(lambda: lab.client_sees() == "node-b", 12, "node-b")
+        except TimeoutError:
+            return None
+        return lab.downtime_ms(began, "node-b")
+
+
+def soak(seconds: float) -> dict[str, Any]:
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(os.cpu_count() or 2)]
+    try:
+        with Lab() as lab:
+            start(lab, "carp-sidecar sub-second", "a")
+            lab.wait(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
+            start(lab, "carp-sidecar sub-second", "b")
+            time.sleep(2)
+            scraper = subprocess.Popen(lab.topo["client"].argv(
+                sys.executable, str(Path(__file__).parents[1] / "chaos/scrape.py"),
+                "http://172.16.0.11:9655/metrics", "1000", str(seconds),
+                "http://172.16.0.11:9655/healthz"), stdout=subprocess.PIPE, text=True)
+            dump = subprocess.run(lab.topo["client"].argv(
+                "timeout", str(seconds), "tcpdump", "-tt", "-n", "-l", "-i", "eth0",
+                "ip proto 112 and src host 172.16.0.11"), capture_output=True, text=True,
+                timeout=seconds + 60).stdout
+            scraped = json.loads(scraper.communicate(timeout=120)[0] or "{}")
+            times = [float(line.split()[0]) for line in dump.splitlines() if line.strip()]
+            gaps = sorted(b - a for a, b in itertools.pairwise(times))
+            transitions = {n: re.findall(r"Switching to state: (\w+)",
+                                         (lab.dir / f"{n}.log").read_text()) for n in ("a", "b")}
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    p999 = gaps[min(len(gaps) - 1, int(len(gaps) * 0.999))] if gaps else None
+    return {"seconds": seconds, "adverts": len(times),
+            "spurious_transitions": (len(transitions["a"]) - 2) + (len(transitions["b"]) - 1),
+            "advert_gap_ms": {"median": round(statistics.median(gaps) * 1000, 1) if gaps else None,
+                              "p99.9": round(p999 * 1000, 1) if p999 else None,
+                              "max": round(gaps[-1] * 1000, 1) if gaps else None},
+            "half_dead_timer_ms": round(DEAD_TIMER_B / 2 * 1000, 1),
+            "scrapes": scraped}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--soak", type=float, default=600)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    started = time.monotonic()
+    result: dict[str, Any] = {"machine": f"{platform.machine()}, {platform.platform()}, "
+                                         f"Python {platform.python_version()}",
+                              "runs": args.runs, "unplug_downtime_ms": {}}
+    for kind in KINDS:
+        runs = [failover(kind) for _ in range(args.runs)]
+        got = [r for r in runs if r is not None]
+        result["unplug_downtime_ms"][kind] = {
+            "runs": runs, "median": statistics.median(got) if got else None}
+        print(f"  {kind:<26} downtime ms {runs}", flush=True)
+    if args.soak:
+        result["soak"] = soak(args.soak)
+    result["wall_seconds"] = round(time.monotonic() - started)
+    med = {k: v["median"] for k, v in result["unplug_downtime_ms"].items()}
+    ours = med["carp-sidecar sub-second"]
+    print("\n| agent | unplug -> client on node-b, median ms | ratio to carp-sidecar sub-second |")
+    print("|---|---|---|")
+    for kind, m in med.items():
+        ratio = "n/a" if m is None or not ours else f"{m / ours:.2f}"
+        print(f"| {kind} | {'never' if m is None else f'{m:.0f}'} | {ratio} |")
+    if "soak" in result:
+        s = result["soak"]
+        print(f"\nsoak {s['seconds']:.0f} s, busy cores + 1000 /metrics req/s: spurious "
+              f"transitions {s['spurious_transitions']}, advert gaps ms {s['advert_gap_ms']} "
+              f"(half the dead timer: {s['half_dead_timer_ms']} ms), scrapes {s['scrapes']}")
+    text = json.dumps(result, indent=1)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
