@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import io
 import os
 import shlex
@@ -608,30 +609,48 @@ def _load_file(path: Path, env: dict[str, Any]) -> Config:
         raise ConfigError(f"{where}: at least one [[vhid]] table is required")
     if not isinstance(checks_in, dict):
         raise ConfigError(f"{where}: health must be tables like [health.apache]")
+    errors: list[str] = []
+    # the shared keys first: without them every instance would report their absence
     defaults = _file_keys(data, where, "", allowed=_AGENT_VARS | _INSTANCE_VARS)
-    agent = _validate(AgentSettings, {**defaults, **_only(env, _AGENT_VARS)}, {}, where)
+    agent = _collect(errors, lambda: _validate(
+        AgentSettings, {**defaults, **_only(env, _AGENT_VARS)}, {}, where))
     checks = {}
     for name, table in checks_in.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: [health.{name}] must be a table")
-        check = _validate(CheckSettings,
-                          _file_keys(table, where, f"[health.{name}] ", "HEALTH_", _CHECK_VARS),
-                          {}, f"{where}: [health.{name}]")
-        if not check.configured:
-            raise ConfigError(f"{where}: [health.{name}]: set url, tcp or cmd")
-        checks[name] = check
+        check = _collect(errors, functools.partial(_file_check, where, name, table))
+        if check is not None:
+            checks[name] = check
     base = {**defaults, **_only(env, _INSTANCE_VARS)}
     instances = []
     for number, table in enumerate(tables, 1):
         label = f"[[vhid]] #{number}" + (f" (vhid {table['vhid']})" if "vhid" in table else "")
-        values = {**base, **_file_keys(table, where, label + " ", allowed=_INSTANCE_VARS)}
-        instance = _validate(VhidSettings, values, {}, f"{where}: {label}")
-        for name in instance.health:
-            if name not in checks:
-                raise ConfigError(f"{where}: {label}: health: no [health.{name}] table")
+        instance = _collect(errors, functools.partial(_file_instance, where, label, base, table))
+        if instance is None:
+            continue
+        errors += [f"{where}: {label}: health: no [health.{n}] table"
+                   for n in instance.health if n not in checks_in]
         instances.append(instance)
+    if errors or agent is None:
+        raise ConfigError("\n".join(errors))  # every problem of the file at once
     _check_unique(instances, where)
     return Config(agent, tuple(instances), checks, where)
+
+
+def _file_instance(where: str, label: str, base: dict[str, Any], table: dict[str, Any]
+                   ) -> VhidSettings:
+    values = {**base, **_file_keys(table, where, label + " ", allowed=_INSTANCE_VARS)}
+    instance: VhidSettings = _validate(VhidSettings, values, {}, f"{where}: {label}")
+    return instance
+
+
+def _file_check(where: str, name: str, table: Any) -> CheckSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [health.{name}] must be a table")
+    check: CheckSettings = _validate(
+        CheckSettings, _file_keys(table, where, f"[health.{name}] ", "HEALTH_", _CHECK_VARS),
+        {}, f"{where}: [health.{name}]")
+    if not check.configured:
+        raise ConfigError(f"{where}: [health.{name}]: set url, tcp or cmd")
+    return check
 
 
 class _ConfigFile(BaseSettings):

@@ -379,3 +379,15 @@ def test_state_dir_default_off_and_maintenance_settings_reach_the_agent(tmp_path
     assert again.state_dir == tmp_path
     assert again.instances[0].preempt_delay == 2.5
     assert again.instances[0].maintenance_file == Path("/etc/carp/maintenance")
+
+
+def test_config_file_reports_every_bad_instance_and_check_at_once(tmp_path: Path) -> None:
+    path = config_file(tmp_path, **{"fall = 3": "fall = 0", "advskew = 100": "advskew = 300",
+                                    'health = ["apache"]': 'health = ["apache", "nginx"]'})
+    with pytest.raises(ConfigError) as e:
+        load({"CARP_CONFIG": str(path)})
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3, lines
+    assert any("[health.apache]: fall:" in ln for ln in lines)
+    assert any("[[vhid]] #2 (vhid 2): advskew:" in ln for ln in lines)
+    assert any("health: no [health.nginx] table" in ln for ln in lines)
