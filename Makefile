@@ -62,7 +62,7 @@ bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepal
 	$(BIN)/python tests/bench/bench_codec.py
 	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
 	$(BIN)/python tests/bench/bench_instances.py --json docs/bench-instances.json
-	$(BIN)/python tests/bench/bench_subsecond.py --json docs/bench-subsecond.json
+	$(BIN)/python tests/bench/bench_subsecond.py --merge docs/bench-results.json
 
 chaos: deps ## the long adversarial run (~25 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py

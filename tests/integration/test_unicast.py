@@ -186,3 +186,22 @@ def test_subsecond_pair_holds_steady_with_busy_cpus_and_fails_over_fast(lab: Lab
         for burner in burners:
             burner.kill()
             burner.wait()
+
+
+def test_migration_mode_joins_a_multicast_ucarp_group_while_advertising_to_peers(
+        lab: Lab) -> None:
+    from .conftest import start_ucarp
+
+    start_ucarp(lab, "b", advskew=100)  # the running group: multicast only
+    lab.start_agent("a", CARP_PREEMPT="true", CARP_PEERS=B, CARP_PEERS_MULTICAST="true")
+    wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER, ucarp backs off")
+    time.sleep(2)
+    assert vip_holders(lab) == ["a"]
+    assert metric(lab, "a", "carp_adverts_dropped_total", reason="bad_hmac") == 0
+    lab.stop_agent("a", 9)
+    wait_for(lambda: vip_holders(lab) == ["b", "a"] or "b" in vip_holders(lab), 6,
+             "ucarp takes over")
+    lab.topo["a"].run("ip", "addr", "flush", "dev", "eth0", "label", "eth0:0", check=False)
+    lab.start_agent("a", CARP_PREEMPT="true", CARP_PEERS=B, CARP_PEERS_MULTICAST="true")
+    wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a hears ucarp's multicast, preempts")
+    assert metric(lab, "a", "carp_adverts_received_total") >= 1
