@@ -324,7 +324,7 @@ class Instance:
         try:
             received = parse_packet(packet, self._expect)
         except AdvertError as e:
-            self.dropped(e, str(IPv4Address(packet[12:16])) if len(packet) >= 20 else None)
+            self.dropped(e, packet[12:16])
             if e.reason is DropReason.BAD_HMAC:
                 # someone advertises our vhid with another key: remember the claim (a master
                 # that stops claiming may leave clients on its MAC), never act on its content
@@ -336,7 +336,8 @@ class Instance:
         if self.s.strict:
             last = self._last_counter.get(received.src)
             if last is not None and ad.counter <= last:
-                self.dropped(AdvertError(DropReason.REPLAY, f"counter not above {last}"), peer)
+                self.dropped(AdvertError(DropReason.REPLAY, f"counter not above {last}"),
+                             received.src.packed)
                 return
             self._last_counter[received.src] = ad.counter
         self.m.received.inc()
@@ -353,25 +354,30 @@ class Instance:
                                    advskew=ad.advskew))
         self._apply(actions)
 
-    def dropped(self, error: AdvertError, peer: str | None = None) -> None:
+    def dropped(self, error: AdvertError, src: bytes | None = None) -> None:
+        """Count a drop; say so at most once a minute per reason. Cheap on the counted path:
+        a flood of forged packets arrives here at line rate."""
         self.m.dropped[error.reason].inc()
         reason, now = error.reason.value, self.loop.time()
-        extra = fields(vhid=self.s.vhid, interface=self.s.interface, reason=reason, peer=peer)
-        if error.reason is DropReason.OTHER_VHID:
+        if error.reason is DropReason.OTHER_VHID or now - self._last_drop_log.get(reason, -1e9) < 60:
             # other groups sharing the LAN are normal: counted, never warned about
-            log.debug("Ignored advertisement of another group: %s", error, extra=extra)
-            return
-        if now - self._last_drop_log.get(reason, -1e9) < 60:  # one line a minute per reason
-            log.debug("Dropped advertisement%s: %s", self._which(), error, extra=extra)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("Dropped advertisement%s: %s", self._which(), error,
+                          extra=self._drop_fields(reason, src))
             return
         self._last_drop_log[reason] = now
+        extra = self._drop_fields(reason, src)
         if error.reason is DropReason.BAD_HMAC:  # ucarp's words, which people search for
             log.warning("Bad digest - Check vhid, password and virtual IP address%s (from %s; "
                         "further ones counted in carp_adverts_dropped_total)", self._which(),
-                        peer or "?", extra=extra)
+                        extra["fields"].get("peer", "?"), extra=extra)
         else:
             log.warning("Dropped advertisement%s: %s (further drops counted in "
                         "carp_adverts_dropped_total)", self._which(), error, extra=extra)
+
+    def _drop_fields(self, reason: str, src: bytes | None) -> dict[str, Any]:
+        peer = str(IPv4Address(src)) if src is not None and len(src) == 4 else None
+        return fields(vhid=self.s.vhid, interface=self.s.interface, reason=reason, peer=peer)
 
     def arp_claim(self, sender_mac: bytes) -> None:
         """An ARP for one of our IPv4 VIPs from another MAC."""

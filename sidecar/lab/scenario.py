@@ -119,8 +119,11 @@ class Lab:
     def stop_agent(self, node: str, sig: int = signal.SIGTERM) -> int | None:
         return stop_process(self.agents.pop(node), sig=sig)
 
-    def start_probe(self) -> None:
-        cmd = [sys.executable, "-m", "sidecar.lab.probe", f"http://{VIP}/"]
+    def start_probe(self, timeout: float = 0.1) -> None:
+        """The client's view; ``timeout`` bounds each request, so it is also the resolution
+        of a measured downtime (a request sent just before the move waits it out)."""
+        cmd = [sys.executable, "-m", "sidecar.lab.probe", f"http://{VIP}/", "--timeout",
+               str(timeout)]
         proc = subprocess.Popen(self.topo["client"].argv(*cmd), stdout=subprocess.PIPE,
                                 start_new_session=True)
         self.topo.procs.append(proc)

@@ -57,6 +57,7 @@ def test_maintenance_file_demotes_and_undemotes_a_running_master(lab: Lab) -> No
     start_pair(lab, CARP_MAINTENANCE_FILE=str(flag))
     flag.touch()
     took = wait_for(lambda: vip_holders(lab) == ["b"], 5, "node-b MASTER after the file appeared")
+    print(f"\nmaintenance file: the VIP left node-a {took:.2f} s after the file appeared")
     assert took < 1.5, took  # noticed within a second (polled every 0.5 s) + handover
     st = status(lab, "a")
     assert st["maintenance"] is True and st["maintenance_by"] == ["file"]
@@ -85,6 +86,7 @@ def test_preempt_delay_lets_the_working_master_keep_the_vip_that_long(lab: Lab) 
     lab.start_agent("a", CARP_PREEMPT="true", CARP_PREEMPT_DELAY="5")
     wait_for(lambda: vip_holders(lab) == ["a"], 12, "node-a preempts after the delay")
     waited = time.monotonic() - started
+    print(f"\npreempt delay 5 s: node-a took the VIP {waited:.2f} s after it was started")
     # 5 s from the agent's start, plus the interpreter's start-up (< 1 s here)
     assert 5.0 <= waited < 6.5, waited
     assert status(lab, "a")["last_transition"]["reason"] == "preempt"
