@@ -174,13 +174,8 @@ class Agent:
     async def _remove_stale_vips(self, instance: Instance) -> None:
         s, index = instance.s, instance.channel.ifindex
         assert index is not None
-        if s.neutral:  # ucarp --neutral: what is on the interface at start stays there
-            present = {a.ip for a in await self.nl.addresses(index)}
-            for vip in s.vips:
-                if vip.ip in present:
-                    log.warning("Neutral start: leaving VIP %s on %s until the group decides",
-                                vip.ip, s.interface)
-        elif not s.manages_vip_by_scripts:
+        # ucarp --neutral: what is on the interface at start stays there
+        if not s.neutral and not s.manages_vip_by_scripts:
             for vip in s.vips:
                 try:
                     if await self.nl.remove_address(index, vip):
@@ -191,7 +186,13 @@ class Agent:
                         raise StartupError("missing capability NET_ADMIN: cannot manage the VIP "
                                            "by netlink (docker run --cap-add=NET_ADMIN)") from None
                     raise
-        instance.vip_observed({a.ip for a in await self.nl.addresses(index)})
+        present = {a.ip for a in await self.nl.addresses(index)}
+        if s.neutral:
+            for vip in s.vips:
+                if vip.ip in present:
+                    log.warning("Neutral start: leaving VIP %s on %s until the group decides",
+                                vip.ip, s.interface)
+        instance.vip_observed(present)
 
     def _restore_maintenance(self) -> None:
         """Before the first election: an operator's demotion and the maintenance file hold from

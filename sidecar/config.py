@@ -493,7 +493,7 @@ class Config:
 def load(environ: Mapping[str, str], env_file: Path | None = None) -> Config:
     """Validate the environment (and ``env_file``) or the TOML file it names; ConfigError
     carries every problem found, one line each."""
-    raw, given = read_sources(environ, env_file)
+    raw, given, in_file = read_sources(environ, env_file)
     errors = [_unknown(key) for key in raw if _unknown(key)]
     config_file = given.get("CARP_CONFIG", "")
     if config_file:
@@ -507,20 +507,23 @@ def load(environ: Mapping[str, str], env_file: Path | None = None) -> Config:
         VhidSettings, {**given, "CARP_HEALTH": list(checks)}, raw))
     if errors or agent is None or instance is None:
         raise ConfigError("\n".join(errors))
-    return Config(agent, (instance,), checks, "environment", _script_extra(raw, env_file))
+    return Config(agent, (instance,), checks, "environment", _script_extra(raw, in_file))
 
 
-def read_sources(environ: Mapping[str, str],
-                 env_file: Path | None) -> tuple[dict[str, str], dict[str, str]]:
-    """Every ``CARP_*``/``UCARP_*`` as spelled in the env file and the environment (the
-    environment wins), and one value per setting under its CARP_ name, read by
+def read_sources(environ: Mapping[str, str], env_file: Path | None
+                 ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Every variable as spelled in the env file and the environment (the environment wins),
+    one value per setting under its CARP_ name, and the env file's own variables, read by
     pydantic-settings' dotenv and environment sources: shell-like values (``X=pw  # note`` is
     ``pw``, ``${VAR}`` expanded), ``CARP_X`` before ``UCARP_X`` within a source, the
     environment before the file, an empty value meaning unset."""
     sources: list[EnvSettingsSource] = []
+    in_file: dict[str, str] = {}
     if env_file is not None:
         _check_env_file(env_file)
-        sources.append(DotEnvSettingsSource(_Variables, env_file=env_file, case_sensitive=True))
+        dotenv = DotEnvSettingsSource(_Variables, env_file=env_file, case_sensitive=True)
+        in_file = {k: v or "" for k, v in dotenv.env_vars.items()}
+        sources.append(dotenv)
     sources.append(_Environ(environ))
     raw: dict[str, str] = {}
     values: dict[str, Any] = {}
@@ -528,7 +531,7 @@ def read_sources(environ: Mapping[str, str],
         raw.update({k: v or "" for k, v in source.env_vars.items()})
         values.update({k: v for k, v in source().items() if k in _CARP_NAMES})
     given = {k: str(v) for k, v in values.items() if v not in ("", None)}
-    return raw, given
+    return raw, given, in_file
 
 
 class _Environ(EnvSettingsSource):
@@ -576,11 +579,10 @@ def _unknown(key: str) -> str:
     return ""
 
 
-def _script_extra(raw: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
+def _script_extra(raw: Mapping[str, str], in_file: Mapping[str, str]) -> dict[str, str]:
     """What the scripts see beyond the settings: the user's own UCARP_* names, and the env
     file's other variables (the agent's own environment reaches them anyway)."""
-    extra = {k: v for k, v in read_env_file(env_file).items()
-             if not k.startswith(("CARP_", "UCARP_"))} if env_file else {}
+    extra = {k: v for k, v in in_file.items() if not k.startswith(("CARP_", "UCARP_"))}
     extra.update({k: v for k, v in raw.items() if k.startswith("UCARP_") and k not in _KNOWN})
     return extra
 

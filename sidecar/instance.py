@@ -232,12 +232,15 @@ class Instance:
         self._notify_if_changed(t.reason.value, t.peer)
 
     # ---- scripts: their environment, the notify script ----
-    def script_environment(self, state: str) -> dict[str, str]:
+    def script_environment(self, state: str, reason: str | None = None,
+                           peer: str | None = None) -> dict[str, str]:
+        """The scripts' environment for a move to ``state``; the reason and peer are the last
+        transition's unless given."""
         t = self.last_transition or {}
         env = dict(self._script_base)
-        env.update(CARP_STATE=state, CARP_REASON=str(t.get("reason") or ""))
-        if t.get("peer"):
-            env["CARP_PEER"] = str(t["peer"])
+        env.update(CARP_STATE=state, CARP_REASON=reason or str(t.get("reason") or ""))
+        if peer or t.get("peer"):
+            env["CARP_PEER"] = peer or str(t["peer"])
         return env
 
     def notify_state(self) -> str:
@@ -257,11 +260,8 @@ class Instance:
             return
         self._notified = state
         if self.notifier is not None:
-            env = self.script_environment(state)
-            env["CARP_REASON"] = reason
-            if peer is not None:
-                env["CARP_PEER"] = str(peer)
-            self.notifier.notify(state, reason, env)
+            self.notifier.notify(state, reason, self.script_environment(
+                state, reason, str(peer) if peer is not None else None))
 
     def _notify_result(self, result: ScriptResult) -> None:
         self.m.script_runs[("notify", result.result)].inc()
