@@ -150,6 +150,16 @@ def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
     ({"CARP_MAINTENANCE_FILE": "down"}, "CARP_MAINTENANCE_FILE: down is not an absolute path"),
     ({"CARP_PREEMPT_DELAY": "-1"}, "CARP_PREEMPT_DELAY: Input should be greater than or equal"),
     ({"CARP_PREEMPT_DELAY": "nan"}, "CARP_PREEMPT_DELAY: Input should be"),
+    ({"CARP_PEERS": "224.0.0.18"}, "CARP_PEERS: 224.0.0.18 cannot be a peer's address"),
+    ({"CARP_PEERS": "10.0.0.2,10.0.0.2"}, "CARP_PEERS: a peer is listed twice"),
+    ({"CARP_PEERS": "10.0.0.2,not-an-ip"}, "CARP_PEERS: Input is not a valid IPv4 address"),
+    ({"CARP_PEERS": ",".join(f"10.1.0.{n}" for n in range(1, 34))}, "CARP_PEERS: at most 32 peers"),
+    ({"CARP_PEERS": "10.0.0.5", "CARP_SRCIP": "10.0.0.5"}, "CARP_PEERS: lists this node's own"),
+    ({"CARP_STRICT": "true"}, "CARP_STRICT: needs CARP_PEERS"),
+    ({"CARP_PEERS_MULTICAST": "true"}, "CARP_PEERS_MULTICAST: needs CARP_PEERS"),
+    ({"CARP_DEAD_TIMER": "vrrp2"}, "CARP_DEAD_TIMER: Input should be 'auto' or 'ucarp'"),
+    ({"CARP_LOG_LEVEL": "chatty"}, "CARP_LOG_LEVEL: Input should be"),
+    ({"CARP_MAINTENANCE_FILE": "relative/flag"}, "CARP_MAINTENANCE_FILE: relative/flag is not"),
 ])
 def test_bad_values_name_the_variable(override: dict[str, str | None], message: str) -> None:
     env = {**BASE, **override}

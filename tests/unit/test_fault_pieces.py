@@ -345,3 +345,28 @@ def test_metrics_format_and_compression_follow_the_request(accept: str, encoding
     text = gz.decompress(body).decode() if gzipped else body.decode()
     assert "carp_build_info" in text or "carp_" in text
     assert text.rstrip().endswith("# EOF") == ("openmetrics" in ctype)
+
+
+# ---- the notify script hangs, or changes come faster than it runs ----
+def test_hanging_notify_script_is_killed_and_its_calls_never_pile_up(tmp_path: Path) -> None:
+    from sidecar.scripts import Notifier, ScriptResult
+
+    script = tmp_path / "notify.sh"
+    script.write_text("#!/bin/sh\nsleep 30\n")
+    script.chmod(0o755)
+    results: list[ScriptResult] = []
+
+    async def main() -> int:
+        notifier = Notifier(script, 1, timeout=0.2, on_result=results.append, capacity=4)
+        runner = asyncio.create_task(notifier.run())
+        for n in range(10):  # a flapping link: ten changes before the first call has started
+            notifier.notify("MASTER" if n % 2 else "BACKUP", "flap", {"PATH": "/bin:/usr/bin"})
+        waiting = len(notifier._pending)
+        await asyncio.wait_for(notifier.join(), 10)
+        runner.cancel()
+        return waiting
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == 4  # the oldest six were dropped, not queued
+    assert [r.result for r in results] == ["timeout"] * 4
+    assert time.monotonic() - started < 5  # 4 x 0.2 s, not 30 s per call
