@@ -172,9 +172,12 @@ def test_subsecond_pair_holds_steady_with_busy_cpus_and_fails_over_fast(lab: Lab
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                for _ in range(os.cpu_count() or 2)]
     try:
+        # one after the other: started together on starved cores, whichever interpreter is
+        # up first times out first (a start-up race that preemption then settles, not a flap)
         lab.start_agent("a", CARP_ADVBASE="0", CARP_ADVSKEW="20", CARP_PREEMPT="true")
-        lab.start_agent("b", CARP_ADVBASE="0", CARP_ADVSKEW="26")
         wait_for(lambda: vip_holders(lab) == ["a"], 8, "node-a MASTER")
+        lab.start_agent("b", CARP_ADVBASE="0", CARP_ADVSKEW="26")
+        wait_for(lambda: lab.state("b") == "BACKUP", 8, "node-b BACKUP")
         time.sleep(15)  # both cores busy: no spurious takeover
         assert transitions(lab, "b") == ["BACKUP"], transitions(lab, "b")
         assert transitions(lab, "a") == ["BACKUP", "MASTER"]
