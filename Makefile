@@ -3,8 +3,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose openssl
+APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose openssl faketime
 IMAGE ?= localhost/carp-sidecar
+# invoke-rc.d and deb-systemd-invoke ask it before starting a service (exit 101: do not)
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv lint typecheck unit integration test demo bench chaos dist image image-test clean
@@ -14,20 +16,25 @@ help: ## list targets
 
 .stamp-apt: Makefile
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt-get and network namespaces)"; exit 2; fi
+	@# The host's own services are never touched: packages are installed with a policy-rc.d
+	@# that forbids starting services (their units are left disabled if this run installed
+	@# them), and nothing is stopped or disabled that was there before. The tests and the lab
+	@# run their own Apache, ucarp, keepalived and Prometheus inside network namespaces.
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages: $$missing"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
+	if [ -n "$$(echo $$missing)" ]; then \
+	  echo "installing Debian packages (their services not started): $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; policy=$(POLICY_RC_D); ours=; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; ours=1; fi; \
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  status=$$?; [ -n "$$ours" ] && rm -f $$policy; \
+	  for p in $$missing; do for unit in $$(dpkg -L $$p 2>/dev/null | grep -E '^/(usr/)?lib/systemd/system/[^/]+\.service$$'); do \
+	    systemctl disable $$(basename $$unit) >/dev/null 2>&1 || true; done; done; \
+	  [ $$status = 0 ] || exit $$status; \
 	fi
-	@# kubectl renders the kustomize base in the tests: any kubectl will do (Debian's, or one
-	@# the machine already has, which Debian's package would conflict with)
-	@command -v kubectl >/dev/null || DEBIAN_FRONTEND=noninteractive \
-	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends kubernetes-client >/dev/null
-	@# the Debian packages start services we do not want: the tests run their own instances
-	@for s in apache2 prometheus keepalived ucarp prometheus-node-exporter nftables; do \
-	  systemctl disable --now $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
+	@# kubectl renders the kustomize base in the tests: any kubectl will do (Debian's
+	@# kubernetes-client, or one the machine already has, which that package would conflict with)
 	@touch $@
 
 deps: .stamp-apt $(BIN)/carp-sidecar ## install Debian packages and the .venv
@@ -64,7 +71,7 @@ bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepal
 	$(BIN)/python tests/bench/bench_instances.py --json docs/bench-instances.json
 	$(BIN)/python tests/bench/bench_subsecond.py --merge docs/bench-results.json
 
-chaos: deps ## the long adversarial run (~25 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
+chaos: deps ## the long adversarial run (~35 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py
 	$(BIN)/python tests/chaos/chaos.py --json docs/chaos-results.json $(CHAOS_ARGS)
 

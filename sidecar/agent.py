@@ -46,6 +46,22 @@ CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 MAINTENANCE_FILE_POLL = 0.5  # s: a maintenance file is noticed within a second
 
 
+# Signals whose default action would end the process without the down path (VIP released,
+# downscript run, bow-out): each one stops the agent cleanly instead. SIGPIPE and SIGXFSZ are
+# ignored by Python; SIGKILL and SIGSTOP cannot be caught; the fault signals (SIGSEGV, SIGBUS,
+# SIGILL, SIGFPE, SIGABRT, SIGSYS, SIGTRAP) keep their default: handling a real fault would loop.
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO",
+                 "SIGPWR", "SIGXCPU", "SIGSTKFLT")
+
+
+def stop_signals(hup: bool) -> list[int]:
+    """The signals that stop the agent; SIGHUP among them only as ``ucarp`` (ucarp exits on
+    it), else it reloads."""
+    sigs = [getattr(signal, n) for n in _STOP_SIGNALS if hasattr(signal, n)]
+    sigs += range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
+    return [*sigs, signal.SIGHUP] if hup else sigs
+
+
 class StartupError(Exception):
     """Cannot run in this environment; the message says what to change (exit status 2)."""
 
@@ -117,7 +133,7 @@ class Agent:
                 raise StartupError(f"CARP_PEERS: cannot open the unicast socket: "
                                    f"{e.strerror or e}" + self._where(settings)) from None
             channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
-                        [v.ip for v in settings.ipv4_vips])
+                        [v.ip for v in settings.ipv4_vips], [v.ip for v in settings.ipv6_vips])
             self.instances.append(instance)
         for name, channel in self.channels.items():
             try:
@@ -204,8 +220,13 @@ class Agent:
                     record = self.store.load(instance.s.name)
                     if record is not None and record.maintenance:
                         instance.set_maintenance("operator", record.since)
+                    if instance.s.strict:
+                        instance.keep_counters(self.store)
             except StateError as e:
                 raise StartupError(str(e)) from None
+            except OSError as e:
+                raise StartupError(f"CARP_STATE_DIR: cannot write in {self.store.directory}: "
+                                   f"{e.strerror or e}") from None
         self._check_maintenance_files()
 
     def _check_maintenance_files(self) -> None:
@@ -240,9 +261,10 @@ class Agent:
     # ---- running ----
     async def run(self) -> int:
         """Run until a stop signal, then hand over and release everything; the exit status."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-            self.loop.add_signal_handler(sig, self._stopping.set)
+        for sig in stop_signals(hup=True):
+            self.loop.add_signal_handler(sig, self._stop_signal, sig)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_state)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._step_down)
         self._spawn(self._netlink_events())
         if self.control is not None:
             self._spawn(self.control.watch())
@@ -360,6 +382,18 @@ class Agent:
     def _log_state(self) -> None:
         for instance in self.instances:
             instance.log_state()
+
+    def _stop_signal(self, sig: int) -> None:
+        log.info("Received %s: stopping (a master hands over first)", signal.Signals(sig).name)
+        self._stopping.set()
+
+    def _step_down(self) -> None:
+        """SIGUSR2, as in ucarp: a master goes BACKUP (downscript) and pauses 3 s; ours bows out
+        first, so the backup takes over at once. Maintenance is `carp-sidecar demote`."""
+        log.warning("Caught signal (USR2) considering going down")
+        for instance in self.instances:
+            instance.step_down()
+
 
     # ---- HTTP views ----
     def ready(self) -> bool:

@@ -104,6 +104,8 @@ HELP = {
     "SHUTDOWN": "accepted for ucarp compatibility; a stopping master always releases the VIP",
     "GARP_REPEAT": "gratuitous ARPs per takeover (default 2)",
     "GARP_REFRESH": "seconds between extra GARPs while MASTER, 0 = off (default 0)",
+    "PROBE_INTERVAL": "seconds between probes for a stale holder of the VIP while MASTER "
+                      "(ARP probe, IPv6 NS), 0 = off (default 10)",
     "HEALTH": "names of the [health.NAME] checks gating an instance (config file)",
     "MAINTENANCE_FILE": "while this file exists the node is in maintenance",
     "HEALTH_URL": "http(s) URL of the service check",
@@ -161,6 +163,7 @@ class VhidSettings(BaseModel):
     shutdown: bool = _var("SHUTDOWN", True)
     garp_repeat: int = _var("GARP_REPEAT", 2, ge=1, le=100)
     garp_refresh: float = _var("GARP_REFRESH", 0.0, ge=0, le=86400)
+    probe_interval: float = _var("PROBE_INTERVAL", 10.0, ge=0, le=86400)
     health: list[str] = _var("HEALTH", [])  # names of the checks that gate this instance
     preempt_delay: float = _var("PREEMPT_DELAY", 0.0, ge=0, le=86400)
     peers: list[IPv4Address] = _var("PEERS", [])
@@ -191,7 +194,7 @@ class VhidSettings(BaseModel):
             raise ValueError(f"{v} cannot be a host's own source address")
         return v
 
-    @field_validator("garp_refresh")
+    @field_validator("garp_refresh", "probe_interval")
     @classmethod
     def _garp_refresh(cls, v: float) -> float:
         if 0 < v < MIN_GARP_REFRESH:
@@ -300,7 +303,8 @@ class VhidSettings(BaseModel):
                     script_timeout=self.script_timeout, neutral=self.neutral,
                     nomcast=self.nomcast, ignoreifstate=self.ignoreifstate,
                     deadratio=self.deadratio, mcast=self.mcast, garp_repeat=self.garp_repeat,
-                    garp_refresh=self.garp_refresh, health=tuple(self.health),
+                    garp_refresh=self.garp_refresh, probe_interval=self.probe_interval,
+                    health=tuple(self.health),
                     preempt_delay=self.preempt_delay, maintenance_file=self.maintenance_file,
                     notifyscript=self.notifyscript, peers=tuple(self.peers),
                     peers_multicast=self.peers_multicast, strict=self.strict,

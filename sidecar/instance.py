@@ -14,6 +14,7 @@ import functools
 import logging
 import random
 import secrets
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from ipaddress import IPv4Address, IPv6Address
@@ -35,8 +36,9 @@ from .machine import (
     Stopped,
     Transition,
 )
+from .maintenance import COUNTER_RESERVE, MaintenanceStore
 from .metrics import InstanceMetrics, Metrics
-from .net.announce import build_garp, build_unsolicited_na
+from .net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
 from .net.channel import Channel
 from .net.netlink import AddressEvent, Netlink
 from .net.packet import UnicastSender
@@ -58,6 +60,10 @@ from .vips import backend_for
 log = logging.getLogger("carp-sidecar")
 PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
 ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
+PROBE_AFTER_TAKEOVER = 2.0  # s: the old master has dropped its VIP by then, unless it cannot
+PROBE_ANSWER_WINDOW = 1.0  # s: an NA this soon after our NS probe answers it
+STALE_LOG_BACKOFF = 60.0  # s between log lines about one stale holder
+SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; after errors)
 SWEEP_MIN, SWEEP_MAX = 0.05, 1.0  # s between peer-table sweeps: as needed, bounded both ways
 WHY = {
     Reason.PREEMPT: "Putting MASTER down - preemption",
@@ -66,6 +72,7 @@ WHY = {
     Reason.PREFERRED_MASTER: "Preferred master advertised: going back to BACKUP state",
     Reason.LINK_DOWN: "Link down: leaving MASTER state",
     Reason.DEMOTED: "Demoted: handing the VIP over",
+    Reason.CANNOT_ADVERTISE: "Cannot advertise: leaving MASTER state",
 }
 
 
@@ -78,16 +85,17 @@ class Instance:
         self._several = several  # log lines then say which vhid they are about
         self.srcip, self.channel, self.loop = srcip, channel, loop
         self.key = s.secret
-        self.m = InstanceMetrics(metrics, s.vhid, s.interface, [str(v.ip) for v in s.vips])
+        self.m = InstanceMetrics(metrics, s.vhid, s.interface, [str(v.ip) for v in s.vips],
+                                 strict_peers=s.peers if s.strict else ())
         self.machine = Machine(Params(advbase=s.advbase, advskew=s.advskew,
                                       deadratio=s.deadratio, preempt=s.preempt,
                                       neutral=s.neutral, ignoreifstate=s.ignoreifstate,
                                       garp_repeat=s.garp_repeat, own_ip=srcip,
                                       preempt_delay=s.preempt_delay,
                                       vrrp3_dead_timer=s.vrrp3_dead_timer, strict=s.strict),
-                               # strict: counters start at the clock in µs, so they keep
-                               # increasing across restarts (peers drop anything not newer)
-                               rng=(lambda: time.time_ns() // 1000) if s.strict
+                               # strict: counters start above the clock in µs and above the
+                               # mark an earlier run kept (peers drop anything not newer)
+                               rng=self._strict_seed if s.strict
                                else (lambda: secrets.randbits(64)))
         self.peer_table = PeerTable(PEER_CAPACITY, 3 * self.machine.master_down_interval_us / 1e6)
         self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
@@ -96,7 +104,15 @@ class Instance:
                               own=srcip if s.peers else None,
                               multicast=not s.peers or s.peers_multicast, strict=s.strict)
         self.unicast = UnicastSender() if s.peers else None
+        self._nl = netlink
+        self._source_present = True  # checked at start; then followed by netlink
+        self._send_error: str | None = None  # why our adverts cannot leave, while they cannot
+        self._last_send_error = ""
         self._last_counter: dict[IPv4Address, int] = {}  # strict mode: per listed peer
+        self._replaying: dict[IPv4Address, float] = {}  # peer -> first replay drop since accepted
+        self._behind: set[IPv4Address] = set()  # peers flagged: replays for a master-down interval
+        self._counter_floor = 0  # strict: an earlier run may have used counters up to this
+        self._counters: tuple[MaintenanceStore, int] | None = None  # where reserved, up to what
         self._script_base = base_environment(script_extra, s.script_env)
         self.effects = Effects(backend_for(s, netlink, self.m, lambda: channel.ifindex,
                                            self.script_environment), self._announce)
@@ -118,6 +134,10 @@ class Instance:
         self._peer_series: set[str] = set()  # peers that have carp_peer_* series now
         self._peer_heard = asyncio.Event()  # wakes the sweeper of an empty peer table
         self._tasks: list[asyncio.Task[None]] = []
+        self._probe_wake = asyncio.Event()  # a takeover: the first probe is due
+        self._probe_at = 0.0
+        self._probed_at = -1e9
+        self._stale: dict[bytes, float] = {}  # stale holder MAC -> last logged (loop time)
 
     # ---- Receiver (what the channel calls) ----
     @property
@@ -155,6 +175,9 @@ class Instance:
         self._notify_if_changed("startup")
         if s.garp_refresh > 0:
             jobs.append(self._garp_refresh())
+        jobs.append(self._watch_sending())
+        if s.probe_interval > 0:
+            jobs.append(self._probe_stale_holders())
         return jobs
 
     async def stop(self) -> None:
@@ -170,6 +193,8 @@ class Instance:
                 await asyncio.wait_for(self.notifier.join(), self.s.script_timeout + 1)
 
     def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._timer is not None:
             self._timer.cancel()
         if self.unicast is not None:
@@ -229,6 +254,9 @@ class Instance:
                                 "at": now, "peer": str(t.peer) if t.peer else None}
         self.master_since = now if t.new is State.MASTER else None
         self._takeover_started = self.loop.time() if t.new is State.MASTER else None
+        if t.new is State.MASTER:
+            self._probe_at = self.loop.time() + PROBE_AFTER_TAKEOVER
+            self._probe_wake.set()
         self._notify_if_changed(t.reason.value, t.peer)
 
     # ---- scripts: their environment, the notify script ----
@@ -250,8 +278,8 @@ class Instance:
             return "MASTER"
         if self.machine.state is State.INIT:
             return "STOP" if self.stopping else "INIT"
-        link_ok = self.channel.attached is not None and (self.link_running
-                                                         or self.s.ignoreifstate)
+        link_ok = (self.channel.attached is not None and self.machine.can_advertise
+                   and (self.link_running or self.s.ignoreifstate))
         return "BACKUP" if link_ok and self.machine.healthy else "FAULT"
 
     def _notify_if_changed(self, reason: str, peer: IPv4Address | None = None) -> None:
@@ -271,8 +299,31 @@ class Instance:
         """ucarp's log lines name nothing (one process, one VHID); with several we say which."""
         return f" (vhid {self.s.vhid} on {self.s.interface})" if self._several else ""
 
+    # ---- strict mode's counter: increasing across restarts, whatever the clock says ----
+    def _strict_seed(self) -> int:
+        return max(time.time_ns() // 1000, self._counter_floor + 1)
+
+    def keep_counters(self, store: MaintenanceStore) -> None:
+        """Before the first advert: start above what an earlier run reserved, and reserve ahead
+        (one write per COUNTER_RESERVE adverts, not per advert). Raises StateError/OSError."""
+        mark = store.counter_mark(self.s.name)
+        self._counter_floor = mark or 0
+        self._reserve(store, self._strict_seed())
+
+    def _reserve(self, store: MaintenanceStore, counter: int) -> None:
+        upto = min(counter + COUNTER_RESERVE, (1 << 64) - 1)
+        store.reserve_counter(self.s.name, upto)
+        self._counters = (store, upto)
+
     def _send_advert(self, a: SendAdvert) -> None:
         s = self.s
+        if self._counters is not None and a.counter > self._counters[1] - COUNTER_RESERVE // 2:
+            try:  # before the advert leaves: a crash after it must not reuse its counter
+                self._reserve(self._counters[0], a.counter)
+            except OSError as e:
+                log.error("Cannot keep the advert counter in %s: %s; a restart with the clock "
+                          "behind would be dropped as replays", self._counters[0].directory,
+                          e.strerror or e)
         advert = Advert(vhid=s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
         sent = False
         unicast = self.unicast
@@ -290,6 +341,9 @@ class Instance:
             self.m.adverts_sent.inc()
             if a.handover:
                 self.m.handovers_sent.inc()
+        elif self._send_error is None:
+            self._send_error = self._last_send_error
+            self._advertisable_changed()
 
     def _sent(self, send: Callable[[], None]) -> bool:
         try:
@@ -297,8 +351,73 @@ class Instance:
         except OSError as e:
             self.m.advert_send_errors.inc()
             log.warning("write() has failed: %s", e.strerror)
+            self._last_send_error = f"sends fail: {e.strerror or e}"
             return False
         return True
+
+    # ---- can our adverts leave? (a node its peers cannot hear must not hold the VIP) ----
+    def _advertisable_changed(self) -> None:
+        ok = self._source_present and self._send_error is None
+        if ok == self.machine.can_advertise or self.stopping:
+            return
+        if ok:
+            log.warning("Adverts can leave again (source %s on %s): taking part again%s",
+                        self.srcip, self.s.interface, self._which(),
+                        extra=fields(vhid=self.s.vhid, interface=self.s.interface))
+        else:
+            why = (self._send_error if self._source_present
+                   else f"source address {self.srcip} is not on {self.s.interface}")
+            log.warning("Cannot advertise (%s): not holding the VIP until adverts can leave%s",
+                        why, self._which(),
+                        extra=fields(vhid=self.s.vhid, interface=self.s.interface,
+                                     reason="cannot_advertise"))
+        self._apply(self.machine.set_can_advertise(self.loop.time(), ok))
+        self._notify_if_changed("can_advertise" if ok else "cannot_advertise")
+
+    def _source_changed(self, present: bool) -> None:
+        if present != self._source_present:
+            self._source_present = present
+            self._advertisable_changed()
+
+    async def _check_source(self, index: int) -> None:
+        """A re-created interface: is our source address on it yet? (netlink events follow)"""
+        try:
+            present = any(a.ip == self.srcip for a in await self._nl.ipv4_addresses(index))
+        except Exception as e:  # netlink trouble: the next address event decides
+            log.warning("Cannot list the addresses of %s: %s", self.s.interface, e)
+            return
+        if self.channel.ifindex == index:
+            self._source_changed(present)
+
+    def _sending_works(self) -> str | None:
+        """Why adverts could not leave now, without sending one: unicast peers need a route
+        from our source (a UDP connect does the lookup and sends nothing)."""
+        if self.unicast is None:
+            return None if self.channel.attached is not None else "the interface is missing"
+        error = "no peers"
+        for peer in self.s.peers:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                probe.bind((str(self.srcip), 0))
+                probe.connect((str(peer), 9))
+                return None
+            except OSError as e:
+                error = f"sends fail: {e.strerror or e} (to {peer})"
+            finally:
+                probe.close()
+        return error
+
+    async def _watch_sending(self) -> None:
+        """Unicast: a backup checks every second that its peers are reachable, so it never
+        takes over unable to advertise; after a failed send, any mode checks until it works."""
+        while True:
+            await asyncio.sleep(SEND_CHECK_INTERVAL)
+            if self.stopping or (self.unicast is None and self._send_error is None):
+                continue
+            error = self._sending_works() if self._source_present else self._send_error
+            if error != self._send_error:
+                self._send_error = error
+                self._advertisable_changed()
 
     def _announce(self) -> None:
         """GARP for each IPv4 VIP, unsolicited NA for each IPv6 VIP — only while MASTER: a
@@ -338,8 +457,14 @@ class Instance:
             if last is not None and ad.counter <= last:
                 self.dropped(AdvertError(DropReason.REPLAY, f"counter not above {last}"),
                              received.src.packed)
+                self._replay_from(received.src, ad.counter, last)
                 return
             self._last_counter[received.src] = ad.counter
+            if self._replaying.pop(received.src, None) is not None and received.src in self._behind:
+                self._behind.discard(received.src)
+                self.m.peer_counter_behind[received.src].set(0)
+                log.warning("Peer %s's adverts are accepted again (its counter is above %d)%s",
+                            received.src, last, self._which())
         self.m.received.inc()
         self._heard(peer, ad.advbase, ad.advskew, valid=True)
         if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
@@ -354,6 +479,25 @@ class Instance:
                                    advskew=ad.advskew))
         self._apply(actions)
 
+    def _replay_from(self, src: IPv4Address, counter: int, last: int) -> None:
+        """Never accept a lower counter (that is the replay attack strict mode stops), but a
+        listed peer whose every advert is a "replay" for a master-down interval is a peer that
+        restarted with its clock behind and lost its counter mark: both may hold the VIP."""
+        now = self.loop.time()
+        since = self._replaying.setdefault(src, now)
+        if (src in self._behind or src not in self.m.peer_counter_behind
+                or now - since < self.machine.master_down_interval_us / 1e6):
+            return
+        self._behind.add(src)
+        self.m.peer_counter_behind[src].set(1)
+        log.error("Peer %s: every advert for %.1f s was dropped as a replay (counter %d, below "
+                  "the %d it sent before): its agent restarted with its clock behind and without "
+                  "its CARP_STATE_DIR. Both nodes may hold the VIP. Restart this agent to accept "
+                  "it again, and keep CARP_STATE_DIR on a volume (docs/runbook.md)%s", src,
+                  now - since, counter, last, self._which(),
+                  extra=fields(vhid=self.s.vhid, interface=self.s.interface, peer=str(src),
+                               reason="replay"))
+
     def dropped(self, error: AdvertError, src: bytes | None = None) -> None:
         """Count a drop; say so at most once a minute per reason. Cheap on the counted path:
         a flood of forged packets arrives here at line rate."""
@@ -367,7 +511,13 @@ class Instance:
             return
         self._last_drop_log[reason] = now
         extra = self._drop_fields(reason, src)
-        if error.reason is DropReason.BAD_HMAC:  # ucarp's words, which people search for
+        if error.reason is DropReason.VRRP:
+            log.warning("VRRP advertisement on our VHID%s: %s. A VRRP router (keepalived?) "
+                        "shares this link and ID; CARP and VRRP ignore each other, but give it "
+                        "another virtual_router_id (docs/runbook.md); further ones counted in "
+                        "carp_adverts_dropped_total{reason=\"vrrp\"}", self._which(), error,
+                        extra=extra)
+        elif error.reason is DropReason.BAD_HMAC:  # ucarp's words, which people search for
             log.warning("Bad digest - Check vhid, password and virtual IP address%s (from %s; "
                         "further ones counted in carp_adverts_dropped_total)", self._which(),
                         extra["fields"].get("peer", "?"), extra=extra)
@@ -379,17 +529,84 @@ class Instance:
         peer = str(IPv4Address(src)) if src is not None and len(src) == 4 else None
         return fields(vhid=self.s.vhid, interface=self.s.interface, reason=reason, peer=peer)
 
-    def arp_claim(self, sender_mac: bytes) -> None:
-        """An ARP for one of our IPv4 VIPs from another MAC."""
+    def arp_claim(self, sender_mac: bytes, probe_reply: bool = False) -> None:
+        """An ARP for one of our IPv4 VIPs from another MAC; ``probe_reply``: an answer to
+        our probe, from a host that has the VIP configured."""
         if self.machine.state is not State.MASTER:
             return
+        if probe_reply:
+            self._stale_holder(sender_mac)
+            return
         self.m.conflicts["arp"].inc()
+        self._claimed(sender_mac)
+
+    def na_claim(self, sender_mac: bytes) -> None:
+        """A neighbour advertisement for one of our IPv6 VIPs from another MAC: just after our
+        NS probe, the answer of a host that has it; otherwise another node announcing it."""
+        if self.machine.state is not State.MASTER:
+            return
+        if self.loop.time() - self._probed_at < PROBE_ANSWER_WINDOW:
+            self._stale_holder(sender_mac)
+            return
+        self.m.conflicts["na"].inc()
+        self._claimed(sender_mac)
+
+    def _claimed(self, sender_mac: bytes) -> None:
         if self.arp_claims.claimed(self.loop.time(), sender_mac):
             actions = self.machine.reannounce(self.loop.time())  # at most one per interval
             if actions:
                 log.warning("Another host (%s) announces a VIP of vhid %d: re-announcing ours",
                             sender_mac.hex(":"), self.s.vhid)
             self._apply(actions)
+
+    def _stale_holder(self, mac: bytes) -> None:
+        """A host still has our VIP configured (a killed agent's, typically: SIGKILL and the OOM
+        killer leave no down path). We cannot remove it there; we count it, say which MAC once
+        per back-off period, and re-announce so clients that asked come back to us."""
+        self.m.conflicts["stale_holder"].inc()
+        now = self.loop.time()
+        if now - self._stale.get(mac, -1e9) >= STALE_LOG_BACKOFF:
+            if len(self._stale) >= ARP_CAPACITY:
+                self._stale.clear()
+            self._stale[mac] = now
+            log.error("Stale holder of VIP %s: the host with MAC %s still has the address (a "
+                      "killed agent's?) and answers for it: remove it there (docs/runbook.md). "
+                      "Re-announcing ours%s", self.s.vips[0].ip, mac.hex(":"), self._which(),
+                      extra=fields(vhid=self.s.vhid, interface=self.s.interface,
+                                   reason="stale_holder", peer=mac.hex(":")))
+        self._apply(self.machine.reannounce(now))
+
+    async def _probe_stale_holders(self) -> None:
+        """While MASTER: an RFC 5227 ARP probe (IPv6: an NS from ::) for each VIP, first
+        PROBE_AFTER_TAKEOVER after the takeover, then every CARP_PROBE_INTERVAL (jittered, so
+        many VHIDs do not probe at once). Only a host that has the VIP configured answers."""
+        while True:
+            self._probe_wake.clear()
+            if self.machine.state is not State.MASTER:
+                await self._probe_wake.wait()
+                continue
+            delay = self._probe_at - self.loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._probe_wake.wait(), delay)
+                continue
+            self._probe_at = self.loop.time() + self.s.probe_interval * random.uniform(0.9, 1.1)
+            self._probe()
+
+    def _probe(self) -> None:
+        attached = self.channel.attached
+        if attached is None:
+            return
+        try:
+            for v4 in self.s.ipv4_vips:
+                attached.sock.send_arp(build_arp_probe(attached.mac, v4.ip))
+            for v6 in self.s.ipv6_vips:
+                attached.sock.send_ipv6(build_ns_probe(attached.mac, v6.ip))
+        except OSError as e:
+            log.warning("VIP probe failed: %s", e.strerror)
+            return
+        self._probed_at = self.loop.time()
+        self.m.probes_sent.inc()
 
     def interface_changed(self, present: bool, running: bool, reattached: bool) -> None:
         self._interface_changed(present, running, reattached)
@@ -400,6 +617,8 @@ class Instance:
     def _interface_changed(self, present: bool, running: bool, reattached: bool) -> None:
         self.m.interface_present.set(1 if present else 0)
         now = self.loop.time()
+        if reattached and self.channel.ifindex is not None:
+            self._spawn(self._check_source(self.channel.ifindex))
         if not present:
             for child in self.m.vip_present.values():
                 child.set(0)
@@ -407,6 +626,10 @@ class Instance:
                 self.link_running = False
                 # ignoreifstate ignores carrier, not a missing interface: nothing can be sent
                 self._apply(self.machine.link_changed(now, up=False, force=True))
+            # the source address went with the interface: a new one has none until netlink
+            # says so (a node that hears adverts but cannot send must not take over)
+            self._source_present = False
+            self._apply(self.machine.set_can_advertise(now, False))
             return
         if running != self.link_running:
             self.link_running = running
@@ -415,6 +638,9 @@ class Instance:
             self._apply(self.machine.link_changed(now, up=True, force=True))
 
     def address_event(self, event: AddressEvent) -> None:
+        if event.address == self.srcip:
+            self._source_changed(event.added)
+            return
         child = self.m.vip_present.get(str(event.address))
         if child is None:
             return
@@ -482,6 +708,11 @@ class Instance:
                     self._went_silent = []
                 self._apply(actions)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
     async def _garp_refresh(self) -> None:
         while True:
             await asyncio.sleep(self.s.garp_refresh)
@@ -529,13 +760,20 @@ class Instance:
         if not self.stopping:
             self._notify_if_changed("healthy" if all_ok else "unhealthy")
 
+    def step_down(self) -> None:
+        if self.machine.state is State.MASTER:
+            log.warning("Stepping down (SIGUSR2): handing the VIP over, back in the election "
+                        "in 3 s%s", self._which())
+        self._apply(self.machine.step_down(self.loop.time()))
+
     # ---- views ----
     def log_state(self) -> None:
         state = "BACKUP" if self.machine.state is not State.MASTER else "MASTER"
         log.info("%s on %s id %d", state, self.s.interface, self.s.vhid)
 
     def ready(self) -> bool:
-        return self.machine.state is not State.INIT and self.channel.attached is not None
+        return (self.machine.state is not State.INIT and self.channel.attached is not None
+                and self.machine.can_advertise)
 
     def status(self) -> dict[str, Any]:
         s, machine = self.s, self.machine
@@ -565,6 +803,12 @@ class Instance:
             "preempt_delay": s.preempt_delay,
             "health": health,
             "interface_present": self.channel.attached is not None,
+            "can_advertise": machine.can_advertise,
+            "stale_holders": sorted(mac.hex(":") for mac, at in self._stale.items()
+                                    if self.loop.time() - at < STALE_LOG_BACKOFF),
+            "cannot_advertise_reason": None if machine.can_advertise else (
+                self._send_error if self._source_present
+                else f"source address {self.srcip} is not on {s.interface}"),
             "link_running": self.link_running,
             "peers": {src: {"last_seen": p.wall, "advbase": p.advbase, "advskew": p.advskew}
                       for src, p in self.peer_table.valid_peers().items()},

@@ -27,8 +27,12 @@ Transition table (state, event -> new state: actions) — the rows the tests are
                                           advert interval; Conflict once our takeover has had
                                           an advert interval to reach the other master
   any     link down (not ignored)      -> BACKUP: DropVip if MASTER, no timers
-  BACKUP  link up                      -> BACKUP: arm master-down
+  any     cannot advertise             -> BACKUP: DropVip if MASTER, no timers (reason
+                                          cannot_advertise; ignoreifstate does not ignore it)
+  BACKUP  link up / can advertise      -> BACKUP: arm master-down (once both hold)
   MASTER  demoted                      -> BACKUP: SendAdvert(bow-out), DropVip, arm master-down
+  MASTER  step down (SIGUSR2)          -> BACKUP: SendAdvert(bow-out), DropVip; neither master
+                                          nor preempting for STEP_DOWN_PAUSE (ucarp's 3 s)
   MASTER  stop                         -> MASTER (stopping): SendAdvert(bow-out), wait for a
                                           successor's advert or the successor wait, then
                                           -> INIT: DropVip, Stopped
@@ -79,6 +83,8 @@ class Reason(StrEnum):
     PREFERRED_MASTER = "preferred_master"
     LINK_DOWN = "link_down"
     DEMOTED = "demoted"
+    STEP_DOWN = "step_down"  # SIGUSR2, ucarp's "considering going down"
+    CANNOT_ADVERTISE = "cannot_advertise"  # source address gone or sends failing: like link down
     STOP = "stop"
 
 
@@ -161,6 +167,7 @@ class Conflict:
 
 Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict | Stopped
 SUCCESSOR_WAIT = 0.8  # s a stopping master keeps the VIP waiting for a successor's advert
+STEP_DOWN_PAUSE = 3.0  # s ucarp sleeps after SIGUSR2 before listening again
 
 
 def skew_us(advskew: int) -> int:
@@ -191,6 +198,7 @@ class Machine:
         self.maintenance = False  # demoted by an operator
         self.healthy = True  # the co-located service passes its checks
         self.link_up = True
+        self.can_advertise = True  # our adverts can leave: source address present, sends work
         self._stop_at: int | None = None  # µs; set while a MASTER waits for its successor
         self._rng = rng  # 64-bit random counters until a peer's counter is adopted (ucarp §2.3)
         self._counter: int | None = None
@@ -205,6 +213,7 @@ class Machine:
         self._adverts_until_garp = 0
         self._master_since: int | None = None  # µs
         self._quiet_until = 0  # µs: no conflict GARP / log line before this
+        self._paused_until = 0  # µs: after a step down, no takeover of any kind before this
 
     # ---- intervals and keys ----
     @property
@@ -247,7 +256,7 @@ class Machine:
         if not self.params.neutral:
             actions.append(DropVip())
         self._vip_undecided = self.params.neutral
-        if self.link_up or self.params.ignoreifstate:
+        if self._link_usable:
             self._arm_master_down(now)
         return actions
 
@@ -296,7 +305,27 @@ class Machine:
             actions = self._leave_master(Reason.LINK_DOWN) if self.state is State.MASTER else []
             self._advert_at = self._master_down_at = None
             return actions
-        if self._master_down_at is None and self._advert_at is None:
+        if self._master_down_at is None and self._advert_at is None and self.can_advertise:
+            self._arm_master_down(now)
+        return []
+
+    def set_can_advertise(self, now: float, ok: bool) -> list[Action]:
+        """Whether our adverts can leave (the source address is on the interface, sends work).
+        A node that cannot advertise must not hold the VIP: its peers cannot hear it, so they
+        take over, and two nodes would answer for it. No setting ignores this."""
+        if ok == self.can_advertise:
+            return []
+        self.can_advertise = ok
+        if self._stop_at is not None and not ok:
+            return self._finish_stop()
+        if self.state is State.INIT or self._stop_at is not None:
+            return []
+        if not ok:
+            actions = (self._leave_master(Reason.CANNOT_ADVERTISE) if self.state is State.MASTER
+                       else [])
+            self._advert_at = self._master_down_at = None
+            return actions
+        if self._link_usable and self._master_down_at is None and self._advert_at is None:
             self._arm_master_down(now)
         return []
 
@@ -314,6 +343,20 @@ class Machine:
         actions: list[Action] = [self._bow_out_advert()]
         actions += self._leave_master(Reason.DEMOTED)
         self._arm_master_down(now)
+        return actions
+
+    def step_down(self, now: float, pause: float = STEP_DOWN_PAUSE) -> list[Action]:
+        """ucarp's SIGUSR2: a MASTER goes BACKUP (the downscript runs) and stays out for
+        ``pause``; ours also bows out, so a backup takes over at once instead of at its
+        master-down time. With preempt it may come back once the pause is over."""
+        if self.state is not State.MASTER or self._stop_at is not None:
+            return []
+        actions: list[Action] = [self._bow_out_advert()]
+        actions += self._leave_master(Reason.STEP_DOWN)
+        t = self._paused_until = _us(now) + _us(pause)
+        self._preempt_after = max(self._preempt_after, t)
+        self._arm_master_down(now)
+        self._master_down_at = max(self._master_down_at or 0, t)
         return actions
 
     def reannounce(self, now: float) -> list[Action]:
@@ -349,7 +392,7 @@ class Machine:
     # ---- steps (named after ucarp's / BSD's functions) ----
     @property
     def _link_usable(self) -> bool:
-        return self.link_up or self.params.ignoreifstate
+        return (self.link_up or self.params.ignoreifstate) and self.can_advertise
 
     def _master_hears(
         self, now: float, src: IPv4Address, remote: tuple[int, int]
@@ -383,6 +426,10 @@ class Machine:
         self, now: float, src: IPv4Address, remote: tuple[int, int]
     ) -> list[Action]:
         preempt_later = False
+        if _us(now) < self._paused_until:  # stepped down: listening, not competing
+            self._arm_master_down(now)
+            self._master_down_at = max(self._master_down_at or 0, self._paused_until)
+            return []
         if not self.demoted:
             if self.params.preempt and self.local_key < remote:
                 if _us(now) >= self._preempt_after:

@@ -34,14 +34,18 @@ class Record:
                            "since_utc": utc}) + "\n"
 
 
+COUNTER_RESERVE = 1 << 32  # strict-mode counters reserved per write: 194 days of adverts at 4 ms
+
+
 class MaintenanceStore:
-    """Records in ``directory``, one per instance, named after it (``eth0-vhid1.json``)."""
+    """Records in ``directory``, one per instance, named after it (``eth0-vhid1.json``), and
+    strict mode's counter high-water marks beside them (``eth0-vhid1.counter``)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def path(self, instance: str) -> Path:
-        return self.directory / (instance.replace("/", "-") + ".json")
+    def path(self, instance: str, suffix: str = ".json") -> Path:
+        return self.directory / (instance.replace("/", "-") + suffix)
 
     def prepare(self) -> None:
         """Create the directory if needed and check it can take a record now, not later."""
@@ -54,9 +58,7 @@ class MaintenanceStore:
             raise StateError(f"CARP_STATE_DIR: {self.directory} is not a writable directory "
                              "(mount a volume there, or set it to off)")
 
-    def load(self, instance: str) -> Record | None:
-        """The instance's record, None if it has none; StateError if it cannot be trusted."""
-        path = self.path(instance)
+    def _read(self, path: Path) -> bytes | None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -64,11 +66,18 @@ class MaintenanceStore:
         except OSError as e:
             raise StateError(f"CARP_STATE_DIR: cannot read {path}: {e.strerror or e}") from None
         try:
-            raw = os.read(fd, MAX_RECORD_BYTES + 1)
+            return os.read(fd, MAX_RECORD_BYTES + 1)
         except OSError as e:
             raise StateError(f"CARP_STATE_DIR: cannot read {path}: {e.strerror or e}") from None
         finally:
             os.close(fd)
+
+    def load(self, instance: str) -> Record | None:
+        """The instance's record, None if it has none; StateError if it cannot be trusted."""
+        path = self.path(instance)
+        raw = self._read(path)
+        if raw is None:
+            return None
         try:
             if len(raw) > MAX_RECORD_BYTES:
                 raise ValueError("too large")
@@ -84,12 +93,35 @@ class MaintenanceStore:
 
     def save(self, instance: str, record: Record) -> None:
         """Atomically replace the instance's record; OSError if it could not be made durable."""
-        path = self.path(instance)
+        self._write(self.path(instance), record.to_json())
+
+    def counter_mark(self, instance: str) -> int | None:
+        """Strict mode: the highest advert counter an earlier run may have used (its
+        reservation), None if none was kept; StateError if the file cannot be trusted."""
+        path = self.path(instance, ".counter")
+        raw = self._read(path)
+        if raw is None:
+            return None
+        try:
+            mark = json.loads(raw)["reserved"]
+            if not isinstance(mark, int) or not 0 <= mark < 1 << 64:
+                raise ValueError("not a 64-bit counter")
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(f"CARP_STATE_DIR: {path} is not a counter record ({e}); delete it "
+                             "only if every peer's agent restarts too (they remember the "
+                             "counters they have seen)") from None
+        return mark
+
+    def reserve_counter(self, instance: str, upto: int) -> None:
+        """Record that counters up to ``upto`` may be used: a later run starts above it."""
+        self._write(self.path(instance, ".counter"), json.dumps({"reserved": upto}) + "\n")
+
+    def _write(self, path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, record.to_json().encode())
+                os.write(fd, text.encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)

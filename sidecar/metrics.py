@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import platform
 from collections.abc import Iterable
+from ipaddress import IPv4Address
 
 from prometheus_client import (
     CollectorRegistry,
@@ -33,13 +34,14 @@ TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
     *((State.BACKUP, State.MASTER, r) for r in
       (Reason.MASTER_DOWN, Reason.PREEMPT, Reason.MASTER_TIMEOUT, Reason.HANDOVER)),
     *((State.MASTER, State.BACKUP, r) for r in
-      (Reason.PREFERRED_MASTER, Reason.LINK_DOWN, Reason.DEMOTED)),
+      (Reason.PREFERRED_MASTER, Reason.LINK_DOWN, Reason.DEMOTED, Reason.STEP_DOWN,
+       Reason.CANNOT_ADVERTISE)),
     (State.MASTER, State.INIT, Reason.STOP),
     (State.BACKUP, State.INIT, Reason.STOP),
 )
 SCRIPT_RESULTS = ("ok", "failed", "timeout", "error", "superseded")
 SCRIPTS = ("up", "down", "notify")
-EVIDENCE = ("advert", "arp")
+EVIDENCE = ("advert", "arp", "na", "stale_holder")
 TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -104,8 +106,13 @@ class Metrics:
                                      [*base, "result"], registry=r)
         self.conflicts = Counter("carp_conflicts", "Split-brain evidence while MASTER: another "
                                  "master's adverts after our takeover settled (evidence=advert), "
-                                 "or an ARP for the VIP from another MAC (evidence=arp)",
+                                 "an ARP or neighbour advertisement for a VIP from another MAC "
+                                 "(arp, na), or an answer to our probe from a host that still "
+                                 "has the VIP configured (stale_holder)",
                                  [*base, "evidence"], registry=r)
+        self.probes_sent = Counter("carp_vip_probes_sent", "ARP probes and neighbour "
+                                   "solicitations sent while MASTER to find stale VIP holders",
+                                   base, registry=r)
         self.interface_present = Gauge("carp_interface_present", "1 while the interface exists "
                                        "(it may be deleted and re-created)", base, registry=r)
         self.peers = Gauge("carp_peers", "Senders of adverts for this vhid remembered now "
@@ -122,6 +129,11 @@ class Metrics:
                                       "MASTER on purpose", base, registry=r)
         self.handovers_received = Counter("carp_handovers_received", "Bow-out adverts received",
                                           base, registry=r)
+        self.peer_counter_behind = Gauge("carp_peer_counter_behind", "Strict mode: 1 while a "
+                                         "listed peer's authenticated adverts have all been "
+                                         "dropped as replays for a master-down interval (its "
+                                         "counter went back: restarted with the clock behind)",
+                                         [*base, "peer"], registry=r)
         self.takeover_duration = Histogram("carp_takeover_duration_seconds", "From deciding to "
                                            "become MASTER to VIP added and GARP sent", base,
                                            buckets=TAKEOVER_BUCKETS, registry=r)
@@ -130,7 +142,8 @@ class Metrics:
 class InstanceMetrics:
     """The series of one instance, bound once; all present from the start."""
 
-    def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str]) -> None:
+    def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str],
+                 strict_peers: Iterable[IPv4Address] = ()) -> None:
         self.family = m
         lb = self.labels = {"vhid": str(vhid), "interface": interface}
         self.state = {s: m.state.labels(**lb, state=s.name) for s in State}
@@ -164,9 +177,12 @@ class InstanceMetrics:
         self.peers = m.peers.labels(**lb)
         self.peers_evicted = m.peers_evicted.labels(**lb)
         self.garps_sent = m.garps_sent.labels(**lb)
+        self.probes_sent = m.probes_sent.labels(**lb)
         self.handovers_sent = m.handovers_sent.labels(**lb)
         self.handovers_received = m.handovers_received.labels(**lb)
         self.takeover_duration = m.takeover_duration.labels(**lb)
+        self.peer_counter_behind = {p: m.peer_counter_behind.labels(**lb, peer=str(p))
+                                    for p in strict_peers}
         self.health_up.set(1)
         self.set_state(State.INIT)
 

@@ -48,6 +48,7 @@ class DropReason(StrEnum):
     BAD_CHECKSUM = "bad_checksum"
     BAD_HMAC = "bad_hmac"
     REPLAY = "replay"  # strict mode: a counter that does not increase (decided by the instance)
+    VRRP = "vrrp"  # a VRRPv2/v3 advert (keepalived...) using our VHID as its VRID: same proto/group
 
 
 class AdvertError(ValueError):
@@ -208,6 +209,32 @@ def build_frame(ip_packet: bytes, *, vhid: int, group: IPv4Address, broadcast: b
     return dst + advert_source_mac(vhid) + b"\x08\x00" + ip_packet
 
 
+VRRP_AUTH_LEN = 8  # VRRPv2's authentication data after the addresses (RFC 3768)
+
+
+def vrrp_version(packet: bytes, ihl: int) -> int | None:
+    """2 or 3 if the protocol-112 packet is a VRRP advert for IPv4 (RFC 3768 / RFC 5798), else
+    None. CARP is version 2 as well: what tells them apart is the length, which in VRRP follows
+    from the address count (byte 3, where CARP has its authlen 7: a VRRPv2 length of 44, never
+    CARP's 36), and VRRPv3's checksum, which covers a pseudo-header that CARP's does not."""
+    total = int.from_bytes(packet[2:4], "big")  # the IP length: Ethernet padding excluded
+    if total > len(packet) or total < ihl + 8:
+        return None
+    first, count = packet[ihl], packet[ihl + 3]
+    version, kind = first >> 4, first & 0x0F
+    if kind != 1 or version not in (2, 3):
+        return None
+    expected = 8 + 4 * count + (VRRP_AUTH_LEN if version == 2 else 0)
+    if total - ihl != expected:
+        return None
+    message = packet[ihl:total]
+    if version == 3:  # RFC 5798 §5.2.8: the checksum covers an IPv4 pseudo-header too
+        message = packet[12:20] + bytes((0, CARP_PROTO)) + len(message).to_bytes(2, "big") + message
+    if internet_checksum(message):
+        return None
+    return version
+
+
 def parse_packet(packet: bytes, expect: Expect) -> Received:
     """Validate an IPv4 packet as an advert for us, in ucarp's order (docs/protocol.md §4).
 
@@ -221,9 +248,15 @@ def parse_packet(packet: bytes, expect: Expect) -> Received:
         raise AdvertError(DropReason.BAD_IP_HEADER, f"version/IHL byte {vihl:#04x}")
     if proto != CARP_PROTO:
         raise AdvertError(DropReason.NOT_CARP, f"IP protocol {proto}")
+    source, destination = IPv4Address(src), IPv4Address(dst)
+    vrrp = vrrp_version(packet, ihl) if len(packet) >= ihl + 8 else None
+    if vrrp is not None:
+        vrid = packet[ihl + 1]
+        if vrid != expect.vhid:
+            raise AdvertError(DropReason.OTHER_VHID, f"VRRP VRID {vrid}")
+        raise AdvertError(DropReason.VRRP, f"VRRPv{vrrp} router {source}, VRID {vrid}")
     if len(packet) < ihl + ADVERT_LEN:
         raise AdvertError(DropReason.SHORT, f"{len(packet)} bytes, need {ihl + ADVERT_LEN}")
-    source, destination = IPv4Address(src), IPv4Address(dst)
     unicast = expect.own is not None and destination == expect.own
     if expect.peers is not None and source not in expect.peers:
         raise AdvertError(DropReason.NOT_A_PEER, f"source {source}")

@@ -40,6 +40,7 @@ class Vhid:
     mcast: IPv4Address = field(default_factory=lambda: IPv4Address("224.0.0.18"))
     garp_repeat: int = 2
     garp_refresh: float = 0.0
+    probe_interval: float = 10.0  # s between stale-holder probes while MASTER; 0 = off
     health: tuple[str, ...] = ()
     preempt_delay: float = 0.0
     maintenance_file: Path | None = None
@@ -106,6 +107,8 @@ class RunConfig:
     syslog: str | None = None  # facility name
     script_extra: dict[str, str] = field(default_factory=dict)  # the env file's own variables
     realtime: bool = False  # SCHED_FIFO (or nice) for the agent itself
+    as_ucarp: bool = False  # started as `ucarp`: SIGHUP stops (ucarp's meaning), not reload
+    origin: tuple[str, ...] = ()  # the command line it came from, re-read by a reload
 
     def to_json(self) -> str:
         def vhid(v: Vhid) -> dict[str, Any]:
@@ -128,7 +131,8 @@ class RunConfig:
             "log_format": self.log_format, "source": self.source,
             "state_dir": str(self.state_dir) if self.state_dir else None,
             "log_level": self.log_level, "syslog": self.syslog,
-            "script_extra": self.script_extra, "realtime": self.realtime})
+            "script_extra": self.script_extra, "realtime": self.realtime,
+            "as_ucarp": self.as_ucarp, "origin": list(self.origin)})
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -151,7 +155,8 @@ class RunConfig:
         return cls(tuple(instances), {n: Check(**c) for n, c in doc["checks"].items()},
                    doc["metrics_listen"], Path(doc["control_socket"]), doc["log_format"],
                    doc["source"], Path(doc["state_dir"]) if doc["state_dir"] else None,
-                   doc["log_level"], doc["syslog"], doc["script_extra"], doc["realtime"])
+                   doc["log_level"], doc["syslog"], doc["script_extra"], doc["realtime"],
+                   doc.get("as_ucarp", False), tuple(doc.get("origin", ())))
 
 
 def host_port(value: str) -> tuple[str, int]:

@@ -110,14 +110,20 @@ class Topology:
         """Delete the host's eth0 (and its switch port): a container restart, a re-plumbed veth."""
         sh("ip", "-n", self.switch, "link", "del", self.hosts[name].port)
 
-    def recreate_interface(self, name: str) -> None:
-        """A new eth0 (new ifindex, new MAC) with the same address, plugged into the switch."""
+    def recreate_interface(self, name: str, address: bool = True) -> None:
+        """A new eth0 (new ifindex, new MAC) plugged into the switch, with the same address
+        unless ``address`` is false (DHCP or a slow network manager adds it later)."""
         host = self.hosts[name]
         sw = ["ip", "-n", self.switch]
         sh(*sw, "link", "add", host.port, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
         sh(*sw, "link", "set", host.port, "master", "br0", "up")
-        sh("ip", "-n", host.ns, "addr", "add", str(host.address), "dev", "eth0")
+        if address:
+            self.add_address(name)
         sh("ip", "-n", host.ns, "link", "set", "eth0", "up")
+
+    def add_address(self, name: str) -> None:
+        host = self.hosts[name]
+        sh("ip", "-n", host.ns, "addr", "add", str(host.address), "dev", "eth0")
 
     def block_carp(self, name: str, blocked: bool = True) -> None:
         """Drop IP protocol 112 to and from the host at the switch; everything else passes (a

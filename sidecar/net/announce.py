@@ -40,3 +40,36 @@ def build_unsolicited_na(mac: bytes, vip: IPv6Address) -> bytes:
     ipv6 = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), 58, 255, vip.packed, ALL_NODES.packed)
     return ALL_NODES_MAC + mac + b"\x86\xdd" + ipv6 + icmp
 
+
+
+ICMPV6_NS = 135
+ARP_REPLY = 2
+
+
+def build_arp_probe(mac: bytes, vip: IPv4Address) -> bytes:
+    """RFC 5227's ARP probe: "who has VIP?" from our MAC with sender address 0.0.0.0, so no
+    neighbour learns anything from it; a host that still has the VIP answers it."""
+    if len(mac) != 6:
+        raise ValueError("MAC must be 6 bytes")
+    eth = BROADCAST + mac + b"\x08\x06"
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, bytes(4), bytes(6), vip.packed)
+    return eth + arp
+
+
+def solicited_node(vip: IPv6Address) -> IPv6Address:
+    return IPv6Address(b"\xff\x02" + bytes(9) + b"\x01\xff" + vip.packed[13:])
+
+
+def build_ns_probe(mac: bytes, vip: IPv6Address) -> bytes:
+    """The IPv6 counterpart (RFC 4862 §5.4.2, duplicate address detection): an NS for the VIP
+    from the unspecified address to its solicited-node group, without a source link-layer
+    option; a host that has the VIP answers with an NA to all nodes."""
+    if len(mac) != 6:
+        raise ValueError("MAC must be 6 bytes")
+    group = solicited_node(vip)
+    body = struct.pack("!I16s", 0, vip.packed)
+    pseudo = bytes(16) + group.packed + struct.pack("!I3xB", 4 + len(body), 58)
+    checksum = internet_checksum(pseudo + struct.pack("!BBH", ICMPV6_NS, 0, 0) + body)
+    icmp = struct.pack("!BBH", ICMPV6_NS, 0, checksum) + body
+    ipv6 = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), 58, 255, bytes(16), group.packed)
+    return b"\x33\x33" + group.packed[12:] + mac + b"\x86\xdd" + ipv6 + icmp

@@ -18,12 +18,12 @@ import contextlib
 import errno
 import logging
 from collections.abc import Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from ..protocol import AdvertError, Expect, parse_packet
 from .netlink import Link, LinkEvent
-from .packet import ETH_P_ARP, ETH_P_IP, Attached, PacketSocket
+from .packet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Attached, PacketSocket
 
 log = logging.getLogger("carp-sidecar")
 
@@ -41,7 +41,9 @@ class Receiver(Protocol):
 
     def dropped(self, error: AdvertError) -> None: ...
 
-    def arp_claim(self, sender_mac: bytes) -> None: ...
+    def arp_claim(self, sender_mac: bytes, probe_reply: bool = False) -> None: ...
+
+    def na_claim(self, sender_mac: bytes) -> None: ...
 
     def interface_changed(self, present: bool, running: bool, reattached: bool) -> None: ...
 
@@ -55,15 +57,18 @@ class Channel:
         self._own: set[bytes] = set()  # our source addresses: our own adverts come back
         self._groups: list[IPv4Address] = []
         self._arp: dict[bytes, Receiver] = {}  # IPv4 VIP (packed) -> its instance
+        self._nd: dict[bytes, Receiver] = {}  # IPv6 VIP (packed) -> its instance
 
     def add(self, receiver: Receiver, srcip: IPv4Address, group: IPv4Address | None,
-            arp_vips: Iterable[IPv4Address]) -> None:
+            arp_vips: Iterable[IPv4Address], nd_vips: Iterable[IPv6Address] = ()) -> None:
         self.receivers[receiver.vhid] = receiver
         self._own.add(srcip.packed)
         if group is not None and group not in self._groups:
             self._groups.append(group)
         for vip in arp_vips:
             self._arp[vip.packed] = receiver
+        for vip6 in nd_vips:
+            self._nd[vip6.packed] = receiver
 
     @property
     def ifindex(self) -> int | None:
@@ -72,7 +77,7 @@ class Channel:
     def open(self, link: Link) -> None:
         """Bind to the interface (raises OSError); the caller reports problems at start."""
         sock = PacketSocket(self.name, link.index, self._groups,
-                            [IPv4Address(v) for v in self._arp])
+                            [IPv4Address(v) for v in self._arp], neighbour_adverts=bool(self._nd))
         self.attached = Attached(link.index, link.mac, sock)
         self.running = link.running
         self.loop.add_reader(sock.fileno(), self._on_readable)
@@ -103,6 +108,8 @@ class Channel:
                 self.ip_packet(frame[14:])
             elif ethertype == ETH_P_ARP and len(frame) >= 42:
                 self.arp_frame(frame)
+            elif ethertype == ETH_P_IPV6 and len(frame) >= 78:
+                self.nd_frame(frame)
 
     def ip_packet(self, packet: bytes) -> None:
         if packet[12:16] in self._own:
@@ -124,7 +131,20 @@ class Channel:
         receiver = self._arp.get(frame[28:32])
         if receiver is None or (self.attached is not None and frame[22:28] == self.attached.mac):
             return
-        receiver.arp_claim(frame[22:28])
+        # a reply to an RFC 5227 probe (ours: target address 0.0.0.0) comes from a host that
+        # still has the VIP configured, not from one that merely cached or announced it
+        probe_reply = frame[20:22] == b"\x00\x02" and frame[38:42] == bytes(4)
+        receiver.arp_claim(frame[22:28], probe_reply)
+
+    def nd_frame(self, frame: bytes) -> None:
+        """A neighbour advertisement (the filter passes only those) for one of our IPv6 VIPs
+        from another MAC: another host answers for it."""
+        if frame[20] != 58 or frame[54] != 136:
+            return
+        receiver = self._nd.get(frame[62:78])
+        if receiver is None or (self.attached is not None and frame[6:12] == self.attached.mac):
+            return
+        receiver.na_claim(frame[6:12])
 
     # ---- the interface coming and going ----
     def link_event(self, event: LinkEvent) -> None:

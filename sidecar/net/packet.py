@@ -32,30 +32,40 @@ _LDH_ABS, _LDB_ABS, _LD_ABS, _JEQ_K, _RET_K = 0x28, 0x30, 0x20, 0x15, 0x06
 MAX_FILTERED_VIPS = 64  # classic BPF jumps are 8-bit: beyond this, pass all ARP
 
 
-def carp_and_arp_filter(vips: list[IPv4Address]) -> list[tuple[int, int, int, int]]:
-    """Pass IPv4 protocol 112, and ARP whose sender address is one of ``vips`` (any ARP when
-    there are more than MAX_FILTERED_VIPS of them); drop the rest."""
-    if len(vips) > MAX_FILTERED_VIPS:
-        return [(_LDH_ABS, 0, 0, 12), (_JEQ_K, 0, 2, ETH_P_IP), (_LDB_ABS, 0, 0, 23),
-                (_JEQ_K, 1, 2, 112), (_JEQ_K, 0, 1, ETH_P_ARP), (_RET_K, 0, 0, 0xFFFF),
-                (_RET_K, 0, 0, 0)]
-    accept = 7 + len(vips)  # index of "ret accept" (after the shared "ret drop")
-    drop = accept - 1
-    prog = [
-        (_LDH_ABS, 0, 0, 12),
-        (_JEQ_K, 0, 2, ETH_P_IP),  # not IPv4: go to the ARP test
-        (_LDB_ABS, 0, 0, 23),
-        (_JEQ_K, accept - 4, drop - 4, 112),
-        (_JEQ_K, 0, drop - 5, ETH_P_ARP),
-        (_LD_ABS, 0, 0, ARP_SPA_OFFSET),
+def carp_and_arp_filter(vips: list[IPv4Address],
+                        neighbour_adverts: bool = False) -> list[tuple[int, int, int, int]]:
+    """Pass IPv4 protocol 112, ARP whose sender address is one of ``vips`` (any ARP when there
+    are more than MAX_FILTERED_VIPS of them), and with ``neighbour_adverts`` ICMPv6 neighbour
+    advertisements (IPv6 VIPs: another holder answers for them); drop the rest."""
+    # (opcode, jump-if-true label, jump-if-false label, k); labels resolve to relative jumps
+    prog: list[tuple[int, str | None, str | None, int]] = [
+        (_LDH_ABS, None, None, 12),
+        (_JEQ_K, None, "not_ip", ETH_P_IP),
+        (_LDB_ABS, None, None, 23),
+        (_JEQ_K, "accept", "drop", 112),
+        (_JEQ_K, None, "not_arp", ETH_P_ARP),  # label not_ip
     ]
-    for i, vip in enumerate(vips):
-        here = len(prog)
-        prog.append((_JEQ_K, accept - here - 1, 0 if i < len(vips) - 1 else drop - here - 1,
-                     int(vip)))
-    prog += [(_RET_K, 0, 0, 0), (_RET_K, 0, 0, 0xFFFF)]
-    assert len(prog) == accept + 1
-    return prog
+    labels = {"not_ip": 4}
+    if len(vips) > MAX_FILTERED_VIPS or not vips:
+        prog.append((_JEQ_K, "accept", "accept", 0) if vips else (_RET_K, None, None, 0))
+    else:
+        prog.append((_LD_ABS, None, None, ARP_SPA_OFFSET))
+        for i, vip in enumerate(vips):
+            prog.append((_JEQ_K, "accept", None if i < len(vips) - 1 else "drop", int(vip)))
+    labels["not_arp"] = len(prog)
+    if neighbour_adverts:  # Ethernet 14 + IPv6 40: next header at 20, ICMPv6 type at 54
+        prog += [(_JEQ_K, None, "drop", ETH_P_IPV6), (_LDB_ABS, None, None, 20),
+                 (_JEQ_K, None, "drop", 58), (_LDB_ABS, None, None, 54),
+                 (_JEQ_K, "accept", "drop", 136)]
+    labels["drop"] = len(prog)
+    prog.append((_RET_K, None, None, 0))
+    labels["accept"] = len(prog)
+    prog.append((_RET_K, None, None, 0xFFFF))
+
+    def jump(here: int, label: str | None) -> int:
+        return 0 if label is None else labels[label] - here - 1
+
+    return [(op, jump(i, jt), jump(i, jf), k) for i, (op, jt, jf, k) in enumerate(prog)]
 
 
 def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
@@ -69,13 +79,13 @@ class PacketSocket:
     """Non-blocking; register :meth:`fileno` with the event loop and call :meth:`receive`."""
 
     def __init__(self, ifname: str, ifindex: int, groups: list[IPv4Address],
-                 vips: list[IPv4Address]) -> None:
+                 vips: list[IPv4Address], neighbour_adverts: bool = False) -> None:
         self.ifname = ifname
         self.errors = 0  # receive errors (ENETDOWN when the interface goes away)
         # protocol 0 receives nothing until bind(), so no unfiltered packet can slip in first
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            _attach_filter(self._sock, carp_and_arp_filter(vips))
+            _attach_filter(self._sock, carp_and_arp_filter(vips, neighbour_adverts))
             self._sock.bind((ifname, ETH_P_ALL))
             self._sock.setblocking(False)
         except OSError:

@@ -15,6 +15,10 @@ Every part builds its own lab (sidecar.lab: node-a preferred with preempt, node-
           node-b's scripts hang or start a daemon. Never two holders for more than 250 ms
           outside a frozen master's window, never longer without a holder than node-b's
           master-down interval (+0.5 s), node-b's fds and RSS flat.
+  operator  a strict unicast pair: node-a restarted with its clock 1 h/1 d off, its interface
+          re-created with the address added seconds later, node-a killed (VIP left behind):
+          never two holders outside a killed master's window, every stale VIP signalled by
+          node-b, no replay drops (the counter mark in CARP_STATE_DIR).
 
     python tests/chaos/chaos.py [--short] [--only flood,scrape,faults] [--json FILE]
 
@@ -280,17 +284,8 @@ def faults(limits: Limits, report: Report) -> None:
         def excused_at(t: float) -> bool:
             return any(start <= t <= end for start, end in excused)
 
-        def longest(n: int, skip_excused: bool) -> float:
-            worst, since = 0.0, None
-            for t, count in samples:
-                if count == n and not (skip_excused and excused_at(t)):
-                    since = t if since is None else since
-                    worst = max(worst, t - since)
-                else:
-                    since = None
-            return worst
-
-        two, none = longest(2, True), longest(0, False)
+        two = longest_run(samples, 2, excused_at)
+        none = longest_run(samples, 0, lambda t: False)
         report.figures["faults_longest_two_holders_s"] = round(two, 2)
         report.figures["faults_longest_no_holder_s"] = round(none, 2)
         report.check("faults: never two holders (outside a frozen/killed master)", two <= 0.25,
@@ -305,7 +300,101 @@ def faults(limits: Limits, report: Report) -> None:
                      f"fds {fds0}->{fds1}, RSS {rss0 // 1024}->{rss1 // 1024} MB")
 
 
-PARTS = {"flood": flood, "scrape": scrape, "faults": faults}
+FAKETIME = {"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def operator(limits: Limits, report: Report) -> None:
+    """A strict unicast pair (state directories kept) under the faults of round 3: node-a's
+    agent restarted with its wall clock an hour behind (or ahead), its interface re-created with
+    the address added 1-6 s later, and node-a's agent killed (its VIP left behind) until node-b
+    has signalled the stale holder."""
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "9")))
+    b_ip = ADDRESSES["b"].split("/")[0]
+    a_env = {"CARP_PREEMPT": "true", "CARP_PEERS": b_ip, "CARP_STRICT": "true"}
+    with Lab() as lab:
+        lab.start_agent("a", **a_env)
+        lab.start_agent("b", CARP_ADVSKEW="100", CARP_PEERS=A_IP, CARP_STRICT="true")
+        Lab.wait(lambda: holders(lab) == ["a"], 12, "node-a MASTER")
+        samples: list[tuple[float, int]] = []
+        excused: list[tuple[float, float]] = []  # a killed master's VIP stays: expected
+        signal_after: list[float] = []  # kill -> node-b's stale-holder signal, s
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append((time.monotonic(), len(holders(lab))))
+                stop.wait(0.1)
+
+        def clock_step() -> None:
+            stop_process(lab.agents.pop("a"))
+            lab.start_agent("a", **a_env, **FAKETIME, FAKETIME=rng.choice(["-1h", "+1h", "-1d"]))
+
+        def late_address() -> None:
+            lab.topo.remove_interface("a")
+            time.sleep(rng.uniform(0.5, 3))
+            lab.topo.recreate_interface("a", address=False)
+            time.sleep(rng.uniform(1, 6))
+            lab.topo.add_address("a")
+
+        def killed_master() -> None:
+            if holders(lab) != ["a"]:
+                return
+            t = time.monotonic()
+            before = metric(lab, "b", "carp_conflicts_total", evidence="stale_holder")
+            stop_process(lab.agents.pop("a"), sig=signal.SIGKILL)
+            try:
+                Lab.wait(lambda: metric(lab, "b", "carp_conflicts_total",
+                                        evidence="stale_holder") > before,
+                         B_MASTER_DOWN + 6, "node-b signals the stale holder")
+                signal_after.append(round(time.monotonic() - t, 2))
+            except TimeoutError:
+                signal_after.append(-1)
+            lab.start_agent("a", **a_env)
+            excused.append((t, time.monotonic() + 1.5))
+
+        actions: dict[str, Callable[[], None]] = {
+            "clock_step": clock_step, "late_address": late_address, "killed_master": killed_master}
+        counts = dict.fromkeys(actions, 0)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        end = time.monotonic() + limits.fault_seconds
+        try:
+            for name in itertools.cycle(actions):  # each kind at least once, even when short
+                if time.monotonic() >= end and all(counts.values()):
+                    break
+                counts[name] += 1
+                actions[name]()
+                time.sleep(rng.uniform(4, 8))
+            Lab.wait(lambda: holders(lab) == ["a"], 15, "node-a MASTER at the end")
+        finally:
+            stop.set()
+            sampler.join(5)
+        two = longest_run(samples, 2, lambda t: any(a <= t <= b for a, b in excused))
+        report.figures["operator"] = {"counts": counts, "longest_two_holders_s": round(two, 2),
+                                      "stale_holder_signal_after_kill_s": signal_after}
+        report.check("operator: never two holders (clock steps, late address; outside a killed "
+                     "master's window)", two <= 0.25, f"longest {two:.2f} s, faults {counts}")
+        report.check("operator: every killed master's VIP signalled as a stale holder",
+                     bool(signal_after) and min(signal_after) > 0, f"after {signal_after} s")
+        replays = metric(lab, "b", "carp_adverts_dropped_total", reason="replay")
+        report.check("operator: no advert of a clock-stepped node dropped as a replay",
+                     replays == 0, f"{replays:g} replay drops")
+
+
+def longest_run(samples: list[tuple[float, int]], n: int,
+                excused: Callable[[float], bool]) -> float:
+    worst, since = 0.0, None
+    for t, count in samples:
+        if count == n and not excused(t):
+            since = t if since is None else since
+            worst = max(worst, t - since)
+        else:
+            since = None
+    return worst
+
+
+PARTS = {"flood": flood, "scrape": scrape, "faults": faults, "operator": operator}
 
 
 def run(short: bool, only: list[str] | None = None) -> Report:
@@ -319,7 +408,7 @@ def run(short: bool, only: list[str] | None = None) -> Report:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--short", action="store_true")
-    p.add_argument("--only", default="", help="comma-separated parts: flood,scrape,faults")
+    p.add_argument("--only", default="", help="comma-separated parts: " + ",".join(PARTS))
     p.add_argument("--json", type=Path, help="write the figures and checks here")
     args = p.parse_args()
     report = run(args.short, [x for x in args.only.split(",") if x] or None)

@@ -297,6 +297,47 @@ def test_link_down_ignored_with_ignoreifstate() -> None:
     assert m.link_changed(4.0, up=False) == [] and m.state is State.MASTER
 
 
+# ---- cannot advertise (source address gone, sends failing) ----
+def test_master_that_cannot_advertise_drops_vip_and_stops_timers_even_with_ignoreifstate() -> None:
+    for ignore in (False, True):
+        m = master(ignoreifstate=ignore)
+        actions = m.set_can_advertise(4.0, False)
+        assert actions == [DropVip(),
+                           Transition(State.MASTER, State.BACKUP, Reason.CANNOT_ADVERTISE)]
+        assert m.next_deadline() is None
+
+
+def test_backup_that_cannot_advertise_neither_times_out_nor_preempts() -> None:
+    m = machine(preempt=True)
+    m.start(0.0)
+    assert m.set_can_advertise(1.0, False) == []
+    assert m.next_deadline() is None
+    # it hears a worse master on its packet socket: no preemption without a way to advertise
+    assert m.advert_received(2.0, PEER, 1, 100, 1) == [] and m.state is State.BACKUP
+    assert m.set_can_advertise(5.0, True) == []
+    assert m.next_deadline() == pytest.approx(8.0)
+    assert kinds(m.advert_received(6.0, PEER, 1, 100, 1))[:2] == ["Transition", "AddVip"]
+
+
+def test_link_up_while_unable_to_advertise_arms_nothing() -> None:
+    m = master()
+    m.link_changed(4.0, up=False)
+    m.set_can_advertise(4.5, False)
+    assert m.link_changed(5.0, up=True) == [] and m.next_deadline() is None
+    m.set_can_advertise(6.0, True)
+    assert m.next_deadline() == pytest.approx(9.0)
+
+
+def test_start_unable_to_advertise_arms_nothing_and_stop_of_a_stopping_master_finishes() -> None:
+    m = machine()
+    m.set_can_advertise(0.0, False)
+    m.start(0.0)
+    assert m.next_deadline() is None
+    m2 = master()
+    m2.stop(5.0)
+    assert kinds(m2.set_can_advertise(5.1, False)) == ["DropVip", "Transition", "Stopped"]
+
+
 # ---- demotion ----
 def test_demoted_master_bows_out_and_drops_vip() -> None:
     m = master()
@@ -549,3 +590,35 @@ def test_strict_node_never_adopts_a_peers_counter() -> None:
     plain.advert_received(5.0, PEER, 1, 100, 10**12)
     adopted = plain.timer_expired(plain.next_deadline() or 0)[0]
     assert isinstance(adopted, SendAdvert) and adopted.counter == 10**12 + 1
+
+
+# ---- step down (SIGUSR2) ----
+def test_step_down_bows_out_and_stays_out_for_the_pause_then_may_preempt_back() -> None:
+    m = master(preempt=True)
+    actions = m.step_down(10.0)
+    assert actions[0] == SendAdvert(255, 255, actions[0].counter, handover=True)  # type: ignore[union-attr]
+    assert actions[1:] == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.STEP_DOWN)]
+    # the backup took over on the bow-out; we hear it during the pause: no preemption yet
+    assert m.advert_received(10.5, PEER, 1, 100, 1) == [] and m.state is State.BACKUP
+    assert m.advert_received(11.0, PEER, 255, 255, 2) == []  # not even a handover
+    assert m.next_deadline() is not None and m.next_deadline() >= 13.0  # type: ignore[operator]
+    # after the pause, preempt works as usual
+    assert kinds(m.advert_received(13.5, PEER, 1, 100, 3))[:2] == ["Transition", "AddVip"]
+
+
+def test_step_down_without_preempt_stays_backup_and_a_backup_ignores_it() -> None:
+    m = master()
+    m.step_down(10.0)
+    m.advert_received(10.5, PEER, 1, 100, 1)
+    m.advert_received(14.0, PEER, 1, 100, 2)
+    assert m.state is State.BACKUP
+    b = machine()
+    b.start(0.0)
+    assert b.step_down(1.0) == [] and b.next_deadline() == pytest.approx(3.0)
+
+
+def test_step_down_of_a_lone_master_comes_back_after_the_pause_at_master_down() -> None:
+    m = master()
+    m.step_down(10.0)
+    assert m.next_deadline() == pytest.approx(13.0)
+    assert kinds(m.timer_expired(13.0))[:2] == ["Transition", "AddVip"]

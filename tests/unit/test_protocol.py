@@ -216,3 +216,41 @@ def test_committed_real_ucarp_capture_verifies_with_our_hmac() -> None:
         with pytest.raises(AdvertError) as e:
             parse_packet(raw[14:], Expect(vhid=1, key=b"geheim!", vip=VIP))
         assert e.value.reason is DropReason.BAD_HMAC
+
+
+# ---- VRRP neighbours (keepalived) on protocol 112 and 224.0.0.18 ----
+def _vrrp(version: int, vrid: int) -> bytes:
+    """A VRRP advert built by scapy (an independent encoder), as keepalived sends it."""
+    from scapy.layers.inet import IP
+    from scapy.layers.vrrp import VRRP, VRRPv3
+
+    layer = (VRRP(vrid=vrid, priority=100, addrlist=["172.16.0.7"]) if version == 2
+             else VRRPv3(vrid=vrid, priority=100, addrlist=["172.16.0.7"]))
+    return bytes(IP(src="172.16.0.13", dst="224.0.0.18", ttl=255, proto=112) / layer)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_vrrp_advert_for_our_vhid_is_counted_as_vrrp_with_router_and_vrid(version: int) -> None:
+    raw = _vrrp(version, vrid=1)
+    with pytest.raises(AdvertError) as e:
+        parse_packet(raw + b"\0" * 6, EXPECT)  # Ethernet padding does not hide it
+    assert e.value.reason is DropReason.VRRP
+    assert f"VRRPv{version} router 172.16.0.13, VRID 1" in str(e.value)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_vrrp_advert_for_another_vrid_is_another_group(version: int) -> None:
+    with pytest.raises(AdvertError) as e:
+        parse_packet(_vrrp(version, vrid=9), EXPECT)
+    assert e.value.reason is DropReason.OTHER_VHID
+
+
+def test_carp_is_never_taken_for_vrrp() -> None:
+    from sidecar.protocol import vrrp_version
+
+    assert vrrp_version(GOOD, 20) is None
+    # version 3 with CARP's authlen 7 has VRRPv3's length for 7 addresses: its checksum decides
+    assert vrrp_version(mutate(GOOD, 20, 0x31), 20) is None
+    with pytest.raises(AdvertError) as e:
+        parse_packet(_vrrp(2, 1)[:30], EXPECT)  # a cut VRRP packet is short, nothing more
+    assert e.value.reason is DropReason.SHORT
