@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -27,8 +28,9 @@ from .control import ControlServer
 from .health import HealthMonitor, checks_for
 from .http import StatusServer
 from .instance import Instance
+from .machine import State
 from .maintenance import MaintenanceStore, Record, StateError, file_since
-from .metrics import Metrics
+from .metrics import Metrics, ReloadMetrics
 from .net.channel import Channel
 from .net.netlink import (
     AddressEvent,
@@ -39,6 +41,7 @@ from .net.netlink import (
     NetlinkError,
 )
 from .reaper import reap_forever
+from .reload import Plan, ReloadRefused, plan, read_config
 from .runconfig import Check, RunConfig, Vhid, host_port
 
 log = logging.getLogger("carp-sidecar")
@@ -92,7 +95,12 @@ class Agent:
             config, nl, registry, metrics, loop)
         self.channels: dict[str, Channel] = {}
         self.instances: list[Instance] = []
-        self.monitors: list[HealthMonitor] = []
+        self.monitors: dict[str, HealthMonitor] = {}
+        self._monitor_tasks: dict[str, asyncio.Task[None]] = {}
+        self._instance_tasks: dict[int, list[asyncio.Task[None]]] = {}  # id(instance) -> jobs
+        self._reload_lock = asyncio.Lock()
+        self._watching_files = False
+        self.reloads = ReloadMetrics(registry)
         self.http: StatusServer | None = None
         self.control: ControlServer | None = None
         self.store = None if config.state_dir is None else MaintenanceStore(config.state_dir)
@@ -116,49 +124,61 @@ class Agent:
         return agent
 
     async def _open(self) -> None:
-        several = len(self.config.instances) > 1
         links: dict[str, Link] = {}  # one lookup per interface, however many instances
         for settings in self.config.instances:
-            channel = self.channels.get(settings.interface)
-            if channel is None:
-                channel = self.channels[settings.interface] = Channel(settings.interface,
-                                                                      self.loop)
-                links[settings.interface] = await self._link(settings)
-            link = links[settings.interface]
-            srcip = await self._srcip(settings, link)
-            try:
-                instance = Instance(settings, srcip, channel, self.nl, self.metrics, self.loop,
-                                    several=several, script_extra=self.config.script_extra)
-            except OSError as e:  # the unicast socket (CARP_PEERS) needs NET_RAW
-                raise StartupError(f"CARP_PEERS: cannot open the unicast socket: "
-                                   f"{e.strerror or e}" + self._where(settings)) from None
-            channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
-                        [v.ip for v in settings.ipv4_vips], [v.ip for v in settings.ipv6_vips])
-            self.instances.append(instance)
+            await self._build(settings, self.config, links)
         for name, channel in self.channels.items():
-            try:
-                channel.open(links[name])
-            except PermissionError:
-                raise StartupError("missing capability NET_RAW for the packet socket") from None
-            except OSError as e:
-                raise StartupError(f"CARP_INTERFACE: cannot open {name}: {e.strerror}") from None
+            self._open_channel(channel, links[name])
         for instance in self.instances:
             await self._remove_stale_vips(instance)
         self._restore_maintenance()
         await self._open_servers()
         for name, check in self.config.checks.items():
-            self.monitors.append(self._monitor(name, check))
+            self.monitors[name] = self._monitor(name, check)
+
+    async def _build(self, settings: Vhid, config: RunConfig,
+                     links: dict[str, Link]) -> Instance:
+        """An instance and, if its interface is new, its channel (opened by the caller)."""
+        channel = self.channels.get(settings.interface)
+        if channel is None:
+            channel = self.channels[settings.interface] = Channel(settings.interface, self.loop)
+        if settings.interface not in links:
+            links[settings.interface] = await self._link(settings)
+        srcip = await self._srcip(settings, links[settings.interface])
+        try:
+            instance = Instance(settings, srcip, channel, self.nl, self.metrics, self.loop,
+                                several=len(config.instances) > 1,
+                                script_extra=config.script_extra)
+        except OSError as e:  # the unicast socket (CARP_PEERS) needs NET_RAW
+            raise StartupError(f"CARP_PEERS: cannot open the unicast socket: "
+                               f"{e.strerror or e}" + self._where(settings)) from None
+        channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
+                    [v.ip for v in settings.ipv4_vips], [v.ip for v in settings.ipv6_vips])
+        self.instances.append(instance)
+        return instance
+
+    @staticmethod
+    def _open_channel(channel: Channel, link: Link) -> None:
+        try:
+            channel.open(link)
+        except PermissionError:
+            raise StartupError("missing capability NET_RAW for the packet socket") from None
+        except OSError as e:
+            raise StartupError(f"CARP_INTERFACE: cannot open {channel.name}: "
+                               f"{e.strerror}") from None
 
     def _monitor(self, name: str, check: Check) -> HealthMonitor:
-        """One check, declared once, gating every instance that names it."""
-        gated = [i for i in self.instances if name in i.s.health]
+        """One check, declared once, gating every instance that names it (now: a reload may
+        change which)."""
+        def gated() -> list[Instance]:
+            return [i for i in self.instances if name in i.s.health]
 
         def result(ok: bool) -> None:
-            for instance in gated:
+            for instance in gated():
                 instance.check_result(ok)
 
         def changed(healthy: bool, error: str) -> None:
-            for instance in gated:
+            for instance in gated():
                 instance.check_changed(name, healthy, error)
 
         return HealthMonitor(checks_for(check), check.interval, check.timeout, check.rise,
@@ -210,13 +230,14 @@ class Agent:
                                 vip.ip, s.interface)
         instance.vip_observed(present)
 
-    def _restore_maintenance(self) -> None:
+    def _restore_maintenance(self, instances: list[Instance] | None = None) -> None:
         """Before the first election: an operator's demotion and the maintenance file hold from
         the start, so a node restarted in its maintenance window stays out of it."""
+        instances = self.instances if instances is None else instances
         if self.store is not None:
             try:
                 self.store.prepare()
-                for instance in self.instances:
+                for instance in instances:
                     record = self.store.load(instance.s.name)
                     if record is not None and record.maintenance:
                         instance.set_maintenance("operator", record.since)
@@ -233,6 +254,8 @@ class Agent:
         for instance in self.instances:
             if instance.s.maintenance_file is not None:
                 instance.set_maintenance("file", file_since(instance.s.maintenance_file))
+            elif "file" in instance.maintenance:  # a reload removed the file setting
+                instance.set_maintenance("file", None)
 
     async def _watch_maintenance_files(self) -> None:
         while True:
@@ -261,17 +284,18 @@ class Agent:
     # ---- running ----
     async def run(self) -> int:
         """Run until a stop signal, then hand over and release everything; the exit status."""
-        for sig in stop_signals(hup=True):
+        for sig in stop_signals(hup=self.config.as_ucarp):
             self.loop.add_signal_handler(sig, self._stop_signal, sig)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_state)
         self.loop.add_signal_handler(signal.SIGUSR2, self._step_down)
+        if not self.config.as_ucarp:  # ucarp exits on SIGHUP; everyone else reloads on it
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
         self._spawn(self._netlink_events())
         if self.control is not None:
             self._spawn(self.control.watch())
-        for monitor in self.monitors:
-            self._spawn(monitor.run())
-        if any(i.s.maintenance_file is not None for i in self.instances):
-            self._spawn(self._watch_maintenance_files())
+        for name, monitor in self.monitors.items():
+            self._monitor_tasks[name] = self._spawn(monitor.run())
+        self._watch_files_if_needed()
         if os.getpid() == 1:  # a container's entry point inherits every orphaned daemon
             self._spawn(reap_forever())
         # Everything built at start lives as long as the process: out of the collector's sight,
@@ -281,8 +305,7 @@ class Agent:
         if self.config.realtime:
             self._realtime()
         for instance in self.instances:
-            for job in instance.start():
-                self._spawn(job)
+            self._start(instance)
         await self._stopping.wait()
         await asyncio.gather(*(i.stop() for i in self.instances))
         log.info("Exiting")
@@ -305,13 +328,24 @@ class Agent:
             log.warning("CARP_REALTIME: no CAP_SYS_NICE: normal scheduling "
                         "(docker run --cap-add=SYS_NICE)")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
+        return task
+
+    def _start(self, instance: Instance) -> None:
+        self._instance_tasks[id(instance)] = [self._spawn(job) for job in instance.start()]
+
+    def _watch_files_if_needed(self) -> None:
+        if not self._watching_files and any(i.s.maintenance_file for i in self.instances):
+            self._watching_files = True
+            self._spawn(self._watch_maintenance_files())
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # A helper that dies would leave the agent deaf or stuck: log it and stop cleanly.
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("Internal task failed: %r; stopping", task.exception(),
                       exc_info=task.exception())
@@ -345,8 +379,10 @@ class Agent:
                 instance.address_event(event)
 
     # ---- operators ----
-    def _control(self, command: str) -> str:
+    async def _control(self, command: str) -> str:
         verb, _, arg = command.partition(" ")
+        if verb == "reload":
+            return await self.reload()
         targets = self.instances
         if arg:
             if not arg.isdigit():
@@ -378,6 +414,113 @@ class Agent:
                       self.store.directory, e.strerror or e)
             return f"cannot write {self.store.path(instance.s.name)}: {e.strerror or e}"
         return ""
+
+    # ---- reload (SIGHUP, `carp-sidecar reload`) ----
+    def _reload_signal(self) -> None:
+        log.info("Received SIGHUP: reloading the configuration")
+        self._spawn(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        await self.reload()  # the outcome is logged and exported; nobody waits for the reply
+
+    async def reload(self) -> str:
+        """Re-read every source (env file, CARP_CONFIG, password file) and apply the difference
+        live; a configuration that does not validate, or that this host cannot run, is refused
+        whole and the running one kept. The reply lists what changed."""
+        async with self._reload_lock:
+            try:
+                new = await read_config(self.config.origin)
+                problem = await self._check_host(plan(self.config, new))
+                if problem:
+                    raise ReloadRefused([problem])
+            except ReloadRefused as e:
+                for line in e.errors:
+                    log.error("Reload refused: %s", line)
+                log.error("Reload refused: still running the previous configuration")
+                self.reloads.failed()
+                return "error: reload refused, nothing changed: " + "; ".join(e.errors)
+            try:
+                changes = await self._apply(plan(self.config, new), new)
+            except Exception as e:  # a bug or the host changing under us: say so, keep going
+                log.exception("Reload failed part way: %r", e)
+                self.reloads.failed()
+                return f"error: reload failed part way ({e!r}); see the agent's log"
+            self.reloads.succeeded()
+            log.warning("Configuration reloaded: %s", "; ".join(changes) or "no changes")
+            return "reloaded: " + ("; ".join(changes) if changes else "no changes")
+
+    async def _check_host(self, p: Plan) -> str:
+        """What the host would refuse of the new instances, before anything is changed."""
+        for settings in [*p.added, *(new for _, new in p.replaced)]:
+            try:
+                link = await self._link(settings)
+                await self._srcip(settings, link)
+            except StartupError as e:
+                return str(e)
+        return ""
+
+    async def _apply(self, p: Plan, new: RunConfig) -> list[str]:
+        by_key = {(i.s.interface, i.s.vhid): i for i in self.instances}
+        for old in [*p.removed, *(old for old, _ in p.replaced)]:
+            await self._remove(by_key[(old.interface, old.vhid)])
+        links: dict[str, Link] = {}
+        added = [await self._build(s, new, links) for s in [*p.added, *(n for _, n in p.replaced)]]
+        for name, link in links.items():
+            channel = self.channels[name]
+            if channel.attached is None:
+                self._open_channel(channel, link)
+            else:
+                channel.refresh()  # new groups joined, the filter knows the new VIPs
+        for instance in added:
+            await self._remove_stale_vips(instance)
+        self._restore_maintenance(added)
+        for old, new_settings in p.updated:
+            by_key[(old.interface, old.vhid)].update(new_settings, new.script_extra)
+        if p.script_extra:
+            for instance in self.instances:
+                if instance not in added:
+                    instance.update(instance.s, new.script_extra)
+        self._reload_monitors(p, new)
+        if p.log_level is not None:
+            logs.set_level(p.log_level)
+        kept = {name: getattr(self.config, name) for name in p.at_restart}
+        self.config = dataclasses.replace(new, **kept)
+        for instance in added:
+            self._start(instance)
+        self._watch_files_if_needed()
+        self._check_maintenance_files()
+        return p.changes
+
+    async def _remove(self, instance: Instance) -> None:
+        """A removed (or replaced) instance leaves as at a stop: a master bows out first."""
+        log.warning("Reload: leaving vhid %d on %s (%s)", instance.s.vhid, instance.s.interface,
+                    "handing the VIP over" if instance.machine.state is State.MASTER
+                    else "it holds no VIP")
+        await instance.stop()
+        for task in self._instance_tasks.pop(id(instance), []):
+            task.cancel()
+        instance.close()
+        instance.m.remove()
+        self.instances.remove(instance)
+        channel = instance.channel
+        channel.remove(instance)
+        if not channel.receivers:
+            channel.close()
+            del self.channels[channel.name]
+
+    def _reload_monitors(self, p: Plan, new: RunConfig) -> None:
+        for name in p.checks:
+            task = self._monitor_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+            self.monitors.pop(name, None)
+            if name in new.checks:
+                self.monitors[name] = self._monitor(name, new.checks[name])
+                self._monitor_tasks[name] = self._spawn(self.monitors[name].run())
+        for instance in self.instances:  # results of checks that no longer gate it, or changed
+            for name in list(instance.checks):
+                if name in p.checks or name not in instance.s.health:
+                    instance.drop_check(name)
 
     def _log_state(self) -> None:
         for instance in self.instances:

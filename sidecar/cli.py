@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--socket", type=Path, default=None,
                        help="control socket (default: CARP_CONTROL_SOCKET or the default path)")
         c.add_argument("--vhid", type=int, default=None, help="only this instance (default: all)")
+    rl = sub.add_parser("reload", parents=[env_file],
+                        help="re-read the configuration and apply the difference live (as SIGHUP)")
+    rl.add_argument("--socket", type=Path, default=None,
+                    help="control socket (default: CARP_CONTROL_SOCKET or the default path)")
     imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
                          "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -85,13 +89,47 @@ def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None)
     return load({**os.environ, **(overrides or {})}, getattr(args, "env_file", None))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if Path(sys.argv[0]).name == "ucarp":  # the drop-in: ucarp's command line, nothing else
+def _parse(argv: list[str], as_ucarp: bool) -> argparse.Namespace:
+    if as_ucarp:  # the drop-in: ucarp's command line, nothing else
         args = ucarp_options.parser().parse_args(argv)
         args.command = "run"
     else:
         args = _parser().parse_args(argv)
+    return args
+
+
+def _run_config(args: argparse.Namespace, as_ucarp: bool, argv: list[str]) -> Config:
+    settings = _settings(args, ucarp_options.settings(args))
+    return dataclasses.replace(settings, as_ucarp=as_ucarp,
+                               origin=(os.getcwd(), "ucarp" if as_ucarp else "carp-sidecar", *argv))
+
+
+def dump_runtime_config(origin: str) -> int:
+    """What a reload runs in a child process (the agent never loads pydantic): the runtime
+    configuration the same command line gives now, as JSON on stdout, or every error on stderr
+    (exit 2). ``origin`` is the JSON list [cwd, program name, *arguments]."""
+    cwd, prog, *argv = json.loads(origin)
+    os.chdir(cwd)
+    try:
+        args = _parse(argv, prog == "ucarp")
+        config = _run_config(args, prog == "ucarp", argv)
+        if getattr(args, "ucarp_daemonize", False) and not in_container() \
+                and config.agent.syslog is None:  # as _daemonize decided at start
+            config = dataclasses.replace(config, agent=config.agent.model_copy(
+                update={"syslog": "daemon"}))
+        print(config.runtime().to_json())
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_CONFIG
+    except SystemExit as e:  # argparse: the command line itself no longer parses
+        return EXIT_CONFIG if e.code else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    as_ucarp = Path(sys.argv[0]).name == "ucarp"
+    args = _parse(argv, as_ucarp)
     command = args.command or "run"
     try:
         if command == "lab":
@@ -120,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             path = args.socket or _socket_path(args)
             print(send_command(path, command + (f" {args.vhid}" if args.vhid else "")))
             return 0
+        if command == "reload":
+            from .control import send_command
+
+            reply = send_command(args.socket or _socket_path(args), "reload", timeout=120)
+            print(reply.replace("; ", "\n  ").replace("reloaded: ", "reloaded:\n  "))
+            return 0
         if command == "status":
             url = args.url or _endpoint(_settings(args), "/status")
             response = fetch(url, timeout=5, max_body=16 * 1024 * 1024)
@@ -130,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "healthcheck":
             url = args.url or _endpoint(_settings(args), "/healthz")
             return 0 if fetch(url, timeout=3).status == 200 else 1
-        overrides = ucarp_options.settings(args) if command == "run" else {}
-        settings = _settings(args, overrides)
+        settings = _run_config(args, as_ucarp, argv) if command == "run" else _settings(args)
         if command == "check-config":
             for title, values in settings.redacted():
                 print(f"# {title}")

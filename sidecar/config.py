@@ -445,6 +445,8 @@ class Config:
     checks: dict[str, CheckSettings]
     source: str  # "environment" or the config file's path
     script_extra: dict[str, str] = field(default_factory=dict)  # see _script_extra
+    as_ucarp: bool = False  # started as `ucarp` (SIGHUP then stops, as in ucarp)
+    origin: tuple[str, ...] = ()  # cwd, program name and arguments: what a reload re-reads
 
     @property
     def metrics_listen(self) -> str:
@@ -477,7 +479,7 @@ class Config:
         return RunConfig(instances, checks,
                          self.metrics_listen, self.control_socket, self.log_format, self.source,
                          self.agent.state_dir, self.agent.log_level, self.agent.syslog,
-                         self.script_extra, self.agent.realtime)
+                         self.script_extra, self.agent.realtime, self.as_ucarp, self.origin)
 
     def redacted(self) -> list[tuple[str, dict[str, str]]]:
         """Sections for `check-config`: the agent, each check, each instance."""

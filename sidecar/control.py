@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-COMMANDS = ("demote", "promote", "status")  # each may name a vhid: "demote 2"
+COMMANDS = ("demote", "promote", "status", "reload")  # each but reload may name a vhid: "demote 2"
 log = logging.getLogger("carp-sidecar")
 
 
@@ -29,7 +30,7 @@ class ControlServer:
     reports a path taken over by something else in :attr:`problem` instead of touching it.
     """
 
-    def __init__(self, path: Path, handle: Callable[[str], str]) -> None:
+    def __init__(self, path: Path, handle: Callable[[str], str | Awaitable[str]]) -> None:
         self.path, self._handle = path, handle
         self._server: asyncio.AbstractServer | None = None
         self._identity: tuple[int, int] | None = None
@@ -104,6 +105,8 @@ class ControlServer:
             command = line.decode(errors="replace").strip()
             known = command.partition(" ")[0] in COMMANDS
             reply = self._handle(command) if known else f"error: unknown {command!r}"
+            if inspect.isawaitable(reply):
+                reply = await reply
             writer.write(reply.encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError):
@@ -130,6 +133,7 @@ def _listening(path: Path) -> bool:
 
 
 def send_command(path: Path, command: str, timeout: float = 5.0) -> str:
+    """The agent's reply (one line, or several for a reload); OSError for "error:" replies."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
@@ -137,7 +141,7 @@ def send_command(path: Path, command: str, timeout: float = 5.0) -> str:
         except FileNotFoundError:
             raise OSError(f"no agent listening on {path} (is it running? CARP_CONTROL_SOCKET?)") from None
         s.sendall(command.encode() + b"\n")
-        reply = s.makefile().readline().strip()
+        reply = s.makefile().read().strip()  # the agent closes after its reply
     if reply.startswith("error:"):
         raise OSError(reply)
     return reply

@@ -32,7 +32,7 @@ class Effect(Enum):
 class Effects(SerialWork[Effect]):
     def __init__(self, backend: VipBackend, announce: Callable[[], None]) -> None:
         super().__init__()
-        self._backend, self._announce = backend, announce
+        self.backend, self._announce = backend, announce  # replaced by a reload
         self._running: Effect | None = None
         self._abort = asyncio.Event()
 
@@ -51,9 +51,9 @@ class Effects(SerialWork[Effect]):
             if effect is Effect.ANNOUNCE:
                 self._announce()
             elif effect is Effect.ADD_VIP:
-                await self._backend.up(self._abort)
+                await self.backend.up(self._abort)
             else:
-                await self._backend.down()
+                await self.backend.down()
         except Exception:
             log.exception("Unexpected error while handling %s", effect.value)
         finally:

@@ -40,7 +40,7 @@ from .maintenance import COUNTER_RESERVE, MaintenanceStore
 from .metrics import InstanceMetrics, Metrics
 from .net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
 from .net.channel import Channel
-from .net.netlink import AddressEvent, Netlink
+from .net.netlink import AddressEvent, Netlink, NetlinkError
 from .net.packet import UnicastSender
 from .peers import ArpClaims, PeerTable
 from .protocol import (
@@ -53,9 +53,9 @@ from .protocol import (
     build_ip_packet,
     parse_packet,
 )
-from .runconfig import Vhid
+from .runconfig import Vhid, Vip
 from .scripts import Notifier, ScriptResult, base_environment
-from .vips import backend_for
+from .vips import VipBackend, backend_for
 
 log = logging.getLogger("carp-sidecar")
 PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
@@ -87,12 +87,7 @@ class Instance:
         self.key = s.secret
         self.m = InstanceMetrics(metrics, s.vhid, s.interface, [str(v.ip) for v in s.vips],
                                  strict_peers=s.peers if s.strict else ())
-        self.machine = Machine(Params(advbase=s.advbase, advskew=s.advskew,
-                                      deadratio=s.deadratio, preempt=s.preempt,
-                                      neutral=s.neutral, ignoreifstate=s.ignoreifstate,
-                                      garp_repeat=s.garp_repeat, own_ip=srcip,
-                                      preempt_delay=s.preempt_delay,
-                                      vrrp3_dead_timer=s.vrrp3_dead_timer, strict=s.strict),
+        self.machine = Machine(_params(s, srcip),
                                # strict: counters start above the clock in µs and above the
                                # mark an earlier run kept (peers drop anything not newer)
                                rng=self._strict_seed if s.strict
@@ -113,9 +108,9 @@ class Instance:
         self._behind: set[IPv4Address] = set()  # peers flagged: replays for a master-down interval
         self._counter_floor = 0  # strict: an earlier run may have used counters up to this
         self._counters: tuple[MaintenanceStore, int] | None = None  # where reserved, up to what
+        self._script_extra = script_extra
         self._script_base = base_environment(script_extra, s.script_env)
-        self.effects = Effects(backend_for(s, netlink, self.m, lambda: channel.ifindex,
-                                           self.script_environment), self._announce)
+        self.effects = Effects(self._vip_backend(s), self._announce)
         self.notifier = None if s.notifyscript is None else Notifier(
             s.notifyscript, s.vhid, s.script_timeout, self._notify_result)
         self._notified: str | None = None  # the last state the notify script was told
@@ -134,7 +129,8 @@ class Instance:
         self._peer_series: set[str] = set()  # peers that have carp_peer_* series now
         self._peer_heard = asyncio.Event()  # wakes the sweeper of an empty peer table
         self._tasks: list[asyncio.Task[None]] = []
-        self._probe_wake = asyncio.Event()  # a takeover: the first probe is due
+        self._probe_wake = asyncio.Event()  # a takeover (or a reload): the first probe is due
+        self._reconfigured = asyncio.Event()  # set (and replaced) by each reload
         self._probe_at = 0.0
         self._probed_at = -1e9
         self._stale: dict[bytes, float] = {}  # stale holder MAC -> last logged (loop time)
@@ -173,11 +169,7 @@ class Instance:
         if self.notifier is not None:
             jobs.append(self.notifier.run())
         self._notify_if_changed("startup")
-        if s.garp_refresh > 0:
-            jobs.append(self._garp_refresh())
-        jobs.append(self._watch_sending())
-        if s.probe_interval > 0:
-            jobs.append(self._probe_stale_holders())
+        jobs += [self._garp_refresh(), self._watch_sending(), self._probe_stale_holders()]
         return jobs
 
     async def stop(self) -> None:
@@ -199,6 +191,60 @@ class Instance:
             self._timer.cancel()
         if self.unicast is not None:
             self.unicast.close()
+
+    def _vip_backend(self, s: Vhid) -> VipBackend:
+        return backend_for(s, self._nl, self.m, lambda: self.channel.ifindex,
+                           self.script_environment)
+
+    # ---- reload: settings that change live ----
+    def update(self, new: Vhid, script_extra: dict[str, str]) -> None:
+        """Take ``new`` settings in place, without a transition unless the change itself calls
+        for one (a worse advskew on a master whose peer preempts: the next advert carries it).
+        The caller has checked that only live fields changed (see :mod:`reload`)."""
+        old, self.s = self.s, new
+        self.machine.params = _params(new, self.srcip)
+        self.m.advbase.set(new.advbase)
+        self.m.advskew.set(new.advskew)
+        self.m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
+        self._script_extra = script_extra
+        self._script_base = base_environment(script_extra, new.script_env)
+        self.effects.backend = self._vip_backend(new)
+        if new.notifyscript is None:
+            self.notifier = None
+        elif self.notifier is None:
+            self.notifier = Notifier(new.notifyscript, new.vhid, new.script_timeout,
+                                     self._notify_result)
+            self._spawn(self.notifier.run())
+        else:
+            self.notifier.script, self.notifier.timeout = new.notifyscript, new.script_timeout
+        if old.vips != new.vips:
+            self._vips_changed(old, new)
+        if old.probe_interval != new.probe_interval:
+            self._probe_at = self.loop.time() + min(new.probe_interval, PROBE_AFTER_TAKEOVER)
+        self._probe_wake.set()
+        self._reconfigured.set()
+        self._reconfigured = asyncio.Event()
+        self._reschedule()
+
+    def _vips_changed(self, old: Vhid, new: Vhid) -> None:
+        gone = [v for v in old.vips if v not in new.vips]
+        self.m.set_vips([str(v.ip) for v in new.vips])
+        self.channel.set_vips(self, [v.ip for v in new.ipv4_vips], [v.ip for v in new.ipv6_vips])
+        if self.machine.state is not State.MASTER or new.manages_vip_by_scripts:
+            return  # scripts own the VIPs (the first one did not change: see reload.py)
+        if gone:
+            self._spawn(self._remove_vips(gone))
+        self.effects.put(Effect.ADD_VIP)  # the new ones (the others are there already)
+        self.effects.put(Effect.ANNOUNCE)
+
+    async def _remove_vips(self, vips: list[Vip]) -> None:
+        index = self.channel.ifindex
+        for vip in vips:
+            if index is not None:
+                try:
+                    await self._nl.remove_address(index, vip)
+                except NetlinkError as e:
+                    log.error("Cannot remove VIP %s from %s: %s", vip, self.s.interface, e)
 
     # ---- machine plumbing ----
     def _apply(self, actions: list[Action]) -> None:
@@ -582,7 +628,7 @@ class Instance:
         many VHIDs do not probe at once). Only a host that has the VIP configured answers."""
         while True:
             self._probe_wake.clear()
-            if self.machine.state is not State.MASTER:
+            if self.machine.state is not State.MASTER or self.s.probe_interval <= 0:
                 await self._probe_wake.wait()
                 continue
             delay = self._probe_at - self.loop.time()
@@ -714,8 +760,17 @@ class Instance:
         task.add_done_callback(self._tasks.remove)
 
     async def _garp_refresh(self) -> None:
+        """CARP_GARP_REFRESH while MASTER; idle (no wake-ups) while it is 0, until a reload."""
         while True:
-            await asyncio.sleep(self.s.garp_refresh)
+            reconfigured = self._reconfigured
+            if self.s.garp_refresh <= 0:
+                await reconfigured.wait()
+                continue
+            try:
+                await asyncio.wait_for(reconfigured.wait(), self.s.garp_refresh)
+                continue  # a reload: start over with the new period
+            except TimeoutError:
+                pass
             if self.machine.state is State.MASTER:
                 self.effects.put(Effect.ANNOUNCE)
 
@@ -759,6 +814,15 @@ class Instance:
         self.m.demoted.set(1 if self.machine.demoted else 0)
         if not self.stopping:
             self._notify_if_changed("healthy" if all_ok else "unhealthy")
+
+    def drop_check(self, name: str) -> None:
+        """A reload removed or changed check ``name``: its last result no longer counts."""
+        if self.checks.pop(name, None) is None:
+            return
+        all_ok = all(ok for ok, _ in self.checks.values())
+        self.m.health_up.set(1 if all_ok else 0)
+        self._apply(self.machine.set_healthy(self.loop.time(), all_ok))
+        self.m.demoted.set(1 if self.machine.demoted else 0)
 
     def step_down(self) -> None:
         if self.machine.state is State.MASTER:
@@ -816,6 +880,13 @@ class Instance:
                          "adverts_received": self.m.value("carp_adverts_received_total"),
                          "adverts_dropped": {r: n for r, n in dropped.items() if n}},
         }
+
+
+def _params(s: Vhid, srcip: IPv4Address) -> Params:
+    return Params(advbase=s.advbase, advskew=s.advskew, deadratio=s.deadratio, preempt=s.preempt,
+                  neutral=s.neutral, ignoreifstate=s.ignoreifstate, garp_repeat=s.garp_repeat,
+                  own_ip=srcip, preempt_delay=s.preempt_delay,
+                  vrrp3_dead_timer=s.vrrp3_dead_timer, strict=s.strict)
 
 
 def _utc(unix: float) -> str:

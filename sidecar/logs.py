@@ -70,3 +70,8 @@ def setup(fmt: str, level: str = "info", syslog: str | None = None) -> None:
     root.handlers[:] = handlers
     root.setLevel(LEVELS.get(level, logging.INFO))
     root.propagate = False
+
+
+def set_level(level: str) -> None:
+    """A reload changed CARP_LOG_LEVEL."""
+    logging.getLogger("carp-sidecar").setLevel(LEVELS.get(level, logging.INFO))

@@ -139,6 +139,26 @@ class Metrics:
                                            buckets=TAKEOVER_BUCKETS, registry=r)
 
 
+class ReloadMetrics:
+    """The names Prometheus uses for its own reloads; 1 and the start time at start."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.successful = Gauge("carp_config_last_reload_successful", "1 if the last "
+                                "configuration reload (or the start) succeeded, 0 if it was "
+                                "refused", registry=registry)
+        self.success_time = Gauge("carp_config_last_reload_success_timestamp_seconds",
+                                  "Unix time of the last successful reload (or the start)",
+                                  registry=registry)
+        self.succeeded()
+
+    def succeeded(self) -> None:
+        self.successful.set(1)
+        self.success_time.set_to_current_time()
+
+    def failed(self) -> None:
+        self.successful.set(0)
+
+
 class InstanceMetrics:
     """The series of one instance, bound once; all present from the start."""
 
@@ -191,6 +211,30 @@ class InstanceMetrics:
             child.set(1 if s is state else 0)
         self.state_code.set(int(state))
         self.is_master.set(1 if state is State.MASTER else 0)
+
+    def remove(self) -> None:
+        """A reload removed the instance: none of its series may linger (a VHID with only
+        non-master series left would raise CarpNoMaster)."""
+        lb = (self.labels["vhid"], self.labels["interface"])
+        for family in vars(self.family).values():
+            if not isinstance(family, Counter | Gauge | Histogram):
+                continue
+            # prometheus_client lists a family's children only in its private _metrics
+            children = getattr(family, "_metrics", None)  # absent: a family without labels
+            for values in [v for v in list(children or ()) if v[:2] == lb]:
+                family.remove(*values)
+
+    def set_vips(self, vips: Iterable[str]) -> None:
+        """A reload changed the VIP list: series for the new ones (at 0 until netlink says),
+        none left for the removed ones."""
+        wanted = list(vips)
+        for gone in [v for v in self.vip_present if v not in wanted]:
+            del self.vip_present[gone]
+            with contextlib.suppress(KeyError):
+                self.family.vip_present.remove(self.labels["vhid"], self.labels["interface"], gone)
+        for vip in wanted:
+            if vip not in self.vip_present:
+                self.vip_present[vip] = self.family.vip_present.labels(**self.labels, vip=vip)
 
     def set_peer(self, peer: str, wall: float, advbase: int, advskew: int) -> None:
         m, lb = self.family, self.labels

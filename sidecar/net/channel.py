@@ -70,6 +70,32 @@ class Channel:
         for vip6 in nd_vips:
             self._nd[vip6.packed] = receiver
 
+    def set_vips(self, receiver: Receiver, arp_vips: Iterable[IPv4Address],
+                 nd_vips: Iterable[IPv6Address]) -> None:
+        """A reload changed ``receiver``'s VIPs: route their ARP/NA to it, and filter anew."""
+        for table in (self._arp, self._nd):
+            for packed in [k for k, r in table.items() if r is receiver]:
+                del table[packed]
+        for vip in arp_vips:
+            self._arp[vip.packed] = receiver
+        for vip6 in nd_vips:
+            self._nd[vip6.packed] = receiver
+        if self.attached is not None:
+            self.attached.sock.set_filter([IPv4Address(v) for v in self._arp], bool(self._nd))
+
+    def refresh(self) -> None:
+        """A reload added instances to this open channel: join their groups, filter anew."""
+        if self.attached is not None:
+            self.attached.sock.join(self._groups, self.attached.index)
+            self.attached.sock.set_filter([IPv4Address(v) for v in self._arp], bool(self._nd))
+
+    def remove(self, receiver: Receiver) -> None:
+        """A reload removed the instance (it has stopped)."""
+        self.receivers.pop(receiver.vhid, None)
+        for table in (self._arp, self._nd):
+            for packed in [k for k, r in table.items() if r is receiver]:
+                del table[packed]
+
     @property
     def ifindex(self) -> int | None:
         return self.attached.index if self.attached is not None else None
@@ -120,7 +146,9 @@ class Channel:
             receiver.advert_packet(packet)
             return
         # not attributable to one of our VHIDs: every instance counts the drop
-        any_receiver = next(iter(self.receivers.values()))
+        any_receiver = next(iter(self.receivers.values()), None)
+        if any_receiver is None:  # a reload removed every instance on this interface
+            return
         try:
             parse_packet(packet, any_receiver.expect)
         except AdvertError as e:

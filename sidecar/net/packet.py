@@ -92,19 +92,30 @@ class PacketSocket:
             self._sock.close()
             raise
         self._mcast: socket.socket | None = None
-        if groups:
-            # Joining the group makes real NICs accept 01:00:5e:00:00:12 (ucarp does the same).
-            self._mcast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                for group in groups:
-                    mreqn = struct.pack("4s4si", group.packed, b"\0" * 4, ifindex)
-                    self._mcast.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-            except OSError:
-                self.close()
-                raise
+        self._joined: set[IPv4Address] = set()
+        try:
+            self.join(groups, ifindex)
+        except OSError:
+            self.close()
+            raise
+
+    def join(self, groups: list[IPv4Address], ifindex: int) -> None:
+        """Joining the group makes real NICs accept 01:00:5e:00:00:12 (ucarp does the same)."""
+        for group in groups:
+            if group in self._joined:
+                continue
+            if self._mcast is None:
+                self._mcast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            mreqn = struct.pack("4s4si", group.packed, b"\0" * 4, ifindex)
+            self._mcast.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            self._joined.add(group)
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    def set_filter(self, vips: list[IPv4Address], neighbour_adverts: bool) -> None:
+        """Replace the kernel filter (a reload changed the VIPs); atomic for the socket."""
+        _attach_filter(self._sock, carp_and_arp_filter(vips, neighbour_adverts))
 
     def receive(self, limit: int = 64) -> list[bytes]:
         """Up to ``limit`` queued Ethernet frames, our own outgoing ones excluded. A socket

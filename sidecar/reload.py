@@ -1,0 +1,161 @@
+"""What a reload changes: the difference between the running configuration and a new one, as a
+plan the agent carries out. Pure: two :class:`RunConfig` in, a :class:`Plan` out.
+
+An instance is identified by its interface and VHID. New ones start, removed ones leave (a
+master bows out first), changed ones are updated in place when every changed field can change
+live; a change that alters what the group authenticates or how this node is addressed (the
+password, the source address, the peers, strict mode, the multicast group...) replaces the
+instance: it leaves (bowing out if MASTER) and starts again. Agent-wide settings that are bound
+at start (the HTTP listener, the control socket, the state directory) need a restart; the reply
+says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass, field, fields
+
+from .runconfig import RunConfig, Vhid
+
+READ_TIMEOUT = 30.0  # s for the child that validates the sources (a password file on NFS...)
+
+
+class ReloadRefused(Exception):
+    """The new configuration is not used; ``errors`` are the lines that say why."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+async def read_config(origin: tuple[str, ...]) -> RunConfig:
+    """Validate the sources again in a child process (pydantic stays out of the agent), from
+    the same command line, working directory and environment as at start."""
+    if not origin:
+        raise ReloadRefused(["this agent was not started by `carp-sidecar run`: nothing to "
+                             "re-read"])
+    code = "import sys; from sidecar.cli import dump_runtime_config as d; sys.exit(d(sys.argv[1]))"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, json.dumps(list(origin)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), READ_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ReloadRefused([f"reading the configuration took over {READ_TIMEOUT:g} s"]) from None
+    if proc.returncode != 0:
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        raise ReloadRefused(lines or [f"exit status {proc.returncode}"])
+    return RunConfig.from_json(out.decode())
+
+# Fields an instance takes live; any other change replaces it.
+LIVE = frozenset({
+    "advbase", "advskew", "preempt", "preempt_delay", "deadratio", "vrrp3_dead_timer", "vips",
+    "if_alias", "upscript", "downscript", "notifyscript", "xparam", "script_timeout",
+    "garp_repeat", "garp_refresh", "probe_interval", "health", "maintenance_file", "script_env",
+})
+HIDDEN = frozenset({"secret", "script_env"})  # changed, but never shown (a secret; noise)
+AGENT_AT_RESTART = ("metrics_listen", "control_socket", "state_dir", "realtime", "syslog",
+                    "log_format")
+Key = tuple[str, int]
+
+
+def key(v: Vhid) -> Key:
+    return (v.interface, v.vhid)
+
+
+@dataclass
+class Plan:
+    added: list[Vhid] = field(default_factory=list)
+    removed: list[Vhid] = field(default_factory=list)
+    updated: list[tuple[Vhid, Vhid]] = field(default_factory=list)  # (old, new), in place
+    replaced: list[tuple[Vhid, Vhid]] = field(default_factory=list)  # (old, new), restarted
+    checks: set[str] = field(default_factory=set)  # health checks added, removed or changed
+    script_extra: bool = False  # the env file's own variables (the scripts' environment)
+    log_level: str | None = None  # applied live
+    at_restart: list[str] = field(default_factory=list)  # agent settings that need a restart
+    changes: list[str] = field(default_factory=list)  # what the reply lists
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+def changed_fields(old: Vhid, new: Vhid) -> list[str]:
+    return [f.name for f in fields(Vhid) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+def needs_replace(old: Vhid, new: Vhid, changed: list[str]) -> bool:
+    if any(name not in LIVE for name in changed):
+        return True
+    if old.hmac_address != new.hmac_address:  # what the digest covers: the group's identity
+        return True
+    if old.manages_vip_by_scripts != new.manages_vip_by_scripts:
+        return True  # who owns the VIP changes hands
+    # the scripts were given the first VIP: another one means other scripts' work
+    return new.manages_vip_by_scripts and old.script_address != new.script_address
+
+
+def describe(old: Vhid, new: Vhid, changed: list[str]) -> str:
+    parts = []
+    for name in changed:
+        if name == "vips":
+            before, after = set(map(str, old.vips)), set(map(str, new.vips))
+            parts.append("vips " + " ".join([*(f"+{v}" for v in sorted(after - before)),
+                                             *(f"-{v}" for v in sorted(before - after))]))
+        elif name == "secret":
+            parts.append("password changed")
+        elif name not in HIDDEN:
+            parts.append(f"{name} {_show(getattr(old, name))} -> {_show(getattr(new, name))}")
+    return ", ".join(parts) or "environment of the scripts"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def plan(old: RunConfig, new: RunConfig) -> Plan:
+    p = Plan()
+    before = {key(v): v for v in old.instances}
+    after = {key(v): v for v in new.instances}
+    for k, v in after.items():
+        if k not in before:
+            p.added.append(v)
+            p.changes.append(f"vhid {v.vhid} on {v.interface}: added")
+    for k, v in before.items():
+        if k not in after:
+            p.removed.append(v)
+            p.changes.append(f"vhid {v.vhid} on {v.interface}: removed")
+            continue
+        changed = changed_fields(v, after[k])
+        if not changed:
+            continue
+        what = describe(v, after[k], changed)
+        if needs_replace(v, after[k], changed):
+            p.replaced.append((v, after[k]))
+            p.changes.append(f"vhid {v.vhid} on {v.interface}: restarted ({what})")
+        else:
+            p.updated.append((v, after[k]))
+            p.changes.append(f"vhid {v.vhid} on {v.interface}: {what}")
+    names = old.checks.keys() | new.checks.keys()
+    p.checks = {n for n in names if old.checks.get(n) != new.checks.get(n)}
+    for n in sorted(p.checks):
+        what = "added" if n not in old.checks else "removed" if n not in new.checks else "changed"
+        p.changes.append(f"health check {n}: {what}")
+    if old.script_extra != new.script_extra:
+        p.script_extra = True
+        p.changes.append("the env file's own variables (the scripts' environment)")
+    if old.log_level != new.log_level:
+        p.log_level = new.log_level
+        p.changes.append(f"log_level {old.log_level} -> {new.log_level}")
+    for name in AGENT_AT_RESTART:
+        if getattr(old, name) != getattr(new, name):
+            p.at_restart.append(name)
+            p.changes.append(f"{name} {getattr(old, name)} -> {getattr(new, name)}: "
+                             "takes effect at the next restart")
+    return p
