@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from . import logs
+from .caps import missing_capability
 from .control import ControlServer
 from .health import HealthMonitor, checks_for
 from .http import StatusServer
@@ -45,7 +46,6 @@ from .reload import Plan, ReloadRefused, plan, read_config
 from .runconfig import Check, RunConfig, Vhid, host_port
 
 log = logging.getLogger("carp-sidecar")
-CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 MAINTENANCE_FILE_POLL = 0.5  # s: a maintenance file is noticed within a second
 
 
@@ -69,23 +69,10 @@ class StartupError(Exception):
     """Cannot run in this environment; the message says what to change (exit status 2)."""
 
 
-def _capabilities() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
 def check_capabilities(config: RunConfig) -> None:
-    caps = _capabilities()
-    if not caps >> CAP_NET_RAW & 1:
-        raise StartupError("missing capability NET_RAW: CARP adverts need a packet socket "
-                           "(docker run --cap-add=NET_RAW, or run as root)")
-    netlink_managed = any(not i.manages_vip_by_scripts for i in config.instances)
-    if netlink_managed and not caps >> CAP_NET_ADMIN & 1:
-        raise StartupError("missing capability NET_ADMIN: the agent adds and removes the VIP "
-                           "by netlink (docker run --cap-add=NET_ADMIN)")
+    problem = missing_capability(any(not i.manages_vip_by_scripts for i in config.instances))
+    if problem:
+        raise StartupError(problem)
 
 
 class Agent:

@@ -47,9 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", parents=[env_file], help="run the agent (default)")
     ucarp_options.add_to(run)
-    sub.add_parser("check-config", parents=[env_file],
-                   help="validate and print the effective configuration",
-                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_variables_help())
+    cc = sub.add_parser("check-config", parents=[env_file],
+                        help="validate and print the effective configuration, where each value "
+                        "came from, the failover figures, and whether this host can run it",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=_variables_help())
+    cc.add_argument("--offline", action="store_true",
+                    help="a file meant for another host: skip what only that host has "
+                    "(interface, addresses, capabilities, scripts, the password file)")
     st = sub.add_parser("status", parents=[env_file], help="print /status of a running agent")
     st.add_argument("--url", default=None, help="default: from CARP_METRICS_LISTEN")
     hc = sub.add_parser("healthcheck", parents=[env_file],
@@ -174,13 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         if command == "healthcheck":
             url = args.url or _endpoint(_settings(args), "/healthz")
             return 0 if fetch(url, timeout=3).status == 200 else 1
-        settings = _run_config(args, as_ucarp, argv) if command == "run" else _settings(args)
         if command == "check-config":
-            for title, values in settings.redacted():
-                print(f"# {title}")
-                for key, value in values.items():
-                    print(f"{key}={value}")
-            return 0
+            from .checkconfig import report
+
+            offline = args.offline
+            lines, problems = report(load(dict(os.environ), getattr(args, "env_file", None),
+                                          offline=offline), offline)
+            print("\n".join(lines))
+            for problem in problems:
+                print(f"carp-sidecar: host check: {problem}", file=sys.stderr)
+            return EXIT_CONFIG if problems else 0
+        settings = _run_config(args, as_ucarp, argv) if command == "run" else _settings(args)
+        for warning in settings.warnings:
+            print(f"carp-sidecar: warning: {warning}", file=sys.stderr)
         if getattr(args, "ucarp_daemonize", False):
             settings = _daemonize(settings)
         return _exec_agent(settings)

@@ -19,6 +19,7 @@ line that names the variable (or the file, instance and key) and the reason. Pas
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import functools
@@ -67,6 +68,10 @@ MIN_GARP_REFRESH = 1.0  # s; below this a refresh is an ARP flood, not a refresh
 MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
 ENV_CHECK = "service"  # the name of the check CARP_HEALTH_* declare
 DEFAULT_STATE_DIR = Path("/var/lib/carp-sidecar")
+
+
+# check-config --offline: validate a file meant for another host (scripts, password file there)
+OFFLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("offline", default=False)
 
 
 class ConfigError(Exception):
@@ -228,30 +233,42 @@ class VhidSettings(BaseModel):
     @field_validator("upscript", "downscript", "notifyscript")
     @classmethod
     def _script(cls, v: Path | None) -> Path | None:
+        if OFFLINE.get():  # a file for another host: its scripts are there, not here
+            if v is not None and not v.is_absolute():
+                raise ValueError(f"{v} is not an absolute path")
+            return v
         if v is not None and not (v.is_file() and os.access(v, os.X_OK)):
             raise ValueError(f"{v} is not an executable file")
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> VhidSettings:
+        """Every cross-field problem at once (one line each), not only the first."""
+        errors = []
         if self.advbase == 0 and self.advskew == 0:
-            raise ValueError("CARP_ADVBASE: advbase and advskew cannot both be 0")
+            errors.append("CARP_ADVBASE: advbase and advskew cannot both be 0")
         if self.if_alias is not None and (
             not self.if_alias.startswith(self.interface) or len(self.if_alias) > IFNAMSIZ
         ):
-            raise ValueError(
+            errors.append(
                 f"CARP_IF_ALIAS: must start with the interface name {self.interface!r} "
                 f"and have at most {IFNAMSIZ} characters, like {self.interface}:0"
             )
         if self.strict and not self.peers:
-            raise ValueError("CARP_STRICT: needs CARP_PEERS (strict groups accept only listed "
-                             "carp-sidecar nodes)")
+            errors.append("CARP_STRICT: needs CARP_PEERS (strict groups accept only listed "
+                          "carp-sidecar nodes)")
         if self.peers_multicast and not self.peers:
-            raise ValueError("CARP_PEERS_MULTICAST: needs CARP_PEERS")
+            errors.append("CARP_PEERS_MULTICAST: needs CARP_PEERS")
         if self.srcip is not None and self.srcip in self.peers:
-            raise ValueError("CARP_PEERS: lists this node's own CARP_SRCIP")
-        self.vips  # noqa: B018 - validates CARP_ADDR / CARP_MASK now rather than at first use
-        self.secret  # noqa: B018
+            errors.append("CARP_PEERS: lists this node's own CARP_SRCIP")
+        offline_file = OFFLINE.get() and self.pass_file is not None and self.password is None
+        for derived in ("vips",) if offline_file else ("vips", "secret"):  # now, not later
+            try:
+                getattr(self, derived)
+            except ValueError as e:
+                errors.append(str(e))
+        if errors:
+            raise ValueError("\n".join(errors))
         return self
 
     # ---- derived values ----
@@ -333,7 +350,7 @@ class VhidSettings(BaseModel):
             if isinstance(value, list):
                 value = ",".join(map(str, value))
             var = "CARP_PASS" if name == "password" else f"CARP_{name.upper()}"
-            out[var] = str(value).lower() if isinstance(value, bool) else str(value)
+            out[var] = show(value)
         out["VIPS (effective)"] = ",".join(map(str, self.vips))
         return out
 
@@ -447,6 +464,9 @@ class Config:
     script_extra: dict[str, str] = field(default_factory=dict)  # see _script_extra
     as_ucarp: bool = False  # started as `ucarp` (SIGHUP then stops, as in ucarp)
     origin: tuple[str, ...] = ()  # cwd, program name and arguments: what a reload re-reads
+    # where each printed value came from: section title -> variable -> "environment", ...
+    origins: dict[str, dict[str, str]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # likely mistakes that are not errors (check-config prints)
 
     @property
     def metrics_listen(self) -> str:
@@ -483,29 +503,93 @@ class Config:
 
     def redacted(self) -> list[tuple[str, dict[str, str]]]:
         """Sections for `check-config`: the agent, each check, each instance."""
-        agent = {f"CARP_{k.upper()}": str(v) for k, v in self.agent.model_dump().items()
+        agent = {f"CARP_{k.upper()}": show(v) for k, v in self.agent.model_dump().items()
                  if v is not None}
         agent["CARP_STATE_DIR"] = str(self.agent.state_dir or "off")
         agent["CARP_CONTROL_SOCKET"] = str(self.control_socket)
         out = [("agent", agent)]
         for name, check in self.checks.items():
-            out.append((f"health {name}", {f"CARP_HEALTH_{k.upper()}": str(v) for k, v in
+            out.append((f"health {name}", {f"CARP_HEALTH_{k.upper()}": show(v) for k, v in
                                            check.model_dump().items() if v is not None}))
         out += [(f"instance {i.name}", i.redacted()) for i in self.instances]
         return out
 
 
+def show(value: Any) -> str:
+    """One spelling per type: booleans as true/false, floats without a needless .0."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# ucarp.conf names that only make sense with their prefix: UPSCRIPT=... is ignored
+UCARP_BARE = ("INTERFACE", "IF_ALIAS", "SRCIP", "VHID", "ADVBASE", "ADVSKEW", "PASS", "ADDR",
+              "MASK", "UPSCRIPT", "DOWNSCRIPT", "XPARAM", "PREEMPT", "NEUTRAL", "DEADRATIO")
+
+
+def bare_names(in_file: Mapping[str, str]) -> list[str]:
+    return [f"{name}={in_file[name]}: looks like ucarp's UCARP_{name} without its prefix; it is "
+            f"not a setting (did you mean UCARP_{name}?)" for name in UCARP_BARE
+            if in_file.get(name) and f"UCARP_{name}" not in in_file
+            and f"CARP_{name}" not in in_file]
+
+
+def _env_origins(config: Config, environ: Mapping[str, str], in_file: Mapping[str, str],
+                 env_file: Path | None) -> dict[str, dict[str, str]]:
+    def origin(var: str) -> str:
+        names = (var, "U" + var) if var.startswith("CARP_") else (var,)
+        if any(environ.get(n) for n in names):
+            return "environment"
+        if any(in_file.get(n) for n in names):
+            return f"env file {env_file}"
+        return "default"
+
+    return {title: {var: origin(var) for var in values} for title, values in config.redacted()}
+
+
+def _file_origins(config: Config, where: str, env: Mapping[str, Any],
+                  top: Mapping[str, Any], tables: list[dict[str, Any]]
+                  ) -> dict[str, dict[str, str]]:
+    def origin(var: str, title: str) -> str:
+        if title.startswith("health "):
+            return f"{where} [{title.replace(' ', '.')}]"
+        number = next((n for n, i in enumerate(config.instances, 1)
+                       if title == f"instance {i.name}"), 0)
+        if number and var in {f"CARP_{k.upper()}" for k in tables[number - 1]}:
+            return f"{where} [[vhid]] #{number}"
+        if var in env:
+            return "environment"
+        if var in top:
+            return f"{where} (top level)"
+        return "default"
+
+    return {title: {var: origin(var, title) for var in values}
+            for title, values in config.redacted()}
+
+
 # ---- loading ----
-def load(environ: Mapping[str, str], env_file: Path | None = None) -> Config:
+def load(environ: Mapping[str, str], env_file: Path | None = None,
+         offline: bool = False) -> Config:
     """Validate the environment (and ``env_file``) or the TOML file it names; ConfigError
-    carries every problem found, one line each."""
+    carries every problem found, one line each. ``offline``: what only the target host has
+    (scripts, the password file) is not looked at."""
+    token = OFFLINE.set(offline)
+    try:
+        return _load(environ, env_file)
+    finally:
+        OFFLINE.reset(token)
+
+
+def _load(environ: Mapping[str, str], env_file: Path | None) -> Config:
     raw, given, in_file = read_sources(environ, env_file)
     errors = [_unknown(key) for key in raw if _unknown(key)]
     config_file = given.get("CARP_CONFIG", "")
     if config_file:
         if errors:
             raise ConfigError("\n".join(errors))
-        return _load_file(Path(config_file), given)
+        return _load_file(Path(config_file), given, bare_names(in_file))
     agent = _collect(errors, lambda: _validate(AgentSettings, given, raw))
     check = _collect(errors, lambda: _validate(CheckSettings, given, raw))
     checks = {ENV_CHECK: check} if check is not None and check.configured else {}
@@ -513,7 +597,9 @@ def load(environ: Mapping[str, str], env_file: Path | None = None) -> Config:
         VhidSettings, {**given, "CARP_HEALTH": list(checks)}, raw))
     if errors or agent is None or instance is None:
         raise ConfigError("\n".join(errors))
-    return Config(agent, (instance,), checks, "environment", _script_extra(raw, in_file))
+    config = Config(agent, (instance,), checks, "environment", _script_extra(raw, in_file),
+                    warnings=tuple(bare_names(in_file)))
+    return dataclasses.replace(config, origins=_env_origins(config, environ, in_file, env_file))
 
 
 def read_sources(environ: Mapping[str, str], env_file: Path | None
@@ -601,7 +687,7 @@ def _collect(errors: list[str], validate: Callable[[], Any]) -> Any:
         return None
 
 
-def _load_file(path: Path, env: dict[str, Any]) -> Config:
+def _load_file(path: Path, env: dict[str, Any], warnings: list[str] | None = None) -> Config:
     where = str(path)
     if not path.is_file():
         raise ConfigError(f"CARP_CONFIG: {path} is not a readable file")
@@ -640,7 +726,8 @@ def _load_file(path: Path, env: dict[str, Any]) -> Config:
     if errors or agent is None:
         raise ConfigError("\n".join(errors))  # every problem of the file at once
     _check_unique(instances, where)
-    return Config(agent, tuple(instances), checks, where)
+    config = Config(agent, tuple(instances), checks, where, warnings=tuple(warnings or ()))
+    return dataclasses.replace(config, origins=_file_origins(config, where, env, defaults, tables))
 
 
 def _file_instance(where: str, label: str, base: dict[str, Any], table: dict[str, Any]
@@ -695,13 +782,38 @@ def _check_unique(instances: list[VhidSettings], where: str) -> None:
             owners[vip.ip] = i.name
 
 
+# Stand-ins for required settings that failed, so the checks that need them still run and a
+# bad VHID does not hide a bad mask (check-config promises every mistake at once).
+PLACEHOLDERS = {"CARP_INTERFACE": "eth0", "CARP_VHID": 1, "CARP_ADDR": "192.0.2.1",
+                "interface": "eth0", "vhid": 1, "addr": "192.0.2.1"}
+
+
+def _all_errors(model: type[Any], values: dict[str, Any], error: ValidationError,
+                spelled: Mapping[str, str]) -> list[str]:
+    """The field errors, and the cross-field ones pydantic skips when a field fails: found by
+    validating again with the failed fields left out (or stood in for, when required)."""
+    lines = _lines(error, spelled)
+    failed = {str(p["loc"][0]) for p in error.errors() if p["loc"]}
+    if not failed or model is not VhidSettings:
+        return lines
+    retry = {k: v for k, v in values.items() if k not in failed}
+    retry.update({k: PLACEHOLDERS[k] for k in failed if k in PLACEHOLDERS})
+    try:
+        model.model_validate(retry)
+    except ValidationError as again:
+        lines += [line for line in _lines(again, spelled) if line not in lines
+                  and not any(line.startswith(f"{f}:") for f in failed)]
+    return lines
+
+
 def _validate(model: type[Any], values: dict[str, Any], spelled: Mapping[str, str],
               where: str = "") -> Any:
     try:
         return model.model_validate(values)
     except ValidationError as e:
         lines = []
-        for line in _lines(e, spelled):
+        for line in (one for many in _all_errors(model, values, e, spelled)
+                     for one in many.splitlines()):
             if where:  # a file: name its key, not the variable
                 var, sep, rest = line.partition(": ")
                 key = (var.removeprefix("UCARP_").removeprefix("CARP_")

@@ -73,7 +73,7 @@ def translate(paths: Iterable[Path]) -> str:
         elif kind == "script":
             _script(path, text, conf_vars, result)
     if not result.instances and conf_vars:  # a lone ucarp.conf is already an env file
-        result.instances.append({k.split("_", 1)[1].lower(): v for k, v in conf_vars.items()})
+        result.instances.append(_settings_of(conf_vars, Path("ucarp.conf"), result))
     if not result.instances:
         raise ImportError_("no ucarp configuration found (expected ucarp-* options in iface "
                            "stanzas, UCARP_* variables, or a ucarp command line)")
@@ -81,12 +81,25 @@ def translate(paths: Iterable[Path]) -> str:
 
 
 def _kind(text: str) -> str:
-    if re.search(r"^\s*iface\s+\S+", text, re.M):
+    """By what the lines do, never by what comments say (a ucarp.conf's comments mention
+    ucarp: that does not make it a start script)."""
+    code = _code(text)
+    if re.search(r"^\s*iface\s+\S+", code, re.M):
         return "interfaces"
-    if re.search(r"(^|[\s/;&|`(])ucarp(\s|$)", _logical_lines_text(text), re.M) or \
-            re.search(r"\$\{?UCARP\}?\s", text):
+    if any(_ucarp_argv(line) is not None for line in code.splitlines()) or \
+            re.search(r"\$\{?UCARP\}?\s", code):
         return "script"
     return "conf"
+
+
+def _code(text: str) -> str:
+    """The logical lines without shell comments (a whole-line ``#``, or one after a blank)."""
+    lines = []
+    for line in _logical_lines(text):
+        if line.lstrip().startswith("#"):
+            continue
+        lines.append(re.sub(r"(^|\s)#.*$", "", line))
+    return "\n".join(lines)
 
 
 # ---- /etc/network/interfaces ----
@@ -160,6 +173,25 @@ def _shell_values(text: str) -> dict[str, str]:
     return {k: v or "" for k, v in dotenv_values(stream=io.StringIO(good)).items()}
 
 
+def _settings_of(variables: dict[str, str], path: Path, out: Imported) -> dict[str, str]:
+    """UCARP_*/CARP_* variables that are settings, by setting name; the others (UCARP_NETMASK,
+    which the tutorial's up script reads) are named in a note, never turned into settings."""
+    from .config import HELP
+
+    settings: dict[str, str] = {}
+    for key, value in variables.items():
+        if not key.startswith(("UCARP_", "CARP_")):
+            continue
+        name = key.split("_", 1)[1]
+        if name in HELP:
+            if key.startswith("CARP_") or name.lower() not in settings:  # CARP_X wins
+                settings[name.lower()] = value
+        elif f"{path}: {key}" not in " ".join(out.notes):
+            out.notes.append(f"{path}: {key}: not a setting; a script that reads it must source "
+                             "the conf itself (or add it to the env file)")
+    return settings
+
+
 # ---- start scripts ----
 def _script(path: Path, text: str, known: dict[str, str], out: Imported) -> None:
     values = dict(known)
@@ -191,7 +223,11 @@ def _script(path: Path, text: str, known: dict[str, str], out: Imported) -> None
         if args.ucarp_daemonize:
             out.info.append(f"{path}: --daemonize: the agent detaches and logs to syslog as "
                              "ucarp does, except in a container (foreground)")
-        out.instances.append({k.removeprefix("CARP_").lower(): v for k, v in settings.items()})
+        # what ucarp's command line cannot say (UCARP_MASK, UCARP_IF_ALIAS: the scripts read
+        # them from the conf) comes from the conf the script sources; the command line wins
+        instance = _settings_of({k: v for k, v in values.items() if v}, path, out)
+        instance.update({k.removeprefix("CARP_").lower(): v for k, v in settings.items()})
+        out.instances.append(instance)
     if not found:
         out.notes.append(f"{path}: no ucarp command line found")
 

@@ -65,7 +65,7 @@ def test_wheel_installed_outside_the_checkout_runs(built: Path, tmp_path: Path) 
     where = subprocess.run([str(venv / "bin/python"), "-c", "import sidecar; print(sidecar.__file__)"],
                            **run)  # type: ignore[call-overload]
     assert where.stdout.startswith(str(venv)), where.stdout  # not the checkout
-    check = subprocess.run([exe, "check-config"], **{**run, "env": {  # type: ignore[call-overload]
+    check = subprocess.run([exe, "check-config", "--offline"], **{**run, "env": {  # type: ignore[call-overload]
         **env, "CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "x",
         "CARP_ADDR": "10.0.0.1"}})
     assert check.returncode == 0 and "CARP_VHID=1" in check.stdout, check.stderr

@@ -33,8 +33,8 @@ def cli(*args: str, env: dict[str, str] | None = None, argv0: str | None = None
 def test_env_file_is_accepted_before_and_after_the_command(tmp_path: Path) -> None:
     env_file = tmp_path / "e"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in BASE.items()))
-    before = cli("--env-file", str(env_file), "check-config")
-    after = cli("check-config", "--env-file", str(env_file))
+    before = cli("--env-file", str(env_file), "check-config", "--offline")
+    after = cli("check-config", "--offline", "--env-file", str(env_file))
     assert before.returncode == after.returncode == 0, before.stderr + after.stderr
     assert before.stdout == after.stdout and "CARP_VHID=1" in after.stdout
 
@@ -47,7 +47,7 @@ def test_check_config_help_lists_every_variable() -> None:
 
 
 def test_unknown_variable_error_points_to_a_help_that_has_the_list() -> None:
-    r = cli("check-config", env={**BASE, "CARP_ADVSKW": "1"})
+    r = cli("check-config", "--offline", env={**BASE, "CARP_ADVSKW": "1"})
     assert r.returncode == 2
     assert r.stderr.strip() == ("carp-sidecar: configuration error: CARP_ADVSKW: unknown variable; "
                                 "did you mean CARP_ADVSKEW? (see `carp-sidecar check-config --help`)")
@@ -159,7 +159,7 @@ def test_import_of_two_interfaces_stanzas_gives_a_config_file_check_config_accep
     assert first.secret == b"16charsatmost"
     # what it could not translate is named, not dropped silently
     assert "ucarp-weight" in r.stdout and "post-up" in r.stdout
-    assert cli("check-config", env={"CARP_CONFIG": str(tmp_path / "carp.toml")}).returncode == 0
+    assert cli("check-config", "--offline", env={"CARP_CONFIG": str(tmp_path / "carp.toml")}).returncode == 0
 
 
 def test_import_of_a_start_script_and_its_ucarp_conf_gives_an_env_file(tmp_path: Path) -> None:
@@ -190,3 +190,31 @@ def test_import_of_a_ucarp_conf_alone_and_of_nothing_usable(tmp_path: Path) -> N
     (tmp_path / "other").write_text("nothing here\n")
     r = cli("import", str(tmp_path / "other"))
     assert r.returncode == 2 and "no ucarp configuration found" in r.stderr
+
+
+def test_import_of_the_shipped_example_and_of_a_conf_whose_comments_mention_ucarp() -> None:
+    out = translate([ROOT / "deploy/ucarp.conf.example"])
+    for line in ("CARP_INTERFACE=eth0", "CARP_IF_ALIAS=eth0:0", "CARP_MASK=255.255.0.0",
+                 "CARP_VHID=1", "CARP_ADDR=172.16.0.1"):
+        assert line in out.splitlines(), out
+
+
+def test_import_of_the_readme_migration_keeps_mask_and_label(tmp_path: Path) -> None:
+    """README "Migrating from ucarp": `carp-sidecar import start.sh ucarp.conf > carp.env`."""
+    r = cli("import", str(ROOT / "deploy/ucarp-start.sh.example"),
+            str(ROOT / "deploy/ucarp.conf.example"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "carp.env").write_text(r.stdout)
+    s = load({}, tmp_path / "carp.env", offline=True).instances[0]
+    assert str(s.vips[0]) == "172.16.0.1/16" and s.if_alias == "eth0:0"  # not /32, not unlabelled
+    assert s.preempt and s.upscript == Path("/etc/ucarp/ucarp-up.sh")
+
+
+def test_import_names_variables_that_are_not_settings(tmp_path: Path) -> None:
+    conf = tmp_path / "ucarp.conf"
+    conf.write_text("# ucarp settings for the web VIP (read by ucarp's scripts too)\n"
+                    "UCARP_INTERFACE=eth0\nUCARP_VHID=2\nUCARP_PASS=x\nUCARP_ADDR=10.0.0.1\n"
+                    "UCARP_NETMASK=255.255.255.0\n")
+    out = translate([conf])
+    assert "\nCARP_NETMASK" not in out and "UCARP_NETMASK: not a setting" in out
+    assert "CARP_VHID=2" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -222,7 +223,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 def test_cli_bad_config_exits_2_with_one_line_no_traceback() -> None:
-    r = run_cli("check-config", env={**BASE, "CARP_VHID": "256", "CARP_PASS": "topsecret"})
+    r = run_cli("check-config", "--offline", env={**BASE, "CARP_VHID": "256", "CARP_PASS": "topsecret"})
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "carp-sidecar: configuration error: CARP_VHID: Input should be less than or equal to 255"]
@@ -230,7 +231,7 @@ def test_cli_bad_config_exits_2_with_one_line_no_traceback() -> None:
 
 
 def test_cli_check_config_prints_redacted_effective_config() -> None:
-    r = run_cli("check-config", env={**BASE, "CARP_PASS": "topsecret", "UCARP_ADVSKEW": "20"})
+    r = run_cli("check-config", "--offline", env={**BASE, "CARP_PASS": "topsecret", "UCARP_ADVSKEW": "20"})
     assert r.returncode == 0, r.stderr
     assert "CARP_PASS=***" in r.stdout and "CARP_ADVSKEW=20" in r.stdout
     assert "topsecret" not in r.stdout
@@ -356,7 +357,7 @@ def test_several_addresses_in_the_environment_ipv4_and_ipv6(tmp_path: Path) -> N
 
 
 def test_check_config_prints_every_instance(tmp_path: Path) -> None:
-    r = run_cli("check-config", env={"CARP_CONFIG": str(config_file(tmp_path))})
+    r = run_cli("check-config", "--offline", env={"CARP_CONFIG": str(config_file(tmp_path))})
     assert r.returncode == 0, r.stderr
     assert "# instance eth0/vhid1" in r.stdout and "# instance eth0/vhid2" in r.stdout
     assert "# health apache" in r.stdout and "CARP_HEALTH_URL=http://127.0.0.1/" in r.stdout
@@ -401,3 +402,62 @@ def test_config_file_reports_every_bad_instance_and_check_at_once(tmp_path: Path
     assert any("[health.apache]: fall:" in ln for ln in lines)
     assert any("[[vhid]] #2 (vhid 2): advskew:" in ln for ln in lines)
     assert any("health: no [health.nginx] table" in ln for ln in lines)
+
+
+# ---- check-config: every mistake at once, origins, derived figures, likely mistakes ----
+def test_a_bad_vhid_does_not_hide_a_bad_mask() -> None:
+    r = run_cli("check-config", "--offline",
+                env={**BASE, "CARP_VHID": "256", "CARP_MASK": "255.0.255.0"})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert any("CARP_VHID" in line for line in lines) and any("CARP_MASK" in line for line in lines), lines
+
+
+def test_mask_password_file_and_upscript_are_all_reported(tmp_path: Path) -> None:
+    r = run_cli("check-config", env={**BASE, "CARP_PASS": "", "CARP_MASK": "255.0.255.0",
+                                     "CARP_PASS_FILE": str(tmp_path / "missing"),
+                                     "CARP_UPSCRIPT": str(tmp_path / "up.sh")})
+    assert r.returncode == 2
+    text = r.stderr
+    for var in ("CARP_MASK", "CARP_PASS_FILE", "CARP_UPSCRIPT"):
+        assert f"configuration error: {var}:" in text, text
+    assert len(text.strip().splitlines()) == 3  # one line each, no duplicates
+
+
+def test_offline_check_skips_what_only_the_target_host_has(tmp_path: Path) -> None:
+    env = {**BASE, "CARP_PASS": "", "CARP_PASS_FILE": "/run/secrets/carp_pass",
+           "CARP_UPSCRIPT": "/etc/ucarp/vip-up.sh", "CARP_INTERFACE": "nosuchif0"}
+    r = run_cli("check-config", "--offline", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "# host: not checked (--offline)" in r.stdout
+    r = run_cli("check-config", "--offline", env={**env, "CARP_UPSCRIPT": "relative.sh"})
+    assert r.returncode == 2 and "CARP_UPSCRIPT: relative.sh is not an absolute path" in r.stderr
+
+
+def test_check_config_says_where_each_value_came_from_and_the_figures(tmp_path: Path) -> None:
+    env_file = tmp_path / "ucarp.conf"
+    env_file.write_text("UCARP_INTERFACE=eth0\nUCARP_VHID=3\nUCARP_PASS=pw\n"
+                        "UCARP_ADDR=10.0.0.1\nUCARP_MASK=255.255.0.0\nUPSCRIPT=/etc/ucarp/up.sh\n")
+    r = run_cli("--env-file", str(env_file), "check-config", "--offline",
+                env={"CARP_ADVSKEW": "20"})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert re.search(r"^CARP_VHID=3 +# env file .*ucarp\.conf$", out, re.M), out
+    assert re.search(r"^CARP_ADVSKEW=20 +# environment$", out, re.M)
+    assert re.search(r"^CARP_ADVBASE=1 +# default$", out, re.M)
+    assert "#   master-down interval: 3.08 s" in out
+    assert "#   HMAC covers: 10.0.0.1 (the first IPv4 VIP)" in out
+    assert "about 10 ms when it stops or is demoted" in out
+    # a known ucarp name without its prefix is ignored by everything: say so
+    assert "# warning: UPSCRIPT=/etc/ucarp/up.sh: looks like ucarp's UCARP_UPSCRIPT" in out
+    # booleans one way, in every section
+    assert "=True" not in out and "=False" not in out and "CARP_REALTIME=false" in out
+
+
+def test_file_mode_origins_name_the_table(tmp_path: Path) -> None:
+    r = run_cli("check-config", "--offline", env={"CARP_CONFIG": str(config_file(tmp_path)),
+                                                  "CARP_ADVBASE": "2"})
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^CARP_VHID=1 +# .*\[\[vhid\]\] #1$", r.stdout, re.M), r.stdout
+    assert re.search(r"^CARP_INTERFACE=eth0 +# .* \(top level\)$", r.stdout, re.M)
+    assert re.search(r"^CARP_ADVBASE=2 +# environment$", r.stdout, re.M)

@@ -1,0 +1,90 @@
+"""`carp-sidecar check-config`: the effective configuration, where each value came from, the
+figures an operator plans with, and (unless ``--offline``) whether this host can run it.
+
+Everything is reported at once: the configuration errors (one line each, from :mod:`config`),
+then the host's problems — the interface missing, the source address not on it, a missing
+capability — each on a line of its own. Exit status 2 when there is any.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+
+from .caps import missing_capability
+from .config import Config, VhidSettings, show
+
+WIDTH = 40  # the value column before "# origin"
+
+
+def derived(i: VhidSettings) -> dict[str, str]:
+    """The numbers behind a failover plan (docs/protocol.md §5)."""
+    advert = i.advbase + i.advskew / 256
+    vrrp3 = i.dead_timer == "auto" and i.advbase == 0
+    if vrrp3:  # VRRPv3's dead timer: deadratio x the master's interval + own skew
+        down = i.deadratio * advert + i.advskew / 256
+        rule = f"{i.deadratio} x the master's advert interval + own skew (shown with ours)"
+    else:
+        down = i.advbase * i.deadratio + i.advskew / 256
+        rule = f"advbase x deadratio + advskew/256 = {i.advbase} x {i.deadratio} + {i.advskew}/256"
+    ipv4 = [v.ip for v in i.vips if v.version == 4]
+    covered = ipv4[0] if ipv4 else IPv4Address(0)
+    hmac = (f"{covered} (the first IPv4 VIP" + ("; strict: also every header field and the "
+            "sender" if i.strict else "") + ")")
+    return {
+        "advert interval": f"{advert:g} s",
+        "master-down interval": f"{down:.3g} s ({rule})",
+        "expected failover": (f"about {down:.3g} s when the master fails (this node as backup: "
+                              "its last advert + master-down); "
+                              f"about {i.advskew / 2048 * 1000:.0f} ms when it stops or is "
+                              "demoted (bow-out)"),
+        "HMAC covers": hmac,
+        "VIPs": ", ".join(map(str, i.vips)),
+    }
+
+
+def host_problems(config: Config) -> Iterator[str]:
+    """What this host lacks to run ``config``: interfaces, source addresses, capabilities."""
+    from pyroute2 import IPRoute  # the CLI only: the agent has its own asyncio netlink
+
+    with IPRoute() as ipr:
+        for i in config.instances:
+            try:
+                index = socket.if_nametoindex(i.interface)
+            except OSError:
+                yield f"CARP_INTERFACE: no interface named {i.interface!r} on this host ({i.name})"
+                continue
+            own = [IPv4Address(a.get("IFA_ADDRESS")) for a in ipr.get_addr(index=index, family=2)]
+            own = [a for a in own if a not in {v.ip for v in i.vips}]
+            if i.srcip is not None and i.srcip not in own:
+                yield (f"CARP_SRCIP: {i.srcip} is not an address of {i.interface} (it has "
+                       f"{', '.join(map(str, own)) or 'none'})")
+            elif i.srcip is None and not own:
+                yield f"CARP_SRCIP: not set and {i.interface} has no IPv4 address"
+    problem = missing_capability(any(not i.upscript and not i.downscript
+                                     for i in config.instances))
+    if problem:
+        yield problem
+
+
+def report(config: Config, offline: bool) -> tuple[list[str], list[str]]:
+    """The lines to print, and the host's problems (empty: the host can run it)."""
+    lines = [f"# warning: {w}" for w in config.warnings]
+    for title, values in config.redacted():
+        lines.append(f"# {title}")
+        origins = config.origins.get(title, {})
+        for var, value in values.items():
+            where = "derived" if var == "VIPS (effective)" else origins.get(var, "")
+            line = f"{var}={value}"
+            lines.append(f"{line:<{WIDTH}} # {where}" if where else line)
+        instance = next((i for i in config.instances if title == f"instance {i.name}"), None)
+        if instance is not None:
+            lines += [f"#   {k}: {v}" for k, v in derived(instance).items()]
+    problems = [] if offline else list(host_problems(config))
+    lines.append("# host: not checked (--offline)" if offline else
+                 "# host: " + ("can run this" if not problems else f"{len(problems)} problem(s)"))
+    return lines, problems
+
+
+__all__ = ["derived", "host_problems", "report", "show"]
