@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import os
 import signal
@@ -370,6 +371,8 @@ class Agent:
         verb, _, arg = command.partition(" ")
         if verb == "reload":
             return await self.reload()
+        if verb == "status" and not arg:  # `carp-sidecar status` without HTTP: the whole view
+            return json.dumps(self.status(), separators=(",", ":"))
         targets = self.instances
         if arg:
             if not arg.isdigit():
@@ -539,6 +542,17 @@ class Agent:
         return {**top, "instances": instances, "control_socket": control}
 
 
+def _set_title(title: str) -> None:
+    """/proc/PID/cmdline and comm: `pidof ucarp` and `killall -USR1 ucarp` find the drop-in
+    (the exec left them `python3 -m sidecar.agent`)."""
+    try:
+        import setproctitle
+    except ImportError:  # optional at run time: only the name is lost
+        return
+    setproctitle.setproctitle(title)
+    setproctitle.setthreadtitle(title.split()[0][:15])
+
+
 def run_agent(config: RunConfig, version: str = "0") -> int:
     """Run in this process (tests, embedding); ``carp-sidecar run`` goes through :func:`main`."""
     logs.setup(config.log_format, config.log_level, config.syslog)
@@ -567,7 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sidecar.agent")
     p.add_argument("--config-fd", type=int, required=True)
     p.add_argument("--version", default="0")
+    p.add_argument("--title", default='"carp-sidecar"', help="process title (JSON string)")
     args = p.parse_args(argv)
+    _set_title(json.loads(args.title))
     with os.fdopen(args.config_fd, "rb") as f:
         config = RunConfig.from_json(f.read().decode())
     return run_agent(config, version=args.version)

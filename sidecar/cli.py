@@ -15,6 +15,7 @@ from .config import Config, ConfigError, load
 from .httpclient import fetch
 
 EXIT_CONFIG = 2
+DEFAULT_RUN_DIR = "/run/carp-sidecar"  # where agents make their control sockets
 
 
 def package_version() -> str:
@@ -55,8 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--offline", action="store_true",
                     help="a file meant for another host: skip what only that host has "
                     "(interface, addresses, capabilities, scripts, the password file)")
-    st = sub.add_parser("status", parents=[env_file], help="print /status of a running agent")
-    st.add_argument("--url", default=None, help="default: from CARP_METRICS_LISTEN")
+    st = sub.add_parser("status", parents=[env_file],
+                        help="the local agent's state, per instance (a table; --json: /status)")
+    st.add_argument("--json", action="store_true", help="the agent's /status document")
+    st.add_argument("--url", default=None, help="ask this /status URL instead of the control "
+                    "socket")
+    st.add_argument("--socket", type=Path, default=None, help="control socket (default: "
+                    "CARP_CONTROL_SOCKET, the configured one, or every one in /run/carp-sidecar)")
     hc = sub.add_parser("healthcheck", parents=[env_file],
                         help="exit 0 if the local agent answers /healthz (the container "
                         "HEALTHCHECK), 1 if not")
@@ -96,7 +102,10 @@ def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None)
 
 def _parse(argv: list[str], as_ucarp: bool) -> argparse.Namespace:
     if as_ucarp:  # the drop-in: ucarp's command line, nothing else
-        args = ucarp_options.parser().parse_args(argv)
+        p = ucarp_options.parser()
+        p.add_argument("--version", "-V", action="version",  # ucarp has none: scripts ask
+                       version=f"ucarp 1.5.2 compatible (carp-sidecar {package_version()})")
+        args = p.parse_args(argv)
         args.command = "run"
     else:
         args = _parser().parse_args(argv)
@@ -132,7 +141,17 @@ def dump_runtime_config(origin: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
+    except BrokenPipeError:  # `carp-sidecar status | head`: the reader has gone, as for cat
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a process ended by SIGPIPE
+
+
+def _main(argv: list[str]) -> int:
     as_ucarp = Path(sys.argv[0]).name == "ucarp"
     args = _parse(argv, as_ucarp)
     command = args.command or "run"
@@ -170,12 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             print(reply.replace("; ", "\n  ").replace("reloaded: ", "reloaded:\n  "))
             return 0
         if command == "status":
-            url = args.url or _endpoint(_settings(args), "/status")
-            response = fetch(url, timeout=5, max_body=16 * 1024 * 1024)
-            if response.status != 200:
-                raise OSError(f"{url} answered {response.status}")
-            print(json.dumps(json.loads(response.body), indent=2))
-            return 0
+            return _status(args)
         if command == "healthcheck":
             url = args.url or _endpoint(_settings(args), "/healthz")
             return 0 if fetch(url, timeout=3).status == 200 else 1
@@ -199,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"carp-sidecar: configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:
+        raise
     except OSError as e:
         print(f"carp-sidecar: {command}: {e}", file=sys.stderr)
         return 1
@@ -273,11 +289,74 @@ def _exec_agent(config: Config) -> int:
     os.write(fd, config.runtime().to_json().encode())
     os.lseek(fd, 0, os.SEEK_SET)
     argv = [sys.executable, "-m", "sidecar.agent", "--config-fd", str(fd), "--version",
-            package_version()]
+            package_version(), "--title", json.dumps(process_title(config))]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
     return 1  # not reached
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .statusview import render
+
+    docs = []
+    if args.url:
+        response = fetch(args.url, timeout=5, max_body=16 * 1024 * 1024)
+        if response.status != 200:
+            raise OSError(f"{args.url} answered {response.status}")
+        docs.append(json.loads(response.body))
+    else:
+        from .control import send_command
+
+        for path in _status_sockets(args):
+            docs.append(json.loads(send_command(path, "status")))
+    for doc in docs:
+        print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0
+
+
+def _status_sockets(args: argparse.Namespace) -> list[Path]:
+    """The local agent(s): --socket, CARP_CONTROL_SOCKET, the configuration's socket, or
+    every socket an agent made in /run/carp-sidecar (each agent has one)."""
+    if args.socket:
+        return [args.socket]
+    named = os.environ.get("CARP_CONTROL_SOCKET") or os.environ.get("UCARP_CONTROL_SOCKET")
+    if named:
+        return [Path(named)]
+    try:
+        return [_settings(args).control_socket]
+    except ConfigError:
+        pass
+    found = sorted(p for p in Path(DEFAULT_RUN_DIR).glob("*.sock") if p.is_socket())
+    if not found:
+        raise OSError(f"no agent found: no control socket in {DEFAULT_RUN_DIR} (is it "
+                      "running? pass --socket or set CARP_CONTROL_SOCKET)")
+    return found
+
+
+SECRET_OPTIONS = {"--pass", "-p"}
+
+
+def process_title(config: Config) -> str:
+    """The agent's name for ps, pidof and killall: what the user started, `ucarp ...` as the
+    drop-in, `carp-sidecar run ...` otherwise; a password given on the command line shown
+    as ***."""
+    if not config.origin:
+        return "carp-sidecar"
+    _cwd, prog, *argv = config.origin
+    shown, hide = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        if hide:
+            shown.append("***")
+        elif eq and name in SECRET_OPTIONS:
+            shown.append(f"{name}=***")
+        elif arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
+            shown.append("-p***")
+        else:
+            shown.append(arg)
+        hide = arg in SECRET_OPTIONS
+    return " ".join([prog, *shown])
 
 
 def _socket_path(args: argparse.Namespace) -> Path:

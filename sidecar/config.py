@@ -311,6 +311,23 @@ class VhidSettings(BaseModel):
     def name(self) -> str:
         return f"{self.interface}/vhid{self.vhid}"
 
+    @property
+    def manages_vip_by_scripts(self) -> bool:
+        return self.upscript is not None or self.downscript is not None
+
+    @property
+    def prefix_given(self) -> bool:
+        """CARP_MASK or a /prefix says what the VIP's prefix is; without either, scripts
+        add it with a prefix of their own, which the agent cannot know."""
+        given = self.addr if isinstance(self.addr, list) else self.addr.split(",")
+        return self.mask is not None or all("/" in a for a in given if a.strip())
+
+    def _prefix_known(self) -> bool:
+        return not self.manages_vip_by_scripts or self.prefix_given
+
+    def _shown_vips(self) -> list[str]:
+        return [str(v) if self._prefix_known() else str(v.ip) for v in self.vips]
+
     def runtime(self) -> Vhid:
         """This instance as the running agent holds it (derived values live there)."""
         return Vhid(interface=self.interface, vhid=self.vhid, secret=self.secret,
@@ -326,6 +343,7 @@ class VhidSettings(BaseModel):
                     notifyscript=self.notifyscript, peers=tuple(self.peers),
                     peers_multicast=self.peers_multicast, strict=self.strict,
                     vrrp3_dead_timer=self.dead_timer == "auto" and self.advbase == 0,
+                    prefix_known=self._prefix_known(),
                     script_env=tuple(sorted(self.script_environment().items())))
 
     def script_environment(self) -> dict[str, str]:
@@ -334,7 +352,7 @@ class VhidSettings(BaseModel):
         for var, value in self.redacted().items():
             if var != "CARP_PASS" and var.startswith("CARP_"):
                 out[var] = out["U" + var] = value
-        out["CARP_VIPS"] = ",".join(str(v) for v in self.vips)
+        out["CARP_VIPS"] = ",".join(self._shown_vips())
         out["CARP_INSTANCE"] = self.name
         return out
 
@@ -351,7 +369,8 @@ class VhidSettings(BaseModel):
                 value = ",".join(map(str, value))
             var = "CARP_PASS" if name == "password" else f"CARP_{name.upper()}"
             out[var] = show(value)
-        out["VIPS (effective)"] = ",".join(map(str, self.vips))
+        out["VIPS (effective)"] = ",".join(self._shown_vips()) + (
+            "" if self._prefix_known() else " (prefix: the scripts' own)")
         return out
 
 

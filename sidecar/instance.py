@@ -153,7 +153,8 @@ class Instance:
         m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
         m.interface_present.set(1 if self.channel.attached is not None else 0)
         log.info("Using [%s] as a network interface, vhid %d, VIP %s, source %s", s.interface,
-                 s.vhid, ", ".join(map(str, s.vips)), self.srcip,
+                 s.vhid, ", ".join(s.shown_vips) + ("" if s.prefix_known else
+                                                    " (prefix: the scripts' own)"), self.srcip,
                  extra=fields(vhid=s.vhid, interface=s.interface))
         log.info("Local advertised ethernet address is [00:00:5e:00:00:%02x]", s.vhid,
                  extra=fields(vhid=s.vhid, interface=s.interface))
@@ -852,8 +853,9 @@ class Instance:
             "state": machine.state.name,
             "vhid": s.vhid,
             "interface": s.interface,
-            "vip": str(s.vips[0]),
-            "vips": [str(v) for v in s.vips],
+            "vip": s.shown_vips[0],
+            "vips": s.shown_vips,
+            "vip_prefix": "configured" if s.prefix_known else "set by the scripts",
             "srcip": str(self.srcip),
             "advbase": s.advbase,
             "advskew": s.advskew,
@@ -865,6 +867,7 @@ class Instance:
             "maintenance_since": _utc(min(self.maintenance.values())) if self.maintenance else None,
             "maintenance_by": sorted(self.maintenance),
             "preempt_delay": s.preempt_delay,
+            "master_down_interval": machine.master_down_interval_us / 1e6,
             "health": health,
             "interface_present": self.channel.attached is not None,
             "can_advertise": machine.can_advertise,

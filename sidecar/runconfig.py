@@ -49,6 +49,9 @@ class Vhid:
     peers_multicast: bool = False
     strict: bool = False
     vrrp3_dead_timer: bool = False
+    # False when scripts add the VIP and no CARP_MASK or /prefix was given: the scripts choose
+    # the prefix (the tutorial's add /16), so the agent shows the bare address, not "/32"
+    prefix_known: bool = True
     # the effective settings under CARP_* and UCARP_* names, never the password (scripts.py)
     script_env: tuple[tuple[str, str], ...] = ()
 
@@ -64,6 +67,11 @@ class Vhid:
     def hmac_address(self) -> IPv4Address:
         """The address the advert HMAC covers: the first IPv4 VIP (docs/protocol.md §3)."""
         return self.ipv4_vips[0].ip if self.ipv4_vips else IPv4Address(0)
+
+    @property
+    def shown_vips(self) -> list[str]:
+        """The VIPs as logs and /status show them: with the prefix the configuration gives."""
+        return [str(v) if self.prefix_known else str(v.ip) for v in self.vips]
 
     @property
     def script_address(self) -> str:

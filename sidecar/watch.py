@@ -21,6 +21,8 @@ from typing import Any
 from .protocol import compute_hmac
 
 SILENT_AFTER = 3  # advert intervals without a word: a sender has fallen silent
+RUN_GAP = 1.5  # advert intervals: a longer gap ends a sender's run of adverts
+MAX_RUNS = 16  # runs remembered per sender
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Sender:
     first: float = 0.0
     last: float = 0.0
     auth: dict[str, int] = field(default_factory=lambda: {"ok": 0, "bad": 0, "unknown": 0})
+    runs: list[list[float]] = field(default_factory=list)  # [first, last] of advert runs
+    bowed_out: bool = False  # its last advert was the bow-out (advbase = advskew = 255)
 
     @property
     def interval(self) -> float:
@@ -49,6 +53,23 @@ class Sender:
 
     def silent(self, now: float) -> bool:
         return now - self.last > SILENT_AFTER * max(self.interval, 1 / 256)
+
+    def advertising(self, now: float) -> bool:
+        """Still sending at its pace (a master that bowed out stops at once)."""
+        return not self.bowed_out and \
+            now - self.last <= RUN_GAP * max(self.interval, 1 / 256) + 0.05
+
+    def heard(self, when: float) -> None:
+        if self.runs and when - self.runs[-1][1] <= RUN_GAP * max(self.interval, 1 / 256) + 0.05:
+            self.runs[-1][1] = when
+        else:
+            self.runs.append([when, when])
+            del self.runs[:-MAX_RUNS]
+
+
+def overlap(a: Sender, b: Sender) -> float:
+    """How long both advertised at the same time (CARP: only the master speaks)."""
+    return sum(max(0.0, min(x[1], y[1]) - max(x[0], y[0])) for x in a.runs for y in b.runs)
 
 
 @dataclass
@@ -72,9 +93,7 @@ class Watch:
 
     def frame(self, when: float, raw: bytes) -> Advert | None:
         """One Ethernet frame; the advert it carries, or None (not CARP, or undecodable)."""
-        from scapy.contrib.carp import CARP
-        from scapy.layers.inet import IP
-        from scapy.layers.l2 import Ether
+        CARP, IP, Ether = _scapy()
 
         packet = Ether(raw)
         if IP not in packet or packet[IP].proto != 112:
@@ -96,7 +115,10 @@ class Watch:
         previous = sender.last if sender.adverts else None
         sender.adverts += 1
         sender.last, sender.mac = when, packet[Ether].src
-        sender.advbase, sender.advskew = carp.advbase, carp.advskew
+        sender.bowed_out = (carp.advbase, carp.advskew) == (255, 255)
+        if not sender.bowed_out:  # a bow-out is the end of a run; its 255/255 no interval
+            sender.advbase, sender.advskew = carp.advbase, carp.advskew
+            sender.heard(when)
         sender.auth[auth] += 1
         return Advert(when, ip.src, packet[Ether].src, carp.vhid, carp.advbase, carp.advskew,
                       counter, auth, None if previous is None else when - previous)
@@ -115,11 +137,7 @@ class Watch:
         for vhid in sorted({v for v, _ in self.senders}):
             senders = sorted((s for (v, _), s in self.senders.items() if v == vhid),
                              key=lambda s: (s.silent(now), s.advbase, s.advskew, s.src))
-            speaking = [s for s in senders if not s.silent(now)]
-            out.append(f"vhid {vhid}: " + (
-                "no master (every sender has fallen silent)" if not speaking else
-                f"{len(speaking)} nodes advertise at once: split brain" if len(speaking) > 1 else
-                f"master {speaking[0].src}"))
+            out.append(f"vhid {vhid}: " + self._verdict_of_vhid(senders, now))
             out.append(f"  {'sender':<15} {'mac':<17} {'adverts':>7} {'base/skew':>9} "
                        f"{'last seen':>10}  auth / role")
             for s in senders:
@@ -130,8 +148,29 @@ class Watch:
             out.append(f"{self.undecodable} protocol-112 packets were not CARP adverts")
         return "\n".join(out)
 
+    @staticmethod
+    def _verdict_of_vhid(senders: list[Sender], now: float) -> str:
+        """A split brain is two senders advertising together for longer than an advert
+        interval; a handover or a preemption crosses for a moment only."""
+        speaking = [s for s in senders if s.advertising(now)]
+        pairs = [(a, b, overlap(a, b)) for i, a in enumerate(speaking) for b in speaking[i + 1:]]
+        long = [(a, b, t) for a, b, t in pairs if t > max(a.interval, b.interval, 1 / 256)]
+        if long:
+            a, b, t = max(long, key=lambda p: p[2])
+            return (f"{len(speaking)} nodes advertise at once: split brain ({a.src} and {b.src} "
+                    f"together for {t:.1f} s)")
+        if not speaking:
+            return "no master (every sender has fallen silent)"
+        master = max(speaking, key=lambda s: s.runs[-1][0] if s.runs else s.first)
+        before = [s for s in senders if s is not master and s.runs and not s.advertising(now)]
+        handed = f" (took over from {before[0].src})" if before and not master.silent(now) and \
+            master.runs and before[0].runs[-1][1] <= master.runs[-1][0] + master.interval else ""
+        return f"master {master.src}{handed}"
+
     def _verdict(self, s: Sender, now: float) -> str:
-        role = "silent" if s.silent(now) else "advertising (master)"
+        role = ("advertising (master)" if s.advertising(now) else
+                "bowed out (handed over)" if s.bowed_out else "silent" if s.silent(now)
+                else "stopped advertising (handed over, or going silent)")
         ok, bad, unknown = s.auth["ok"], s.auth["bad"], s.auth["unknown"]
         if s.vhid not in self.keys:
             why = ("another group (not the configured VHID)" if self.keys else
@@ -178,6 +217,23 @@ def run(interface: str, keys: dict[int, Key], count: int, seconds: float | None,
     out("")
     out(watch.summary(time.time()))
     return 0
+
+
+def _scapy() -> tuple[Any, Any, Any]:
+    """scapy's CARP, IP and Ether, imported without its "CARP overwrites VRRP" warning (we
+    know: protocol 112 is both; the warning would only confuse the reader of our output)."""
+    import logging
+
+    runtime = logging.getLogger("scapy.runtime")
+    level = runtime.level
+    runtime.setLevel(logging.ERROR)
+    try:
+        from scapy.contrib.carp import CARP
+        from scapy.layers.inet import IP
+        from scapy.layers.l2 import Ether
+    finally:
+        runtime.setLevel(level)
+    return CARP, IP, Ether
 
 
 def _is_carp(packet: Any) -> bool:

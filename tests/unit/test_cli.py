@@ -218,3 +218,51 @@ def test_import_names_variables_that_are_not_settings(tmp_path: Path) -> None:
     out = translate([conf])
     assert "\nCARP_NETMASK" not in out and "UCARP_NETMASK: not a setting" in out
     assert "CARP_VHID=2" in out
+
+
+def test_process_title_is_what_was_started_without_the_password() -> None:
+    import dataclasses
+
+    from sidecar.cli import process_title
+
+    config = load({**BASE}, None)
+    drop_in = dataclasses.replace(config, origin=(
+        "/", "ucarp", "-i", "eth0", "-p", "geheim", "--pass=geheim", "-pgeheim", "-a", "10.0.0.1"))
+    assert process_title(drop_in) == "ucarp -i eth0 -p *** --pass=*** -p*** -a 10.0.0.1"
+    run = dataclasses.replace(config, origin=("/", "carp-sidecar", "--env-file", "x", "run"))
+    assert process_title(run) == "carp-sidecar --env-file x run"
+
+
+def test_ucarp_version_answers_like_a_program_not_an_error() -> None:
+    r = subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'ucarp'; "
+                        "from sidecar.cli import main; sys.exit(main(['--version']))"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "ucarp 1.5.2 compatible (carp-sidecar" in r.stdout, r.stderr
+
+
+def test_status_piped_into_head_is_not_a_traceback(tmp_path: Path) -> None:
+    import json as json_
+    import time
+
+    doc = {"instances": [{"vhid": n, "interface": "eth0", "state": "BACKUP", "vips": ["10.0.0.1/24"],
+                          "peers": {}, "master_down_interval": 3.0} for n in range(1, 200)]}
+    (tmp_path / "status.json").write_text(json_.dumps(doc))
+    sock = tmp_path / "a.sock"
+    fake_agent = ("import socket, sys\n"  # answers one control-socket command, as the agent
+                  "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)\n"
+                  "c, _ = s.accept(); c.recv(100)\n"
+                  "c.sendall(open(sys.argv[2], 'rb').read() + b'\\n'); c.close()\n")
+    server = subprocess.Popen([sys.executable, "-c", fake_agent, str(sock),
+                               str(tmp_path / "status.json")])
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        r = subprocess.run(f"{sys.executable} -m sidecar.cli status --socket {sock} | head -2",
+                           shell=True, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        server.wait(10)
+    assert "Traceback" not in r.stderr and "Broken pipe" not in r.stderr, r.stderr
+    assert r.stdout.startswith("vhid 1 on eth0: BACKUP since"), r.stdout

@@ -69,11 +69,48 @@ kubectl = pytest.mark.skipif(_kustomize_version() < 4, reason="needs kubectl wit
                              "(directories as resources); make deps installs a kubectl")
 
 
-def kustomize(path: Path) -> list[dict[str, object]]:
-    r = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
-                       timeout=120)
+def kustomize(path: Path, password: str | None = "geheim") -> list[dict[str, object]]:
+    """Render a copy of deploy/kubernetes (with the password file an operator creates)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "kubernetes"
+        shutil.copytree(DEPLOY / "kubernetes", work)
+        if password is not None:
+            (work / "base/carp_pass").write_text(password)
+        r = subprocess.run(["kubectl", "kustomize", str(work / path.relative_to(
+            DEPLOY / "kubernetes"))], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@kubectl
+def test_without_a_password_file_the_base_does_not_build_and_says_why(tmp_path: Path) -> None:
+    work = tmp_path / "kubernetes"
+    shutil.copytree(DEPLOY / "kubernetes", work)
+    r = subprocess.run(["kubectl", "kustomize", str(work / "base")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "carp_pass" in r.stderr, r.stderr
+
+
+@kubectl
+def test_the_secret_is_made_from_the_operators_file_under_a_stable_name() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d  # type: ignore[index]
+            for d in kustomize(DEPLOY / "kubernetes/base", password="s3cret")}
+    import base64
+
+    secret = docs[("Secret", "carp-sidecar")]
+    assert base64.b64decode(secret["data"]["pass"]) == b"s3cret"  # type: ignore[index]
+    volumes = docs[("DaemonSet", "carp-sidecar")]["spec"]["template"]["spec"]["volumes"]  # type: ignore[index]
+    assert any(v.get("secret", {}).get("secretName") == "carp-sidecar" for v in volumes)
+
+
+def test_compose_pins_a_release_image_not_latest() -> None:
+    import sidecar
+
+    text = (DEPLOY / "compose.yml").read_text()
+    assert ":latest" not in text
+    assert f"carp-sidecar:{sidecar.__version__}" in text  # the release this checkout is
 
 
 @kubectl

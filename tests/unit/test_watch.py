@@ -46,3 +46,43 @@ def test_summary_names_master_split_brain_silence_and_likely_causes() -> None:
     later = w.summary(120.0)
     assert "vhid 1: no master (every sender has fallen silent)" in later
     assert Watch({}).summary(0) == "no CARP advertisements seen"
+
+
+def bow_out(src: str, counter: int) -> bytes:
+    packet = build_ip_packet(Advert(vhid=1, advbase=255, advskew=255, counter=counter),
+                             key=b"geheim", vip=VIP, src=IPv4Address(src))
+    return build_frame(packet, vhid=1, group=DEFAULT_GROUP, broadcast=False)
+
+
+def test_a_handover_inside_the_window_is_not_a_split_brain() -> None:
+    """8 s of watching across a graceful handover: the old master's adverts, its bow-out, the
+    new master's adverts. Both are 'recent', but they never advertised together."""
+    w = Watch({1: Key(b"geheim", VIP)})
+    for t in range(5):
+        w.frame(100.0 + t, frame("10.0.0.11", counter=t))
+    w.frame(104.5, bow_out("10.0.0.11", 5))
+    for t in range(4):
+        w.frame(104.51 + t * (1 + 100 / 256), frame("10.0.0.12", advskew=100, counter=9 + t))
+    text = w.summary(109.0)
+    assert "split brain" not in text, text
+    assert "bowed out (handed over)" in text
+    assert "vhid 1: master 10.0.0.12 (took over from 10.0.0.11)" in text, text
+
+
+def test_a_preemption_crossing_for_one_advert_is_not_a_split_brain() -> None:
+    w = Watch({1: Key(b"geheim", VIP)})
+    for t in range(5):
+        w.frame(100.0 + t, frame("10.0.0.12", advskew=100, counter=t))
+    for t in range(3):  # the preferred node preempts; the old master sends one last advert
+        w.frame(104.2 + t, frame("10.0.0.11", counter=9 + t))
+    text = w.summary(106.5)
+    assert "split brain" not in text and "master 10.0.0.11" in text, text
+
+
+def test_watch_does_not_print_scapys_warning(capfd: object) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "from sidecar.watch import _scapy; _scapy()"],
+                       capture_output=True, text=True, timeout=60)
+    assert "overwrites" not in r.stdout + r.stderr, r.stderr

@@ -1,0 +1,68 @@
+"""`carp-sidecar status`: the agent's /status as a short table per instance, for a person at a
+terminal (``--json`` keeps the JSON). Pure: a status document in, text out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def _local(unix: float | None, now: float) -> str:
+    if unix is None:
+        return "?"
+    ago = max(0.0, now - unix)
+    span = (f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200
+            else f"{ago / 3600:.1f} h" if ago < 172800 else f"{ago / 86400:.0f} days")
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(unix))} ({span} ago)"
+
+
+def _master(inst: dict[str, Any], now: float) -> str:
+    if inst.get("state") == "MASTER":
+        return f"this node ({inst.get('srcip')})"
+    peers = inst.get("peers") or {}
+    recent = [(p["last_seen"], src) for src, p in peers.items()
+              if now - p["last_seen"] < 3 * (p["advbase"] + p["advskew"] / 256 + 0.05)]
+    return max(recent)[1] if recent else "none heard"
+
+
+def _health(inst: dict[str, Any]) -> str:
+    health = inst.get("health")
+    if not health:
+        return "no check configured"
+    checks = ", ".join(f"{n} {'ok' if ok else 'failing'}" for n, ok in health["checks"].items())
+    return ("healthy" if health["healthy"] else f"UNHEALTHY ({health['last_error']})") + \
+        f" [{checks}]"
+
+
+def _maintenance(inst: dict[str, Any]) -> str:
+    if not inst.get("maintenance"):
+        return "off"
+    return (f"ON since {inst.get('maintenance_since')} by "
+            f"{', '.join(inst.get('maintenance_by') or ['?'])}")
+
+
+def render(doc: dict[str, Any], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    out = []
+    for inst in doc.get("instances") or [doc]:
+        last = inst.get("last_transition") or {}
+        since = inst.get("master_since") if inst.get("state") == "MASTER" else last.get("at")
+        why = last.get("reason", "?") + (f" (peer {last['peer']})" if last.get("peer") else "")
+        down = inst.get("master_down_interval")
+        out += [
+            f"vhid {inst.get('vhid')} on {inst.get('interface')}: {inst.get('state')} since "
+            f"{_local(since, now)}",
+            f"  why:          {why}",
+            f"  master:       {_master(inst, now)}",
+            f"  VIPs:         {', '.join(inst.get('vips') or [])}",
+            f"  health:       {_health(inst)}",
+            f"  maintenance:  {_maintenance(inst)}",
+        ]
+        if inst.get("can_advertise") is False:
+            out.append(f"  FAULT:        cannot advertise ({inst.get('cannot_advertise_reason')})")
+        if inst.get("stale_holders"):
+            out.append(f"  STALE VIP:    also answered by {', '.join(inst['stale_holders'])}")
+        if down is not None:
+            out.append(f"  failover:     {down:.3g} s if the master fails (master-down "
+                       "interval); at once on a graceful stop or demote (bow-out)")
+    return "\n".join(out)
