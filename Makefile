@@ -47,8 +47,9 @@ $(BIN)/carp-sidecar: pyproject.toml
 
 venv: $(BIN)/carp-sidecar ## create .venv with the project and its test tools
 
-lint: venv ## ruff
+lint: venv ## ruff, and the import contracts of pyproject.toml (import-linter)
 	$(BIN)/ruff check sidecar tests grafana
+	$(BIN)/lint-imports
 
 typecheck: venv ## mypy --strict on the package
 	$(BIN)/mypy --strict sidecar

@@ -469,16 +469,8 @@ class Instance:
     def _announce(self) -> None:
         """GARP for each IPv4 VIP, unsolicited NA for each IPv6 VIP — only while MASTER: a
         stale announcement would pull clients to a node that has left."""
-        attached = self.channel.attached
-        if attached is None or self.machine.state is not State.MASTER:
-            return
-        try:
-            for v4 in self.s.ipv4_vips:
-                attached.sock.send_arp(build_garp(attached.mac, v4.ip))
-            for v6 in self.s.ipv6_vips:
-                attached.sock.send_ipv6(build_unsolicited_na(attached.mac, v6.ip))
-        except OSError as e:
-            log.warning("Gratuitous ARP failed: %s", e.strerror)
+        if self.machine.state is not State.MASTER or \
+                not self._per_vip(build_garp, build_unsolicited_na, "Gratuitous ARP"):
             return
         self.m.garps_sent.inc()
         if self._takeover_started is not None:
@@ -641,19 +633,26 @@ class Instance:
             self._probe()
 
     def _probe(self) -> None:
+        if self._per_vip(build_arp_probe, build_ns_probe, "VIP probe"):
+            self._probed_at = self.loop.time()
+            self.m.probes_sent.inc()
+
+    def _per_vip(self, v4_frame: Callable[[bytes, IPv4Address], bytes],
+                 v6_frame: Callable[[bytes, IPv6Address], bytes], what: str) -> bool:
+        """One frame per VIP from our MAC (ARP for IPv4, ICMPv6 for IPv6); False if none could
+        go out (no interface, or the kernel refused)."""
         attached = self.channel.attached
         if attached is None:
-            return
+            return False
         try:
             for v4 in self.s.ipv4_vips:
-                attached.sock.send_arp(build_arp_probe(attached.mac, v4.ip))
+                attached.sock.send_arp(v4_frame(attached.mac, v4.ip))
             for v6 in self.s.ipv6_vips:
-                attached.sock.send_ipv6(build_ns_probe(attached.mac, v6.ip))
+                attached.sock.send_ipv6(v6_frame(attached.mac, v6.ip))
         except OSError as e:
-            log.warning("VIP probe failed: %s", e.strerror)
-            return
-        self._probed_at = self.loop.time()
-        self.m.probes_sent.inc()
+            log.warning("%s failed: %s", what, e.strerror)
+            return False
+        return True
 
     def interface_changed(self, present: bool, running: bool, reattached: bool) -> None:
         self._interface_changed(present, running, reattached)

@@ -218,14 +218,9 @@ def faults(limits: Limits, report: Report) -> None:
         start_pair(lab, CARP_UPSCRIPT=str(up), CARP_DOWNSCRIPT=str(down), CARP_SCRIPT_TIMEOUT="8")
         b = lab.agents["b"].pid
         fds0, rss0 = fds(b), rss_kb(b)
-        samples: list[tuple[float, int]] = []
+        sampler = Sampler(lab)
+        samples = sampler.samples
         excused: list[tuple[float, float]] = []  # windows of a frozen or dead master
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                samples.append((time.monotonic(), len(holders(lab))))
-                stop.wait(0.1)
 
         def sigkill() -> None:
             t = time.monotonic()
@@ -266,7 +261,6 @@ def faults(limits: Limits, report: Report) -> None:
             "unplug": unplug, "sigkill": sigkill, "freeze": freeze, "recreate": recreate,
             "delete_vip": delete_vip, "script_hang": script_hang}
         counts = dict.fromkeys(actions, 0)
-        sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         end = time.monotonic() + limits.fault_seconds
         try:
@@ -277,8 +271,7 @@ def faults(limits: Limits, report: Report) -> None:
                 time.sleep(rng.uniform(2, 6))  # let it settle, as between real faults
             Lab.wait(lambda: holders(lab) == ["a"], 15, "node-a MASTER at the end")
         finally:
-            stop.set()
-            sampler.join(5)
+            sampler.stop()
         report.figures["faults"] = counts
 
         def excused_at(t: float) -> bool:
@@ -316,15 +309,9 @@ def operator(limits: Limits, report: Report) -> None:
         lab.start_agent("a", **a_env)
         lab.start_agent("b", CARP_ADVSKEW="100", CARP_PEERS=A_IP, CARP_STRICT="true")
         Lab.wait(lambda: holders(lab) == ["a"], 12, "node-a MASTER")
-        samples: list[tuple[float, int]] = []
+        sampler = Sampler(lab)
         excused: list[tuple[float, float]] = []  # a killed master's VIP stays: expected
         signal_after: list[float] = []  # kill -> node-b's stale-holder signal, s
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                samples.append((time.monotonic(), len(holders(lab))))
-                stop.wait(0.1)
 
         def clock_step() -> None:
             stop_process(lab.agents.pop("a"))
@@ -356,7 +343,6 @@ def operator(limits: Limits, report: Report) -> None:
         actions: dict[str, Callable[[], None]] = {
             "clock_step": clock_step, "late_address": late_address, "killed_master": killed_master}
         counts = dict.fromkeys(actions, 0)
-        sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         end = time.monotonic() + limits.fault_seconds
         try:
@@ -368,9 +354,8 @@ def operator(limits: Limits, report: Report) -> None:
                 time.sleep(rng.uniform(4, 8))
             Lab.wait(lambda: holders(lab) == ["a"], 15, "node-a MASTER at the end")
         finally:
-            stop.set()
-            sampler.join(5)
-        two = longest_run(samples, 2, lambda t: any(a <= t <= b for a, b in excused))
+            sampler.stop()
+        two = longest_run(sampler.samples, 2, lambda t: any(a <= t <= b for a, b in excused))
         report.figures["operator"] = {"counts": counts, "longest_two_holders_s": round(two, 2),
                                       "stale_holder_signal_after_kill_s": signal_after}
         report.check("operator: never two holders (clock steps, late address; outside a killed "
@@ -380,6 +365,27 @@ def operator(limits: Limits, report: Report) -> None:
         replays = metric(lab, "b", "carp_adverts_dropped_total", reason="replay")
         report.check("operator: no advert of a clock-stepped node dropped as a replay",
                      replays == 0, f"{replays:g} replay drops")
+
+
+class Sampler:
+    """Who holds the VIP, every 100 ms, in a thread: (monotonic time, number of holders)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab, self.samples = lab, []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), len(holders(self.lab))))
+            self._stop.wait(0.1)
 
 
 def longest_run(samples: list[tuple[float, int]], n: int,

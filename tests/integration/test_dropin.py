@@ -97,7 +97,8 @@ def test_unchanged_start_script_forms_a_group_with_real_ucarp(lab: Lab, how: str
     lab.topo.start("b", ["sh", str(start_b)], log=lab.dir / "b.log")
     fail_over_and_back(lab)
     st = status(lab, "a")
-    assert st["preempt"] is True and st["vips"] == ["172.16.0.1/32"]  # ucarp's -a: one address
+    # ucarp's -a: one address; its prefix is the scripts' (the recipe's add /16), not "/32"
+    assert st["preempt"] is True and st["vips"] == ["172.16.0.1"]
     # here (a container) --daemonize stays in the foreground and says so
     assert "--daemonize ignored in a container" in (lab.dir / "a.log").read_text()
 
@@ -129,8 +130,12 @@ def test_daemonize_outside_a_container_detaches_like_ucarp(lab: Lab) -> None:
                               log=lab.dir / "a.log", env=own_env(lab, "a"))
     assert launcher.wait(10) == 0  # the foreground process returns at once, as ucarp's does
     wait_for(lambda: vip_holders(lab) == ["a"], 8, "the detached agent is MASTER")
-    pids = lab.topo["a"].run("pgrep", "-f", "sidecar.agent").stdout.split()
-    assert pids, "no detached agent"
+    # the detached agent, named as ucarp would be (comm and command line), in node-a only
+    named = set(subprocess.run(["pgrep", "-x", "ucarp"], capture_output=True, text=True).stdout.split())
+    in_a = set(subprocess.run(["ip", "netns", "pids", lab.topo["a"].ns], capture_output=True,
+                              text=True).stdout.split())
+    pids = sorted(named & in_a)
+    assert pids, "no detached agent named ucarp"
     with open(f"/proc/{pids[0]}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     sid = int(fields[3])

@@ -135,3 +135,23 @@ def test_as_ucarp_sighup_keeps_ucarps_meaning_a_clean_exit(lab: Lab) -> None:
     assert proc.returncode == 0, dump_on_failure(lab)
     assert not lab.has_vip("a")
     assert "Received SIGHUP: stopping" in log_of(lab, "a")
+
+
+def test_a_health_check_added_and_removed_by_reload_gates_the_node(lab: Lab) -> None:
+    """Checks are rebuilt by a reload: a failing one demotes the master (a real change, so a
+    transition), and removing it lets the preferred node preempt back."""
+    env = lab.dir / "a.env"
+    env.write_text("CARP_PREEMPT=true\n")
+    lab.start_agent("a", "--env-file", str(env))
+    wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
+    lab.start_agent("b", CARP_ADVSKEW="100")
+    wait_for(lambda: lab.state("b") == "BACKUP", 8, "node-b BACKUP")
+    env.write_text("CARP_PREEMPT=true\nCARP_HEALTH_CMD=false\nCARP_HEALTH_INTERVAL=0.2\n")
+    assert "health check service: added" in reload(lab, "a")
+    wait_for(lambda: lab.state("b") == "MASTER" and lab.state("a") == "BACKUP", 5,
+             "the unhealthy node hands over")
+    assert metric(lab, "a", "carp_health_up") == 0
+    env.write_text("CARP_PREEMPT=true\n")
+    assert "health check service: removed" in reload(lab, "a")
+    wait_for(lambda: lab.state("a") == "MASTER", 6, "node-a back once the check is gone")
+    assert metric(lab, "a", "carp_health_up") == 1
