@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import random
@@ -63,6 +64,9 @@ ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
 PROBE_AFTER_TAKEOVER = 2.0  # s: the old master has dropped its VIP by then, unless it cannot
 PROBE_ANSWER_WINDOW = 1.0  # s: an NA this soon after our NS probe answers it
 STALE_LOG_BACKOFF = 60.0  # s between log lines about one stale holder
+UNROUTABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV,
+              errno.ENXIO, errno.ENETDOWN, errno.EPERM, errno.EACCES}  # EPERM: a firewall
+FAILED_SENDS_FAULT = 3  # consecutive failed adverts of any kind (ucarp gives up after three)
 SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; after errors)
 SWEEP_MIN, SWEEP_MAX = 0.05, 1.0  # s between peer-table sweeps: as needed, bounded both ways
 WHY = {
@@ -103,6 +107,8 @@ class Instance:
         self._source_present = True  # checked at start; then followed by netlink
         self._send_error: str | None = None  # why our adverts cannot leave, while they cannot
         self._last_send_error = ""
+        self._last_errno = 0
+        self._failed_sends = 0  # consecutive adverts that could go nowhere
         self._last_counter: dict[IPv4Address, int] = {}  # strict mode: per listed peer
         self._replaying: dict[IPv4Address, float] = {}  # peer -> first replay drop since accepted
         self._behind: set[IPv4Address] = set()  # peers flagged: replays for a master-down interval
@@ -385,10 +391,16 @@ class Instance:
             frame = build_frame(packet, vhid=s.vhid, group=s.mcast, broadcast=s.nomcast)
             sent = self._sent(lambda: self.channel.send(frame)) or sent
         if sent:
+            self._failed_sends = 0
             self.m.adverts_sent.inc()
             if a.handover:
                 self.m.handovers_sent.inc()
-        elif self._send_error is None:
+            return
+        self._failed_sends += 1
+        # No route (or no such address) will not pass by itself; a full queue (ENOBUFS) may:
+        # a master does not give up the VIP for one of those, only for a run of them.
+        if self._send_error is None and (self._last_errno in UNROUTABLE
+                                         or self._failed_sends >= FAILED_SENDS_FAULT):
             self._send_error = self._last_send_error
             self._advertisable_changed()
 
@@ -399,6 +411,7 @@ class Instance:
             self.m.advert_send_errors.inc()
             log.warning("write() has failed: %s", e.strerror)
             self._last_send_error = f"sends fail: {e.strerror or e}"
+            self._last_errno = e.errno or 0
             return False
         return True
 

@@ -103,3 +103,50 @@ def test_unreadable_counter_mark_is_an_error_naming_the_file(tmp_path: Path, con
     (tmp_path / "eth0-vhid1.counter").write_bytes(content)
     with pytest.raises(StateError, match=r"eth0-vhid1\.counter is not a counter record"):
         MaintenanceStore(tmp_path).counter_mark("eth0/vhid1")
+
+
+def _instance():  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.config import load
+    from sidecar.instance import Instance
+    from sidecar.metrics import Metrics
+    from sidecar.net.channel import Channel
+    from sidecar.net.netlink import Netlink
+
+    env = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim",
+           "CARP_ADDR": "172.16.0.1/16", "CARP_METRICS_LISTEN": "off"}
+    loop = asyncio.new_event_loop()
+    channel = Channel("eth0", loop)
+    settings = load(env).runtime().instances[0]
+    instance = Instance(settings, IPv4Address("172.16.0.250"), channel, Netlink(),
+                        Metrics(CollectorRegistry(), "t", process_metrics=False), loop)
+    channel.send = lambda frame: None  # type: ignore[method-assign]  # adverts leave (no socket)
+    instance._apply(instance.machine.start(loop.time()))
+    instance._apply(instance.machine.timer_expired(loop.time() + 10))
+    return instance, channel, loop
+
+
+@pytest.mark.parametrize(("error", "fails_before_fault"), [(105, 3), (101, 1)])  # ENOBUFS, ENETUNREACH
+def test_a_master_leaves_for_unroutable_sends_at_once_and_for_transient_ones_after_a_run(
+        error: int, fails_before_fault: int) -> None:
+    from sidecar.machine import State
+
+    instance, channel, loop = _instance()
+    try:
+        assert instance.machine.state is State.MASTER
+
+        def refuse(frame: bytes) -> None:
+            raise OSError(error, "refused")
+
+        channel.send = refuse  # type: ignore[method-assign]  # the kernel's answer, on demand
+        for n in range(1, fails_before_fault + 1):
+            assert instance.machine.state is State.MASTER, n
+            instance._apply(instance.machine.timer_expired(loop.time() + 10 + n * 2))
+        assert instance.machine.state is State.BACKUP and not instance.machine.can_advertise
+        assert instance.status()["cannot_advertise_reason"] == "sends fail: refused"
+    finally:
+        instance.close()
+        loop.close()
