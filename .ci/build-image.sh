@@ -43,6 +43,16 @@ CREATED=$(date -u ${SOURCE_DATE_EPOCH:+-d @$SOURCE_DATE_EPOCH} +%Y-%m-%dT%H:%M:%
 labels=(--build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION"
         --build-arg CREATED="$CREATED")
 if [ -n "${SOURCE:-}" ]; then labels+=(--build-arg SOURCE="$SOURCE"); fi
+# The same values as --label too: buildah's layer cache does not key the Dockerfile's LABEL step
+# on build-arg values, so a rebuild from another commit would otherwise keep the old revision
+# and build time (seen here). --label applies to the final image whatever the cache holds.
+labels+=(--label org.opencontainers.image.version="$VERSION"
+         --label org.opencontainers.image.revision="$REVISION"
+         --label org.opencontainers.image.created="$CREATED")
+if [ -n "${SOURCE:-}" ]; then
+  labels+=(--label org.opencontainers.image.source="$SOURCE"
+           --label org.opencontainers.image.documentation="$SOURCE#readme")
+fi
 
 # Multi-arch (PLATFORMS=linux/amd64,linux/arm64) needs user-mode emulation of the foreign
 # architectures and a BASE_IMAGE that exists for each platform (a registry's multi-arch image such

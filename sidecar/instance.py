@@ -43,7 +43,7 @@ from .net.announce import build_arp_probe, build_garp, build_ns_probe, build_uns
 from .net.channel import Channel
 from .net.netlink import AddressEvent, Netlink, NetlinkError
 from .net.packet import UnicastSender
-from .peers import ArpClaims, PeerTable
+from .peers import ArpClaims, PeerTable, ReplayGuard
 from .protocol import (
     BOW_OUT,
     Advert,
@@ -109,9 +109,7 @@ class Instance:
         self._last_send_error = ""
         self._last_errno = 0
         self._failed_sends = 0  # consecutive adverts that could go nowhere
-        self._last_counter: dict[IPv4Address, int] = {}  # strict mode: per listed peer
-        self._replaying: dict[IPv4Address, float] = {}  # peer -> first replay drop since accepted
-        self._behind: set[IPv4Address] = set()  # peers flagged: replays for a master-down interval
+        self._replays = ReplayGuard(self.machine.master_down_interval_us / 1e6)  # strict mode
         self._counter_floor = 0  # strict: an earlier run may have used counters up to this
         self._counters: tuple[MaintenanceStore, int] | None = None  # where reserved, up to what
         self._script_extra = script_extra
@@ -213,6 +211,7 @@ class Instance:
         self.m.advbase.set(new.advbase)
         self.m.advskew.set(new.advskew)
         self.m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
+        self._replays.stuck_after = self.machine.master_down_interval_us / 1e6
         self._script_extra = script_extra
         self._script_base = base_environment(script_extra, new.script_env)
         self.effects.backend = self._vip_backend(new)
@@ -504,19 +503,8 @@ class Instance:
                             valid=False)
             return
         ad, peer = received.advert, str(received.src)
-        if self.s.strict:
-            last = self._last_counter.get(received.src)
-            if last is not None and ad.counter <= last:
-                self.dropped(AdvertError(DropReason.REPLAY, f"counter not above {last}"),
-                             received.src.packed)
-                self._replay_from(received.src, ad.counter, last)
-                return
-            self._last_counter[received.src] = ad.counter
-            if self._replaying.pop(received.src, None) is not None and received.src in self._behind:
-                self._behind.discard(received.src)
-                self.m.peer_counter_behind[received.src].set(0)
-                log.warning("Peer %s's adverts are accepted again (its counter is above %d)%s",
-                            received.src, last, self._which())
+        if self.s.strict and not self._counted(received.src, ad.counter):
+            return
         self.m.received.inc()
         self._heard(peer, ad.advbase, ad.advskew, valid=True)
         if ad.advbase == BOW_OUT and ad.advskew == BOW_OUT:
@@ -531,24 +519,32 @@ class Instance:
                                    advskew=ad.advskew))
         self._apply(actions)
 
-    def _replay_from(self, src: IPv4Address, counter: int, last: int) -> None:
-        """Never accept a lower counter (that is the replay attack strict mode stops), but a
-        listed peer whose every advert is a "replay" for a master-down interval is a peer that
-        restarted with its clock behind and lost its counter mark: both may hold the VIP."""
-        now = self.loop.time()
-        since = self._replaying.setdefault(src, now)
-        if (src in self._behind or src not in self.m.peer_counter_behind
-                or now - since < self.machine.master_down_interval_us / 1e6):
-            return
-        self._behind.add(src)
-        self.m.peer_counter_behind[src].set(1)
-        log.error("Peer %s: every advert for %.1f s was dropped as a replay (counter %d, below "
-                  "the %d it sent before): its agent restarted with its clock behind and without "
-                  "its CARP_STATE_DIR. Both nodes may hold the VIP. Restart this agent to accept "
-                  "it again, and keep CARP_STATE_DIR on a volume (docs/runbook.md)%s", src,
-                  now - since, counter, last, self._which(),
-                  extra=fields(vhid=self.s.vhid, interface=self.s.interface, peer=str(src),
-                               reason="replay"))
+    def _counted(self, src: IPv4Address, counter: int) -> bool:
+        """Strict mode: is the counter above the peer's last one? A listed peer whose every
+        advert is a "replay" for a master-down interval restarted with its clock behind and
+        lost its counter mark: both may hold the VIP, so say so loudly (once)."""
+        verdict = self._replays.check(src, counter, self.loop.time())
+        gauge = self.m.peer_counter_behind.get(src)
+        if verdict.recovered:
+            if gauge is not None:
+                gauge.set(0)
+            log.warning("Peer %s's adverts are accepted again (its counter is above %d)%s",
+                        src, verdict.last, self._which())
+        if verdict.accepted:
+            return True
+        self.dropped(AdvertError(DropReason.REPLAY, f"counter not above {verdict.last}"),
+                     src.packed)
+        if verdict.stuck_for is not None:
+            if gauge is not None:
+                gauge.set(1)
+            log.error("Peer %s: every advert for %.1f s was dropped as a replay (counter %d, "
+                      "below the %d it sent before): its agent restarted with its clock behind "
+                      "and without its CARP_STATE_DIR. Both nodes may hold the VIP. Restart this "
+                      "agent to accept it again, and keep CARP_STATE_DIR on a volume "
+                      "(docs/runbook.md)%s", src, verdict.stuck_for, counter, verdict.last,
+                      self._which(), extra=fields(vhid=self.s.vhid, interface=self.s.interface,
+                                                  peer=str(src), reason="replay"))
+        return False
 
     def dropped(self, error: AdvertError, src: bytes | None = None) -> None:
         """Count a drop; say so at most once a minute per reason. Cheap on the counted path:

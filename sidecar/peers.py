@@ -8,6 +8,9 @@ recently heard entry is evicted and counted), and what an entry can make us do i
   so a sender that falls silent has stepped down (or died), and whatever ARP entries it held
   for the VIP are now wrong: :meth:`PeerTable.fallen_silent` reports it once, and a MASTER
   re-announces the VIP.
+- :class:`ReplayGuard` — strict mode's rule: each listed peer's counter must increase. It never
+  accepts a lower one (that is the replay attack strict mode stops), but it tells when a peer
+  has sent nothing else for a while: a peer restarted with its clock behind, not an attacker.
 - :class:`ArpClaims` — other MACs announcing the VIP (a GARP, or an ARP from a host that holds
   it): the split-brain signal that works even when adverts cannot be authenticated. Each MAC
   earns a re-announcement with exponential back-off, so two masters that cannot hear each
@@ -97,3 +100,39 @@ class ArpClaims:
         while len(self._claims) > self.capacity:
             self._claims.popitem(last=False)
         return answer
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What :meth:`ReplayGuard.check` decided about one advert."""
+
+    accepted: bool
+    last: int | None  # the counter it had to beat
+    stuck_for: float | None = None  # set once: every advert a replay for this long (s)
+    recovered: bool = False  # accepted again after having been reported stuck
+
+
+class ReplayGuard:
+    """Per-peer increasing counters (strict mode). Keys are listed peers only (the codec has
+    dropped everyone else as not_a_peer), so the tables are bounded by the configuration."""
+
+    def __init__(self, stuck_after: float) -> None:
+        self.stuck_after = stuck_after  # s: a master-down interval
+        self._last: dict[object, int] = {}
+        self._replaying: dict[object, float] = {}  # peer -> first replay since last accepted
+        self.stuck: set[object] = set()
+
+    def check(self, peer: object, counter: int, now: float) -> Counted:
+        last = self._last.get(peer)
+        if last is not None and counter <= last:
+            since = self._replaying.setdefault(peer, now)
+            if peer not in self.stuck and now - since >= self.stuck_after:
+                self.stuck.add(peer)
+                return Counted(False, last, stuck_for=now - since)
+            return Counted(False, last)
+        self._last[peer] = counter
+        self._replaying.pop(peer, None)
+        if peer in self.stuck:
+            self.stuck.discard(peer)
+            return Counted(True, last, recovered=True)
+        return Counted(True, last)

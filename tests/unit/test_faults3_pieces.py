@@ -150,3 +150,32 @@ def test_a_master_leaves_for_unroutable_sends_at_once_and_for_transient_ones_aft
     finally:
         instance.close()
         loop.close()
+
+
+# ---- strict mode's replay rule (pure) ----
+def test_replay_guard_accepts_only_increasing_counters_per_peer() -> None:
+    from sidecar.peers import ReplayGuard
+
+    g = ReplayGuard(stuck_after=3.0)
+    assert g.check("a", 10, 0.0).accepted and g.check("a", 11, 1.0).accepted
+    assert not g.check("a", 11, 2.0).accepted and not g.check("a", 5, 2.1).accepted
+    assert g.check("b", 1, 2.2).accepted  # each peer has its own counter
+    assert g.check("a", 12, 2.3).accepted  # a real successor is never held back
+
+
+def test_replay_guard_reports_a_peer_stuck_behind_once_and_its_recovery() -> None:
+    from sidecar.peers import ReplayGuard
+
+    g = ReplayGuard(stuck_after=3.0)
+    g.check("a", 1_000_000, 0.0)
+    # the peer restarted with its clock an hour behind: every advert is a "replay"
+    verdicts = [g.check("a", 1000 + n, 1.0 + n) for n in range(6)]
+    assert not any(v.accepted for v in verdicts)
+    stuck = [v.stuck_for for v in verdicts if v.stuck_for is not None]
+    assert stuck == [3.0] and g.stuck == {"a"}  # once, after a master-down interval
+    assert all(v.last == 1_000_000 for v in verdicts)  # never lowered
+    back = g.check("a", 1_000_001, 9.0)  # its agent got its mark back / this one restarted
+    assert back.accepted and back.recovered and not g.stuck
+    # a short run of replays (a recorded advert replayed) is dropped, not reported
+    g.check("a", 5, 10.0)
+    assert g.check("a", 6, 11.0).stuck_for is None
