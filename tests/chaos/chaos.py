@@ -38,7 +38,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,9 +46,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pyroute2 import NetNS
 
 from sidecar.lab import ADDRESSES, LAB_PASSWORD, VIP, Lab
+from sidecar.lab.holders import HolderSampler
+from sidecar.lab.holders import vip_holders as holders
 from sidecar.lab.netns import stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -109,15 +109,6 @@ def rss_kb(pid: int) -> int:
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def holders(lab: Lab) -> list[str]:
-    found = []
-    for name in ("a", "b"):
-        with NetNS(lab.topo[name].ns) as ns:
-            if VIP in [a.get("IFA_ADDRESS") for a in ns.get_addr(family=2)]:
-                found.append(name)
-    return found
 
 
 class AdvertCapture:
@@ -218,7 +209,7 @@ def faults(limits: Limits, report: Report) -> None:
         start_pair(lab, CARP_UPSCRIPT=str(up), CARP_DOWNSCRIPT=str(down), CARP_SCRIPT_TIMEOUT="8")
         b = lab.agents["b"].pid
         fds0, rss0 = fds(b), rss_kb(b)
-        sampler = Sampler(lab)
+        sampler = HolderSampler(lab, interval=0.1)
         samples = sampler.samples
         excused: list[tuple[float, float]] = []  # windows of a frozen or dead master
 
@@ -277,8 +268,7 @@ def faults(limits: Limits, report: Report) -> None:
         def excused_at(t: float) -> bool:
             return any(start <= t <= end for start, end in excused)
 
-        two = longest_run(samples, 2, excused_at)
-        none = longest_run(samples, 0, lambda t: False)
+        two, none = sampler.longest(2, excused_at), sampler.longest(0)
         report.figures["faults_longest_two_holders_s"] = round(two, 2)
         report.figures["faults_longest_no_holder_s"] = round(none, 2)
         report.check("faults: never two holders (outside a frozen/killed master)", two <= 0.25,
@@ -309,7 +299,7 @@ def operator(limits: Limits, report: Report) -> None:
         lab.start_agent("a", **a_env)
         lab.start_agent("b", CARP_ADVSKEW="100", CARP_PEERS=A_IP, CARP_STRICT="true")
         Lab.wait(lambda: holders(lab) == ["a"], 12, "node-a MASTER")
-        sampler = Sampler(lab)
+        sampler = HolderSampler(lab, interval=0.1)
         excused: list[tuple[float, float]] = []  # a killed master's VIP stays: expected
         signal_after: list[float] = []  # kill -> node-b's stale-holder signal, s
 
@@ -355,7 +345,7 @@ def operator(limits: Limits, report: Report) -> None:
             Lab.wait(lambda: holders(lab) == ["a"], 15, "node-a MASTER at the end")
         finally:
             sampler.stop()
-        two = longest_run(sampler.samples, 2, lambda t: any(a <= t <= b for a, b in excused))
+        two = sampler.longest(2, lambda t: any(a <= t <= b for a, b in excused))
         report.figures["operator"] = {"counts": counts, "longest_two_holders_s": round(two, 2),
                                       "stale_holder_signal_after_kill_s": signal_after}
         report.check("operator: never two holders (clock steps, late address; outside a killed "
@@ -365,39 +355,6 @@ def operator(limits: Limits, report: Report) -> None:
         replays = metric(lab, "b", "carp_adverts_dropped_total", reason="replay")
         report.check("operator: no advert of a clock-stepped node dropped as a replay",
                      replays == 0, f"{replays:g} replay drops")
-
-
-class Sampler:
-    """Who holds the VIP, every 100 ms, in a thread: (monotonic time, number of holders)."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab, self.samples = lab, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), len(holders(self.lab))))
-            self._stop.wait(0.1)
-
-
-def longest_run(samples: list[tuple[float, int]], n: int,
-                excused: Callable[[float], bool]) -> float:
-    worst, since = 0.0, None
-    for t, count in samples:
-        if count == n and not excused(t):
-            since = t if since is None else since
-            worst = max(worst, t - since)
-        else:
-            since = None
-    return worst
 
 
 PARTS = {"flood": flood, "scrape": scrape, "faults": faults, "operator": operator}

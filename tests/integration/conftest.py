@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.lab import VIP, Lab
+from sidecar.lab.holders import vip_holders  # noqa: F401 - the tests import it from here
 from sidecar.lab.netns import require_root_and_tools
 
 NEEDS = ["ucarp", "/usr/sbin/apache2", "curl", "tshark", "tcpdump"]
@@ -34,19 +35,6 @@ def lab() -> Iterator[Lab]:
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> float:
     return Lab.wait(lambda: bool(cond()), timeout, what)
-
-
-def vip_holders(lab: Lab) -> list[str]:
-    """Nodes whose eth0 carries the VIP, read with pyroute2 in each namespace."""
-    from pyroute2 import NetNS
-
-    holders = []
-    for name in ("a", "b"):
-        with NetNS(lab.topo[name].ns) as ns:
-            addrs = [a.get("IFA_ADDRESS") for a in ns.get_addr(family=2)]
-        if VIP in addrs:
-            holders.append(name)
-    return holders
 
 
 def advert_times(lab: Lab, seconds: float) -> list[float]:

@@ -10,13 +10,13 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from sidecar.lab import LAB_PASSWORD, VIP, Lab
+from sidecar.lab.holders import HolderSampler
 
 from .conftest import dump_on_failure, metric, status, transitions, vip_holders, wait_for
 
@@ -42,38 +42,6 @@ def mac_of(lab: Lab, node: str) -> str:
 
 def conflicts(lab: Lab, node: str, evidence: str) -> float:
     return metric(lab, node, "carp_conflicts_total", evidence=evidence)
-
-
-class HolderSampler:
-    """Samples who holds the VIP every 50 ms in a thread: the longest time two held it."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab, self.samples = lab, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> HolderSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), len(vip_holders(self.lab))))
-            self._stop.wait(0.05)
-
-    def longest(self, holders: int) -> float:
-        longest, since = 0.0, None
-        for t, n in self.samples:
-            if n == holders:
-                since = t if since is None else since
-                longest = max(longest, t - since)
-            else:
-                since = None
-        return longest
 
 
 # ---- 1. the control socket never deletes a file it did not make ----
