@@ -16,10 +16,9 @@ help: ## list targets
 
 .stamp-apt: Makefile
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt-get and network namespaces)"; exit 2; fi
-	@# The host's own services are never touched: packages are installed with a policy-rc.d
-	@# that forbids starting services (their units are left disabled if this run installed
-	@# them), and nothing is stopped or disabled that was there before. The tests and the lab
-	@# run their own Apache, ucarp, keepalived and Prometheus inside network namespaces.
+	@# The host's services are never touched: packages are installed with a policy-rc.d that
+	@# forbids starting services, and nothing is stopped, disabled or masked. The tests and
+	@# the lab run their own Apache, ucarp, keepalived and Prometheus in network namespaces.
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	if [ -n "$$(echo $$missing)" ]; then \
@@ -29,8 +28,6 @@ help: ## list targets
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  status=$$?; [ -n "$$ours" ] && rm -f $$policy; \
-	  for p in $$missing; do for unit in $$(dpkg -L $$p 2>/dev/null | grep -E '^/(usr/)?lib/systemd/system/[^/]+\.service$$'); do \
-	    systemctl disable $$(basename $$unit) >/dev/null 2>&1 || true; done; done; \
 	  [ $$status = 0 ] || exit $$status; \
 	fi
 	@# kubectl renders the kustomize base in the tests: any kubectl will do (Debian's
