@@ -108,6 +108,7 @@ class Instance:
         self._send_error: str | None = None  # why our adverts cannot leave, while they cannot
         self._last_send_error = ""
         self._last_errno = 0
+        self._send_failed = asyncio.Event()  # wakes the multicast send check after a failure
         self._failed_sends = 0  # consecutive adverts that could go nowhere
         self._replays = ReplayGuard(self.machine.master_down_interval_us / 1e6)  # strict mode
         self._counter_floor = 0  # strict: an earlier run may have used counters up to this
@@ -401,6 +402,7 @@ class Instance:
         if self._send_error is None and (self._last_errno in UNROUTABLE
                                          or self._failed_sends >= FAILED_SENDS_FAULT):
             self._send_error = self._last_send_error
+            self._send_failed.set()
             self._advertisable_changed()
 
     def _sent(self, send: Callable[[], None]) -> bool:
@@ -470,8 +472,12 @@ class Instance:
         """Unicast: a backup checks every second that its peers are reachable, so it never
         takes over unable to advertise; after a failed send, any mode checks until it works."""
         while True:
+            if self.unicast is None and self._send_error is None:
+                # multicast, sending fine: no wake-ups at all until a send fails
+                self._send_failed.clear()
+                await self._send_failed.wait()
             await asyncio.sleep(SEND_CHECK_INTERVAL)
-            if self.stopping or (self.unicast is None and self._send_error is None):
+            if self.stopping:
                 continue
             error = self._sending_works() if self._source_present else self._send_error
             if error != self._send_error:
