@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from . import logs
-from .caps import missing_capability
+from .caps import missing_capability, source_address
 from .control import ControlServer
 from .health import HealthMonitor, checks_for
 from .http import StatusServer
@@ -180,17 +180,11 @@ class Agent:
                                + self._where(s)) from None
 
     async def _srcip(self, s: Vhid, link: Link) -> IPv4Address:
-        vips = {v.ip for v in s.vips}
-        own = [a.ip for a in await self.nl.ipv4_addresses(link.index) if a.ip not in vips]
-        if s.srcip is None:
-            if not own:
-                raise StartupError(f"CARP_SRCIP: not set and {s.interface} has no IPv4 address"
-                                   + self._where(s))
-            return own[0]
-        if s.srcip not in own:
-            raise StartupError(f"CARP_SRCIP: {s.srcip} is not an address of {s.interface} "
-                               f"(it has {', '.join(map(str, own)) or 'none'})" + self._where(s))
-        return s.srcip
+        addresses = [a.ip for a in await self.nl.ipv4_addresses(link.index)]
+        srcip, problem = source_address(s.srcip, s.interface, addresses, [v.ip for v in s.vips])
+        if srcip is None:
+            raise StartupError(problem + self._where(s))
+        return srcip
 
     def _where(self, s: Vhid) -> str:
         return "" if self.config.source == "environment" else f" ({self.config.source}: {s.name})"
@@ -420,7 +414,8 @@ class Agent:
         async with self._reload_lock:
             try:
                 new = await read_config(self.config.origin)
-                problem = await self._check_host(plan(self.config, new))
+                changes = plan(self.config, new)
+                problem = await self._check_host(changes)
                 if problem:
                     raise ReloadRefused([problem])
             except ReloadRefused as e:
@@ -430,14 +425,14 @@ class Agent:
                 self.reloads.failed()
                 return "error: reload refused, nothing changed: " + "; ".join(e.errors)
             try:
-                changes = await self._apply(plan(self.config, new), new)
+                done = await self._apply(changes, new)
             except Exception as e:  # a bug or the host changing under us: say so, keep going
                 log.exception("Reload failed part way: %r", e)
                 self.reloads.failed()
                 return f"error: reload failed part way ({e!r}); see the agent's log"
             self.reloads.succeeded()
-            log.warning("Configuration reloaded: %s", "; ".join(changes) or "no changes")
-            return "reloaded: " + ("; ".join(changes) if changes else "no changes")
+            log.warning("Configuration reloaded: %s", "; ".join(done) or "no changes")
+            return "reloaded: " + ("; ".join(done) if done else "no changes")
 
     async def _check_host(self, p: Plan) -> str:
         """What the host would refuse of the new instances, before anything is changed."""

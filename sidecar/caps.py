@@ -1,7 +1,11 @@
-"""The capabilities the agent needs, read from /proc (no library): NET_RAW for the packet
-socket, NET_ADMIN for the VIP by netlink. Shared by the agent's start and `check-config`."""
+"""What the host must give the agent, checked the same way by the agent's start and by
+`check-config`: the capabilities (read from /proc, no library: NET_RAW for the packet socket,
+NET_ADMIN for the VIP by netlink) and a source address on the interface."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address
 
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 
@@ -24,3 +28,19 @@ def missing_capability(netlink_managed: bool) -> str:
         return ("missing capability NET_ADMIN: the agent adds and removes the VIP "
                 "by netlink (docker run --cap-add=NET_ADMIN)")
     return ""
+
+
+def source_address(configured: IPv4Address | None, interface: str,
+                   addresses: Sequence[IPv4Address], vips: Sequence[IPv4Address | IPv6Address]
+                   ) -> tuple[IPv4Address | None, str]:
+    """The advert source (CARP_SRCIP, else the interface's first own IPv4 address: a VIP
+    is never one), or None and the problem naming CARP_SRCIP."""
+    own = [a for a in addresses if a not in vips]
+    if configured is None:
+        if not own:
+            return None, f"CARP_SRCIP: not set and {interface} has no IPv4 address"
+        return own[0], ""
+    if configured not in own:
+        return None, (f"CARP_SRCIP: {configured} is not an address of {interface} "
+                      f"(it has {', '.join(map(str, own)) or 'none'})")
+    return configured, ""

@@ -12,21 +12,22 @@ import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 
-from .caps import missing_capability
+from .caps import missing_capability, source_address
 from .config import Config, VhidSettings, show
+from .machine import US, Machine, Params
 
 WIDTH = 40  # the value column before "# origin"
 
 
 def derived(i: VhidSettings) -> dict[str, str]:
     """The numbers behind a failover plan (docs/protocol.md §5)."""
-    advert = i.advbase + i.advskew / 256
     vrrp3 = i.dead_timer == "auto" and i.advbase == 0
-    if vrrp3:  # VRRPv3's dead timer: deadratio x the master's interval + own skew
-        down = i.deadratio * advert + i.advskew / 256
+    machine = Machine(Params(advbase=i.advbase, advskew=i.advskew, deadratio=i.deadratio,
+                             vrrp3_dead_timer=vrrp3), rng=lambda: 0)  # the agent's own rule
+    advert, down = machine.advert_interval_us / US, machine.master_down_interval_us / US
+    if vrrp3:  # VRRPv3's dead timer: before a master is heard, our interval stands in
         rule = f"{i.deadratio} x the master's advert interval + own skew (shown with ours)"
     else:
-        down = i.advbase * i.deadratio + i.advskew / 256
         rule = f"advbase x deadratio + advskew/256 = {i.advbase} x {i.deadratio} + {i.advskew}/256"
     ipv4 = [v.ip for v in i.vips if v.version == 4]
     covered = ipv4[0] if ipv4 else IPv4Address(0)
@@ -55,13 +56,12 @@ def host_problems(config: Config) -> Iterator[str]:
             except OSError:
                 yield f"CARP_INTERFACE: no interface named {i.interface!r} on this host ({i.name})"
                 continue
-            own = [IPv4Address(a.get("IFA_ADDRESS")) for a in ipr.get_addr(index=index, family=2)]
-            own = [a for a in own if a not in {v.ip for v in i.vips}]
-            if i.srcip is not None and i.srcip not in own:
-                yield (f"CARP_SRCIP: {i.srcip} is not an address of {i.interface} (it has "
-                       f"{', '.join(map(str, own)) or 'none'})")
-            elif i.srcip is None and not own:
-                yield f"CARP_SRCIP: not set and {i.interface} has no IPv4 address"
+            addresses = [IPv4Address(a.get("IFA_ADDRESS"))
+                         for a in ipr.get_addr(index=index, family=2)]
+            srcip, problem = source_address(i.srcip, i.interface, addresses,
+                                            [v.ip for v in i.vips])
+            if srcip is None:
+                yield problem
     problem = missing_capability(any(not i.upscript and not i.downscript
                                      for i in config.instances))
     if problem:

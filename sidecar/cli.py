@@ -127,10 +127,8 @@ def dump_runtime_config(origin: str) -> int:
     try:
         args = _parse(argv, prog == "ucarp")
         config = _run_config(args, prog == "ucarp", argv)
-        if getattr(args, "ucarp_daemonize", False) and not in_container() \
-                and config.agent.syslog is None:  # as _daemonize decided at start
-            config = dataclasses.replace(config, agent=config.agent.model_copy(
-                update={"syslog": "daemon"}))
+        if getattr(args, "ucarp_daemonize", False) and not in_container():
+            config = _daemon_syslog(config)  # as _daemonize decided at start
         print(config.runtime().to_json())
     except ConfigError as e:
         print(str(e), file=sys.stderr)
@@ -259,6 +257,13 @@ def in_container() -> bool:
     return marked and init not in HOST_INITS
 
 
+def _daemon_syslog(config: Config) -> Config:
+    """Detached, stderr goes nowhere: syslog (facility daemon, unless one is set) as ucarp."""
+    if config.agent.syslog is not None:
+        return config
+    return dataclasses.replace(config, agent=config.agent.model_copy(update={"syslog": "daemon"}))
+
+
 def _daemonize(config: Config) -> Config:
     """ucarp's --daemonize: detach (double fork, new session, stdio to /dev/null) and log to
     syslog. In a container the runtime supervises the foreground process: stay there."""
@@ -266,9 +271,7 @@ def _daemonize(config: Config) -> Config:
         print("carp-sidecar: --daemonize ignored in a container: staying in the foreground",
               file=sys.stderr)
         return config
-    if config.agent.syslog is None:  # detached, stderr goes nowhere: syslog as ucarp does
-        config = dataclasses.replace(config, agent=config.agent.model_copy(
-            update={"syslog": "daemon"}))
+    config = _daemon_syslog(config)
     if os.fork() > 0:
         os._exit(0)
     os.setsid()

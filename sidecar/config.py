@@ -58,7 +58,7 @@ from pydantic_settings import (
 )
 
 from .protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
-from .runconfig import Check, RunConfig, Vhid, Vip, host_port
+from .runconfig import Check, RunConfig, Vhid, Vip, host_port, show_vips
 
 __all__ = ["Config", "ConfigError", "VhidSettings", "host_port", "load", "read_env_file"]
 
@@ -326,7 +326,7 @@ class VhidSettings(BaseModel):
         return not self.manages_vip_by_scripts or self.prefix_given
 
     def _shown_vips(self) -> list[str]:
-        return [str(v) if self._prefix_known() else str(v.ip) for v in self.vips]
+        return show_vips(self.vips, self._prefix_known())
 
     def runtime(self) -> Vhid:
         """This instance as the running agent holds it (derived values live there)."""
@@ -571,21 +571,25 @@ def _env_origins(config: Config, environ: Mapping[str, str], in_file: Mapping[st
 def _file_origins(config: Config, where: str, env: Mapping[str, Any],
                   top: Mapping[str, Any], tables: list[dict[str, Any]]
                   ) -> dict[str, dict[str, str]]:
-    def origin(var: str, title: str) -> str:
+    numbers = {f"instance {i.name}": n for n, i in enumerate(config.instances, 1)}
+
+    def origin(var: str, title: str, table: set[str]) -> str:
         if title.startswith("health "):
             return f"{where} [{title.replace(' ', '.')}]"
-        number = next((n for n, i in enumerate(config.instances, 1)
-                       if title == f"instance {i.name}"), 0)
-        if number and var in {f"CARP_{k.upper()}" for k in tables[number - 1]}:
-            return f"{where} [[vhid]] #{number}"
+        if var in table:
+            return f"{where} [[vhid]] #{numbers[title]}"
         if var in env:
             return "environment"
         if var in top:
             return f"{where} (top level)"
         return "default"
 
-    return {title: {var: origin(var, title) for var in values}
-            for title, values in config.redacted()}
+    out = {}
+    for title, values in config.redacted():
+        number = numbers.get(title)
+        table = {f"CARP_{k.upper()}" for k in tables[number - 1]} if number else set()
+        out[title] = {var: origin(var, title, table) for var in values}
+    return out
 
 
 # ---- loading ----

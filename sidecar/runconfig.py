@@ -70,8 +70,7 @@ class Vhid:
 
     @property
     def shown_vips(self) -> list[str]:
-        """The VIPs as logs and /status show them: with the prefix the configuration gives."""
-        return [str(v) if self.prefix_known else str(v.ip) for v in self.vips]
+        return show_vips(self.vips, self.prefix_known)
 
     @property
     def script_address(self) -> str:
@@ -165,6 +164,12 @@ class RunConfig:
                    doc["source"], Path(doc["state_dir"]) if doc["state_dir"] else None,
                    doc["log_level"], doc["syslog"], doc["script_extra"], doc["realtime"],
                    doc.get("as_ucarp", False), tuple(doc.get("origin", ())))
+
+
+def show_vips(vips: tuple[Vip, ...], prefix_known: bool) -> list[str]:
+    """The VIPs as logs, /status and the scripts' CARP_VIPS show them: with the prefix the
+    configuration gives, bare when the scripts choose it."""
+    return [str(v) if prefix_known else str(v.ip) for v in vips]
 
 
 def host_port(value: str) -> tuple[str, int]:

@@ -73,9 +73,7 @@ class Channel:
     def set_vips(self, receiver: Receiver, arp_vips: Iterable[IPv4Address],
                  nd_vips: Iterable[IPv6Address]) -> None:
         """A reload changed ``receiver``'s VIPs: route their ARP/NA to it, and filter anew."""
-        for table in (self._arp, self._nd):
-            for packed in [k for k, r in table.items() if r is receiver]:
-                del table[packed]
+        self._forget(receiver)
         for vip in arp_vips:
             self._arp[vip.packed] = receiver
         for vip6 in nd_vips:
@@ -92,6 +90,10 @@ class Channel:
     def remove(self, receiver: Receiver) -> None:
         """A reload removed the instance (it has stopped)."""
         self.receivers.pop(receiver.vhid, None)
+        self._forget(receiver)
+
+    def _forget(self, receiver: Receiver) -> None:
+        """No ARP or NA is routed to ``receiver`` any more."""
         for table in (self._arp, self._nd):
             for packed in [k for k, r in table.items() if r is receiver]:
                 del table[packed]
