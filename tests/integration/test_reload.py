@@ -155,3 +155,24 @@ def test_a_health_check_added_and_removed_by_reload_gates_the_node(lab: Lab) -> 
     assert "health check service: removed" in reload(lab, "a")
     wait_for(lambda: lab.state("a") == "MASTER", 6, "node-a back once the check is gone")
     assert metric(lab, "a", "carp_health_up") == 1
+
+
+def test_a_maintenance_file_named_by_a_reload_drains_the_node_and_dropping_it_ends_that(
+        lab: Lab) -> None:
+    env = lab.dir / "a.env"
+    env.write_text("CARP_PREEMPT=true\n")
+    lab.start_agent("a", "--env-file", str(env))
+    wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
+    lab.start_agent("b", CARP_ADVSKEW="100")
+    wait_for(lambda: lab.state("b") == "BACKUP", 8, "node-b BACKUP")
+    drain = lab.dir / "drain"
+    drain.touch()
+    env.write_text(f"CARP_PREEMPT=true\nCARP_MAINTENANCE_FILE={drain}\n")
+    assert "maintenance_file none ->" in reload(lab, "a")
+    wait_for(lambda: lab.state("b") == "MASTER" and lab.state("a") == "BACKUP", 3,
+             "the file drains node-a")
+    assert metric(lab, "a", "carp_maintenance") == 1
+    env.write_text("CARP_PREEMPT=true\n")  # the setting gone, the file still there
+    reload(lab, "a")
+    wait_for(lambda: lab.state("a") == "MASTER", 6, "node-a back")
+    assert metric(lab, "a", "carp_maintenance") == 0

@@ -130,6 +130,9 @@ def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
     ({"UCARP_VHID": "0", "CARP_VHID": None}, "UCARP_VHID: Input should be greater"),
     # values that pass a type check but hurt (issue: faults and hostile input)
     ({"CARP_GARP_REFRESH": "1e-9"}, "CARP_GARP_REFRESH: 0 (off) or at least 1 s"),
+    ({"CARP_PROBE_INTERVAL": "1e-9"}, "CARP_PROBE_INTERVAL: 0 (off) or at least 1 s"),
+    ({"CARP_PROBE_INTERVAL": "-1"}, "CARP_PROBE_INTERVAL: Input should be greater than or "
+                                    "equal to 0"),
     ({"CARP_HEALTH_INTERVAL": "1e-9"}, "CARP_HEALTH_INTERVAL: Input should be greater than or "
                                        "equal to 0.1"),
     ({"CARP_HEALTH_INTERVAL": "inf"}, "CARP_HEALTH_INTERVAL: Input should be less than"),
