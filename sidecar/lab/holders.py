@@ -10,14 +10,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .scenario import Lab
+    from sidecar.lab.scenario import Lab
 
 
 def vip_holders(lab: Lab) -> list[str]:
     """Nodes whose eth0 carries the VIP."""
     from pyroute2 import NetNS
 
-    from .scenario import VIP
+    from sidecar.lab.scenario import VIP
 
     holders = []
     for name in ("a", "b"):

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from ..httpclient import fetch
+from sidecar.net.httpclient import fetch
 
 
 def answer(url: str, timeout: float) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .netns import Topology, require_root_and_tools, stop_process
+from sidecar.lab.netns import Topology, require_root_and_tools, stop_process
 
 VIP = "172.16.0.1"
 ADDRESSES = {"a": "172.16.0.11/16", "b": "172.16.0.12/16", "client": "172.16.0.100/16"}
@@ -109,7 +109,7 @@ class Lab:
     def start_agent(self, node: str, *args: str, **extra: str) -> subprocess.Popen[bytes]:
         """carp-sidecar [args] run in the node, with the lab's CARP_* plus ``extra``."""
         srcip = ADDRESSES[node].split("/")[0]
-        cmd = [sys.executable, "-m", "sidecar.cli", *args, "run"]
+        cmd = [sys.executable, "-m", "sidecar.tools.cli", *args, "run"]
         env = agent_env(self.dir, node, srcip, **extra)
         env = {k: v for k, v in env.items() if v != ""}  # "" unsets a lab default
         proc = self.topo.start(node, cmd, log=self.dir / f"{node}.log", env=env)

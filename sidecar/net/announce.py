@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
-from ..protocol import internet_checksum
+from sidecar.core.protocol import internet_checksum
 
 BROADCAST = b"\xff" * 6
 ALL_NODES = IPv6Address("ff02::1")

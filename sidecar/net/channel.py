@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
-from ..protocol import AdvertError, Expect, parse_packet
-from .netlink import Link, LinkEvent
-from .packet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Attached, PacketSocket
+from sidecar.core.protocol import AdvertError, Expect, parse_packet
+from sidecar.net.netlink import Link, LinkEvent
+from sidecar.net.packet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Attached, PacketSocket
 
 log = logging.getLogger("carp-sidecar")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
-from ._pyroute2 import AsyncIPRoute, NetlinkError
+from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
 
 __all__ = ["AddressEvent", "InterfaceNotFound", "Link", "LinkEvent", "Netlink", "NetlinkError"]
 

@@ -2,7 +2,7 @@
 """Codec and start-up figures (printed, never asserted).
 
 - parse + HMAC verify of real-format adverts per second on one core (target >= 50,000/s)
-- `python -c "import sidecar.protocol, sidecar.machine"` wall time, median of 15 (target < 150 ms),
+- `python -c "import sidecar.core.protocol, sidecar.core.machine"` wall time, median of 15 (target < 150 ms),
   next to a bare `python -c pass` measured in the same run
 """
 
@@ -15,7 +15,7 @@ import sys
 import time
 from ipaddress import IPv4Address
 
-from sidecar.protocol import Advert, Expect, build_ip_packet, carp_key, parse_packet
+from sidecar.core.protocol import Advert, Expect, build_ip_packet, carp_key, parse_packet
 
 
 def parse_rate(seconds: float = 2.0) -> float:
@@ -42,11 +42,11 @@ def import_ms(code: str, runs: int = 15) -> float:
 
 def main() -> None:
     rate = parse_rate()
-    imports = import_ms("import sidecar.protocol, sidecar.machine")
+    imports = import_ms("import sidecar.core.protocol, sidecar.core.machine")
     bare = import_ms("pass")
     print(f"parse + HMAC verify: {rate:,.0f} adverts/s on one core (target >= 50,000; "
           f"{rate / 50000:.1f}x the target)")
-    print(f"import sidecar.protocol, sidecar.machine: {imports:.0f} ms median "
+    print(f"import sidecar.core.protocol, sidecar.core.machine: {imports:.0f} ms median "
           f"(bare interpreter {bare:.0f} ms; target < 150 ms)")
     print(json.dumps({"parse_verify_per_s": round(rate), "import_ms": round(imports, 1),
                       "bare_python_ms": round(bare, 1)}))

@@ -17,7 +17,7 @@ import sys
 import time
 from ipaddress import IPv4Address
 
-from sidecar.protocol import (
+from sidecar.core.protocol import (
     DEFAULT_GROUP,
     Advert,
     build_frame,

@@ -116,14 +116,14 @@ def test_ucarp_conf_with_comments_and_expansion_authenticates_with_a_ucarp_node(
     st = status(lab, "a")
     assert metric(lab, "a", "carp_adverts_received_total") > 0  # ucarp's adverts authenticate
     assert st["interface"] == "eth0" and st["vips"] == ["172.16.0.1/16"]
-    out = subprocess.run([sys.executable, "-m", "sidecar.cli", "--env-file", str(conf_a),
+    out = subprocess.run([sys.executable, "-m", "sidecar.tools.cli", "--env-file", str(conf_a),
                           "check-config", "--offline"], capture_output=True, text=True,
                          env=own_env(lab, "a"), check=True).stdout
     assert "CARP_IF_ALIAS=eth0:0" in out and "CARP_PASS=***" in out
 
 
 def test_daemonize_outside_a_container_detaches_like_ucarp(lab: Lab) -> None:
-    code = ("import sys, sidecar.cli as c; c.in_container = lambda: False; "
+    code = ("import sys, sidecar.tools.cli as c; c.in_container = lambda: False; "
             "sys.argv[0] = 'ucarp'; sys.exit(c.main(sys.argv[1:]))")
     launcher = lab.topo.start("a", [sys.executable, "-c", code, "-i", "eth0", "-s", "172.16.0.11",
                                     "-v", "1", "-p", LAB_PASSWORD, "-a", VIP, "-B", "-P"],
@@ -244,7 +244,7 @@ def test_adverts_of_other_groups_are_counted_not_warned_about(lab: Lab) -> None:
 
 def test_stop_signal_still_works_for_a_start_script_agent(lab: Lab) -> None:
     env = agent_env(lab.dir, "a", "172.16.0.11")
-    proc = lab.topo.start("a", [sys.executable, "-m", "sidecar.cli", "run", "-P", "-k", "10"],
+    proc = lab.topo.start("a", [sys.executable, "-m", "sidecar.tools.cli", "run", "-P", "-k", "10"],
                           log=lab.dir / "a.log", env=env)
     wait_for(lambda: vip_holders(lab) == ["a"], 8, "MASTER")
     assert status(lab, "a")["advskew"] == 10  # the option overrode nothing else, and applied

@@ -68,7 +68,7 @@ def test_deleted_control_socket_is_recreated_and_a_replaced_one_left_alone(lab: 
     wait_for(lambda: lab.state("a") == "BACKUP" or lab.state("a") == "MASTER", 8, "agent up")
     sock.unlink()
     wait_for(lambda: sock.exists() and stat.S_ISSOCK(os.lstat(sock).st_mode), 5, "re-created")
-    cli = [sys.executable, "-m", "sidecar.cli", "demote", "--socket", str(sock)]
+    cli = [sys.executable, "-m", "sidecar.tools.cli", "demote", "--socket", str(sock)]
     assert "maintenance=on" in lab.topo["a"].run(*cli).stdout
     sock.unlink()
     sock.write_text("not yours\n")
@@ -130,7 +130,7 @@ def test_demote_during_a_slow_upscript_never_leaves_two_holders(lab: Lab) -> Non
                     CARP_SCRIPT_TIMEOUT="20")
     lab.start_agent("b", CARP_ADVSKEW="100")
     wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER, upscript still running")
-    cli = [sys.executable, "-m", "sidecar.cli", "demote", "--socket", str(lab.dir / "a.sock")]
+    cli = [sys.executable, "-m", "sidecar.tools.cli", "demote", "--socket", str(lab.dir / "a.sock")]
     with HolderSampler(lab) as sampler:
         lab.topo["a"].run(*cli)
         wait_for(lambda: vip_holders(lab) == ["b"], 5, "node-b alone")
@@ -182,7 +182,7 @@ def test_ten_preempt_cycles_count_no_conflict_and_a_split_brain_does(lab: Lab) -
     lab.start_agent("a", CARP_PREEMPT="true")
     lab.start_agent("b", CARP_ADVSKEW="100")
     wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
-    cli = [sys.executable, "-m", "sidecar.cli"]
+    cli = [sys.executable, "-m", "sidecar.tools.cli"]
     sock = ["--socket", str(lab.dir / "a.sock")]
     for _ in range(10):
         lab.topo["a"].run(*cli, "demote", *sock)
@@ -252,7 +252,7 @@ def test_as_pid_1_the_agent_reaps_the_daemons_its_scripts_leave(lab: Lab) -> Non
     up.chmod(0o755)
     env = {k: v for k, v in agent_env(lab.dir, "a", "172.16.0.11",
                                        CARP_UPSCRIPT=str(up)).items() if v}
-    cmd = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "sidecar.cli", "run"]
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "sidecar.tools.cli", "run"]
     proc = lab.topo.start("a", cmd, log=lab.dir / "a.log", env=env)
     lab.agents["a"] = proc
     wait_for(lambda: metric(lab, "a", "carp_script_runs_total", script="up", result="ok") == 1,

@@ -59,13 +59,13 @@ def test_node_whose_service_is_down_never_takes_the_vip(lab: Lab) -> None:
 
 def test_demote_and_promote_move_the_vip(lab: Lab) -> None:
     start_pair(lab)
-    demote = lab.topo["a"].run(sys.executable, "-m", "sidecar.cli", "demote", "--socket",
+    demote = lab.topo["a"].run(sys.executable, "-m", "sidecar.tools.cli", "demote", "--socket",
                                str(lab.dir / "a.sock"))
     assert "maintenance=on" in demote.stdout
     wait_for(lambda: lab.client_sees() == "node-b", 5, "node-b serving after demote")
     st = status(lab, "a")
     assert st["maintenance"] is True and metric(lab, "a", "carp_maintenance") == 1
-    promote = lab.topo["a"].run(sys.executable, "-m", "sidecar.cli", "promote", "--socket",
+    promote = lab.topo["a"].run(sys.executable, "-m", "sidecar.tools.cli", "promote", "--socket",
                                 str(lab.dir / "a.sock"))
     assert "maintenance=off" in promote.stdout
     wait_for(lambda: lab.client_sees() == "node-a", 5, "node-a serving after promote")
@@ -76,10 +76,10 @@ def test_control_socket_is_root_only_and_rejects_unknown_commands(lab: Lab) -> N
     lab.start_agent("a")
     wait_for(lambda: (lab.dir / "a.sock").exists(), 5, "control socket")
     assert (lab.dir / "a.sock").stat().st_mode & 0o777 == 0o600
-    r = lab.topo["a"].run(sys.executable, "-m", "sidecar.cli", "demote", "--socket",
+    r = lab.topo["a"].run(sys.executable, "-m", "sidecar.tools.cli", "demote", "--socket",
                           str(lab.dir / "nope.sock"), check=False)
     assert r.returncode == 1 and "no agent listening" in r.stderr
-    second = lab.topo["a"].popen([sys.executable, "-m", "sidecar.cli", "run"],
+    second = lab.topo["a"].popen([sys.executable, "-m", "sidecar.tools.cli", "run"],
                                  log=lab.dir / "a2.log", env=agent_env(lab.dir, "a", "172.16.0.11",
                                                                   CARP_METRICS_LISTEN="off"))
     assert second.wait(10) == 2  # a second agent must not steal the socket (a start-up problem)

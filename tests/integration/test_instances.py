@@ -78,7 +78,7 @@ def test_three_vhids_active_active_fail_over_and_back(lab: Lab) -> None:
     assert metric(lab, "a", "carp_vip_present", vhid="3", vip=VIPS[3]) == 0
     assert metric(lab, "b", "carp_vip_present", vhid="3", vip=VIPS[3]) == 1
     # maintenance of one VHID only: VHID 2 moves to node-b, VHID 1 stays
-    cli = [sys.executable, "-m", "sidecar.cli", "demote", "--vhid", "2", "--socket",
+    cli = [sys.executable, "-m", "sidecar.tools.cli", "demote", "--vhid", "2", "--socket",
            str(lab.dir / "a.sock")]
     assert "vhid 2" in lab.topo["a"].run(*cli).stdout
     wait_for(lambda: holders(lab) == {1: ["a"], 2: ["b"], 3: ["b"]}, 5, "VHID 2 drained")

@@ -10,7 +10,7 @@ import pytest
 
 
 def test_lab_short_timeline() -> None:
-    r = subprocess.run([sys.executable, "-m", "sidecar.cli", "lab", "--short"],
+    r = subprocess.run([sys.executable, "-m", "sidecar.tools.cli", "lab", "--short"],
                        capture_output=True, text=True, timeout=120)
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
@@ -40,6 +40,6 @@ def test_lab_refuses_without_root_with_exit_2() -> None:
                            cwd="/")
     if probe.returncode != 0:
         pytest.skip("this checkout's interpreter or package is not readable by nobody")
-    r = subprocess.run([*nobody, "-m", "sidecar.cli", "lab", "--short"],
+    r = subprocess.run([*nobody, "-m", "sidecar.tools.cli", "lab", "--short"],
                        capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 2 and "needs root" in r.stderr, r.stderr

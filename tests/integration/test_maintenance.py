@@ -15,7 +15,7 @@ from .conftest import metric, status, transitions, vip_holders, wait_for
 
 
 def control(lab: Lab, verb: str, node: str = "a") -> str:
-    return lab.topo[node].run(sys.executable, "-m", "sidecar.cli", verb, "--socket",
+    return lab.topo[node].run(sys.executable, "-m", "sidecar.tools.cli", verb, "--socket",
                               str(lab.dir / f"{node}.sock")).stdout
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def cli(lab: Lab, node: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
     base.update(PYTHONPATH=str(ROOT), **env)
-    return subprocess.run(lab.topo[node].argv(sys.executable, "-m", "sidecar.cli", *args),
+    return subprocess.run(lab.topo[node].argv(sys.executable, "-m", "sidecar.tools.cli", *args),
                           capture_output=True, text=True, env=base, timeout=60)
 
 
@@ -48,7 +48,7 @@ def test_status_without_arguments_finds_the_agent_and_prints_a_table(lab: Lab) -
     assert "MASTER since" in a and "master:       this node (172.16.0.11)" in a
     js = cli(lab, "a", "status", "--json", CARP_CONTROL_SOCKET=str(lab.dir / "a.sock"))
     assert '"state": "MASTER"' in js.stdout
-    head = subprocess.run(" ".join(lab.topo["a"].argv(sys.executable, "-m", "sidecar.cli",
+    head = subprocess.run(" ".join(lab.topo["a"].argv(sys.executable, "-m", "sidecar.tools.cli",
                                                       "status")) + " | head -1", shell=True,
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT),
@@ -71,7 +71,7 @@ def test_check_config_checks_the_host_and_names_every_problem(lab: Lab) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
     no_caps = subprocess.run(lab.topo["a"].argv(
         "capsh", "--drop=cap_net_raw,cap_net_admin", "--", "-c",
-        f"{sys.executable} -m sidecar.cli check-config"), capture_output=True, text=True,
+        f"{sys.executable} -m sidecar.tools.cli check-config"), capture_output=True, text=True,
         env={**base, **env, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert no_caps.returncode == 2 and "missing capability NET_RAW" in no_caps.stderr, no_caps.stderr
 

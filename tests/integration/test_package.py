@@ -41,7 +41,7 @@ def test_wheel_and_sdist_carry_the_version_the_license_and_no_tests(built: Path)
     assert "License-Expression: ISC" in metadata and f"Version: {version}" in metadata
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert not any(n.startswith("tests/") for n in names)
-    assert "sidecar/lab/scenario.py" in names and "sidecar/ucarp_import.py" in names
+    assert "sidecar/lab/scenario.py" in names and "sidecar/tools/ucarp_import.py" in names
     with tarfile.open(sdist) as t:
         members = t.getnames()
     assert f"carp_sidecar-{version}/LICENSE" in members

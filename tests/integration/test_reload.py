@@ -15,7 +15,7 @@ from .test_instances import NO_LAB_DEFAULTS, VIPS, holders, write_config
 
 
 def reload(lab: Lab, node: str, check: bool = True) -> str:
-    cli = [sys.executable, "-m", "sidecar.cli", "reload", "--socket", str(lab.dir / f"{node}.sock")]
+    cli = [sys.executable, "-m", "sidecar.tools.cli", "reload", "--socket", str(lab.dir / f"{node}.sock")]
     r = lab.topo[node].run(*cli, check=False, timeout=60)
     if check:
         assert r.returncode == 0, r.stdout + r.stderr

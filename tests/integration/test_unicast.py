@@ -10,8 +10,8 @@ import time
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from sidecar.core.protocol import Advert, build_ip_packet
 from sidecar.lab import LAB_PASSWORD, VIP, Lab
-from sidecar.protocol import Advert, build_ip_packet
 
 from .conftest import metric, status, transitions, vip_holders, wait_for
 
@@ -137,7 +137,7 @@ def test_peers_behind_a_router_elect_one_master_and_fail_over(tmp_path: Path) ->
         def start(side: str, **env: str) -> subprocess.Popen[bytes]:
             log = open(tmp_path / f"{side}.log", "ab")  # noqa: SIM115 - owned by the child
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns[side], sys.executable, "-m", "sidecar.cli", "run"],
+                ["ip", "netns", "exec", ns[side], sys.executable, "-m", "sidecar.tools.cli", "run"],
                 env={**base, "CARP_CONTROL_SOCKET": str(tmp_path / f"{side}.sock"),
                      "CARP_STATE_DIR": str(tmp_path / f"{side}-state"), **env},
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def watch(lab: Lab, seconds: float, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
     base.update(PYTHONPATH=str(ROOT), **env)
-    return subprocess.run(lab.topo["client"].argv(sys.executable, "-m", "sidecar.cli", "watch",
+    return subprocess.run(lab.topo["client"].argv(sys.executable, "-m", "sidecar.tools.cli", "watch",
                                                   "--seconds", str(seconds), *args),
                           capture_output=True, text=True, env=base, timeout=seconds + 60)
 

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from sidecar.machine import (
+from sidecar.core.machine import (
     Action,
     AddVip,
     Conflict,

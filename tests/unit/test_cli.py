@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import logs
-from sidecar.config import _KNOWN, load
-from sidecar.ucarp_import import translate
+from sidecar.config.settings import _KNOWN, load
+from sidecar.serve import logs
+from sidecar.tools.ucarp_import import translate
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim",
@@ -23,7 +23,7 @@ BASE = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim",
 def cli(*args: str, env: dict[str, str] | None = None, argv0: str | None = None
         ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
-    code = "import sys; from sidecar.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from sidecar.tools.cli import main; sys.exit(main(sys.argv[1:]))"
     if argv0:
         code = f"import sys; sys.argv[0] = {argv0!r}; " + code
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
@@ -59,7 +59,7 @@ def test_ucarp_options_on_run_override_the_environment() -> None:
     assert r.returncode == 2 and "CARP_VHID: Input should be less than or equal to 255" in r.stderr
     settings = load({**BASE, "CARP_ADVSKEW": "5", "CARP_VHID": "2"})
     assert settings.instances[0].advskew == 5
-    from sidecar import ucarp_options
+    from sidecar.config import ucarp_options
 
     args = ucarp_options.parser().parse_args(["-k", "20", "--vhid=3", "-P", "-D", "-M", "-n"])
     env = {**BASE, "CARP_ADVSKEW": "5", **ucarp_options.settings(args)}
@@ -223,7 +223,7 @@ def test_import_names_variables_that_are_not_settings(tmp_path: Path) -> None:
 def test_process_title_is_what_was_started_without_the_password() -> None:
     import dataclasses
 
-    from sidecar.cli import process_title
+    from sidecar.tools.cli import process_title
 
     config = load({**BASE}, None)
     drop_in = dataclasses.replace(config, origin=(
@@ -235,7 +235,7 @@ def test_process_title_is_what_was_started_without_the_password() -> None:
 
 def test_ucarp_version_answers_like_a_program_not_an_error() -> None:
     r = subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'ucarp'; "
-                        "from sidecar.cli import main; sys.exit(main(['--version']))"],
+                        "from sidecar.tools.cli import main; sys.exit(main(['--version']))"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "ucarp 1.5.2 compatible (carp-sidecar" in r.stdout, r.stderr
 
@@ -259,7 +259,7 @@ def test_status_piped_into_head_is_not_a_traceback(tmp_path: Path) -> None:
             if sock.exists():
                 break
             time.sleep(0.05)
-        r = subprocess.run(f"{sys.executable} -m sidecar.cli status --socket {sock} | head -2",
+        r = subprocess.run(f"{sys.executable} -m sidecar.tools.cli status --socket {sock} | head -2",
                            shell=True, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     finally:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.config import ConfigError, load, read_env_file
-from sidecar.runconfig import Vhid
+from sidecar.config.runconfig import Vhid
+from sidecar.config.settings import ConfigError, load, read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -221,7 +221,7 @@ def test_secret_never_in_errors_or_redacted_output() -> None:
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
-    return subprocess.run([sys.executable, "-m", "sidecar.cli", *args], env={**clean, **env},
+    return subprocess.run([sys.executable, "-m", "sidecar.tools.cli", *args], env={**clean, **env},
                           capture_output=True, text=True, timeout=30)
 
 
@@ -368,7 +368,7 @@ def test_check_config_prints_every_instance(tmp_path: Path) -> None:
 
 
 def test_runtime_config_round_trips_through_json_without_pydantic(tmp_path: Path) -> None:
-    from sidecar.runconfig import RunConfig
+    from sidecar.config.runconfig import RunConfig
 
     config = load({"CARP_CONFIG": str(config_file(tmp_path))})
     runtime = config.runtime()
@@ -377,13 +377,13 @@ def test_runtime_config_round_trips_through_json_without_pydantic(tmp_path: Path
     assert again.instances[0].secret == b"geheim" and again.instances[1].upscript is not None
     assert again.instances[0].hmac_address == IPv4Address("172.16.0.1")
     # the agent's process never imports pydantic: the config arrives as this JSON
-    code = ("import sys, sidecar.agent; "
+    code = ("import sys, sidecar.runtime.agent; "
             "sys.exit(any(m.startswith(('pydantic', 'scapy')) for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
 
 
 def test_state_dir_default_off_and_maintenance_settings_reach_the_agent(tmp_path: Path) -> None:
-    from sidecar.runconfig import RunConfig
+    from sidecar.config.runconfig import RunConfig
 
     assert load(BASE).runtime().state_dir == Path("/var/lib/carp-sidecar")
     assert load({**BASE, "CARP_STATE_DIR": "off"}).runtime().state_dir is None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import load, read_env_file
+from sidecar.config.settings import load, read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

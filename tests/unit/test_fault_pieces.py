@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.control import ControlServer, send_command
-from sidecar.http import StatusServer
-from sidecar.metrics import InstanceMetrics, Metrics
-from sidecar.peers import ArpClaims, PeerTable
-from sidecar.scripts import run_script
+from sidecar.core.peers import ArpClaims, PeerTable
+from sidecar.runtime.scripts import run_script
+from sidecar.serve.control import ControlServer, send_command
+from sidecar.serve.http import StatusServer
+from sidecar.serve.metrics import InstanceMetrics, Metrics
 
 
 def serve(path: Path) -> ControlServer:
@@ -268,7 +268,7 @@ def test_peer_table_says_when_its_next_sweep_is_due() -> None:
 
 # ---- persistent maintenance records ----
 def test_maintenance_record_round_trips_and_replaces_atomically(tmp_path: Path) -> None:
-    from sidecar.maintenance import MaintenanceStore, Record
+    from sidecar.runtime.maintenance import MaintenanceStore, Record
 
     store = MaintenanceStore(tmp_path / "state")
     store.prepare()
@@ -287,7 +287,7 @@ def test_maintenance_record_round_trips_and_replaces_atomically(tmp_path: Path) 
                                      b'{"maintenance": true}', b" " * 5000])
 def test_maintenance_record_that_cannot_be_trusted_is_an_error(tmp_path: Path,
                                                                content: bytes) -> None:
-    from sidecar.maintenance import MaintenanceStore, StateError
+    from sidecar.runtime.maintenance import MaintenanceStore, StateError
 
     store = MaintenanceStore(tmp_path)
     store.path("eth0/vhid1").write_bytes(content)
@@ -297,7 +297,7 @@ def test_maintenance_record_that_cannot_be_trusted_is_an_error(tmp_path: Path,
 
 def test_maintenance_store_refuses_a_symlinked_record_and_a_file_as_directory(
         tmp_path: Path) -> None:
-    from sidecar.maintenance import MaintenanceStore, StateError
+    from sidecar.runtime.maintenance import MaintenanceStore, StateError
 
     (tmp_path / "elsewhere").write_text('{"maintenance": true, "since": 1}')
     store = MaintenanceStore(tmp_path)
@@ -349,7 +349,7 @@ def test_metrics_format_and_compression_follow_the_request(accept: str, encoding
 
 # ---- the notify script hangs, or changes come faster than it runs ----
 def test_hanging_notify_script_is_killed_and_its_calls_never_pile_up(tmp_path: Path) -> None:
-    from sidecar.scripts import Notifier, ScriptResult
+    from sidecar.runtime.scripts import Notifier, ScriptResult
 
     script = tmp_path / "notify.sh"
     script.write_text("#!/bin/sh\nsleep 30\n")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.maintenance import COUNTER_RESERVE, MaintenanceStore, StateError
 from sidecar.net.announce import build_arp_probe, build_ns_probe, build_unsolicited_na
 from sidecar.net.packet import carp_and_arp_filter
+from sidecar.runtime.maintenance import COUNTER_RESERVE, MaintenanceStore, StateError
 
 MAC = bytes.fromhex("020000000001")
 OTHER = bytes.fromhex("020000000002")
@@ -110,11 +110,11 @@ def _instance():  # type: ignore[no-untyped-def]
 
     from prometheus_client import CollectorRegistry
 
-    from sidecar.config import load
-    from sidecar.instance import Instance
-    from sidecar.metrics import Metrics
+    from sidecar.config.settings import load
     from sidecar.net.channel import Channel
     from sidecar.net.netlink import Netlink
+    from sidecar.runtime.instance import Instance
+    from sidecar.serve.metrics import Metrics
 
     env = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim",
            "CARP_ADDR": "172.16.0.1/16", "CARP_METRICS_LISTEN": "off"}
@@ -132,7 +132,7 @@ def _instance():  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(("error", "fails_before_fault"), [(105, 3), (101, 1)])  # ENOBUFS, ENETUNREACH
 def test_a_master_leaves_for_unroutable_sends_at_once_and_for_transient_ones_after_a_run(
         error: int, fails_before_fault: int) -> None:
-    from sidecar.machine import State
+    from sidecar.core.machine import State
 
     instance, channel, loop = _instance()
     try:
@@ -154,7 +154,7 @@ def test_a_master_leaves_for_unroutable_sends_at_once_and_for_transient_ones_aft
 
 # ---- strict mode's replay rule (pure) ----
 def test_replay_guard_accepts_only_increasing_counters_per_peer() -> None:
-    from sidecar.peers import ReplayGuard
+    from sidecar.core.peers import ReplayGuard
 
     g = ReplayGuard(stuck_after=3.0)
     assert g.check("a", 10, 0.0).accepted and g.check("a", 11, 1.0).accepted
@@ -164,7 +164,7 @@ def test_replay_guard_accepts_only_increasing_counters_per_peer() -> None:
 
 
 def test_replay_guard_reports_a_peer_stuck_behind_once_and_its_recovery() -> None:
-    from sidecar.peers import ReplayGuard
+    from sidecar.core.peers import ReplayGuard
 
     g = ReplayGuard(stuck_after=3.0)
     g.check("a", 1_000_000, 0.0)

@@ -24,13 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from sidecar.config import load
-from sidecar.instance import Instance
-from sidecar.machine import State
-from sidecar.metrics import Metrics
+from sidecar.config.settings import load
+from sidecar.core.machine import State
 from sidecar.net.announce import build_garp
 from sidecar.net.channel import Channel
 from sidecar.net.netlink import Netlink
+from sidecar.runtime.instance import Instance
+from sidecar.serve.metrics import Metrics
 
 PCAP = Path(__file__).resolve().parents[1] / "data" / "ucarp-1.5.2-adverts.pcap"
 settings.register_profile("chaos", max_examples=200_000, deadline=None,

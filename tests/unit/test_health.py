@@ -8,7 +8,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from sidecar.health import HealthMonitor, exec_check, http_check, tcp_check
+from sidecar.runtime.health import HealthMonitor, exec_check, http_check, tcp_check
 
 
 def free_port() -> int:

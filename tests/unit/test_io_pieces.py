@@ -10,11 +10,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from sidecar.http import StatusServer
-from sidecar.logs import JsonFormatter, UcarpFormatter
-from sidecar.metrics import InstanceMetrics, Metrics
 from sidecar.net.announce import build_garp
-from sidecar.scripts import run_script, script_argv
+from sidecar.runtime.scripts import run_script, script_argv
+from sidecar.serve.http import StatusServer
+from sidecar.serve.logs import JsonFormatter, UcarpFormatter
+from sidecar.serve.metrics import InstanceMetrics, Metrics
 
 
 def test_script_results_ok_failed_error(tmp_path: Path, caplog: object) -> None:
@@ -88,7 +88,7 @@ def test_agent_loads_rtnetlink_only_yet_pyroute2_stays_whole_for_others() -> Non
     import subprocess
     import sys
 
-    code = ("import sys, sidecar.agent; "
+    code = ("import sys, sidecar.runtime.agent; "
             "assert 'pyroute2.ndb.main' not in sys.modules, 'pyroute2 __init__ ran'; "
             "from pyroute2 import NetNS, IPRoute; "
             "assert 'pyroute2.ndb.main' in sys.modules; print('ok')")

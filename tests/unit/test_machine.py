@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.machine import (
+from sidecar.core.machine import (
     AddVip,
     Conflict,
     DropVip,

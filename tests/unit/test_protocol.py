@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.protocol import (
+from sidecar.core.protocol import (
     Advert,
     AdvertError,
     DropReason,
@@ -246,7 +246,7 @@ def test_vrrp_advert_for_another_vrid_is_another_group(version: int) -> None:
 
 
 def test_carp_is_never_taken_for_vrrp() -> None:
-    from sidecar.protocol import vrrp_version
+    from sidecar.core.protocol import vrrp_version
 
     assert vrrp_version(GOOD, 20) is None
     # version 3 with CARP's authlen 7 has VRRPv3's length for 7 addresses: its checksum decides

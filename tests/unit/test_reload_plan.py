@@ -7,8 +7,8 @@ import dataclasses
 from ipaddress import IPv4Address, ip_interface
 from pathlib import Path
 
-from sidecar.reload import LIVE, plan
-from sidecar.runconfig import Check, RunConfig, Vhid
+from sidecar.config.runconfig import Check, RunConfig, Vhid
+from sidecar.runtime.reload import LIVE, plan
 
 
 def vhid(n: int, **kw: object) -> Vhid:

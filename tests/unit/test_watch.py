@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from sidecar.protocol import DEFAULT_GROUP, Advert, build_frame, build_ip_packet
-from sidecar.watch import Key, Watch
+from sidecar.core.protocol import DEFAULT_GROUP, Advert, build_frame, build_ip_packet
+from sidecar.tools.watch import Key, Watch
 
 VIP = IPv4Address("172.16.0.1")
 
@@ -83,6 +83,6 @@ def test_watch_does_not_print_scapys_warning(capfd: object) -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", "from sidecar.watch import _scapy; _scapy()"],
+    r = subprocess.run([sys.executable, "-c", "from sidecar.tools.watch import _scapy; _scapy()"],
                        capture_output=True, text=True, timeout=60)
     assert "overwrites" not in r.stdout + r.stderr, r.stderr

@@ -9,10 +9,10 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from .metrics import InstanceMetrics
-from .net.netlink import Netlink, NetlinkError
-from .runconfig import Vhid, Vip
-from .scripts import run_script, script_argv
+from sidecar.config.runconfig import Vhid, Vip
+from sidecar.net.netlink import Netlink, NetlinkError
+from sidecar.runtime.scripts import run_script, script_argv
+from sidecar.serve.metrics import InstanceMetrics
 
 log = logging.getLogger("carp-sidecar")
 

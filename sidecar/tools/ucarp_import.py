@@ -24,7 +24,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
-from . import ucarp_options
+from sidecar.config import ucarp_options
 
 DEBIAN_SCRIPTS = {"/usr/share/ucarp/vip-up", "/usr/share/ucarp/vip-down"}
 FALSE = {"no", "off", "false", "0"}
@@ -176,7 +176,7 @@ def _shell_values(text: str) -> dict[str, str]:
 def _settings_of(variables: dict[str, str], path: Path, out: Imported) -> dict[str, str]:
     """UCARP_*/CARP_* variables that are settings, by setting name; the others (UCARP_NETMASK,
     which the tutorial's up script reads) are named in a note, never turned into settings."""
-    from .config import HELP
+    from sidecar.config.settings import HELP
 
     settings: dict[str, str] = {}
     for key, value in variables.items():

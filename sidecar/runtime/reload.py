@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass, field, fields
 
-from .runconfig import RunConfig, Vhid
+from sidecar.config.runconfig import RunConfig, Vhid
 
 READ_TIMEOUT = 30.0  # s for the child that validates the sources (a password file on NFS...)
 
@@ -36,7 +36,7 @@ async def read_config(origin: tuple[str, ...]) -> RunConfig:
     if not origin:
         raise ReloadRefused(["this agent was not started by `carp-sidecar run`: nothing to "
                              "re-read"])
-    code = "import sys; from sidecar.cli import dump_runtime_config as d; sys.exit(d(sys.argv[1]))"
+    code = "import sys; from sidecar.tools.cli import dump_runtime_config as d; sys.exit(d(sys.argv[1]))"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, json.dumps(list(origin)),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

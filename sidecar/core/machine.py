@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from ipaddress import IPv4Address
 
-from .protocol import BOW_OUT
+from sidecar.core.protocol import BOW_OUT
 
 US = 1_000_000
 UNSPECIFIED = IPv4Address("0.0.0.0")

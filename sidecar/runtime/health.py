@@ -13,10 +13,10 @@ import shlex
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .httpclient import HttpError, fetch
-from .reaper import spawn
-from .runconfig import Check as CheckConfig
-from .runconfig import host_port
+from sidecar.config.runconfig import Check as CheckConfig
+from sidecar.config.runconfig import host_port
+from sidecar.net.httpclient import HttpError, fetch
+from sidecar.runtime.reaper import spawn
 
 Check = Callable[[], Awaitable[bool]]
 

@@ -24,17 +24,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import logs
-from .caps import missing_capability, source_address
-from .control import ControlServer
-from .health import HealthMonitor, checks_for
-from .http import StatusServer
-from .instance import Instance
-from .machine import State
-from .maintenance import MaintenanceStore, Record, StateError, file_since
-from .metrics import Metrics, ReloadMetrics
-from .net.channel import Channel
-from .net.netlink import (
+from sidecar.config.runconfig import Check, RunConfig, Vhid, host_port
+from sidecar.core.machine import State
+from sidecar.net.caps import missing_capability, source_address
+from sidecar.net.channel import Channel
+from sidecar.net.netlink import (
     AddressEvent,
     InterfaceNotFound,
     Link,
@@ -42,9 +36,15 @@ from .net.netlink import (
     Netlink,
     NetlinkError,
 )
-from .reaper import reap_forever
-from .reload import Plan, ReloadRefused, plan, read_config
-from .runconfig import Check, RunConfig, Vhid, host_port
+from sidecar.runtime.health import HealthMonitor, checks_for
+from sidecar.runtime.instance import Instance
+from sidecar.runtime.maintenance import MaintenanceStore, Record, StateError, file_since
+from sidecar.runtime.reaper import reap_forever
+from sidecar.runtime.reload import Plan, ReloadRefused, plan, read_config
+from sidecar.serve import logs
+from sidecar.serve.control import ControlServer
+from sidecar.serve.http import StatusServer
+from sidecar.serve.metrics import Metrics, ReloadMetrics
 
 log = logging.getLogger("carp-sidecar")
 MAINTENANCE_FILE_POLL = 0.5  # s: a maintenance file is noticed within a second
@@ -539,7 +539,7 @@ class Agent:
 
 def _set_title(title: str) -> None:
     """/proc/PID/cmdline and comm: `pidof ucarp` and `killall -USR1 ucarp` find the drop-in
-    (the exec left them `python3 -m sidecar.agent`)."""
+    (the exec left them `python3 -m sidecar.runtime.agent`)."""
     try:
         import setproctitle
     except ImportError:  # optional at run time: only the name is lost
@@ -569,11 +569,11 @@ def run_agent(config: RunConfig, version: str = "0") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sidecar.agent --config-fd N [--version V]``: what ``carp-sidecar run`` execs
+    """``python -m sidecar.runtime.agent --config-fd N [--version V]``: what ``carp-sidecar run`` execs
     once it has validated the configuration (see :mod:`runconfig`)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m sidecar.agent")
+    p = argparse.ArgumentParser(prog="python -m sidecar.runtime.agent")
     p.add_argument("--config-fd", type=int, required=True)
     p.add_argument("--version", default="0")
     p.add_argument("--title", default='"carp-sidecar"', help="process title (JSON string)")

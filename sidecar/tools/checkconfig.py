@@ -12,9 +12,9 @@ import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 
-from .caps import missing_capability, source_address
-from .config import Config, VhidSettings, show
-from .machine import US, Machine, Params
+from sidecar.config.settings import Config, VhidSettings, show
+from sidecar.core.machine import US, Machine, Params
+from sidecar.net.caps import missing_capability, source_address
 
 WIDTH = 40  # the value column before "# origin"
 

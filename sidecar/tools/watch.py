@@ -18,7 +18,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from .protocol import compute_hmac
+from sidecar.core.protocol import compute_hmac
 
 SILENT_AFTER = 3  # advert intervals without a word: a sender has fallen silent
 RUN_GAP = 1.5  # advert intervals: a longer gap ends a sender's run of adverts

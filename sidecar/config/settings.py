@@ -57,8 +57,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
-from .runconfig import Check, RunConfig, Vhid, Vip, host_port, show_vips
+from sidecar.config.runconfig import Check, RunConfig, Vhid, Vip, host_port, show_vips
+from sidecar.core.protocol import DEFAULT_GROUP, MAX_PASSWORD_BYTES
 
 __all__ = ["Config", "ConfigError", "VhidSettings", "host_port", "load", "read_env_file"]
 

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
-from .serial import SerialWork
-from .vips import VipBackend
+from sidecar.runtime.serial import SerialWork
+from sidecar.runtime.vips import VipBackend
 
 log = logging.getLogger("carp-sidecar")
 

@@ -10,9 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, ucarp_options
-from .config import Config, ConfigError, load
-from .httpclient import fetch
+from sidecar import __version__
+from sidecar.config import ucarp_options
+from sidecar.config.settings import Config, ConfigError, load
+from sidecar.net.httpclient import fetch
 
 EXIT_CONFIG = 2
 DEFAULT_RUN_DIR = "/run/carp-sidecar"  # where agents make their control sockets
@@ -23,7 +24,7 @@ def package_version() -> str:
 
 
 def _variables_help() -> str:
-    from .config import HELP
+    from sidecar.config.settings import HELP
 
     lines = ["variables (each CARP_X is also read as ucarp's UCARP_X; CARP_X wins):"]
     lines += [f"  CARP_{name:<17} {text}" for name, text in HELP.items()]
@@ -155,11 +156,11 @@ def _main(argv: list[str]) -> int:
     command = args.command or "run"
     try:
         if command == "lab":
-            from .lab import run_lab
+            from sidecar.lab import run_lab
 
             return int(run_lab(short=args.short, keep=args.keep))
         if command == "import":
-            from .ucarp_import import ImportError_, translate
+            from sidecar.tools.ucarp_import import ImportError_, translate
 
             try:
                 print(translate(args.files), end="")
@@ -175,13 +176,13 @@ def _main(argv: list[str]) -> int:
         if command == "watch":
             return _watch(args)
         if command in ("demote", "promote"):
-            from .control import send_command
+            from sidecar.serve.control import send_command
 
             path = args.socket or _socket_path(args)
             print(send_command(path, command + (f" {args.vhid}" if args.vhid else "")))
             return 0
         if command == "reload":
-            from .control import send_command
+            from sidecar.serve.control import send_command
 
             reply = send_command(args.socket or _socket_path(args), "reload", timeout=120)
             print(reply.replace("; ", "\n  ").replace("reloaded: ", "reloaded:\n  "))
@@ -192,7 +193,7 @@ def _main(argv: list[str]) -> int:
             url = args.url or _endpoint(_settings(args), "/healthz")
             return 0 if fetch(url, timeout=3).status == 200 else 1
         if command == "check-config":
-            from .checkconfig import report
+            from sidecar.tools.checkconfig import report
 
             offline = args.offline
             lines, problems = report(load(dict(os.environ), getattr(args, "env_file", None),
@@ -225,7 +226,7 @@ HOST_INITS = {"systemd", "init", "openrc-init", "runit", "s6-svscan"}
 def _watch(args: argparse.Namespace) -> int:
     """Authenticates adverts with the configured password and VIP when the configuration
     loads; without one it still decodes and tells masters from silent nodes."""
-    from .watch import keys_from, run
+    from sidecar.tools.watch import keys_from, run
 
     interface = args.interface
     keys = {}
@@ -291,7 +292,7 @@ def _exec_agent(config: Config) -> int:
     fd = os.memfd_create("carp-sidecar-config", 0)  # inheritable: no MFD_CLOEXEC
     os.write(fd, config.runtime().to_json().encode())
     os.lseek(fd, 0, os.SEEK_SET)
-    argv = [sys.executable, "-m", "sidecar.agent", "--config-fd", str(fd), "--version",
+    argv = [sys.executable, "-m", "sidecar.runtime.agent", "--config-fd", str(fd), "--version",
             package_version(), "--title", json.dumps(process_title(config))]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -300,7 +301,7 @@ def _exec_agent(config: Config) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .statusview import render
+    from sidecar.tools.statusview import render
 
     docs = []
     if args.url:
@@ -309,7 +310,7 @@ def _status(args: argparse.Namespace) -> int:
             raise OSError(f"{args.url} answered {response.status}")
         docs.append(json.loads(response.body))
     else:
-        from .control import send_command
+        from sidecar.serve.control import send_command
 
         for path in _status_sockets(args):
             docs.append(json.loads(send_command(path, "status")))

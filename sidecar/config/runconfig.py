@@ -3,7 +3,7 @@
 :mod:`config` validates (with pydantic-settings) and then hands the result over as JSON; the
 agent process itself never imports pydantic — about 10 MB of resident memory that would serve
 only the first 100 ms. ``carp-sidecar run`` validates, writes the JSON to an in-memory file and
-``exec``\\s ``python -m sidecar.agent --config-fd N`` in the same process (same PID, same
+``exec``\\s ``python -m sidecar.runtime.agent --config-fd N`` in the same process (same PID, same
 signals), which reads it back here. Nothing here validates: the values were checked already.
 """
 

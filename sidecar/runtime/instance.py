@@ -21,9 +21,8 @@ from collections.abc import Callable, Coroutine
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from .effects import Effect, Effects
-from .logs import fields
-from .machine import (
+from sidecar.config.runconfig import Vhid, Vip
+from sidecar.core.machine import (
     Action,
     AddVip,
     Conflict,
@@ -37,14 +36,8 @@ from .machine import (
     Stopped,
     Transition,
 )
-from .maintenance import COUNTER_RESERVE, MaintenanceStore
-from .metrics import InstanceMetrics, Metrics
-from .net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
-from .net.channel import Channel
-from .net.netlink import AddressEvent, Netlink, NetlinkError
-from .net.packet import UnicastSender
-from .peers import ArpClaims, PeerTable, ReplayGuard
-from .protocol import (
+from sidecar.core.peers import ArpClaims, PeerTable, ReplayGuard
+from sidecar.core.protocol import (
     BOW_OUT,
     Advert,
     AdvertError,
@@ -54,9 +47,16 @@ from .protocol import (
     build_ip_packet,
     parse_packet,
 )
-from .runconfig import Vhid, Vip
-from .scripts import Notifier, ScriptResult, base_environment
-from .vips import VipBackend, backend_for
+from sidecar.net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
+from sidecar.net.channel import Channel
+from sidecar.net.netlink import AddressEvent, Netlink, NetlinkError
+from sidecar.net.packet import UnicastSender
+from sidecar.runtime.effects import Effect, Effects
+from sidecar.runtime.maintenance import COUNTER_RESERVE, MaintenanceStore
+from sidecar.runtime.scripts import Notifier, ScriptResult, base_environment
+from sidecar.runtime.vips import VipBackend, backend_for
+from sidecar.serve.logs import fields
+from sidecar.serve.metrics import InstanceMetrics, Metrics
 
 log = logging.getLogger("carp-sidecar")
 PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)

@@ -25,8 +25,8 @@ from prometheus_client import (
     process_collector,
 )
 
-from .machine import Reason, State
-from .protocol import DropReason
+from sidecar.core.machine import Reason, State
+from sidecar.core.protocol import DropReason
 
 # (from, to, reason) triples the machine can produce; pre-created so they start at 0
 TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .logs import fields
-from .reaper import spawn
-from .serial import SerialWork
+from sidecar.runtime.reaper import spawn
+from sidecar.runtime.serial import SerialWork
+from sidecar.serve.logs import fields
 
 log = logging.getLogger("carp-sidecar")
 SUPERSEDE_GRACE = 0.5  # s between SIGTERM and SIGKILL for a superseded script's process group
