@@ -136,3 +136,24 @@ class ReplayGuard:
             self.stuck.discard(peer)
             return Counted(True, last, recovered=True)
         return Counted(True, last)
+
+
+class StaleHolders:
+    """MACs that answered our VIP probe (hosts that still have the VIP configured): each is
+    reported once per ``backoff``; the table is bounded (a flood of forged answers clears it)."""
+
+    def __init__(self, capacity: int, backoff: float) -> None:
+        self.capacity, self.backoff = capacity, backoff
+        self._reported: dict[bytes, float] = {}  # MAC -> last reported
+
+    def seen(self, now: float, mac: bytes) -> bool:
+        """True when this answer is to be reported."""
+        if now - self._reported.get(mac, -1e9) < self.backoff:
+            return False
+        if len(self._reported) >= self.capacity:
+            self._reported.clear()
+        self._reported[mac] = now
+        return True
+
+    def current(self, now: float) -> list[bytes]:
+        return sorted(mac for mac, at in self._reported.items() if now - at < self.backoff)

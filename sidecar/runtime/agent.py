@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import gc
 import json
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Coroutine
 from ipaddress import IPv4Address
 from typing import Any
@@ -25,7 +24,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sidecar.config.runconfig import Check, RunConfig, Vhid, host_port
-from sidecar.core.machine import State
 from sidecar.net.caps import missing_capability, source_address
 from sidecar.net.channel import Channel
 from sidecar.net.netlink import (
@@ -36,18 +34,18 @@ from sidecar.net.netlink import (
     Netlink,
     NetlinkError,
 )
+from sidecar.runtime import operator, reloader
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance
-from sidecar.runtime.maintenance import MaintenanceStore, Record, StateError, file_since
+from sidecar.runtime.maintenance import MaintenanceStore
 from sidecar.runtime.reaper import reap_forever
-from sidecar.runtime.reload import Plan, ReloadRefused, plan, read_config
+from sidecar.runtime.startup import StartupError
 from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
 from sidecar.serve.metrics import Metrics, ReloadMetrics
 
 log = logging.getLogger("carp-sidecar")
-MAINTENANCE_FILE_POLL = 0.5  # s: a maintenance file is noticed within a second
 
 
 # Signals whose default action would end the process without the down path (VIP released,
@@ -66,10 +64,6 @@ def stop_signals(hup: bool) -> list[int]:
     return [*sigs, signal.SIGHUP] if hup else sigs
 
 
-class StartupError(Exception):
-    """Cannot run in this environment; the message says what to change (exit status 2)."""
-
-
 def check_capabilities(config: RunConfig) -> None:
     problem = missing_capability(any(not i.manages_vip_by_scripts for i in config.instances))
     if problem:
@@ -84,10 +78,10 @@ class Agent:
         self.channels: dict[str, Channel] = {}
         self.instances: list[Instance] = []
         self.monitors: dict[str, HealthMonitor] = {}
-        self._monitor_tasks: dict[str, asyncio.Task[None]] = {}
-        self._instance_tasks: dict[int, list[asyncio.Task[None]]] = {}  # id(instance) -> jobs
-        self._reload_lock = asyncio.Lock()
-        self._watching_files = False
+        self.monitor_tasks: dict[str, asyncio.Task[None]] = {}
+        self.instance_tasks: dict[int, list[asyncio.Task[None]]] = {}  # id(instance) -> jobs
+        self.reload_lock = asyncio.Lock()
+        self.watching_files = False
         self.reloads = ReloadMetrics(registry)
         self.http: StatusServer | None = None
         self.control: ControlServer | None = None
@@ -114,25 +108,25 @@ class Agent:
     async def _open(self) -> None:
         links: dict[str, Link] = {}  # one lookup per interface, however many instances
         for settings in self.config.instances:
-            await self._build(settings, self.config, links)
+            await self.build(settings, self.config, links)
         for name, channel in self.channels.items():
-            self._open_channel(channel, links[name])
+            self.open_channel(channel, links[name])
         for instance in self.instances:
-            await self._remove_stale_vips(instance)
-        self._restore_maintenance()
+            await self.remove_stale_vips(instance)
+        operator.restore_maintenance(self)
         await self._open_servers()
         for name, check in self.config.checks.items():
-            self.monitors[name] = self._monitor(name, check)
+            self.monitors[name] = self.monitor(name, check)
 
-    async def _build(self, settings: Vhid, config: RunConfig,
+    async def build(self, settings: Vhid, config: RunConfig,
                      links: dict[str, Link]) -> Instance:
         """An instance and, if its interface is new, its channel (opened by the caller)."""
         channel = self.channels.get(settings.interface)
         if channel is None:
             channel = self.channels[settings.interface] = Channel(settings.interface, self.loop)
         if settings.interface not in links:
-            links[settings.interface] = await self._link(settings)
-        srcip = await self._srcip(settings, links[settings.interface])
+            links[settings.interface] = await self.link(settings)
+        srcip = await self.source_ip(settings, links[settings.interface])
         try:
             instance = Instance(settings, srcip, channel, self.nl, self.metrics, self.loop,
                                 several=len(config.instances) > 1,
@@ -146,7 +140,7 @@ class Agent:
         return instance
 
     @staticmethod
-    def _open_channel(channel: Channel, link: Link) -> None:
+    def open_channel(channel: Channel, link: Link) -> None:
         try:
             channel.open(link)
         except PermissionError:
@@ -155,7 +149,7 @@ class Agent:
             raise StartupError(f"CARP_INTERFACE: cannot open {channel.name}: "
                                f"{e.strerror}") from None
 
-    def _monitor(self, name: str, check: Check) -> HealthMonitor:
+    def monitor(self, name: str, check: Check) -> HealthMonitor:
         """One check, declared once, gating every instance that names it (now: a reload may
         change which)."""
         def gated() -> list[Instance]:
@@ -172,14 +166,14 @@ class Agent:
         return HealthMonitor(checks_for(check), check.interval, check.timeout, check.rise,
                              check.fall, result, changed)
 
-    async def _link(self, s: Vhid) -> Link:
+    async def link(self, s: Vhid) -> Link:
         try:
             return await self.nl.link(s.interface)
         except InterfaceNotFound:
             raise StartupError(f"CARP_INTERFACE: no interface named {s.interface!r}"
                                + self._where(s)) from None
 
-    async def _srcip(self, s: Vhid, link: Link) -> IPv4Address:
+    async def source_ip(self, s: Vhid, link: Link) -> IPv4Address:
         addresses = [a.ip for a in await self.nl.ipv4_addresses(link.index)]
         srcip, problem = source_address(s.srcip, s.interface, addresses, [v.ip for v in s.vips])
         if srcip is None:
@@ -189,7 +183,7 @@ class Agent:
     def _where(self, s: Vhid) -> str:
         return "" if self.config.source == "environment" else f" ({self.config.source}: {s.name})"
 
-    async def _remove_stale_vips(self, instance: Instance) -> None:
+    async def remove_stale_vips(self, instance: Instance) -> None:
         s, index = instance.s, instance.channel.ifindex
         assert index is not None
         # ucarp --neutral: what is on the interface at start stays there
@@ -212,38 +206,6 @@ class Agent:
                                 vip.ip, s.interface)
         instance.vip_observed(present)
 
-    def _restore_maintenance(self, instances: list[Instance] | None = None) -> None:
-        """Before the first election: an operator's demotion and the maintenance file hold from
-        the start, so a node restarted in its maintenance window stays out of it."""
-        instances = self.instances if instances is None else instances
-        if self.store is not None:
-            try:
-                self.store.prepare()
-                for instance in instances:
-                    record = self.store.load(instance.s.name)
-                    if record is not None and record.maintenance:
-                        instance.set_maintenance("operator", record.since)
-                    if instance.s.strict:
-                        instance.keep_counters(self.store)
-            except StateError as e:
-                raise StartupError(str(e)) from None
-            except OSError as e:
-                raise StartupError(f"CARP_STATE_DIR: cannot write in {self.store.directory}: "
-                                   f"{e.strerror or e}") from None
-        self._check_maintenance_files()
-
-    def _check_maintenance_files(self) -> None:
-        for instance in self.instances:
-            if instance.s.maintenance_file is not None:
-                instance.set_maintenance("file", file_since(instance.s.maintenance_file))
-            elif "file" in instance.maintenance:  # a reload removed the file setting
-                instance.set_maintenance("file", None)
-
-    async def _watch_maintenance_files(self) -> None:
-        while True:
-            await asyncio.sleep(MAINTENANCE_FILE_POLL)
-            self._check_maintenance_files()
-
     async def _open_servers(self) -> None:
         listen = self.config.metrics_listen
         if listen != "off":
@@ -255,7 +217,7 @@ class Agent:
             except OSError as e:
                 raise StartupError(f"CARP_METRICS_LISTEN: cannot listen on {listen}: "
                                    f"{e.strerror}") from None
-        control = ControlServer(self.config.control_socket, self._control)
+        control = ControlServer(self.config.control_socket, functools.partial(operator.control, self))
         try:
             await control.start()
         except OSError as e:
@@ -272,14 +234,14 @@ class Agent:
         self.loop.add_signal_handler(signal.SIGUSR2, self._step_down)
         if not self.config.as_ucarp:  # ucarp exits on SIGHUP; everyone else reloads on it
             self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
-        self._spawn(self._netlink_events())
+        self.spawn(self._netlink_events())
         if self.control is not None:
-            self._spawn(self.control.watch())
+            self.spawn(self.control.watch())
         for name, monitor in self.monitors.items():
-            self._monitor_tasks[name] = self._spawn(monitor.run())
-        self._watch_files_if_needed()
+            self.monitor_tasks[name] = self.spawn(monitor.run())
+        operator.watch_files_if_needed(self)
         if os.getpid() == 1:  # a container's entry point inherits every orphaned daemon
-            self._spawn(reap_forever())
+            self.spawn(reap_forever())
         # Everything built at start lives as long as the process: out of the collector's sight,
         # a full collection walks only what changes, and a sub-second master is not paused.
         gc.collect()
@@ -287,7 +249,7 @@ class Agent:
         if self.config.realtime:
             self._realtime()
         for instance in self.instances:
-            self._start(instance)
+            self.start_instance(instance)
         await self._stopping.wait()
         await asyncio.gather(*(i.stop() for i in self.instances))
         log.info("Exiting")
@@ -310,19 +272,14 @@ class Agent:
             log.warning("CARP_REALTIME: no CAP_SYS_NICE: normal scheduling "
                         "(docker run --cap-add=SYS_NICE)")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
         return task
 
-    def _start(self, instance: Instance) -> None:
-        self._instance_tasks[id(instance)] = [self._spawn(job) for job in instance.start()]
-
-    def _watch_files_if_needed(self) -> None:
-        if not self._watching_files and any(i.s.maintenance_file for i in self.instances):
-            self._watching_files = True
-            self._spawn(self._watch_maintenance_files())
+    def start_instance(self, instance: Instance) -> None:
+        self.instance_tasks[id(instance)] = [self.spawn(job) for job in instance.start()]
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # A helper that dies would leave the agent deaf or stuck: log it and stop cleanly.
@@ -360,152 +317,16 @@ class Agent:
             if instance.channel.ifindex == event.index:
                 instance.address_event(event)
 
-    # ---- operators ----
-    async def _control(self, command: str) -> str:
-        verb, _, arg = command.partition(" ")
-        if verb == "reload":
-            return await self.reload()
-        if verb == "status" and not arg:  # `carp-sidecar status` without HTTP: the whole view
-            return json.dumps(self.status(), separators=(",", ":"))
-        targets = self.instances
-        if arg:
-            if not arg.isdigit():
-                return f"error: not a vhid: {arg!r}"
-            targets = [i for i in self.instances if i.s.vhid == int(arg)]
-            if not targets:
-                return f"error: no instance with vhid {arg}"
-        unsaved = []
-        if verb in ("demote", "promote"):
-            since = time.time() if verb == "demote" else None
-            for instance in targets:
-                if instance.set_maintenance("operator", since) or verb == "demote":
-                    problem = self._persist(instance, since)
-                    if problem:
-                        unsaved.append(f"vhid {instance.s.vhid}: {problem}")
-        reply = "; ".join(f"vhid {i.s.vhid} {i.machine.state.name} maintenance="
-                          f"{'on' if i.machine.maintenance else 'off'}" for i in targets)
-        return reply + "".join(f"; NOT KEPT ACROSS RESTARTS ({u})" for u in unsaved)
-
-    def _persist(self, instance: Instance, since: float | None) -> str:
-        """Record the operator's decision; the problem if it could not be recorded."""
-        if self.store is None:
-            return ""
-        recorded = instance.maintenance.get("operator", since)
-        try:
-            self.store.save(instance.s.name, Record(since is not None, recorded or time.time()))
-        except OSError as e:
-            log.error("Cannot record maintenance in %s: %s; a restart will forget it",
-                      self.store.directory, e.strerror or e)
-            return f"cannot write {self.store.path(instance.s.name)}: {e.strerror or e}"
-        return ""
-
     # ---- reload (SIGHUP, `carp-sidecar reload`) ----
     def _reload_signal(self) -> None:
         log.info("Received SIGHUP: reloading the configuration")
-        self._spawn(self._reload_quietly())
+        self.spawn(self._reload_quietly())
+
+    async def reload(self) -> str:
+        return await reloader.reload(self)
 
     async def _reload_quietly(self) -> None:
         await self.reload()  # the outcome is logged and exported; nobody waits for the reply
-
-    async def reload(self) -> str:
-        """Re-read every source (env file, CARP_CONFIG, password file) and apply the difference
-        live; a configuration that does not validate, or that this host cannot run, is refused
-        whole and the running one kept. The reply lists what changed."""
-        async with self._reload_lock:
-            try:
-                new = await read_config(self.config.origin)
-                changes = plan(self.config, new)
-                problem = await self._check_host(changes)
-                if problem:
-                    raise ReloadRefused([problem])
-            except ReloadRefused as e:
-                for line in e.errors:
-                    log.error("Reload refused: %s", line)
-                log.error("Reload refused: still running the previous configuration")
-                self.reloads.failed()
-                return "error: reload refused, nothing changed: " + "; ".join(e.errors)
-            try:
-                done = await self._apply(changes, new)
-            except Exception as e:  # a bug or the host changing under us: say so, keep going
-                log.exception("Reload failed part way: %r", e)
-                self.reloads.failed()
-                return f"error: reload failed part way ({e!r}); see the agent's log"
-            self.reloads.succeeded()
-            log.warning("Configuration reloaded: %s", "; ".join(done) or "no changes")
-            return "reloaded: " + ("; ".join(done) if done else "no changes")
-
-    async def _check_host(self, p: Plan) -> str:
-        """What the host would refuse of the new instances, before anything is changed."""
-        for settings in [*p.added, *(new for _, new in p.replaced)]:
-            try:
-                link = await self._link(settings)
-                await self._srcip(settings, link)
-            except StartupError as e:
-                return str(e)
-        return ""
-
-    async def _apply(self, p: Plan, new: RunConfig) -> list[str]:
-        by_key = {(i.s.interface, i.s.vhid): i for i in self.instances}
-        for old in [*p.removed, *(old for old, _ in p.replaced)]:
-            await self._remove(by_key[(old.interface, old.vhid)])
-        links: dict[str, Link] = {}
-        added = [await self._build(s, new, links) for s in [*p.added, *(n for _, n in p.replaced)]]
-        for name, link in links.items():
-            channel = self.channels[name]
-            if channel.attached is None:
-                self._open_channel(channel, link)
-            else:
-                channel.refresh()  # new groups joined, the filter knows the new VIPs
-        for instance in added:
-            await self._remove_stale_vips(instance)
-        self._restore_maintenance(added)
-        for old, new_settings in p.updated:
-            by_key[(old.interface, old.vhid)].update(new_settings, new.script_extra)
-        if p.script_extra:
-            for instance in self.instances:
-                if instance not in added:
-                    instance.update(instance.s, new.script_extra)
-        self._reload_monitors(p, new)
-        if p.log_level is not None:
-            logs.set_level(p.log_level)
-        kept = {name: getattr(self.config, name) for name in p.at_restart}
-        self.config = dataclasses.replace(new, **kept)
-        for instance in added:
-            self._start(instance)
-        self._watch_files_if_needed()
-        self._check_maintenance_files()
-        return p.changes
-
-    async def _remove(self, instance: Instance) -> None:
-        """A removed (or replaced) instance leaves as at a stop: a master bows out first."""
-        log.warning("Reload: leaving vhid %d on %s (%s)", instance.s.vhid, instance.s.interface,
-                    "handing the VIP over" if instance.machine.state is State.MASTER
-                    else "it holds no VIP")
-        await instance.stop()
-        for task in self._instance_tasks.pop(id(instance), []):
-            task.cancel()
-        instance.close()
-        instance.m.remove()
-        self.instances.remove(instance)
-        channel = instance.channel
-        channel.remove(instance)
-        if not channel.receivers:
-            channel.close()
-            del self.channels[channel.name]
-
-    def _reload_monitors(self, p: Plan, new: RunConfig) -> None:
-        for name in p.checks:
-            task = self._monitor_tasks.pop(name, None)
-            if task is not None:
-                task.cancel()
-            self.monitors.pop(name, None)
-            if name in new.checks:
-                self.monitors[name] = self._monitor(name, new.checks[name])
-                self._monitor_tasks[name] = self._spawn(self.monitors[name].run())
-        for instance in self.instances:  # results of checks that no longer gate it, or changed
-            for name in list(instance.checks):
-                if name in p.checks or name not in instance.s.health:
-                    instance.drop_check(name)
 
     def _log_state(self) -> None:
         for instance in self.instances:

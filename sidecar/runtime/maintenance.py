@@ -11,10 +11,15 @@ record that cannot be read is an error at start, never a silent "not in maintena
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sidecar.core.session import Session
+
+log = logging.getLogger("carp-sidecar")
 
 MAX_RECORD_BYTES = 4096  # a record is ~100 bytes; anything larger is not ours
 
@@ -34,7 +39,6 @@ class Record:
                            "since_utc": utc}) + "\n"
 
 
-COUNTER_RESERVE = 1 << 32  # strict-mode counters reserved per write: 194 days of adverts at 4 ms
 
 
 class MaintenanceStore:
@@ -142,3 +146,26 @@ def file_since(path: Path) -> float | None:
         return path.stat().st_mtime
     except OSError:
         return None
+
+
+class CounterMark:
+    """Strict mode's counter mark of one instance: its session starts above what an earlier
+    run reserved, and reserves ahead before its counters reach the mark."""
+
+    def __init__(self, store: MaintenanceStore, name: str) -> None:
+        self.store, self.name = store, name
+
+    def keep(self, session: Session) -> None:
+        """Before the first advert. Raises StateError/OSError."""
+        request = session.keep_counters(self.store.counter_mark(self.name))
+        self.store.reserve_counter(self.name, request.upto)
+        session.counters_reserved(request.upto)
+
+    def reserve(self, session: Session, upto: int) -> None:
+        try:  # before the advert leaves: a crash after it must not reuse its counter
+            self.store.reserve_counter(self.name, upto)
+        except OSError as e:
+            log.error("Cannot keep the advert counter in %s: %s; a restart with the clock behind "
+                      "would be dropped as replays", self.store.directory, e.strerror or e)
+            return
+        session.counters_reserved(upto)

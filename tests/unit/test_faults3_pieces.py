@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.core.session import COUNTER_RESERVE
 from sidecar.net.announce import build_arp_probe, build_ns_probe, build_unsolicited_na
 from sidecar.net.packet import carp_and_arp_filter
-from sidecar.runtime.maintenance import COUNTER_RESERVE, MaintenanceStore, StateError
+from sidecar.runtime.maintenance import MaintenanceStore, StateError
 
 MAC = bytes.fromhex("020000000001")
 OTHER = bytes.fromhex("020000000002")
@@ -124,8 +125,8 @@ def _instance():  # type: ignore[no-untyped-def]
     instance = Instance(settings, IPv4Address("172.16.0.250"), channel, Netlink(),
                         Metrics(CollectorRegistry(), "t", process_metrics=False), loop)
     channel.send = lambda frame: None  # type: ignore[method-assign]  # adverts leave (no socket)
-    instance._apply(instance.machine.start(loop.time()))
-    instance._apply(instance.machine.timer_expired(loop.time() + 10))
+    instance._do(instance.session.start(loop.time(), present=True, running=True))
+    instance._do(instance.session.timer(loop.time() + 10))
     return instance, channel, loop
 
 
@@ -144,7 +145,7 @@ def test_a_master_leaves_for_unroutable_sends_at_once_and_for_transient_ones_aft
         channel.send = refuse  # type: ignore[method-assign]  # the kernel's answer, on demand
         for n in range(1, fails_before_fault + 1):
             assert instance.machine.state is State.MASTER, n
-            instance._apply(instance.machine.timer_expired(loop.time() + 10 + n * 2))
+            instance._do(instance.session.timer(loop.time() + 10 + n * 2))
         assert instance.machine.state is State.BACKUP and not instance.machine.can_advertise
         assert instance.status()["cannot_advertise_reason"] == "sends fail: refused"
     finally:

@@ -121,4 +121,4 @@ def test_mutated_and_random_frames_never_escape(receive: Receive, seed: bytes,
     if receive.accepted() == accepted:
         assert [m.state for m in machines] == before  # nothing valid: no state change
     assert all(m.state in (State.BACKUP, State.MASTER) for m in machines)
-    assert len(receive.instance.peer_table) <= 32
+    assert len(receive.instance.session.peers) <= 32

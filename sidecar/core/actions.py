@@ -1,0 +1,112 @@
+"""The machine's vocabulary (sidecar.core.machine): its states, the reasons it moves, its
+parameters, and the actions it returns for the caller to carry out in order. Pure values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from ipaddress import IPv4Address
+
+UNSPECIFIED = IPv4Address("0.0.0.0")
+
+
+class State(IntEnum):
+    """keepalived-exporter compatible encoding: 0 INIT, 1 BACKUP, 2 MASTER."""
+
+    INIT = 0
+    BACKUP = 1
+    MASTER = 2
+
+
+class Reason(StrEnum):
+    STARTUP = "startup"
+    MASTER_DOWN = "master_down"
+    PREEMPT = "preempt"
+    MASTER_TIMEOUT = "master_timeout"
+    HANDOVER = "handover"
+    PREFERRED_MASTER = "preferred_master"
+    LINK_DOWN = "link_down"
+    DEMOTED = "demoted"
+    STEP_DOWN = "step_down"  # SIGUSR2, ucarp's "considering going down"
+    CANNOT_ADVERTISE = "cannot_advertise"  # source address gone or sends failing: like link down
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    advbase: int = 1
+    advskew: int = 0
+    deadratio: int = 3
+    preempt: bool = False
+    neutral: bool = False
+    ignoreifstate: bool = False
+    garp_repeat: int = 2  # GARPs per takeover: one at once, the rest with later adverts
+    own_ip: IPv4Address = UNSPECIFIED  # srcip, for the equal-interval tie-break
+    preempt_delay: float = 0.0  # s after start or link up before preempting a working master
+    # Sub-second mode's dead timer (VRRPv3's): deadratio x the master's advertised interval +
+    # own skew, instead of ucarp's advbase x deadratio + skew, which at advbase 0 is the own
+    # skew alone. The configuration turns it on for advbase 0 (docs/protocol.md §5.4).
+    vrrp3_dead_timer: bool = False
+    strict: bool = False  # never adopt a peer's counter: each node's own counter only increases
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.advbase <= 255 and 0 <= self.advskew <= 255):
+            raise ValueError("advbase and advskew are 0..255")
+        if self.advbase == 0 and self.advskew == 0:
+            raise ValueError("advbase and advskew cannot both be 0")
+        if self.deadratio < 1:
+            raise ValueError("deadratio must be at least 1")
+        if self.garp_repeat < 1:
+            raise ValueError("garp_repeat must be at least 1")
+        if self.preempt_delay < 0:
+            raise ValueError("preempt_delay cannot be negative")
+
+
+# ---- actions (what the caller must do, in order) ----
+@dataclass(frozen=True, slots=True)
+class SendAdvert:
+    advbase: int
+    advskew: int
+    counter: int
+    handover: bool = False  # the bow-out advert sent when leaving MASTER on purpose
+
+
+@dataclass(frozen=True, slots=True)
+class AddVip:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DropVip:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SendGarp:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    old: State
+    new: State
+    reason: Reason
+    peer: IPv4Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The instance has finished stopping: nothing more will come from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Another MASTER kept advertising more than an advert interval after our takeover (so it
+    is not the routine crossing of a preemption): split-brain evidence. ``announce`` is set at
+    most once per advert interval, for the log line."""
+
+    peer: IPv4Address
+    announce: bool
+
+
+Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict | Stopped

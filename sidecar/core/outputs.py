@@ -1,0 +1,134 @@
+"""What a session (sidecar.core.session) hands back: requests the runtime answers, and events
+for whoever reports them. Plain values: the runtime matches on their type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from sidecar.core.machine import Action
+from sidecar.core.protocol import AdvertError
+
+
+# ---- requests to the runtime (it answers through the matching method) ----
+@dataclass(frozen=True, slots=True)
+class SendProbe:
+    """Probe each VIP for a stale holder (ARP probe / NS from ::); answer: :meth:`Session.probed`."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSending:
+    """Can adverts leave now (a route to a listed peer)? Answer: :meth:`Session.sending_checked`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveCounters:
+    """Strict: write the counter mark ``upto`` before the next advert leaves; answer:
+    :meth:`Session.counters_reserved` (until then each advert asks again)."""
+
+    upto: int
+
+
+# ---- events, for the reporter ----
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    error: AdvertError
+    src: bytes | None  # the packet's source address bytes, when it had one
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    peer: IPv4Address
+    advbase: int
+    advskew: int
+    counter: int
+    handover: bool  # a bow-out advert
+
+
+@dataclass(frozen=True, slots=True)
+class PeersEvicted:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeersSwept:
+    """The peer table was swept: its valid peers are what the series should show."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCounterBehind:
+    """Strict: every advert from ``peer`` for ``stuck_for`` s was a replay (reported once)."""
+
+    peer: IPv4Address
+    stuck_for: float
+    counter: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCounterBack:
+    peer: IPv4Address
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSeen:
+    """Another MAC announced one of our VIPs (kind "arp" or "na"); ``reannounced``: ours went out."""
+
+    kind: str
+    mac: bytes
+    reannounced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StaleHolder:
+    """A host answered our probe: it still has the VIP configured. ``report``: first time in
+    STALE_LOG_BACKOFF for this MAC."""
+
+    mac: bytes
+    report: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FormerMasterSilent:
+    peers: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertisableChanged:
+    ok: bool
+    why: str | None  # when not ok
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChanged:
+    healthy: bool
+    error: str
+    report: bool  # a change of the machine's verdict (not a dropped check)
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceChanged:
+    source: str  # "operator" or "file"
+    since: float | None  # Unix time it began, None: ended
+    at_start: bool  # before the machine started
+
+
+@dataclass(frozen=True, slots=True)
+class SteppingDown:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """The notify script's state (MASTER, BACKUP, FAULT, STOP) changed."""
+
+    state: str
+    reason: str
+    peer: IPv4Address | None
+
+
+Event = (Dropped | Accepted | PeersEvicted | PeersSwept | PeerCounterBehind | PeerCounterBack
+         | ClaimSeen | StaleHolder | FormerMasterSilent | AdvertisableChanged | HealthChanged
+         | MaintenanceChanged | SteppingDown | Notify)
+Output = Action | SendProbe | CheckSending | ReserveCounters | Event

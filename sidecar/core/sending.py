@@ -1,0 +1,70 @@
+"""Whether our adverts can leave, and strict mode's counter: the session's sending rules.
+
+A node its peers cannot hear must not hold the VIP: its source address missing, or sends that
+fail, count as a fault like link down. An unroutable errno is a fault at once; a full queue
+(ENOBUFS) may pass, so only a run of FAILED_SENDS_FAULT failures is one.
+
+Strict mode's counter increases across restarts whatever the clock says: it starts above the
+wall clock in µs and above the mark an earlier run kept, and the mark is reserved ahead, one
+write per COUNTER_RESERVE adverts.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+UNROUTABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV,
+                        errno.ENXIO, errno.ENETDOWN, errno.EPERM, errno.EACCES})  # EPERM: firewall
+FAILED_SENDS_FAULT = 3  # consecutive failed adverts of any kind (ucarp gives up after three)
+COUNTER_RESERVE = 1 << 32  # strict: counters reserved per write: 194 days of adverts at 4 ms
+COUNTER_MAX = (1 << 64) - 1
+
+
+@dataclass(slots=True)
+class LinkState:
+    present: bool = True  # the interface exists
+    running: bool = False  # its carrier is up
+    source_present: bool = True  # our source address is on it
+    send_error: str | None = None  # why adverts cannot leave, while they cannot
+    failed_sends: int = 0
+
+    def sent(self, ok: bool, error: str, errno_: int) -> bool:
+        """Count one advert's outcome; True when this failure makes it a fault."""
+        if ok:
+            self.failed_sends = 0
+            return False
+        self.failed_sends += 1
+        if self.send_error is None and (errno_ in UNROUTABLE
+                                        or self.failed_sends >= FAILED_SENDS_FAULT):
+            self.send_error = error
+            return True
+        return False
+
+    def reason(self, srcip: IPv4Address, interface: str) -> str | None:
+        """Why adverts cannot leave, or None."""
+        if not self.source_present:
+            return f"source address {srcip} is not on {interface}"
+        return self.send_error
+
+
+@dataclass(slots=True)
+class StrictCounter:
+    floor: int = 0  # an earlier run may have used counters up to this
+    reserved: int | None = None  # reserved up to this (None: not kept)
+
+    def seed(self, wall_us: int) -> int:
+        return max(wall_us, self.floor + 1)
+
+    def keep(self, mark: int | None, wall_us: int) -> int:
+        """Start above ``mark``; the first reservation's end."""
+        self.floor = mark or 0
+        return min(self.seed(wall_us) + COUNTER_RESERVE, COUNTER_MAX)
+
+    def due(self, counter: int) -> int | None:
+        """Before the advert with ``counter`` leaves: a new reservation's end, if one is due
+        (past half the current one: a crash after the advert must not reuse its counter)."""
+        if self.reserved is not None and counter > self.reserved - COUNTER_RESERVE // 2:
+            return min(counter + COUNTER_RESERVE, COUNTER_MAX)
+        return None

@@ -1,0 +1,424 @@
+"""One VHID's protocol, pure: the machine, the peer tables, the replay window and the ARP
+claims behind one object that takes what happened and says what to do (aioquic's style).
+
+Inputs are method calls with the time (``now``: a monotonic clock in seconds; the caller's
+wall clock is injected once, for the peer table and strict counters). Each returns a list of
+outputs, in order: the machine's actions (:class:`~sidecar.core.machine.SendAdvert`, ...),
+the session's own requests (:class:`SendProbe`, :class:`CheckSending`,
+:class:`ReserveCounters`) and events for whoever reports (metrics, logs, the notify script).
+:meth:`Session.next_deadline` says when :meth:`Session.timer` is due: the machine's timers,
+the peer sweep, the stale-holder probe, the GARP refresh and the send check share one timer.
+
+The rules here are the ones a receiver needs beyond ucarp's machine: strict mode's replay
+window, the bad-key claim (a sender of our VHID with another key is remembered, never obeyed),
+the re-announce after a former master falls silent or another MAC claims a VIP, and whether
+our adverts can leave at all (a node its peers cannot hear must not hold the VIP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from sidecar.core.machine import (
+    Action,
+    Machine,
+    Params,
+    SendAdvert,
+    SendGarp,
+    State,
+    Transition,
+)
+from sidecar.core.outputs import (
+    Accepted,
+    AdvertisableChanged,
+    CheckSending,
+    ClaimSeen,
+    Dropped,
+    FormerMasterSilent,
+    HealthChanged,
+    MaintenanceChanged,
+    Notify,
+    Output,
+    PeerCounterBack,
+    PeerCounterBehind,
+    PeersEvicted,
+    PeersSwept,
+    ReserveCounters,
+    SendProbe,
+    StaleHolder,
+    SteppingDown,
+)
+from sidecar.core.peers import ArpClaims, PeerTable, ReplayGuard, StaleHolders
+from sidecar.core.protocol import BOW_OUT, AdvertError, DropReason, Expect, parse_packet
+from sidecar.core.sending import COUNTER_RESERVE, LinkState, StrictCounter
+
+__all__ = ["COUNTER_RESERVE", "Session", "SessionConfig"]
+
+PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
+ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
+PROBE_AFTER_TAKEOVER = 2.0  # s: the old master has dropped its VIP by then, unless it cannot
+PROBE_ANSWER_WINDOW = 1.0  # s: an NA this soon after our NS probe answers it
+STALE_LOG_BACKOFF = 60.0  # s between reports of one stale holder
+SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; after errors)
+SWEEP_MIN, SWEEP_MAX = 0.05, 1.0  # s between peer-table sweeps: as needed, bounded both ways
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """What the session needs of a VHID's settings."""
+
+    params: Params
+    expect: Expect  # the codec's checks: our vhid, key, VIP, group, peers
+    srcip: IPv4Address
+    interface: str  # for the reasons it gives
+    probe_interval: float = 0.0  # s between stale-holder probes while MASTER; 0: none
+    garp_refresh: float = 0.0  # s between GARP refreshes while MASTER; 0: none
+    unicast: bool = False  # listed peers: routes are checked every second while running
+    ignoreifstate: bool = False
+
+
+@dataclass(slots=True)
+class _Deadlines:
+    sweep: float | None = None
+    probe: float = 0.0
+    garp: float | None = None
+    check: float | None = None
+
+
+class Session:
+    def __init__(self, config: SessionConfig, wall: Callable[[], float],
+                 rng: Callable[[], int], jitter: Callable[[], float] = lambda: 1.0) -> None:
+        """``wall``: Unix time; ``rng``: 64-bit random counters (strict mode seeds from the
+        wall clock instead); ``jitter``: a factor near 1 for the probe period."""
+        self.config, self._wall, self._jitter = config, wall, jitter
+        self.machine = Machine(config.params, rng=self._strict_seed if config.params.strict
+                               else rng)
+        self.peers = PeerTable(PEER_CAPACITY, 3 * self.machine.master_down_interval_us / 1e6)
+        self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
+        self.replays = ReplayGuard(self.machine.master_down_interval_us / 1e6)
+        self.checks: dict[str, tuple[bool, str]] = {}  # check name -> (healthy, last error)
+        self.maintenance: dict[str, float] = {}  # "operator"/"file" -> since (Unix time)
+        self.stopping = False
+        self.link = LinkState()
+        self._at = _Deadlines()
+        self._counters = StrictCounter()
+        self._notified: str | None = None
+        self._went_silent: list[str] = []  # former masters not yet answered by a re-announce
+        self._probed_at = -1e9
+        self._stale = StaleHolders(ARP_CAPACITY, STALE_LOG_BACKOFF)
+
+    # ---- life ----
+    def start(self, now: float, present: bool, running: bool) -> list[Output]:
+        self.link.present, self.link.running = present, running
+        if not running:
+            self.machine.link_changed(now, up=False)
+        self._at.garp = now + self.config.garp_refresh if self.config.garp_refresh > 0 else None
+        self._schedule_check(now)
+        out = self._after(now, self.machine.start(now))
+        return out + self._notify("startup")
+
+    def stop(self, now: float) -> list[Output]:
+        self.stopping = True
+        return self._after(now, self.machine.stop(now))
+
+    def reconfigure(self, now: float, config: SessionConfig) -> None:
+        """Live settings changed (see the runtime's reload plan): the next advert carries them."""
+        old, self.config = self.config, config
+        self.machine.params = config.params
+        self.replays.stuck_after = self.machine.master_down_interval_us / 1e6
+        if old.probe_interval != config.probe_interval:
+            self._at.probe = now + min(config.probe_interval, PROBE_AFTER_TAKEOVER)
+        if old.garp_refresh != config.garp_refresh or old.expect != config.expect:
+            self._at.garp = now + config.garp_refresh if config.garp_refresh > 0 else None
+        self._schedule_check(now)
+
+    # ---- the one timer ----
+    def next_deadline(self) -> float | None:
+        times = [self.machine.next_deadline(), self._at.sweep, self._at.garp, self._at.check]
+        if self._probing():
+            times.append(self._at.probe)
+        return min((t for t in times if t is not None), default=None)
+
+    def timer(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        deadline = self.machine.next_deadline()
+        if deadline is not None and now >= deadline:
+            out += self._after(now, self.machine.timer_expired(now))
+        if self._at.sweep is not None and now >= self._at.sweep:
+            out += self._sweep(now)
+        if self._at.garp is not None and now >= self._at.garp:
+            self._at.garp = now + self.config.garp_refresh
+            if self.machine.state is State.MASTER:
+                out.append(SendGarp())  # not rate limited: the operator asked for this period
+        if self._probing() and now >= self._at.probe:
+            self._at.probe = now + self.config.probe_interval * self._jitter()
+            out.append(SendProbe())
+        if self._at.check is not None and now >= self._at.check:
+            self._at.check = None
+            if not self.stopping and self.link.source_present:
+                out.append(CheckSending())
+            self._schedule_check(now)
+        return out
+
+    def _probing(self) -> bool:
+        return self.machine.state is State.MASTER and self.config.probe_interval > 0
+
+    # ---- adverts in ----
+    def receive(self, now: float, packet: bytes) -> list[Output]:
+        try:
+            received = parse_packet(packet, self.config.expect)
+        except AdvertError as e:
+            out: list[Output] = [Dropped(e, packet[12:16])]
+            if e.reason is DropReason.BAD_HMAC:
+                # someone advertises our vhid with another key: remember the claim (a master
+                # that stops claiming may leave clients on its MAC), never act on its content
+                carp = (packet[0] & 0x0F) * 4  # parse_packet has checked the lengths
+                out += self._heard(now, str(IPv4Address(packet[12:16])), packet[carp + 5],
+                                   packet[carp + 2], valid=False)
+            return out
+        ad, src = received.advert, received.src
+        out = []
+        if self.config.params.strict and not self._counted(now, src, ad.counter, out):
+            return out
+        out.append(Accepted(src, ad.advbase, ad.advskew, ad.counter,
+                            handover=ad.advbase == BOW_OUT and ad.advskew == BOW_OUT))
+        out += self._heard(now, str(src), ad.advbase, ad.advskew, valid=True)
+        return out + self._after(now, self.machine.advert_received(
+            now, src, ad.advbase, ad.advskew, ad.counter))
+
+    def _counted(self, now: float, src: IPv4Address, counter: int, out: list[Output]) -> bool:
+        """Strict mode: is the counter above the peer's last one? A listed peer whose every
+        advert is a "replay" for a master-down interval restarted with its clock behind and
+        lost its counter mark: both may hold the VIP, so it is reported (once)."""
+        verdict = self.replays.check(src, counter, now)
+        if verdict.recovered and verdict.last is not None:
+            out.append(PeerCounterBack(src, verdict.last))
+        if verdict.accepted:
+            return True
+        out.append(Dropped(AdvertError(DropReason.REPLAY, f"counter not above {verdict.last}"),
+                           src.packed))
+        if verdict.stuck_for is not None and verdict.last is not None:
+            out.append(PeerCounterBehind(src, verdict.stuck_for, counter, verdict.last))
+        return False
+
+    def _heard(self, now: float, peer: str, advbase: int, advskew: int,
+               valid: bool) -> list[Output]:
+        # A flood may bring 20k of these a second: only the table is touched here.
+        evicted = self.peers.heard(now, self._wall(), peer, advbase, advskew, valid)
+        if self._at.sweep is None:
+            self._at.sweep = now + self._sweep_wait(now)
+        return [PeersEvicted(len(evicted))] if evicted else []
+
+    def _sweep_wait(self, now: float) -> float:
+        """A sweep when the table says something is due, and at least once a second (a peer
+        heard meanwhile is due 2.5 of its intervals later at the earliest, 1 s after a bow-out)."""
+        deadline = self.peers.next_deadline()
+        return SWEEP_MAX if deadline is None else min(max(deadline - now, SWEEP_MIN), SWEEP_MAX)
+
+    def _sweep(self, now: float) -> list[Output]:
+        """Peers expire; a former master that fell silent may have left clients on its MAC."""
+        self.peers.expire(now)
+        out: list[Output] = [PeersSwept()]
+        silent = self.peers.fallen_silent(now)
+        if silent:
+            self._went_silent = silent
+        if self._went_silent and self.machine.state is not State.MASTER:
+            self._went_silent = []
+        elif self._went_silent:
+            actions = self.machine.reannounce(now)  # at most one per advert interval
+            if actions:
+                out.append(FormerMasterSilent(self._went_silent))
+                self._went_silent = []
+            out += self._after(now, actions)
+        idle = self.peers.next_deadline() is None and not self._went_silent
+        self._at.sweep = None if idle else now + self._sweep_wait(now)
+        return out
+
+    # ---- ARP and NA from other hosts ----
+    def arp(self, now: float, mac: bytes, probe_reply: bool = False) -> list[Output]:
+        """An ARP for one of our IPv4 VIPs from another MAC; ``probe_reply``: an answer to
+        our probe, from a host that has the VIP configured."""
+        if self.machine.state is not State.MASTER:
+            return []
+        return self._stale_holder(now, mac) if probe_reply else self._claimed(now, "arp", mac)
+
+    def na(self, now: float, mac: bytes) -> list[Output]:
+        """A neighbour advertisement for one of our IPv6 VIPs from another MAC: just after our
+        NS probe, the answer of a host that has it; otherwise another node announcing it."""
+        if self.machine.state is not State.MASTER:
+            return []
+        if now - self._probed_at < PROBE_ANSWER_WINDOW:
+            return self._stale_holder(now, mac)
+        return self._claimed(now, "na", mac)
+
+    def probed(self, now: float) -> None:
+        """The probes of :class:`SendProbe` went out."""
+        self._probed_at = now
+
+    def _claimed(self, now: float, kind: str, mac: bytes) -> list[Output]:
+        actions = self.machine.reannounce(now) if self.arp_claims.claimed(now, mac) else []
+        return [ClaimSeen(kind, mac, bool(actions)), *self._after(now, actions)]
+
+    def _stale_holder(self, now: float, mac: bytes) -> list[Output]:
+        """A host still has our VIP configured (a killed agent's, typically: SIGKILL and the
+        OOM killer leave no down path). Reported once per back-off; ours is re-announced."""
+        report = self._stale.seen(now, mac)
+        return [StaleHolder(mac, report), *self._after(now, self.machine.reannounce(now))]
+
+    def stale_holders(self, now: float) -> list[bytes]:
+        return self._stale.current(now)
+
+    # ---- the interface, our source address, our sends ----
+    def set_link(self, now: float, present: bool, running: bool,
+                 reattached: bool) -> list[Output]:
+        link, out = self.link, []
+        link.present = present
+        if not present:
+            if link.running:
+                link.running = False
+                # ignoreifstate ignores carrier, not a missing interface: nothing can be sent
+                out += self._after(now, self.machine.link_changed(now, up=False, force=True))
+            # the source address went with the interface: a new one has none until netlink
+            # says so (a node that hears adverts but cannot send must not take over)
+            link.source_present = False
+            out += self._after(now, self.machine.set_can_advertise(now, False))
+        else:
+            if running != link.running:
+                link.running = running
+                out += self._after(now, self.machine.link_changed(now, running))
+            if reattached and self.config.ignoreifstate:  # carrier does not matter, presence does
+                out += self._after(now, self.machine.link_changed(now, up=True, force=True))
+        if not self.stopping:
+            out += self._notify("link_up" if present and (running or self.config.ignoreifstate)
+                                else "link_down" if present else "interface_missing")
+        return out
+
+    def set_source(self, now: float, present: bool) -> list[Output]:
+        if present == self.link.source_present:
+            return []
+        self.link.source_present = present
+        return self._advertisable_changed(now)
+
+    def sent(self, now: float, ok: bool, error: str = "", errno_: int = 0) -> list[Output]:
+        """How the advert of a :class:`SendAdvert` went: ``ok`` if it left by some way."""
+        if not self.link.sent(ok, error, errno_):
+            return []
+        self._schedule_check(now)
+        return self._advertisable_changed(now)
+
+    def sending_checked(self, now: float, error: str | None) -> list[Output]:
+        """The answer to :class:`CheckSending`: why adverts could not leave, or None."""
+        if error == self.link.send_error or not self.link.source_present:
+            return []
+        self.link.send_error = error
+        return self._advertisable_changed(now)
+
+    def _schedule_check(self, now: float) -> None:
+        """Unicast: every second, so a backup never takes over unable to advertise; after a
+        failed send, any mode until it works. Otherwise no wake-ups at all."""
+        wanted = self.config.unicast or self.link.send_error is not None
+        if not wanted:
+            self._at.check = None
+        elif self._at.check is None:
+            self._at.check = now + SEND_CHECK_INTERVAL
+
+    def cannot_advertise_reason(self) -> str | None:
+        return self.link.reason(self.config.srcip, self.config.interface)
+
+    def _advertisable_changed(self, now: float) -> list[Output]:
+        why = self.cannot_advertise_reason()
+        ok = why is None
+        if ok == self.machine.can_advertise or self.stopping:
+            return []
+        out: list[Output] = [AdvertisableChanged(ok, why)]
+        out += self._after(now, self.machine.set_can_advertise(now, ok))
+        return out + self._notify("can_advertise" if ok else "cannot_advertise")
+
+    # ---- strict mode's counter: increasing across restarts, whatever the clock says ----
+    def _strict_seed(self) -> int:
+        return self._counters.seed(int(self._wall() * 1_000_000))
+
+    def keep_counters(self, mark: int | None) -> ReserveCounters:
+        """Before the first advert: start above what an earlier run reserved (``mark``)."""
+        return ReserveCounters(self._counters.keep(mark, int(self._wall() * 1_000_000)))
+
+    def counters_reserved(self, upto: int) -> None:
+        self._counters.reserved = upto
+
+    # ---- health, maintenance, the operator ----
+    def set_check(self, now: float, name: str, healthy: bool, error: str) -> list[Output]:
+        self.checks[name] = (healthy, error)
+        all_ok = all(ok for ok, _ in self.checks.values())
+        out: list[Output] = [HealthChanged(all_ok, error, report=all_ok != self.machine.healthy)]
+        out += self._after(now, self.machine.set_healthy(now, all_ok))
+        return out + ([] if self.stopping else self._notify("healthy" if all_ok else "unhealthy"))
+
+    def drop_check(self, now: float, name: str) -> list[Output]:
+        """A reload removed or changed check ``name``: its last result no longer counts."""
+        if self.checks.pop(name, None) is None:
+            return []
+        all_ok = all(ok for ok, _ in self.checks.values())
+        out: list[Output] = [HealthChanged(all_ok, "", report=False)]
+        return out + self._after(now, self.machine.set_healthy(now, all_ok))
+
+    def set_maintenance(self, now: float, source: str, since: float | None) -> list[Output]:
+        """Maintenance by ``source`` ("operator": the control socket or a record restored at
+        start; "file": the maintenance file) began at ``since`` (Unix time), or ended (None)."""
+        if (source in self.maintenance) == (since is not None):
+            return []
+        if since is None:
+            del self.maintenance[source]
+        else:
+            self.maintenance[source] = since
+        out: list[Output] = [MaintenanceChanged(source, since, self.machine.state is State.INIT)]
+        return out + self._after(now, self.machine.set_maintenance(now, bool(self.maintenance)))
+
+    def maintenance_since(self) -> float | None:
+        return min(self.maintenance.values()) if self.maintenance else None
+
+    def step_down(self, now: float) -> list[Output]:
+        out: list[Output] = [SteppingDown()] if self.machine.state is State.MASTER else []
+        return out + self._after(now, self.machine.step_down(now))
+
+    # ---- views ----
+    def notify_state(self) -> str:
+        """keepalived's vocabulary: MASTER, BACKUP, FAULT (no usable link, or the service
+        unhealthy: this node could not serve), STOP."""
+        machine = self.machine
+        if machine.state is State.MASTER:
+            return "MASTER"
+        if machine.state is State.INIT:
+            return "STOP" if self.stopping else "INIT"
+        link_ok = (self.link.present and machine.can_advertise
+                   and (self.link.running or self.config.ignoreifstate))
+        return "BACKUP" if link_ok and machine.healthy else "FAULT"
+
+    def ready(self) -> bool:
+        return (self.machine.state is not State.INIT and self.link.present
+                and self.machine.can_advertise)
+
+    # ---- plumbing ----
+    def _after(self, now: float, actions: list[Action]) -> list[Output]:
+        """The machine's actions, with what follows from them here: the counter reserved
+        before an advert, the first probe after a takeover, the notify script told."""
+        out: list[Output] = []
+        for a in actions:
+            upto = self._counters.due(a.counter) if isinstance(a, SendAdvert) else None
+            if upto is not None:
+                out.append(ReserveCounters(upto))  # before the advert leaves
+            out.append(a)
+            if isinstance(a, Transition):
+                if a.new is State.MASTER:
+                    self._at.probe = now + PROBE_AFTER_TAKEOVER
+                out += self._notify(a.reason.value, a.peer)
+        return out
+
+    def _notify(self, reason: str, peer: IPv4Address | None = None) -> list[Output]:
+        state = self.notify_state()
+        if state == self._notified or state == "INIT":
+            return []
+        self._notified = state
+        return [Notify(state, reason, peer)]
+

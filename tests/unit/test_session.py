@@ -1,0 +1,295 @@
+"""The per-VHID session (sidecar.core.session) as a specification: real packets through the
+codec, a clock we move, no sockets. What test_machine.py is to the machine, this is to the
+rules around it: replays, bad keys, claims, stale holders, sends that fail, one timer."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+
+from sidecar.core import outputs as out
+from sidecar.core import session as core
+from sidecar.core.machine import SendAdvert, SendGarp, State, Transition
+from sidecar.core.protocol import Advert, DropReason, build_ip_packet, carp_key
+from tests.unit.session_sim import GROUP, VIP, Net, node, transitions
+
+MAC = bytes.fromhex("020000000099")
+
+
+def pair(**kw: object) -> tuple[Net, object, object]:
+    a, b = node("a", "10.0.0.1", **kw), node("b", "10.0.0.2", advskew=100, **kw)
+    net = Net(a, b)
+    net.start()
+    return net, a, b
+
+
+# ---- election over real packets ----
+def test_two_sessions_elect_the_lower_skew_and_the_backup_accepts_its_adverts() -> None:
+    net, a, b = pair()
+    net.run(10)
+    assert net.masters(a, b) == ["a"]
+    accepted = b.of(out.Accepted)
+    assert accepted and all(x.peer == a.ip and x.advskew == 0 for x in accepted)
+    assert not b.of(out.Dropped)
+    # the backup's peer table knows the master; the series follow it at each sweep
+    assert set(b.session.peers.valid_peers()) == {"10.0.0.1"} and b.of(out.PeersSwept)
+
+
+def test_notify_states_follow_startup_then_the_election() -> None:
+    net, a, b = pair()
+    net.run(10)
+    assert [(n.state, n.reason) for n in a.of(out.Notify)] == [
+        ("BACKUP", "startup"), ("MASTER", "master_down")]
+    assert [(n.state, n.reason) for n in b.of(out.Notify)] == [("BACKUP", "startup")]
+
+
+def test_an_advert_with_another_key_is_dropped_remembered_and_never_obeyed() -> None:
+    net, a, b = pair()
+    net.run(10)
+    forged = build_ip_packet(Advert(vhid=1, advbase=1, advskew=0, counter=1), key=carp_key("x"),
+                             vip=VIP, src=b.ip, dst=GROUP)
+    before = a.state
+    net.deliver(a, forged)
+    dropped = a.of(out.Dropped)[-1]
+    assert dropped.error.reason is DropReason.BAD_HMAC and dropped.src == b.ip.packed
+    assert a.state is before
+    assert "10.0.0.2" in a.session.peers._peers and "10.0.0.2" not in a.session.peers.valid_peers()
+
+
+# ---- strict mode ----
+def test_strict_replays_are_dropped_and_a_peer_stuck_behind_is_reported_once_then_back() -> None:
+    net, a, b = pair(strict=True)
+    net.run(10)
+    packet = a.sent[-1][1]
+    net.deliver(b, packet)  # the same bytes again: a replay
+    assert b.of(out.Dropped)[-1].error.reason is DropReason.REPLAY
+    # a restarts 1 h behind and without its mark: every advert is "old" to b
+    a.wall[0] -= 3600
+    a.session = node("a", "10.0.0.1", wall=a.wall[0], strict=True).session
+    a.mark = None
+    net.start(a)
+    net.run(20)
+    behind = b.of(out.PeerCounterBehind)
+    assert len(behind) == 1 and behind[0].peer == a.ip
+    assert behind[0].stuck_for >= b.session.machine.master_down_interval_us / 1e6
+    assert not b.of(out.PeerCounterBack)
+    a.wall[0] += 7200  # its clock corrected past the old counters: accepted again
+    a.session = node("a", "10.0.0.1", wall=a.wall[0], strict=True, preempt=True).session
+    net.start(a)  # preempt: b is master by now, and a backup sends nothing
+    net.run(30)
+    assert [x.peer for x in b.of(out.PeerCounterBack)] == [a.ip]
+
+
+def test_strict_counters_start_above_the_kept_mark_even_with_the_clock_behind() -> None:
+    a = node("a", "10.0.0.1", strict=True, wall=1.0e9)
+    a.mark = int(2.0e9 * 1e6)  # written by a run whose clock was far ahead
+    net = Net(a)
+    net.start()
+    net.run(5)
+    counters = [o.counter for o in a.of(SendAdvert)]
+    assert counters and counters[0] > int(2.0e9 * 1e6)
+    assert a.mark is not None and a.mark >= counters[-1] + core.COUNTER_RESERVE // 2
+
+
+def test_strict_reserves_again_before_an_advert_passes_half_the_reservation() -> None:
+    a = node("a", "10.0.0.1", strict=True)
+    net = Net(a)
+    net.start()
+    net.run(4)
+    first = a.mark
+    assert first is not None
+    a.session.counters_reserved(a.of(SendAdvert)[-1].counter + core.COUNTER_RESERVE // 2 + 1)
+    net.run(6)
+    reserves = [o for o in a.of(out.ReserveCounters)][1:]
+    assert reserves, "the advert past half the reservation asked for a new one first"
+    kinds = [type(o) for _, o in a.outputs]
+    at = kinds.index(out.ReserveCounters, 1)
+    assert kinds[at + 1] is SendAdvert  # before the advert, not after
+
+
+# ---- who else claims the VIP ----
+def test_a_former_master_falling_silent_makes_the_new_master_reannounce() -> None:
+    a = node("a", "10.0.0.1", advskew=100)
+    b = node("b", "10.0.0.2", preempt=True)
+    net = Net(a, b)
+    net.start(a)
+    net.run(10)
+    net.start(b)  # b preempts; a, a backup now, stops advertising: its ARP entries are stale
+    net.run(20)
+    assert net.masters(a, b) == ["b"]
+    silent = b.of(out.FormerMasterSilent)
+    assert len(silent) == 1 and silent[0].peers == ["10.0.0.1"]
+    at = b.times(out.FormerMasterSilent)[0]
+    assert at in b.times(SendGarp)  # the re-announce goes with it
+
+
+def test_arp_claims_are_answered_with_backoff() -> None:
+    net, a, b = pair()
+    net.run(10)
+    net.do(a, a.session.arp(net.now, MAC))
+    net.now += 0.01
+    net.do(a, a.session.arp(net.now, MAC))
+    claims = a.of(out.ClaimSeen)
+    assert [c.reannounced for c in claims] == [True, False]
+    assert b.session.arp(net.now, MAC) == []  # a backup does not answer
+
+
+def test_after_a_takeover_the_vips_are_probed_and_a_stale_holder_reported_once_a_minute() -> None:
+    a = node("a", "10.0.0.1", probe_interval=10.0)
+    net = Net(a)
+    net.start()
+    net.run(8)
+    took_over = next(t for t, o in a.outputs if isinstance(o, Transition) and o.new is State.MASTER)
+    probes = a.times(out.SendProbe)
+    assert probes and abs(probes[0] - (took_over + core.PROBE_AFTER_TAKEOVER)) < 1e-6
+    assert len(probes) == 1  # the next one a probe interval later (jitter aside)
+    net.do(a, a.session.na(probes[0] + 0.5, MAC))  # just after the NS probe: its answer
+    net.do(a, a.session.na(probes[0] + 0.6, MAC))
+    assert [h.report for h in a.of(out.StaleHolder)] == [True, False]
+    assert a.session.stale_holders(probes[0] + 1) == [MAC]
+    assert a.session.stale_holders(probes[0] + core.STALE_LOG_BACKOFF + 1) == []
+    net.do(a, a.session.na(probes[0] + 3, MAC))  # long after the probe: another announcer
+    assert a.of(out.ClaimSeen)[-1].kind == "na"
+
+
+# ---- can our adverts leave? ----
+def test_a_full_queue_makes_a_master_leave_after_three_failures_and_come_back() -> None:
+    net, a, b = pair()
+    net.run(10)
+    b.connected = False
+    a.send_errno = errno.ENOBUFS
+    net.run(11.5)
+    assert a.state is State.MASTER  # one or two failures are not a fault
+    net.run(13)
+    left = [t for t, o in a.outputs if isinstance(o, out.AdvertisableChanged)]
+    assert a.of(out.AdvertisableChanged)[0] == out.AdvertisableChanged(False,
+                                                                         "sends fail: refused")
+    assert len([t for t in a.times(SendAdvert) if 10 < t <= left[0]]) == 3
+    assert transitions(a)[-1] == ("BACKUP", "cannot_advertise")
+    assert [n.state for n in a.of(out.Notify)][-1] == "FAULT"
+    a.send_errno = 0
+    net.run(20)  # the send check finds it works again: back in the election
+    assert a.session.machine.can_advertise and a.state is State.MASTER
+
+
+def test_an_unroutable_send_is_a_fault_at_once() -> None:
+    net, a, _b = pair()
+    net.run(10)
+    a.send_errno = errno.ENETUNREACH
+    net.run(11.1)
+    assert a.state is State.BACKUP
+    assert transitions(a)[-1] == ("BACKUP", "cannot_advertise")
+
+
+def test_unicast_backup_without_a_route_never_takes_over() -> None:
+    a = node("a", "10.0.0.1", peers=("10.0.0.2",))
+    b = node("b", "10.0.0.2", advskew=100, peers=("10.0.0.1",))
+    net = Net(a, b)
+    net.start()
+    net.run(10)
+    assert net.masters(a, b) == ["a"]
+    b.route_error = "sends fail: no route (to 10.0.0.1)"
+    net.run(12)
+    a.connected = False
+    net.run(30)
+    assert b.state is State.BACKUP and "no route" in str(b.session.cannot_advertise_reason())
+    checks = b.times(out.CheckSending)
+    assert len(checks) >= 25 and all(abs((y - x) - 1.0) < 1e-6 for x, y in itertools.pairwise(checks))
+
+
+def test_the_source_address_missing_is_a_fault_with_its_reason() -> None:
+    net, a, _b = pair()
+    net.run(10)
+    net.do(a, a.session.set_source(net.now, present=False))
+    assert a.state is State.BACKUP
+    assert a.session.cannot_advertise_reason() == "source address 10.0.0.1 is not on eth0"
+    net.do(a, a.session.set_source(net.now, present=True))
+    assert a.session.cannot_advertise_reason() is None and a.session.machine.can_advertise
+
+
+def test_the_interface_gone_is_a_fault_and_its_return_waits_for_the_source_address() -> None:
+    net, a, _b = pair()
+    net.run(10)
+    net.do(a, a.session.set_link(net.now, present=False, running=False, reattached=False))
+    assert a.state is State.BACKUP and a.of(out.Notify)[-1].state == "FAULT"
+    net.do(a, a.session.set_link(net.now, present=True, running=True, reattached=True))
+    assert not a.session.machine.can_advertise  # a new interface has no address yet
+    net.do(a, a.session.set_source(net.now, present=True))
+    assert a.session.machine.can_advertise
+
+
+# ---- the one timer ----
+def test_a_lone_multicast_master_wakes_only_for_its_adverts() -> None:
+    a = node("a", "10.0.0.1")
+    net = Net(a)
+    net.start()
+    net.run(5)
+    wakes = []
+    for _ in range(20):
+        t = a.session.next_deadline()
+        assert t is not None
+        wakes.append(t)
+        net.now = t
+        net.do(a, a.session.timer(t))
+    gaps = {round(y - x, 6) for x, y in itertools.pairwise(wakes)}
+    assert gaps == {1.0}  # advbase 1: no sweep, probe, refresh or send-check wake-ups
+
+
+def test_garp_refresh_only_while_master() -> None:
+    a, b = node("a", "10.0.0.1", garp_refresh=5.0), node("b", "10.0.0.2", advskew=100,
+                                                             garp_refresh=5.0)
+    net = Net(a, b)
+    net.start()
+    net.run(31)
+    assert b.state is State.BACKUP and not [t for t in b.times(SendGarp)]
+    refreshes = [t for t in a.times(SendGarp) if t > 10]
+    assert len(refreshes) >= 4 and all(abs((y - x) - 5.0) < 1e-6
+                                       for x, y in itertools.pairwise(refreshes))
+
+
+# ---- health, maintenance, operator ----
+def test_maintenance_hands_over_and_reports_its_source() -> None:
+    net, a, b = pair()
+    net.run(10)
+    net.do(a, a.session.set_maintenance(net.now, "operator", 1.8e9))
+    assert a.of(out.MaintenanceChanged) == [out.MaintenanceChanged("operator", 1.8e9, False)]
+    net.run(15)
+    assert net.masters(a, b) == ["b"]
+    assert a.session.set_maintenance(net.now, "operator", 1.9e9) == []  # already on: no change
+    net.do(a, a.session.set_maintenance(net.now, "operator", None))
+    assert a.session.maintenance_since() is None
+
+
+def test_maintenance_before_start_is_reported_as_starting_in_it() -> None:
+    a = node("a", "10.0.0.1")
+    outputs = a.session.set_maintenance(0.0, "file", 1.7e9)
+    assert outputs == [out.MaintenanceChanged("file", 1.7e9, True)]
+
+
+def test_an_unhealthy_check_demotes_and_dropping_it_restores() -> None:
+    net, a, b = pair()
+    net.run(10)
+    net.do(a, a.session.set_check(net.now, "service", False, "refused"))
+    assert a.of(out.HealthChanged)[-1] == out.HealthChanged(False, "refused", report=True)
+    net.run(15)
+    assert net.masters(a, b) == ["b"] and a.of(out.Notify)[-1].state == "FAULT"
+    net.do(a, a.session.drop_check(net.now, "service"))
+    assert a.session.machine.healthy and a.of(out.HealthChanged)[-1].report is False
+
+
+def test_stop_sends_a_bow_out_and_the_backup_takes_over_at_once() -> None:
+    net, a, b = pair()
+    net.run(10)
+    net.do(a, a.session.stop(net.now))
+    assert a.of(SendAdvert)[-1].handover
+    net.run(net.now + 0.1)
+    assert b.state is State.MASTER and transitions(b)[-1] == ("MASTER", "handover")
+    assert b.of(out.Accepted)[-1].handover
+
+
+def test_step_down_is_reported_only_by_a_master() -> None:
+    net, a, b = pair()
+    net.run(10)
+    assert [type(o) for o in b.session.step_down(net.now)] == []
+    outputs = a.session.step_down(net.now)
+    assert isinstance(outputs[0], out.SteppingDown)
