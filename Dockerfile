@@ -24,7 +24,8 @@ COPY sidecar ./sidecar
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi; \
     python3 -m venv /opt/carp-sidecar && \
-    /opt/carp-sidecar/bin/pip install --no-cache-dir --disable-pip-version-check . && \
+    /opt/carp-sidecar/bin/pip install --no-cache-dir --disable-pip-version-check '.[watch,import]' && \
+    rm -rf /opt/carp-sidecar/lib/python3*/site-packages/sidecar/lab && \
     /opt/carp-sidecar/bin/pip uninstall -y setuptools pip && \
     ln -s carp-sidecar /opt/carp-sidecar/bin/ucarp && \
     find /opt/carp-sidecar -name '__pycache__' -prune -exec rm -rf {} +

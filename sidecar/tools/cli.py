@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import __version__
@@ -155,53 +156,8 @@ def _main(argv: list[str]) -> int:
     args = _parse(argv, as_ucarp)
     command = args.command or "run"
     try:
-        if command == "lab":
-            from sidecar.lab import run_lab
-
-            return int(run_lab(short=args.short, keep=args.keep))
-        if command == "import":
-            from sidecar.tools.ucarp_import import ImportError_, translate
-
-            try:
-                print(translate(args.files), end="")
-            except ImportError_ as e:
-                print(f"carp-sidecar: import: {e}", file=sys.stderr)
-                return EXIT_CONFIG
-            return 0
-        if command == "completion":
-            import shtab
-
-            print(shtab.complete(_parser(), shell=args.shell))
-            return 0
-        if command == "watch":
-            return _watch(args)
-        if command in ("demote", "promote"):
-            from sidecar.serve.control import send_command
-
-            path = args.socket or _socket_path(args)
-            print(send_command(path, command + (f" {args.vhid}" if args.vhid else "")))
-            return 0
-        if command == "reload":
-            from sidecar.serve.control import send_command
-
-            reply = send_command(args.socket or _socket_path(args), "reload", timeout=120)
-            print(reply.replace("; ", "\n  ").replace("reloaded: ", "reloaded:\n  "))
-            return 0
-        if command == "status":
-            return _status(args)
-        if command == "healthcheck":
-            url = args.url or _endpoint(_settings(args), "/healthz")
-            return 0 if fetch(url, timeout=3).status == 200 else 1
-        if command == "check-config":
-            from sidecar.tools.checkconfig import report
-
-            offline = args.offline
-            lines, problems = report(load(dict(os.environ), getattr(args, "env_file", None),
-                                          offline=offline), offline)
-            print("\n".join(lines))
-            for problem in problems:
-                print(f"carp-sidecar: host check: {problem}", file=sys.stderr)
-            return EXIT_CONFIG if problems else 0
+        if command in COMMANDS:
+            return COMMANDS[command](args)
         settings = _run_config(args, as_ucarp, argv) if command == "run" else _settings(args)
         for warning in settings.warnings:
             print(f"carp-sidecar: warning: {warning}", file=sys.stderr)
@@ -214,9 +170,77 @@ def _main(argv: list[str]) -> int:
         return EXIT_CONFIG
     except BrokenPipeError:
         raise
+    except ModuleNotFoundError as e:  # an optional part that is not installed
+        extra = EXTRAS.get((e.name or "").split(".")[0] if e.name != "sidecar.lab" else e.name)
+        if extra is None:
+            raise
+        print(f"carp-sidecar: {command} needs {e.name}, which is not installed here: "
+              f"pip install 'carp-sidecar[{extra}]'", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"carp-sidecar: {command}: {e}", file=sys.stderr)
         return 1
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from sidecar.lab import run_lab
+
+    return int(run_lab(short=args.short, keep=args.keep))
+
+
+def _import(args: argparse.Namespace) -> int:
+    from sidecar.tools.ucarp_import import ImportError_, translate
+
+    try:
+        print(translate(args.files), end="")
+    except ImportError_ as e:
+        print(f"carp-sidecar: import: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(_parser(), shell=args.shell))
+    return 0
+
+
+def _maintenance(args: argparse.Namespace) -> int:
+    from sidecar.serve.control import send_command
+
+    path = args.socket or _socket_path(args)
+    print(send_command(path, args.command + (f" {args.vhid}" if args.vhid else "")))
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from sidecar.serve.control import send_command
+
+    reply = send_command(args.socket or _socket_path(args), "reload", timeout=120)
+    print(reply.replace("; ", "\n  ").replace("reloaded: ", "reloaded:\n  "))
+    return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    url = args.url or _endpoint(_settings(args), "/healthz")
+    return 0 if fetch(url, timeout=3).status == 200 else 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from sidecar.tools.checkconfig import report
+
+    offline = args.offline
+    lines, problems = report(load(dict(os.environ), getattr(args, "env_file", None),
+                                  offline=offline), offline)
+    print("\n".join(lines))
+    for problem in problems:
+        print(f"carp-sidecar: host check: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if problems else 0
+
+
+# modules only some commands need -> the extra that installs them (pyproject.toml)
+EXTRAS = {"scapy": "watch", "tomli_w": "import", "sidecar.lab": "lab"}
 
 
 CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}
@@ -379,5 +403,12 @@ def _endpoint(settings: Config, path: str) -> str:
     return f"http://{host}:{port}{path}"
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "lab": _lab, "import": _import, "completion": _completion, "watch": _watch,
+    "demote": _maintenance, "promote": _maintenance, "reload": _reload, "status": _status,
+    "healthcheck": _healthcheck, "check-config": _check_config}
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -112,6 +112,17 @@ def test_image_size_is_reported() -> None:
     assert size > 0
 
 
+def test_image_has_its_commands_extras_and_leaves_the_lab_out() -> None:
+    """watch (scapy) and import (tomli-w) run in the image; the lab, which needs network
+    namespaces and Apache, is not shipped, and saying so names the extra."""
+    py = "import scapy.layers.l2, tomli_w, importlib.util as u; print(u.find_spec('sidecar.lab'))"
+    r = podman("run", "--rm", "--entrypoint", "python3", IMAGE, "-c", py, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "None", r.stderr
+    lab = podman("run", "--rm", IMAGE, "lab", check=False)
+    assert lab.returncode == 1
+    assert "pip install 'carp-sidecar[lab]'" in lab.stderr
+
+
 def test_image_runs_the_classic_ucarp_conf_and_scripts_as_env_file(topo: Topology, tmp_path: Path) -> None:
     etc = tmp_path / "ucarp"
     etc.mkdir()

@@ -266,3 +266,23 @@ def test_status_piped_into_head_is_not_a_traceback(tmp_path: Path) -> None:
         server.wait(10)
     assert "Traceback" not in r.stderr and "Broken pipe" not in r.stderr, r.stderr
     assert r.stdout.startswith("vhid 1 on eth0: BACKUP since"), r.stdout
+
+
+@pytest.mark.parametrize(("missing", "argv", "extra"), [
+    ("sidecar.lab", ["lab", "--short"], "lab"),
+    ("tomli_w", ["import", "INTERFACES"], "import"),  # two instances: a TOML file
+    ("scapy", ["watch", "--interface", "lo", "--count", "1"], "watch"),
+])
+def test_a_command_whose_extra_is_not_installed_names_the_extra(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], missing: str,
+        argv: list[str], extra: str, tmp_path: Path) -> None:
+    from sidecar.tools import cli
+
+    (tmp_path / "interfaces").write_text(INTERFACES)
+    argv = [str(tmp_path / "interfaces") if a == "INTERFACES" else a for a in argv]
+
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: the import fails
+    assert cli.main(argv) == 1
+    assert f"pip install 'carp-sidecar[{extra}]'" in capsys.readouterr().err
