@@ -9,51 +9,112 @@ signals), which reads it back here. Nothing here validates: the values were chec
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_interface
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from sidecar.config.declare import Setting, Ucarp, setting
+from sidecar.core.protocol import DEFAULT_GROUP, Auth
 
 Vip = IPv4Interface | IPv6Interface
+MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
+DEFAULT_STATE_DIR = Path("/var/lib/carp-sidecar")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Vhid:
-    interface: str
-    vhid: int
-    secret: bytes = field(repr=False)
-    vips: tuple[Vip, ...]
-    srcip: IPv4Address | None = None
-    if_alias: str | None = None
-    advbase: int = 1
-    advskew: int = 0
-    preempt: bool = False
-    upscript: Path | None = None
-    downscript: Path | None = None
-    xparam: str | None = None
-    script_timeout: float = 30.0
-    neutral: bool = False
-    nomcast: bool = False
-    ignoreifstate: bool = False
-    deadratio: int = 3
-    mcast: IPv4Address = field(default_factory=lambda: IPv4Address("224.0.0.18"))
-    garp_repeat: int = 2
-    garp_refresh: float = 0.0
-    probe_interval: float = 10.0  # s between stale-holder probes while MASTER; 0 = off
-    health: tuple[str, ...] = ()
-    preempt_delay: float = 0.0
-    maintenance_file: Path | None = None
-    notifyscript: Path | None = None
-    peers: tuple[IPv4Address, ...] = ()  # unicast mode when not empty
-    peers_multicast: bool = False
-    strict: bool = False
+    """One instance: a VHID on an interface. The fields with ``setting(...)`` are settings as
+    given (validated); the others the configuration derives."""
+
+    interface: str = setting(env="INTERFACE", help="interface to run on (required)",
+                             ucarp=Ucarp("interface", "i", "bind interface <if>"))
+    vhid: int = setting(env="VHID", help="virtual host id 1-255 (required)", ge=1, le=255,
+                        ucarp=Ucarp("vhid", "v", "virtual IP identifier (1-255)"))
+    auth: Auth  # derived: the password (CARP_PASS or its file, read once) and the first VIP
+    vips: tuple[Vip, ...]  # derived from CARP_ADDR and CARP_MASK
+    srcip: IPv4Address | None = setting(
+        None, env="SRCIP", help="our address on it: advert source and tie-break (default: its "
+        "first IPv4)", ucarp=Ucarp("srcip", "s", "source (real) IP address of that host"))
+    if_alias: str | None = setting(None, env="IF_ALIAS", help="label of the VIP, e.g. eth0:0")
+    advbase: int = setting(1, env="ADVBASE", ge=0, le=255,
+                           help="advert interval base, seconds 0-255 (default 1)",
+                           ucarp=Ucarp("advbase", "b", "advertisement frequency"))
+    advskew: int = setting(0, env="ADVSKEW", ge=0, le=255,
+                           help="advert skew, 1/256 s 0-255; lower wins (default 0)",
+                           ucarp=Ucarp("advskew", "k", "advertisement skew (0-255)"))
+    preempt: bool = setting(False, env="PREEMPT", help="take over from a worse master (default "
+                            "false)", ucarp=Ucarp("preempt", "P", "becomes a master as soon as "
+                                                  "possible", flag="true"))
+    upscript: Path | None = setting(None, env="UPSCRIPT",
+                                    help="script run on becoming MASTER: script IFACE VIP [XPARAM]",
+                                    ucarp=Ucarp("upscript", "u", "run <file> to become a master"))
+    downscript: Path | None = setting(None, env="DOWNSCRIPT", help="script run on leaving MASTER",
+                                      ucarp=Ucarp("downscript", "d", "run <file> to become a "
+                                                  "backup"))
+    xparam: str | None = setting(None, env="XPARAM", help="extra argument for the scripts",
+                                 ucarp=Ucarp("xparam", "x", "extra parameter to send to up/down "
+                                             "scripts"))
+    script_timeout: float = setting(30.0, env="SCRIPT_TIMEOUT", ge=0.1, le=3600,
+                                    help="seconds before a script is killed (default 30)")
+    neutral: bool = setting(False, env="NEUTRAL", help="no downscript and no VIP removal at "
+                            "start (default false)", ucarp=Ucarp(
+                                "neutral", "n", "don't run downscript (nor remove the VIP) at "
+                                "start if backup", flag="true"))
+    nomcast: bool = setting(False, env="NOMCAST", help="adverts to Ethernet broadcast (default "
+                            "false)", ucarp=Ucarp("nomcast", "M", "use broadcast (instead of "
+                                                  "multicast) advertisements", flag="true"))
+    ignoreifstate: bool = setting(False, env="IGNOREIFSTATE", help="ignore carrier loss "
+                                  "(default false)", ucarp=Ucarp(
+                                      "ignoreifstate", "S", "ignore interface state (down, no "
+                                      "carrier)", flag="true"))
+    deadratio: int = setting(3, env="DEADRATIO", ge=1, le=255,
+                             help="master-down = advbase x deadratio + skew (default 3)",
+                             ucarp=Ucarp("deadratio", "r", "ratio to consider a host as dead"))
+    mcast: IPv4Address = setting(DEFAULT_GROUP, env="MCAST",
+                                 help="multicast group (default 224.0.0.18)",
+                                 ucarp=Ucarp("mcast", "m", "multicast group IP address (default "
+                                             "224.0.0.18)"))
+    garp_repeat: int = setting(2, env="GARP_REPEAT", ge=1, le=100,
+                               help="gratuitous ARPs per takeover (default 2)")
+    garp_refresh: float = setting(0.0, env="GARP_REFRESH", ge=0, le=86400,
+                                  help="seconds between extra GARPs while MASTER, 0 = off "
+                                  "(default 0)")
+    probe_interval: float = setting(10.0, env="PROBE_INTERVAL", ge=0, le=86400,
+                                    help="seconds between probes for a stale holder of the VIP "
+                                    "while MASTER (ARP probe, IPv6 NS), 0 = off (default 10)")
+    health: tuple[str, ...] = setting((), env="HEALTH", help="names of the [health.NAME] checks "
+                                      "gating an instance (config file)")
+    preempt_delay: float = setting(0.0, env="PREEMPT_DELAY", ge=0, le=86400,
+                                   help="seconds to wait after start or link up before "
+                                   "preempting (default 0)")
+    maintenance_file: Path | None = setting(None, env="MAINTENANCE_FILE",
+                                            help="while this file exists the node is in "
+                                            "maintenance")
+    notifyscript: Path | None = setting(None, env="NOTIFYSCRIPT", help="script run on every "
+                                        "state change: script VHID STATE REASON")
+    peers: tuple[IPv4Address, ...] = setting(
+        (), env="PEERS", help="unicast: send adverts to these addresses only and accept only "
+        "theirs")
+    peers_multicast: bool = setting(False, env="PEERS_MULTICAST", help="with CARP_PEERS, also "
+                                    "advertise to the multicast group (migration)")
+    strict: bool = setting(False, env="STRICT", help="only carp-sidecar peers: HMAC over the "
+                           "whole header, replays dropped")
+    # ---- derived ----
     vrrp3_dead_timer: bool = False
     # False when scripts add the VIP and no CARP_MASK or /prefix was given: the scripts choose
     # the prefix (the tutorial's add /16), so the agent shows the bare address, not "/32"
     prefix_known: bool = True
     # the effective settings under CARP_* and UCARP_* names, never the password (scripts.py)
     script_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def secret(self) -> bytes:
+        return self.auth.key
 
     @property
     def ipv4_vips(self) -> tuple[IPv4Interface, ...]:
@@ -66,7 +127,7 @@ class Vhid:
     @property
     def hmac_address(self) -> IPv4Address:
         """The address the advert HMAC covers: the first IPv4 VIP (docs/protocol.md §3)."""
-        return self.ipv4_vips[0].ip if self.ipv4_vips else IPv4Address(0)
+        return self.auth.vip
 
     @property
     def shown_vips(self) -> list[str]:
@@ -86,19 +147,74 @@ class Vhid:
         return f"{self.interface}/vhid{self.vhid}"
 
 
-@dataclass(frozen=True)
+# What the runtime derives the VIPs and the key from: settings with no field of their own.
+VHID_INPUTS = (
+    Setting("PASS", "shared password, at most 19 bytes (this or CARP_PASS_FILE is required)",
+            name="password", type=str | None, default=None, secret=True,
+            ucarp=Ucarp("pass", "p", "password")),
+    Setting("PASS_FILE", "file whose first line is the password", name="pass_file",
+            type=Path | None, default=None, ucarp=Ucarp("passfile", "o", "read password from file")),
+    Setting("ADDR", "the VIPs: 172.16.0.1, 172.16.0.1/16, 2001:db8::1/64, comma-separated "
+            "(required)", name="addr", type=str | list[str],
+            ucarp=Ucarp("addr", "a", "virtual shared IP address")),
+    Setting("MASK", "netmask or prefix length of IPv4 VIPs given without one (default 32)",
+            name="mask", type=str | None, default=None),
+    Setting("DEAD_TIMER", "auto (VRRPv3's rule at advbase 0, ucarp's otherwise) or ucarp",
+            name="dead_timer", type=Literal["auto", "ucarp"], default="auto"),
+    Setting("SHUTDOWN", "accepted for ucarp compatibility; a stopping master always releases "
+            "the VIP", name="shutdown", type=bool, default=True,
+            ucarp=Ucarp("shutdown", "z", "call shutdown script at exit (always done)",
+                        flag="true")),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Check:
-    url: str | None = None
-    tcp: str | None = None
-    cmd: str | None = None
-    status: int = 200
-    interval: float = 1.0
-    timeout: float = 1.0
-    rise: int = 2
-    fall: int = 2
-    host: str | None = None
-    body: str | None = None
-    insecure: bool = False
+    """A check of the co-located service; all of its configured probes must pass."""
+
+    url: str | None = setting(None, env="HEALTH_URL", help="http(s) URL of the service check")
+    host: str | None = setting(None, env="HEALTH_HOST", help="Host header of the URL check")
+    body: str | None = setting(None, env="HEALTH_BODY",
+                               help="text the URL check's body must contain")
+    insecure: bool = setting(False, env="HEALTH_INSECURE", help="https check without "
+                             "certificate verification (default false)")
+    tcp: str | None = setting(None, env="HEALTH_TCP", help="host:port the service check "
+                              "connects to")
+    cmd: str | None = setting(None, env="HEALTH_CMD", help="command the service check runs "
+                              "(exit 0 = healthy)")
+    status: int = setting(200, env="HEALTH_STATUS", ge=100, le=599,
+                          help="HTTP status the URL check expects (default 200)")
+    interval: float = setting(1.0, env="HEALTH_INTERVAL", ge=MIN_HEALTH_INTERVAL, le=3600,
+                              help="seconds between checks (default 1)")
+    timeout: float = setting(1.0, env="HEALTH_TIMEOUT", ge=0.01, le=300,
+                             help="seconds per check (default 1)")
+    rise: int = setting(2, env="HEALTH_RISE", ge=1, le=1000,
+                        help="passes needed to become healthy (default 2)")
+    fall: int = setting(2, env="HEALTH_FALL", ge=1, le=1000,
+                        help="failures needed to become unhealthy (default 2)")
+
+
+# The agent's own settings (once per process); RunConfig holds them resolved.
+AGENT_SETTINGS = (
+    Setting("METRICS_LISTEN", "address:port of /metrics /status /healthz /readyz, or off",
+            name="metrics_listen", type=str, default="0.0.0.0:9655"),
+    Setting("CONTROL_SOCKET", "Unix socket for demote/promote (absolute path)",
+            name="control_socket", type=Path | None, default=None),
+    Setting("LOG_FORMAT", "text (ucarp-like lines) or json (default text)", name="log_format",
+            type=Literal["text", "json"], default="text"),
+    Setting("LOG_LEVEL", "debug (each advert decision), info, warning or error (default info)",
+            name="log_level", type=Literal["debug", "info", "warning", "error"], default="info",
+            ucarp=Ucarp("debug", "D", "enable debug output (CARP_LOG_LEVEL=debug)",
+                        flag="debug")),
+    Setting("SYSLOG", "also log to syslog with this facility (daemon, local0...), or off",
+            name="syslog", type=str | None, default=None,
+            ucarp=Ucarp("facility", "f", "also log to syslog with this facility (ucarp's "
+                        "default is daemon; here syslog is off unless asked)")),
+    Setting("REALTIME", "real-time scheduling for the agent (needs CAP_SYS_NICE), for "
+            "sub-second mode", name="realtime", type=bool, default=False),
+    Setting("STATE_DIR", "where demote/promote are kept across restarts, or off",
+            name="state_dir", type=Path | None, default=DEFAULT_STATE_DIR),
+)
 
 
 @dataclass(frozen=True)
@@ -118,52 +234,54 @@ class RunConfig:
     origin: tuple[str, ...] = ()  # the command line it came from, re-read by a reload
 
     def to_json(self) -> str:
-        def vhid(v: Vhid) -> dict[str, Any]:
-            out = {k: getattr(v, k) for k in v.__dataclass_fields__}
-            out.update(secret=v.secret.hex(), vips=[str(x) for x in v.vips],
-                       srcip=str(v.srcip) if v.srcip else None, mcast=str(v.mcast),
-                       upscript=str(v.upscript) if v.upscript else None,
-                       downscript=str(v.downscript) if v.downscript else None,
-                       maintenance_file=str(v.maintenance_file) if v.maintenance_file else None,
-                       notifyscript=str(v.notifyscript) if v.notifyscript else None,
-                       script_env=[list(p) for p in v.script_env],
-                       peers=[str(p) for p in v.peers],
-                       health=list(v.health))
-            return out
-
-        return json.dumps({
-            "instances": [vhid(v) for v in self.instances],
-            "checks": {n: c.__dict__ for n, c in self.checks.items()},
-            "metrics_listen": self.metrics_listen, "control_socket": str(self.control_socket),
-            "log_format": self.log_format, "source": self.source,
-            "state_dir": str(self.state_dir) if self.state_dir else None,
-            "log_level": self.log_level, "syslog": self.syslog,
-            "script_extra": self.script_extra, "realtime": self.realtime,
-            "as_ucarp": self.as_ucarp, "origin": list(self.origin)})
+        return json.dumps(_plain(self))
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
-        doc = json.loads(text)
-        instances = []
-        for raw in doc["instances"]:
-            raw.update(secret=bytes.fromhex(raw["secret"]),
-                       vips=tuple(ip_interface(v) for v in raw["vips"]),
-                       srcip=IPv4Address(raw["srcip"]) if raw["srcip"] else None,
-                       mcast=IPv4Address(raw["mcast"]),
-                       upscript=Path(raw["upscript"]) if raw["upscript"] else None,
-                       downscript=Path(raw["downscript"]) if raw["downscript"] else None,
-                       maintenance_file=(Path(raw["maintenance_file"])
-                                         if raw["maintenance_file"] else None),
-                       notifyscript=Path(raw["notifyscript"]) if raw["notifyscript"] else None,
-                       script_env=tuple((k, v) for k, v in raw["script_env"]),
-                       peers=tuple(IPv4Address(p) for p in raw["peers"]),
-                       health=tuple(raw["health"]))
-            instances.append(Vhid(**raw))
-        return cls(tuple(instances), {n: Check(**c) for n, c in doc["checks"].items()},
-                   doc["metrics_listen"], Path(doc["control_socket"]), doc["log_format"],
-                   doc["source"], Path(doc["state_dir"]) if doc["state_dir"] else None,
-                   doc["log_level"], doc["syslog"], doc["script_extra"], doc["realtime"],
-                   doc.get("as_ucarp", False), tuple(doc.get("origin", ())))
+        revived: RunConfig = _revive(cls, json.loads(text))
+        return revived
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON holds it, by its type (the hand-over to the agent's process)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (IPv4Address, IPv4Interface, IPv6Interface, Path)):
+        return str(value)
+    return value
+
+
+def _revive(hint: Any, raw: Any) -> Any:
+    """:func:`_plain` undone, by the declared type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if raw is None:
+        return None
+    if origin in (types.UnionType, typing.Union):
+        if hint == Vip:
+            return ip_interface(raw)
+        return _revive(next(a for a in args if a is not type(None)), raw)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_revive(args[0], v) for v in raw)
+        return tuple(_revive(a, v) for a, v in zip(args, raw, strict=True))
+    if origin is dict:
+        return {k: _revive(args[1], v) for k, v in raw.items()}
+    if origin is typing.Literal or hint is Any:
+        return raw
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return typing.cast(Any, hint)(**{k: _revive(hints[k], v) for k, v in raw.items()})
+    if hint is bytes:
+        return bytes.fromhex(raw)
+    if hint in (IPv4Address, Path):
+        return hint(raw)
+    return raw
 
 
 def show_vips(vips: tuple[Vip, ...], prefix_known: bool) -> list[str]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from sidecar.config.declare import declared
+from sidecar.config.runconfig import AGENT_SETTINGS, VHID_INPUTS, Vhid
+
 
 @dataclass(frozen=True)
 class Option:
@@ -20,35 +23,28 @@ class Option:
     help: str
 
 
-OPTIONS = (
-    Option("interface", "i", "CARP_INTERFACE", True, "bind interface <if>"),
-    Option("srcip", "s", "CARP_SRCIP", True, "source (real) IP address of that host"),
-    Option("mcast", "m", "CARP_MCAST", True, "multicast group IP address (default 224.0.0.18)"),
-    Option("vhid", "v", "CARP_VHID", True, "virtual IP identifier (1-255)"),
-    Option("pass", "p", "CARP_PASS", True, "password"),
-    Option("passfile", "o", "CARP_PASS_FILE", True, "read password from file"),
-    Option("preempt", "P", "CARP_PREEMPT", False, "becomes a master as soon as possible"),
-    Option("neutral", "n", "CARP_NEUTRAL", False, "don't run downscript (nor remove the VIP) "
-           "at start if backup"),
-    Option("addr", "a", "CARP_ADDR", True, "virtual shared IP address"),
-    Option("advbase", "b", "CARP_ADVBASE", True, "advertisement frequency"),
-    Option("advskew", "k", "CARP_ADVSKEW", True, "advertisement skew (0-255)"),
-    Option("upscript", "u", "CARP_UPSCRIPT", True, "run <file> to become a master"),
-    Option("downscript", "d", "CARP_DOWNSCRIPT", True, "run <file> to become a backup"),
-    Option("deadratio", "r", "CARP_DEADRATIO", True, "ratio to consider a host as dead"),
-    Option("debug", "D", "CARP_LOG_LEVEL", False, "enable debug output (CARP_LOG_LEVEL=debug)"),
-    Option("shutdown", "z", "CARP_SHUTDOWN", False, "call shutdown script at exit (always done)"),
-    Option("daemonize", "B", None, False, "run in background, logging to syslog (ignored in a "
-           "container: the runtime supervises the foreground process)"),
-    Option("ignoreifstate", "S", "CARP_IGNOREIFSTATE", False,
-           "ignore interface state (down, no carrier)"),
-    Option("nomcast", "M", "CARP_NOMCAST", False,
-           "use broadcast (instead of multicast) advertisements"),
-    Option("facility", "f", "CARP_SYSLOG", True, "also log to syslog with this facility "
-           "(ucarp's default is daemon; here syslog is off unless asked)"),
-    Option("xparam", "x", "CARP_XPARAM", True, "extra parameter to send to up/down scripts"),
-)
-FLAG_VALUES = {"CARP_LOG_LEVEL": "debug"}  # what a flag sets; others set "true"
+# ucarp's order (its --help); the options come from the settings' declarations
+ORDER = ("interface", "srcip", "mcast", "vhid", "pass", "passfile", "preempt", "neutral", "addr",
+         "advbase", "advskew", "upscript", "downscript", "deadratio", "debug", "shutdown",
+         "daemonize", "ignoreifstate", "nomcast", "facility", "xparam")
+DAEMONIZE = Option("daemonize", "B", None, False, "run in background, logging to syslog (ignored "
+                   "in a container: the runtime supervises the foreground process)")
+
+
+def _options() -> tuple[Option, ...]:
+    by_long = {DAEMONIZE.long: DAEMONIZE}
+    for d in [*declared(Vhid, VHID_INPUTS), *declared(None, AGENT_SETTINGS)]:
+        u = d.setting.ucarp
+        if u is not None:
+            by_long[u.long] = Option(u.long, u.short, d.var, u.flag is None, u.help)
+            if u.flag is not None and u.flag != "true":
+                FLAG_VALUES[d.var] = u.flag
+    assert set(by_long) == set(ORDER), set(by_long) ^ set(ORDER)
+    return tuple(by_long[name] for name in ORDER)
+
+
+FLAG_VALUES: dict[str, str] = {}  # what a flag sets when not "true" (-D: CARP_LOG_LEVEL=debug)
+OPTIONS = _options()
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:

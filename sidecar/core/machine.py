@@ -72,6 +72,7 @@ from sidecar.core.actions import (
     Stopped,
     Transition,
 )
+from sidecar.core.pacing import AdvertCounter, GarpPacer
 from sidecar.core.protocol import BOW_OUT
 
 __all__ = [  # the vocabulary is imported from here too
@@ -117,8 +118,7 @@ class Machine:
         self.link_up = True
         self.can_advertise = True  # our adverts can leave: source address present, sends work
         self._stop_at: int | None = None  # µs; set while a MASTER waits for its successor
-        self._rng = rng  # 64-bit random counters until a peer's counter is adopted (ucarp §2.3)
-        self._counter: int | None = None
+        self._counter = AdvertCounter(rng, params.strict)
         self._advert_at: int | None = None  # deadlines in integer µs
         self._master_down_at: int | None = None
         self._master_down_reason = Reason.MASTER_DOWN
@@ -126,8 +126,7 @@ class Machine:
         self._preempt_after = 0  # µs: no preemption before this (start, link back)
         self._vip_undecided = False  # neutral start: a VIP found in place is neither ours nor not
         self._master_interval_us: int | None = None  # the master's, as last advertised
-        self._garps_left = 0
-        self._adverts_until_garp = 0
+        self._garps = GarpPacer()
         self._master_since: int | None = None  # µs
         self._quiet_until = 0  # µs: no conflict GARP / log line before this
         self._paused_until = 0  # µs: after a step down, no takeover of any kind before this
@@ -194,8 +193,7 @@ class Machine:
         self, now: float, src: IPv4Address, advbase: int, advskew: int, counter: int
     ) -> list[Action]:
         """A valid (authenticated, our vhid) advert from ``src``."""
-        if not self.params.strict:
-            self._counter = counter  # ucarp adopts the counter in every state, before any logic
+        self._counter.heard(counter)  # ucarp adopts it in every state, before any logic
         if self._stop_at is not None:
             return self._finish_stop()  # a successor speaks: the VIP can go
         if self.state is State.INIT or not self._link_usable:
@@ -334,8 +332,7 @@ class Machine:
             actions.append(Conflict(src, announce=not quiet))
         if not quiet:
             self._quiet_until = t + self.advert_interval_us
-            self._garps_left = self.params.garp_repeat - 1
-            self._adverts_until_garp = 2
+            self._garps.start(self.params.garp_repeat)
             actions.append(SendGarp())
         return actions
 
@@ -379,8 +376,7 @@ class Machine:
         self.state = State.MASTER
         self._master_since = _us(now)
         self._master_down_at = None
-        self._garps_left = self.params.garp_repeat - 1
-        self._adverts_until_garp = 2
+        self._garps.start(self.params.garp_repeat)
         actions: list[Action] = [Transition(old, State.MASTER, reason, peer), AddVip(), SendGarp()]
         actions.append(self._advert())
         self._advert_at = _us(now) + self.advert_interval_us
@@ -389,19 +385,15 @@ class Machine:
     def _periodic_advert(self, now: float) -> list[Action]:
         actions: list[Action] = [self._advert()]
         self._advert_at = _us(now) + self.advert_interval_us
-        if self._garps_left > 0:
-            self._adverts_until_garp -= 1
-            if self._adverts_until_garp <= 0:
-                actions.append(SendGarp())
-                self._garps_left -= 1
-                self._adverts_until_garp = 1
+        if self._garps.after_advert():
+            actions.append(SendGarp())
         return actions
 
     def _leave_master(self, reason: Reason, peer: IPv4Address | None = None) -> list[Action]:
         self.state = State.BACKUP
         self._master_since = None
         self._advert_at = None
-        self._garps_left = 0
+        self._garps.stop()
         return [DropVip(), Transition(State.MASTER, State.BACKUP, reason, peer)]
 
     def _arm_master_down(self, now: float) -> None:
@@ -409,20 +401,11 @@ class Machine:
         self._master_down_at = _us(now) + self.master_down_interval_us
         self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
 
-    def _next_counter(self) -> int:
-        if self._counter is None and self.params.strict:
-            self._counter = self._rng() & 0xFFFF_FFFF_FFFF_FFFF  # then only ever increased
-            return self._counter
-        if self._counter is None:
-            return self._rng() & 0xFFFF_FFFF_FFFF_FFFF
-        self._counter = (self._counter + 1) & 0xFFFF_FFFF_FFFF_FFFF
-        return self._counter
-
     def _advert(self) -> SendAdvert:
-        return SendAdvert(self.params.advbase, self.params.advskew, self._next_counter())
+        return SendAdvert(self.params.advbase, self.params.advskew, self._counter.next())
 
     def _bow_out_advert(self) -> SendAdvert:
-        return SendAdvert(BOW_OUT, BOW_OUT, self._next_counter(), handover=True)
+        return SendAdvert(BOW_OUT, BOW_OUT, self._counter.next(), handover=True)
 
 
 def _timeout_reason(remote: tuple[int, int]) -> Reason:

@@ -83,6 +83,51 @@ class PeerTable:
         return {src: p for src, p in self._peers.items() if p.valid}
 
 
+SWEEP_MIN, SWEEP_MAX = 0.05, 1.0  # s between peer-table sweeps: as needed, bounded both ways
+
+
+class PeerWatch:
+    """A peer table and when to sweep it: when the table says something is due, and at least
+    once a second (a peer heard meanwhile is due 2.5 of its intervals later at the earliest,
+    1 s after a bow-out); never with nobody to watch (a lone master sleeps)."""
+
+    def __init__(self, table: PeerTable) -> None:
+        self.table = table
+        self.sweep_at: float | None = None
+        self._pending: list[str] = []  # former masters not yet answered by a re-announce
+
+    def heard(self, now: float, wall: float, src: str, advbase: int, advskew: int,
+              valid: bool) -> list[str]:
+        """Per packet only the table is touched (a flood brings 20k a second); returns the
+        peers evicted to make room."""
+        evicted = self.table.heard(now, wall, src, advbase, advskew, valid)
+        if self.sweep_at is None:
+            self.sweep_at = now + self._wait(now)
+        return evicted
+
+    def sweep(self, now: float, master: bool) -> list[str]:
+        """Expire old peers; the former masters a MASTER should re-announce the VIP for (until
+        :meth:`answered`). A backup owes them nothing."""
+        self.table.expire(now)
+        silent = self.table.fallen_silent(now)
+        if silent:
+            self._pending = silent
+        if not master:
+            self._pending = []
+        return self._pending
+
+    def answered(self) -> None:
+        self._pending = []
+
+    def reschedule(self, now: float) -> None:
+        idle = self.table.next_deadline() is None and not self._pending
+        self.sweep_at = None if idle else now + self._wait(now)
+
+    def _wait(self, now: float) -> float:
+        deadline = self.table.next_deadline()
+        return SWEEP_MAX if deadline is None else min(max(deadline - now, SWEEP_MIN), SWEEP_MAX)
+
+
 class ArpClaims:
     def __init__(self, capacity: int, interval: float, max_backoff: int = 64) -> None:
         self.capacity, self.interval, self.max_backoff = capacity, interval, max_backoff

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 
@@ -91,6 +91,18 @@ class Received:
     dst: IPv4Address
     ttl: int
     advert: Advert
+
+
+NO_IPV4_VIP = IPv4Address(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """What an advert's HMAC covers besides the advert: the key (ucarp's: the raw password) and
+    the first IPv4 VIP (0.0.0.0 with IPv6 VIPs only). Built once from the configuration."""
+
+    key: bytes = field(repr=False)
+    vip: IPv4Address = NO_IPV4_VIP
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,18 +31,14 @@ from sidecar.core.machine import (
     Transition,
 )
 from sidecar.core.outputs import (
-    Accepted,
     AdvertisableChanged,
     CheckSending,
     ClaimSeen,
-    Dropped,
     FormerMasterSilent,
     HealthChanged,
     MaintenanceChanged,
     Notify,
     Output,
-    PeerCounterBack,
-    PeerCounterBehind,
     PeersEvicted,
     PeersSwept,
     ReserveCounters,
@@ -50,8 +46,9 @@ from sidecar.core.outputs import (
     StaleHolder,
     SteppingDown,
 )
-from sidecar.core.peers import ArpClaims, PeerTable, ReplayGuard, StaleHolders
-from sidecar.core.protocol import BOW_OUT, AdvertError, DropReason, Expect, parse_packet
+from sidecar.core.peers import ArpClaims, PeerTable, PeerWatch, ReplayGuard, StaleHolders
+from sidecar.core.protocol import Expect
+from sidecar.core.screen import screen
 from sidecar.core.sending import COUNTER_RESERVE, LinkState, StrictCounter
 
 __all__ = ["COUNTER_RESERVE", "Session", "SessionConfig"]
@@ -62,7 +59,6 @@ PROBE_AFTER_TAKEOVER = 2.0  # s: the old master has dropped its VIP by then, unl
 PROBE_ANSWER_WINDOW = 1.0  # s: an NA this soon after our NS probe answers it
 STALE_LOG_BACKOFF = 60.0  # s between reports of one stale holder
 SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; after errors)
-SWEEP_MIN, SWEEP_MAX = 0.05, 1.0  # s between peer-table sweeps: as needed, bounded both ways
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +77,6 @@ class SessionConfig:
 
 @dataclass(slots=True)
 class _Deadlines:
-    sweep: float | None = None
     probe: float = 0.0
     garp: float | None = None
     check: float | None = None
@@ -95,7 +90,9 @@ class Session:
         self.config, self._wall, self._jitter = config, wall, jitter
         self.machine = Machine(config.params, rng=self._strict_seed if config.params.strict
                                else rng)
-        self.peers = PeerTable(PEER_CAPACITY, 3 * self.machine.master_down_interval_us / 1e6)
+        self.watch = PeerWatch(PeerTable(PEER_CAPACITY,
+                                         3 * self.machine.master_down_interval_us / 1e6))
+        self.peers = self.watch.table
         self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
         self.replays = ReplayGuard(self.machine.master_down_interval_us / 1e6)
         self.checks: dict[str, tuple[bool, str]] = {}  # check name -> (healthy, last error)
@@ -105,7 +102,6 @@ class Session:
         self._at = _Deadlines()
         self._counters = StrictCounter()
         self._notified: str | None = None
-        self._went_silent: list[str] = []  # former masters not yet answered by a re-announce
         self._probed_at = -1e9
         self._stale = StaleHolders(ARP_CAPACITY, STALE_LOG_BACKOFF)
 
@@ -136,7 +132,7 @@ class Session:
 
     # ---- the one timer ----
     def next_deadline(self) -> float | None:
-        times = [self.machine.next_deadline(), self._at.sweep, self._at.garp, self._at.check]
+        times = [self.machine.next_deadline(), self.watch.sweep_at, self._at.garp, self._at.check]
         if self._probing():
             times.append(self._at.probe)
         return min((t for t in times if t is not None), default=None)
@@ -146,7 +142,7 @@ class Session:
         deadline = self.machine.next_deadline()
         if deadline is not None and now >= deadline:
             out += self._after(now, self.machine.timer_expired(now))
-        if self._at.sweep is not None and now >= self._at.sweep:
+        if self.watch.sweep_at is not None and now >= self.watch.sweep_at:
             out += self._sweep(now)
         if self._at.garp is not None and now >= self._at.garp:
             self._at.garp = now + self.config.garp_refresh
@@ -167,73 +163,34 @@ class Session:
 
     # ---- adverts in ----
     def receive(self, now: float, packet: bytes) -> list[Output]:
-        try:
-            received = parse_packet(packet, self.config.expect)
-        except AdvertError as e:
-            out: list[Output] = [Dropped(e, packet[12:16])]
-            if e.reason is DropReason.BAD_HMAC:
-                # someone advertises our vhid with another key: remember the claim (a master
-                # that stops claiming may leave clients on its MAC), never act on its content
-                carp = (packet[0] & 0x0F) * 4  # parse_packet has checked the lengths
-                out += self._heard(now, str(IPv4Address(packet[12:16])), packet[carp + 5],
-                                   packet[carp + 2], valid=False)
+        verdict = screen(packet, self.config.expect, self.replays if self.config.params.strict
+                         else None, now)
+        out: list[Output] = list(verdict.outputs)
+        if verdict.claim is not None:  # another key: remembered as a claim, never obeyed
+            out += self._heard(now, *verdict.claim, valid=False)
+        if verdict.received is None:
             return out
-        ad, src = received.advert, received.src
-        out = []
-        if self.config.params.strict and not self._counted(now, src, ad.counter, out):
-            return out
-        out.append(Accepted(src, ad.advbase, ad.advskew, ad.counter,
-                            handover=ad.advbase == BOW_OUT and ad.advskew == BOW_OUT))
+        ad, src = verdict.received.advert, verdict.received.src
         out += self._heard(now, str(src), ad.advbase, ad.advskew, valid=True)
         return out + self._after(now, self.machine.advert_received(
             now, src, ad.advbase, ad.advskew, ad.counter))
 
-    def _counted(self, now: float, src: IPv4Address, counter: int, out: list[Output]) -> bool:
-        """Strict mode: is the counter above the peer's last one? A listed peer whose every
-        advert is a "replay" for a master-down interval restarted with its clock behind and
-        lost its counter mark: both may hold the VIP, so it is reported (once)."""
-        verdict = self.replays.check(src, counter, now)
-        if verdict.recovered and verdict.last is not None:
-            out.append(PeerCounterBack(src, verdict.last))
-        if verdict.accepted:
-            return True
-        out.append(Dropped(AdvertError(DropReason.REPLAY, f"counter not above {verdict.last}"),
-                           src.packed))
-        if verdict.stuck_for is not None and verdict.last is not None:
-            out.append(PeerCounterBehind(src, verdict.stuck_for, counter, verdict.last))
-        return False
-
     def _heard(self, now: float, peer: str, advbase: int, advskew: int,
                valid: bool) -> list[Output]:
-        # A flood may bring 20k of these a second: only the table is touched here.
-        evicted = self.peers.heard(now, self._wall(), peer, advbase, advskew, valid)
-        if self._at.sweep is None:
-            self._at.sweep = now + self._sweep_wait(now)
+        evicted = self.watch.heard(now, self._wall(), peer, advbase, advskew, valid)
         return [PeersEvicted(len(evicted))] if evicted else []
-
-    def _sweep_wait(self, now: float) -> float:
-        """A sweep when the table says something is due, and at least once a second (a peer
-        heard meanwhile is due 2.5 of its intervals later at the earliest, 1 s after a bow-out)."""
-        deadline = self.peers.next_deadline()
-        return SWEEP_MAX if deadline is None else min(max(deadline - now, SWEEP_MIN), SWEEP_MAX)
 
     def _sweep(self, now: float) -> list[Output]:
         """Peers expire; a former master that fell silent may have left clients on its MAC."""
-        self.peers.expire(now)
         out: list[Output] = [PeersSwept()]
-        silent = self.peers.fallen_silent(now)
-        if silent:
-            self._went_silent = silent
-        if self._went_silent and self.machine.state is not State.MASTER:
-            self._went_silent = []
-        elif self._went_silent:
+        former = self.watch.sweep(now, master=self.machine.state is State.MASTER)
+        if former:
             actions = self.machine.reannounce(now)  # at most one per advert interval
             if actions:
-                out.append(FormerMasterSilent(self._went_silent))
-                self._went_silent = []
+                out.append(FormerMasterSilent(former))
+                self.watch.answered()
             out += self._after(now, actions)
-        idle = self.peers.next_deadline() is None and not self._went_silent
-        self._at.sweep = None if idle else now + self._sweep_wait(now)
+        self.watch.reschedule(now)
         return out
 
     # ---- ARP and NA from other hosts ----

@@ -246,45 +246,15 @@ def run_lab(short: bool = False, keep: bool = False) -> int:
     steps: list[Step] = []
     try:
         with Lab() as lab:
-            lab.on_probe = lambda line: timeline.say(
-                f"client: {'answer from ' + line['body'] if line['ok'] else 'no answer'}"
-                + (f" (after {line['gap_ms']:.0f} ms without an answer)"
-                   if line["ok"] and line["gap_ms"] > 50 else ""), line["t"])
-            timeline.say(f"namespaces up (tag {lab.topo.tag}): node-a 172.16.0.11, node-b "
-                         f"172.16.0.12, client 172.16.0.100, VIP {VIP}")
-            for node in ("a", "b"):
-                lab.start_apache(node)
-            health = {"CARP_HEALTH_URL": "http://127.0.0.1/", "CARP_HEALTH_INTERVAL": "0.5"}
-            lab.start_agent("a", CARP_PREEMPT="true", **health)
-            lab.start_agent("b", CARP_ADVSKEW="100", **health)
-            timeline.say("Apache and carp-sidecar running on both nodes (node-a: advskew 0 + "
-                         "preempt, node-b: advskew 100)")
-            for node, ip in (("a", "172.16.0.11"), ("b", "172.16.0.12")):
-                timeline.say(f"metrics of node-{node}: ip netns exec {lab.topo['client'].ns} "
-                             f"curl http://{ip}:9655/metrics")
-            threading.Thread(target=_watch_states, args=(lab, timeline, stop), daemon=True).start()
-            lab.start_probe()
-            lab.wait(lambda: lab.client_sees() == "node-a", 15, "the client to reach node-a")
-            timeline.say("step 0: node-a is MASTER and serves the VIP")
+            _set_up(lab, timeline, stop)
             steps = _steps(lab, short)
             for number, step in enumerate(steps, 1):
-                time.sleep(1.5)
-                timeline.say(f"step {number}: {step.title}")
-                began = time.time()
-                step.act()
-                lab.wait(lambda s=step: lab.client_sees() == s.expect, 20,  # type: ignore[misc]
-                         f"the client to see {step.expect}")
-                step.downtime_ms = lab.downtime_ms(began, step.expect)
-                step.ok = True
-                holders = [n for n in ("a", "b") if lab.has_vip(n)]
-                timeline.say(f"step {number} done: client sees {step.expect}; VIP on "
-                             f"{', '.join('node-' + h for h in holders) or 'nobody'}; "
-                             f"client-visible downtime {step.downtime_ms:.0f} ms")
+                _run_step(lab, timeline, number, step)
             time.sleep(1)
             lab.on_probe = None
             _summary(steps)
             if keep:
-                lab.start_agent("a", CARP_PREEMPT="true", **health)
+                lab.start_agent("a", CARP_PREEMPT="true", **HEALTH)
                 timeline.say("node-a's agent started again (it will preempt back)")
                 print("lab left running; press Ctrl-C to tear it down "
                       f"(logs in {lab.dir})", flush=True)
@@ -302,6 +272,46 @@ def run_lab(short: bool = False, keep: bool = False) -> int:
         return 130
     print("carp-sidecar lab: all steps passed; namespaces, processes and VIPs removed")
     return 0
+
+
+HEALTH = {"CARP_HEALTH_URL": "http://127.0.0.1/", "CARP_HEALTH_INTERVAL": "0.5"}
+
+
+def _set_up(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
+    """Apache and carp-sidecar on both nodes, the client polling, node-a MASTER."""
+    lab.on_probe = lambda line: timeline.say(
+        f"client: {'answer from ' + line['body'] if line['ok'] else 'no answer'}"
+        + (f" (after {line['gap_ms']:.0f} ms without an answer)"
+           if line["ok"] and line["gap_ms"] > 50 else ""), line["t"])
+    timeline.say(f"namespaces up (tag {lab.topo.tag}): node-a 172.16.0.11, node-b "
+                 f"172.16.0.12, client 172.16.0.100, VIP {VIP}")
+    for node in ("a", "b"):
+        lab.start_apache(node)
+    lab.start_agent("a", CARP_PREEMPT="true", **HEALTH)
+    lab.start_agent("b", CARP_ADVSKEW="100", **HEALTH)
+    timeline.say("Apache and carp-sidecar running on both nodes (node-a: advskew 0 + "
+                 "preempt, node-b: advskew 100)")
+    for node, ip in (("a", "172.16.0.11"), ("b", "172.16.0.12")):
+        timeline.say(f"metrics of node-{node}: ip netns exec {lab.topo['client'].ns} "
+                     f"curl http://{ip}:9655/metrics")
+    threading.Thread(target=_watch_states, args=(lab, timeline, stop), daemon=True).start()
+    lab.start_probe()
+    lab.wait(lambda: lab.client_sees() == "node-a", 15, "the client to reach node-a")
+    timeline.say("step 0: node-a is MASTER and serves the VIP")
+
+
+def _run_step(lab: Lab, timeline: Timeline, number: int, step: Step) -> None:
+    time.sleep(1.5)
+    timeline.say(f"step {number}: {step.title}")
+    began = time.time()
+    step.act()
+    lab.wait(lambda: lab.client_sees() == step.expect, 20, f"the client to see {step.expect}")
+    step.downtime_ms = lab.downtime_ms(began, step.expect)
+    step.ok = True
+    holders = [n for n in ("a", "b") if lab.has_vip(n)]
+    timeline.say(f"step {number} done: client sees {step.expect}; VIP on "
+                 f"{', '.join('node-' + h for h in holders) or 'nobody'}; "
+                 f"client-visible downtime {step.downtime_ms:.0f} ms")
 
 
 def _summary(steps: list[Step]) -> None:

@@ -57,7 +57,7 @@ LIVE = frozenset({
     "if_alias", "upscript", "downscript", "notifyscript", "xparam", "script_timeout",
     "garp_repeat", "garp_refresh", "probe_interval", "health", "maintenance_file", "script_env",
 })
-HIDDEN = frozenset({"secret", "script_env"})  # changed, but never shown (a secret; noise)
+HIDDEN = frozenset({"auth", "script_env"})  # changed, but never shown (a secret; noise)
 AGENT_AT_RESTART = ("metrics_listen", "control_socket", "state_dir", "realtime", "syslog",
                     "log_format")
 Key = tuple[str, int]
@@ -106,8 +106,8 @@ def describe(old: Vhid, new: Vhid, changed: list[str]) -> str:
             before, after = set(map(str, old.vips)), set(map(str, new.vips))
             parts.append("vips " + " ".join([*(f"+{v}" for v in sorted(after - before)),
                                              *(f"-{v}" for v in sorted(before - after))]))
-        elif name == "secret":
-            parts.append("password changed")
+        elif name == "auth" and old.auth.key != new.auth.key:
+            parts.append("password changed")  # (its VIP half changes with the first VIP)
         elif name not in HIDDEN:
             parts.append(f"{name} {_show(getattr(old, name))} -> {_show(getattr(new, name))}")
     return ", ".join(parts) or "environment of the scripts"

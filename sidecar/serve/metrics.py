@@ -56,6 +56,13 @@ class Metrics:
             gc_collector.GCCollector(registry=r)
         Info("carp_build", "carp-sidecar build", registry=r).info(
             {"version": version, "python": platform.python_version()})
+        self._protocol(r, base)
+        self._peers(r, base)
+        self._operations(r, base)
+        self._conflicts(r, base)
+
+    def _protocol(self, r: CollectorRegistry, base: list[str]) -> None:
+        """State, transitions, adverts, VIPs, the configured timing."""
         self.state = Gauge("carp_state", "1 for the current state, 0 for the others",
                            [*base, "state"], registry=r)
         self.state_code = Gauge("carp_state_code", "Current state: 0 INIT, 1 BACKUP, 2 MASTER",
@@ -88,6 +95,9 @@ class Metrics:
         self.master_down_interval = Gauge("carp_master_down_interval_seconds",
                                           "How long a BACKUP waits for a silent master", base,
                                           registry=r)
+
+    def _peers(self, r: CollectorRegistry, base: list[str]) -> None:
+        """What each peer advertises."""
         self.peer_last_advert = Gauge("carp_peer_last_advert_timestamp_seconds",
                                       "Unix time of the last valid advert from a peer",
                                       [*base, "peer"], registry=r)
@@ -95,6 +105,9 @@ class Metrics:
                                   [*base, "peer"], registry=r)
         self.peer_advbase = Gauge("carp_peer_advbase_seconds", "advbase a peer advertises",
                                   [*base, "peer"], registry=r)
+
+    def _operations(self, r: CollectorRegistry, base: list[str]) -> None:
+        """Scripts, the VIP backend, health checks."""
         self.script_runs = Counter("carp_script_runs", "Up/down script runs by result",
                                    [*base, "script", "result"], registry=r)
         self.script_duration = Histogram("carp_script_duration_seconds", "Script run time",
@@ -104,6 +117,9 @@ class Metrics:
                                "(1 when no check is configured)", base, registry=r)
         self.health_checks = Counter("carp_health_checks", "Health check results",
                                      [*base, "result"], registry=r)
+
+    def _conflicts(self, r: CollectorRegistry, base: list[str]) -> None:
+        """Split-brain evidence, the peer table, HTTP, announcements, handovers."""
         self.conflicts = Counter("carp_conflicts", "Split-brain evidence while MASTER: another "
                                  "master's adverts after our takeover settled (evidence=advert), "
                                  "an ARP or neighbour advertisement for a VIP from another MAC "
@@ -165,7 +181,15 @@ class InstanceMetrics:
     def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str],
                  strict_peers: Iterable[IPv4Address] = ()) -> None:
         self.family = m
-        lb = self.labels = {"vhid": str(vhid), "interface": interface}
+        self.labels = {"vhid": str(vhid), "interface": interface}
+        self._bind_protocol(m, self.labels, vips)
+        self._bind_operations(m, self.labels)
+        self._bind_conflicts(m, self.labels, strict_peers)
+        self.health_up.set(1)
+        self.set_state(State.INIT)
+
+    def _bind_protocol(self, m: Metrics, lb: dict[str, str], vips: Iterable[str]) -> None:
+        """State, transitions, adverts, the VIPs."""
         self.state = {s: m.state.labels(**lb, state=s.name) for s in State}
         self.state_code = m.state_code.labels(**lb)
         self.is_master = m.is_master.labels(**lb)
@@ -184,6 +208,15 @@ class InstanceMetrics:
         self.maintenance = m.maintenance.labels(**lb)
         self.maintenance_since = m.maintenance_since.labels(**lb)
         self.master_down_interval = m.master_down_interval.labels(**lb)
+        self.interface_present = m.interface_present.labels(**lb)
+        self.garps_sent = m.garps_sent.labels(**lb)
+        self.probes_sent = m.probes_sent.labels(**lb)
+        self.handovers_sent = m.handovers_sent.labels(**lb)
+        self.handovers_received = m.handovers_received.labels(**lb)
+        self.takeover_duration = m.takeover_duration.labels(**lb)
+
+    def _bind_operations(self, m: Metrics, lb: dict[str, str]) -> None:
+        """Scripts, the VIP backend, health checks."""
         self.script_runs = {(script, result): m.script_runs.labels(**lb, script=script,
                                                                      result=result)
                             for script in SCRIPTS for result in SCRIPT_RESULTS}
@@ -192,19 +225,15 @@ class InstanceMetrics:
         self.health_up = m.health_up.labels(**lb)
         self.health_checks = {ok: m.health_checks.labels(**lb, result="ok" if ok else "failed")
                               for ok in (True, False)}
+
+    def _bind_conflicts(self, m: Metrics, lb: dict[str, str],
+                        strict_peers: Iterable[IPv4Address]) -> None:
+        """Split-brain evidence and the peers."""
         self.conflicts = {e: m.conflicts.labels(**lb, evidence=e) for e in EVIDENCE}
-        self.interface_present = m.interface_present.labels(**lb)
         self.peers = m.peers.labels(**lb)
         self.peers_evicted = m.peers_evicted.labels(**lb)
-        self.garps_sent = m.garps_sent.labels(**lb)
-        self.probes_sent = m.probes_sent.labels(**lb)
-        self.handovers_sent = m.handovers_sent.labels(**lb)
-        self.handovers_received = m.handovers_received.labels(**lb)
-        self.takeover_duration = m.takeover_duration.labels(**lb)
         self.peer_counter_behind = {p: m.peer_counter_behind.labels(**lb, peer=str(p))
                                     for p in strict_peers}
-        self.health_up.set(1)
-        self.set_state(State.INIT)
 
     def set_state(self, state: State) -> None:
         for s, child in self.state.items():

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sidecar import __version__
 from sidecar.config import ucarp_options
@@ -58,6 +59,27 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--offline", action="store_true",
                     help="a file meant for another host: skip what only that host has "
                     "(interface, addresses, capabilities, scripts, the password file)")
+    _operator_commands(sub, env_file)
+    imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
+                         "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
+    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    w = sub.add_parser("watch", parents=[env_file],
+                       help="print every CARP advert on the link and who is master (scapy)")
+    w.add_argument("--interface", "-i", help="default: CARP_INTERFACE")
+    w.add_argument("--count", "-c", type=int, default=0, help="stop after N adverts")
+    w.add_argument("--seconds", "-t", type=float, default=None, help="stop after S seconds")
+    w.add_argument("--pcap", "-w", type=Path, default=None,
+                   help="also write the frames to this pcap file (for a support ticket)")
+    comp = sub.add_parser("completion", help="print a shell completion script")
+    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    lab = sub.add_parser("lab", help="two-node failover lab in network namespaces (root)")
+    lab.add_argument("--short", action="store_true", help="the quick scenario used by the tests")
+    lab.add_argument("--keep", action="store_true", help="leave the lab up until Ctrl-C at the end")
+    return p
+
+
+def _operator_commands(sub: Any, env_file: argparse.ArgumentParser) -> None:
+    """status, healthcheck, demote, promote, reload: asking the running agent."""
     st = sub.add_parser("status", parents=[env_file],
                         help="the local agent's state, per instance (a table; --json: /status)")
     st.add_argument("--json", action="store_true", help="the agent's /status document")
@@ -80,22 +102,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="re-read the configuration and apply the difference live (as SIGHUP)")
     rl.add_argument("--socket", type=Path, default=None,
                     help="control socket (default: CARP_CONTROL_SOCKET or the default path)")
-    imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
-                         "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
-    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    w = sub.add_parser("watch", parents=[env_file],
-                       help="print every CARP advert on the link and who is master (scapy)")
-    w.add_argument("--interface", "-i", help="default: CARP_INTERFACE")
-    w.add_argument("--count", "-c", type=int, default=0, help="stop after N adverts")
-    w.add_argument("--seconds", "-t", type=float, default=None, help="stop after S seconds")
-    w.add_argument("--pcap", "-w", type=Path, default=None,
-                   help="also write the frames to this pcap file (for a support ticket)")
-    comp = sub.add_parser("completion", help="print a shell completion script")
-    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
-    lab = sub.add_parser("lab", help="two-node failover lab in network namespaces (root)")
-    lab.add_argument("--short", action="store_true", help="the quick scenario used by the tests")
-    lab.add_argument("--keep", action="store_true", help="leave the lab up until Ctrl-C at the end")
-    return p
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> Config:

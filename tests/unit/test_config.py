@@ -464,3 +464,37 @@ def test_file_mode_origins_name_the_table(tmp_path: Path) -> None:
     assert re.search(r"^CARP_VHID=1 +# .*\[\[vhid\]\] #1$", r.stdout, re.M), r.stdout
     assert re.search(r"^CARP_INTERFACE=eth0 +# .* \(top level\)$", r.stdout, re.M)
     assert re.search(r"^CARP_ADVBASE=2 +# environment$", r.stdout, re.M)
+
+
+def test_the_password_file_is_read_once_at_validation(tmp_path: Path) -> None:
+    """Validated and handed over from one read: a file that changes or goes afterwards
+    changes nothing (a reload reads it again, whole)."""
+    (tmp_path / "pw").write_text("geheim\n")
+    env = {k: v for k, v in BASE.items() if k != "CARP_PASS"} | {"CARP_PASS_FILE": str(tmp_path / "pw")}
+    config = load(env)
+    (tmp_path / "pw").write_text("changed\n")
+    first = config.runtime().instances[0]
+    (tmp_path / "pw").unlink()
+    again = config.runtime().instances[0]
+    assert first.auth.key == again.auth.key == b"geheim"
+    assert first.auth.vip == first.ipv4_vips[0].ip
+
+
+def test_every_setting_is_declared_once_and_the_models_follow() -> None:
+    """The variables check-config knows, the pydantic models and the runtime dataclass agree
+    because they come from one declaration (sidecar/config/declare.py)."""
+    import dataclasses
+
+    from sidecar.config.models import AGENT, CHECK, HELP, VHID, CheckSettings, VhidSettings
+    from sidecar.config.runconfig import Check, Vhid
+    from sidecar.config.settings import _KNOWN
+
+    envs = [d.setting.env for d in [*VHID, *CHECK, *AGENT]]
+    assert len(envs) == len(set(envs)) and set(HELP) == set(envs)
+    assert {f"{p}CARP_{e}" for e in envs for p in ("", "U")} == _KNOWN
+    assert set(VhidSettings.model_fields) == {d.name for d in VHID}
+    assert set(CheckSettings.model_fields) == {f.name for f in dataclasses.fields(Check)}
+    derived = {f.name for f in dataclasses.fields(Vhid) if "setting" not in f.metadata}
+    assert derived == {"auth", "vips", "vrrp3_dead_timer", "prefix_known", "script_env"}
+    vhid = VhidSettings.model_fields["vhid"]
+    assert [m.ge for m in vhid.metadata if hasattr(m, "ge")] == [1]

@@ -218,5 +218,5 @@ def test_example_config_file_loads(tmp_path: Path) -> None:
     config = load({"CARP_CONFIG": str(path)})
     assert [i.vhid for i in config.instances] == [1, 2, 3]
     assert [str(v) for v in config.instances[0].vips] == ["172.16.0.1/16", "2001:db8::1/64"]
-    assert all(i.health == ["apache"] for i in config.instances)
+    assert all(list(i.health) == ["apache"] for i in config.instances)
     assert config.runtime().instances[0].hmac_address.compressed == "172.16.0.1"

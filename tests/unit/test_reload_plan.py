@@ -8,12 +8,14 @@ from ipaddress import IPv4Address, ip_interface
 from pathlib import Path
 
 from sidecar.config.runconfig import Check, RunConfig, Vhid
+from sidecar.config.values import auth
 from sidecar.runtime.reload import LIVE, plan
 
 
-def vhid(n: int, **kw: object) -> Vhid:
-    base = {"interface": "eth0", "vhid": n, "secret": b"pw", "vips": (ip_interface(f"10.0.0.{n}/24"),)}
-    return Vhid(**{**base, **kw})  # type: ignore[arg-type]
+def vhid(n: int, secret: bytes = b"pw", **kw: object) -> Vhid:
+    vips = kw.pop("vips", (ip_interface(f"10.0.0.{n}/24"),))
+    fields = {"interface": "eth0", **kw}
+    return Vhid(vhid=n, vips=vips, auth=auth(secret, vips), **fields)  # type: ignore[arg-type]
 
 
 def config(*instances: Vhid, **kw: object) -> RunConfig:
