@@ -9,7 +9,7 @@ IMAGE ?= localhost/carp-sidecar
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv lint typecheck unit integration test demo bench chaos dist image image-test clean
+.PHONY: help deps venv lint typecheck unit deploy-check integration test demo bench chaos dist image image-test clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,14 +51,18 @@ lint: venv ## ruff, and the import contracts of pyproject.toml (import-linter)
 typecheck: venv ## mypy --strict on the package
 	$(BIN)/mypy --strict sidecar
 
-unit: venv ## fast tests, no root needed
-	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+unit: venv ## the pure unit suite: no root, no external tools, in parallel (under 15 s)
+	$(BIN)/pytest -q -n auto tests/unit $(PYTEST_ARGS)
+
+deploy-check: deps ## the shipped files through their own tools (hadolint, kubectl, promtool, systemd-analyze, compose)
+	$(BIN)/pytest -q tests/deploy $(PYTEST_ARGS)
 
 integration: deps ## root + netns tests (real ucarp, apache, prometheus)
 	$(BIN)/pytest -q -m "integration and not image" tests/integration $(PYTEST_ARGS)
 
-test: deps lint typecheck ## lint, types, unit and integration tests (not the image: image-test)
-	$(BIN)/pytest -q -m "not image" tests $(PYTEST_ARGS)
+test: deps lint typecheck ## lint, types, unit, deploy-file and integration tests (not the image: image-test)
+	$(BIN)/pytest -q -n auto tests/unit tests/deploy $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not image" tests/integration $(PYTEST_ARGS)
 
 demo: deps ## two-node failover lab on this machine (network namespaces, Apache, carp-sidecar)
 	$(BIN)/carp-sidecar lab $(LAB_ARGS)
