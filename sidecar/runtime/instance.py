@@ -271,7 +271,10 @@ class Instance:
 
     # ---- from the channel ----
     def advert_packet(self, packet: bytes) -> None:
-        self._do(self.session.receive(self.loop.time(), packet))
+        todo = self.session.receive(self.loop.time(), packet)
+        if log.isEnabledFor(logging.DEBUG):
+            self.reporter.decision(todo, self.session)
+        self._do(todo)
 
     def dropped(self, error: AdvertError, src: bytes | None = None) -> None:
         """A packet the channel could not give to any one instance (counted by each)."""

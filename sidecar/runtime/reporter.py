@@ -11,7 +11,7 @@ from typing import Any
 
 from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
-from sidecar.core.machine import Conflict, Reason, State, Transition
+from sidecar.core.machine import Action, Conflict, Reason, State, Transition
 from sidecar.core.protocol import AdvertError, DropReason
 from sidecar.core.session import Session
 from sidecar.serve.logs import fields
@@ -81,11 +81,18 @@ class Reporter:
         self.m.received.inc()
         if a.handover:
             self.m.handovers_received.inc()
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("Advert from %s advbase %d advskew %d counter %d in %s", a.peer, a.advbase,
-                      a.advskew, a.counter, session.machine.state.name,
-                      extra=fields(vhid=self.s.vhid, peer=str(a.peer), advbase=a.advbase,
-                                   advskew=a.advskew))
+
+    def decision(self, todo: list[outputs.Output], session: Session) -> None:
+        """CARP_LOG_LEVEL=debug: each advert and what it made the machine do."""
+        a = next((o for o in todo if isinstance(o, outputs.Accepted)), None)
+        if a is None:
+            return
+        acts = [type(o).__name__ for o in todo if isinstance(o, Action)]
+        log.debug("Advert from %s advbase %d advskew %d counter %d in %s: %s", a.peer, a.advbase,
+                  a.advskew, a.counter, session.machine.state.name,
+                  ", ".join(acts) or "nothing to do",
+                  extra=fields(vhid=self.s.vhid, peer=str(a.peer), advbase=a.advbase,
+                               advskew=a.advskew))
 
     def _dropped(self, d: outputs.Dropped, session: Session, now: float) -> None:
         self.dropped(d.error, d.src, now)
