@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.lab.netns import Topology, require_root_and_tools, stop_process
+from sidecar.lab.picture import Recording, draw
 
 VIP = "172.16.0.1"
 ADDRESSES = {"a": "172.16.0.11/16", "b": "172.16.0.12/16", "client": "172.16.0.100/16"}
@@ -181,6 +182,7 @@ class Timeline:
     def __init__(self) -> None:
         self.t0 = time.time()
         self._lock = threading.Lock()
+        self.recording = Recording(self.t0)  # for --timeline
 
     def say(self, text: str, t: float | None = None) -> None:
         with self._lock:
@@ -204,6 +206,7 @@ def _watch_states(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
             key = (st["state"], (st["last_transition"] or {}).get("reason", "")) if st else None
             if key != seen.get(node):
                 seen[node] = key
+                timeline.recording.states.append((time.time(), node, key[0] if key else "none"))
                 if key:
                     timeline.say(f"node-{node}: {key[0]:<6} ({key[1]})")
                 else:
@@ -235,7 +238,8 @@ def _steps(lab: Lab, short: bool) -> list[Step]:
     return steps
 
 
-def run_lab(short: bool = False, keep: bool = False) -> int:
+def run_lab(short: bool = False, keep: bool = False, picture: Path | None = None) -> int:
+    """``picture``: also draw the run there (PNG or SVG, by its extension)."""
     why = require_root_and_tools([APACHE, "curl", "ip"])
     if why:
         print(f"carp-sidecar lab: {why}", file=sys.stderr)
@@ -253,6 +257,9 @@ def run_lab(short: bool = False, keep: bool = False) -> int:
             time.sleep(1)
             lab.on_probe = None
             _summary(steps)
+            if picture is not None:
+                draw(picture, timeline.recording, time.time())
+                print(f"carp-sidecar lab: timeline drawn in {picture}", flush=True)
             if keep:
                 lab.start_agent("a", CARP_PREEMPT="true", **HEALTH)
                 timeline.say("node-a's agent started again (it will preempt back)")
@@ -279,10 +286,13 @@ HEALTH = {"CARP_HEALTH_URL": "http://127.0.0.1/", "CARP_HEALTH_INTERVAL": "0.5"}
 
 def _set_up(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
     """Apache and carp-sidecar on both nodes, the client polling, node-a MASTER."""
-    lab.on_probe = lambda line: timeline.say(
-        f"client: {'answer from ' + line['body'] if line['ok'] else 'no answer'}"
-        + (f" (after {line['gap_ms']:.0f} ms without an answer)"
-           if line["ok"] and line["gap_ms"] > 50 else ""), line["t"])
+    def heard(line: dict[str, Any]) -> None:
+        timeline.recording.answers.append((line["t"], line["body"] if line["ok"] else None))
+        timeline.say(f"client: {'answer from ' + line['body'] if line['ok'] else 'no answer'}"
+                     + (f" (after {line['gap_ms']:.0f} ms without an answer)"
+                        if line["ok"] and line["gap_ms"] > 50 else ""), line["t"])
+
+    lab.on_probe = heard
     timeline.say(f"namespaces up (tag {lab.topo.tag}): node-a 172.16.0.11, node-b "
                  f"172.16.0.12, client 172.16.0.100, VIP {VIP}")
     for node in ("a", "b"):
@@ -308,6 +318,8 @@ def _run_step(lab: Lab, timeline: Timeline, number: int, step: Step) -> None:
     lab.wait(lambda: lab.client_sees() == step.expect, 20, f"the client to see {step.expect}")
     step.downtime_ms = lab.downtime_ms(began, step.expect)
     step.ok = True
+    timeline.recording.steps.append((began, time.time(), f"{number}. {step.title}",
+                                     step.downtime_ms))
     holders = [n for n in ("a", "b") if lab.has_vip(n)]
     timeline.say(f"step {number} done: client sees {step.expect}; VIP on "
                  f"{', '.join('node-' + h for h in holders) or 'nobody'}; "

@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="two-node failover lab in network namespaces (root)")
     lab.add_argument("--short", action="store_true", help="the quick scenario used by the tests")
     lab.add_argument("--keep", action="store_true", help="leave the lab up until Ctrl-C at the end")
+    lab.add_argument("--timeline", type=Path, default=None, metavar="FILE",
+                     help="also draw the run: each node's state and the client's answers over "
+                     "time (PNG or SVG, by the extension; needs matplotlib: the [lab] extra)")
     return p
 
 
@@ -191,7 +194,15 @@ def _main(argv: list[str]) -> int:
 def _lab(args: argparse.Namespace) -> int:
     from sidecar.lab import run_lab
 
-    return int(run_lab(short=args.short, keep=args.keep))
+    picture = args.timeline
+    if picture is not None:
+        if picture.suffix.lower() not in (".png", ".svg"):
+            print(f"carp-sidecar lab: --timeline {picture}: the file must end in .png or .svg",
+                  file=sys.stderr)
+            return 2
+        import matplotlib  # noqa: F401  # before the lab runs: a missing extra fails now
+
+    return int(run_lab(short=args.short, keep=args.keep, picture=picture))
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -246,7 +257,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 # modules only some commands need -> the extra that installs them (pyproject.toml)
-EXTRAS = {"scapy": "watch", "tomli_w": "import", "sidecar.lab": "lab"}
+EXTRAS = {"scapy": "watch", "tomli_w": "import", "sidecar.lab": "lab", "matplotlib": "lab"}
 
 
 CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 
-def test_lab_short_timeline() -> None:
-    r = subprocess.run([sys.executable, "-m", "sidecar.tools.cli", "lab", "--short"],
-                       capture_output=True, text=True, timeout=120)
+def test_lab_short_timeline(tmp_path: Path) -> None:
+    picture = tmp_path / "lab.png"
+    r = subprocess.run([sys.executable, "-m", "sidecar.tools.cli", "lab", "--short",
+                        "--timeline", str(picture)], capture_output=True, text=True, timeout=120)
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
     order = [
@@ -28,6 +30,17 @@ def test_lab_short_timeline() -> None:
     ]
     for pattern in order:
         assert re.search(pattern, out), f"{pattern!r} missing from:\n{out}"
+    # the run drawn: both nodes MASTER at some time, both answering the client, and a gap
+    from PIL import Image
+
+    from sidecar.lab.picture import COLOURS
+
+    image = Image.open(picture)
+    assert image.format == "PNG" and image.size[0] >= 800
+    colours = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 20) or []}
+    for key in ("MASTER", "BACKUP", "node-a", "node-b", "no answer"):
+        rgb = tuple(int(COLOURS[key][i:i + 2], 16) for i in (1, 3, 5))
+        assert rgb in colours, key
     tag = re.search(r"tag (\w+)", out)
     assert tag is not None
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
