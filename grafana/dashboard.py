@@ -20,22 +20,22 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as m
 
 OUT = Path(__file__).parent / "dashboards" / "carp-failover.json"
-SEL = 'instance=~"$instance", vhid=~"$vhid"'
+SEL = 'group=~"$group", instance=~"$instance", vhid=~"$vhid"'
 DS = m.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
 # title -> its queries [(expr, legend)], refIds A, B... in that order; the order is the panel order
 QUERIES: dict[str, list[tuple[str, str]]] = {
-    "Master now": [(f"max by (vhid, instance) (carp_is_master{{{SEL}}}) == 1",
-                   "vhid {{vhid}}: {{instance}}")],
-    "Masters per VHID (must be 1)": [(f"sum by (vhid) (carp_is_master{{{SEL}}})", "vhid {{vhid}}")],
+    "Master now": [(f"max by (group, vhid, instance) (carp_is_master{{{SEL}}}) == 1",
+                   "{{group}}: {{instance}}")],
+    "Masters per VHID (must be 1)": [(f"sum by (group, vhid) (carp_is_master{{{SEL}}})", "{{group}}")],
     "Time since last transition": [(f"time() - carp_last_transition_timestamp_seconds{{{SEL}}}",
                                    "{{instance}} vhid {{vhid}}")],
     "State timeline": [(f"max by (instance, vhid) (carp_state_code{{{SEL}}})",
                        "{{instance}} vhid {{vhid}}")],
     "Transitions (flap rate)": [(
-        f"sum by (instance, vhid, to, reason) "
+        f"sum by (instance, vhid, to, reason, planned) "
         f"(increase(carp_transitions_total{{{SEL}}}[$__rate_interval]))",
-        "{{instance}} vhid {{vhid}} -> {{to}} ({{reason}})")],
+        "{{instance}} vhid {{vhid}} -> {{to}} ({{reason}}, planned {{planned}})")],
     "Adverts sent": [(f"sum by (instance, vhid) (rate(carp_adverts_sent_total{{{SEL}}}[$__rate_interval]))",
                      "{{instance}} vhid {{vhid}} sent")],
     "Adverts received": [(
@@ -47,8 +47,9 @@ QUERIES: dict[str, list[tuple[str, str]]] = {
     "VIP present (observed by netlink)": [(
         f"max by (instance, vhid, vip) (carp_vip_present{{{SEL}}})",
         "{{instance}} vhid {{vhid}} {{vip}}")],
-    "Service health": [(f"min by (instance, vhid) (carp_health_up{{{SEL}}})",
-                       "{{instance}} vhid {{vhid}} healthy")],
+    "Service health": [(f"min by (instance, vhid) (carp_health_up{{{SEL}}}) "
+                        f"+ 2 * (1 - max by (instance, vhid) (carp_health_checked{{{SEL}}}))",
+                        "{{instance}} vhid {{vhid}}")],
     "Demoted / maintenance": [(f"max by (instance, vhid) (carp_demoted{{{SEL}}})",
                                "{{instance}} vhid {{vhid}} demoted"),
                               (f"max by (instance, vhid) (carp_maintenance{{{SEL}}})",
@@ -59,11 +60,30 @@ QUERIES: dict[str, list[tuple[str, str]]] = {
         f"sum by (instance, vhid, evidence) "
         f"(increase(carp_conflicts_total{{{SEL}}}[$__rate_interval]))",
         "{{instance}} vhid {{vhid}} {{evidence}}")],
+    "Failover a client saw (max) and its budget": [
+        (f"max by (group, vhid, reason) (histogram_quantile(1, sum by (le, group, vhid, reason) "
+         f"(increase(carp_failover_duration_seconds_bucket{{{SEL}}}[$__range]))))",
+         "{{group}} {{reason}}"),
+        (f"max by (group, vhid) (carp_master_down_interval_seconds{{{SEL}}})",
+         "{{group}} budget (master-down interval)")],
+    "Unplanned moves (15 min)": [(
+        f"sum by (group, vhid) (increase(carp_transitions_total{{planned=\"false\", {SEL}}}[15m]))",
+        "{{group}}")],
+    "Advert age (as each backup sees its master)": [(
+        f"time() - max by (instance, vhid) (carp_peer_last_advert_timestamp_seconds{{{SEL}}})",
+        "{{instance}} vhid {{vhid}}")],
+    "Script runs by result": [(
+        f"sum by (instance, vhid, script, result) "
+        f"(increase(carp_script_runs_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} vhid {{vhid}} {{script}} {{result}}")],
     "Takeover duration p95": [(
         f"histogram_quantile(0.95, sum by (le, instance) "
         f"(rate(carp_takeover_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))",
         "{{instance}}")],
 }
+
+# Transitions as annotations on every panel: a state that changed in the last minute
+ANNOTATION = f"changes(max by (instance, vhid) (carp_state_code{{{SEL}}})[1m:5s]) > 0"
 
 MASTER_MAP = m.ValueMap(options={"1": m.ValueMappingResult(text="MASTER", color="green")})
 STATE_MAP = m.ValueMap(options={
@@ -81,17 +101,19 @@ def targets(title: str, instant: bool = False) -> list[prometheus.Dataquery]:
     return out
 
 
-def flag(off: str, on: str) -> m.ValueMap:
-    """Value mappings for the 0/1 series, so a panel says what 0 and 1 mean."""
-    return m.ValueMap(options={"0": m.ValueMappingResult(text=off, color="green" if on in BAD
-                                                         else "red"),
-                               "1": m.ValueMappingResult(text=on, color="red" if on in BAD
-                                                         else "green")})
+def flag(off: str, on: str, none: str | None = None) -> m.ValueMap:
+    """Value mappings for the 0/1 series, so a panel says what 0 and 1 mean (and 3, for the
+    health panel: no check configured)."""
+    options = {"0": m.ValueMappingResult(text=off, color="green" if on in BAD else "red"),
+               "1": m.ValueMappingResult(text=on, color="red" if on in BAD else "green")}
+    if none is not None:
+        options["3"] = m.ValueMappingResult(text=none, color="blue")
+    return m.ValueMap(options=options)
 
 
 BAD = {"demoted / in maintenance"}
 FLAGS = {"VIP present (observed by netlink)": flag("absent", "present"),
-         "Service health": flag("unhealthy", "healthy"),
+         "Service health": flag("unhealthy", "healthy", "no check configured"),
          "Demoted / maintenance": flag("in service", "demoted / in maintenance")}
 
 
@@ -105,10 +127,16 @@ def build() -> dict[str, object]:
          .description("carp-sidecar: who holds each VIP, transitions, adverts, drops, health")
          .refresh("10s").time("now-1h", "now").timezone("browser"))
     d.with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
-    for name, query in (("instance", "label_values(carp_state_code, instance)"),
-                        ("vhid", 'label_values(carp_state_code{instance=~"$instance"}, vhid)')):
+    # group first: two clusters may both use VHID 1 (CARP_GROUP, default vhidN-FIRSTVIP)
+    for name, query in (("group", "label_values(carp_state_code, group)"),
+                        ("instance", 'label_values(carp_state_code{group=~"$group"}, instance)'),
+                        ("vhid", 'label_values(carp_state_code{group=~"$group", '
+                                 'instance=~"$instance"}, vhid)')):
         d.with_variable(db.QueryVariable(name).label(name).query(query).datasource(DS)
                         .multi(True).include_all(True).refresh(m.VariableRefresh.ON_TIME_RANGE_CHANGED))
+    d.annotation(db.AnnotationQuery().name("Transitions").datasource(DS).enable(True)
+                 .icon_color("orange")
+                 .expr(ANNOTATION))
     d.with_row(db.Row("Who is master"))
     d.with_panel(stat.Panel().title("Master now").height(5).span(8)
                  .with_target(targets("Master now", instant=True)[0]).mappings([MASTER_MAP]))
@@ -119,16 +147,31 @@ def build() -> dict[str, object]:
                  .with_target(targets("Time since last transition", instant=True)[0]))
     d.with_panel(statetimeline.Panel().title("State timeline").height(8).span(24)
                  .with_target(targets("State timeline")[0]).mappings([STATE_MAP]))
+    d.with_panel(timeseries.Panel().title("Failover a client saw (max) and its budget").height(8)
+                 .span(16).unit("s")
+                 .description("Measured by each new master: from the last advert it heard from "
+                              "the old one (or its bow-out) to its VIP up and announced; beside "
+                              "it the master-down interval, what a master that dies may cost")
+                 .with_target(targets("Failover a client saw (max) and its budget")[0])
+                 .with_target(targets("Failover a client saw (max) and its budget")[1]))
+    d.with_panel(stat.Panel().title("Unplanned moves (15 min)").height(8).span(8)
+                 .description("Transitions with planned=\"false\": a master fell silent or its "
+                              "service failed. CarpFlappingMaster fires at 3")
+                 .thresholds(thresholds((None, "green"), (1, "yellow"), (3, "red")))
+                 .with_target(targets("Unplanned moves (15 min)", instant=True)[0]))
     d.with_row(db.Row("Protocol"))
     for title, unit in (("Transitions (flap rate)", "short"), ("Adverts sent", "pps"),
                         ("Adverts received", "pps"), ("Drops by reason", "pps"),
                         ("Split-brain evidence (conflicts)", "short"),
+                        ("Advert age (as each backup sees its master)", "s"),
+                        ("Script runs by result", "short"),
                         ("Takeover duration p95", "s")):
         d.with_panel(timeseries.Panel().title(title).height(8).span(12).unit(unit)
                      .with_target(targets(title)[0]))
     d.with_row(db.Row("VIP and service"))
     for title in ("VIP present (observed by netlink)", "Service health", "Demoted / maintenance"):
-        panel = statetimeline.Panel().title(title).height(6).span(8).min(0).max(1)
+        top = 3 if title == "Service health" else 1  # 3: no check configured
+        panel = statetimeline.Panel().title(title).height(6).span(8).min(0).max(top)
         for query in targets(title):
             panel = panel.with_target(query)
         d.with_panel(panel.mappings([FLAGS[title]]))

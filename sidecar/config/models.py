@@ -6,6 +6,7 @@ must be executable, rules across fields) is a validator on the rules classes her
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import urllib.parse
 from ipaddress import IPv4Address
@@ -45,6 +46,7 @@ from sidecar.config.values import (
     vips_of,
 )
 
+GROUP_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a label value anyone can type and read
 VHID = declared(Vhid, VHID_INPUTS)
 CHECK = declared(Check)
 AGENT = declared(None, AGENT_SETTINGS)
@@ -116,6 +118,13 @@ class VhidRules(_Rules):
             raise ValueError("a peer is listed twice")
         if len(v) > 32:
             raise ValueError("at most 32 peers")
+        return v
+
+    @field_validator("group", check_fields=False)
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and not GROUP_NAME.fullmatch(v):
+            raise ValueError("1-64 letters, digits, '.', '_', ':' or '-'")
         return v
 
     @field_validator("maintenance_file", check_fields=False)

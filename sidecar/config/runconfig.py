@@ -104,6 +104,9 @@ class Vhid:
                                     "advertise to the multicast group (migration)")
     strict: bool = setting(False, env="STRICT", help="only carp-sidecar peers: HMAC over the "
                            "whole header, replays dropped")
+    group: str | None = setting(None, env="GROUP", help="the cluster's name, the label group on "
+                                "every series (default vhidN-FIRSTVIP: no two clusters on one "
+                                "network share it)")
     # ---- derived ----
     vrrp3_dead_timer: bool = False
     # False when scripts add the VIP and no CARP_MASK or /prefix was given: the scripts choose
@@ -145,6 +148,12 @@ class Vhid:
     @property
     def name(self) -> str:
         return f"{self.interface}/vhid{self.vhid}"
+
+    @property
+    def group_name(self) -> str:
+        """What tells this cluster from another that uses the same VHID (VHID 1 is everyone's
+        default): CARP_GROUP, else the VHID and the first VIP, which clusters never share."""
+        return self.group or f"vhid{self.vhid}-{self.vips[0].ip}"
 
 
 # What the runtime derives the VIPs and the key from: settings with no field of their own.

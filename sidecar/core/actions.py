@@ -26,7 +26,8 @@ class Reason(StrEnum):
     HANDOVER = "handover"
     PREFERRED_MASTER = "preferred_master"
     LINK_DOWN = "link_down"
-    DEMOTED = "demoted"
+    MAINTENANCE = "maintenance"  # demoted by an operator or the maintenance file: planned
+    UNHEALTHY = "unhealthy"  # demoted by a failing health check
     STEP_DOWN = "step_down"  # SIGUSR2, ucarp's "considering going down"
     CANNOT_ADVERTISE = "cannot_advertise"  # source address gone or sends failing: like link down
     STOP = "stop"
@@ -110,3 +111,16 @@ class Conflict:
 
 
 Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict | Stopped
+
+# The moves of the VIP nobody planned, each counted once: a backup that took over because the
+# master fell silent (it died, lost its link or its adverts: it may not be able to say so) and
+# a master whose service failed (it bows out; its successor sees a planned-looking handover).
+# Operator moves (demote/promote, the maintenance file, SIGUSR2, a stop or reload), the preempt
+# that follows and the bow-out handover are planned.
+UNPLANNED = frozenset({(State.MASTER, Reason.MASTER_DOWN), (State.MASTER, Reason.MASTER_TIMEOUT),
+                       (State.BACKUP, Reason.UNHEALTHY)})
+
+
+def planned(to: State, reason: Reason) -> bool:
+    """Whether a move to ``to`` for ``reason`` counts as planned (flapping counts the others)."""
+    return (to, reason) not in UNPLANNED

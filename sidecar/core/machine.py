@@ -256,7 +256,7 @@ class Machine:
         if not self.demoted or self.state is not State.MASTER or self._stop_at is not None:
             return []
         actions: list[Action] = [self._bow_out_advert()]
-        actions += self._leave_master(Reason.DEMOTED)
+        actions += self._leave_master(Reason.MAINTENANCE if self.maintenance else Reason.UNHEALTHY)
         self._arm_master_down(now)
         return actions
 

@@ -24,7 +24,7 @@ class CheckSending:
 @dataclass(frozen=True, slots=True)
 class ReserveCounters:
     """Strict: write the counter mark ``upto`` before the next advert leaves; answer:
-    :meth:`Session.counters_reserved` (until then each advert asks again)."""
+    :attr:`StrictCounter.reserved` (until then each advert asks again)."""
 
     upto: int
 
@@ -120,6 +120,15 @@ class SteppingDown:
 
 
 @dataclass(frozen=True, slots=True)
+class TookOver:
+    """We became MASTER; ``heard_at`` (the caller's clock): the last advert of the old master
+    (or its bow-out), where the outage a client sees began. None: no master was ever heard."""
+
+    reason: str
+    heard_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Notify:
     """The notify script's state (MASTER, BACKUP, FAULT, STOP) changed."""
 
@@ -130,5 +139,5 @@ class Notify:
 
 Event = (Dropped | Accepted | PeersEvicted | PeersSwept | PeerCounterBehind | PeerCounterBack
          | ClaimSeen | StaleHolder | FormerMasterSilent | AdvertisableChanged | HealthChanged
-         | MaintenanceChanged | SteppingDown | Notify)
+         | MaintenanceChanged | SteppingDown | TookOver | Notify)
 Output = Action | SendProbe | CheckSending | ReserveCounters | Event

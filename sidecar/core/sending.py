@@ -12,6 +12,7 @@ write per COUNTER_RESERVE adverts.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -49,18 +50,22 @@ class LinkState:
         return self.send_error
 
 
-@dataclass(slots=True)
 class StrictCounter:
-    floor: int = 0  # an earlier run may have used counters up to this
-    reserved: int | None = None  # reserved up to this (None: not kept)
+    def __init__(self, wall: Callable[[], float]) -> None:
+        self._wall = wall  # Unix time
+        self.floor = 0  # an earlier run may have used counters up to this
+        self.reserved: int | None = None  # reserved up to this (None: not kept)
 
-    def seed(self, wall_us: int) -> int:
-        return max(wall_us, self.floor + 1)
+    def seed(self) -> int:
+        """The first counter: above the wall clock in µs and above the floor."""
+        return max(int(self._wall() * 1_000_000), self.floor + 1)
 
-    def keep(self, mark: int | None, wall_us: int) -> int:
-        """Start above ``mark``; the first reservation's end."""
+    def keep(self, mark: int | None) -> int:
+        """Before the first advert: start above ``mark`` (what an earlier run reserved); the
+        end of the first reservation, to be written before the advert leaves (then set
+        :attr:`reserved`)."""
         self.floor = mark or 0
-        return min(self.seed(wall_us) + COUNTER_RESERVE, COUNTER_MAX)
+        return min(self.seed() + COUNTER_RESERVE, COUNTER_MAX)
 
     def due(self, counter: int) -> int | None:
         """Before the advert with ``counter`` leaves: a new reservation's end, if one is due

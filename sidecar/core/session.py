@@ -45,6 +45,7 @@ from sidecar.core.outputs import (
     SendProbe,
     StaleHolder,
     SteppingDown,
+    TookOver,
 )
 from sidecar.core.peers import ArpClaims, PeerTable, PeerWatch, ReplayGuard, StaleHolders
 from sidecar.core.protocol import Expect
@@ -88,7 +89,8 @@ class Session:
         """``wall``: Unix time; ``rng``: 64-bit random counters (strict mode seeds from the
         wall clock instead); ``jitter``: a factor near 1 for the probe period."""
         self.config, self._wall, self._jitter = config, wall, jitter
-        self.machine = Machine(config.params, rng=self._strict_seed if config.params.strict
+        self.counters = StrictCounter(wall)  # strict mode's, kept across restarts
+        self.machine = Machine(config.params, rng=self.counters.seed if config.params.strict
                                else rng)
         self.watch = PeerWatch(PeerTable(PEER_CAPACITY,
                                          3 * self.machine.master_down_interval_us / 1e6))
@@ -100,9 +102,9 @@ class Session:
         self.stopping = False
         self.link = LinkState()
         self._at = _Deadlines()
-        self._counters = StrictCounter()
         self._notified: str | None = None
         self._probed_at = -1e9
+        self._master_heard_at: float | None = None  # the last advert heard while BACKUP
         self._stale = StaleHolders(ARP_CAPACITY, STALE_LOG_BACKOFF)
 
     # ---- life ----
@@ -171,6 +173,8 @@ class Session:
         if verdict.received is None:
             return out
         ad, src = verdict.received.advert, verdict.received.src
+        if self.machine.state is State.BACKUP:  # only a master advertises
+            self._master_heard_at = now
         out += self._heard(now, str(src), ad.advbase, ad.advskew, valid=True)
         return out + self._after(now, self.machine.advert_received(
             now, src, ad.advbase, ad.advskew, ad.counter))
@@ -293,17 +297,6 @@ class Session:
         out += self._after(now, self.machine.set_can_advertise(now, ok))
         return out + self._notify("can_advertise" if ok else "cannot_advertise")
 
-    # ---- strict mode's counter: increasing across restarts, whatever the clock says ----
-    def _strict_seed(self) -> int:
-        return self._counters.seed(int(self._wall() * 1_000_000))
-
-    def keep_counters(self, mark: int | None) -> ReserveCounters:
-        """Before the first advert: start above what an earlier run reserved (``mark``)."""
-        return ReserveCounters(self._counters.keep(mark, int(self._wall() * 1_000_000)))
-
-    def counters_reserved(self, upto: int) -> None:
-        self._counters.reserved = upto
-
     # ---- health, maintenance, the operator ----
     def set_check(self, now: float, name: str, healthy: bool, error: str) -> list[Output]:
         self.checks[name] = (healthy, error)
@@ -362,13 +355,16 @@ class Session:
         before an advert, the first probe after a takeover, the notify script told."""
         out: list[Output] = []
         for a in actions:
-            upto = self._counters.due(a.counter) if isinstance(a, SendAdvert) else None
+            upto = self.counters.due(a.counter) if isinstance(a, SendAdvert) else None
             if upto is not None:
                 out.append(ReserveCounters(upto))  # before the advert leaves
             out.append(a)
             if isinstance(a, Transition):
                 if a.new is State.MASTER:
                     self._at.probe = now + PROBE_AFTER_TAKEOVER
+                    if self._master_heard_at is not None:
+                        out.append(TookOver(a.reason.value, self._master_heard_at))
+                    self._master_heard_at = None
                 out += self._notify(a.reason.value, a.peer)
         return out
 

@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sidecar.config.runconfig import Check, RunConfig, Vhid, host_port
+from sidecar.core.machine import State
 from sidecar.net.caps import missing_capability, source_address
 from sidecar.net.channel import Channel
 from sidecar.net.netlink import (
@@ -330,7 +331,9 @@ class Agent:
 
     def _log_state(self) -> None:
         for instance in self.instances:
-            instance.log_state()
+            # ucarp's SIGUSR1 line
+            state = "MASTER" if instance.machine.state is State.MASTER else "BACKUP"
+            log.info("%s on %s id %d", state, instance.s.interface, instance.s.vhid)
 
     def _stop_signal(self, sig: int) -> None:
         log.info("Received %s: stopping (a master hands over first)", signal.Signals(sig).name)

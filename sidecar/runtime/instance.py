@@ -75,7 +75,7 @@ class Instance:
                                     rng=lambda: secrets.randbits(64),
                                     jitter=lambda: random.uniform(0.9, 1.1))
         self.m = InstanceMetrics(metrics, s.vhid, s.interface, [str(v.ip) for v in s.vips],
-                                 strict_peers=s.peers if s.strict else ())
+                                 strict_peers=s.peers if s.strict else (), group=s.group_name)
         self.reporter = Reporter(s, srcip, self.m, several)
         self.port = SendPort(s, srcip, channel, self.m.advert_send_errors.inc)
         self.scripts = InstanceScripts(s, script_extra or {}, self.m,
@@ -86,6 +86,7 @@ class Instance:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for = 0.0
         self._takeover_started: float | None = None
+        self._failover: outputs.TookOver | None = None  # until the VIP is up and announced
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- what the channel and the agent read ----
@@ -108,10 +109,6 @@ class Instance:
     @property
     def checks(self) -> dict[str, tuple[bool, str]]:
         return self.session.checks
-
-    @property
-    def stopping(self) -> bool:
-        return self.session.stopping
 
     # ---- life ----
     def start(self) -> list[Coroutine[Any, Any, None]]:
@@ -154,6 +151,7 @@ class Instance:
                            self.scripts.environment)
 
     def _machine_gauges(self) -> None:
+        self.m.health_checked.set(1 if self.s.health else 0)
         self.m.advbase.set(self.s.advbase)
         self.m.advskew.set(self.s.advskew)
         self.m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
@@ -207,6 +205,9 @@ class Instance:
                 self.scripts.notify(out)
             elif isinstance(out, Transition):
                 self._takeover_started = now if out.new is State.MASTER else None
+                self._failover = None
+            elif isinstance(out, outputs.TookOver):
+                self._failover = out
         self._reschedule()
 
     def _carry_out(self, out: outputs.Output, now: float) -> list[outputs.Output]:
@@ -255,9 +256,15 @@ class Instance:
                 not self.port.per_vip(build_garp, build_unsolicited_na, "Gratuitous ARP"):
             return
         self.m.garps_sent.inc()
+        now = self.loop.time()
         if self._takeover_started is not None:
-            self.m.takeover_duration.observe(self.loop.time() - self._takeover_started)
+            self.m.takeover_duration.observe(now - self._takeover_started)
             self._takeover_started = None
+        if self._failover is not None:
+            child = self.m.failover_duration.get(self._failover.reason)
+            if child is not None:
+                child.observe(now - self._failover.heard_at)
+            self._failover = None
 
     # ---- strict mode's counter mark ----
     def keep_counters(self, store: MaintenanceStore) -> None:
@@ -352,15 +359,9 @@ class Instance:
         self._do(self.session.step_down(self.loop.time()))
 
     # ---- views ----
-    def log_state(self) -> None:
-        state = "BACKUP" if self.machine.state is not State.MASTER else "MASTER"
-        log.info("%s on %s id %d", state, self.s.interface, self.s.vhid)
-
     def ready(self) -> bool:
         return self.session.ready() and self.channel.attached is not None
 
-    def notify_state(self) -> str:
-        return self.session.notify_state()
 
     def status(self) -> dict[str, Any]:
         return instance_status(self)

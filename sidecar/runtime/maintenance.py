@@ -157,9 +157,9 @@ class CounterMark:
 
     def keep(self, session: Session) -> None:
         """Before the first advert. Raises StateError/OSError."""
-        request = session.keep_counters(self.store.counter_mark(self.name))
-        self.store.reserve_counter(self.name, request.upto)
-        session.counters_reserved(request.upto)
+        upto = session.counters.keep(self.store.counter_mark(self.name))
+        self.store.reserve_counter(self.name, upto)
+        session.counters.reserved = upto
 
     def reserve(self, session: Session, upto: int) -> None:
         try:  # before the advert leaves: a crash after it must not reuse its counter
@@ -168,4 +168,4 @@ class CounterMark:
             log.error("Cannot keep the advert counter in %s: %s; a restart with the clock behind "
                       "would be dropped as replays", self.store.directory, e.strerror or e)
             return
-        session.counters_reserved(upto)
+        session.counters.reserved = upto

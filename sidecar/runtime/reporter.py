@@ -25,7 +25,8 @@ WHY = {
     Reason.HANDOVER: "Master handed over (bow-out advertisement): taking over",
     Reason.PREFERRED_MASTER: "Preferred master advertised: going back to BACKUP state",
     Reason.LINK_DOWN: "Link down: leaving MASTER state",
-    Reason.DEMOTED: "Demoted: handing the VIP over",
+    Reason.MAINTENANCE: "Maintenance: handing the VIP over",
+    Reason.UNHEALTHY: "Service unhealthy: handing the VIP over",
     Reason.CANNOT_ADVERTISE: "Cannot advertise: leaving MASTER state",
 }
 

@@ -24,6 +24,7 @@ def instance_status(instance: Instance) -> dict[str, Any]:
     return {
         "state": machine.state.name,
         "vhid": s.vhid,
+        "group": s.group_name,
         "interface": s.interface,
         "vip": s.shown_vips[0],
         "vips": s.shown_vips,

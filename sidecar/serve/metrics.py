@@ -25,6 +25,7 @@ from prometheus_client import (
     process_collector,
 )
 
+from sidecar.core.actions import planned
 from sidecar.core.machine import Reason, State
 from sidecar.core.protocol import DropReason
 
@@ -34,21 +35,27 @@ TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
     *((State.BACKUP, State.MASTER, r) for r in
       (Reason.MASTER_DOWN, Reason.PREEMPT, Reason.MASTER_TIMEOUT, Reason.HANDOVER)),
     *((State.MASTER, State.BACKUP, r) for r in
-      (Reason.PREFERRED_MASTER, Reason.LINK_DOWN, Reason.DEMOTED, Reason.STEP_DOWN,
-       Reason.CANNOT_ADVERTISE)),
+      (Reason.PREFERRED_MASTER, Reason.LINK_DOWN, Reason.MAINTENANCE, Reason.UNHEALTHY,
+       Reason.STEP_DOWN, Reason.CANNOT_ADVERTISE)),
     (State.MASTER, State.INIT, Reason.STOP),
     (State.BACKUP, State.INIT, Reason.STOP),
 )
 SCRIPT_RESULTS = ("ok", "failed", "timeout", "error", "superseded")
 SCRIPTS = ("up", "down", "notify")
 EVIDENCE = ("advert", "arp", "na", "stale_holder")
+# what a client may see: about 3 s at advbase 1 when a master dies, milliseconds on a handover
+FAILOVER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 3.5, 4.0, 5.0, 10.0,
+                    30.0)
+TAKEOVER_REASONS = (Reason.MASTER_DOWN, Reason.PREEMPT, Reason.MASTER_TIMEOUT, Reason.HANDOVER)
 TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry, version: str,
                  process_metrics: bool = True) -> None:
-        r, base = registry, ["vhid", "interface"]
+        # group: the cluster (CARP_GROUP, default vhidN-FIRSTVIP), so two clusters that both
+        # use VHID 1 in one Prometheus stay apart
+        r, base = registry, ["group", "vhid", "interface"]
         self.registry = registry
         if process_metrics:
             process_collector.ProcessCollector(registry=r)
@@ -69,8 +76,10 @@ class Metrics:
                                 base, registry=r)
         self.is_master = Gauge("carp_is_master", "1 while MASTER (sum by (vhid) must be 1)",
                                base, registry=r)
-        self.transitions = Counter("carp_transitions", "State transitions",
-                                   [*base, "from", "to", "reason"], registry=r)
+        self.transitions = Counter("carp_transitions", "State transitions; planned=\"false\": "
+                                   "the VIP moved because a master fell silent or its service "
+                                   "failed (each unplanned move counted once)",
+                                   [*base, "from", "to", "reason", "planned"], registry=r)
         self.last_transition = Gauge("carp_last_transition_timestamp_seconds",
                                      "Unix time of the last state transition", base, registry=r)
         self.adverts_sent = Counter("carp_adverts_sent", "Advertisements sent", base, registry=r)
@@ -115,6 +124,9 @@ class Metrics:
         self.vip_errors = Counter("carp_vip_errors", "Failed netlink VIP changes", base, registry=r)
         self.health_up = Gauge("carp_health_up", "Co-located service check: 1 healthy, 0 not "
                                "(1 when no check is configured)", base, registry=r)
+        self.health_checked = Gauge("carp_health_checked", "1 while a health check gates this "
+                                    "instance; 0: none does (carp_health_up is then 1)", base,
+                                    registry=r)
         self.health_checks = Counter("carp_health_checks", "Health check results",
                                      [*base, "result"], registry=r)
 
@@ -150,6 +162,11 @@ class Metrics:
                                          "dropped as replays for a master-down interval (its "
                                          "counter went back: restarted with the clock behind)",
                                          [*base, "peer"], registry=r)
+        self.failover_duration = Histogram(
+            "carp_failover_duration_seconds", "Measured by the new master, by the reason it took "
+            "over: from the last advert it heard from the old master (or its bow-out) to its VIP "
+            "up and announced, the outage a client may see", [*base, "reason"],
+            buckets=FAILOVER_BUCKETS, registry=r)
         self.takeover_duration = Histogram("carp_takeover_duration_seconds", "From deciding to "
                                            "become MASTER to VIP added and GARP sent", base,
                                            buckets=TAKEOVER_BUCKETS, registry=r)
@@ -179,9 +196,10 @@ class InstanceMetrics:
     """The series of one instance, bound once; all present from the start."""
 
     def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str],
-                 strict_peers: Iterable[IPv4Address] = ()) -> None:
+                 strict_peers: Iterable[IPv4Address] = (), group: str = "") -> None:
         self.family = m
-        self.labels = {"vhid": str(vhid), "interface": interface}
+        self.labels = {"group": group or f"vhid{vhid}", "vhid": str(vhid), "interface": interface}
+        self._key = tuple(self.labels.values())  # the leading label values of every child
         self._bind_protocol(m, self.labels, vips)
         self._bind_operations(m, self.labels)
         self._bind_conflicts(m, self.labels, strict_peers)
@@ -194,7 +212,8 @@ class InstanceMetrics:
         self.state_code = m.state_code.labels(**lb)
         self.is_master = m.is_master.labels(**lb)
         self.transitions = {(old, new, reason): m.transitions.labels(
-            **lb, **{"from": old.name, "to": new.name}, reason=reason.value)
+            **lb, **{"from": old.name, "to": new.name}, reason=reason.value,
+            planned="true" if planned(new, reason) else "false")
             for old, new, reason in TRANSITIONS}
         self.last_transition = m.last_transition.labels(**lb)
         self.adverts_sent = m.adverts_sent.labels(**lb)
@@ -214,6 +233,8 @@ class InstanceMetrics:
         self.handovers_sent = m.handovers_sent.labels(**lb)
         self.handovers_received = m.handovers_received.labels(**lb)
         self.takeover_duration = m.takeover_duration.labels(**lb)
+        self.failover_duration = {r.value: m.failover_duration.labels(**lb, reason=r.value)
+                                  for r in TAKEOVER_REASONS}
 
     def _bind_operations(self, m: Metrics, lb: dict[str, str]) -> None:
         """Scripts, the VIP backend, health checks."""
@@ -223,6 +244,7 @@ class InstanceMetrics:
         self.script_duration = {s: m.script_duration.labels(**lb, script=s) for s in SCRIPTS}
         self.vip_errors = m.vip_errors.labels(**lb)
         self.health_up = m.health_up.labels(**lb)
+        self.health_checked = m.health_checked.labels(**lb)
         self.health_checks = {ok: m.health_checks.labels(**lb, result="ok" if ok else "failed")
                               for ok in (True, False)}
 
@@ -244,13 +266,13 @@ class InstanceMetrics:
     def remove(self) -> None:
         """A reload removed the instance: none of its series may linger (a VHID with only
         non-master series left would raise CarpNoMaster)."""
-        lb = (self.labels["vhid"], self.labels["interface"])
+        lb = self._key
         for family in vars(self.family).values():
             if not isinstance(family, Counter | Gauge | Histogram):
                 continue
             # prometheus_client lists a family's children only in its private _metrics
             children = getattr(family, "_metrics", None)  # absent: a family without labels
-            for values in [v for v in list(children or ()) if v[:2] == lb]:
+            for values in [v for v in list(children or ()) if v[:len(lb)] == lb]:
                 family.remove(*values)
 
     def set_vips(self, vips: Iterable[str]) -> None:
@@ -260,7 +282,7 @@ class InstanceMetrics:
         for gone in [v for v in self.vip_present if v not in wanted]:
             del self.vip_present[gone]
             with contextlib.suppress(KeyError):
-                self.family.vip_present.remove(self.labels["vhid"], self.labels["interface"], gone)
+                self.family.vip_present.remove(*self._key, gone)
         for vip in wanted:
             if vip not in self.vip_present:
                 self.vip_present[vip] = self.family.vip_present.labels(**self.labels, vip=vip)
@@ -276,7 +298,7 @@ class InstanceMetrics:
         m = self.family
         for gauge in (m.peer_last_advert, m.peer_advskew, m.peer_advbase):
             with contextlib.suppress(KeyError):
-                gauge.remove(self.labels["vhid"], self.labels["interface"], peer)
+                gauge.remove(*self._key, peer)
 
     def value(self, name: str, **labels: str) -> int:
         """A counter read back from the registry (for /status: it never disagrees)."""

@@ -37,7 +37,7 @@ def test_apache_killed_on_master_moves_vip_and_returns_with_preempt(lab: Lab) ->
     assert vip_holders(lab) == ["b"]
     st = status(lab, "a")
     assert st["state"] == "BACKUP" and st["demoted"] is True
-    assert st["last_transition"]["reason"] == "demoted"  # type: ignore[index]
+    assert st["last_transition"]["reason"] == "unhealthy"  # type: ignore[index]
     assert metric(lab, "a", "carp_health_up") == 0
     time.sleep(4)  # a demoted node never takes the VIP, even after a master-down interval
     assert vip_holders(lab) == ["b"]

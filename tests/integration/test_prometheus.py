@@ -11,16 +11,17 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from sidecar.lab import Lab
+from sidecar.lab import Lab, agent_env
 
 from .conftest import dump_on_failure, metric, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "grafana"))
-from dashboard import QUERIES  # noqa: E402
+from dashboard import ANNOTATION, QUERIES  # noqa: E402
 
 
-def start_prometheus(lab: Lab) -> None:
+def start_prometheus(lab: Lab, targets: tuple[str, ...] = ("172.16.0.11:9655",
+                                                           "172.16.0.12:9655")) -> None:
     conf = lab.dir / "prometheus.yml"
     conf.write_text(f"""global:
   scrape_interval: 1s
@@ -29,7 +30,7 @@ rule_files: ["{ROOT}/grafana/alerts/carp.rules.yml"]
 scrape_configs:
   - job_name: carp-sidecar
     static_configs:
-      - targets: ["172.16.0.11:9655", "172.16.0.12:9655"]
+      - targets: {json.dumps(list(targets))}
 """)
     lab.topo.start("client", ["prometheus", f"--config.file={conf}",
                               f"--storage.tsdb.path={lab.dir / 'tsdb'}",
@@ -58,8 +59,8 @@ def firing(lab: Lab, name: str) -> bool:
 
 
 def concrete(expr: str) -> str:
-    return (expr.replace("$instance", ".*").replace("$vhid", ".*")
-            .replace("$__rate_interval", "1m"))
+    return (expr.replace("$group", ".*").replace("$instance", ".*").replace("$vhid", ".*")
+            .replace("$__rate_interval", "1m").replace("$__range", "5m"))
 
 
 def test_prometheus_sees_failover_and_split_brain(lab: Lab) -> None:
@@ -79,7 +80,8 @@ def test_prometheus_sees_failover_and_split_brain(lab: Lab) -> None:
     drained.touch()  # node-b in maintenance: the "Maintenance since" panel has a node to show
     time.sleep(4)  # a few scrapes after the last transition
 
-    for title, expr in ((t, e) for t, qs in QUERIES.items() for e, _ in qs):
+    for title, expr in [*((t, e) for t, qs in QUERIES.items() for e, _ in qs),
+                        ("annotation: transitions", ANNOTATION)]:
         result = query(lab, concrete(expr))
         assert result, f"dashboard panel {title!r} has no data: {concrete(expr)}"
 
@@ -110,3 +112,71 @@ def test_prometheus_sees_failover_and_split_brain(lab: Lab) -> None:
     wait_for(lambda: lab.state("b") == "BACKUP", 10, "node-b steps down")
     wait_for(lambda: not firing(lab, "CarpSplitBrain"), 30, "CarpSplitBrain resolved")
     assert query(lab, "sum by (vhid) (carp_is_master)")[0]["value"][1] == "1"
+
+
+def test_flapping_counts_cable_pulls_never_demote_promote_cycles(lab: Lab) -> None:
+    """CarpFlappingMaster, with a real Prometheus evaluating the shipped rules: three planned
+    drains (demote, handover, promote, preempt back) leave it silent; three cable pulls of
+    the master fire it."""
+    lab.start_agent("a", CARP_PREEMPT="true")
+    lab.start_agent("b", CARP_ADVSKEW="100")
+    start_prometheus(lab)
+    wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
+    cli = [sys.executable, "-m", "sidecar.tools.cli"]
+    sock = ["--socket", str(lab.dir / "a.sock")]
+    for _ in range(3):
+        lab.topo["a"].run(*cli, "demote", *sock)
+        wait_for(lambda: lab.state("b") == "MASTER", 5, "node-b MASTER")
+        lab.topo["a"].run(*cli, "promote", *sock)
+        wait_for(lambda: lab.state("a") == "MASTER", 5, "node-a preempts")
+    wait_for(lambda: query(lab, 'sum(carp_transitions_total{reason="maintenance"})')
+             and query(lab, 'sum(carp_transitions_total{reason="maintenance"})')[0]["value"][1]
+             == "3", 10, "Prometheus to have scraped the three drains")
+    time.sleep(3)  # evaluations after the last scrape
+    planned = query(lab, 'sum(carp_transitions_total{planned="false"})')
+    assert planned and planned[0]["value"][1] == "0", planned
+    assert not firing(lab, "CarpFlappingMaster")
+
+    for pull in range(3):
+        lab.topo.unplug("a")
+        wait_for(lambda: lab.state("b") == "MASTER", 10, f"node-b MASTER (pull {pull + 1})")
+        lab.topo.plug("a")
+        wait_for(lambda: lab.state("a") == "MASTER", 10, f"node-a back (pull {pull + 1})")
+    wait_for(lambda: firing(lab, "CarpFlappingMaster"), 30, "CarpFlappingMaster firing")
+    unplanned = {r["metric"]["reason"]: float(r["value"][1]) for r in query(
+        lab, 'sum by (reason) (carp_transitions_total{planned="false"}) > 0')}
+    assert unplanned == {"master_down": 3}, unplanned
+    failovers = query(lab, "sum(carp_failover_duration_seconds_count)")
+    assert failovers and float(failovers[0]["value"][1]) >= 3  # the pulls (and handovers)
+
+
+def test_two_clusters_that_both_use_vhid_1_are_no_split_brain(lab: Lab) -> None:
+    """Two independent clusters on separate links, both VHID 1 (everyone's default), scraped
+    by one Prometheus: each has one master, and the rules and panels keep them apart by the
+    group label (by default the VHID and the first VIP)."""
+    lab.topo.add_second_network({"a": "10.9.0.11/24", "b": "10.9.0.12/24"})
+    lab.start_agent("a", CARP_PREEMPT="true")
+    lab.start_agent("b", CARP_ADVSKEW="100")
+    for node, src, skew in (("a", "10.9.0.11", "100"), ("b", "10.9.0.12", "0")):
+        env = agent_env(lab.dir, f"{node}2", src, CARP_INTERFACE="eth1", CARP_ADDR="10.9.0.1/24",
+                        CARP_IF_ALIAS="eth1:0", CARP_ADVSKEW=skew, CARP_PASS="other-cluster",
+                        CARP_METRICS_LISTEN=f"172.16.0.1{'1' if node == 'a' else '2'}:9656")
+        lab.topo.start(node, [sys.executable, "-m", "sidecar.tools.cli", "run"],
+                       log=lab.dir / f"{node}2.log", env=env)
+    start_prometheus(lab, ("172.16.0.11:9655", "172.16.0.12:9655", "172.16.0.11:9656",
+                           "172.16.0.12:9656"))
+    wait_for(lambda: len(query(lab, "carp_is_master == 1")) == 2, 20,
+             "two masters scraped, one per cluster")
+    by_vhid = query(lab, "sum by (vhid) (carp_is_master)")
+    assert [r["value"][1] for r in by_vhid] == ["2"]  # what a rule by vhid alone would see
+    by_group = {r["metric"]["group"]: r["value"][1]
+                for r in query(lab, "sum by (group, vhid) (carp_is_master)")}
+    assert by_group == {"vhid1-172.16.0.1": "1", "vhid1-10.9.0.1": "1"}, by_group
+    masters = {r["metric"]["group"]: r["metric"]["instance"]
+               for r in query(lab, "carp_is_master == 1")}
+    assert masters == {"vhid1-172.16.0.1": "172.16.0.11:9655",
+                       "vhid1-10.9.0.1": "172.16.0.12:9656"}, masters
+    time.sleep(14)  # past CarpSplitBrain's 10 s
+    assert not firing(lab, "CarpSplitBrain") and not firing(lab, "CarpNoMaster")
+    panel = QUERIES["Masters per VHID (must be 1)"][0][0]
+    assert {r["value"][1] for r in query(lab, concrete(panel))} == {"1"}

@@ -73,7 +73,7 @@ class Net:
     def start(self, *nodes: Node) -> None:
         for n in nodes or self.nodes:
             if n.session.config.params.strict:
-                self.do(n, [n.session.keep_counters(n.mark)])
+                self.do(n, [out.ReserveCounters(n.session.counters.keep(n.mark))])
             self.do(n, n.session.start(self.now, present=True, running=True))
 
     def do(self, n: Node, outputs: list[Any]) -> None:
@@ -89,7 +89,7 @@ class Net:
                 follow = n.session.sending_checked(self.now, n.route_error)
             elif isinstance(o, out.ReserveCounters):
                 n.mark = o.upto
-                n.session.counters_reserved(o.upto)
+                n.session.counters.reserved = o.upto
             elif isinstance(o, out.SendProbe):
                 n.session.probed(self.now)
             queue[:0] = follow

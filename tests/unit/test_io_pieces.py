@@ -57,8 +57,9 @@ def test_http_routes(tmp_path: Path) -> None:
 
     out = asyncio.run(main())
     assert out["/metrics"].startswith(b"HTTP/1.1 200")
-    assert b'carp_adverts_dropped_total{interface="eth9",reason="bad_hmac",vhid="7"} 0.0' in out["/metrics"]
-    assert b'carp_state{interface="eth9",state="INIT",vhid="7"} 1.0' in out["/metrics"]
+    assert (b'carp_adverts_dropped_total{group="vhid7",interface="eth9",reason="bad_hmac",'
+            b'vhid="7"} 0.0') in out["/metrics"]
+    assert b'carp_state{group="vhid7",interface="eth9",state="INIT",vhid="7"} 1.0' in out["/metrics"]
     assert b'carp_build_info{python=' in out["/metrics"]
     assert out["/healthz"].startswith(b"HTTP/1.1 200")
     assert out["/readyz"].startswith(b"HTTP/1.1 503")

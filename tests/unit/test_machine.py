@@ -344,7 +344,31 @@ def test_demoted_master_bows_out_and_drops_vip() -> None:
     actions = m.set_maintenance(5.0, True)
     assert isinstance(actions[0], SendAdvert) and actions[0].handover
     assert (actions[0].advbase, actions[0].advskew) == (255, 255)
-    assert actions[1:] == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.DEMOTED)]
+    assert actions[1:] == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.MAINTENANCE)]
+
+
+def test_a_master_demoted_by_its_health_says_so_and_that_is_unplanned() -> None:
+    from sidecar.core.actions import planned
+
+    m = master()
+    actions = m.set_healthy(5.0, False)
+    assert actions[1:] == [DropVip(), Transition(State.MASTER, State.BACKUP, Reason.UNHEALTHY)]
+    assert not planned(State.BACKUP, Reason.UNHEALTHY)
+    m2 = master()
+    m2.set_healthy(5.0, False)
+    assert m2.set_maintenance(6.0, True) == []  # already out: no second move
+    both = master()
+    both.set_healthy(1.0, True)
+    moved = both.set_maintenance(5.0, True)
+    assert isinstance(moved[-1], Transition) and moved[-1].reason is Reason.MAINTENANCE
+
+
+def test_planned_moves_are_the_operators_and_what_follows_them() -> None:
+    from sidecar.core.actions import planned
+
+    unplanned = {(to, r) for to in State for r in Reason if not planned(to, r)}
+    assert unplanned == {(State.MASTER, Reason.MASTER_DOWN), (State.MASTER, Reason.MASTER_TIMEOUT),
+                         (State.BACKUP, Reason.UNHEALTHY)}
 
 
 def test_demoted_backup_never_takes_the_vip() -> None:

@@ -98,7 +98,7 @@ def test_strict_reserves_again_before_an_advert_passes_half_the_reservation() ->
     net.run(4)
     first = a.mark
     assert first is not None
-    a.session.counters_reserved(a.of(SendAdvert)[-1].counter + core.COUNTER_RESERVE // 2 + 1)
+    a.session.counters.reserved = a.of(SendAdvert)[-1].counter + core.COUNTER_RESERVE // 2 + 1
     net.run(6)
     reserves = [o for o in a.of(out.ReserveCounters)][1:]
     assert reserves, "the advert past half the reservation asked for a new one first"
@@ -293,3 +293,26 @@ def test_step_down_is_reported_only_by_a_master() -> None:
     assert [type(o) for o in b.session.step_down(net.now)] == []
     outputs = a.session.step_down(net.now)
     assert isinstance(outputs[0], out.SteppingDown)
+
+
+def test_a_takeover_says_when_the_old_master_was_last_heard() -> None:
+    """What carp_failover_duration_seconds measures from: the old master's last advert."""
+    net, a, b = pair()
+    net.run(10)
+    last = max(t for t, o in b.outputs if isinstance(o, out.Accepted))
+    a.connected = False
+    net.run(20)
+    took = b.of(out.TookOver)
+    assert len(took) == 1 and took[0].reason == "master_down" and took[0].heard_at == last
+    at = next(t for t, o in b.outputs if isinstance(o, Transition) and o.new is State.MASTER)
+    assert 3.0 < at - last < 3.5  # the master-down interval: 3 s + advskew 100/256
+    assert not a.of(out.TookOver)  # a's own first takeover heard no master before it
+
+
+def test_a_handover_is_measured_from_the_bow_out() -> None:
+    net, a, b = pair()
+    net.run(10)
+    net.do(a, a.session.stop(net.now))
+    net.run(net.now + 0.5)
+    took = b.of(out.TookOver)
+    assert [t.reason for t in took] == ["handover"] and took[0].heard_at == 10.0
