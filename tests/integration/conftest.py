@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,8 +50,14 @@ def max_gap(times: list[float]) -> float:
 
 
 def metric(lab: Lab, node: str, name: str, **labels: str) -> float:
-    """One sample from a node's /metrics (0 when absent)."""
-    text = lab.get(node, "http://127.0.0.1:9655/metrics") or ""
+    """One sample from a node's /metrics (0 when absent). A scrape that times out (curl's 1 s
+    on a loaded machine) is tried again before it reads as 0: a failed read is not a zero."""
+    text = ""
+    for _ in range(5):
+        text = lab.get(node, "http://127.0.0.1:9655/metrics") or ""
+        if text:
+            break
+        time.sleep(0.2)
     for line in text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
             continue
