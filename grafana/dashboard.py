@@ -83,7 +83,7 @@ QUERIES: dict[str, list[tuple[str, str]]] = {
 }
 
 # Transitions as annotations on every panel: a state that changed in the last minute
-ANNOTATION = f"changes(max by (instance, vhid) (carp_state_code{{{SEL}}})[1m:5s]) > 0"
+ANNOTATION = f"changes(carp_state_code{{{SEL}}}[1m]) > 0"
 
 MASTER_MAP = m.ValueMap(options={"1": m.ValueMappingResult(text="MASTER", color="green")})
 STATE_MAP = m.ValueMap(options={

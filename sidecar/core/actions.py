@@ -93,6 +93,9 @@ class Transition:
     new: State
     reason: Reason
     peer: IPv4Address | None = None
+    # filled by the session (sidecar.core.session), which knows whether a master was heard
+    # before a takeover; None from the machine alone: see planned()
+    planned: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

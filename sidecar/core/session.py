@@ -17,10 +17,12 @@ our adverts can leave at all (a node its peers cannot hear must not hold the VIP
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from sidecar.core.actions import planned
 from sidecar.core.machine import (
     Action,
     Machine,
@@ -104,7 +106,7 @@ class Session:
         self._at = _Deadlines()
         self._notified: str | None = None
         self._probed_at = -1e9
-        self._master_heard_at: float | None = None  # the last advert heard while BACKUP
+        self._master_heard_at: float | None = None  # the last advert heard since our takeover
         self._stale = StaleHolders(ARP_CAPACITY, STALE_LOG_BACKOFF)
 
     # ---- life ----
@@ -173,8 +175,7 @@ class Session:
         if verdict.received is None:
             return out
         ad, src = verdict.received.advert, verdict.received.src
-        if self.machine.state is State.BACKUP:  # only a master advertises
-            self._master_heard_at = now
+        self._master_heard_at = now  # only a master advertises (a preempting one too)
         out += self._heard(now, str(src), ad.advbase, ad.advskew, valid=True)
         return out + self._after(now, self.machine.advert_received(
             now, src, ad.advbase, ad.advskew, ad.counter))
@@ -358,6 +359,8 @@ class Session:
             upto = self.counters.due(a.counter) if isinstance(a, SendAdvert) else None
             if upto is not None:
                 out.append(ReserveCounters(upto))  # before the advert leaves
+            if isinstance(a, Transition):
+                a = self._with_planned(a)
             out.append(a)
             if isinstance(a, Transition):
                 if a.new is State.MASTER:
@@ -367,6 +370,12 @@ class Session:
                     self._master_heard_at = None
                 out += self._notify(a.reason.value, a.peer)
         return out
+
+    def _with_planned(self, t: Transition) -> Transition:
+        """A takeover by timeout moved the VIP only if a master had been heard: the first one
+        of a node that never heard any (the cluster starting, a node alone) moved nothing."""
+        unheard = t.new is State.MASTER and self._master_heard_at is None
+        return dataclasses.replace(t, planned=True if unheard else planned(t.new, t.reason))
 
     def _notify(self, reason: str, peer: IPv4Address | None = None) -> list[Output]:
         state = self.notify_state()

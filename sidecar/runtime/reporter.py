@@ -11,6 +11,7 @@ from typing import Any
 
 from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
+from sidecar.core.actions import planned
 from sidecar.core.machine import Action, Conflict, Reason, State, Transition
 from sidecar.core.protocol import AdvertError, DropReason
 from sidecar.core.session import Session
@@ -64,7 +65,8 @@ class Reporter:
             log.warning("Switching to state: %s%s", t.new.name, self.which(), extra=extra)
         m = self.m
         m.set_state(t.new)
-        m.transitions[(t.old, t.new, t.reason)].inc()
+        moved = planned(t.new, t.reason) if t.planned is None else t.planned
+        m.transitions[(t.old, t.new, t.reason, moved)].inc()
         wall = time.time()
         m.last_transition.set(wall)
         self.last_transition = {"from": t.old.name, "to": t.new.name, "reason": t.reason.value,

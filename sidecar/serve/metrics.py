@@ -211,10 +211,14 @@ class InstanceMetrics:
         self.state = {s: m.state.labels(**lb, state=s.name) for s in State}
         self.state_code = m.state_code.labels(**lb)
         self.is_master = m.is_master.labels(**lb)
-        self.transitions = {(old, new, reason): m.transitions.labels(
+        # (from, to, reason, planned) -> child; a takeover by timeout is planned when no master
+        # had been heard (the cluster starting), so both of its children exist
+        self.transitions = {(old, new, reason, p): m.transitions.labels(
             **lb, **{"from": old.name, "to": new.name}, reason=reason.value,
-            planned="true" if planned(new, reason) else "false")
-            for old, new, reason in TRANSITIONS}
+            planned="true" if p else "false")
+            for old, new, reason in TRANSITIONS
+            for p in ({planned(new, reason), True} if new is State.MASTER
+                      else {planned(new, reason)})}
         self.last_transition = m.last_transition.labels(**lb)
         self.adverts_sent = m.adverts_sent.labels(**lb)
         self.advert_send_errors = m.advert_send_errors.labels(**lb)

@@ -121,6 +121,8 @@ def test_flapping_counts_cable_pulls_never_demote_promote_cycles(lab: Lab) -> No
     lab.start_agent("a", CARP_PREEMPT="true")
     lab.start_agent("b", CARP_ADVSKEW="100")
     start_prometheus(lab)
+    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+             "Prometheus ready")
     wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
     cli = [sys.executable, "-m", "sidecar.tools.cli"]
     sock = ["--socket", str(lab.dir / "a.sock")]
@@ -142,7 +144,12 @@ def test_flapping_counts_cable_pulls_never_demote_promote_cycles(lab: Lab) -> No
         wait_for(lambda: lab.state("b") == "MASTER", 10, f"node-b MASTER (pull {pull + 1})")
         lab.topo.plug("a")
         wait_for(lambda: lab.state("a") == "MASTER", 10, f"node-a back (pull {pull + 1})")
-    wait_for(lambda: firing(lab, "CarpFlappingMaster"), 30, "CarpFlappingMaster firing")
+    try:
+        wait_for(lambda: firing(lab, "CarpFlappingMaster"), 30, "CarpFlappingMaster firing")
+    except TimeoutError:
+        rule = 'sum by (group, vhid) (increase(carp_transitions_total{planned="false"}[15m]))'
+        raise AssertionError(f"not firing: {query(lab, rule)}; series "
+                             f"{query(lab, 'carp_transitions_total > 0')}") from None
     unplanned = {r["metric"]["reason"]: float(r["value"][1]) for r in query(
         lab, 'sum by (reason) (carp_transitions_total{planned="false"}) > 0')}
     assert unplanned == {"master_down": 3}, unplanned
@@ -165,6 +172,8 @@ def test_two_clusters_that_both_use_vhid_1_are_no_split_brain(lab: Lab) -> None:
                        log=lab.dir / f"{node}2.log", env=env)
     start_prometheus(lab, ("172.16.0.11:9655", "172.16.0.12:9655", "172.16.0.11:9656",
                            "172.16.0.12:9656"))
+    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+             "Prometheus ready")
     wait_for(lambda: len(query(lab, "carp_is_master == 1")) == 2, 20,
              "two masters scraped, one per cluster")
     by_vhid = query(lab, "sum by (vhid) (carp_is_master)")

@@ -316,3 +316,36 @@ def test_a_handover_is_measured_from_the_bow_out() -> None:
     net.run(net.now + 0.5)
     took = b.of(out.TookOver)
     assert [t.reason for t in took] == ["handover"] and took[0].heard_at == 10.0
+
+
+def test_the_first_takeover_of_a_cluster_moves_nothing_and_is_planned() -> None:
+    """Nobody held the VIP: a node alone (or the cluster starting) takes over by timeout,
+    and that is not what CarpFlappingMaster counts; a master that falls silent later is."""
+    net, a, b = pair()
+    net.run(10)
+    first = next(o for o in a.of(Transition) if o.new is State.MASTER)
+    assert first.reason.value == "master_down" and first.planned is True
+    a.connected = False
+    net.run(20)
+    takeover = next(o for o in b.of(Transition) if o.new is State.MASTER)
+    assert takeover.reason.value == "master_down" and takeover.planned is False
+    net.do(b, b.session.set_maintenance(net.now, "operator", 1.8e9))
+    left = [o for o in b.of(Transition) if o.old is State.MASTER]
+    assert [(o.reason.value, o.planned) for o in left] == [("maintenance", True)]
+
+
+def test_a_master_preempted_then_abandoned_at_once_counts_the_takeover_as_unplanned() -> None:
+    """The preempting advert is heard while still MASTER; if the preferred node dies before
+    its next one, the takeover that follows is still an unplanned move."""
+    a, b = node("a", "10.0.0.1", advskew=100), node("b", "10.0.0.2", preempt=True)
+    net = Net(a, b)
+    net.start(a)
+    net.run(10)
+    net.start(b)
+    while b.state is not State.MASTER:  # b preempts on a's next advert and advertises once
+        net.run(net.now + 0.01)
+    assert a.state is State.BACKUP  # a heard that one advert as MASTER, and stepped down
+    b.connected = False  # dead before its second
+    net.run(net.now + 10)
+    takeover = [o for o in a.of(Transition) if o.new is State.MASTER][-1]
+    assert takeover.reason.value == "master_down" and takeover.planned is False
