@@ -61,6 +61,7 @@ ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
 PROBE_AFTER_TAKEOVER = 2.0  # s: the old master has dropped its VIP by then, unless it cannot
 PROBE_ANSWER_WINDOW = 1.0  # s: an NA this soon after our NS probe answers it
 STALE_LOG_BACKOFF = 60.0  # s between reports of one stale holder
+_MASTER = State.MASTER  # an enum member looked up once: this test runs on every advert
 SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; after errors)
 
 
@@ -136,10 +137,13 @@ class Session:
 
     # ---- the one timer ----
     def next_deadline(self) -> float | None:
-        times = [self.machine.next_deadline(), self.watch.sweep_at, self._at.garp, self._at.check]
-        if self._probing():
-            times.append(self._at.probe)
-        return min((t for t in times if t is not None), default=None)
+        # once per advert of every instance: plain comparisons, no temporaries
+        best = self.machine.next_deadline()
+        at = self._at
+        for t in (self.watch.sweep_at, at.garp, at.check, at.probe if self._probing() else None):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     def timer(self, now: float) -> list[Output]:
         out: list[Output] = []
@@ -163,7 +167,7 @@ class Session:
         return out
 
     def _probing(self) -> bool:
-        return self.machine.state is State.MASTER and self.config.probe_interval > 0
+        return self.machine.state is _MASTER and self.config.probe_interval > 0
 
     # ---- adverts in ----
     def receive(self, now: float, packet: bytes) -> list[Output]:

@@ -261,9 +261,7 @@ class Instance:
             self.m.takeover_duration.observe(now - self._takeover_started)
             self._takeover_started = None
         if self._failover is not None:
-            child = self.m.failover_duration.get(self._failover.reason)
-            if child is not None:
-                child.observe(now - self._failover.heard_at)
+            self.m.failover(self._failover.reason).observe(now - self._failover.heard_at)
             self._failover = None
 
     # ---- strict mode's counter mark ----

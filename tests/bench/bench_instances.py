@@ -131,7 +131,10 @@ def one(idle_s: float, baseline: str) -> dict[str, Any]:
             for name, checkout in (("carp-sidecar", root), (f"baseline {baseline}", old)):
                 with Lab() as lab:
                     env = agent_env(lab.dir, "a", "172.16.0.11", PYTHONPATH=str(checkout))
-                    proc = lab.topo["a"].popen([sys.executable, "-m", "sidecar.tools.cli", "run"],
+                    # the command line's module where that checkout has it (it moved to tools/)
+                    cli = ("sidecar.tools.cli" if (checkout / "sidecar/tools/cli.py").exists()
+                           else "sidecar.cli")
+                    proc = lab.topo["a"].popen([sys.executable, "-m", cli, "run"],
                                                log=lab.dir / "a.log", env=env, cwd=checkout)
                     lab.topo.procs.append(proc)
                     lab.agents["a"] = proc
