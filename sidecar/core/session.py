@@ -136,10 +136,8 @@ class Session:
         self._schedule_check(now)
 
     # ---- the one timer ----
-    def next_deadline(self) -> float | None:
-        # once per advert of every instance: plain comparisons, no temporaries
-        best = self.machine.next_deadline()
-        at = self._at
+    def next_deadline(self) -> float | None:  # after every advert: no temporaries
+        best, at = self.machine.next_deadline(), self._at
         for t in (self.watch.sweep_at, at.garp, at.check, at.probe if self._probing() else None):
             if t is not None and (best is None or t < best):
                 best = t
