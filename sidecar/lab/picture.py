@@ -39,18 +39,27 @@ def draw(path: Path, rec: Recording, end: float) -> None:
     rows = [("client", [(t - rec.t0, body or "no answer") for t, body in rec.answers])]
     for node in ("a", "b"):
         rows.append((f"node-{node}", [(t - rec.t0, s) for t, n, s in rec.states if n == node]))
-    fig, ax = plt.subplots(figsize=(12, 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(12, 4.0), layout="constrained")
     for y, (_, changes) in enumerate(rows):
         for start, width, value in _spans(changes, end - rec.t0):
             ax.broken_barh([(start, width)], (y - 0.35, 0.7), color=COLOURS.get(value, "#000"))
-    for began, ended, title, downtime in rec.steps:
+    captions = []
+    for i, (began, ended, title, downtime) in enumerate(rec.steps):
         ax.axvspan(began - rec.t0, ended - rec.t0, color="#000", alpha=0.07)
-        label = title if downtime is None else f"{title}\n{downtime:.0f} ms without an answer"
-        ax.text(began - rec.t0, len(rows) - 0.45, label, fontsize=7, va="bottom")
+        number, _, text = title.partition(". ")
+        gap = "" if downtime is None else f": {downtime:.0f} ms without an answer"
+        # the window's number and downtime over it (two heights: windows may be close)
+        late = began - rec.t0 > 0.75 * (end - rec.t0)  # near the right edge: end there
+        ax.text((ended if late else began) - rec.t0, len(rows) - 0.5 + 0.45 * (i % 2),
+                f"{number}{gap}", fontsize=7, va="bottom", ha="right" if late else "left")
+        captions.append(f"{number}. {text}")
+    half = (len(captions) + 1) // 2  # the steps, named under the axis on two lines
+    steps = "\n".join("    ".join(part) for part in (captions[:half], captions[half:]) if part)
+    ax.set_xlabel("seconds since the lab started" + (f"\n\n{steps}" if steps else ""),
+                  fontsize=8)
     ax.set_yticks(range(len(rows)), [name for name, _ in rows])
-    ax.set_ylim(-0.6, len(rows) + 0.6)
+    ax.set_ylim(-0.6, len(rows) + 0.7)
     ax.set_xlim(0, end - rec.t0)
-    ax.set_xlabel("seconds since the lab started")
     ax.set_title("carp-sidecar lab: who is MASTER, and which node the client reached")
     seen = {v for _, changes in rows for _, v in changes}
     ax.legend(handles=[Patch(color=c, label=k) for k, c in COLOURS.items() if k in seen],

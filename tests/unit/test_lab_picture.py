@@ -37,7 +37,7 @@ def test_svg_names_the_rows_and_the_downtime(tmp_path: Path) -> None:
     draw(path, recording(), end=1015.0)
     text = " ".join(t for t in ET.parse(path).getroot().itertext())
     for label in ("client", "node-a", "node-b", "MASTER", "no answer",
-                  "3450 ms without an answer"):
+                  "3450 ms without an answer", "unplug node-a"):
         assert label in text, label
 
 
