@@ -82,6 +82,7 @@ class Reporter:
     # ---- adverts in ----
     def _accepted(self, a: outputs.Accepted, session: Session, now: float) -> None:
         self.m.received.inc()
+        self.m.failover_possible()
         if a.handover:
             self.m.handovers_received.inc()
 

@@ -46,6 +46,7 @@ EVIDENCE = ("advert", "arp", "na", "stale_holder")
 # what a client may see: about 3 s at advbase 1 when a master dies, milliseconds on a handover
 FAILOVER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 3.5, 4.0, 5.0, 10.0,
                     30.0)
+FAILOVER_REASONS = ("master_down", "preempt", "master_timeout", "handover")
 TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -236,11 +237,17 @@ class InstanceMetrics:
         self.handovers_sent = m.handovers_sent.labels(**lb)
         self.handovers_received = m.handovers_received.labels(**lb)
         self.takeover_duration = m.takeover_duration.labels(**lb)
-        self._failover: dict[str, Histogram] = {}  # by reason, made at the first failover
+        self._failover: dict[str, Histogram] = {}  # by reason, once a failover is possible
+
+    def failover_possible(self) -> None:
+        """A master was heard, so a failover may follow: carp_failover_duration_seconds gets
+        its children now, at 0, so Prometheus sees the first failover as an increase. A lone
+        master never needs them (4 reasons x 17 values x 255 VHIDs: megabytes of zeros)."""
+        if not self._failover:
+            for reason in FAILOVER_REASONS:
+                self.failover(reason)
 
     def failover(self, reason: str) -> Histogram:
-        """carp_failover_duration_seconds{reason}: its children are made when first observed
-        (17 values each, times 4 reasons, times 255 VHIDs: 4 MB that would mostly stay 0)."""
         child = self._failover.get(reason)
         if child is None:
             child = self._failover[reason] = self.family.failover_duration.labels(

@@ -67,6 +67,8 @@ def test_three_vhids_active_active_fail_over_and_back(lab: Lab) -> None:
     st = lab.status("a")
     assert st is not None and [i["vhid"] for i in st["instances"]] == [1, 2, 3]
     assert [i["state"] for i in st["instances"]] == ["MASTER", "MASTER", "BACKUP"]
+    moved = sorted(str(v) for v, h in holders(lab).items() if h == ["a"])  # node-a's VHIDs
+    assert moved
     lab.topo.unplug("a")
     wait_for(lambda: holders(lab) == {1: ["b"], 2: ["b"], 3: ["b"]}, 6, "node-b holds all")
     wait_for(lambda: serving(lab) == {1: "node-b", 2: "node-b", 3: "node-b"}, 3, "b serves all")
@@ -176,12 +178,20 @@ def test_prometheus_and_alert_rules_with_three_vhids(lab: Lab) -> None:
             continue  # shows only nodes in maintenance; test_prometheus has one
         for expr, _legend in queries:
             assert query(lab, concrete(expr)), f"dashboard panel {title!r} has no data"
+    moved = sorted(str(v) for v, h in holders(lab).items() if h == ["a"])  # node-a's VHIDs
+    assert moved
     lab.topo.unplug("a")
     wait_for(lambda: holders(lab) == {1: ["b"], 2: ["b"], 3: ["b"]}, 6, "node-b holds all")
     time.sleep(3)
     masters = {r["metric"]["vhid"]: r["value"][1]
                for r in query(lab, "sum by (vhid) (carp_is_master)")}
     assert masters == {"1": "1", "2": "1", "3": "1"}
+    # node-b measured each takeover, and Prometheus saw each as an increase (the series were
+    # there at 0 since node-b first heard node-a)
+    measured = ('sum by (vhid) (increase(carp_failover_duration_seconds_count'
+                '{reason="master_down"}[5m])) > 0')
+    wait_for(lambda: sorted(r["metric"]["vhid"] for r in query(lab, measured)) == moved, 10,
+             f"a failover measured for each of VHIDs {moved}")
     rules = json.dumps(api(lab, "rules"))
     assert "CarpSplitBrain" in rules and not firing(lab, "CarpSplitBrain")
     assert not firing(lab, "CarpNoMaster") and not firing(lab, "CarpMasterWithoutVip")
