@@ -69,14 +69,20 @@ SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; a
 class SessionConfig:
     """What the session needs of a VHID's settings."""
 
-    params: Params
+    params: Params  # own_ip is our source address
     expect: Expect  # the codec's checks: our vhid, key, VIP, group, peers
-    srcip: IPv4Address
     interface: str  # for the reasons it gives
     probe_interval: float = 0.0  # s between stale-holder probes while MASTER; 0: none
     garp_refresh: float = 0.0  # s between GARP refreshes while MASTER; 0: none
-    unicast: bool = False  # listed peers: routes are checked every second while running
-    ignoreifstate: bool = False
+
+    @property
+    def srcip(self) -> IPv4Address:
+        return self.params.own_ip
+
+    @property
+    def unicast(self) -> bool:
+        """Listed peers: routes are checked every second while running."""
+        return self.expect.peers is not None
 
 
 @dataclass(slots=True)
@@ -252,10 +258,10 @@ class Session:
             if running != link.running:
                 link.running = running
                 out += self._after(now, self.machine.link_changed(now, running))
-            if reattached and self.config.ignoreifstate:  # carrier does not matter, presence does
+            if reattached and self.config.params.ignoreifstate:  # carrier does not matter, presence does
                 out += self._after(now, self.machine.link_changed(now, up=True, force=True))
         if not self.stopping:
-            out += self._notify("link_up" if present and (running or self.config.ignoreifstate)
+            out += self._notify("link_up" if present and (running or self.config.params.ignoreifstate)
                                 else "link_down" if present else "interface_missing")
         return out
 
@@ -345,7 +351,7 @@ class Session:
         if machine.state is State.INIT:
             return "STOP" if self.stopping else "INIT"
         link_ok = (self.link.present and machine.can_advertise
-                   and (self.link.running or self.config.ignoreifstate))
+                   and (self.link.running or self.config.params.ignoreifstate))
         return "BACKUP" if link_ok and machine.healthy else "FAULT"
 
     def ready(self) -> bool:

@@ -60,9 +60,8 @@ def session_config(s: Vhid, srcip: IPv4Address) -> SessionConfig:
                     peers=frozenset(s.peers) if s.peers else None,
                     own=srcip if s.peers else None,
                     multicast=not s.peers or s.peers_multicast, strict=s.strict)
-    return SessionConfig(params=params, expect=expect, srcip=srcip, interface=s.interface,
-                              probe_interval=s.probe_interval, garp_refresh=s.garp_refresh,
-                              unicast=bool(s.peers), ignoreifstate=s.ignoreifstate)
+    return SessionConfig(params=params, expect=expect, interface=s.interface,
+                         probe_interval=s.probe_interval, garp_refresh=s.garp_refresh)
 
 
 class Instance:

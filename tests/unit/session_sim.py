@@ -48,14 +48,14 @@ class Node:
 
 def config(ip: str, *, strict: bool = False, peers: tuple[str, ...] = (),
            **params: Any) -> core.SessionConfig:
-    extra = {k: params.pop(k) for k in ("probe_interval", "garp_refresh", "ignoreifstate")
+    extra = {k: params.pop(k) for k in ("probe_interval", "garp_refresh")
              if k in params}
     own = IPv4Address(ip)
     listed = frozenset(IPv4Address(p) for p in peers) or None
     expect = Expect(vhid=1, key=KEY, vip=VIP, group=GROUP, peers=listed,
                     own=own if listed else None, multicast=not listed, strict=strict)
     return core.SessionConfig(params=Params(own_ip=own, strict=strict, **params), expect=expect,
-                              srcip=own, interface="eth0", unicast=bool(listed), **extra)
+                              interface="eth0", **extra)
 
 
 def node(name: str, ip: str, *, wall: float = 1.8e9, **kw: Any) -> Node:
