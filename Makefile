@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose openssl faketime
+APT_PACKAGES := ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose openssl faketime bird2 frr
 IMAGE ?= localhost/carp-sidecar
 # invoke-rc.d and deb-systemd-invoke ask it before starting a service (exit 101: do not)
 POLICY_RC_D ?= /usr/sbin/policy-rc.d

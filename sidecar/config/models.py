@@ -62,6 +62,10 @@ def _field(d: Declared) -> tuple[Any, Any]:
                        ge=s.ge, le=s.le)
 
 
+# What announces a VIP on the CARP link: meaningless for a routed VIP (CARP_VIP_INTERFACE)
+ROUTED_UNUSED = ("garp_repeat", "garp_refresh", "probe_interval")
+
+
 class _Rules(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -74,10 +78,10 @@ class VhidRules(_Rules):
 
     _key: bytes | None = PrivateAttr(None)  # the password, read once
 
-    @field_validator("interface", check_fields=False)
+    @field_validator("interface", "vip_interface", check_fields=False)
     @classmethod
-    def _interface(cls, v: str) -> str:
-        if not v or len(v) > IFNAMSIZ or "/" in v or v.isspace():
+    def _interface(cls, v: str | None) -> str | None:
+        if v is not None and (not v or len(v) > IFNAMSIZ or "/" in v or v.isspace()):
             raise ValueError(f"not an interface name (1-{IFNAMSIZ} characters)")
         return v
 
@@ -151,13 +155,15 @@ class VhidRules(_Rules):
         errors = []
         if self.advbase == 0 and self.advskew == 0:
             errors.append("CARP_ADVBASE: advbase and advskew cannot both be 0")
+        on = self.vip_interface or self.interface  # the kernel wants the label to start so
         if self.if_alias is not None and (
-            not self.if_alias.startswith(self.interface) or len(self.if_alias) > IFNAMSIZ
+            not self.if_alias.startswith(on) or len(self.if_alias) > IFNAMSIZ
         ):
             errors.append(
-                f"CARP_IF_ALIAS: must start with the interface name {self.interface!r} "
-                f"and have at most {IFNAMSIZ} characters, like {self.interface}:0"
+                f"CARP_IF_ALIAS: must start with the interface name {on!r} "
+                f"and have at most {IFNAMSIZ} characters, like {on}:0"
             )
+        errors += self._routed_checks()
         if self.strict and not self.peers:
             errors.append("CARP_STRICT: needs CARP_PEERS (strict groups accept only listed "
                           "carp-sidecar nodes)")
@@ -174,6 +180,34 @@ class VhidRules(_Rules):
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _routed_checks(self) -> list[str]:
+        """CARP_VIP_INTERFACE: host routes for a routing daemon, nothing announced on a link
+        (the interface itself is checked at start: :func:`sidecar.runtime.vips.vip_link`)."""
+        on = self.vip_interface
+        if on is None:
+            return []
+        if on == self.interface:
+            return ["CARP_VIP_INTERFACE: is CARP_INTERFACE; leave it unset to put the VIPs on "
+                    "the interface CARP runs on"]
+        errors = []
+        if self.manages_vip_by_scripts:
+            errors.append("CARP_VIP_INTERFACE: the up/down scripts own the VIPs "
+                          "(CARP_UPSCRIPT/CARP_DOWNSCRIPT); set one or the other")
+        given = self.model_fields_set
+        for name in ROUTED_UNUSED:
+            if name in given:
+                errors.append(f"CARP_{name.upper()}: no gratuitous ARP, NA or probe is sent for "
+                              f"VIPs on CARP_VIP_INTERFACE={on}; remove it")
+        if on == "lo":
+            try:
+                wide = [str(v) for v in self.vips if v.network.prefixlen != v.max_prefixlen]
+            except ValueError:
+                wide = []  # CARP_ADDR's own error says it
+            if wide:
+                errors.append(f"CARP_ADDR: {', '.join(wide)} on CARP_VIP_INTERFACE=lo must be a "
+                              "host route (/32, /128)")
+        return errors
 
     # ---- derived values ----
     @property

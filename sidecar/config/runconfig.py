@@ -41,6 +41,9 @@ class Vhid:
         None, env="SRCIP", help="our address on it: advert source and tie-break (default: its "
         "first IPv4)", ucarp=Ucarp("srcip", "s", "source (real) IP address of that host"))
     if_alias: str | None = setting(None, env="IF_ALIAS", help="label of the VIP, e.g. eth0:0")
+    vip_interface: str | None = setting(
+        None, env="VIP_INTERFACE", help="put the VIPs on this interface instead, as host routes "
+        "for a routing daemon to announce (lo); no gratuitous ARP or NA then")
     advbase: int = setting(1, env="ADVBASE", ge=0, le=255,
                            help="advert interval base, seconds 0-255 (default 1)",
                            ucarp=Ucarp("advbase", "b", "advertisement frequency"))
@@ -144,6 +147,11 @@ class Vhid:
     @property
     def manages_vip_by_scripts(self) -> bool:  # the notify script only observes
         return self.upscript is not None or self.downscript is not None
+
+    @property
+    def routed(self) -> bool:
+        """The VIPs live on CARP_VIP_INTERFACE (lo) for a routing daemon, not on the link."""
+        return self.vip_interface is not None
 
     @property
     def name(self) -> str:

@@ -28,6 +28,7 @@ class Link:
     index: int
     mac: bytes
     running: bool
+    flags: int = 0  # IFF_*: CARP_VIP_INTERFACE must be a loopback or NOARP one
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class Netlink:
                 raise InterfaceNotFound(ifname)
             msgs = [m async for m in await self._ipr.get_links(found[0])]
         msg = msgs[0]
-        return Link(found[0], _mac(msg), bool(msg["flags"] & IFF_RUNNING))
+        return Link(found[0], _mac(msg), bool(msg["flags"] & IFF_RUNNING), msg["flags"])
 
     async def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
         async with self._busy:

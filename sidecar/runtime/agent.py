@@ -37,10 +37,11 @@ from sidecar.net.netlink import (
 )
 from sidecar.runtime import operator, reloader
 from sidecar.runtime.health import HealthMonitor, checks_for
-from sidecar.runtime.instance import Instance
+from sidecar.runtime.instance import Instance, link_vips
 from sidecar.runtime.maintenance import MaintenanceStore
 from sidecar.runtime.reaper import reap_forever
 from sidecar.runtime.startup import StartupError
+from sidecar.runtime.vips import vip_link
 from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
@@ -135,8 +136,10 @@ class Agent:
         except OSError as e:  # the unicast socket (CARP_PEERS) needs NET_RAW
             raise StartupError(f"CARP_PEERS: cannot open the unicast socket: "
                                f"{e.strerror or e}" + self._where(settings)) from None
+        if settings.routed:
+            instance.vip_ifindex = await vip_link(self.nl, settings)
         channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
-                    [v.ip for v in settings.ipv4_vips], [v.ip for v in settings.ipv6_vips])
+                    *link_vips(settings))
         self.instances.append(instance)
         return instance
 
@@ -158,7 +161,7 @@ class Agent:
 
         def result(ok: bool) -> None:
             for instance in gated():
-                instance.check_result(ok)
+                instance.m.health_checks[ok].inc()
 
         def changed(healthy: bool, error: str) -> None:
             for instance in gated():
@@ -185,7 +188,7 @@ class Agent:
         return "" if self.config.source == "environment" else f" ({self.config.source}: {s.name})"
 
     async def remove_stale_vips(self, instance: Instance) -> None:
-        s, index = instance.s, instance.channel.ifindex
+        s, index = instance.s, instance.vip_index
         assert index is not None
         # ucarp --neutral: what is on the interface at start stays there
         if not s.neutral and not s.manages_vip_by_scripts:
@@ -193,7 +196,7 @@ class Agent:
                 try:
                     if await self.nl.remove_address(index, vip):
                         log.warning("Removed stale VIP %s from %s (left by an earlier run)",
-                                    vip.ip, s.interface)
+                                    vip.ip, s.vip_interface or s.interface)
                 except NetlinkError as e:
                     if e.code == 1:
                         raise StartupError("missing capability NET_ADMIN: cannot manage the VIP "
@@ -204,7 +207,7 @@ class Agent:
             for vip in s.vips:
                 if vip.ip in present:
                     log.warning("Neutral start: leaving VIP %s on %s until the group decides",
-                                vip.ip, s.interface)
+                                vip.ip, s.vip_interface or s.interface)
         instance.vip_observed(present)
 
     async def _open_servers(self) -> None:
@@ -310,12 +313,16 @@ class Agent:
             if isinstance(event, LinkEvent):
                 for channel in self.channels.values():
                     channel.link_event(event)
+                for i in self.instances:
+                    if i.s.vip_interface == event.name and (event.deleted
+                                                            or event.index != i.vip_ifindex):
+                        i.vip_link_changed(None if event.deleted else event.index)
             else:
                 self._address_event(event)
 
     def _address_event(self, event: AddressEvent) -> None:
         for instance in self.instances:
-            if instance.channel.ifindex == event.index:
+            if event.index in (instance.channel.ifindex, instance.vip_index):
                 instance.address_event(event)
 
     # ---- reload (SIGHUP, `carp-sidecar reload`) ----

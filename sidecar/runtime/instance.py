@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from sidecar.config.runconfig import Vhid, Vip
+from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
 from sidecar.core.machine import (
     AddVip,
@@ -37,14 +37,14 @@ from sidecar.core.protocol import AdvertError, Expect
 from sidecar.core.session import Session, SessionConfig
 from sidecar.net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
 from sidecar.net.channel import Channel
-from sidecar.net.netlink import AddressEvent, Netlink, NetlinkError
+from sidecar.net.netlink import AddressEvent, Netlink
 from sidecar.runtime.effects import Effect, Effects
 from sidecar.runtime.maintenance import CounterMark, MaintenanceStore
 from sidecar.runtime.notify import InstanceScripts
 from sidecar.runtime.reporter import Reporter
 from sidecar.runtime.sendport import SendPort
 from sidecar.runtime.status import instance_status
-from sidecar.runtime.vips import VipBackend, backend_for
+from sidecar.runtime.vips import NetlinkVips, VipBackend, backend_for
 from sidecar.serve.logs import fields
 from sidecar.serve.metrics import InstanceMetrics, Metrics
 
@@ -60,8 +60,17 @@ def session_config(s: Vhid, srcip: IPv4Address) -> SessionConfig:
                     peers=frozenset(s.peers) if s.peers else None,
                     own=srcip if s.peers else None,
                     multicast=not s.peers or s.peers_multicast, strict=s.strict)
+    # a routed VIP (CARP_VIP_INTERFACE) is not on the CARP link: nothing to probe or refresh
     return SessionConfig(params=params, expect=expect, interface=s.interface,
-                         probe_interval=s.probe_interval, garp_refresh=s.garp_refresh)
+                         probe_interval=0.0 if s.routed else s.probe_interval,
+                         garp_refresh=0.0 if s.routed else s.garp_refresh)
+
+
+def link_vips(s: Vhid) -> tuple[list[IPv4Address], list[IPv6Address]]:
+    """The VIPs whose ARP and NDP the CARP link carries (none when routed)."""
+    if s.routed:
+        return [], []
+    return [v.ip for v in s.ipv4_vips], [v.ip for v in s.ipv6_vips]
 
 
 class Instance:
@@ -70,6 +79,7 @@ class Instance:
                  several: bool = False, script_extra: dict[str, str] | None = None) -> None:
         s = self.s = settings
         self.srcip, self.channel, self.loop, self._nl = srcip, channel, loop, netlink
+        self.vip_ifindex: int | None = None  # CARP_VIP_INTERFACE's, set by the agent
         self.session = Session(session_config(s, srcip), wall=time.time,
                                     rng=lambda: secrets.randbits(64),
                                     jitter=lambda: random.uniform(0.9, 1.1))
@@ -96,6 +106,11 @@ class Instance:
     @property
     def expect(self) -> Expect:
         return self.session.config.expect
+
+    @property
+    def vip_index(self) -> int | None:
+        """Where the VIPs go: CARP_VIP_INTERFACE (lo), else the CARP interface."""
+        return self.vip_ifindex if self.s.routed else self.channel.ifindex
 
     @property
     def machine(self) -> Machine:
@@ -146,7 +161,7 @@ class Instance:
         self.port.close()
 
     def _vip_backend(self, s: Vhid) -> VipBackend:
-        return backend_for(s, self._nl, self.m, lambda: self.channel.ifindex,
+        return backend_for(s, self._nl, self.m, lambda: self.vip_index,
                            self.scripts.environment)
 
     def _machine_gauges(self) -> None:
@@ -173,22 +188,13 @@ class Instance:
     def _vips_changed(self, old: Vhid, new: Vhid) -> None:
         gone = [v for v in old.vips if v not in new.vips]
         self.m.set_vips([str(v.ip) for v in new.vips])
-        self.channel.set_vips(self, [v.ip for v in new.ipv4_vips], [v.ip for v in new.ipv6_vips])
+        self.channel.set_vips(self, *link_vips(new))
         if self.machine.state is not State.MASTER or new.manages_vip_by_scripts:
             return  # scripts own the VIPs (the first one did not change: see reload.py)
-        if gone:
-            self._spawn(self._remove_vips(gone))
+        if gone and isinstance(self.effects.backend, NetlinkVips):
+            self._spawn(self.effects.backend.remove(gone))
         self.effects.put(Effect.ADD_VIP)  # the new ones (the others are there already)
         self.effects.put(Effect.ANNOUNCE)
-
-    async def _remove_vips(self, vips: list[Vip]) -> None:
-        index = self.channel.ifindex
-        for vip in vips:
-            if index is not None:
-                try:
-                    await self._nl.remove_address(index, vip)
-                except NetlinkError as e:
-                    log.error("Cannot remove VIP %s from %s: %s", vip, self.s.interface, e)
 
     # ---- carrying out what the session says ----
     def _do(self, todo: Iterable[outputs.Output]) -> None:
@@ -250,11 +256,13 @@ class Instance:
 
     def _announce(self) -> None:
         """GARP for each IPv4 VIP, unsolicited NA for each IPv6 VIP — only while MASTER: a
-        stale announcement would pull clients to a node that has left."""
-        if self.machine.state is not State.MASTER or \
-                not self.port.per_vip(build_garp, build_unsolicited_na, "Gratuitous ARP"):
+        stale announcement would pull clients to a node that has left. A routed VIP is
+        announced by the routing daemon: the takeover ends when it is on CARP_VIP_INTERFACE."""
+        routed = self.s.routed
+        if self.machine.state is not State.MASTER or not (routed or self.port.per_vip(
+                build_garp, build_unsolicited_na, "Gratuitous ARP")):
             return
-        self.m.garps_sent.inc()
+        self.m.garps_sent.inc(0 if routed else 1)
         now = self.loop.time()
         if self._takeover_started is not None:
             self.m.takeover_duration.observe(now - self._takeover_started)
@@ -294,7 +302,7 @@ class Instance:
         self.m.interface_present.set(1 if present else 0)
         if reattached and self.channel.ifindex is not None:
             self._spawn(self._check_source(self.channel.ifindex))
-        if not present:
+        if not present and not self.s.routed:  # lo keeps a routed VIP
             for child in self.m.vip_present.values():
                 child.set(0)
         self._do(self.session.set_link(self.loop.time(), present, running, reattached))
@@ -310,19 +318,24 @@ class Instance:
             self._do(self.session.set_source(self.loop.time(), present))
 
     def address_event(self, event: AddressEvent) -> None:
-        if event.address == self.srcip:
+        if event.address == self.srcip and event.index == self.channel.ifindex:
             self._do(self.session.set_source(self.loop.time(), event.added))
             return
         child = self.m.vip_present.get(str(event.address))
-        if child is None:
+        if child is None or event.index != self.vip_index:
             return
         child.set(1 if event.added else 0)
         if (not event.added and self.machine.state is State.MASTER and not self.machine.stopping
                 and not self.s.manages_vip_by_scripts):
             log.warning("VIP %s was removed from %s by someone else: adding it back",
-                        event.address, self.s.interface)
+                        event.address, self.s.vip_interface or self.s.interface)
             self.effects.put(Effect.ADD_VIP)
             self.effects.put(Effect.ANNOUNCE)  # clients may have moved elsewhere meanwhile
+
+    def vip_link_changed(self, index: int | None) -> None:  # re-created: its VIPs are gone
+        self.vip_ifindex = index
+        if index is not None and self.machine.state is State.MASTER and not self.machine.stopping:
+            self.effects.put(Effect.ADD_VIP)
 
     def vip_observed(self, present: set[IPv4Address | IPv6Address]) -> None:
         for vip in self.s.vips:
@@ -341,9 +354,6 @@ class Instance:
         self.m.demoted.set(1 if self.machine.demoted else 0)
         return bool(todo)
 
-    def check_result(self, ok: bool) -> None:
-        self.m.health_checks[ok].inc()
-
     def check_changed(self, name: str, healthy: bool, error: str) -> None:
         self._do(self.session.set_check(self.loop.time(), name, healthy, error))
         self.m.demoted.set(1 if self.machine.demoted else 0)
@@ -358,7 +368,6 @@ class Instance:
     # ---- views ----
     def ready(self) -> bool:
         return self.session.ready() and self.channel.attached is not None
-
 
     def status(self) -> dict[str, Any]:
         return instance_status(self)

@@ -14,6 +14,7 @@ from sidecar.runtime import operator
 from sidecar.runtime.instance import Instance
 from sidecar.runtime.reload import Plan, ReloadRefused, plan, read_config
 from sidecar.runtime.startup import StartupError
+from sidecar.runtime.vips import vip_link
 from sidecar.serve import logs
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ async def check_host(agent: Agent, p: Plan) -> str:
         try:
             link = await agent.link(settings)
             await agent.source_ip(settings, link)
+            if settings.routed:
+                await vip_link(agent.nl, settings)
         except StartupError as e:
             return str(e)
     return ""

@@ -26,6 +26,7 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "vhid": s.vhid,
         "group": s.group_name,
         "interface": s.interface,
+        "vip_interface": s.vip_interface,
         "vip": s.shown_vips[0],
         "vips": s.shown_vips,
         "vip_prefix": "configured" if s.prefix_known else "set by the scripts",

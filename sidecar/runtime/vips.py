@@ -1,5 +1,6 @@
 """Where the VIPs of an instance go when it becomes MASTER, chosen once at start: the agent's
-own netlink requests, or the classic up/down scripts (which then own the VIPs)."""
+own netlink requests, or the classic up/down scripts (which then own the VIPs). With
+CARP_VIP_INTERFACE the netlink requests go to that interface (lo) instead of the CARP one."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.config.runconfig import Vhid, Vip
-from sidecar.net.netlink import Netlink, NetlinkError
+from sidecar.net.caps import vip_interface_problem
+from sidecar.net.netlink import InterfaceNotFound, Netlink, NetlinkError
 from sidecar.runtime.scripts import run_script, script_argv
+from sidecar.runtime.startup import StartupError
 from sidecar.serve.metrics import InstanceMetrics
 
 log = logging.getLogger("carp-sidecar")
@@ -21,6 +24,20 @@ class VipBackend(Protocol):
     async def up(self, abort: asyncio.Event) -> None: ...
 
     async def down(self) -> None: ...
+
+
+async def vip_link(netlink: Netlink, s: Vhid) -> int:
+    """The index of CARP_VIP_INTERFACE, checked (StartupError naming the variable)."""
+    assert s.vip_interface is not None
+    try:
+        link = await netlink.link(s.vip_interface)
+    except InterfaceNotFound:
+        raise StartupError(f"CARP_VIP_INTERFACE: no interface named {s.vip_interface!r} "
+                           f"({s.name})") from None
+    problem = vip_interface_problem(s.vip_interface, link.flags, s.vips)
+    if problem:
+        raise StartupError(f"{problem} ({s.name})")
+    return link.index
 
 
 class NetlinkVips:
@@ -36,12 +53,19 @@ class NetlinkVips:
     async def down(self) -> None:
         await self._change(up=False)
 
+    async def remove(self, vips: list[Vip]) -> None:
+        """Those VIPs only (a reload dropped them from the list)."""
+        index = self._ifindex()
+        if index is not None:
+            for vip in vips:
+                await self._one(index, vip, up=False)
+
     async def _change(self, up: bool) -> None:
         index = self._ifindex()
         if index is None:
             if up:
                 log.error("Cannot add the VIPs of %s: interface %s is missing", self.s.name,
-                          self.s.interface)
+                          self.s.vip_interface or self.s.interface)
                 self.m.vip_errors.inc()
             return  # a missing interface holds no VIP
         for vip in self.s.vips:
@@ -58,7 +82,7 @@ class NetlinkVips:
                 return  # the interface went away, and its addresses with it
             self.m.vip_errors.inc()
             log.error("Cannot %s VIP %s on %s: %s", "add" if up else "remove", vip,
-                      self.s.interface, e)
+                      self.s.vip_interface or self.s.interface, e)
 
 
 class ScriptVips:

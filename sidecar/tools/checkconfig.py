@@ -11,10 +11,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Address
+from typing import Any
 
 from sidecar.config.settings import Config, VhidSettings, show
 from sidecar.core.machine import US, Machine, Params
-from sidecar.net.caps import missing_capability, source_address
+from sidecar.net.caps import missing_capability, source_address, vip_interface_problem
 
 WIDTH = 40  # the value column before "# origin"
 
@@ -62,10 +63,22 @@ def host_problems(config: Config) -> Iterator[str]:
                                             [v.ip for v in i.vips])
             if srcip is None:
                 yield problem
+            if i.vip_interface is not None:
+                yield from _vip_interface_problems(ipr, i)
     problem = missing_capability(any(not i.upscript and not i.downscript
                                      for i in config.instances))
     if problem:
         yield problem
+
+
+def _vip_interface_problems(ipr: Any, i: VhidSettings) -> Iterator[str]:
+    found = ipr.link_lookup(ifname=i.vip_interface)
+    if not found:
+        yield f"CARP_VIP_INTERFACE: no interface named {i.vip_interface!r} on this host ({i.name})"
+        return
+    problem = vip_interface_problem(i.vip_interface, ipr.get_links(found[0])[0]["flags"], i.vips)
+    if problem:
+        yield f"{problem} ({i.name})"
 
 
 def report(config: Config, offline: bool) -> tuple[list[str], list[str]]:

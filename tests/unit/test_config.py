@@ -164,6 +164,19 @@ def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
     ({"CARP_DEAD_TIMER": "vrrp2"}, "CARP_DEAD_TIMER: Input should be 'auto' or 'ucarp'"),
     ({"CARP_LOG_LEVEL": "chatty"}, "CARP_LOG_LEVEL: Input should be"),
     ({"CARP_MAINTENANCE_FILE": "relative/flag"}, "CARP_MAINTENANCE_FILE: relative/flag is not"),
+    # routed VIPs (CARP_VIP_INTERFACE): host routes, nothing announced on a link
+    ({"CARP_VIP_INTERFACE": "lo", "CARP_ADDR": "10.0.0.1/24"},
+     "CARP_ADDR: 10.0.0.1/24 on CARP_VIP_INTERFACE=lo must be a host route (/32, /128)"),
+    ({"CARP_VIP_INTERFACE": "lo", "CARP_ADDR": "2001:db8::1/64"},
+     "CARP_ADDR: 2001:db8::1/64 on CARP_VIP_INTERFACE=lo must be a host route"),
+    ({"CARP_VIP_INTERFACE": "lo", "CARP_GARP_REPEAT": "3"},
+     "CARP_GARP_REPEAT: no gratuitous ARP, NA or probe is sent for VIPs on CARP_VIP_INTERFACE=lo"),
+    ({"CARP_VIP_INTERFACE": "lo", "UCARP_GARP_REFRESH": "60"}, "CARP_GARP_REFRESH: no grat"),
+    ({"CARP_VIP_INTERFACE": "lo", "CARP_PROBE_INTERVAL": "10"}, "CARP_PROBE_INTERVAL: no grat"),
+    ({"CARP_VIP_INTERFACE": "eth0"}, "CARP_VIP_INTERFACE: is CARP_INTERFACE; leave it unset"),
+    ({"CARP_VIP_INTERFACE": "a" * 16}, "CARP_VIP_INTERFACE: not an interface name"),
+    ({"CARP_VIP_INTERFACE": "lo", "CARP_IF_ALIAS": "eth0:0"},
+     "CARP_IF_ALIAS: must start with the interface name 'lo'"),
 ])
 def test_bad_values_name_the_variable(override: dict[str, str | None], message: str) -> None:
     env = {**BASE, **override}
@@ -498,3 +511,27 @@ def test_every_setting_is_declared_once_and_the_models_follow() -> None:
     assert derived == {"auth", "vips", "vrrp3_dead_timer", "prefix_known", "script_env"}
     vhid = VhidSettings.model_fields["vhid"]
     assert [m.ge for m in vhid.metadata if hasattr(m, "ge")] == [1]
+
+
+def test_a_routed_vip_goes_on_its_interface_and_the_rest_stays(tmp_path: Path) -> None:
+    s = one({**BASE, "CARP_VIP_INTERFACE": "lo", "CARP_ADDR": "10.0.0.1,2001:db8::1",
+             "CARP_IF_ALIAS": "lo:carp"})
+    assert (s.vip_interface, s.routed, s.if_alias) == ("lo", True, "lo:carp")
+    assert [str(v) for v in s.vips] == ["10.0.0.1/32", "2001:db8::1/128"]
+    assert not one(BASE).routed
+
+
+def test_routed_vips_with_the_up_script_are_refused(tmp_path: Path) -> None:
+    up = script(tmp_path, "up.sh")
+    with pytest.raises(ConfigError) as e:
+        one({**BASE, "CARP_VIP_INTERFACE": "lo", "CARP_UPSCRIPT": str(up)})
+    assert str(e.value) == ("CARP_VIP_INTERFACE: the up/down scripts own the VIPs "
+                            "(CARP_UPSCRIPT/CARP_DOWNSCRIPT); set one or the other")
+
+
+def test_routed_vip_per_instance_in_toml(tmp_path: Path) -> None:
+    (tmp_path / "carp.toml").write_text(
+        'pass = "pw"\n[[vhid]]\ninterface = "eth0"\nvhid = 1\naddr = "10.0.0.1"\n'
+        'vip_interface = "lo"\n[[vhid]]\ninterface = "eth0"\nvhid = 2\naddr = "10.0.0.2/24"\n')
+    config = load({"CARP_CONFIG": str(tmp_path / "carp.toml")}).runtime()
+    assert [i.vip_interface for i in config.instances] == ["lo", None]
