@@ -220,3 +220,31 @@ def test_example_config_file_loads(tmp_path: Path) -> None:
     assert [str(v) for v in config.instances[0].vips] == ["172.16.0.1/16", "2001:db8::1/64"]
     assert all(list(i.health) == ["apache"] for i in config.instances)
     assert config.runtime().instances[0].hmac_address.compressed == "172.16.0.1"
+
+
+@pytest.mark.skipif(shutil.which("bird") is None, reason="bird2 missing (make deps)")
+@pytest.mark.parametrize("node", ["a", "b"])
+def test_bird_node_configuration_parses_with_each_site_file(node: str, tmp_path: Path) -> None:
+    """bird.conf with site-NODE.conf as site.conf, as test_routed.py and an install use them."""
+    shutil.copy(DEPLOY / "bird" / "bird.conf", tmp_path / "bird.conf")
+    shutil.copy(DEPLOY / "bird" / f"site-{node}.conf", tmp_path / "site.conf")
+    for conf in (tmp_path / "bird.conf", DEPLOY / "bird" / "upstream.conf"):
+        r = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    (tmp_path / "site.conf").write_text("define LOCAL_AS = 65001;\n")  # the rest missing
+    r = subprocess.run(["bird", "-p", "-c", str(tmp_path / "bird.conf")], capture_output=True,
+                       text=True)
+    assert r.returncode != 0  # so the check above can fail
+
+
+@pytest.mark.skipif(shutil.which("vtysh") is None, reason="frr missing (make deps)")
+@pytest.mark.parametrize("node", ["a", "b"])
+def test_frr_node_configuration_passes_vtysh_dry_run(node: str, tmp_path: Path) -> None:
+    conf = DEPLOY / "frr" / f"frr-{node}.conf"
+    r = subprocess.run(["vtysh", "-C", "-f", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = conf.read_text()
+    assert "bgp graceful-restart-disable" in text and "redistribute connected route-map" in text
+    (tmp_path / "bad.conf").write_text(text.replace("redistribute connected", "redistribute lo"))
+    assert subprocess.run(["vtysh", "-C", "-f", str(tmp_path / "bad.conf")],
+                          capture_output=True).returncode != 0
