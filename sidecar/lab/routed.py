@@ -22,13 +22,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from sidecar.lab.netns import _kill_namespace_processes, sh, stop_process
-from sidecar.lab.scenario import APACHE, LAB_PASSWORD, agent_env, apache_config
+from sidecar.lab.scenario import APACHE, LAB_PASSWORD, ClientView, agent_env, apache_config
 
 ROUTED_VIP = "10.9.0.1"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -38,7 +36,7 @@ CLIENT = ("10.3.0.2", "10.3.0.1")
 Daemon = Literal["bird", "frr"]
 
 
-class RoutedLab:
+class RoutedLab(ClientView):
     def __init__(self, daemon: Daemon = "bird") -> None:
         if not (DEPLOY / "bird" / "bird.conf").is_file():
             raise FileNotFoundError(f"{DEPLOY}: the routed lab runs from a checkout (deploy/)")
@@ -68,11 +66,13 @@ class RoutedLab:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            for log in sorted(self.dir.glob("*.log")):
-                tail = log.read_text(errors="replace").splitlines()[-12:]
-                print(f"--- last lines of {log.name} ---", *tail, sep="\n", file=sys.stderr)
-        self.close()
+        try:  # the logs first (close removes them), but the namespaces go whatever happens
+            if exc_type is not None:
+                for log in sorted(self.dir.glob("*.log")):
+                    tail = log.read_text(errors="replace").splitlines()[-12:]
+                    print(f"--- last lines of {log.name} ---", *tail, sep="\n", file=sys.stderr)
+        finally:
+            self.close()
 
     def _create(self) -> None:
         for name in ("r", "a", "b", "c"):
@@ -200,16 +200,6 @@ class RoutedLab:
         for raw in proc.stdout:
             self.probe_lines.append(json.loads(raw))
 
-    def client_sees(self) -> str | None:
-        return self.probe_lines[-1]["body"] if self.probe_lines else None
-
-    def downtime_ms(self, since: float, body: str) -> float | None:
-        """The client's gap before its first answer from ``body`` after ``since`` (time.time)."""
-        for line in self.probe_lines:
-            if line["t"] >= since and line["ok"] and line["body"] == body:
-                return float(line["gap_ms"])
-        return None
-
     def has_vip(self, node: str) -> bool:
         return f" {ROUTED_VIP}/32" in self.run(node, "ip", "-4", "-o", "addr", "show", "dev",
                                                "lo").stdout
@@ -231,12 +221,3 @@ class RoutedLab:
 
     def log(self, key: str) -> str:
         return (self.dir / f"{key}.log").read_text(errors="replace")
-
-    @staticmethod
-    def wait(cond: Callable[[], object], timeout: float, what: str) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if cond():
-                return time.monotonic() - start
-            time.sleep(0.05)
-        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")

@@ -74,8 +74,33 @@ def agent_env(lab_dir: Path, node: str, srcip: str, **extra: str) -> dict[str, s
     return env
 
 
+class ClientView:
+    """What the polling client saw (sidecar.lab.probe's lines), for this lab and the routed one."""
+
+    probe_lines: list[dict[str, Any]]
+
+    def client_sees(self) -> str | None:
+        return self.probe_lines[-1]["body"] if self.probe_lines else None
+
+    def downtime_ms(self, since: float, body: str) -> float | None:
+        """Client-visible gap before the first answer from ``body`` after ``since``."""
+        for line in self.probe_lines:
+            if line["t"] >= since and line["ok"] and line["body"] == body:
+                return float(line["gap_ms"])
+        return None
+
+    @staticmethod
+    def wait(cond: Callable[[], object], timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if cond():
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
 @dataclass
-class Lab:
+class Lab(ClientView):
     """Nodes a and b with Apache and carp-sidecar, and a polling client, on one bridge."""
 
     topo: Topology = field(default_factory=Topology)
@@ -158,24 +183,6 @@ class Lab:
         out = self.topo[node].run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
         return f" {VIP}/" in out
 
-    def client_sees(self) -> str | None:
-        return self.probe_lines[-1]["body"] if self.probe_lines else None
-
-    def downtime_ms(self, since: float, body: str) -> float | None:
-        """Client-visible gap before the first answer from ``body`` after ``since``."""
-        for line in self.probe_lines:
-            if line["t"] >= since and line["ok"] and line["body"] == body:
-                return float(line["gap_ms"])
-        return None
-
-    @staticmethod
-    def wait(cond: Callable[[], bool], timeout: float, what: str) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if cond():
-                return time.monotonic() - start
-            time.sleep(0.05)
-        raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class Timeline:

@@ -262,7 +262,8 @@ class Instance:
         if self.machine.state is not State.MASTER or not (routed or self.port.per_vip(
                 build_garp, build_unsolicited_na, "Gratuitous ARP")):
             return
-        self.m.garps_sent.inc(0 if routed else 1)
+        if not routed:
+            self.m.garps_sent.inc()
         now = self.loop.time()
         if self._takeover_started is not None:
             self.m.takeover_duration.observe(now - self._takeover_started)

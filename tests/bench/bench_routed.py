@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sidecar.lab import Lab
 from sidecar.lab.routed import Daemon, RoutedLab
+from sidecar.lab.scenario import ClientView
 
 PREFERRED = {"a": {"CARP_PREEMPT": "true"}, "b": {"CARP_ADVSKEW": "100"}}
 
@@ -42,18 +43,26 @@ def until(cond: Callable[[], bool], timeout: float) -> float:
     raise TimeoutError
 
 
+def pull(lab: ClientView, unplug: Callable[[], None], on_b: Callable[[], bool]
+         ) -> dict[str, float | None]:
+    """Pull node-a's cable: the client's downtime, split at the VIP's arrival on node-b."""
+    lab.wait(lambda: lab.client_sees() == "node-a", 60, "node-a")
+    time.sleep(3)
+    pulled = time.time()
+    unplug()
+    arrived = until(on_b, 20)
+    lab.wait(lambda: lab.client_sees() == "node-b", 20, "node-b")
+    down = lab.downtime_ms(pulled, "node-b")
+    master_down = (arrived - pulled) * 1000
+    return {"downtime_ms": down, "master_down_ms": round(master_down, 1),
+            "routing_ms": None if down is None else round(down - master_down, 1)}
+
+
 def routed(daemon: Daemon) -> dict[str, float | None]:
     with RoutedLab(daemon) as lab:
         lab.start_all(**PREFERRED)
-        lab.wait(lambda: lab.client_sees() == "node-a" and lab.router_via() == "a", 60, "node-a")
-        time.sleep(3)
-        pulled = time.time()
-        lab.uplink("a", False)
-        on_lo = until(lambda: lab.has_vip("b"), 20)
-        lab.wait(lambda: lab.client_sees() == "node-b", 20, "node-b")
-        down = lab.downtime_ms(pulled, "node-b")
-        return {"downtime_ms": down, "master_down_ms": round((on_lo - pulled) * 1000, 1),
-                "routing_ms": None if down is None else round(down - (on_lo - pulled) * 1000, 1)}
+        lab.wait(lambda: lab.router_via() == "a", 60, "the router's route to node-a")
+        return pull(lab, lambda: lab.uplink("a", False), lambda: lab.has_vip("b"))
 
 
 def l2() -> dict[str, float | None]:
@@ -62,15 +71,7 @@ def l2() -> dict[str, float | None]:
             lab.start_apache(node)
             lab.start_agent(node, **PREFERRED[node])
         lab.start_probe()
-        lab.wait(lambda: lab.client_sees() == "node-a", 30, "node-a")
-        time.sleep(3)
-        pulled = time.time()
-        lab.topo.unplug("a")
-        on_link = until(lambda: lab.has_vip("b"), 20)
-        lab.wait(lambda: lab.client_sees() == "node-b", 20, "node-b")
-        down = lab.downtime_ms(pulled, "node-b")
-        return {"downtime_ms": down, "master_down_ms": round((on_link - pulled) * 1000, 1),
-                "routing_ms": None if down is None else round(down - (on_link - pulled) * 1000, 1)}
+        return pull(lab, lambda: lab.topo.unplug("a"), lambda: lab.has_vip("b"))
 
 
 def median(runs: list[dict[str, float | None]], key: str) -> float | None:
