@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar.config.declare import REQUIRED, Declared, declared, help_texts
+from sidecar.config.declare import REQUIRED, Declared, declared
 from sidecar.config.runconfig import (
     AGENT_SETTINGS,
     VHID_INPUTS,
@@ -35,6 +35,7 @@ from sidecar.config.runconfig import (
     Vip,
     host_port,
     show_vips,
+    variables_help,
 )
 from sidecar.config.values import (
     IFNAMSIZ,
@@ -50,7 +51,7 @@ GROUP_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a label value anyone can ty
 VHID = declared(Vhid, VHID_INPUTS)
 CHECK = declared(Check)
 AGENT = declared(None, AGENT_SETTINGS)
-HELP = help_texts(VHID, CHECK, AGENT)
+HELP = variables_help()
 CHECK_FIELDS = {d.name for d in CHECK}
 
 

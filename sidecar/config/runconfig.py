@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_interface
 from pathlib import Path
 from typing import Any, Literal
 
-from sidecar.config.declare import Setting, Ucarp, setting
+from sidecar.config.declare import Setting, Ucarp, declared, help_texts, setting
 from sidecar.core.protocol import DEFAULT_GROUP, Auth
 
 Vip = IPv4Interface | IPv6Interface
@@ -232,6 +232,16 @@ AGENT_SETTINGS = (
     Setting("STATE_DIR", "where demote/promote are kept across restarts, or off",
             name="state_dir", type=Path | None, default=DEFAULT_STATE_DIR),
 )
+
+
+class ConfigError(Exception):
+    """A configuration problem, one line: ``VARIABLE: reason``."""
+
+
+def variables_help() -> dict[str, str]:
+    """``ENV`` -> its help line, for every setting (``check-config --help``), from the
+    declarations alone: the short commands never import pydantic."""
+    return help_texts(declared(Vhid, VHID_INPUTS), declared(Check), declared(None, AGENT_SETTINGS))
 
 
 @dataclass(frozen=True)

@@ -50,17 +50,13 @@ from sidecar.config.models import (
     shown,
 )
 from sidecar.config.origins import bare_names, env_origins, file_origins
-from sidecar.config.runconfig import RunConfig, host_port
+from sidecar.config.runconfig import ConfigError, RunConfig, host_port
 from sidecar.config.values import OFFLINE, show
 
 __all__ = ["HELP", "Config", "ConfigError", "VhidSettings", "host_port", "load", "read_env_file",
            "show"]
 
 ENV_CHECK = "service"  # the name of the check CARP_HEALTH_* declare
-
-
-class ConfigError(Exception):
-    """A configuration problem, one line: ``VARIABLE: reason``."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip
 from typing import Any
 
 from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
+from sidecar.net.held import HeldVips
 
 __all__ = ["AddressEvent", "InterfaceNotFound", "Link", "LinkEvent", "Netlink", "NetlinkError"]
 
@@ -60,8 +61,9 @@ def _mac(msg: Any) -> bytes:
 class Netlink:
     """Requests on one socket; :meth:`events` opens its own multicast-bound socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: HeldVips | None = None) -> None:
         self._ipr = AsyncIPRoute()
+        self.held = held  # every address added, for the next run if this one is killed
         # One request at a time: the instances' effects run concurrently, and pyroute2 answers
         # a second request on a socket still busy with the first with EBUSY.
         self._busy = asyncio.Lock()
@@ -98,6 +100,8 @@ class Netlink:
         extra: dict[str, Any] = {"label": label} if label and vip.version == 4 else {}
         if vip.version == 6:
             extra["flags"] = IFA_F_NODAD
+        if self.held is not None:  # before: killed in between, the next run finds it
+            self.held.adding(index, str(vip.ip), vip.network.prefixlen)
         try:
             async with self._busy:
                 await self._ipr.addr("add", index=index, address=str(vip.ip),
@@ -122,6 +126,8 @@ class Netlink:
             except NetlinkError as e:
                 if e.code != errno.EADDRNOTAVAIL:
                     raise
+        if self.held is not None:  # not on the interface now, however it left
+            self.held.removed(index, str(vip.ip))
         return removed
 
     async def events(self) -> AsyncIterator[LinkEvent | AddressEvent]:
@@ -147,3 +153,5 @@ class Netlink:
 
     def close(self) -> None:
         self._ipr.close()
+        if self.held is not None:
+            self.held.close()

@@ -27,6 +27,7 @@ from sidecar.config.runconfig import Check, RunConfig, Vhid, host_port
 from sidecar.core.machine import State
 from sidecar.net.caps import missing_capability, source_address
 from sidecar.net.channel import Channel
+from sidecar.net.held import HeldVips, sweep
 from sidecar.net.netlink import (
     AddressEvent,
     InterfaceNotFound,
@@ -98,7 +99,7 @@ class Agent:
         """Open everything, or raise StartupError naming what to change (nothing left open)."""
         check_capabilities(config)
         registry = registry or CollectorRegistry()
-        agent = cls(config, Netlink(), registry, Metrics(registry, version),
+        agent = cls(config, Netlink(held_record(config)), registry, Metrics(registry, version),
                     asyncio.get_running_loop())
         try:
             await agent._open()
@@ -113,6 +114,8 @@ class Agent:
             await self.build(settings, self.config, links)
         for name, channel in self.channels.items():
             self.open_channel(channel, links[name])
+        if self.config.state_dir is not None and not any(s.neutral for s in self.config.instances):
+            log_swept(sweep(self.config.state_dir))  # when `run` could not (see its sweep)
         for instance in self.instances:
             await self.remove_stale_vips(instance)
         operator.restore_maintenance(self)
@@ -368,6 +371,21 @@ class Agent:
         return {**top, "instances": instances, "control_socket": control}
 
 
+def held_record(config: RunConfig) -> HeldVips | None:
+    if config.state_dir is None:
+        return None
+    try:
+        return HeldVips(config.state_dir)
+    except OSError as e:
+        raise StartupError(f"CARP_STATE_DIR: cannot keep a record in {config.state_dir}: "
+                           f"{e.strerror or e} (mount a volume there, or set it to off)") from None
+
+
+def log_swept(swept: list[tuple[str, str]]) -> None:
+    for address, ifname in swept:
+        log.warning("Removed stale VIP %s from %s (left by an earlier run)", address, ifname)
+
+
 def _set_title(title: str) -> None:
     """/proc/PID/cmdline and comm: `pidof ucarp` and `killall -USR1 ucarp` find the drop-in
     (the exec left them `python3 -m sidecar.runtime.agent`)."""
@@ -379,9 +397,11 @@ def _set_title(title: str) -> None:
     setproctitle.setthreadtitle(title.split()[0][:15])
 
 
-def run_agent(config: RunConfig, version: str = "0") -> int:
+def run_agent(config: RunConfig, version: str = "0",
+              swept: list[tuple[str, str]] | None = None) -> int:
     """Run in this process (tests, embedding); ``carp-sidecar run`` goes through :func:`main`."""
     logs.setup(config.log_format, config.log_level, config.syslog)
+    log_swept(swept or [])
 
     async def main() -> int:
         agent = await Agent.start(config, version=version)
@@ -408,11 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config-fd", type=int, required=True)
     p.add_argument("--version", default="0")
     p.add_argument("--title", default='"carp-sidecar"', help="process title (JSON string)")
+    p.add_argument("--swept", default="[]", help="stale VIPs `run` removed before validating "
+                   "(JSON [[address, interface], ...]): logged once logging is set up")
     args = p.parse_args(argv)
     _set_title(json.loads(args.title))
     with os.fdopen(args.config_fd, "rb") as f:
         config = RunConfig.from_json(f.read().decode())
-    return run_agent(config, version=args.version)
+    return run_agent(config, version=args.version,
+                     swept=[(a, i) for a, i in json.loads(args.swept)])
 
 
 if __name__ == "__main__":

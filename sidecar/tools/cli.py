@@ -10,12 +10,22 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar import __version__
 from sidecar.config import ucarp_options
-from sidecar.config.settings import Config, ConfigError, load
+from sidecar.config.runconfig import ConfigError, variables_help
 from sidecar.net.httpclient import fetch
+from sidecar.tools.launch import (
+    daemon_syslog,
+    daemonize,
+    exec_agent,
+    in_container,
+    sweep_before_validating,
+)
+
+if TYPE_CHECKING:  # pydantic's import is most of a short command's time: only when needed
+    from sidecar.config.settings import Config
 
 EXIT_CONFIG = 2
 DEFAULT_RUN_DIR = "/run/carp-sidecar"  # where agents make their control sockets
@@ -26,10 +36,8 @@ def package_version() -> str:
 
 
 def _variables_help() -> str:
-    from sidecar.config.settings import HELP
-
     lines = ["variables (each CARP_X is also read as ucarp's UCARP_X; CARP_X wins):"]
-    lines += [f"  CARP_{name:<17} {text}" for name, text in HELP.items()]
+    lines += [f"  CARP_{name:<17} {text}" for name, text in variables_help().items()]
     lines.append("  CARP_CONFIG            a TOML file of many instances (keys: the names above "
                  "in lower case, without CARP_)")
     return "\n".join(lines)
@@ -108,6 +116,8 @@ def _operator_commands(sub: Any, env_file: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> Config:
+    from sidecar.config.settings import load
+
     return load({**os.environ, **(overrides or {})}, getattr(args, "env_file", None))
 
 
@@ -139,7 +149,7 @@ def dump_runtime_config(origin: str) -> int:
         args = _parse(argv, prog == "ucarp")
         config = _run_config(args, prog == "ucarp", argv)
         if getattr(args, "ucarp_daemonize", False) and not in_container():
-            config = _daemon_syslog(config)  # as _daemonize decided at start
+            config = daemon_syslog(config)  # as daemonize decided at start
         print(config.runtime().to_json())
     except ConfigError as e:
         print(str(e), file=sys.stderr)
@@ -164,16 +174,21 @@ def _main(argv: list[str]) -> int:
     as_ucarp = Path(sys.argv[0]).name == "ucarp"
     args = _parse(argv, as_ucarp)
     command = args.command or "run"
+    swept: list[tuple[str, str]] = []
     try:
         if command in COMMANDS:
             return COMMANDS[command](args)
-        settings = _run_config(args, as_ucarp, argv) if command == "run" else _settings(args)
+        swept = sweep_before_validating(args)
+        settings = _run_config(args, as_ucarp, argv)
         for warning in settings.warnings:
             print(f"carp-sidecar: warning: {warning}", file=sys.stderr)
         if getattr(args, "ucarp_daemonize", False):
-            settings = _daemonize(settings)
-        return _exec_agent(settings)
+            settings = daemonize(settings)
+        return exec_agent(settings, swept)
     except ConfigError as e:
+        for address, ifname in swept:  # done before validating: said even when it fails
+            print(f"carp-sidecar: removed stale VIP {address} from {ifname} (left by an "
+                  "earlier run)", file=sys.stderr)
         for line in str(e).splitlines():
             print(f"carp-sidecar: configuration error: {line}", file=sys.stderr)
         return EXIT_CONFIG
@@ -245,6 +260,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from sidecar.config.settings import load
     from sidecar.tools.checkconfig import report
 
     offline = args.offline
@@ -258,10 +274,6 @@ def _check_config(args: argparse.Namespace) -> int:
 
 # modules only some commands need -> the extra that installs them (pyproject.toml)
 EXTRAS = {"scapy": "watch", "tomli_w": "import", "sidecar.lab": "lab", "matplotlib": "lab"}
-
-
-CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}
-HOST_INITS = {"systemd", "init", "openrc-init", "runit", "s6-svscan"}
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -283,62 +295,6 @@ def _watch(args: argparse.Namespace) -> int:
         raise ConfigError("CARP_INTERFACE: watch needs --interface or CARP_INTERFACE")
     return run(interface, keys, args.count, args.seconds, args.pcap,
                out=lambda line: print(line, flush=True))
-
-
-def in_container() -> bool:
-    """PID 1 ourselves, a container init as PID 1, or a container runtime's marker file with
-    no host init: a background agent would end the container (or escape its supervisor)."""
-    try:
-        with open("/proc/1/comm") as f:
-            init = f.read().strip()
-    except OSError:
-        init = ""
-    if os.getpid() == 1 or init in CONTAINER_INITS:
-        return True
-    marked = any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
-    return marked and init not in HOST_INITS
-
-
-def _daemon_syslog(config: Config) -> Config:
-    """Detached, stderr goes nowhere: syslog (facility daemon, unless one is set) as ucarp."""
-    if config.agent.syslog is not None:
-        return config
-    return dataclasses.replace(config, agent=config.agent.model_copy(update={"syslog": "daemon"}))
-
-
-def _daemonize(config: Config) -> Config:
-    """ucarp's --daemonize: detach (double fork, new session, stdio to /dev/null) and log to
-    syslog. In a container the runtime supervises the foreground process: stay there."""
-    if in_container():
-        print("carp-sidecar: --daemonize ignored in a container: staying in the foreground",
-              file=sys.stderr)
-        return config
-    config = _daemon_syslog(config)
-    if os.fork() > 0:
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    return config
-
-
-def _exec_agent(config: Config) -> int:
-    """Become the agent: the validated configuration goes through an in-memory file to a fresh
-    interpreter in this same process (same PID, same signals), which never loads pydantic."""
-    fd = os.memfd_create("carp-sidecar-config", 0)  # inheritable: no MFD_CLOEXEC
-    os.write(fd, config.runtime().to_json().encode())
-    os.lseek(fd, 0, os.SEEK_SET)
-    argv = [sys.executable, "-m", "sidecar.runtime.agent", "--config-fd", str(fd), "--version",
-            package_version(), "--title", json.dumps(process_title(config))]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, argv)
-    return 1  # not reached
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -377,31 +333,6 @@ def _status_sockets(args: argparse.Namespace) -> list[Path]:
         raise OSError(f"no agent found: no control socket in {DEFAULT_RUN_DIR} (is it "
                       "running? pass --socket or set CARP_CONTROL_SOCKET)")
     return found
-
-
-SECRET_OPTIONS = {"--pass", "-p"}
-
-
-def process_title(config: Config) -> str:
-    """The agent's name for ps, pidof and killall: what the user started, `ucarp ...` as the
-    drop-in, `carp-sidecar run ...` otherwise; a password given on the command line shown
-    as ***."""
-    if not config.origin:
-        return "carp-sidecar"
-    _cwd, prog, *argv = config.origin
-    shown, hide = [], False
-    for arg in argv:
-        name, eq, _ = arg.partition("=")
-        if hide:
-            shown.append("***")
-        elif eq and name in SECRET_OPTIONS:
-            shown.append(f"{name}=***")
-        elif arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
-            shown.append("-p***")
-        else:
-            shown.append(arg)
-        hide = arg in SECRET_OPTIONS
-    return " ".join([prog, *shown])
 
 
 def _socket_path(args: argparse.Namespace) -> Path:

@@ -223,7 +223,7 @@ def test_import_names_variables_that_are_not_settings(tmp_path: Path) -> None:
 def test_process_title_is_what_was_started_without_the_password() -> None:
     import dataclasses
 
-    from sidecar.tools.cli import process_title
+    from sidecar.tools.launch import process_title
 
     config = load({**BASE}, None)
     drop_in = dataclasses.replace(config, origin=(

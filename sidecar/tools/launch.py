@@ -1,0 +1,127 @@
+"""Becoming the agent: the sweep before validation, --daemonize, and the exec into a fresh
+interpreter that never loads pydantic (sidecar.runtime.agent)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sidecar import __version__
+from sidecar.config.runconfig import DEFAULT_STATE_DIR
+
+if TYPE_CHECKING:
+    import argparse
+
+    from sidecar.config.settings import Config
+
+
+CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}
+HOST_INITS = {"systemd", "init", "openrc-init", "runit", "s6-svscan"}
+
+
+def in_container() -> bool:
+    """PID 1 ourselves, a container init as PID 1, or a container runtime's marker file with
+    no host init: a background agent would end the container (or escape its supervisor)."""
+    try:
+        with open("/proc/1/comm") as f:
+            init = f.read().strip()
+    except OSError:
+        init = ""
+    if os.getpid() == 1 or init in CONTAINER_INITS:
+        return True
+    marked = any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
+    return marked and init not in HOST_INITS
+
+
+def daemon_syslog(config: Config) -> Config:
+    """Detached, stderr goes nowhere: syslog (facility daemon, unless one is set) as ucarp."""
+    if config.agent.syslog is not None:
+        return config
+    return dataclasses.replace(config, agent=config.agent.model_copy(update={"syslog": "daemon"}))
+
+
+def daemonize(config: Config) -> Config:
+    """ucarp's --daemonize: detach (double fork, new session, stdio to /dev/null) and log to
+    syslog. In a container the runtime supervises the foreground process: stay there."""
+    if in_container():
+        print("carp-sidecar: --daemonize ignored in a container: staying in the foreground",
+              file=sys.stderr)
+        return config
+    config = daemon_syslog(config)
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    return config
+
+
+def sweep_before_validating(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """A killed run's VIPs, removed before the ~150 ms of pydantic (sidecar.net.held) when
+    the environment and the command line are the whole configuration: with an env file or a
+    TOML file the state directory and --neutral are only known after validation, and the
+    agent sweeps then. Not for a neutral start, which leaves what it finds."""
+    env = os.environ
+
+    def var(name: str) -> str | None:
+        return env.get(f"CARP_{name}", env.get(f"UCARP_{name}"))
+
+    neutral = (var("NEUTRAL") or "").strip().lower() not in ("", "0", "f", "n", "false", "no", "off")
+    if (getattr(args, "env_file", None) or var("CONFIG") or neutral
+            or getattr(args, "ucarp_neutral", False)):
+        return []
+    state_dir = Path(var("STATE_DIR") or DEFAULT_STATE_DIR)
+    if str(state_dir).lower() == "off" or not state_dir.is_absolute():
+        return []
+    from sidecar.net.held import sweep
+
+    return sweep(state_dir)
+
+
+def exec_agent(config: Config, swept: list[tuple[str, str]]) -> int:
+    """Become the agent: the validated configuration goes through an in-memory file to a fresh
+    interpreter in this same process (same PID, same signals), which never loads pydantic."""
+    fd = os.memfd_create("carp-sidecar-config", 0)  # inheritable: no MFD_CLOEXEC
+    os.write(fd, config.runtime().to_json().encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    argv = [sys.executable, "-m", "sidecar.runtime.agent", "--config-fd", str(fd), "--version",
+            __version__, "--title", json.dumps(process_title(config)),
+            "--swept", json.dumps(swept)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached
+
+
+SECRET_OPTIONS = {"--pass", "-p"}
+
+
+def process_title(config: Config) -> str:
+    """The agent's name for ps, pidof and killall: what the user started, `ucarp ...` as the
+    drop-in, `carp-sidecar run ...` otherwise; a password given on the command line shown
+    as ***."""
+    if not config.origin:
+        return "carp-sidecar"
+    _cwd, prog, *argv = config.origin
+    shown, hide = [], False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        if hide:
+            shown.append("***")
+        elif eq and name in SECRET_OPTIONS:
+            shown.append(f"{name}=***")
+        elif arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
+            shown.append("-p***")
+        else:
+            shown.append(arg)
+        hide = arg in SECRET_OPTIONS
+    return " ".join([prog, *shown])
