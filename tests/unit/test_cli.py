@@ -286,3 +286,22 @@ def test_a_command_whose_extra_is_not_installed_names_the_extra(
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed: the import fails
     assert cli.main(argv) == 1
     assert f"pip install 'carp-sidecar[{extra}]'" in capsys.readouterr().err
+
+
+def test_console_entry_leaves_fast_but_says_everything(tmp_path: Path) -> None:
+    """entry() skips the interpreter's teardown (os._exit): what was printed must still be
+    flushed, through a pipe, with the right exit status, and --version imports no pydantic."""
+    code = ("import sys; from sidecar.tools import cli; sys.argv = ['carp-sidecar', *sys.argv[1:]];"
+            " cli.entry()")
+    env = {"PATH": "/usr/bin:/bin", "CARP_INTERFACE": "eth0", "CARP_VHID": "300"}
+    r = subprocess.run([sys.executable, "-c", code, "check-config", "--offline"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "CARP_VHID" in r.stderr and "CARP_ADDR" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-c", code + "; print('not reached')", "--version"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("carp-sidecar ") and "reached" not in r.stdout
+    probe = ("import sys; from sidecar.tools import cli; sys.argv = ['carp-sidecar', '--help'];"
+             "\ntry: cli.main()\nexcept SystemExit: pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('pydantic', 'pyroute2'))))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip().endswith("[]"), r.stdout[-500:]
