@@ -11,6 +11,7 @@ from typing import Any
 
 from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
 from sidecar.net.held import HeldVips
+from sidecar.net.rtaddr import RTM_DELADDR, RTM_NEWADDR, AddressWriter
 
 __all__ = ["AddressEvent", "InterfaceNotFound", "Link", "LinkEvent", "Netlink", "NetlinkError"]
 
@@ -64,6 +65,7 @@ class Netlink:
     def __init__(self, held: HeldVips | None = None) -> None:
         self._ipr = AsyncIPRoute()
         self.held = held  # every address added, for the next run if this one is killed
+        self._writer: AddressWriter | None = None  # adds and removes, batched (its docstring)
         # One request at a time: the instances' effects run concurrently, and pyroute2 answers
         # a second request on a socket still busy with the first with EBUSY.
         self._busy = asyncio.Lock()
@@ -97,19 +99,14 @@ class Netlink:
 
     async def add_address(self, index: int, vip: Vip, label: str | None) -> bool:
         """Add (IPv6 without duplicate address detection); False if it was already there."""
-        extra: dict[str, Any] = {"label": label} if label and vip.version == 4 else {}
-        if vip.version == 6:
-            extra["flags"] = IFA_F_NODAD
         if self.held is not None:  # before: killed in between, the next run finds it
             self.held.adding(index, str(vip.ip), vip.network.prefixlen)
-        try:
-            async with self._busy:
-                await self._ipr.addr("add", index=index, address=str(vip.ip),
-                                     prefixlen=vip.network.prefixlen, **extra)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                return False
-            raise
+        code = await self._write(RTM_NEWADDR, index, vip, label if vip.version == 4 else None,
+                                 IFA_F_NODAD if vip.version == 6 else 0)
+        if code == errno.EEXIST:
+            return False
+        if code:
+            raise NetlinkError(code)
         return True
 
     async def remove_address(self, index: int, vip: Vip) -> bool:
@@ -118,17 +115,20 @@ class Netlink:
         for have in await self.addresses(index):
             if have.ip != vip.ip:
                 continue
-            try:
-                async with self._busy:
-                    await self._ipr.addr("del", index=index, address=str(have.ip),
-                                         prefixlen=have.network.prefixlen)
-                removed = True
-            except NetlinkError as e:
-                if e.code != errno.EADDRNOTAVAIL:
-                    raise
+            code = await self._write(RTM_DELADDR, index, have)
+            if code not in (0, errno.EADDRNOTAVAIL):
+                raise NetlinkError(code)
+            removed = removed or code == 0
         if self.held is not None:  # not on the interface now, however it left
             self.held.removed(index, str(vip.ip))
         return removed
+
+    async def _write(self, kind: int, index: int, vip: Vip, label: str | None = None,
+                     flags: int = 0) -> int:
+        if self._writer is None:
+            self._writer = AddressWriter(asyncio.get_running_loop())
+        return await self._writer.request(kind, index, str(vip.ip), vip.network.prefixlen,
+                                          label, flags)
 
     async def events(self) -> AsyncIterator[LinkEvent | AddressEvent]:
         """Link and address events of every interface (the interface we follow may be
@@ -153,5 +153,7 @@ class Netlink:
 
     def close(self) -> None:
         self._ipr.close()
+        if self._writer is not None:
+            self._writer.close()
         if self.held is not None:
             self.held.close()

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from sidecar.net.addrdel import RTM_DELADDR, delete_request
+from sidecar.net.rtaddr import (
+    RTM_DELADDR,
+    RTM_NEWADDR,
+    acknowledgements,
+    address_request,
+    delete_request,
+)
 from sidecar.net.held import HeldVips, sweep
 
 
@@ -24,6 +31,23 @@ def test_delete_request_decodes_with_pyroute2() -> None:
     six.decode()
     assert (six["family"], six["prefixlen"], six.get_attr("IFA_ADDRESS")) == (
         socket.AF_INET6, 128, "fd00::1")
+
+
+def test_add_request_carries_label_and_flags_and_acks_parse() -> None:
+    msg = ifaddrmsg(address_request(RTM_NEWADDR, 2, "10.0.0.5", 24, seq=9, label="eth0:0"))
+    msg.decode()
+    assert msg["header"]["type"] == RTM_NEWADDR and msg["header"]["sequence_number"] == 9
+    assert msg["header"]["flags"] & 0x600 == 0x600  # create, exclusive: EEXIST if present
+    assert msg.get_attr("IFA_LABEL") == "eth0:0" and msg["index"] == 2
+    six = ifaddrmsg(address_request(RTM_NEWADDR, 2, "fd00::5", 64, seq=1, flags=0x02))
+    six.decode()
+    assert six["flags"] == 0x02 and six.get_attr("IFA_LABEL") is None
+    # two acknowledgements in one datagram (NETLINK_CAP_ACK: header + errno + the request's
+    # header), then a cut-short tail that is ignored
+    ack = struct.Struct("=LHHLL")
+    one = ack.pack(36, 2, 0x100, 7, 0) + struct.pack("=i", 0) + ack.pack(16, 20, 0, 7, 0)
+    two = ack.pack(36, 2, 0x100, 8, 0) + struct.pack("=i", -17) + ack.pack(16, 20, 0, 8, 0)
+    assert acknowledgements(one + two + b"\x01\x02") == [(7, 0), (8, 17)]
 
 
 def _records(state: Path) -> list[Path]:
