@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
+from sidecar.net.held import HeldVips, sweep
 from sidecar.net.rtaddr import (
     RTM_DELADDR,
     RTM_NEWADDR,
@@ -17,7 +18,6 @@ from sidecar.net.rtaddr import (
     address_request,
     delete_request,
 )
-from sidecar.net.held import HeldVips, sweep
 
 
 def test_delete_request_decodes_with_pyroute2() -> None:
