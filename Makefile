@@ -73,6 +73,8 @@ bench: deps ## codec/import benchmarks and failover downtime vs ucarp and keepal
 	$(BIN)/python tests/bench/bench_instances.py --json docs/bench-instances.json
 	$(BIN)/python tests/bench/bench_subsecond.py --merge docs/bench-results.json
 	$(BIN)/python tests/bench/bench_routed.py --merge docs/bench-results.json
+	$(BIN)/python tests/bench/bench_startup.py --merge docs/bench-results.json
+	$(BIN)/python tests/bench/bench_together.py --merge docs/bench-results.json
 
 chaos: deps ## the long adversarial run (~35 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py
