@@ -229,7 +229,8 @@ AGENT_SETTINGS = (
                         "default is daemon; here syslog is off unless asked)")),
     Setting("REALTIME", "real-time scheduling for the agent (needs CAP_SYS_NICE), for "
             "sub-second mode", name="realtime", type=bool, default=False),
-    Setting("STATE_DIR", "where demote/promote are kept across restarts, or off",
+    Setting("STATE_DIR", "where demote/promote and the VIPs this run holds are kept "
+            "across restarts, or off",
             name="state_dir", type=Path | None, default=DEFAULT_STATE_DIR),
 )
 
