@@ -252,6 +252,7 @@ class Instance:
 
     def _on_timer(self) -> None:
         self._timer = None
+        self.m.family.timer_lateness.observe(self.loop.time() - self._armed_for)
         self._do(self.session.timer(max(self.loop.time(), self._armed_for)))
 
     def _announce(self) -> None:

@@ -47,6 +47,8 @@ EVIDENCE = ("advert", "arp", "na", "stale_holder")
 FAILOVER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 3.5, 4.0, 5.0, 10.0,
                     30.0)
 FAILOVER_REASONS = ("master_down", "preempt", "master_timeout", "handover")
+# how late a protocol timer fires: at advbase 0 advskew 1 an advert is due every 3.9 ms
+LATENESS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.05, 0.25)
 TAKEOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -170,6 +172,10 @@ class Metrics:
         self.takeover_duration = Histogram("carp_takeover_duration_seconds", "From deciding to "
                                            "become MASTER to VIP added and GARP sent", base,
                                            buckets=TAKEOVER_BUCKETS, registry=r)
+        self.timer_lateness = Histogram(
+            "carp_timer_lateness_seconds", "How late the protocol's timers (advert sends, "
+            "master-down) fire after their deadline, over all instances: the event loop's "
+            "other work, collector pauses, the scheduler", buckets=LATENESS_BUCKETS, registry=r)
 
 
 class ReloadMetrics:

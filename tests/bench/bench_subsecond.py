@@ -15,7 +15,11 @@ Soak (--soak S): the sub-second pair for S seconds with a CPU burner on every co
 /metrics requests a second to the master: spurious transitions (must be 0) and the master's
 advert gaps seen on the wire (p99.9 must stay under half the backup's dead timer).
 
-    python tests/bench/bench_subsecond.py [--runs 5] [--soak 600] [--json FILE]
+--floor: the same at the protocol's floor: advbase 0 with skews 1/2 (adverts every 3.9 ms, the
+smallest interval CARP can express; VRRPv3 dead timer 19.5 ms) and CARP_REALTIME, beside
+keepalived VRRPv3 at its floor, advert_int 0.01; results under "floor".
+
+    python tests/bench/bench_subsecond.py [--runs 5] [--soak 600] [--floor] [--json FILE]
 """
 
 from __future__ import annotations
@@ -42,8 +46,18 @@ from bench_failover import start_agent  # beside this file
 
 KINDS = ("carp-sidecar sub-second", "carp-sidecar unicast", "ucarp advbase 1",
          "keepalived advert_int 1", "keepalived VRRPv3 0.1")
-SKEW_A, SKEW_B = 20, 26
-DEAD_TIMER_B = (3 * SKEW_A + SKEW_B) / 256  # VRRPv3's rule at advbase 0 (docs/protocol.md §6)
+FLOOR_KINDS = ("carp-sidecar floor", "keepalived VRRPv3 0.01")
+SKEWS = {"carp-sidecar floor": (1, 2)}  # otherwise 20 / 26
+
+
+def skews(kind: str) -> tuple[int, int]:
+    return SKEWS.get(kind, (20, 26))
+
+
+def dead_timer_b(kind: str) -> float:
+    a, b = skews(kind)
+    return (3 * a + b) / 256  # VRRPv3's rule at advbase 0 (docs/protocol.md §6)
+
 KEEPALIVED = """global_defs {{
   {version}
 }}
@@ -64,7 +78,9 @@ def start(lab: Lab, kind: str, node: str) -> None:
     preferred = node == "a"
     other = ADDRESSES["b" if preferred else "a"].split("/")[0]
     if kind.startswith("carp-sidecar"):
-        env = {"CARP_ADVBASE": "0", "CARP_ADVSKEW": str(SKEW_A if preferred else SKEW_B)}
+        skew_a, skew_b = skews(kind)
+        env = {"CARP_ADVBASE": "0", "CARP_ADVSKEW": str(skew_a if preferred else skew_b)}
+        env |= {"CARP_REALTIME": "true"} if "floor" in kind else {}
         env |= {"CARP_PREEMPT": "true"} if preferred else {}
         env |= {"CARP_PEERS": other} if "unicast" in kind else {}
         lab.start_agent(node, **env)
@@ -75,7 +91,7 @@ def start(lab: Lab, kind: str, node: str) -> None:
     v3 = "VRRPv3" in kind
     conf = lab.dir / f"keepalived-{node}.conf"
     conf.write_text(KEEPALIVED.format(version="vrrp_version 3" if v3 else "",
-                                      interval="0.1" if v3 else "1",
+                                      interval=kind.split()[-1] if v3 else "1",
                                       priority=150 if preferred else 100, vip=VIP))
     cmd = ["keepalived", "-n", "-l", "-D", "--vrrp", "-f", str(conf),
            "-p", str(lab.dir / f"ka-{node}.pid"), "-r", str(lab.dir / f"vrrp-{node}.pid")]
@@ -123,15 +139,32 @@ def failover(kind: str) -> dict[str, float | None]:
                 if garps and last else None}
 
 
-def soak(seconds: float) -> dict[str, Any]:
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _lateness(text: str) -> dict[str, float]:
+    """The master's own carp_timer_lateness_seconds: the share of timers later than each
+    bound (what made an advert late is the loop, not the wire, when these grow)."""
+    buckets = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^carp_timer_lateness_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+    total = buckets.get("+Inf", 0.0)
+    return {f"later_than_{le}s": round(1 - n / total, 6) for le, n in buckets.items()
+            if le != "+Inf" and total} | {"timers": total}
+
+
+def soak(seconds: float, kind: str = "carp-sidecar sub-second") -> dict[str, Any]:
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                for _ in range(os.cpu_count() or 2)]
     try:
         with Lab() as lab:
-            start(lab, "carp-sidecar sub-second", "a")
+            start(lab, kind, "a")
             lab.wait(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
-            start(lab, "carp-sidecar sub-second", "b")
+            start(lab, kind, "b")
             time.sleep(2)
+            pid_a = lab.agents["a"].pid
+            cpu0, t0 = _cpu(pid_a), time.monotonic()
             scraper = subprocess.Popen(lab.topo["client"].argv(
                 sys.executable, str(Path(__file__).parents[1] / "chaos/scrape.py"),
                 "http://172.16.0.11:9655/metrics", "1000", str(seconds),
@@ -141,6 +174,8 @@ def soak(seconds: float) -> dict[str, Any]:
                 "ip proto 112 and src host 172.16.0.11"), capture_output=True, text=True,
                 timeout=seconds + 60).stdout
             scraped = json.loads(scraper.communicate(timeout=120)[0] or "{}")
+            cpu = round(100 * (_cpu(pid_a) - cpu0) / (time.monotonic() - t0), 1)
+            lateness = _lateness(lab.get("a", "http://127.0.0.1:9655/metrics") or "")
             times = [float(line.split()[0]) for line in dump.splitlines() if line.strip()]
             gaps = sorted(b - a for a, b in itertools.pairwise(times))
             transitions = {n: re.findall(r"Switching to state: (\w+)",
@@ -155,7 +190,9 @@ def soak(seconds: float) -> dict[str, Any]:
             "advert_gap_ms": {"median": round(statistics.median(gaps) * 1000, 1) if gaps else None,
                               "p99.9": round(p999 * 1000, 1) if p999 else None,
                               "max": round(gaps[-1] * 1000, 1) if gaps else None},
-            "half_dead_timer_ms": round(DEAD_TIMER_B / 2 * 1000, 1),
+            "half_dead_timer_ms": round(dead_timer_b(kind) / 2 * 1000, 1),
+            "master_cpu_percent": cpu,  # of one core, burners and scrapes included
+            "timer_lateness": lateness,
             "scrapes": scraped}
 
 
@@ -164,6 +201,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--soak", type=float, default=600)
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--floor", action="store_true", help="advskew 1/2 with CARP_REALTIME, "
+                   "beside keepalived at advert_int 0.01 (stored under 'floor')")
     p.add_argument("--merge", type=Path, help="also store them under 'subsecond' in this JSON "
                    "file (docs/bench-results.json)")
     args = p.parse_args()
@@ -171,7 +210,9 @@ def main() -> int:
     result: dict[str, Any] = {"machine": f"{platform.machine()}, {platform.platform()}, "
                                          f"Python {platform.python_version()}",
                               "runs": args.runs, "unplug_downtime_ms": {}}
-    for kind in KINDS:
+    kinds = FLOOR_KINDS if args.floor else KINDS
+    key = "floor" if args.floor else "subsecond"
+    for kind in kinds:
         runs = [failover(kind) for _ in range(args.runs)]
         entry = {}
         for measure in ("downtime_ms", "takeover_ms", "silence_to_garp_ms"):
@@ -183,10 +224,10 @@ def main() -> int:
               f"{entry['takeover_ms']['runs']} silence->GARP ms "
               f"{entry['silence_to_garp_ms']['runs']}", flush=True)
     if args.soak:
-        result["soak"] = soak(args.soak)
+        result["soak"] = soak(args.soak, kinds[0])
     result["wall_seconds"] = round(time.monotonic() - started)
     by = result["unplug_downtime_ms"]
-    ours = by["carp-sidecar sub-second"]
+    ours = by[kinds[0]]
     print("\n| agent | unplug -> client answered by node-b, median ms | ratio | unplug -> "
           "node-b's GARP, median ms | ratio | master's last advert -> node-b's GARP, median ms "
           "| ratio |")
@@ -208,9 +249,9 @@ def main() -> int:
         args.json.write_text(text + "\n")
     if args.merge:
         doc = json.loads(args.merge.read_text()) if args.merge.exists() else {}
-        if "soak" not in result and "soak" in doc.get("subsecond", {}):
-            result["soak"] = doc["subsecond"]["soak"]  # a failover-only run keeps the soak
-        doc["subsecond"] = result
+        if "soak" not in result and "soak" in doc.get(key, {}):
+            result["soak"] = doc[key]["soak"]  # a failover-only run keeps the soak
+        doc[key] = result
         args.merge.write_text(json.dumps(doc, indent=1) + "\n")
     print(text)
     return 0
