@@ -52,30 +52,31 @@ def host_problems(config: Config) -> list[str]:
 
 async def _host_problems(config: Config) -> list[str]:
     # the agent's own netlink (pyroute2 without its package __init__: ~70 ms less to import)
-    from sidecar.net.netlink import InterfaceNotFound, Netlink
+    from sidecar.net.netlink import InterfaceNotFound, Link, Netlink
 
-    problems = []
+    problems: list[str] = []
     nl = Netlink()
+
+    async def link(variable: str, name: str, instance: str) -> Link | None:
+        try:
+            return await nl.link(name)
+        except InterfaceNotFound:
+            problems.append(f"{variable}: no interface named {name!r} on this host ({instance})")
+            return None
+
     try:
         for i in config.instances:
-            try:
-                link = await nl.link(i.interface)
-            except InterfaceNotFound:
-                problems.append(f"CARP_INTERFACE: no interface named {i.interface!r} on this "
-                                f"host ({i.name})")
+            found = await link("CARP_INTERFACE", i.interface, i.name)
+            if found is None:
                 continue
-            addresses = [a.ip for a in await nl.ipv4_addresses(link.index)]
+            addresses = [a.ip for a in await nl.ipv4_addresses(found.index)]
             srcip, problem = source_address(i.srcip, i.interface, addresses,
                                             [v.ip for v in i.vips])
             if srcip is None:
                 problems.append(problem)
-            if i.vip_interface is not None:
-                try:
-                    vip_link = await nl.link(i.vip_interface)
-                except InterfaceNotFound:
-                    problems.append(f"CARP_VIP_INTERFACE: no interface named "
-                                    f"{i.vip_interface!r} on this host ({i.name})")
-                    continue
+            vip_link = None if i.vip_interface is None else await link(
+                "CARP_VIP_INTERFACE", i.vip_interface, i.name)
+            if i.vip_interface is not None and vip_link is not None:
                 problem = vip_interface_problem(i.vip_interface, vip_link.flags, i.vips)
                 if problem:
                     problems.append(f"{problem} ({i.name})")

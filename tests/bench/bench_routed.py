@@ -17,7 +17,6 @@ second part is the GARP. Same CARP timers in both: advbase 1, node-b advskew 100
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,6 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import merge  # beside this file
 
 from sidecar.lab import Lab
 from sidecar.lab.routed import Daemon, RoutedLab
@@ -100,9 +102,7 @@ def main() -> int:
         print(f"{name:28} {r['downtime_ms']!s:>8} ms {r['master_down_ms']!s:>9} ms "
               f"{r['routing_ms']!s:>9} ms {ratio:>7}")
     if args.merge:
-        doc = json.loads(args.merge.read_text()) if args.merge.exists() else {}
-        doc["routed"] = result
-        args.merge.write_text(json.dumps(doc, indent=1) + "\n")
+        merge(args.merge, "routed", result)
     return 0
 
 

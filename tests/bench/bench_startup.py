@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import queue
 import re
@@ -37,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_failover import start_agent
+from results import merge
 
 from sidecar.lab.netns import stop_process
 from sidecar.lab.scenario import ADDRESSES, LAB_PASSWORD, VIP, Lab
@@ -157,9 +157,7 @@ def main() -> int:
                               "by_hand_ms": by_hand, "by_hand_median_ms": hand,
                               "sidecar_over_ucarp": ratio, "commands_ms": cmd}
     if args.merge:
-        doc = json.loads(args.merge.read_text()) if args.merge.exists() else {}
-        doc["startup"] = result
-        args.merge.write_text(json.dumps(doc, indent=2) + "\n")
+        merge(args.merge, "startup", result)
     return 0
 
 

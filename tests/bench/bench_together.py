@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_instances import NO_LAB_DEFAULTS, config, cpu_seconds, vip_of
+from results import merge
 
 from sidecar.lab import LAB_PASSWORD, Lab
 
@@ -144,9 +145,7 @@ def main() -> int:
           f"{[r['takeover_ms']['max'] for r in runs['carp-sidecar']]} ms (target <= 100); "
           f"spread {[r['spread_ms'] for r in runs['carp-sidecar']]} ms (target <= 300)")
     if args.merge:
-        doc = json.loads(args.merge.read_text()) if args.merge.exists() else {}
-        doc["together_255"] = {"runs": runs, "worst_takeover_ms": worst}
-        args.merge.write_text(json.dumps(doc, indent=2) + "\n")
+        merge(args.merge, "together_255", {"runs": runs, "worst_takeover_ms": worst})
     return 0
 
 
