@@ -123,8 +123,8 @@ def test_ucarp_conf_with_comments_and_expansion_authenticates_with_a_ucarp_node(
 
 
 def test_daemonize_outside_a_container_detaches_like_ucarp(lab: Lab) -> None:
-    code = ("import sys, sidecar.tools.cli as c; c.in_container = lambda: False; "
-            "sys.argv[0] = 'ucarp'; sys.exit(c.main(sys.argv[1:]))")
+    code = ("import sys, sidecar.tools.cli as c, sidecar.tools.launch as l; "
+            "l.in_container = lambda: False; sys.argv[0] = 'ucarp'; sys.exit(c.main(sys.argv[1:]))")
     launcher = lab.topo.start("a", [sys.executable, "-c", code, "-i", "eth0", "-s", "172.16.0.11",
                                     "-v", "1", "-p", LAB_PASSWORD, "-a", VIP, "-B", "-P"],
                               log=lab.dir / "a.log", env=own_env(lab, "a"))
