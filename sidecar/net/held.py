@@ -74,9 +74,6 @@ class HeldVips:
         if gone:
             self._write()
 
-    def held(self) -> list[tuple[str, str, int]]:
-        return [(name, address, prefix) for (_i, address, prefix), name in self._held.items()]
-
     def _write(self) -> None:
         doc = dict(self._identity, held=[[i, name, a, p] for (i, a, p), name in self._held.items()])
         data = json.dumps(doc).encode()
