@@ -11,6 +11,7 @@ agent's process, which imports the dataclasses, stays without it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def setting(default: Any = MISSING, *, env: str, help: str, ge: float | None = N
     return dataclasses.field(default=default, metadata=meta)
 
 
-def declared(cls: type | None, inputs: Iterable[Setting] = ()) -> list[Declared]:
+@functools.cache  # asked by the models, the help and ucarp's options: type hints cost
+def declared(cls: type | None, inputs: tuple[Setting, ...] = ()) -> tuple[Declared, ...]:
     """The settings of dataclass ``cls`` (fields that carry one), then ``inputs``."""
     hints = typing.get_type_hints(cls) if cls is not None else {}
     out = []
@@ -93,7 +95,7 @@ def declared(cls: type | None, inputs: Iterable[Setting] = ()) -> list[Declared]
             REQUIRED if f.default is MISSING else f.default)
         out.append(Declared(f.name, hints[f.name], default, s))
     out += [Declared(s.name, s.type, s.default, s) for s in inputs]
-    return out
+    return tuple(out)
 
 
 def help_texts(*groups: Iterable[Declared]) -> dict[str, str]:

@@ -9,8 +9,8 @@ import os
 import re
 import shlex
 import urllib.parse
+from collections.abc import Iterable
 from ipaddress import IPv4Address
-from logging.handlers import SysLogHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +68,9 @@ ROUTED_UNUSED = ("garp_repeat", "garp_refresh", "probe_interval")
 
 
 class _Rules(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # defer_build: a model's validator is built when it first validates, so the rules classes
+    # themselves (bases, never validated) cost a short command nothing
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     if TYPE_CHECKING:  # the generated fields, as the type checker sees them
         def __getattr__(self, name: str) -> Any: ...
@@ -331,6 +333,8 @@ class AgentRules(_Rules):
     def _syslog(cls, v: str | None) -> str | None:
         if v is None or v.lower() in ("", "off"):
             return None
+        from logging.handlers import SysLogHandler  # only a syslog setting needs its names
+
         if v.lower() not in SysLogHandler.facility_names:
             raise ValueError(f"{v!r} is not a syslog facility (daemon, user, local0-local7...)")
         return v.lower()
@@ -348,7 +352,7 @@ class AgentRules(_Rules):
         return v
 
 
-def shown(model: BaseModel, decls: list[Declared]) -> dict[str, str]:
+def shown(model: BaseModel, decls: Iterable[Declared]) -> dict[str, str]:
     """A model's settings as ``CARP_X`` strings, unset ones left out, secrets as ``***``."""
     out: dict[str, str] = {}
     for d in decls:
@@ -363,7 +367,7 @@ def shown(model: BaseModel, decls: list[Declared]) -> dict[str, str]:
     return out
 
 
-def _model(name: str, rules: type[_Rules], decls: list[Declared]) -> Any:
+def _model(name: str, rules: type[_Rules], decls: Iterable[Declared]) -> Any:
     return create_model(name, __base__=rules, __doc__=rules.__doc__,  # type: ignore[call-overload]
                         **{d.name: _field(d) for d in decls})
 

@@ -20,10 +20,8 @@ line that names the variable (or the file, instance and key) and the reason. Pas
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import io
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +206,8 @@ def _unknown(key: str) -> str:
     (an old ucarp.conf may define UCARP_NETMASK for its scripts) and pass through to them."""
     if key in _KNOWN or key == "CARP_CONFIG" or not key.startswith(("CARP_", "UCARP_")):
         return ""
+    import difflib  # here, not at the top: only a mistake pays for it
+
     close = [c for c in difflib.get_close_matches(key, _KNOWN, n=3, cutoff=0.8)
              if abs(len(c) - len(key)) <= 2 and c.startswith(key.split("_", 1)[0] + "_")]
     hint = f"; did you mean {close[0]}?" if close else ""
@@ -233,6 +233,8 @@ def _collect(errors: list[str], validate: Callable[[], Any]) -> Any:
 
 
 def _load_file(path: Path, env: dict[str, Any], warnings: list[str] | None = None) -> Config:
+    import tomllib  # only a TOML configuration needs it
+
     where = str(path)
     if not path.is_file():
         raise ConfigError(f"CARP_CONFIG: {path} is not a readable file")
@@ -294,7 +296,7 @@ def _file_check(where: str, name: str, table: Any) -> CheckSettings:
 
 
 class _ConfigFile(BaseSettings):
-    model_config = SettingsConfigDict(extra="allow")
+    model_config = SettingsConfigDict(extra="allow", defer_build=True)  # only TOML reads it
 
 
 def _file_keys(table: dict[str, Any], where: str, label: str, prefix: str = "",
@@ -386,7 +388,8 @@ _CHECK_VARS = {names[0] for names in _spellings(CheckSettings)}
 
 
 class _SourceModel(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore")
+    # the sources only read its fields' names: never validated, no validator built
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", defer_build=True)
 
 
 _CARP_NAMES = {names[0] for names in _ALL_SPELLINGS} | {"CARP_CONFIG"}

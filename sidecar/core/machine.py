@@ -72,6 +72,13 @@ from sidecar.core.actions import (
     Stopped,
     Transition,
 )
+from sidecar.core.intervals import (
+    US,
+    advert_interval_us,
+    handover_delay_us,
+    master_down_interval_us,
+    skew_us,
+)
 from sidecar.core.pacing import AdvertCounter, GarpPacer
 from sidecar.core.protocol import BOW_OUT
 
@@ -81,25 +88,9 @@ __all__ = [  # the vocabulary is imported from here too
     "Transition",
 ]
 
-US = 1_000_000
-
-
 SUCCESSOR_WAIT = 0.8  # s a stopping master keeps the VIP waiting for a successor's advert
 STEP_DOWN_PAUSE = 3.0  # s ucarp sleeps after SIGUSR2 before listening again
-
-
-def skew_us(advskew: int) -> int:
-    return advskew * US // 256
-
-
 BOW_OUT_KEY = (BOW_OUT, skew_us(BOW_OUT))  # the comparison key of a bow-out advert
-
-
-def handover_delay_us(advskew: int) -> int:
-    """How long a backup waits after a bow-out advert: advskew/2048 s, at most 125 ms. Short
-    enough for a planned handover to stay far below 100 ms of downtime with typical skews, long
-    enough (about 5 ms per 10 skew units) for the best backup's advert to cross a LAN first."""
-    return skew_us(advskew) // 8
 
 
 def le_order(ip: IPv4Address) -> int:
@@ -134,15 +125,13 @@ class Machine:
     # ---- intervals and keys ----
     @property
     def advert_interval_us(self) -> int:
-        return self.params.advbase * US + skew_us(self.params.advskew)
+        return advert_interval_us(self.params.advbase, self.params.advskew)
 
     @property
     def master_down_interval_us(self) -> int:
         p = self.params
-        if p.vrrp3_dead_timer:
-            interval = self._master_interval_us or self.advert_interval_us
-            return p.deadratio * interval + skew_us(p.advskew)
-        return p.advbase * p.deadratio * US + skew_us(p.advskew)
+        return master_down_interval_us(p.advbase, p.advskew, p.deadratio, p.vrrp3_dead_timer,
+                                       self._master_interval_us)
 
     @property
     def local_key(self) -> tuple[int, int]:
@@ -200,7 +189,7 @@ class Machine:
             return []
         remote = (advbase, skew_us(advskew))
         if remote != BOW_OUT_KEY:
-            self._master_interval_us = advbase * US + skew_us(advskew)
+            self._master_interval_us = advert_interval_us(advbase, advskew)
         if self.state is State.MASTER:
             return self._master_hears(now, src, remote)
         return self._backup_hears(now, src, remote)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from sidecar.config.settings import Config, VhidSettings, show
-from sidecar.core.machine import US, Machine, Params
+from sidecar.core.intervals import US, advert_interval_us, master_down_interval_us
 from sidecar.net.caps import missing_capability, source_address, vip_interface_problem
 
 WIDTH = 40  # the value column before "# origin"
@@ -20,9 +20,8 @@ WIDTH = 40  # the value column before "# origin"
 def derived(i: VhidSettings) -> dict[str, str]:
     """The numbers behind a failover plan (docs/protocol.md §5)."""
     vrrp3 = i.dead_timer == "auto" and i.advbase == 0
-    machine = Machine(Params(advbase=i.advbase, advskew=i.advskew, deadratio=i.deadratio,
-                             vrrp3_dead_timer=vrrp3), rng=lambda: 0)  # the agent's own rule
-    advert, down = machine.advert_interval_us / US, machine.master_down_interval_us / US
+    advert = advert_interval_us(i.advbase, i.advskew) / US  # the agent's own rules
+    down = master_down_interval_us(i.advbase, i.advskew, i.deadratio, vrrp3) / US
     if vrrp3:  # VRRPv3's dead timer: before a master is heard, our interval stands in
         rule = f"{i.deadratio} x the master's advert interval + own skew (shown with ours)"
     else:

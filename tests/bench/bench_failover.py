@@ -19,6 +19,7 @@ every 1 s with fall 2 (keepalived: a vrrp_script; ucarp has no health checks).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import signal
@@ -30,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if importlib.util.find_spec("sidecar") is None:  # a python without the package: the checkout's
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sidecar.lab import ADDRESSES, LAB_PASSWORD, VIP, Lab
 from sidecar.lab.netns import stop_process

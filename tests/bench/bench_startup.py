@@ -11,10 +11,13 @@
    carp-sidecar removes only once the configuration is validated.
 2. **Short commands:** wall time of ``carp-sidecar --version``, ``--help``, ``check-config``
    (a valid environment, --offline, and in the namespace with the host checks), beside
-   ``keepalived --version`` and ``ucarp --help`` (ucarp has no --version).
+   ``keepalived --version`` and ``ucarp --help`` (ucarp has no --version), and the floor under
+   them: the interpreter alone, and it importing pydantic-settings alone.
 
-Needs root (network namespaces), ucarp and keepalived. ``--merge FILE`` adds the figures to a
-JSON file under "startup" (docs/bench-results.json).
+Run it with the python of a wheel install (``make bench`` builds build/bench-venv): the
+editable .venv starts slower, and the figures say which one they are of. Needs root (network
+namespaces), ucarp and keepalived. ``--merge FILE`` adds the figures to a JSON file under
+"startup" (docs/bench-results.json).
 """
 
 from __future__ import annotations
@@ -109,6 +112,13 @@ def commands(runs: int) -> dict[str, float]:
                                                        runs),
         "keepalived --version": wall_ms(["keepalived", "--version"], env, runs),
         "ucarp --help": wall_ms(["ucarp", "--help"], env, runs),
+        # what no change of ours can go below: this interpreter, and it importing the
+        # configuration's library (pydantic-settings) and nothing else
+        "python -c pass (the interpreter alone)": wall_ms([sys.executable, "-c", "pass"], env,
+                                                          runs),
+        "python: import pydantic_settings alone": wall_ms(
+            [sys.executable, "-c", "import gc, os; gc.disable(); import pydantic_settings; "
+             "os._exit(0)"], env, runs),
     }
     with Lab() as lab:  # the host checks need the interface and its address
         host = lab.topo["a"]
@@ -120,11 +130,28 @@ def commands(runs: int) -> dict[str, float]:
     return out
 
 
+def install_kind() -> str:
+    """What the figures are of: a wheel as users install it (`make bench` builds one into
+    build/bench-venv), or the editable development install, which pays more per start."""
+    import sidecar
+
+    where = Path(sidecar.__file__).resolve()
+    if Path(sys.prefix).resolve() in where.parents:
+        return "a wheel (bytecode compiled at install)"
+    return (f"editable, from {where.parent.parent} (slower start: setuptools' finder, and no "
+            "bytecode where PYTHONDONTWRITEBYTECODE is set)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="restarts per agent (default 5)")
     ap.add_argument("--merge", type=Path, default=None, help="add the figures to this JSON file")
     args = ap.parse_args()
+    if args.merge:
+        args.merge = args.merge.resolve()
+    # `python -m sidecar...` (the lab's agents) looks in the current directory first: out of
+    # the checkout, so that the installed package is what starts
+    os.chdir("/")
     assert ADDRESSES  # the lab's addressing: node-a is 172.16.0.11, the VIP 172.16.0.1
     runs: dict[str, list[float | None]] = {kind: [] for kind in AGENTS}
     by_hand: list[float | None] = []
@@ -153,9 +180,12 @@ def main() -> int:
     for name, ms in cmd.items():
         target = "< 150" if name.startswith("carp-sidecar") else ""
         print(f"| {name} | {ms} | {target} |")
+    installed = install_kind()
+    print(f"\ncarp-sidecar as installed in {sys.prefix}: {installed}")
     result: dict[str, Any] = {"stale_vip_removed_ms": runs, "median_ms": med,
                               "by_hand_ms": by_hand, "by_hand_median_ms": hand,
-                              "sidecar_over_ucarp": ratio, "commands_ms": cmd}
+                              "sidecar_over_ucarp": ratio, "commands_ms": cmd,
+                              "installed": installed}
     if args.merge:
         merge(args.merge, "startup", result)
     return 0

@@ -1,0 +1,33 @@
+"""CARP's timers as arithmetic (docs/protocol.md §5): the advert interval, the master-down
+interval, a bow-out's handover delay, in integer microseconds. The state machine runs on them
+and `check-config` prints them, so both say the same; this module imports nothing, which keeps
+check-config from loading the machine and its actions."""
+
+from __future__ import annotations
+
+US = 1_000_000
+
+
+def skew_us(advskew: int) -> int:
+    return advskew * US // 256
+
+
+def advert_interval_us(advbase: int, advskew: int) -> int:
+    return advbase * US + skew_us(advskew)
+
+
+def master_down_interval_us(advbase: int, advskew: int, deadratio: int, vrrp3_dead_timer: bool,
+                            master_interval_us: int | None = None) -> int:
+    """ucarp's rule: advbase x deadratio + own skew. VRRPv3's (advbase 0): deadratio x the
+    master's advertised interval (ours until one is heard) + own skew."""
+    if vrrp3_dead_timer:
+        interval = master_interval_us or advert_interval_us(advbase, advskew)
+        return deadratio * interval + skew_us(advskew)
+    return advbase * deadratio * US + skew_us(advskew)
+
+
+def handover_delay_us(advskew: int) -> int:
+    """How long a backup waits after a bow-out advert: advskew/2048 s, at most 125 ms. Short
+    enough for a planned handover to stay far below 100 ms of downtime with typical skews, long
+    enough (about 5 ms per 10 skew units) for the best backup's advert to cross a LAN first."""
+    return skew_us(advskew) // 8
