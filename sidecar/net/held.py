@@ -25,7 +25,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from sidecar.net.rtaddr import delete_address
+from sidecar.net.rtmsg import delete_address
 
 MAX_RECORD_BYTES = 256 * 1024  # 255 VHIDs x 16 VIPs x ~60 bytes
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from sidecar.net.held import HeldVips, sweep
-from sidecar.net.rtaddr import (
+from sidecar.net.rtmsg import (
     RTM_DELADDR,
     RTM_NEWADDR,
     acknowledgements,
