@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import socket
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ class HeldVips:
     def __init__(self, state_dir: Path) -> None:
         directory = state_dir / "held"
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"{os.getpid()}-{os.urandom(4).hex()}"
         temporary = directory / f".{name}.tmp"
         # locked before it has its final name: a sweeper never sees it unlocked
         self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

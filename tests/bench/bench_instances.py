@@ -4,11 +4,12 @@
   many     255 VHIDs with one VIP each, node-a master of all, advbase 1: idle CPU (% of one
            core) and RSS of the one carp-sidecar process over --idle seconds, and how far each
            advert strays from its nominal 1 s interval (p99 and max, from a capture in the
-           client namespace) — side by side with 255 Debian ucarp processes doing the same
-           (CPU and RSS summed over the processes).
-  one      one VHID: idle CPU and RSS of carp-sidecar, and of the version before many instances
-           (--baseline REV, default 4aa8c94, checked out in a temporary git worktree) in the
-           same run (targets: RSS <= 40 MB, CPU no worse than the baseline).
+           client namespace) — beside the baseline's agent and 255 Debian ucarp processes
+           doing the same (CPU and RSS summed over the processes).
+  one      one VHID: idle CPU and RSS of carp-sidecar and of the baseline in the same run.
+
+  The baseline (--baseline REV, default de0df48: the release before the start-up and
+  many-at-once work) is checked out in a temporary git worktree; target: no worse than it.
   unplug   node-a masters three VHIDs and is unplugged: when each VIP appears on node-b,
            against node-b's master-down interval for that VHID (target: within + 100 ms).
 
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +98,49 @@ def advert_deviation(lab: Lab, seconds: float) -> dict[str, float]:
             "p99_ms": round(p99, 2), "max_ms": round(max(deviations, default=float("nan")), 2)}
 
 
-def many(idle_s: float) -> dict[str, Any]:
+def start_from(lab: Lab, checkout: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """node-a's agent run from ``checkout`` (this one, or the baseline's worktree), with the
+    lab's environment plus ``extra`` ("" unsets a lab default)."""
+    env = agent_env(lab.dir, "a", "172.16.0.11", PYTHONPATH=str(checkout), **extra)
+    env = {k: v for k, v in env.items() if v != ""}
+    # the command line's module where that checkout has it (it moved to tools/)
+    cli = "sidecar.tools.cli" if (checkout / "sidecar/tools/cli.py").exists() else "sidecar.cli"
+    proc = lab.topo["a"].popen([sys.executable, "-m", cli, "run"], log=lab.dir / "a.log",
+                               env=env, cwd=checkout)
+    lab.topo.procs.append(proc)
+    lab.agents["a"] = proc
+    return proc
+
+
+@contextlib.contextmanager
+def checkouts(baseline: str) -> Iterator[list[tuple[str, Path]]]:
+    """(name, checkout) of this tree and of ``baseline`` in a temporary git worktree."""
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(old),
+                        baseline], check=True)
+        try:
+            yield [("carp-sidecar", root), (f"baseline {baseline}", old)]
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(old)],
+                           check=False)
+
+
+def many(idle_s: float, baseline: str) -> dict[str, Any]:
     result: dict[str, Any] = {}
     vhids = {v: (vip_of(v), 0) for v in range(1, 256)}
-    with Lab() as lab:
-        proc = lab.start_agent("a", CARP_CONFIG=str(config(lab, "a", vhids)), **NO_LAB_DEFAULTS)
-        Lab.wait(lambda: lab.topo["a"].run("ip", "-4", "-o", "addr").stdout.count("172.17.")
-                 == 255, 30, "255 VIPs on node-a")
-        time.sleep(5)
-        cpu, rss = idle([proc.pid], idle_s)
-        result["carp-sidecar"] = {"cpu_percent": cpu, "rss_mb": rss,
-                                  "adverts": advert_deviation(lab, min(idle_s, 20))}
+    with checkouts(baseline) as trees:
+        for name, checkout in trees:
+            with Lab() as lab:
+                proc = start_from(lab, checkout, CARP_CONFIG=str(config(lab, "a", vhids)),
+                                  **NO_LAB_DEFAULTS)
+                Lab.wait(lambda lab=lab: lab.topo["a"].run("ip", "-4", "-o", "addr").stdout
+                         .count("172.17.") == 255, 30, "255 VIPs on node-a")
+                time.sleep(5)
+                cpu, rss = idle([proc.pid], idle_s)
+                result[name] = {"cpu_percent": cpu, "rss_mb": rss,
+                                "adverts": advert_deviation(lab, min(idle_s, 20))}
     with Lab() as lab:
         procs = []
         for vhid, (vip, _) in vhids.items():
@@ -121,30 +156,15 @@ def many(idle_s: float) -> dict[str, Any]:
 
 
 def one(idle_s: float, baseline: str) -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[2]
     result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "baseline"
-        subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(old),
-                        baseline], check=True)
-        try:
-            for name, checkout in (("carp-sidecar", root), (f"baseline {baseline}", old)):
-                with Lab() as lab:
-                    env = agent_env(lab.dir, "a", "172.16.0.11", PYTHONPATH=str(checkout))
-                    # the command line's module where that checkout has it (it moved to tools/)
-                    cli = ("sidecar.tools.cli" if (checkout / "sidecar/tools/cli.py").exists()
-                           else "sidecar.cli")
-                    proc = lab.topo["a"].popen([sys.executable, "-m", cli, "run"],
-                                               log=lab.dir / "a.log", env=env, cwd=checkout)
-                    lab.topo.procs.append(proc)
-                    lab.agents["a"] = proc
-                    Lab.wait(lambda lab=lab: lab.state("a") == "MASTER", 10, "MASTER")
-                    time.sleep(3)
-                    cpu, rss = idle([proc.pid], idle_s)
-                    result[name] = {"cpu_percent": cpu, "rss_mb": rss}
-        finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(old)],
-                           check=False)
+    with checkouts(baseline) as trees:
+        for name, checkout in trees:
+            with Lab() as lab:
+                proc = start_from(lab, checkout)
+                Lab.wait(lambda lab=lab: lab.state("a") == "MASTER", 10, "MASTER")
+                time.sleep(3)
+                cpu, rss = idle([proc.pid], idle_s)
+                result[name] = {"cpu_percent": cpu, "rss_mb": rss}
     return result
 
 
@@ -182,12 +202,16 @@ def unplug() -> dict[str, Any]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--idle", type=float, default=30)
-    p.add_argument("--baseline", default="4aa8c94", help="git revision to compare one VHID with")
+    p.add_argument("--baseline", default="de0df48", help="git revision to compare with")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     results = {"one_vhid": one(args.idle, args.baseline), "unplug_three_vhids": unplug(),
-               "vhids_255": many(args.idle)}
+               "vhids_255": many(args.idle, args.baseline)}
     print(json.dumps(results, indent=1))
+    for count, key in (("1 VHID", "one_vhid"), ("255 VHIDs", "vhids_255")):
+        now, before = results[key]["carp-sidecar"], results[key][f"baseline {args.baseline}"]
+        print(f"{count}: carp-sidecar {now['cpu_percent']} % CPU, {now['rss_mb']} MB; baseline "
+              f"{args.baseline} {before['cpu_percent']} % CPU, {before['rss_mb']} MB")
     s, u = results["vhids_255"]["carp-sidecar"], results["vhids_255"]["ucarp x255"]
     print(f"255 VHIDs: carp-sidecar {s['cpu_percent']} % CPU, {s['rss_mb']} MB; "
           f"255 x ucarp {u['cpu_percent']} % CPU, {u['rss_mb']} MB; ratios "
