@@ -44,7 +44,7 @@ def address_request(kind: int, index: int, address: str, prefixlen: int, seq: in
         body += _attr(IFA_LABEL, label.encode() + b"\0")
     create = NLM_F_CREATE | NLM_F_EXCL if kind == RTM_NEWADDR else 0
     return HEADER.pack(HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | create,
-                        seq, 0) + body
+                       seq, 0) + body
 
 
 def delete_request(index: int, address: str, prefixlen: int, seq: int = 1) -> bytes:
@@ -95,7 +95,7 @@ def ipv4_addresses(index: int) -> list[IPv4Interface]:
     """Interface ``index``'s IPv4 addresses (IFA_LOCAL, as the agent's netlink reads them),
     from one RTM_GETADDR dump; an interface without any, or gone, has none."""
     request = HEADER.pack(HEADER.size + _IFADDR.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
-                           1, 0) + _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)
+                          1, 0) + _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)
     out: list[IPv4Interface] = []
     with open_socket(blocking=True) as s:
         s.settimeout(2)
