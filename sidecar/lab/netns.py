@@ -161,14 +161,15 @@ class Topology:
             sh("ip", "netns", "del", ns, check=False)
 
 
-def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 3) -> None:
-    """SIGTERM to every process group at once, then one deadline for all, then SIGKILL. One
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 3,
+                   sig: int = signal.SIGTERM) -> None:
+    """``sig`` to every process group at once, then one deadline for all, then SIGKILL. One
     after the other, the 510 ucarp processes of bench_together took ~3 s each to go (most
     ran into the timeout): ~25 minutes of teardown."""
     live = [proc for proc in procs if proc.poll() is None]
     for proc in live:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
     deadline = time.monotonic() + timeout
     for proc in live:
         try:
@@ -180,14 +181,7 @@ def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 3)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5, sig: int = signal.SIGTERM) -> int | None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    stop_processes([proc], timeout, sig)
     return proc.returncode
 
 
