@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sidecar.config.declare import Setting, Ucarp, declared, help_texts, setting
-from sidecar.core.protocol import DEFAULT_GROUP, Auth
+from sidecar.core.auth import DEFAULT_GROUP, Auth
 
 Vip = IPv4Interface | IPv6Interface
 MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second

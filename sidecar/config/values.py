@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.config.runconfig import Vip
-from sidecar.core.protocol import MAX_PASSWORD_BYTES, Auth
+from sidecar.core.auth import MAX_PASSWORD_BYTES, Auth
 
 IFNAMSIZ = 15
 PASS_FILE_MAX_READ = 512  # ucarp reads one line of at most 511 bytes

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
+
+from sidecar.core.auth import DEFAULT_GROUP
 
 CARP_PROTO = 112
 CARP_VERSION = 2
@@ -25,8 +27,6 @@ IP_HEADER_LEN = 20
 ETH_HEADER_LEN = 14
 TTL = 255
 TOS_LOWDELAY = 0x10
-DEFAULT_GROUP = IPv4Address("224.0.0.18")
-MAX_PASSWORD_BYTES = 19  # ucarp copies the password and its NUL into a 20-byte key buffer
 BOW_OUT = 255  # advbase == advskew == 255: BSD's "I am leaving" advert; backups take over at once
 
 _HEADER = struct.Struct("!BBBBBBH8s20s")
@@ -93,18 +93,6 @@ class Received:
     advert: Advert
 
 
-NO_IPV4_VIP = IPv4Address(0)
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    """What an advert's HMAC covers besides the advert: the key (ucarp's: the raw password) and
-    the first IPv4 VIP (0.0.0.0 with IPv6 VIPs only). Built once from the configuration."""
-
-    key: bytes = field(repr=False)
-    vip: IPv4Address = NO_IPV4_VIP
-
-
 @dataclass(frozen=True, slots=True)
 class Expect:
     """What this node accepts: its vhid, group address, and the HMAC inputs (key and VIP)."""
@@ -129,14 +117,6 @@ def internet_checksum(data: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
-
-
-def carp_key(password: str | bytes) -> bytes:
-    """The HMAC key exactly as ucarp derives it: the raw password bytes (at most 19)."""
-    raw = password.encode() if isinstance(password, str) else password
-    if len(raw) > MAX_PASSWORD_BYTES:
-        raise ValueError(f"password longer than {MAX_PASSWORD_BYTES} bytes (ucarp's limit)")
-    return raw
 
 
 def compute_hmac(key: bytes, vhid: int, vip: IPv4Address, counter_bytes: bytes) -> bytes:

@@ -15,7 +15,8 @@ import sys
 import time
 from ipaddress import IPv4Address
 
-from sidecar.core.protocol import Advert, Expect, build_ip_packet, carp_key, parse_packet
+from sidecar.core.auth import carp_key
+from sidecar.core.protocol import Advert, Expect, build_ip_packet, parse_packet
 
 
 def parse_rate(seconds: float = 2.0) -> float:

@@ -17,8 +17,8 @@ import sys
 import time
 from ipaddress import IPv4Address
 
+from sidecar.core.auth import DEFAULT_GROUP
 from sidecar.core.protocol import (
-    DEFAULT_GROUP,
     Advert,
     build_frame,
     build_ip_packet,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sidecar.core.protocol import Expect, carp_key, parse_packet
+from sidecar.core.auth import carp_key
+from sidecar.core.protocol import Expect, parse_packet
 from sidecar.lab.netns import Topology
 
 TARGET = Path(__file__).with_name("ucarp-1.5.2-adverts.pcap")

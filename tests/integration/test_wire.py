@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.core.protocol import AdvertError, DropReason, Expect, carp_key, parse_packet
+from sidecar.core.auth import carp_key
+from sidecar.core.protocol import AdvertError, DropReason, Expect, parse_packet
 from sidecar.lab import LAB_PASSWORD, VIP, Lab
 
 from .conftest import dump_on_failure, metric, start_ucarp, status, transitions, vip_holders, wait_for

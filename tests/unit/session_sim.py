@@ -11,8 +11,9 @@ from typing import Any
 
 from sidecar.core import outputs as out
 from sidecar.core import session as core
+from sidecar.core.auth import carp_key
 from sidecar.core.machine import Params, SendAdvert, SendGarp, State, Transition
-from sidecar.core.protocol import Advert, Expect, build_ip_packet, carp_key
+from sidecar.core.protocol import Advert, Expect, build_ip_packet
 
 KEY = carp_key("geheim")
 VIP = IPv4Address("10.0.0.100")

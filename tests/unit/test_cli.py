@@ -305,3 +305,21 @@ def test_console_entry_leaves_fast_but_says_everything(tmp_path: Path) -> None:
              "print(sorted(m for m in sys.modules if m.startswith(('pydantic', 'pyroute2'))))")
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip().endswith("[]"), r.stdout[-500:]
+
+
+def test_check_config_builds_no_codec_or_machine() -> None:
+    """Validating a configuration needs Auth and the intervals, not the codec's enum and
+    dataclasses or the state machine (each ~1.5 ms of a check-config that must stay short)."""
+    probe = ("import sys; from sidecar.tools import cli\n"
+             "try: cli.main(['check-config', '--offline'])\nexcept SystemExit: pass\n"
+             "print(sorted(m for m in sys.modules if m.startswith('sidecar.')))")
+    env = {"PATH": "/usr/bin:/bin", "CARP_INTERFACE": "eth0", "CARP_VHID": "7",
+           "CARP_PASS": "geheim", "CARP_ADDR": "192.0.2.7/24", "CARP_SRCIP": "192.0.2.2",
+           "CARP_STATE_DIR": "/nonexistent-test-state"}
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "master-down interval: 3 s" in r.stdout, r.stdout + r.stderr
+    loaded = r.stdout.strip().splitlines()[-1]
+    assert "sidecar.core.auth" in loaded and "sidecar.core.intervals" in loaded, loaded
+    for heavy in ("sidecar.core.protocol", "sidecar.core.machine", "sidecar.runtime"):
+        assert f"'{heavy}" not in loaded, loaded

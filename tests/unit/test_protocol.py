@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar.core.auth import carp_key
 from sidecar.core.protocol import (
     Advert,
     AdvertError,
@@ -18,7 +19,6 @@ from sidecar.core.protocol import (
     build_advert,
     build_frame,
     build_ip_packet,
-    carp_key,
     decode_advert,
     internet_checksum,
     parse_packet,

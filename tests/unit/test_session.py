@@ -9,8 +9,9 @@ import itertools
 
 from sidecar.core import outputs as out
 from sidecar.core import session as core
+from sidecar.core.auth import carp_key
 from sidecar.core.machine import SendAdvert, SendGarp, State, Transition
-from sidecar.core.protocol import Advert, DropReason, build_ip_packet, carp_key
+from sidecar.core.protocol import Advert, DropReason, build_ip_packet
 from tests.unit.session_sim import GROUP, VIP, Net, node, transitions
 
 MAC = bytes.fromhex("020000000099")

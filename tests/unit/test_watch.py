@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from sidecar.core.protocol import DEFAULT_GROUP, Advert, build_frame, build_ip_packet
+from sidecar.core.auth import DEFAULT_GROUP
+from sidecar.core.protocol import Advert, build_frame, build_ip_packet
 from sidecar.tools.watch import Key, Watch
 
 VIP = IPv4Address("172.16.0.1")
