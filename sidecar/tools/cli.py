@@ -11,11 +11,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sidecar import __version__
 from sidecar.config import ucarp_options
-from sidecar.config.runconfig import ConfigError, variables_help
+from sidecar.config.runconfig import ConfigError
+from sidecar.tools import cliargs
 from sidecar.tools.launch import (
     daemon_syslog,
     daemonize,
@@ -31,90 +32,6 @@ EXIT_CONFIG = 2
 DEFAULT_RUN_DIR = "/run/carp-sidecar"  # where agents make their control sockets
 
 
-def package_version() -> str:
-    return __version__
-
-
-def _variables_help() -> str:
-    lines = ["variables (each CARP_X is also read as ucarp's UCARP_X; CARP_X wins):"]
-    lines += [f"  CARP_{name:<17} {text}" for name, text in variables_help().items()]
-    lines.append("  CARP_CONFIG            a TOML file of many instances (keys: the names above "
-                 "in lower case, without CARP_)")
-    return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    env_file = argparse.ArgumentParser(add_help=False)
-    env_file.add_argument(
-        "--env-file", type=Path, default=argparse.SUPPRESS,
-        help="read KEY=VALUE lines as the shell does (e.g. /etc/ucarp/ucarp.conf: comments, "
-        "quotes, ${VAR}) before the environment; the environment wins")
-    p = argparse.ArgumentParser(
-        prog="carp-sidecar", parents=[env_file],
-        description="CARP (ucarp-compatible) virtual IP failover agent. Configured by CARP_* "
-        "(or ucarp's UCARP_*) environment variables, ucarp's options, or a TOML file; "
-        "see README.md.",
-    )
-    p.add_argument("--version", action="version", version=f"carp-sidecar {package_version()}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", parents=[env_file], help="run the agent (default)")
-    ucarp_options.add_to(run)
-    cc = sub.add_parser("check-config", parents=[env_file],
-                        help="validate and print the effective configuration, where each value "
-                        "came from, the failover figures, and whether this host can run it",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog=_variables_help())
-    cc.add_argument("--offline", action="store_true",
-                    help="a file meant for another host: skip what only that host has "
-                    "(interface, addresses, capabilities, scripts, the password file)")
-    _operator_commands(sub, env_file)
-    imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
-                         "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
-    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    w = sub.add_parser("watch", parents=[env_file],
-                       help="print every CARP advert on the link and who is master (scapy)")
-    w.add_argument("--interface", "-i", help="default: CARP_INTERFACE")
-    w.add_argument("--count", "-c", type=int, default=0, help="stop after N adverts")
-    w.add_argument("--seconds", "-t", type=float, default=None, help="stop after S seconds")
-    w.add_argument("--pcap", "-w", type=Path, default=None,
-                   help="also write the frames to this pcap file (for a support ticket)")
-    comp = sub.add_parser("completion", help="print a shell completion script")
-    comp.add_argument("shell", choices=["bash", "zsh", "tcsh"])
-    lab = sub.add_parser("lab", help="two-node failover lab in network namespaces (root)")
-    lab.add_argument("--short", action="store_true", help="the quick scenario used by the tests")
-    lab.add_argument("--keep", action="store_true", help="leave the lab up until Ctrl-C at the end")
-    lab.add_argument("--timeline", type=Path, default=None, metavar="FILE",
-                     help="also draw the run: each node's state and the client's answers over "
-                     "time (PNG or SVG, by the extension; needs matplotlib: the [lab] extra)")
-    return p
-
-
-def _operator_commands(sub: Any, env_file: argparse.ArgumentParser) -> None:
-    """status, healthcheck, demote, promote, reload: asking the running agent."""
-    st = sub.add_parser("status", parents=[env_file],
-                        help="the local agent's state, per instance (a table; --json: /status)")
-    st.add_argument("--json", action="store_true", help="the agent's /status document")
-    st.add_argument("--url", default=None, help="ask this /status URL instead of the control "
-                    "socket")
-    st.add_argument("--socket", type=Path, default=None, help="control socket (default: "
-                    "CARP_CONTROL_SOCKET, the configured one, or every one in /run/carp-sidecar)")
-    hc = sub.add_parser("healthcheck", parents=[env_file],
-                        help="exit 0 if the local agent answers /healthz (the container "
-                        "HEALTHCHECK), 1 if not")
-    hc.add_argument("--url", default=None, help="default: from CARP_METRICS_LISTEN")
-    for name, text in (("demote", "drain this node: stop winning elections, hand the VIP over "
-                        "(kept across restarts)"),
-                       ("promote", "end maintenance: take part in elections again")):
-        c = sub.add_parser(name, parents=[env_file], help=text)
-        c.add_argument("--socket", type=Path, default=None,
-                       help="control socket (default: CARP_CONTROL_SOCKET or the default path)")
-        c.add_argument("--vhid", type=int, default=None, help="only this instance (default: all)")
-    rl = sub.add_parser("reload", parents=[env_file],
-                        help="re-read the configuration and apply the difference live (as SIGHUP)")
-    rl.add_argument("--socket", type=Path, default=None,
-                    help="control socket (default: CARP_CONTROL_SOCKET or the default path)")
-
-
 def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> Config:
     from sidecar.config.settings import load
 
@@ -125,11 +42,11 @@ def _parse(argv: list[str], as_ucarp: bool) -> argparse.Namespace:
     if as_ucarp:  # the drop-in: ucarp's command line, nothing else
         p = ucarp_options.parser()
         p.add_argument("--version", "-V", action="version",  # ucarp has none: scripts ask
-                       version=f"ucarp 1.5.2 compatible (carp-sidecar {package_version()})")
+                       version=f"ucarp 1.5.2 compatible (carp-sidecar {__version__})")
         args = p.parse_args(argv)
         args.command = "run"
     else:
-        args = _parser().parse_args(argv)
+        args = cliargs.parser(only=cliargs.named(argv)).parse_args(argv)
     return args
 
 
@@ -263,7 +180,7 @@ def _import(args: argparse.Namespace) -> int:
 def _completion(args: argparse.Namespace) -> int:
     import shtab
 
-    print(shtab.complete(_parser(), shell=args.shell))
+    print(shtab.complete(cliargs.parser(), shell=args.shell))
     return 0
 
 
