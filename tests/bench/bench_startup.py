@@ -14,8 +14,9 @@
    ``keepalived --version`` and ``ucarp --help`` (ucarp has no --version), and the floor under
    them: the interpreter alone, and it importing pydantic-settings alone.
 
-Run it with the python of a wheel install (``make bench`` builds build/bench-venv): the
-editable .venv starts slower, and the figures say which one they are of. Needs root (network
+Run it with the python of a wheel install (``make bench`` builds build/bench-venv on Debian's
+python3, which the image and the systemd install run): the editable .venv starts slower, and the
+figures say which install and which interpreter they are of. Needs root (network
 namespaces), ucarp and keepalived. ``--merge FILE`` adds the figures to a JSON file under
 "startup" (docs/bench-results.json).
 """
@@ -181,11 +182,12 @@ def main() -> int:
         target = "< 150" if name.startswith("carp-sidecar") else ""
         print(f"| {name} | {ms} | {target} |")
     installed = install_kind()
-    print(f"\ncarp-sidecar as installed in {sys.prefix}: {installed}")
+    interpreter = f"{Path(sys._base_executable).resolve()} (Python {sys.version.split()[0]})"
+    print(f"\ncarp-sidecar as installed in {sys.prefix}: {installed}; interpreter {interpreter}")
     result: dict[str, Any] = {"stale_vip_removed_ms": runs, "median_ms": med,
                               "by_hand_ms": by_hand, "by_hand_median_ms": hand,
                               "sidecar_over_ucarp": ratio, "commands_ms": cmd,
-                              "installed": installed}
+                              "installed": installed, "interpreter": interpreter}
     if args.merge:
         merge(args.merge, "startup", result)
     return 0
