@@ -70,8 +70,8 @@ demo: deps ## two-node failover lab on this machine (network namespaces, Apache,
 # Start-up is timed on the package as a user installs it (a wheel, its bytecode compiled by pip),
 # not on the editable .venv: that one imports setuptools' finder in every interpreter (~16 ms)
 # and, where PYTHONDONTWRITEBYTECODE is set, compiles the sources on every start.
-# It runs on Debian's python3 where there is one: the interpreter the CI image and the systemd
-# install (deploy/systemd) run. This machine's pyenv build runs the same code ~9 % slower
+# It runs on Debian's python3 where there is one: what a systemd install on Debian
+# (deploy/systemd) and CI's image run; the default image's python:3.11-slim is a source build. This machine's pyenv build runs the same code ~9 % slower
 # (paired A/B, `python -c pass` to check-config). bench_startup prints which one it measured.
 BENCH_VENV := build/bench-venv
 BENCH_PY ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PY))

@@ -15,8 +15,8 @@
    them: the interpreter alone, and it importing pydantic-settings alone.
 
 Run it with the python of a wheel install (``make bench`` builds build/bench-venv on Debian's
-python3, which the image and the systemd install run): the editable .venv starts slower, and the
-figures say which install and which interpreter they are of. Needs root (network
+python3, which a systemd install on Debian and CI's image run): the editable .venv starts
+slower, and the figures say which install and which interpreter they are of. Needs root (network
 namespaces), ucarp and keepalived. ``--merge FILE`` adds the figures to a JSON file under
 "startup" (docs/bench-results.json).
 """
