@@ -71,8 +71,9 @@ demo: deps ## two-node failover lab on this machine (network namespaces, Apache,
 # not on the editable .venv: that one imports setuptools' finder in every interpreter (~16 ms)
 # and, where PYTHONDONTWRITEBYTECODE is set, compiles the sources on every start.
 # It runs on Debian's python3 where there is one: what a systemd install on Debian
-# (deploy/systemd) and CI's image run; the default image's python:3.11-slim is a source build. This machine's pyenv build runs the same code ~9 % slower
-# (paired A/B, `python -c pass` to check-config). bench_startup prints which one it measured.
+# (deploy/systemd) and CI's image run (the default image's python:3.11-slim is a source build).
+# This machine's pyenv build runs the same code ~9 % slower (paired A/B, `python -c pass` to
+# check-config). bench_startup prints which one it measured.
 BENCH_VENV := build/bench-venv
 BENCH_PY ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo $(PY))
 $(BENCH_VENV)/bin/carp-sidecar: pyproject.toml $(shell find sidecar -name '*.py') | .stamp-apt
