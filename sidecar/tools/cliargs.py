@@ -13,6 +13,7 @@ from sidecar.config import ucarp_options
 from sidecar.config.runconfig import variables_help
 
 Builder = Callable[[Any, argparse.ArgumentParser], None]  # (subparsers, the --env-file parent)
+ENV_FILE = "--env-file"  # the one option before the command: parser() adds it, named() skips it
 SOCKET_HELP = "control socket (default: CARP_CONTROL_SOCKET or the default path)"
 
 
@@ -116,7 +117,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
     which parses an argv that :func:`named` gave ``only`` for exactly as the whole one does."""
     env_file = argparse.ArgumentParser(add_help=False)
     env_file.add_argument(
-        "--env-file", type=Path, default=argparse.SUPPRESS,
+        ENV_FILE, type=Path, default=argparse.SUPPRESS,
         help="read KEY=VALUE lines as the shell does (e.g. /etc/ucarp/ucarp.conf: comments, "
         "quotes, ${VAR}) before the environment; the environment wins")
     p = argparse.ArgumentParser(
@@ -140,9 +141,9 @@ def named(argv: list[str]) -> str | None:
     i = 0
     while i < len(argv):
         word = argv[i]
-        if word == "--env-file":
+        if word == ENV_FILE:
             i += 2
-        elif word.startswith("--env-file="):
+        elif word.startswith(f"{ENV_FILE}="):
             i += 1
         else:
             return word if word in BUILDERS else None
