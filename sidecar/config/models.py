@@ -42,6 +42,7 @@ from sidecar.config.values import (
     MIN_GARP_REFRESH,
     OFFLINE,
     auth,
+    next_password_bytes,
     password_bytes,
     show,
     vips_of,
@@ -80,6 +81,7 @@ class VhidRules(_Rules):
     """One CARP instance: a VHID on an interface and the VIPs it moves."""
 
     _key: bytes | None = PrivateAttr(None)  # the password, read once
+    _next_key: tuple[bytes | None] | None = PrivateAttr(None)  # (CARP_PASS_NEXT's,), read once
 
     @field_validator("interface", "vip_interface", check_fields=False)
     @classmethod
@@ -175,7 +177,10 @@ class VhidRules(_Rules):
         if self.srcip is not None and self.srcip in self.peers:
             errors.append("CARP_PEERS: lists this node's own CARP_SRCIP")
         offline_file = OFFLINE.get() and self.pass_file is not None and self.password is None
-        for derived in ("vips",) if offline_file else ("vips", "secret"):  # now, not later
+        offline_next = OFFLINE.get() and self.pass_next_file is not None
+        derived_now = ("vips", *(() if offline_file else ("secret",)),
+                       *(() if offline_next else ("next_secret",)))
+        for derived in derived_now:  # now, not later
             try:
                 getattr(self, derived)
             except ValueError as e:
@@ -227,6 +232,15 @@ class VhidRules(_Rules):
         return self._key
 
     @property
+    def next_secret(self) -> bytes | None:
+        """The rotation's next key (CARP_PASS_NEXT or its file), accepted besides the key."""
+        if self._next_key is None:
+            password = (None if self.password_next is None
+                        else self.password_next.get_secret_value())
+            self._next_key = (next_password_bytes(password, self.pass_next_file),)
+        return self._next_key[0]
+
+    @property
     def name(self) -> str:
         return f"{self.interface}/vhid{self.vhid}"
 
@@ -248,7 +262,7 @@ class VhidRules(_Rules):
         """This instance as the running agent holds it: the declared fields as validated,
         the derived ones computed here."""
         given = {d.name: getattr(self, d.name) for d in VHID if not d.setting.is_input}
-        return Vhid(**given, auth=auth(self.secret, self.vips), vips=self.vips,
+        return Vhid(**given, auth=auth(self.secret, self.vips, self.next_secret), vips=self.vips,
                     vrrp3_dead_timer=self.dead_timer == "auto" and self.advbase == 0,
                     prefix_known=self._prefix_known(),
                     script_env=tuple(sorted(self.script_environment().items())))
@@ -257,7 +271,7 @@ class VhidRules(_Rules):
         """The effective settings under both names, for the scripts; never the password."""
         out = {}
         for var, value in self.redacted().items():
-            if var != "CARP_PASS" and var.startswith("CARP_"):
+            if var not in ("CARP_PASS", "CARP_PASS_NEXT") and var.startswith("CARP_"):
                 out[var] = out["U" + var] = value
         out["CARP_VIPS"] = ",".join(show_vips(self.vips, self._prefix_known()))
         out["CARP_INSTANCE"] = self.name

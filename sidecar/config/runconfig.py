@@ -171,6 +171,11 @@ VHID_INPUTS = (
             ucarp=Ucarp("pass", "p", "password")),
     Setting("PASS_FILE", "file whose first line is the password", name="pass_file",
             type=Path | None, default=None, ucarp=Ucarp("passfile", "o", "read password from file")),
+    Setting("PASS_NEXT", "the next password, during a rotation: adverts signed with it are "
+            "accepted too, sent ones keep CARP_PASS (docs/runbook.md)", name="password_next",
+            type=str | None, default=None, secret=True),
+    Setting("PASS_NEXT_FILE", "file whose first line is the next password (CARP_PASS_NEXT)",
+            name="pass_next_file", type=Path | None, default=None),
     Setting("ADDR", "the VIPs: 172.16.0.1, 172.16.0.1/16, 2001:db8::1/64, comma-separated "
             "(required)", name="addr", type=str | list[str],
             ucarp=Ucarp("addr", "a", "virtual shared IP address")),
@@ -260,6 +265,9 @@ class RunConfig:
     realtime: bool = False  # SCHED_FIFO (or nice) for the agent itself
     as_ucarp: bool = False  # started as `ucarp`: SIGHUP stops (ucarp's meaning), not reload
     origin: tuple[str, ...] = ()  # the command line it came from, re-read by a reload
+    # the password variables of the process environment at start: the agent's own environment
+    # goes without them (its children inherit it); a reload's child gets them through a pipe
+    environ_secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> str:
         return json.dumps(_plain(self))

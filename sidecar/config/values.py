@@ -44,21 +44,36 @@ def vips_of(addr: str | list[str], mask: str | None) -> tuple[Vip, ...]:
     return vips
 
 
-def auth(key: bytes, vips: tuple[Vip, ...]) -> Auth:
-    """The HMAC inputs: the key and the first IPv4 VIP (docs/protocol.md §3)."""
+def auth(key: bytes, vips: tuple[Vip, ...], next_key: bytes | None = None) -> Auth:
+    """The HMAC inputs: the key and the first IPv4 VIP (docs/protocol.md §3), and the next key
+    of a rotation (accepted, never sent with)."""
     first = next((v.ip for v in vips if isinstance(v, IPv4Interface)), IPv4Address(0))
-    return Auth(key, first)
+    return Auth(key, first, None if next_key == key else next_key)
 
 
 def password_bytes(password: str | None, pass_file: Path | None) -> bytes:
     """The HMAC key (the raw password, like ucarp) from CARP_PASS or CARP_PASS_FILE."""
     if (password is None) == (pass_file is None):
         raise ValueError("CARP_PASS: set exactly one of CARP_PASS or CARP_PASS_FILE")
+    return _checked(password, pass_file, "CARP_PASS")
+
+
+def next_password_bytes(password: str | None, pass_file: Path | None) -> bytes | None:
+    """The rotation's next key, from CARP_PASS_NEXT or CARP_PASS_NEXT_FILE (None: neither)."""
+    if password is None and pass_file is None:
+        return None
+    if password is not None and pass_file is not None:
+        raise ValueError("CARP_PASS_NEXT: set at most one of CARP_PASS_NEXT or "
+                         "CARP_PASS_NEXT_FILE")
+    return _checked(password, pass_file, "CARP_PASS_NEXT")
+
+
+def _checked(password: str | None, pass_file: Path | None, name: str) -> bytes:
     if password is not None:
-        raw, var = password.encode(), "CARP_PASS"
+        raw, var = password.encode(), name
     else:
         assert pass_file is not None
-        raw, var = _first_line(pass_file), "CARP_PASS_FILE"
+        raw, var = _first_line(pass_file, f"{name}_FILE"), f"{name}_FILE"
     if not raw:
         raise ValueError(f"{var}: the password is empty")
     if len(raw) > MAX_PASSWORD_BYTES:
@@ -114,19 +129,19 @@ def _unusable_vip(vip: Vip) -> str | None:
     return None
 
 
-def _first_line(path: Path) -> bytes:
+def _first_line(path: Path, var: str = "CARP_PASS_FILE") -> bytes:
     """ucarp's passfile rule (first line, only its '\\n' stripped), bounded and safe: a regular
     file only (a FIFO would block the start, /dev/zero would never end) and one small read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as e:
-        raise ValueError(f"CARP_PASS_FILE: cannot read {path}: {e.strerror}") from None
+        raise ValueError(f"{var}: cannot read {path}: {e.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"CARP_PASS_FILE: {path} is not a regular file")
+            raise ValueError(f"{var}: {path} is not a regular file")
         head = os.read(fd, PASS_FILE_MAX_READ)
     except OSError as e:
-        raise ValueError(f"CARP_PASS_FILE: cannot read {path}: {e.strerror}") from None
+        raise ValueError(f"{var}: cannot read {path}: {e.strerror}") from None
     finally:
         os.close(fd)
     return head.split(b"\n", 1)[0]

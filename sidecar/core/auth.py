@@ -17,10 +17,13 @@ NO_IPV4_VIP = IPv4Address(0)
 @dataclass(frozen=True, slots=True)
 class Auth:
     """What an advert's HMAC covers besides the advert: the key (ucarp's: the raw password) and
-    the first IPv4 VIP (0.0.0.0 with IPv6 VIPs only). Built once from the configuration."""
+    the first IPv4 VIP (0.0.0.0 with IPv6 VIPs only). Built once from the configuration.
+    ``next_key`` (CARP_PASS_NEXT, a rotation under way): adverts signed with it are accepted
+    too; adverts are always sent with ``key``."""
 
     key: bytes = field(repr=False)
     vip: IPv4Address = NO_IPV4_VIP
+    next_key: bytes | None = field(default=None, repr=False)
 
 
 def carp_key(password: str | bytes) -> bytes:

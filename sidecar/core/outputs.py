@@ -43,6 +43,7 @@ class Accepted:
     advskew: int
     counter: int
     handover: bool  # a bow-out advert
+    by_next_key: bool = False  # authenticated by CARP_PASS_NEXT: a peer already rotated
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 
@@ -91,6 +91,7 @@ class Received:
     dst: IPv4Address
     ttl: int
     advert: Advert
+    by_next_key: bool = False  # authenticated by Expect.next_key (a rotation under way)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class Expect:
     """What this node accepts: its vhid, group address, and the HMAC inputs (key and VIP)."""
 
     vhid: int
-    key: bytes
+    key: bytes = field(repr=False)
     vip: IPv4Address
     group: IPv4Address = DEFAULT_GROUP
     # Unicast mode (CARP_PEERS): only these sources; adverts to ``own`` are accepted too, and
@@ -107,6 +108,8 @@ class Expect:
     own: IPv4Address | None = None
     multicast: bool = True  # adverts to the group are accepted (not in unicast-only mode)
     strict: bool = False  # the HMAC covers the whole header and the source (strict_hmac)
+    # CARP_PASS_NEXT: a second key accepted (never sent with) while a password is rotated
+    next_key: bytes | None = field(default=None, repr=False)
 
 
 def internet_checksum(data: bytes) -> int:
@@ -266,11 +269,19 @@ def parse_packet(packet: bytes, expect: Expect) -> Received:
         raise AdvertError(DropReason.BAD_CHECKSUM)
     if advert.type != CARP_ADVERTISEMENT:
         raise AdvertError(DropReason.BAD_TYPE, f"type {advert.type}")
+    by_next = False
+    if not _authentic(expect.key, expect, payload, source):
+        by_next = expect.next_key is not None and _authentic(expect.next_key, expect, payload,
+                                                              source)
+        if not by_next:
+            # Never include digests: they are derived from the secret.
+            raise AdvertError(DropReason.BAD_HMAC, "check vhid, password and virtual IP address")
+    return Received(src=source, dst=destination, ttl=ttl, advert=advert, by_next_key=by_next)
+
+
+def _authentic(key: bytes, expect: Expect, payload: bytes, source: IPv4Address) -> bool:
     if expect.strict:
-        expected = strict_hmac(expect.key, payload[:6], payload[8:16], expect.vip, source)
+        expected = strict_hmac(key, payload[:6], payload[8:16], expect.vip, source)
     else:
-        expected = compute_hmac(expect.key, advert.vhid, expect.vip, payload[8:16])
-    if not hmac.compare_digest(expected, payload[16:36]):
-        # Never include digests: they are derived from the secret.
-        raise AdvertError(DropReason.BAD_HMAC, "check vhid, password and virtual IP address")
-    return Received(src=source, dst=destination, ttl=ttl, advert=advert)
+        expected = compute_hmac(key, payload[1], expect.vip, payload[8:16])
+    return hmac.compare_digest(expected, payload[16:36])

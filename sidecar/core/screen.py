@@ -42,7 +42,8 @@ def screen(packet: bytes, expect: Expect, replays: ReplayGuard | None, now: floa
     if replays is not None and not _counted(replays, now, src, ad.counter, out):
         return Screened(None, tuple(out))
     out.append(Accepted(src, ad.advbase, ad.advskew, ad.counter,
-                        handover=ad.advbase == BOW_OUT and ad.advskew == BOW_OUT))
+                        handover=ad.advbase == BOW_OUT and ad.advskew == BOW_OUT,
+                        by_next_key=received.by_next_key))
     return Screened(received, tuple(out))
 
 

@@ -59,7 +59,8 @@ def session_config(s: Vhid, srcip: IPv4Address) -> SessionConfig:
     expect = Expect(vhid=s.vhid, key=s.secret, vip=s.hmac_address, group=s.mcast,
                     peers=frozenset(s.peers) if s.peers else None,
                     own=srcip if s.peers else None,
-                    multicast=not s.peers or s.peers_multicast, strict=s.strict)
+                    multicast=not s.peers or s.peers_multicast, strict=s.strict,
+                    next_key=s.auth.next_key)
     # a routed VIP (CARP_VIP_INTERFACE) is not on the CARP link: nothing to probe or refresh
     return SessionConfig(params=params, expect=expect, interface=s.interface,
                          probe_interval=0.0 if s.routed else s.probe_interval,

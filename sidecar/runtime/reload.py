@@ -4,8 +4,11 @@ plan the agent carries out. Pure: two :class:`RunConfig` in, a :class:`Plan` out
 An instance is identified by its interface and VHID. New ones start, removed ones leave (a
 master bows out first), changed ones are updated in place when every changed field can change
 live; a change that alters what the group authenticates or how this node is addressed (the
-password, the source address, the peers, strict mode, the multicast group...) replaces the
-instance: it leaves (bowing out if MASTER) and starts again. Agent-wide settings that are bound
+first VIP the digest covers, the source address, the peers, strict mode, the multicast
+group...) replaces the instance: it leaves (bowing out if MASTER) and starts again. The
+password and the next password (CARP_PASS_NEXT) change in place: the session's keys are
+swapped and nothing else moves, so a rotation (docs/runbook.md) never moves the VIP; strict
+mode's replay window is kept, as the counters run on across keys. Agent-wide settings that are bound
 at start (the HTTP listener, the control socket, the state directory) need a restart; the reply
 says so.
 """
@@ -13,6 +16,7 @@ says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field, fields
@@ -30,18 +34,25 @@ class ReloadRefused(Exception):
         self.errors = errors
 
 
-async def read_config(origin: tuple[str, ...]) -> RunConfig:
+async def read_config(origin: tuple[str, ...], environ_secrets: dict[str, str] | None = None
+                      ) -> RunConfig:
     """Validate the sources again in a child process (pydantic stays out of the agent), from
-    the same command line, working directory and environment as at start."""
+    the same command line, working directory and environment as at start. The command line
+    (ucarp's -p) and the password variables the agent was started with (``environ_secrets``,
+    kept out of its environment) reach the child through its stdin, never its argv or
+    environment; a password file, env file or TOML file the child reads again."""
     if not origin:
         raise ReloadRefused(["this agent was not started by `carp-sidecar run`: nothing to "
                              "re-read"])
-    code = "import sys; from sidecar.tools.cli import dump_runtime_config as d; sys.exit(d(sys.argv[1]))"
+    code = ("import sys; from sidecar.tools.cli import dump_runtime_config as d; "
+            "sys.exit(d(sys.stdin.read()))")
+    secrets = dict(environ_secrets or {})
+    request = json.dumps({"origin": list(origin), "environ": secrets}).encode()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, json.dumps(list(origin)),
+        sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), READ_TIMEOUT)
+        out, err = await asyncio.wait_for(proc.communicate(request), READ_TIMEOUT)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -49,13 +60,15 @@ async def read_config(origin: tuple[str, ...]) -> RunConfig:
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         raise ReloadRefused(lines or [f"exit status {proc.returncode}"])
-    return RunConfig.from_json(out.decode())
+    new = RunConfig.from_json(out.decode())
+    return dataclasses.replace(new, environ_secrets=secrets)  # for the next reload
 
 # Fields an instance takes live; any other change replaces it.
 LIVE = frozenset({
     "advbase", "advskew", "preempt", "preempt_delay", "deadratio", "vrrp3_dead_timer", "vips",
     "if_alias", "upscript", "downscript", "notifyscript", "xparam", "script_timeout",
     "garp_repeat", "garp_refresh", "probe_interval", "health", "maintenance_file", "script_env",
+    "auth",  # the keys; its VIP half is the first VIP, which needs_replace checks
 })
 HIDDEN = frozenset({"auth", "script_env"})  # changed, but never shown (a secret; noise)
 AGENT_AT_RESTART = ("metrics_listen", "control_socket", "state_dir", "realtime", "syslog",
@@ -106,11 +119,21 @@ def describe(old: Vhid, new: Vhid, changed: list[str]) -> str:
             before, after = set(map(str, old.vips)), set(map(str, new.vips))
             parts.append("vips " + " ".join([*(f"+{v}" for v in sorted(after - before)),
                                              *(f"-{v}" for v in sorted(before - after))]))
-        elif name == "auth" and old.auth.key != new.auth.key:
-            parts.append("password changed")  # (its VIP half changes with the first VIP)
+        elif name == "auth":  # (its VIP half changes with the first VIP)
+            parts += _keys_changed(old, new)
         elif name not in HIDDEN:
             parts.append(f"{name} {_show(getattr(old, name))} -> {_show(getattr(new, name))}")
     return ", ".join(parts) or "environment of the scripts"
+
+
+def _keys_changed(old: Vhid, new: Vhid) -> list[str]:
+    """What a rotation step did, never the passwords."""
+    parts = ["password changed"] if old.auth.key != new.auth.key else []
+    before, after = old.auth.next_key, new.auth.next_key
+    if before != after:
+        parts.append("next password " + ("unset" if after is None else "set" if before is None
+                                         else "changed"))
+    return parts
 
 
 def _show(value: object) -> str:

@@ -82,6 +82,8 @@ class Reporter:
     # ---- adverts in ----
     def _accepted(self, a: outputs.Accepted, session: Session, now: float) -> None:
         self.m.received.inc()
+        if a.by_next_key:
+            self.m.received_next_key.inc()
         self.m.failover_possible()
         if a.handover:
             self.m.handovers_received.inc()

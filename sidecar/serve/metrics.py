@@ -89,6 +89,10 @@ class Metrics:
                                           "refused to send", base, registry=r)
         self.adverts_received = Counter("carp_adverts_received", "Valid advertisements received",
                                         base, registry=r)
+        self.adverts_next_key = Counter(
+            "carp_adverts_accepted_next_key", "Valid advertisements authenticated by the next "
+            "password (CARP_PASS_NEXT), not the current one: a rotation under way", base,
+            registry=r)
         self.adverts_dropped = Counter("carp_adverts_dropped", "Received packets dropped, by reason",
                                        [*base, "reason"], registry=r)
         self.vip_present = Gauge("carp_vip_present", "1 while the VIP is on the interface "
@@ -229,6 +233,7 @@ class InstanceMetrics:
         self.adverts_sent = m.adverts_sent.labels(**lb)
         self.advert_send_errors = m.advert_send_errors.labels(**lb)
         self.received = m.adverts_received.labels(**lb)
+        self.received_next_key = m.adverts_next_key.labels(**lb)
         self.dropped = {r: m.adverts_dropped.labels(**lb, reason=r.value) for r in DropReason}
         self.vip_present = {vip: m.vip_present.labels(**lb, vip=vip) for vip in vips}
         self.advbase = m.advbase.labels(**lb)

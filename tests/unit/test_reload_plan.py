@@ -4,6 +4,7 @@ says (never the password)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from ipaddress import IPv4Address, ip_interface
 from pathlib import Path
 
@@ -40,16 +41,39 @@ def test_live_fields_update_in_place_and_are_described() -> None:
                          "preempt False -> True"]
 
 
-def test_what_the_group_authenticates_replaces_the_instance_and_hides_the_secret() -> None:
-    for change in ({"secret": b"other"}, {"srcip": IPv4Address("10.0.0.9")},
+def test_what_the_group_authenticates_replaces_the_instance() -> None:
+    for change in ({"srcip": IPv4Address("10.0.0.9")},
                    {"peers": (IPv4Address("10.0.0.8"),)}, {"strict": True},
                    {"vips": (ip_interface("10.0.0.7/24"),)}):  # the HMAC address changes
         p = plan(config(vhid(1)), config(vhid(1, **change)))
         assert len(p.replaced) == 1 and not p.updated, change
         assert "restarted" in p.changes[0]
+
+
+def rotating(n: int, secret: bytes, next_key: bytes | None, **kw: object) -> Vhid:
+    v = vhid(n, secret, **kw)
+    return dataclasses.replace(v, auth=auth(secret, v.vips, next_key))
+
+
+def test_a_password_rotation_is_an_in_place_update_that_hides_the_secrets() -> None:
+    """Round 4: a changed password restarted the instance (a master bowed out, the VIP moved);
+    each step of a rotation now swaps the keys in place."""
+    steps = [rotating(1, b"old", None), rotating(1, b"old", b"n3xt"),
+             rotating(1, b"n3xt", b"old"), rotating(1, b"n3xt", None)]
+    said = []
+    for before, after in itertools.pairwise(steps):
+        p = plan(config(before), config(after))
+        assert p.updated == [(before, after)] and not p.replaced
+        said += p.changes
+    assert said == ["vhid 1 on eth0: next password set",
+                    "vhid 1 on eth0: password changed, next password changed",
+                    "vhid 1 on eth0: next password unset"]
     p = plan(config(vhid(1)), config(vhid(1, secret=b"s3cret")))
-    assert p.changes == ["vhid 1 on eth0: restarted (password changed)"]
-    assert "s3cret" not in repr(p.changes)
+    assert p.changes == ["vhid 1 on eth0: password changed"] and p.updated
+    assert "s3cret" not in repr(p.changes) and "n3xt" not in repr(said)
+    # with the first VIP (what the digest covers) it is another group: restarted
+    moved = rotating(1, b"n3xt", None, vips=(ip_interface("10.0.0.7/24"),))
+    assert plan(config(vhid(1)), config(moved)).replaced
 
 
 def test_scripts_and_the_first_vip() -> None:
