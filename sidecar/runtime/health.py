@@ -17,6 +17,7 @@ from sidecar.config.runconfig import Check as CheckConfig
 from sidecar.config.runconfig import host_port
 from sidecar.net.httpclient import HttpError, fetch
 from sidecar.runtime.reaper import spawn
+from sidecar.runtime.scripts import base_environment
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -63,12 +64,15 @@ def tcp_check(target: str) -> Check:
 
 
 def exec_check(command: str) -> Check:
+    """Run ``command``; exit 0 is healthy. Its environment is the scripts' curated one, without
+    any CARP_*/UCARP_* variable: health commands are often third-party checks that log it."""
     argv = shlex.split(command)
 
     async def check() -> bool:
         proc = await spawn(*argv, stdin=asyncio.subprocess.DEVNULL,
                            stdout=asyncio.subprocess.DEVNULL,
-                           stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+                           stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+                           env=base_environment({}, ()))
         try:
             return await proc.wait() == 0
         except asyncio.CancelledError:

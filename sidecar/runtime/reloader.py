@@ -29,7 +29,7 @@ async def reload(agent: Agent) -> str:
     whole and the running one kept. The reply lists what changed."""
     async with agent.reload_lock:
         try:
-            new = await read_config(agent.config.origin)
+            new = await read_config(agent.config.origin, agent.config.environ_secrets)
             changes = plan(agent.config, new)
             problem = await check_host(agent, changes)
             if problem:

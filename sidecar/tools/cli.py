@@ -32,10 +32,12 @@ EXIT_CONFIG = 2
 DEFAULT_RUN_DIR = "/run/carp-sidecar"  # where agents make their control sockets
 
 
-def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None) -> Config:
+def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None,
+              environ_secrets: dict[str, str] | None = None) -> Config:
     from sidecar.config.settings import load
 
-    return load({**os.environ, **(overrides or {})}, getattr(args, "env_file", None))
+    return load({**(environ_secrets or {}), **os.environ, **(overrides or {})},
+                getattr(args, "env_file", None))
 
 
 def _parse(argv: list[str], as_ucarp: bool) -> argparse.Namespace:
@@ -50,21 +52,25 @@ def _parse(argv: list[str], as_ucarp: bool) -> argparse.Namespace:
     return args
 
 
-def _run_config(args: argparse.Namespace, as_ucarp: bool, argv: list[str]) -> Config:
-    settings = _settings(args, ucarp_options.settings(args))
+def _run_config(args: argparse.Namespace, as_ucarp: bool, argv: list[str],
+                environ_secrets: dict[str, str] | None = None) -> Config:
+    settings = _settings(args, ucarp_options.settings(args), environ_secrets)
     return dataclasses.replace(settings, as_ucarp=as_ucarp,
                                origin=(os.getcwd(), "ucarp" if as_ucarp else "carp-sidecar", *argv))
 
 
-def dump_runtime_config(origin: str) -> int:
+def dump_runtime_config(given: str) -> int:
     """What a reload runs in a child process (the agent never loads pydantic): the runtime
     configuration the same command line gives now, as JSON on stdout, or every error on stderr
-    (exit 2). ``origin`` is the JSON list [cwd, program name, *arguments]."""
-    cwd, prog, *argv = json.loads(origin)
+    (exit 2). ``given`` is the JSON {"origin": [cwd, program name, *arguments], "environ":
+    {the password variables the agent was started with}}, read from a pipe: neither is in the
+    child's argv or environment, where ps and /proc would show them."""
+    request = json.loads(given)
+    cwd, prog, *argv = request["origin"]
     os.chdir(cwd)
     try:
         args = _parse(argv, prog == "ucarp")
-        config = _run_config(args, prog == "ucarp", argv)
+        config = _run_config(args, prog == "ucarp", argv, request.get("environ"))
         if getattr(args, "ucarp_daemonize", False) and not in_container():
             config = daemon_syslog(config)  # as daemonize decided at start
         print(config.runtime().to_json())

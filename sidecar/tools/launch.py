@@ -87,18 +87,33 @@ def sweep_before_validating(args: argparse.Namespace) -> list[tuple[str, str]]:
     return sweep(state_dir)
 
 
+def secret_variables() -> frozenset[str]:
+    """CARP_PASS, CARP_PASS_NEXT and their UCARP_ spellings: every secret setting's variable."""
+    from sidecar.config.declare import declared
+    from sidecar.config.runconfig import VHID_INPUTS, Vhid
+
+    return frozenset(f"{u}{d.var}" for d in declared(Vhid, VHID_INPUTS) if d.setting.secret
+                     for u in ("", "U"))
+
+
 def exec_agent(config: Config, swept: list[tuple[str, str]]) -> int:
     """Become the agent: the validated configuration goes through an in-memory file to a fresh
-    interpreter in this same process (same PID, same signals), which never loads pydantic."""
+    interpreter in this same process (same PID, same signals), which never loads pydantic.
+    The agent's environment, which every child inherits (health commands, scripts, a reload's
+    child) and /proc/PID/environ shows, goes without the password variables: the agent has the
+    key already, and a reload's child gets them through a pipe."""
+    hidden = secret_variables()
+    secrets = {k: v for k, v in os.environ.items() if k in hidden}
+    runtime = dataclasses.replace(config.runtime(), environ_secrets=secrets)
     fd = os.memfd_create("carp-sidecar-config", 0)  # inheritable: no MFD_CLOEXEC
-    os.write(fd, config.runtime().to_json().encode())
+    os.write(fd, runtime.to_json().encode())
     os.lseek(fd, 0, os.SEEK_SET)
     argv = [sys.executable, "-m", "sidecar.runtime.agent", "--config-fd", str(fd), "--version",
             __version__, "--title", json.dumps(process_title(config)),
             "--swept", json.dumps(swept)]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, {k: v for k, v in os.environ.items() if k not in hidden})
     return 1  # not reached
 
 
