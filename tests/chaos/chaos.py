@@ -51,6 +51,7 @@ from sidecar.lab import ADDRESSES, LAB_PASSWORD, VIP, Lab
 from sidecar.lab.holders import HolderSampler
 from sidecar.lab.holders import vip_holders as holders
 from sidecar.lab.netns import stop_process
+from tests.chaos.rotation import part as rotation
 
 HERE = Path(__file__).resolve().parent
 A_IP = ADDRESSES["a"].split("/")[0]
@@ -357,7 +358,8 @@ def operator(limits: Limits, report: Report) -> None:
                      replays == 0, f"{replays:g} replay drops")
 
 
-PARTS = {"flood": flood, "scrape": scrape, "faults": faults, "operator": operator}
+PARTS = {"flood": flood, "scrape": scrape, "faults": faults, "operator": operator,
+         "rotation": rotation}
 
 
 def run(short: bool, only: list[str] | None = None) -> Report:
