@@ -102,7 +102,7 @@ class Net:
         cfg = n.session.config
         dsts = sorted(cfg.expect.peers) if cfg.expect.peers else [GROUP]
         for dst in dsts:
-            packet = build_ip_packet(advert, key=KEY, vip=VIP, src=n.ip, dst=dst,
+            packet = build_ip_packet(advert, key=cfg.expect.key, vip=VIP, src=n.ip, dst=dst,
                                      strict=cfg.params.strict)
             n.sent.append((self.now, packet))
             if n.connected:
