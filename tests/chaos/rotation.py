@@ -9,6 +9,7 @@ in place (no restart, no VIP move).
 
 Each part builds its own lab and samples who holds the VIP every 50 ms:
   ucarp pair      the password changed on node-a (ucarp restarted), on node-b 5 s later
+  sidecar pair    the same with carp-sidecar and no CARP_PASS_NEXT (a reload each)
   sidecar group   three carp-sidecar nodes (node-a, node-b and the client namespace) rotated
                   in three rolling reloads of their env files: 0 two-holder samples, no
                   transition, no bad_hmac drop
@@ -171,6 +172,23 @@ def sidecar_group(gap: float) -> dict[str, Any]:
         }
 
 
+def sidecar_naive_pair(gap: float = UCARP_GAP) -> dict[str, Any]:
+    """For comparison: carp-sidecar with the password changed on node-a, node-b ``gap`` s
+    later, without CARP_PASS_NEXT (each change a reload)."""
+    with Lab() as lab:
+        for node in "ab":
+            start_sidecar(lab, node)
+        Lab.wait(lambda: vip_holders(lab, "ab") == ["a"], 12, "node-a MASTER")
+        time.sleep(2)
+        with Sampler(lab, "ab") as sampler:
+            rolling(lab, "ab", NEW, None, gap)
+            time.sleep(4)
+        return {"samples": len(sampler.samples), "two_holders": sampler.count(2),
+                "longest_two_holders_s": round(sampler.longest(2), 2),
+                "bad_hmac": sum(metric(lab, n, "carp_adverts_dropped_total", reason="bad_hmac")
+                                for n in "ab")}
+
+
 # ---- ucarp ----
 UP = '#!/bin/sh\nip addr add "$2"/16 dev "$1" label "$1":0\n'
 DOWN = '#!/bin/sh\nip addr del "$2"/16 dev "$1" 2>/dev/null\nexit 0\n'
@@ -250,15 +268,20 @@ def part(limits: Any, report: Any) -> None:
 def rotation_figures(short: bool) -> tuple[dict[str, Any], list[tuple[str, bool, str]]]:
     """Figures and (name, ok, detail) checks."""
     gap = 1.0 if short else UCARP_GAP
-    ucarp = ucarp_pair()
+    ucarp, naive = ucarp_pair(), sidecar_naive_pair()
     group = sidecar_group(gap)
     mixed = mixed_group(gap)
-    figures = {"ucarp_pair": ucarp, "sidecar_group": {k: v for k, v in group.items()
-                                                      if k != "replies"}, "mixed_group": mixed}
+    figures = {"ucarp_pair": ucarp, "sidecar_pair_without_next": naive,
+               "sidecar_group": {k: v for k, v in group.items() if k != "replies"},
+               "mixed_group": mixed}
     checks = [
         ("rotation: ucarp pair, password changed 5 s apart (for comparison)", True,
          f"{ucarp['two_holders']} two-holder samples of {ucarp['samples']}, longest "
          f"{ucarp['longest_two_holders_s']} s"),
+        ("rotation: carp-sidecar pair, CARP_PASS changed 5 s apart without CARP_PASS_NEXT "
+         "(for comparison)", True,
+         f"{naive['two_holders']} two-holder samples of {naive['samples']}, longest "
+         f"{naive['longest_two_holders_s']} s, {naive['bad_hmac']:g} bad_hmac drops"),
         ("rotation: three carp-sidecar nodes, CARP_PASS_NEXT, never two holders",
          group["two_holders"] == 0 and group["holders_at_end"] == ["a"],
          f"{group['two_holders']} two-holder samples of {group['samples']}, "
