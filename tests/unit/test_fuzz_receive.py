@@ -65,9 +65,10 @@ class Receive:
 @pytest.fixture(scope="module")
 def receive() -> Iterator[Receive]:
     # the capture's group: vhid 1 and 3, password geheim, VIP 172.16.0.1
+    # a rotation under way (CARP_PASS_NEXT): a packet failing the key is tried with the next one
     env = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "geheim",
-           "CARP_ADDR": "172.16.0.1/16", "CARP_SRCIP": "172.16.0.250",
-           "CARP_METRICS_LISTEN": "off"}
+           "CARP_PASS_NEXT": "rotating", "CARP_ADDR": "172.16.0.1/16",
+           "CARP_SRCIP": "172.16.0.250", "CARP_METRICS_LISTEN": "off"}
     loop = asyncio.new_event_loop()
     nl = Netlink()
     metrics = Metrics(CollectorRegistry(), "test", process_metrics=False)
