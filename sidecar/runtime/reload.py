@@ -8,9 +8,9 @@ first VIP the digest covers, the source address, the peers, strict mode, the mul
 group...) replaces the instance: it leaves (bowing out if MASTER) and starts again. The
 password and the next password (CARP_PASS_NEXT) change in place: the session's keys are
 swapped and nothing else moves, so a rotation (docs/runbook.md) never moves the VIP; strict
-mode's replay window is kept, as the counters run on across keys. Agent-wide settings that are bound
-at start (the HTTP listener, the control socket, the state directory) need a restart; the reply
-says so.
+mode's replay window is kept, as the counters run on across keys. Agent-wide settings that
+are bound at start (the HTTP listener, the control socket, the state directory) need a
+restart; the reply says so.
 """
 
 from __future__ import annotations
