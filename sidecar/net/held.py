@@ -11,7 +11,15 @@ network namespace, interface index and name unchanged) and deletes the file. An 
 stops cleanly has removed its VIPs and deletes its own file.
 
 The record is a hint for speed only: after validation the agent still removes every VIP of its
-configuration it finds (Agent.remove_stale_vips), with or without a record.
+configuration it finds (Agent.remove_stale_vips), with or without a record. So a state
+directory that cannot take it (full, read-only, a file where ``held/`` should be) never stops
+an agent: it runs without one and says so (:attr:`HeldVips.problem`, sidecar.runtime.heldstate).
+
+A full disk must not cut a record short either: the file is written at its full reserved size
+(``RESERVED_BYTES``, space-padded JSON) when it is created, so each rewrite lands on blocks it
+already owns; every write's count is checked, and a checksum of the list (``crc``) makes a
+record that was cut short anyway (a copy-on-write file system, a size limit) unreadable rather
+than taken for a whole one.
 """
 
 from __future__ import annotations
@@ -21,12 +29,15 @@ import fcntl
 import json
 import os
 import socket
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sidecar.net.rtmsg import delete_address
 
-MAX_RECORD_BYTES = 256 * 1024  # 255 VHIDs x 16 VIPs x ~60 bytes
+RESERVED_BYTES = 256 * 1024  # 255 VHIDs x 16 VIPs x ~60 bytes
+MAX_RECORD_BYTES = 1024 * 1024  # read at most this much: anything larger is not ours
 
 
 def _identity() -> dict[str, Any]:
@@ -39,9 +50,13 @@ def _identity() -> dict[str, Any]:
     return {"boot_id": boot, "netns": os.stat("/proc/self/ns/net").st_ino}
 
 
+def _crc(held: list[list[Any]]) -> int:
+    return zlib.crc32(json.dumps(held, separators=(",", ":")).encode())
+
+
 class HeldVips:
     """This process's record; every method is a few syscalls (no fsync: a host crash takes
-    the addresses with it)."""
+    the addresses with it). OSError from the constructor: no record can be kept here."""
 
     def __init__(self, state_dir: Path) -> None:
         directory = state_dir / "held"
@@ -50,12 +65,23 @@ class HeldVips:
         temporary = directory / f".{name}.tmp"
         # locked before it has its final name: a sweeper never sees it unlocked
         self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
         self.path = directory / f"{name}.json"
         self._identity = _identity()
         self._held: dict[tuple[int, str, int], str] = {}  # (index, address, prefix) -> ifname
-        self._write()
-        os.rename(temporary, self.path)
+        self._length = RESERVED_BYTES  # the first write reserves the blocks of every later one
+        self.problem: str | None = None  # why the record on disk is not whole, None if it is
+        self.on_problem: Callable[[str | None], None] = lambda _: None  # called on a change
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._write()
+            if self.problem:
+                raise OSError(self.problem)
+            os.rename(temporary, self.path)
+        except OSError:
+            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def adding(self, index: int, address: str, prefixlen: int) -> None:
         key = (index, address, prefixlen)
@@ -74,10 +100,23 @@ class HeldVips:
             self._write()
 
     def _write(self) -> None:
-        doc = dict(self._identity, held=[[i, name, a, p] for (i, a, p), name in self._held.items()])
-        data = json.dumps(doc).encode()
-        os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
+        held = [[i, name, a, p] for (i, a, p), name in self._held.items()]
+        data = json.dumps(dict(self._identity, held=held, crc=_crc(held))).encode()
+        padded = data.ljust(self._length)  # blanks what a longer record left beyond it
+        try:
+            written = os.pwrite(self._fd, padded, 0)
+            if written != len(padded):  # ENOSPC after the blocks it had: the rest is old bytes
+                raise OSError(f"cut short ({written} of {len(padded)} bytes written)")
+        except OSError as e:
+            self._set_problem(f"cannot write {self.path.name}: {e.strerror or e}")
+            return
+        self._length = len(data)
+        self._set_problem(None)
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem != self.problem:
+            self.problem = problem
+            self.on_problem(problem)
 
     def close(self) -> None:
         """At exit: a clean stop released every VIP and deletes the record; one that could
@@ -88,12 +127,16 @@ class HeldVips:
         os.close(self._fd)
 
 
-def sweep(state_dir: Path) -> list[tuple[str, str]]:
+def sweep(state_dir: Path, untrusted: list[str] | None = None) -> list[tuple[str, str]]:
     """Remove what dead agents' records list; (address, interface) for each one removed.
-    Records of live agents (locked) are left alone; unreadable ones are deleted."""
+    Records of live agents (locked) are left alone. A record that cannot be trusted (cut
+    short, not ours) is deleted and its name added to ``untrusted`` when the caller passes
+    that list (the agent, which logs them); without it (``run``'s early sweep, before logging
+    is set up) it is left for the agent's."""
     removed: list[tuple[str, str]] = []
-    try:
-        paths = sorted((state_dir / "held").glob("*.json"))
+    try:  # a crashed start's temporary file too (it never got its final name)
+        held = state_dir / "held"
+        paths = sorted(held.glob("*.json")) + sorted(held.glob(".*.tmp"))
     except OSError:
         return removed
     me = _identity()
@@ -101,15 +144,22 @@ def sweep(state_dir: Path) -> list[tuple[str, str]]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
-            continue  # swept by someone else meanwhile
+            continue  # swept by someone else meanwhile, or not a file
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its agent is alive
-            if os.fstat(fd).st_nlink == 0:
-                continue  # another sweeper finished it after we opened it
-            removed += _remove_listed(os.pread(fd, MAX_RECORD_BYTES, 0), me)
+            st = os.fstat(fd)
+            if st.st_nlink == 0 or st.st_size == 0:
+                continue  # another sweeper finished it, or its agent has not locked it yet
+            listed = _remove_listed(os.pread(fd, MAX_RECORD_BYTES, 0), me)
+            if listed is None:
+                if untrusted is None:
+                    continue
+                if path.suffix == ".json":
+                    untrusted.append(path.name)
+            removed += listed or []
             os.unlink(path)
         except OSError:
             continue  # e.g. EPERM without NET_ADMIN: the file stays, the agent will say why
@@ -118,20 +168,22 @@ def sweep(state_dir: Path) -> list[tuple[str, str]]:
     return removed
 
 
-def _remove_listed(raw: bytes, me: dict[str, Any]) -> list[tuple[str, str]]:
+def _remove_listed(raw: bytes, me: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """What the record lists, removed; None if it is not a whole record of ours."""
     try:
         doc = json.loads(raw)
+        if doc["crc"] != _crc(doc["held"]):
+            raise ValueError("cut short")  # new bytes before old ones: a list, but not ours
         entries = [(int(i), str(n), str(a), int(p)) for i, n, a, p in doc["held"]]
         same_host = doc["boot_id"] == me["boot_id"] and doc["netns"] == me["netns"]
     except (ValueError, KeyError, TypeError):
-        return []  # not a record we wrote (or cut short by a full disk): nothing to trust
+        return None  # not a record we wrote, or cut short: nothing in it to trust
     removed = []
     for index, name, address, prefixlen in entries if same_host else []:
-        try:
-            if socket.if_indextoname(index) != name:
-                continue  # the interface was re-created: its addresses went with it
+        try:  # renamed while the agent was dead: the addresses stayed with the index
+            current = socket.if_indextoname(index)
         except OSError:
-            continue
+            continue  # the interface was deleted (or re-created): its addresses went with it
         if delete_address(index, address, prefixlen):
-            removed.append((address, name))
+            removed.append((address, current if current == name else f"{current} (was {name})"))
     return removed

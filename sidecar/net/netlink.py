@@ -59,6 +59,15 @@ def _mac(msg: Any) -> bytes:
     return bytes.fromhex((msg.get("IFLA_ADDRESS") or "00:00:00:00:00:00").replace(":", ""))
 
 
+def _vip(msg: Any) -> Vip | None:
+    address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+    if msg.get("family") == AF_INET:
+        return IPv4Interface(f"{address}/{msg['prefixlen']}")
+    if msg.get("family") == AF_INET6:
+        return IPv6Interface(f"{address}/{msg['prefixlen']}")
+    return None
+
+
 class Netlink:
     """Requests on one socket; :meth:`events` opens its own multicast-bound socket."""
 
@@ -88,14 +97,13 @@ class Netlink:
         """Every IPv4 and IPv6 address of the interface."""
         async with self._busy:
             msgs = [m async for m in await self._ipr.get_addr(index=index)]
-        out: list[Vip] = []
-        for m in msgs:
-            address = m.get("IFA_LOCAL") or m.get("IFA_ADDRESS")
-            if m.get("family") == AF_INET:
-                out.append(IPv4Interface(f"{address}/{m['prefixlen']}"))
-            elif m.get("family") == AF_INET6:
-                out.append(IPv6Interface(f"{address}/{m['prefixlen']}"))
-        return out
+        return [vip for vip in map(_vip, msgs) if vip is not None]
+
+    async def all_addresses(self) -> list[tuple[int, Vip]]:
+        """Every IPv4 and IPv6 address of every interface, with its interface's index."""
+        async with self._busy:
+            msgs = [m async for m in await self._ipr.get_addr()]
+        return [(m["index"], vip) for m in msgs if (vip := _vip(m)) is not None]
 
     async def add_address(self, index: int, vip: Vip, label: str | None) -> bool:
         """Add (IPv6 without duplicate address detection); False if it was already there."""

@@ -27,20 +27,19 @@ from sidecar.config.runconfig import Check, RunConfig, Vhid, host_port
 from sidecar.core.machine import State
 from sidecar.net.caps import missing_capability, source_address
 from sidecar.net.channel import Channel
-from sidecar.net.held import HeldVips, sweep
 from sidecar.net.netlink import (
     AddressEvent,
     InterfaceNotFound,
     Link,
     LinkEvent,
     Netlink,
-    NetlinkError,
 )
 from sidecar.runtime import operator, reloader
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
 from sidecar.runtime.maintenance import MaintenanceStore
 from sidecar.runtime.reaper import reap_forever
+from sidecar.runtime.stale import HeldRecord, log_swept, remove_stale_vips
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
 from sidecar.serve import logs
@@ -89,6 +88,7 @@ class Agent:
         self.http: StatusServer | None = None
         self.control: ControlServer | None = None
         self.store = None if config.state_dir is None else MaintenanceStore(config.state_dir)
+        self.held: HeldRecord | None = None  # set by start
         self.failed = False
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,8 +99,10 @@ class Agent:
         """Open everything, or raise StartupError naming what to change (nothing left open)."""
         check_capabilities(config)
         registry = registry or CollectorRegistry()
-        agent = cls(config, Netlink(held_record(config)), registry, Metrics(registry, version),
+        held = HeldRecord(config, registry)  # a dead run's swept; never fatal: a speed-up
+        agent = cls(config, Netlink(held.vips), registry, Metrics(registry, version),
                     asyncio.get_running_loop())
+        agent.held = held
         try:
             await agent._open()
         except BaseException:
@@ -114,8 +116,6 @@ class Agent:
             await self.build(settings, self.config, links)
         for name, channel in self.channels.items():
             self.open_channel(channel, links[name])
-        if self.config.state_dir is not None and not any(s.neutral for s in self.config.instances):
-            log_swept(sweep(self.config.state_dir))  # when `run` could not (see its sweep)
         for instance in self.instances:
             await self.remove_stale_vips(instance)
         operator.restore_maintenance(self)
@@ -191,27 +191,7 @@ class Agent:
         return "" if self.config.source == "environment" else f" ({self.config.source}: {s.name})"
 
     async def remove_stale_vips(self, instance: Instance) -> None:
-        s, index = instance.s, instance.vip_index
-        assert index is not None
-        # ucarp --neutral: what is on the interface at start stays there
-        if not s.neutral and not s.manages_vip_by_scripts:
-            for vip in s.vips:
-                try:
-                    if await self.nl.remove_address(index, vip):
-                        log.warning("Removed stale VIP %s from %s (left by an earlier run)",
-                                    vip.ip, s.vip_interface or s.interface)
-                except NetlinkError as e:
-                    if e.code == 1:
-                        raise StartupError("missing capability NET_ADMIN: cannot manage the VIP "
-                                           "by netlink (docker run --cap-add=NET_ADMIN)") from None
-                    raise
-        present = {a.ip for a in await self.nl.addresses(index)}
-        if s.neutral:
-            for vip in s.vips:
-                if vip.ip in present:
-                    log.warning("Neutral start: leaving VIP %s on %s until the group decides",
-                                vip.ip, s.vip_interface or s.interface)
-        instance.vip_observed(present)
+        await remove_stale_vips(self.nl, instance)
 
     async def _open_servers(self) -> None:
         listen = self.config.metrics_listen
@@ -368,22 +348,8 @@ class Agent:
             "problem": self.control.problem or None}
         # one instance (the environment's): its fields at the top level, as before
         top = dict(instances[0]) if len(instances) == 1 else {}
-        return {**top, "instances": instances, "control_socket": control}
-
-
-def held_record(config: RunConfig) -> HeldVips | None:
-    if config.state_dir is None:
-        return None
-    try:
-        return HeldVips(config.state_dir)
-    except OSError as e:
-        raise StartupError(f"CARP_STATE_DIR: cannot keep a record in {config.state_dir}: "
-                           f"{e.strerror or e} (mount a volume there, or set it to off)") from None
-
-
-def log_swept(swept: list[tuple[str, str]]) -> None:
-    for address, ifname in swept:
-        log.warning("Removed stale VIP %s from %s (left by an earlier run)", address, ifname)
+        return {**top, "instances": instances, "control_socket": control,
+                "held_record": None if self.held is None else self.held.status()}
 
 
 def _set_title(title: str) -> None:

@@ -202,6 +202,18 @@ class ReloadMetrics:
         self.successful.set(0)
 
 
+class HeldRecordMetrics:
+    """Whether the record of held VIPs (CARP_STATE_DIR/held) is kept; 1 at start."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ok = Gauge("carp_held_record_ok", "1 while the record of the VIPs this agent holds "
+                        "(CARP_STATE_DIR/held) is kept whole (or CARP_STATE_DIR is off); 0 while "
+                        "the state directory cannot take it (full, read-only, broken): a "
+                        "SIGKILLed run's VIPs are then found by configuration only",
+                        registry=registry)
+        self.ok.set(1)
+
+
 class InstanceMetrics:
     """The series of one instance, bound once; all present from the start."""
 

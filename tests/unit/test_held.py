@@ -4,10 +4,13 @@ touched; the removal itself is tests/integration/test_held.py)."""
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import struct
+import zlib
 from pathlib import Path
 
+import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from sidecar.net.held import HeldVips, sweep
@@ -72,9 +75,49 @@ def test_a_dead_record_is_swept_and_foreign_entries_are_not_trusted(tmp_path: Pa
     held.close()  # still holding: the file stays, unlocked, as after a SIGKILL
     assert _records(tmp_path) == [held.path]
     record = json.loads(held.path.read_text())
-    # an index whose name changed (a re-created interface): nothing is removed
+    # an index whose name changed, the address not there: nothing is removed
     record["held"] = [[1, "eth-gone", "127.0.0.77", 32]]
+    record["crc"] = zlib.crc32(json.dumps(record["held"], separators=(",", ":")).encode())
     held.path.write_text(json.dumps(record))
     (tmp_path / "held" / "junk.json").write_text("{not json")
     assert sweep(tmp_path) == []
+    assert _records(tmp_path) == [tmp_path / "held" / "junk.json"], "left for the agent's sweep"
+    untrusted: list[str] = []
+    assert sweep(tmp_path, untrusted) == [] and untrusted == ["junk.json"]
     assert _records(tmp_path) == [], "both swept: nothing in them to keep"
+
+
+def test_a_record_cut_short_is_said_and_never_read_as_whole(tmp_path: Path) -> None:
+    """A write that stops part-way (a full disk after the blocks the file had; here a file
+    size limit, which the kernel enforces the same way: a short count) leaves new bytes
+    before old ones: the agent is told, and the sweep does not take it for a record."""
+    held = HeldVips(tmp_path)
+    problems: list[str | None] = []
+    held.on_problem = problems.append
+    for i in range(20):
+        held.adding(1, f"127.0.1.{i}", 32)
+    whole = held.path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole.rstrip()) - 10, hard))
+    try:
+        held.adding(1, "127.0.2.1", 32)  # longer than the limit: cut short
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert problems and problems[0] and "cut short" in problems[0], problems
+    assert held.problem == problems[-1]
+    untrusted: list[str] = []
+    held.close()
+    assert sweep(tmp_path, untrusted) == [] and untrusted == [held.path.name]
+    held = HeldVips(tmp_path)  # and when the writes succeed again, the record is whole again
+    held.on_problem = problems.append
+    held.adding(1, "127.0.2.1", 32)
+    assert held.problem is None and json.loads(held.path.read_text())["held"]
+    held.removed(1, "127.0.2.1")
+    held.close()
+
+
+def test_a_record_that_cannot_be_created_is_an_oserror_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "held").write_text("a file where the directory should be")
+    with pytest.raises(OSError):
+        HeldVips(tmp_path)
+    assert sweep(tmp_path, []) == []
