@@ -52,6 +52,7 @@ from sidecar.lab.holders import HolderSampler
 from sidecar.lab.holders import vip_holders as holders
 from sidecar.lab.netns import stop_process
 from tests.chaos.rotation import part as rotation
+from tests.chaos.statedir import statedir
 
 HERE = Path(__file__).resolve().parent
 A_IP = ADDRESSES["a"].split("/")[0]
@@ -359,7 +360,7 @@ def operator(limits: Limits, report: Report) -> None:
 
 
 PARTS = {"flood": flood, "scrape": scrape, "faults": faults, "operator": operator,
-         "rotation": rotation}
+         "rotation": rotation, "statedir": statedir}
 
 
 def run(short: bool, only: list[str] | None = None) -> Report:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chaos"))
 from chaos import run
 
 
-@pytest.mark.parametrize("part", ["flood", "scrape", "faults", "operator"])
+@pytest.mark.parametrize("part", ["flood", "scrape", "faults", "operator", "statedir"])
 def test_chaos_short(part: str) -> None:
     report = run(short=True, only=[part])
     failed = [f"{name}: {detail}" for name, ok, detail in report.checks if not ok]
