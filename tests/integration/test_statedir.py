@@ -15,6 +15,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from sidecar.lab import LAB_PASSWORD, VIP, Lab
 
 from .conftest import metric, vip_holders, wait_for
@@ -149,9 +151,14 @@ def test_a_record_is_whole_on_a_full_disk_and_a_reload_of_150_vips_is_swept(lab:
         assert metric(lab, "a", "carp_held_record_ok") == 1  # its own record: reserved space
 
 
-def test_a_vip_on_an_interface_renamed_while_the_agent_was_dead_is_removed(lab: Lab) -> None:
+@pytest.mark.parametrize("record", [True, False], ids=["by-the-record", "by-configuration"])
+def test_a_vip_on_an_interface_renamed_while_the_agent_was_dead_is_removed(
+        lab: Lab, record: bool) -> None:
+    """The record names the index (the sweep before validation); without it, the configured
+    VIPs are looked for on every interface."""
     killed_master(lab)
-    shutil.rmtree(lab.dir / "a-state" / "held")  # no record: the start-up search finds it
+    if not record:
+        shutil.rmtree(lab.dir / "a-state" / "held")
     node = lab.topo["a"]
     node.run("ip", "link", "set", "eth0", "down")
     node.run("ip", "link", "set", "eth0", "name", "old0")
@@ -163,5 +170,8 @@ def test_a_vip_on_an_interface_renamed_while_the_agent_was_dead_is_removed(lab: 
     proc = lab.start_agent("a")
     wait_for(lambda: VIP not in addresses(lab, "old0") or proc.poll() is not None, 5,
              "the VIP removed from the renamed interface")
+    wait_for(lambda: "Removed stale VIP 172.16.0.1 from old0" in log_of(lab, "a")
+             or proc.poll() is not None, 5, "the removal logged, naming the interface")
     assert proc.poll() is None, log_of(lab, "a")
     assert "Removed stale VIP 172.16.0.1 from old0" in log_of(lab, "a")
+    assert VIP not in addresses(lab, "old0")
