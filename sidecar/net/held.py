@@ -108,6 +108,7 @@ class HeldVips:
             if written != len(padded):  # ENOSPC after the blocks it had: the rest is old bytes
                 raise OSError(f"cut short ({written} of {len(padded)} bytes written)")
         except OSError as e:
+            self._length = len(padded)  # some of it may be there: the next write blanks it
             self._set_problem(f"cannot write {self.path.name}: {e.strerror or e}")
             return
         self._length = len(data)

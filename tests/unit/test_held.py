@@ -87,33 +87,35 @@ def test_a_dead_record_is_swept_and_foreign_entries_are_not_trusted(tmp_path: Pa
     assert _records(tmp_path) == [], "both swept: nothing in them to keep"
 
 
+def _add_cut_short(held: HeldVips, address: str) -> None:
+    """Add under a file size limit inside the new entry: the kernel cuts the write short as a
+    full disk does (a short count), leaving a list that stops part-way."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(held.path.read_bytes().rstrip()) + 20, hard))
+    try:
+        held.adding(1, address, 32)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
 def test_a_record_cut_short_is_said_and_never_read_as_whole(tmp_path: Path) -> None:
-    """A write that stops part-way (a full disk after the blocks the file had; here a file
-    size limit, which the kernel enforces the same way: a short count) leaves new bytes
-    before old ones: the agent is told, and the sweep does not take it for a record."""
     held = HeldVips(tmp_path)
     problems: list[str | None] = []
     held.on_problem = problems.append
     for i in range(20):
         held.adding(1, f"127.0.1.{i}", 32)
-    whole = held.path.read_bytes()
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole.rstrip()) - 10, hard))
-    try:
-        held.adding(1, "127.0.2.1", 32)  # longer than the limit: cut short
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    _add_cut_short(held, "127.0.2.1")
     assert problems and problems[0] and "cut short" in problems[0], problems
     assert held.problem == problems[-1]
+    held.removed(1, "127.0.2.1")  # shorter again, and it fits: whole again, the tail blanked
+    assert held.problem is None and problems[-1] is None
+    assert len(json.loads(held.path.read_text())["held"]) == 20
+    _add_cut_short(held, "127.0.2.2")
+    assert held.problem and "cut short" in held.problem
+    held.close()  # still holding: left for the next run, as after a SIGKILL
     untrusted: list[str] = []
-    held.close()
     assert sweep(tmp_path, untrusted) == [] and untrusted == [held.path.name]
-    held = HeldVips(tmp_path)  # and when the writes succeed again, the record is whole again
-    held.on_problem = problems.append
-    held.adding(1, "127.0.2.1", 32)
-    assert held.problem is None and json.loads(held.path.read_text())["held"]
-    held.removed(1, "127.0.2.1")
-    held.close()
+    assert _records(tmp_path) == []
 
 
 def test_a_record_that_cannot_be_created_is_an_oserror_and_leaves_nothing(tmp_path: Path) -> None:
