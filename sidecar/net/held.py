@@ -25,6 +25,7 @@ than taken for a whole one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -60,7 +61,10 @@ class HeldVips:
 
     def __init__(self, state_dir: Path) -> None:
         directory = state_dir / "held"
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:  # something else is there: say what, not "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
         name = f"{os.getpid()}-{os.urandom(4).hex()}"
         temporary = directory / f".{name}.tmp"
         # locked before it has its final name: a sweeper never sees it unlocked

@@ -44,7 +44,7 @@ class HeldRecord:
         try:
             self.vips = HeldVips(self.state_dir)
         except OSError as e:
-            self.changed(f"cannot create a record in {self.state_dir / 'held'}: "
+            self.changed(f"cannot keep a record in {self.state_dir / 'held'}: "
                          f"{e.strerror or e}")
             return
         self.vips.on_problem = self.changed

@@ -120,6 +120,6 @@ def test_a_record_cut_short_is_said_and_never_read_as_whole(tmp_path: Path) -> N
 
 def test_a_record_that_cannot_be_created_is_an_oserror_and_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "held").write_text("a file where the directory should be")
-    with pytest.raises(OSError):
+    with pytest.raises(NotADirectoryError):
         HeldVips(tmp_path)
     assert sweep(tmp_path, []) == []
