@@ -27,8 +27,13 @@ Transition table (state, event -> new state: actions) — the rows the tests are
                                           advert interval; Conflict once our takeover has had
                                           an advert interval to reach the other master
   any     link down (not ignored)      -> BACKUP: DropVip if MASTER, no timers
-  any     cannot advertise             -> BACKUP: DropVip if MASTER, no timers (reason
+  MASTER  cannot advertise             -> MASTER (grace): no adverts, the VIP kept until a
+                                          master-down interval after the last advert left;
+                                          an advert heard (not a bow-out) or grace over
+                                          -> BACKUP: DropVip, no timers (reason
                                           cannot_advertise; ignoreifstate does not ignore it)
+  MASTER  (grace) can advertise again  -> MASTER: SendAdvert if one was due, no transition
+  BACKUP  cannot advertise             -> BACKUP: no timers (never takes over)
   BACKUP  link up / can advertise      -> BACKUP: arm master-down (once both hold)
   MASTER  demoted                      -> BACKUP: SendAdvert(bow-out), DropVip, arm master-down
   MASTER  step down (SIGUSR2)          -> BACKUP: SendAdvert(bow-out), DropVip; neither master
@@ -79,7 +84,7 @@ from sidecar.core.intervals import (
     master_down_interval_us,
     skew_us,
 )
-from sidecar.core.pacing import AdvertCounter, GarpPacer
+from sidecar.core.pacing import AdvertCounter, GarpPacer, Grace
 from sidecar.core.protocol import BOW_OUT
 
 __all__ = [  # the vocabulary is imported from here too
@@ -98,7 +103,28 @@ def le_order(ip: IPv4Address) -> int:
     return int.from_bytes(ip.packed, "little")
 
 
-class Machine:
+class _Timing:
+    """The machine's intervals and its comparison key, from its parameters."""
+
+    params: Params
+    _master_interval_us: int | None  # the master's, as last advertised
+
+    @property
+    def advert_interval_us(self) -> int:
+        return advert_interval_us(self.params.advbase, self.params.advskew)
+
+    @property
+    def master_down_interval_us(self) -> int:
+        p = self.params
+        return master_down_interval_us(p.advbase, p.advskew, p.deadratio, p.vrrp3_dead_timer,
+                                       self._master_interval_us)
+
+    @property
+    def local_key(self) -> tuple[int, int]:
+        return (self.params.advbase, skew_us(self.params.advskew))
+
+
+class Machine(_Timing):
     """One CARP virtual host (vhid) on one interface."""
 
     def __init__(self, params: Params, rng: Callable[[], int]) -> None:
@@ -118,24 +144,10 @@ class Machine:
         self._vip_undecided = False  # neutral start: a VIP found in place is neither ours nor not
         self._master_interval_us: int | None = None  # the master's, as last advertised
         self._garps = GarpPacer()
+        self.grace = Grace()  # a MASTER that cannot advertise, until its backups take over
         self._master_since: int | None = None  # µs
         self._quiet_until = 0  # µs: no conflict GARP / log line before this
         self._paused_until = 0  # µs: after a step down, no takeover of any kind before this
-
-    # ---- intervals and keys ----
-    @property
-    def advert_interval_us(self) -> int:
-        return advert_interval_us(self.params.advbase, self.params.advskew)
-
-    @property
-    def master_down_interval_us(self) -> int:
-        p = self.params
-        return master_down_interval_us(p.advbase, p.advskew, p.deadratio, p.vrrp3_dead_timer,
-                                       self._master_interval_us)
-
-    @property
-    def local_key(self) -> tuple[int, int]:
-        return (self.params.advbase, skew_us(self.params.advskew))
 
     @property
     def demoted(self) -> bool:
@@ -147,8 +159,8 @@ class Machine:
 
     def next_deadline(self) -> float | None:
         """When :meth:`timer_expired` wants to be called, in the caller's clock (seconds)."""
-        deadline = next((d for d in (self._stop_at, self._advert_at, self._master_down_at)
-                         if d is not None), None)
+        deadline = next((d for d in (self._stop_at, self._advert_at, self._master_down_at,
+                                     self.grace.until) if d is not None), None)
         return None if deadline is None else deadline / US
 
     # ---- events ----
@@ -176,16 +188,17 @@ class Machine:
             return self._become_master(now, self._master_down_reason, self._master_down_peer)
         if self._advert_at is not None and t >= self._advert_at:
             return self._periodic_advert(now)
+        if self.grace.until is not None and t >= self.grace.until:
+            return self._leave_master(Reason.CANNOT_ADVERTISE)  # no timers until it can
         return []
 
-    def advert_received(
-        self, now: float, src: IPv4Address, advbase: int, advskew: int, counter: int
-    ) -> list[Action]:
+    def advert_received(self, now: float, src: IPv4Address, advbase: int, advskew: int,
+                        counter: int) -> list[Action]:
         """A valid (authenticated, our vhid) advert from ``src``."""
         self._counter.heard(counter)  # ucarp adopts it in every state, before any logic
         if self._stop_at is not None:
             return self._finish_stop()  # a successor speaks: the VIP can go
-        if self.state is State.INIT or not self._link_usable:
+        if self.state is State.INIT or not (self._link_usable or self.grace.active):
             return []
         remote = (advbase, skew_us(advskew))
         if remote != BOW_OUT_KEY:
@@ -213,10 +226,12 @@ class Machine:
             self._arm_master_down(now)
         return []
 
-    def set_can_advertise(self, now: float, ok: bool) -> list[Action]:
+    def set_can_advertise(self, now: float, ok: bool,
+                          last_sent: float | None = None) -> list[Action]:
         """Whether our adverts can leave (the source address is on the interface, sends work).
-        A node that cannot advertise must not hold the VIP: its peers cannot hear it, so they
-        take over, and two nodes would answer for it. No setting ignores this."""
+        A node that cannot advertise must not hold the VIP beyond its grace (see Grace): its
+        peers cannot hear it, so they take over — a master-down interval after ``last_sent``
+        (when our last advert left; default ``now``). No setting ignores this."""
         if ok == self.can_advertise:
             return []
         self.can_advertise = ok
@@ -225,10 +240,14 @@ class Machine:
         if self.state is State.INIT or self._stop_at is not None:
             return []
         if not ok:
-            actions = (self._leave_master(Reason.CANNOT_ADVERTISE) if self.state is State.MASTER
-                       else [])
+            if self.state is State.MASTER:  # see Grace
+                until = _us(now if last_sent is None else last_sent) + self.master_down_interval_us
+                self.grace.start(until, self._advert_at)
             self._advert_at = self._master_down_at = None
-            return actions
+            return self.timer_expired(now)  # the backups' wait may be over already
+        if self.grace.active:  # back in time: on with the advert that was due
+            self._advert_at = self.grace.end() or _us(now)
+            return self._periodic_advert(now) if _us(now) >= self._advert_at else []
         if self._link_usable and self._master_down_at is None and self._advert_at is None:
             self._arm_master_down(now)
         return []
@@ -244,10 +263,7 @@ class Machine:
     def _demotion_changed(self, now: float) -> list[Action]:
         if not self.demoted or self.state is not State.MASTER or self._stop_at is not None:
             return []
-        actions: list[Action] = [self._bow_out_advert()]
-        actions += self._leave_master(Reason.MAINTENANCE if self.maintenance else Reason.UNHEALTHY)
-        self._arm_master_down(now)
-        return actions
+        return self._hand_over(now, Reason.MAINTENANCE if self.maintenance else Reason.UNHEALTHY)
 
     def step_down(self, now: float, pause: float = STEP_DOWN_PAUSE) -> list[Action]:
         """ucarp's SIGUSR2: a MASTER goes BACKUP (the downscript runs) and stays out for
@@ -255,12 +271,11 @@ class Machine:
         master-down time. With preempt it may come back once the pause is over."""
         if self.state is not State.MASTER or self._stop_at is not None:
             return []
-        actions: list[Action] = [self._bow_out_advert()]
-        actions += self._leave_master(Reason.STEP_DOWN)
+        actions = self._hand_over(now, Reason.STEP_DOWN)
         t = self._paused_until = _us(now) + _us(pause)
         self._preempt_after = max(self._preempt_after, t)
-        self._arm_master_down(now)
-        self._master_down_at = max(self._master_down_at or 0, t)
+        if self._master_down_at is not None:
+            self._master_down_at = max(self._master_down_at, t)
         return actions
 
     def reannounce(self, now: float) -> list[Action]:
@@ -281,6 +296,7 @@ class Machine:
             self._stop_at = _us(now) + _us(successor_wait)
             return [self._bow_out_advert()]
         actions: list[Action] = [DropVip()] if old is State.MASTER else []
+        self.grace.end()
         if old is not State.INIT:
             actions.append(Transition(old, State.INIT, Reason.STOP))
         self.state = State.INIT
@@ -298,11 +314,14 @@ class Machine:
     def _link_usable(self) -> bool:
         return (self.link_up or self.params.ignoreifstate) and self.can_advertise
 
-    def _master_hears(
-        self, now: float, src: IPv4Address, remote: tuple[int, int]
-    ) -> list[Action]:
+    def _master_hears(self, now: float, src: IPv4Address, remote: tuple[int, int]) -> list[Action]:
         local = self.local_key
-        if local > remote or (local == remote and le_order(src) < le_order(self.params.own_ip)):
+        lost = local > remote or (local == remote and le_order(src) < le_order(self.params.own_ip))
+        if self.grace.active and remote != BOW_OUT_KEY:
+            # in grace whoever speaks has taken over (it cannot hear us) or soon would: yield
+            return self._leave_master(Reason.PREFERRED_MASTER if lost
+                                      else Reason.CANNOT_ADVERTISE, src)
+        if lost:
             actions: list[Action] = [self._advert()]
             actions += self._leave_master(Reason.PREFERRED_MASTER, src)
             self._arm_master_down(now)
@@ -325,9 +344,7 @@ class Machine:
             actions.append(SendGarp())
         return actions
 
-    def _backup_hears(
-        self, now: float, src: IPv4Address, remote: tuple[int, int]
-    ) -> list[Action]:
+    def _backup_hears(self, now: float, src: IPv4Address, remote: tuple[int, int]) -> list[Action]:
         preempt_later = False
         if _us(now) < self._paused_until:  # stepped down: listening, not competing
             self._arm_master_down(now)
@@ -383,7 +400,16 @@ class Machine:
         self._master_since = None
         self._advert_at = None
         self._garps.stop()
+        self.grace.end()
         return [DropVip(), Transition(State.MASTER, State.BACKUP, reason, peer)]
+
+    def _hand_over(self, now: float, reason: Reason) -> list[Action]:
+        """Leaving on purpose: a bow-out makes a backup take over at once (in grace: silently)."""
+        if self.grace.active:
+            return self._leave_master(reason)
+        actions: list[Action] = [self._bow_out_advert(), *self._leave_master(reason)]
+        self._arm_master_down(now)
+        return actions
 
     def _arm_master_down(self, now: float) -> None:
         self._advert_at = None

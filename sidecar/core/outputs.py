@@ -99,6 +99,7 @@ class FormerMasterSilent:
 class AdvertisableChanged:
     ok: bool
     why: str | None  # when not ok
+    grace: float | None = None  # s a MASTER keeps the VIP, until its backups would take over
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""Two small rules of what the machine sends (sidecar.core.machine): the advert counter and
-the pace of a takeover's gratuitous ARPs. Pure."""
+"""Small rules of the machine (sidecar.core.machine): the advert counter, the pace of a
+takeover's gratuitous ARPs, and a master's grace while it cannot advertise. Pure."""
 
 from __future__ import annotations
 
@@ -50,3 +50,27 @@ class GarpPacer:
         self._left -= 1
         self._adverts_until = 1
         return True
+
+
+class Grace:
+    """A MASTER that cannot advertise (its source address gone, sends failing) keeps the VIP
+    until a master-down interval after its last advert left, when its backups take over: they
+    cannot sooner, so dropping it at once leaves nobody answering (a flapping address: most of
+    the time). Meanwhile it still hears adverts and yields to whoever speaks; if it can
+    advertise again first, it goes on with the advert that was due, without a transition."""
+
+    def __init__(self) -> None:
+        self.until: int | None = None  # µs; set while in grace
+        self._advert_at: int | None = None  # the advert that was due when it began
+
+    @property
+    def active(self) -> bool:
+        return self.until is not None
+
+    def start(self, until: int, advert_at: int | None) -> None:
+        self.until, self._advert_at = until, advert_at
+
+    def end(self) -> int | None:
+        """Over (either way): the advert deadline that was pending."""
+        due, self.until, self._advert_at = self._advert_at, None, None
+        return due

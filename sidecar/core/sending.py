@@ -21,6 +21,7 @@ UNROUTABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVA
 FAILED_SENDS_FAULT = 3  # consecutive failed adverts of any kind (ucarp gives up after three)
 COUNTER_RESERVE = 1 << 32  # strict: counters reserved per write: 194 days of adverts at 4 ms
 COUNTER_MAX = (1 << 64) - 1
+SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; after errors)
 
 
 @dataclass(slots=True)
@@ -30,11 +31,12 @@ class LinkState:
     source_present: bool = True  # our source address is on it
     send_error: str | None = None  # why adverts cannot leave, while they cannot
     failed_sends: int = 0
+    sent_at: float | None = None  # when our last advert left: the backups wait from then
 
-    def sent(self, ok: bool, error: str, errno_: int) -> bool:
+    def sent(self, now: float, ok: bool, error: str, errno_: int) -> bool:
         """Count one advert's outcome; True when this failure makes it a fault."""
         if ok:
-            self.failed_sends = 0
+            self.failed_sends, self.sent_at = 0, now
             return False
         self.failed_sends += 1
         if self.send_error is None and (errno_ in UNROUTABLE
@@ -42,6 +44,14 @@ class LinkState:
             self.send_error = error
             return True
         return False
+
+    def next_check(self, now: float, armed: float | None, unicast: bool) -> float | None:
+        """When to check that adverts can leave: unicast, every second, so a backup never
+        takes over unable to advertise; after a failed send, any mode until it works.
+        Otherwise never (no wake-ups at all)."""
+        if not (unicast or self.send_error is not None):
+            return None
+        return armed if armed is not None else now + SEND_CHECK_INTERVAL
 
     def reason(self, srcip: IPv4Address, interface: str) -> str | None:
         """Why adverts cannot leave, or None."""

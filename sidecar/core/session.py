@@ -52,9 +52,9 @@ from sidecar.core.outputs import (
 from sidecar.core.peers import ArpClaims, PeerTable, PeerWatch, ReplayGuard, StaleHolders
 from sidecar.core.protocol import Expect
 from sidecar.core.screen import screen
-from sidecar.core.sending import COUNTER_RESERVE, LinkState, StrictCounter
+from sidecar.core.sending import COUNTER_RESERVE, SEND_CHECK_INTERVAL, LinkState, StrictCounter
 
-__all__ = ["COUNTER_RESERVE", "Session", "SessionConfig"]
+__all__ = ["COUNTER_RESERVE", "SEND_CHECK_INTERVAL", "Session", "SessionConfig"]
 
 PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
 ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
@@ -62,7 +62,6 @@ PROBE_AFTER_TAKEOVER = 2.0  # s: the old master has dropped its VIP by then, unl
 PROBE_ANSWER_WINDOW = 1.0  # s: an NA this soon after our NS probe answers it
 STALE_LOG_BACKOFF = 60.0  # s between reports of one stale holder
 _MASTER = State.MASTER  # an enum member looked up once: this test runs on every advert
-SEND_CHECK_INTERVAL = 1.0  # s between checks that adverts can leave (unicast; after errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +272,7 @@ class Session:
 
     def sent(self, now: float, ok: bool, error: str = "", errno_: int = 0) -> list[Output]:
         """How the advert of a :class:`SendAdvert` went: ``ok`` if it left by some way."""
-        if not self.link.sent(ok, error, errno_):
+        if not self.link.sent(now, ok, error, errno_):
             return []
         self._schedule_check(now)
         return self._advertisable_changed(now)
@@ -286,13 +285,7 @@ class Session:
         return self._advertisable_changed(now)
 
     def _schedule_check(self, now: float) -> None:
-        """Unicast: every second, so a backup never takes over unable to advertise; after a
-        failed send, any mode until it works. Otherwise no wake-ups at all."""
-        wanted = self.config.unicast or self.link.send_error is not None
-        if not wanted:
-            self._at.check = None
-        elif self._at.check is None:
-            self._at.check = now + SEND_CHECK_INTERVAL
+        self._at.check = self.link.next_check(now, self._at.check, self.config.unicast)
 
     def cannot_advertise_reason(self) -> str | None:
         return self.link.reason(self.config.srcip, self.config.interface)
@@ -302,8 +295,11 @@ class Session:
         ok = why is None
         if ok == self.machine.can_advertise or self.stopping:
             return []
-        out: list[Output] = [AdvertisableChanged(ok, why)]
-        out += self._after(now, self.machine.set_can_advertise(now, ok))
+        actions = self.machine.set_can_advertise(now, ok, self.link.sent_at)
+        grace = self.machine.grace.until
+        out: list[Output] = [AdvertisableChanged(ok, why, None if grace is None
+                                                 else max(grace / 1e6 - now, 0.0))]
+        out += self._after(now, actions)
         return out + self._notify("can_advertise" if ok else "cannot_advertise")
 
     # ---- health, maintenance, the operator ----

@@ -191,6 +191,10 @@ class Reporter:
         if a.ok:
             log.warning("Adverts can leave again (source %s on %s): taking part again%s",
                         self.srcip, self.s.interface, self.which(), extra=self._fields())
+        elif a.grace:  # a MASTER: the VIP stays until its backups take over (round 4)
+            log.warning("Cannot advertise (%s): keeping the VIP at most %.1f s more, until a "
+                        "backup takes over%s", a.why, a.grace, self.which(),
+                        extra=self._fields(reason="cannot_advertise"))
         else:
             log.warning("Cannot advertise (%s): not holding the VIP until adverts can leave%s",
                         a.why, self.which(), extra=self._fields(reason="cannot_advertise"))

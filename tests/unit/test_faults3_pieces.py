@@ -131,7 +131,7 @@ def _instance():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("error", "fails_before_fault"), [(105, 3), (101, 1)])  # ENOBUFS, ENETUNREACH
-def test_a_master_leaves_for_unroutable_sends_at_once_and_for_transient_ones_after_a_run(
+def test_a_master_cannot_advertise_for_unroutable_sends_at_once_and_for_transient_ones_after_a_run(
         error: int, fails_before_fault: int) -> None:
     from sidecar.core.machine import State
 
@@ -146,8 +146,11 @@ def test_a_master_leaves_for_unroutable_sends_at_once_and_for_transient_ones_aft
         for n in range(1, fails_before_fault + 1):
             assert instance.machine.state is State.MASTER, n
             instance._do(instance.session.timer(loop.time() + 10 + n * 2))
-        assert instance.machine.state is State.BACKUP and not instance.machine.can_advertise
+        assert not instance.machine.can_advertise
         assert instance.status()["cannot_advertise_reason"] == "sends fail: refused"
+        # it keeps the VIP until its backups would take over (round 4), then leaves
+        instance._do(instance.session.timer(loop.time() + 30))
+        assert instance.machine.state is State.BACKUP
     finally:
         instance.close()
         loop.close()

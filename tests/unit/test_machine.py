@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from ipaddress import IPv4Address
 
 import pytest
@@ -298,13 +299,106 @@ def test_link_down_ignored_with_ignoreifstate() -> None:
 
 
 # ---- cannot advertise (source address gone, sends failing) ----
-def test_master_that_cannot_advertise_drops_vip_and_stops_timers_even_with_ignoreifstate() -> None:
-    for ignore in (False, True):
-        m = master(ignoreifstate=ignore)
-        actions = m.set_can_advertise(4.0, False)
-        assert actions == [DropVip(),
-                           Transition(State.MASTER, State.BACKUP, Reason.CANNOT_ADVERTISE)]
+LEFT_FOR_CANNOT_ADVERTISE = [DropVip(),
+                             Transition(State.MASTER, State.BACKUP, Reason.CANNOT_ADVERTISE)]
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+@pytest.mark.parametrize("skew", [0, 100])
+def test_master_that_cannot_advertise_keeps_the_vip_for_its_master_down_interval_then_leaves(
+        ignore: bool, skew: int) -> None:
+    m = master(ignoreifstate=ignore, advskew=skew)  # MASTER since 3 + skew/256
+    grace_end = 4.2 + 3 + skew / 256  # its master-down interval, as the backups compute it
+    assert m.set_can_advertise(4.2, False) == [] and m.state is State.MASTER
+    assert m.next_deadline() == pytest.approx(grace_end)  # no advert meanwhile: it cannot
+    assert m.timer_expired(grace_end - 0.001) == []
+    assert m.timer_expired(grace_end) == LEFT_FOR_CANNOT_ADVERTISE
+    assert m.next_deadline() is None  # a node that cannot advertise never takes over
+
+
+def test_grace_runs_from_the_last_advert_that_left_and_may_be_over_at_once() -> None:
+    m = master()  # its adverts left at 3.0 and 4.0; 5.0, 6.0 and 7.0 failed (a full queue)
+    assert m.set_can_advertise(7.0, False, last_sent=4.0) == LEFT_FOR_CANNOT_ADVERTISE
+    m = master()
+    assert m.set_can_advertise(5.5, False, last_sent=4.0) == []  # unroutable at 5.0
+    assert m.next_deadline() == pytest.approx(7.0)
+
+
+def test_master_in_grace_yields_to_any_master_it_hears_without_advert_or_timers() -> None:
+    for skew, remote_skew, reason in ((0, 100, Reason.CANNOT_ADVERTISE),
+                                      (50, 0, Reason.PREFERRED_MASTER)):
+        m = master(advskew=skew)
+        m.set_can_advertise(4.2, False)
+        actions = m.advert_received(5.0, PEER, 1, remote_skew, 7)
+        assert actions == [DropVip(), Transition(State.MASTER, State.BACKUP, reason, PEER)]
         assert m.next_deadline() is None
+
+
+def test_master_in_grace_keeps_the_vip_over_a_bow_out() -> None:
+    m = master()
+    m.set_can_advertise(4.2, False)
+    assert kinds(m.advert_received(5.0, PEER, 255, 255, 7)) == ["Conflict", "SendGarp"]  # as ever
+    assert m.state is State.MASTER and m.next_deadline() == pytest.approx(7.2)
+
+
+def test_master_whose_address_returns_in_grace_resumes_advertising_without_a_transition() -> None:
+    m = master()  # its advert is due at 4.0
+    m.set_can_advertise(3.5, False)
+    assert m.set_can_advertise(3.8, True) == []  # not due yet: on time, at 4.0
+    assert m.state is State.MASTER and m.next_deadline() == pytest.approx(4.0)
+    m.set_can_advertise(3.9, False)
+    assert kinds(m.set_can_advertise(4.6, True)) == ["SendAdvert"]  # missed one: now
+    assert m.state is State.MASTER and m.next_deadline() == pytest.approx(5.6)
+
+
+def test_master_with_a_flapping_address_never_drops_the_vip() -> None:
+    m, timed = master(), []
+    t = 3.0
+    while t < 23.0:  # deleted and re-added every 300 ms for 20 s
+        timed += [(t, a) for a in m.set_can_advertise(t, not m.can_advertise)]
+        for _ in range(3):
+            t = round(t + 0.1, 6)
+            deadline = m.next_deadline()
+            if deadline is not None and deadline <= t:
+                timed += [(t, a) for a in m.timer_expired(t)]
+    assert m.state is State.MASTER
+    assert not [a for _, a in timed if isinstance(a, (DropVip, Transition))]
+    sent = [3.0] + [t for t, a in timed if isinstance(a, SendAdvert)]
+    # an advert missed while the address is gone goes out when it is back: the backups
+    # never wait longer than an advert interval and one flap, far below their master-down
+    assert max(b - a for a, b in itertools.pairwise(sent)) <= 1.0 + 0.3 + 1e-6
+
+
+def test_master_demoted_stepped_down_or_stopped_in_grace_leaves_at_once_silently() -> None:
+    for leave, reason in ((lambda m: m.set_maintenance(5.0, True), Reason.MAINTENANCE),
+                          (lambda m: m.set_healthy(5.0, False), Reason.UNHEALTHY),
+                          (lambda m: m.step_down(5.0), Reason.STEP_DOWN)):
+        m = master()
+        m.set_can_advertise(4.2, False)
+        assert leave(m) == [DropVip(), Transition(State.MASTER, State.BACKUP, reason)]
+        assert m.next_deadline() is None
+    m = master()
+    m.set_can_advertise(4.2, False)
+    assert kinds(m.stop(5.0)) == ["DropVip", "Transition", "Stopped"]
+    assert m.next_deadline() is None
+
+
+def test_master_in_grace_loses_its_link_and_leaves_at_once() -> None:
+    m = master()
+    m.set_can_advertise(4.2, False)
+    assert m.link_changed(5.0, up=False) == [
+        DropVip(), Transition(State.MASTER, State.BACKUP, Reason.LINK_DOWN)]
+    assert m.next_deadline() is None
+    assert m.set_can_advertise(6.0, True) == [] and m.next_deadline() is None  # link still down
+
+
+def test_after_its_grace_a_node_takes_part_again_once_it_can_advertise() -> None:
+    m = master()
+    m.set_can_advertise(4.2, False)
+    m.timer_expired(7.2)
+    assert m.state is State.BACKUP
+    assert m.advert_received(8.0, PEER, 1, 100, 1) == []  # a backup that cannot advertise
+    assert m.set_can_advertise(9.0, True) == [] and m.next_deadline() == pytest.approx(12.0)
 
 
 def test_backup_that_cannot_advertise_neither_times_out_nor_preempts() -> None:
@@ -452,6 +546,51 @@ def test_scenario_master_silent_backup_takes_over_after_exactly_master_down() ->
     sim.run_until(20.0)
     took = [t for t, tr in b.transitions if tr.new is State.MASTER]  # type: ignore[attr-defined]
     assert took and took[0] - last == pytest.approx(3 + 100 / 256, abs=1e-6)
+
+
+def first(n: object, to: State, after: float) -> float:
+    return min(t for t, tr in n.transitions if tr.new is to and t > after)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("b_skew", [0, 100])
+@pytest.mark.parametrize("after_advert", [0.0, 0.2, 0.5, 0.9])
+def test_scenario_master_without_its_address_holds_until_the_backup_takes_over(
+        b_skew: int, after_advert: float) -> None:
+    """The master's grace ends a master-down interval after its last advert, when the backup
+    takes over (same skew: exactly then, whenever the address went); never two holders, a gap
+    of the difference of their skews at most."""
+    sim, a, b = recipe_pair(b_skew=b_skew)
+    sim.start()
+    sim.run_until(10.0)
+    last = max(t for t, _ in a.adverts)  # type: ignore[attr-defined]
+    sim.run_until(last + after_advert)
+    sim.do(a, a.machine.set_can_advertise(sim.now, False, last))  # type: ignore[attr-defined]
+    samples = []
+    while sim.now < last + 8:
+        sim.run_for(0.001)
+        samples.append(a.holds_vip + b.holds_vip)  # type: ignore[attr-defined]
+    took, left = first(b, State.MASTER, last), first(a, State.BACKUP, last)
+    assert took == pytest.approx(last + 3 + b_skew / 256)  # the backup's own rule, unchanged
+    assert left == pytest.approx(last + 3)  # its grace, as b computes it with a's skew
+    assert took - left <= b_skew / 256 + 1e-9 and max(samples) == 1
+    if b_skew == 0:
+        assert left == pytest.approx(took) and min(samples) == 1  # no moment without a holder
+    assert a.transitions[-1][1].reason is Reason.CANNOT_ADVERTISE  # type: ignore[attr-defined]
+
+
+def test_scenario_flapping_master_address_keeps_one_holder_and_the_backup_quiet() -> None:
+    sim, a, b = recipe_pair(b_skew=100)
+    sim.start()
+    sim.run_until(10.0)
+    samples = []
+    for _ in range(67):  # deleted and re-added every 300 ms for 20 s
+        ok, last = not a.machine.can_advertise, a.adverts[-1][0]  # type: ignore[attr-defined]
+        sim.do(a, a.machine.set_can_advertise(sim.now, ok, last))  # type: ignore[attr-defined]
+        for _ in range(30):
+            sim.run_for(0.01)
+            samples.append((a.holds_vip, b.holds_vip))  # type: ignore[attr-defined]
+    assert set(samples) == {(True, False)}
+    assert [tr.new for _, tr in b.transitions] == [State.BACKUP]  # type: ignore[attr-defined]
 
 
 def test_scenario_master_back_with_preempt_retakes() -> None:

@@ -173,13 +173,34 @@ def test_a_full_queue_makes_a_master_leave_after_three_failures_and_come_back() 
     assert a.session.machine.can_advertise and a.state is State.MASTER
 
 
-def test_an_unroutable_send_is_a_fault_at_once() -> None:
-    net, a, _b = pair()
+def test_an_unroutable_send_is_a_fault_at_once_and_the_master_leaves_when_its_backup_takes_over(
+        ) -> None:
+    net, a, b = pair()
     net.run(10)
-    a.send_errno = errno.ENETUNREACH
+    b.connected = False  # neither hears the other: a leaves by its grace alone
+    a.send_errno, a.route_error = errno.ENETUNREACH, "sends fail: refused"
     net.run(11.1)
-    assert a.state is State.BACKUP
+    assert a.of(out.AdvertisableChanged)[-1] == out.AdvertisableChanged(
+        False, "sends fail: refused", grace=10 + 3 - 11)  # its last advert left at 10
+    assert a.state is State.MASTER and a.session.notify_state() == "MASTER"
+    net.run(12.999)
+    assert a.state is State.MASTER
+    net.run(13)
+    assert a.state is State.BACKUP and a.times(Transition)[-1] == 13.0
     assert transitions(a)[-1] == ("BACKUP", "cannot_advertise")
+    assert a.of(out.Notify)[-1].state == "FAULT"
+
+
+def test_the_source_address_flapping_on_a_master_keeps_one_holder_and_no_transitions() -> None:
+    net, a, b = pair()
+    net.run(10.05)
+    for _ in range(67):  # deleted and re-added every 300 ms for 20 s
+        net.do(a, a.session.set_source(net.now, present=not a.session.link.source_present))
+        net.run(net.now + 0.3)
+        assert net.masters(a, b) == ["a"]
+    assert transitions(a) == [("BACKUP", "startup"), ("MASTER", "master_down")]
+    assert transitions(b) == [("BACKUP", "startup")]
+    assert [n.state for n in a.of(out.Notify)] == ["BACKUP", "MASTER"]  # no notify either
 
 
 def test_unicast_backup_without_a_route_never_takes_over() -> None:
@@ -202,8 +223,9 @@ def test_the_source_address_missing_is_a_fault_with_its_reason() -> None:
     net, a, _b = pair()
     net.run(10)
     net.do(a, a.session.set_source(net.now, present=False))
-    assert a.state is State.BACKUP
     assert a.session.cannot_advertise_reason() == "source address 10.0.0.1 is not on eth0"
+    net.run(13.0)  # its grace: until a master-down interval after its last advert (at 10)
+    assert a.state is State.BACKUP and transitions(a)[-1] == ("BACKUP", "cannot_advertise")
     net.do(a, a.session.set_source(net.now, present=True))
     assert a.session.cannot_advertise_reason() is None and a.session.machine.can_advertise
 
