@@ -51,6 +51,7 @@ from sidecar.lab import ADDRESSES, LAB_PASSWORD, VIP, Lab
 from sidecar.lab.holders import HolderSampler
 from sidecar.lab.holders import vip_holders as holders
 from sidecar.lab.netns import stop_process
+from tests.chaos.flapping import flapping
 from tests.chaos.rotation import part as rotation
 from tests.chaos.statedir import statedir
 
@@ -360,7 +361,7 @@ def operator(limits: Limits, report: Report) -> None:
 
 
 PARTS = {"flood": flood, "scrape": scrape, "faults": faults, "operator": operator,
-         "rotation": rotation, "statedir": statedir}
+         "rotation": rotation, "statedir": statedir, "flapping": flapping}
 
 
 def run(short: bool, only: list[str] | None = None) -> Report:
