@@ -82,6 +82,11 @@ class PeerTable:
     def valid_peers(self) -> dict[str, Peer]:
         return {src: p for src, p in self._peers.items() if p.valid}
 
+    def advertising(self, now: float) -> bool:
+        """Whether another master speaks: a valid advert heard and its sender not fallen
+        silent yet (2.5 of its intervals; 1 s after a bow-out)."""
+        return any(p.valid and now <= p.quiet_after for p in self._peers.values())
+
 
 SWEEP_MIN, SWEEP_MAX = 0.05, 1.0  # s between peer-table sweeps: as needed, bounded both ways
 
@@ -184,8 +189,11 @@ class ReplayGuard:
 
 
 class StaleHolders:
-    """MACs that answered our VIP probe (hosts that still have the VIP configured): each is
-    reported once per ``backoff``; the table is bounded (a flood of forged answers clears it)."""
+    """MACs that answered our VIP probe (hosts that still have the VIP configured, or answer
+    ARP probes for addresses they do not hold) while no other master advertised: an answer
+    while one does is that master handing over (its VIP goes when it hears us; after a freeze
+    we hear its queued adverts first). Each is reported once per ``backoff``; the table is
+    bounded (a flood of forged answers clears it)."""
 
     def __init__(self, capacity: int, backoff: float) -> None:
         self.capacity, self.backoff = capacity, backoff

@@ -232,9 +232,10 @@ class Session:
 
     def _stale_holder(self, now: float, mac: bytes) -> list[Output]:
         """A host still has our VIP configured (a killed agent's, typically: SIGKILL and the
-        OOM killer leave no down path). Reported once per back-off; ours is re-announced."""
-        report = self._stale.seen(now, mac)
-        return [StaleHolder(mac, report), *self._after(now, self.machine.reannounce(now))]
+        OOM killer leave no down path), unless another master speaks: then it is handing over
+        (see StaleHolders). Reported once per back-off; ours is re-announced either way."""
+        out = [] if self.peers.advertising(now) else [StaleHolder(mac, self._stale.seen(now, mac))]
+        return out + self._after(now, self.machine.reannounce(now))
 
     def stale_holders(self, now: float) -> list[bytes]:
         return self._stale.current(now)

@@ -181,9 +181,12 @@ class Reporter:
         self.m.conflicts["stale_holder"].inc()
         if h.report:
             mac = h.mac.hex(":")
-            log.error("Stale holder of VIP %s: the host with MAC %s still has the address (a "
-                      "killed agent's?) and answers for it: remove it there (docs/runbook.md). "
-                      "Re-announcing ours%s", self.s.vips[0].ip, mac, self.which(),
+            # no master advertises: not a handover; the MAC's owner may also be a device that
+            # answers every probe (proxy ARP), so it is named as either, not presumed an agent
+            log.error("Stale holder of VIP %s: the host with MAC %s still has the address or "
+                      "answers ARP probes for addresses it does not hold, and no other master "
+                      "advertises: remove it there (docs/runbook.md). Re-announcing ours%s",
+                      self.s.vips[0].ip, mac, self.which(),
                       extra=self._fields(reason="stale_holder", peer=mac))
 
     # ---- can we advertise, health, maintenance ----

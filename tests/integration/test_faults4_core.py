@@ -5,6 +5,8 @@ its fix."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from sidecar.lab import Lab
@@ -44,3 +46,28 @@ def test_a_flapping_source_address_on_the_master_never_leaves_the_vip_unheld(lab
     assert metric(lab, "a", "carp_transitions_total", reason="cannot_advertise") == 0
     text = log_of(lab, "a")
     assert "keeping the VIP at most" in text and "Adverts can leave again" in text
+
+
+# ---- 6. a frozen and resumed master ----
+def test_a_frozen_and_resumed_master_reports_no_stale_holder(lab: Lab) -> None:
+    """SIGSTOP (docker pause, a VM stun) long enough for node-b to take over, then SIGCONT:
+    node-a reasserts at once and node-b goes BACKUP. Node-b still had the VIP when node-a's
+    first probe after the freeze went out (probes every second here, so one is due at once),
+    and answered it: before, node-a logged node-b as a stale holder ("a killed agent's?")
+    and counted it, although node-b, heard advertising a moment before, was handing over."""
+    pair(lab, CARP_PROBE_INTERVAL="1")
+    agent = lab.agents["a"]
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: lab.state("b") == "MASTER", MASTER_DOWN + 3, "node-b takes over")
+        time.sleep(0.5)  # node-b holds the VIP and advertises (less than its own probe delay)
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    wait_for(lambda: vip_holders(lab) == ["a"] and lab.state("b") == "BACKUP", 5,
+             "node-a back, node-b BACKUP")
+    time.sleep(3)  # node-a's next probes: nobody else answers now
+    text = log_of(lab, "a")
+    assert "Stale holder" not in text, text[-2000:]
+    assert metric(lab, "a", "carp_conflicts_total", evidence="stale_holder") == 0
+    assert metric(lab, "b", "carp_conflicts_total", evidence="stale_holder") == 0
+    assert metric(lab, "a", "carp_vip_probes_sent_total") >= 3

@@ -12,7 +12,7 @@ from sidecar.core import session as core
 from sidecar.core.auth import carp_key
 from sidecar.core.machine import SendAdvert, SendGarp, State, Transition
 from sidecar.core.protocol import Advert, DropReason, build_ip_packet
-from tests.unit.session_sim import GROUP, VIP, Net, node, transitions
+from tests.unit.session_sim import GROUP, KEY, VIP, Net, node, transitions
 
 MAC = bytes.fromhex("020000000099")
 
@@ -151,6 +151,60 @@ def test_after_a_takeover_the_vips_are_probed_and_a_stale_holder_reported_once_a
     assert a.session.stale_holders(probes[0] + core.STALE_LOG_BACKOFF + 1) == []
     net.do(a, a.session.na(probes[0] + 3, MAC))  # long after the probe: another announcer
     assert a.of(out.ClaimSeen)[-1].kind == "na"
+
+
+MAC_B = bytes.fromhex("020000000002")
+
+
+def test_a_probe_answered_while_another_master_advertises_is_a_handover_not_a_stale_holder(
+        ) -> None:
+    net, a, b = pair(probe_interval=1.0)
+    net.run(10)
+    forged_b = build_ip_packet(Advert(vhid=1, advbase=1, advskew=100, counter=5), key=KEY,
+                               vip=VIP, src=b.ip, dst=GROUP)  # b still believes it is master
+    net.deliver(a, forged_b)
+    net.do(a, a.session.arp(net.now, MAC_B, probe_reply=True))
+    net.do(a, a.session.na(net.now, MAC_B))  # (the IPv6 probe's answer, if one just went out)
+    assert not a.of(out.StaleHolder) and a.session.stale_holders(net.now) == []
+    # 2.5 of b's advert intervals without a word: b has stopped advertising; an answer now
+    # comes from a host that still has the VIP
+    net.now += 2.5 * (1 + 100 / 256) + 0.01
+    net.do(a, a.session.arp(net.now, MAC_B, probe_reply=True))
+    assert [h.report for h in a.of(out.StaleHolder)] == [True]
+
+
+def test_an_advert_with_another_key_does_not_excuse_a_stale_holder() -> None:
+    net, a, b = pair(probe_interval=1.0)
+    net.run(10)
+    other_key = build_ip_packet(Advert(vhid=1, advbase=1, advskew=100, counter=5),
+                                key=carp_key("x"), vip=VIP, src=b.ip, dst=GROUP)
+    net.deliver(a, other_key)
+    net.do(a, a.session.arp(net.now, MAC_B, probe_reply=True))
+    assert [h.report for h in a.of(out.StaleHolder)] == [True]
+
+
+def test_a_frozen_master_resumed_reports_the_node_it_takes_the_vip_back_from_as_no_stale_holder(
+        ) -> None:
+    """SIGSTOP, SIGCONT: node-b took over meanwhile; on resume the loop reads node-b's queued
+    adverts, then node-a's overdue timer sends its advert and a probe, which node-b's kernel
+    answers before node-b has heard the advert and dropped the VIP."""
+    net, a, b = pair(preempt=True, probe_interval=1.0)
+    net.run(10)
+    net.nodes.remove(a)  # frozen: no timers, nothing read (the kernel queues it)
+    frozen_at = net.now
+    net.run(15)
+    assert b.state is State.MASTER
+    net.nodes.insert(0, a)
+    for _, packet in [(t, p) for t, p in b.sent if t > frozen_at]:
+        net.deliver(a, packet)
+    net.do(a, a.session.timer(net.now))
+    assert a.times(out.SendProbe)[-1] == net.now
+    net.do(a, a.session.arp(net.now, MAC_B, probe_reply=True))
+    assert net.masters(a, b) == ["a"]
+    assert not a.of(out.StaleHolder)
+    net.run(net.now + 5)  # node-b is silent (BACKUP) now: were it to answer, it would be stale
+    net.do(a, a.session.arp(net.now, MAC_B, probe_reply=True))
+    assert [h.report for h in a.of(out.StaleHolder)] == [True]
 
 
 # ---- can our adverts leave? ----
