@@ -52,6 +52,9 @@ Rules beyond ucarp, each because a sidecar needs it:
 - A stopping MASTER keeps the VIP after its bow-out until a successor's advert arrives (or
   ``successor_wait`` passes), so clients never meet a moment where nobody answers; backups are
   silent, so even a master that never heard a peer waits.
+- A MASTER that cannot advertise keeps the VIP until its backups would take over (a
+  master-down interval after its last advert left) or one speaks: dropping it at once left
+  nobody answering for that long, and a flapping source address most of the time.
 - Leaving MASTER on purpose (stop, demotion) sends the BSD bow-out advert (advbase 255,
   advskew 255). ucarp backups take over on it at once by their "going to time out" rule; our
   backups do the same after a delay proportional to their skew (advskew/2048 s), so with
