@@ -15,7 +15,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Coroutine
 from ipaddress import IPv4Address
@@ -34,7 +33,7 @@ from sidecar.net.netlink import (
     LinkEvent,
     Netlink,
 )
-from sidecar.runtime import operator, reloader
+from sidecar.runtime import operator, reloader, signals
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
 from sidecar.runtime.maintenance import MaintenanceStore
@@ -48,22 +47,6 @@ from sidecar.serve.http import StatusServer
 from sidecar.serve.metrics import Metrics, ReloadMetrics
 
 log = logging.getLogger("carp-sidecar")
-
-
-# Signals whose default action would end the process without the down path (VIP released,
-# downscript run, bow-out): each one stops the agent cleanly instead. SIGPIPE and SIGXFSZ are
-# ignored by Python; SIGKILL and SIGSTOP cannot be caught; the fault signals (SIGSEGV, SIGBUS,
-# SIGILL, SIGFPE, SIGABRT, SIGSYS, SIGTRAP) keep their default: handling a real fault would loop.
-_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO",
-                 "SIGPWR", "SIGXCPU", "SIGSTKFLT")
-
-
-def stop_signals(hup: bool) -> list[int]:
-    """The signals that stop the agent; SIGHUP among them only as ``ucarp`` (ucarp exits on
-    it), else it reloads."""
-    sigs = [getattr(signal, n) for n in _STOP_SIGNALS if hasattr(signal, n)]
-    sigs += range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
-    return [*sigs, signal.SIGHUP] if hup else sigs
 
 
 def check_capabilities(config: RunConfig) -> None:
@@ -215,12 +198,9 @@ class Agent:
     # ---- running ----
     async def run(self) -> int:
         """Run until a stop signal, then hand over and release everything; the exit status."""
-        for sig in stop_signals(hup=self.config.as_ucarp):
-            self.loop.add_signal_handler(sig, self._stop_signal, sig)
-        self.loop.add_signal_handler(signal.SIGUSR1, self._log_state)
-        self.loop.add_signal_handler(signal.SIGUSR2, self._step_down)
-        if not self.config.as_ucarp:  # ucarp exits on SIGHUP; everyone else reloads on it
-            self.loop.add_signal_handler(signal.SIGHUP, self._reload_signal)
+        handled = signals.install(self.loop, self.config.as_ucarp, self._stopping, {
+            signals.Meaning.RELOAD: self._reload_signal, signals.Meaning.STATUS: self._log_state,
+            signals.Meaning.STEP_DOWN: self._step_down})
         self.spawn(self._netlink_events())
         if self.control is not None:
             self.spawn(self.control.watch())
@@ -238,9 +218,17 @@ class Agent:
         for instance in self.instances:
             self.start_instance(instance)
         await self._stopping.wait()
-        await asyncio.gather(*(i.stop() for i in self.instances))
+        await self._stop_instances()
         log.info("Exiting")
+        signals.ignore_from_now(self.loop, handled)  # the stop is done: the status stays
         return 1 if self.failed else 0
+
+    async def _stop_instances(self) -> None:
+        await asyncio.gather(*(i.stop() for i in self.instances))
+        # a reload under way when the stop came ends first (its child, then what it applies),
+        # so no task of it outlives the loop and nothing it started keeps a VIP
+        async with self.reload_lock:
+            await asyncio.gather(*(i.stop() for i in self.instances if not i.stopped.is_set()))
 
     @staticmethod
     def _realtime() -> None:
@@ -314,6 +302,8 @@ class Agent:
         self.spawn(self._reload_quietly())
 
     async def reload(self) -> str:
+        if self._stopping.is_set():
+            return "error: the agent is stopping: nothing reloaded"
         return await reloader.reload(self)
 
     async def _reload_quietly(self) -> None:
@@ -324,10 +314,6 @@ class Agent:
             # ucarp's SIGUSR1 line
             state = "MASTER" if instance.machine.state is State.MASTER else "BACKUP"
             log.info("%s on %s id %d", state, instance.s.interface, instance.s.vhid)
-
-    def _stop_signal(self, sig: int) -> None:
-        log.info("Received %s: stopping (a master hands over first)", signal.Signals(sig).name)
-        self._stopping.set()
 
     def _step_down(self) -> None:
         """SIGUSR2, as in ucarp: a master goes BACKUP (downscript) and pauses 3 s; ours bows out
