@@ -31,3 +31,20 @@ def handover_delay_us(advskew: int) -> int:
     enough for a planned handover to stay far below 100 ms of downtime with typical skews, long
     enough (about 5 ms per 10 skew units) for the best backup's advert to cross a LAN first."""
     return skew_us(advskew) // 8
+
+
+QUEUE_FIRST_US = 10_000  # later than the loop's ordinary jitter: adverts may wait unread
+STALL_MIN_US = 100_000
+
+
+def read_queue_first(lateness_us: int) -> bool:
+    """A late timer reads what is queued on its sockets before it acts: an advert that came
+    before the deadline is unread only if the loop was not running, and the timer must see it
+    (a frozen backup would take over from a master that never stopped advertising)."""
+    return lateness_us > QUEUE_FIRST_US
+
+
+def stalled(lateness_us: int, advbase: int, advskew: int) -> bool:
+    """Over an advert interval late: the process stood still (SIGSTOP, a VM snapshot or
+    migration, `docker pause`), not merely busy; worth a line in the log."""
+    return lateness_us > max(advert_interval_us(advbase, advskew), STALL_MIN_US)

@@ -127,10 +127,12 @@ class Channel:
         return self.attached.sock
 
     # ---- receiving ----
-    def _on_readable(self) -> None:
+    def _on_readable(self) -> int:
+        """Dispatch one batch of what is queued; how many frames it held."""
         if self.attached is None:
-            return
-        for frame in self.attached.sock.receive():
+            return 0
+        frames = self.attached.sock.receive()
+        for frame in frames:
             ethertype = int.from_bytes(frame[12:14], "big")
             if ethertype == ETH_P_IP:
                 self.ip_packet(frame[14:])
@@ -138,6 +140,18 @@ class Channel:
                 self.arp_frame(frame)
             elif ethertype == ETH_P_IPV6 and len(frame) >= 78:
                 self.nd_frame(frame)
+        return len(frames)
+
+    def drain(self, limit: int = 1024) -> int:
+        """Dispatch everything queued now, before the event loop would (a late timer must see
+        what came before its deadline); at most ``limit`` frames. How many there were."""
+        total = 0
+        while total < limit:
+            got = self._on_readable()
+            if not got:
+                return total
+            total += got
+        return total
 
     def ip_packet(self, packet: bytes) -> None:
         if packet[12:16] in self._own:

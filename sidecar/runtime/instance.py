@@ -44,6 +44,7 @@ from sidecar.runtime.notify import InstanceScripts
 from sidecar.runtime.reporter import Reporter
 from sidecar.runtime.sendport import SendPort
 from sidecar.runtime.status import instance_status
+from sidecar.runtime.timer import SessionTimer
 from sidecar.runtime.vips import NetlinkVips, VipBackend, backend_for
 from sidecar.serve.logs import fields
 from sidecar.serve.metrics import InstanceMetrics, Metrics
@@ -93,8 +94,10 @@ class Instance:
         self.effects = Effects(self._vip_backend(s), self._announce)
         self._mark: CounterMark | None = None  # strict: where the counter mark is kept
         self.stopped = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed_for = 0.0
+        self.timer = SessionTimer(loop, self.session, channel,
+                                  lambda now: self._do(self.session.timer(now)),
+                                  self.m.family.timer_lateness.observe,
+                                  fields(vhid=s.vhid, interface=s.interface))
         self._takeover_started: float | None = None
         self._failover: outputs.TookOver | None = None  # until the VIP is up and announced
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,8 +160,7 @@ class Instance:
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
+        self.timer.cancel()
         self.port.close()
 
     def _vip_backend(self, s: Vhid) -> VipBackend:
@@ -241,20 +243,7 @@ class Instance:
         return []
 
     def _reschedule(self) -> None:
-        deadline = self.session.next_deadline()
-        if self._timer is not None and deadline == self._armed_for:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            self._armed_for = deadline
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.m.family.timer_lateness.observe(self.loop.time() - self._armed_for)
-        self._do(self.session.timer(max(self.loop.time(), self._armed_for)))
+        self.timer.reschedule()
 
     def _announce(self) -> None:
         """GARP for each IPv4 VIP, unsolicited NA for each IPv6 VIP — only while MASTER: a
