@@ -264,7 +264,8 @@ class RunConfig:
     script_extra: dict[str, str] = field(default_factory=dict)  # the env file's own variables
     realtime: bool = False  # SCHED_FIFO (or nice) for the agent itself
     as_ucarp: bool = False  # started as `ucarp`: SIGHUP stops (ucarp's meaning), not reload
-    origin: tuple[str, ...] = ()  # the command line it came from, re-read by a reload
+    # the command line it came from, re-read by a reload (ucarp's -p may be in it)
+    origin: tuple[str, ...] = field(default=(), repr=False)
     # the password variables of the process environment at start: the agent's own environment
     # goes without them (its children inherit it); a reload's child gets them through a pipe
     environ_secrets: dict[str, str] = field(default_factory=dict, repr=False)

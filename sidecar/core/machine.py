@@ -244,7 +244,12 @@ class Machine(_Timing):
             return []
         if not ok:
             if self.state is State.MASTER:  # see Grace
-                until = _us(now if last_sent is None else last_sent) + self.master_down_interval_us
+                # from our last advert, or our takeover if none of this mastership has left:
+                # a stale send time from an earlier mastership would end the grace at once
+                since = _us(now if last_sent is None else last_sent)
+                if self._master_since is not None:
+                    since = max(since, self._master_since)
+                until = since + self.master_down_interval_us
                 self.grace.start(until, self._advert_at)
             self._advert_at = self._master_down_at = None
             return self.timer_expired(now)  # the backups' wait may be over already
@@ -416,7 +421,8 @@ class Machine(_Timing):
 
     def _arm_master_down(self, now: float) -> None:
         self._advert_at = None
-        self._master_down_at = _us(now) + self.master_down_interval_us
+        # a step-down's pause holds whatever armed the timer (a link or an address back)
+        self._master_down_at = max(_us(now) + self.master_down_interval_us, self._paused_until)
         self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
 
     def _advert(self) -> SendAdvert:

@@ -280,6 +280,8 @@ class Session:
 
     def sending_checked(self, now: float, error: str | None) -> list[Output]:
         """The answer to :class:`CheckSending`: why adverts could not leave, or None."""
+        if error is None and self.link.send_error is not None:
+            self.link.failed_sends = 0  # cleared: the next fault needs a run of its own
         if error == self.link.send_error or not self.link.source_present:
             return []
         self.link.send_error = error
@@ -369,6 +371,7 @@ class Session:
             out.append(a)
             if isinstance(a, Transition):
                 if a.new is State.MASTER:
+                    self.link.failed_sends = 0  # a run of failures counts this mastership's
                     self._at.probe = now + PROBE_AFTER_TAKEOVER
                     if self._master_heard_at is not None:
                         out.append(TookOver(a.reason.value, self._master_heard_at))

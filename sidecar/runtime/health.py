@@ -64,8 +64,9 @@ def tcp_check(target: str) -> Check:
 
 
 def exec_check(command: str) -> Check:
-    """Run ``command``; exit 0 is healthy. Its environment is the scripts' curated one, without
-    any CARP_*/UCARP_* variable: health commands are often third-party checks that log it."""
+    """Run ``command``; exit 0 is healthy. Its environment is the agent's without any
+    CARP_*/UCARP_* variable (unlike the scripts it gets no settings and no env-file
+    variables): health commands are often third-party checks that log it."""
     argv = shlex.split(command)
 
     async def check() -> bool:

@@ -124,15 +124,22 @@ class _KernelSigaction(ctypes.Structure):
 
 def ignore_reserved() -> list[int]:
     """Ignore glibc's reserved numbers (whose default would end the agent without its down
-    path); the numbers now ignored ([] where the machine's syscall is not known here)."""
+    path) where they still have their default; one glibc already handles (33 once a thread
+    exists: setuid and friends across threads) is left to it. The numbers now ignored ([]
+    where the machine's syscall is not known here)."""
     number = _RT_SIGACTION.get(platform.machine())
     if number is None:
         return []
     libc = ctypes.CDLL(None, use_errno=True)
     ignore = _KernelSigaction(int(signal.SIG_IGN), 0, 0, 0)
+    size = ctypes.sizeof(ctypes.c_ulong)
     done = []
     for sig in reserved():
-        if libc.syscall(number, sig, ctypes.byref(ignore), None, ctypes.sizeof(ctypes.c_ulong)) == 0:
+        now = _KernelSigaction()
+        if libc.syscall(number, sig, None, ctypes.byref(now), size) != 0 \
+                or now.handler != int(signal.SIG_DFL):
+            continue
+        if libc.syscall(number, sig, ctypes.byref(ignore), None, size) == 0:
             done.append(sig)
     return done
 

@@ -132,11 +132,27 @@ def process_title(config: Config) -> str:
         name, eq, _ = arg.partition("=")
         if hide:
             shown.append("***")
+            hide = False
         elif eq and name in SECRET_OPTIONS:
             shown.append(f"{name}=***")
-        elif arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
-            shown.append("-p***")
+        elif arg.startswith("-") and not arg.startswith("--"):
+            arg, hide = _short_cluster(arg)
+            shown.append(arg)
         else:
             shown.append(arg)
-        hide = arg in SECRET_OPTIONS
+            hide = arg in SECRET_OPTIONS
     return " ".join([prog, *shown])
+
+
+def _short_cluster(arg: str) -> tuple[str, bool]:
+    """A cluster of ucarp's short options (`-Pp`, `-Pps3cret`, `-zPv1`) with the password
+    shown as ***; whether the next argument is the password (`-Pp s3cret`)."""
+    from sidecar.config.ucarp_options import OPTIONS
+
+    takes_value = {o.short: o.long for o in OPTIONS if o.value}
+    for i, char in enumerate(arg[1:], start=1):
+        if char in takes_value:  # the rest of the cluster, or the next argument, is its value
+            if takes_value[char] != "pass":
+                return arg, False
+            return (arg[:i + 1] + "***", False) if i + 1 < len(arg) else (arg, True)
+    return arg, False

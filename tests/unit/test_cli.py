@@ -231,6 +231,10 @@ def test_process_title_is_what_was_started_without_the_password() -> None:
     assert process_title(drop_in) == "ucarp -i eth0 -p *** --pass=*** -p*** -a 10.0.0.1"
     run = dataclasses.replace(config, origin=("/", "carp-sidecar", "--env-file", "x", "run"))
     assert process_title(run) == "carp-sidecar --env-file x run"
+    clustered = dataclasses.replace(config, origin=(
+        "/", "ucarp", "-Pp", "geheim", "-zPpgeheim", "-Pv1", "-p", "-v2"))
+    assert process_title(clustered) == "ucarp -Pp *** -zPp*** -Pv1 -p ***"
+    assert "geheim" not in repr(clustered.runtime())
 
 
 def test_ucarp_version_answers_like_a_program_not_an_error() -> None:

@@ -785,3 +785,20 @@ def test_step_down_of_a_lone_master_comes_back_after_the_pause_at_master_down() 
     m.step_down(10.0)
     assert m.next_deadline() == pytest.approx(13.0)
     assert kinds(m.timer_expired(13.0))[:2] == ["Transition", "AddVip"]
+
+
+def test_grace_of_a_new_mastership_runs_from_its_takeover_not_an_earlier_send() -> None:
+    m = master()  # MASTER since 3.0; the session's last send time is from an earlier mastership
+    assert m.set_can_advertise(3.5, False, last_sent=-100.0) == []
+    assert m.state is State.MASTER and m.next_deadline() == pytest.approx(6.0)
+
+
+def test_a_step_down_in_grace_keeps_its_pause_when_the_address_returns() -> None:
+    m = master(advbase=0, advskew=50)
+    t0 = m.next_deadline() or 0.0
+    m.timer_expired(t0)
+    m.set_can_advertise(t0 + 0.05, False)  # in grace
+    m.step_down(t0 + 0.15)
+    assert m.state is State.BACKUP
+    m.set_can_advertise(t0 + 0.2, True)  # the address is back: master-down armed, after the pause
+    assert (m.next_deadline() or 0.0) >= t0 + 0.15 + 3.0

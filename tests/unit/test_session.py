@@ -227,6 +227,24 @@ def test_a_full_queue_makes_a_master_leave_after_three_failures_and_come_back() 
     assert a.session.machine.can_advertise and a.state is State.MASTER
 
 
+def test_a_cleared_send_fault_needs_a_new_run_of_failures_before_the_next() -> None:
+    net, a, b = pair()
+    net.run(10)
+    b.connected = False
+    a.send_errno = errno.ENOBUFS
+    net.run(14)
+    assert transitions(a)[-1] == ("BACKUP", "cannot_advertise")
+    a.send_errno = 0
+    net.run(15)  # the send check clears it: back in the election, a takes over ~3 s later
+    assert a.state is State.BACKUP and a.session.machine.can_advertise
+    before = len(transitions(a))
+    a.send_errno = errno.ENOBUFS  # the first advert of the new mastership fails, once
+    net.run(net.now + 3.5)
+    a.send_errno = 0
+    net.run(net.now + 5)
+    assert transitions(a)[before:] == [("MASTER", "master_down")]
+
+
 def test_an_unroutable_send_is_a_fault_at_once_and_the_master_leaves_when_its_backup_takes_over(
         ) -> None:
     net, a, b = pair()

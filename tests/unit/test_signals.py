@@ -103,6 +103,21 @@ def test_glibc_reserved_numbers_are_ignored_for_real() -> None:
     assert r.stdout.split() == ["[32,", "33]", "alive"]
 
 
+def test_a_reserved_number_glibc_already_handles_is_left_to_it() -> None:
+    """Once a thread exists glibc handles 33 (setuid and friends across threads): ignoring it
+    then would hang a later setuid."""
+    r = _child("""
+        import threading, time
+        from sidecar.runtime import signals
+        t = threading.Thread(target=time.sleep, args=(0.2,))
+        t.start()
+        print(signals.ignore_reserved())
+        t.join()
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[32]"]
+
+
 def test_every_handled_number_reaches_its_handler_and_none_interrupts_a_stop() -> None:
     """A real loop, each handled number from 1 to SIGRTMAX sent to the process in turn: a stop
     signal sets the stop (SIGRTMIN+1...SIGRTMAX-1 once failed here, naming themselves), the
