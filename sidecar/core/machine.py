@@ -244,11 +244,8 @@ class Machine(_Timing):
             return []
         if not ok:
             if self.state is State.MASTER:  # see Grace
-                # from our last advert, or our takeover if none of this mastership has left:
-                # a stale send time from an earlier mastership would end the grace at once
-                since = _us(now if last_sent is None else last_sent)
-                if self._master_since is not None:
-                    since = max(since, self._master_since)
+                # from our last advert, or our takeover if none of this mastership has left
+                since = max(_us(now if last_sent is None else last_sent), self._master_since or 0)
                 until = since + self.master_down_interval_us
                 self.grace.start(until, self._advert_at)
             self._advert_at = self._master_down_at = None
