@@ -9,7 +9,7 @@ IMAGE ?= localhost/carp-sidecar
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv lint typecheck unit deploy-check integration test demo bench chaos dist image image-test clean
+.PHONY: help deps venv lint typecheck unit deploy-check integration test demo docs bench chaos dist image image-test clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ $(BIN)/carp-sidecar: pyproject.toml
 venv: $(BIN)/carp-sidecar ## create .venv with the project and its test tools
 
 lint: venv ## ruff, and the import contracts of pyproject.toml (import-linter)
-	$(BIN)/ruff check sidecar tests grafana
+	$(BIN)/ruff check sidecar tests grafana docs/gen
 	$(BIN)/lint-imports
 
 typecheck: venv ## mypy --strict on the package
@@ -66,6 +66,10 @@ test: deps lint typecheck ## lint, types, unit, deploy-file and integration test
 
 demo: deps ## two-node failover lab on this machine (network namespaces, Apache, carp-sidecar)
 	$(BIN)/carp-sidecar lab $(LAB_ARGS)
+
+docs: venv ## the documentation site into build/site: reference pages from the code, mkdocs --strict
+	$(BIN)/python docs/gen/reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 # Start-up is timed on the package as a user installs it (a wheel, its bytecode compiled by pip),
 # not on the editable .venv: that one imports setuptools' finder in every interpreter (~16 ms)
