@@ -218,7 +218,7 @@ def test_image_for_another_architecture_when_the_machine_can_emulate_it() -> Non
     emulator = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
     if not emulator.exists():
         pytest.skip("no arm64 emulation here (qemu-user-static registered with binfmt_misc): "
-                    "linux/arm64 is built on a machine that has it, see README 'Releases'")
+                    "linux/arm64 is built on a machine that has it, see docs/development.md 'Releases'")
     arm = f"{IMAGE}-arm64-test"
     r = subprocess.run(["bash", str(ROOT / ".ci/build-image.sh")], cwd=ROOT, capture_output=True,
                        text=True, timeout=3600,
