@@ -106,7 +106,18 @@ def settings_page() -> str:
 
 
 def commands_page() -> str:
+    before = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width: a fixed page
+    try:
+        return _commands_page()
+    finally:  # the tests render it in their own process
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+def _commands_page() -> str:
     from sidecar.tools import cliargs
     top = cliargs.parser()
     out = [GENERATED.format(src="sidecar/tools/cliargs.py"), "# Commands reference\n\n",
