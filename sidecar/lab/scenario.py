@@ -9,6 +9,7 @@ the expected outcome, and reports the client-visible downtime it measured.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.lab.netns import Topology, require_root_and_tools, stop_process
-from sidecar.lab.picture import Recording, draw
+from sidecar.lab.picture import Recording, downtime_text, draw, missed_a_poll
 
 VIP = "172.16.0.1"
 ADDRESSES = {"a": "172.16.0.11/16", "b": "172.16.0.12/16", "client": "172.16.0.100/16"}
@@ -89,6 +90,12 @@ class ClientView:
                 return float(line["gap_ms"])
         return None
 
+    def missed_a_poll(self, since: float, body: str) -> bool | None:
+        """Whether the client went without an answer before its first from ``body`` after
+        ``since`` (False: the VIP moved between two of its polls)."""
+        answers = [(line["t"], line["body"] if line["ok"] else None) for line in self.probe_lines]
+        return missed_a_poll(answers, since, body)
+
     @staticmethod
     def wait(cond: Callable[[], object], timeout: float, what: str) -> float:
         start = time.monotonic()
@@ -109,6 +116,7 @@ class Lab(ClientView):
     apaches: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     probe_lines: list[dict[str, Any]] = field(default_factory=list)
     on_probe: Callable[[dict[str, Any]], None] | None = None
+    exited: dict[str, float] = field(default_factory=dict)  # node -> when its agent stopped
 
     def __enter__(self) -> Lab:
         os.chmod(self.dir, 0o755)
@@ -143,7 +151,9 @@ class Lab(ClientView):
         return proc
 
     def stop_agent(self, node: str, sig: int = signal.SIGTERM) -> int | None:
-        return stop_process(self.agents.pop(node), sig=sig)
+        code = stop_process(self.agents.pop(node), sig=sig)
+        self.exited[node] = time.time()
+        return code
 
     def start_probe(self, timeout: float = 0.1) -> None:
         """The client's view; ``timeout`` bounds each request, so it is also the resolution
@@ -186,14 +196,28 @@ class Lab(ClientView):
 
 
 class Timeline:
+    """The lab's running commentary. Each line is stamped with when it happened (an agent's own
+    transition time, the client's answer time), which can be some 0.3 s before the lab learns
+    of it: lines are held back ``LAG`` s and printed in time order."""
+
+    LAG = 0.5
+
     def __init__(self) -> None:
         self.t0 = time.time()
         self._lock = threading.Lock()
+        self._held: list[tuple[float, int, str]] = []
         self.recording = Recording(self.t0)  # for --timeline
 
     def say(self, text: str, t: float | None = None) -> None:
         with self._lock:
-            print(f"  +{(t or time.time()) - self.t0:7.2f}s  {text}", flush=True)
+            heapq.heappush(self._held, (t or time.time(), len(self._held), text))
+
+    def release(self, lag: float = 0.0) -> None:
+        """Print the lines stamped more than ``lag`` s ago (0: all of them)."""
+        with self._lock:
+            while self._held and self._held[0][0] <= time.time() - lag:
+                t, _, text = heapq.heappop(self._held)
+                print(f"  +{t - self.t0:7.2f}s  {text}", flush=True)
 
 
 @dataclass
@@ -203,21 +227,32 @@ class Step:
     act: Callable[[], None]
     downtime_ms: float | None = None
     ok: bool = False
+    missed: bool | None = None  # did the client miss a poll (False: the VIP moved between two)
 
 
 def _watch_states(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
-    seen: dict[str, tuple[str, str] | None] = {}
+    """Each node's state, stamped with the agent's own transition time (its /status
+    ``last_transition.at``), not when it was polled: the poll comes up to ~0.3 s later, and the
+    client's answers would seem to reach a node before it became MASTER."""
+    seen: dict[str, tuple[str, str, float | None] | None] = {}
     while not stop.is_set():
         for node in ("a", "b"):
-            st = lab.status(node) if node in lab.agents else None
-            key = (st["state"], (st["last_transition"] or {}).get("reason", "")) if st else None
+            polled = time.time()
+            if node in lab.agents:
+                st = lab.status(node)
+                last = (st or {}).get("last_transition") or {}
+                key = (st["state"], last.get("reason", ""), last.get("at")) if st else None
+                at = key[2] if key and key[2] is not None else polled
+            elif node in lab.exited:  # stopped by the lab: gone since it exited
+                key, at = None, lab.exited[node]
+            else:  # never started, or being stopped
+                continue
             if key != seen.get(node):
                 seen[node] = key
-                timeline.recording.states.append((time.time(), node, key[0] if key else "none"))
-                if key:
-                    timeline.say(f"node-{node}: {key[0]:<6} ({key[1]})")
-                else:
-                    timeline.say(f"node-{node}: agent not running")
+                timeline.recording.states.append((at, node, key[0] if key else "none"))
+                timeline.say(f"node-{node}: {key[0]:<6} ({key[1]})" if key
+                             else f"node-{node}: agent not running", at)
+        timeline.release(timeline.LAG)
         stop.wait(0.1)
 
 
@@ -263,6 +298,7 @@ def run_lab(short: bool = False, keep: bool = False, picture: Path | None = None
                 _run_step(lab, timeline, number, step)
             time.sleep(1)
             lab.on_probe = None
+            timeline.release()
             _summary(steps)
             if picture is not None:
                 draw(picture, timeline.recording, time.time())
@@ -277,11 +313,13 @@ def run_lab(short: bool = False, keep: bool = False, picture: Path | None = None
             stop.set()
     except TimeoutError as e:
         stop.set()
+        timeline.release()
         print(f"carp-sidecar lab: FAILED: {e}", file=sys.stderr)
         _summary(steps)
         return 1
     except KeyboardInterrupt:
         stop.set()
+        timeline.release()
         print("carp-sidecar lab: interrupted; everything removed", file=sys.stderr)
         return 130
     print("carp-sidecar lab: all steps passed; namespaces, processes and VIPs removed")
@@ -324,20 +362,26 @@ def _run_step(lab: Lab, timeline: Timeline, number: int, step: Step) -> None:
     step.act()
     lab.wait(lambda: lab.client_sees() == step.expect, 20, f"the client to see {step.expect}")
     step.downtime_ms = lab.downtime_ms(began, step.expect)
+    step.missed = lab.missed_a_poll(began, step.expect)
     step.ok = True
     timeline.recording.steps.append((began, time.time(), f"{number}. {step.title}",
                                      step.downtime_ms))
     holders = [n for n in ("a", "b") if lab.has_vip(n)]
     timeline.say(f"step {number} done: client sees {step.expect}; VIP on "
                  f"{', '.join('node-' + h for h in holders) or 'nobody'}; "
-                 f"client-visible downtime {step.downtime_ms:.0f} ms")
+                 f"client-visible downtime{':' if step.missed is False else ''} {_downtime(step)}")
+
+
+def _downtime(step: Step) -> str:
+    return downtime_text(step.downtime_ms, step.missed).removesuffix(" without an answer")
 
 
 def _summary(steps: list[Step]) -> None:
     if not steps:
         return
-    print("\n  step                                                          client sees  downtime")
+    print(f"\n  {'step':<61}  {'client sees':<11}  client-visible downtime")
     for i, s in enumerate(steps, 1):
-        down = f"{s.downtime_ms:7.0f} ms" if s.downtime_ms is not None else "        -"
-        print(f"  {i}. {s.title[:58]:<58}  {s.expect if s.ok else 'FAILED':<11}  {down}")
+        down = _downtime(s)
+        print(f"  {i}. {s.title[:58]:<58}  {s.expect if s.ok else 'FAILED':<11}  "
+              f"{down.rjust(7) if down[0].isdigit() else down}")
     print(flush=True)

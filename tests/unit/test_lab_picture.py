@@ -47,3 +47,105 @@ def test_the_lab_refuses_a_timeline_it_cannot_write(name: str, capsys: pytest.Ca
 
     assert cli.main(["lab", "--short", "--timeline", name]) == 2
     assert "must end in .png or .svg" in capsys.readouterr().err
+
+
+def svg_text(path: Path) -> str:
+    return " ".join(t for t in ET.parse(path).getroot().itertext())
+
+
+def test_a_move_between_two_polls_is_no_missed_poll_not_a_downtime(tmp_path: Path) -> None:
+    """The VIP moved between two of the client's 10 ms polls: the ~11 ms between its last answer
+    from node-a and its first from node-b is the poll interval, not time without an answer."""
+    rec = recording()
+    rec.answers += [(1013.0, "node-a"), (1014.011, "node-b")]
+    rec.steps.append((1014.0, 1014.1, "2. stop node-a's agent (SIGTERM: immediate handover)", 11.0))
+    path = tmp_path / "lab.svg"
+    draw(path, rec, end=1015.0)
+    text = svg_text(path)
+    assert "no missed poll (< 10 ms)" in text
+    assert "11 ms without an answer" not in text
+    assert "3450 ms without an answer" in text  # step 1's client did go without answers
+
+
+def test_the_legend_says_what_none_and_no_answer_are(tmp_path: Path) -> None:
+    rec = recording()
+    rec.states.append((1013.0, "a", "none"))
+    path = tmp_path / "lab.svg"
+    draw(path, rec, end=1015.0)
+    text = svg_text(path)
+    assert "none: no agent running" in text
+    assert "no answer: the client's request failed" in text
+
+
+def test_the_summary_table_says_no_missed_poll(capsys: pytest.CaptureFixture[str]) -> None:
+    from sidecar.lab.scenario import ClientView, Step, _summary
+
+    view = ClientView()
+    view.probe_lines = [  # what sidecar.lab.probe prints: a line when the answer changes
+        {"t": 1000.0, "ok": True, "body": "node-a", "gap_ms": 10.2},
+        {"t": 1005.0, "ok": False, "body": None},
+        {"t": 1007.9, "ok": True, "body": "node-b", "gap_ms": 2910.0},
+        {"t": 1010.0, "ok": True, "body": "node-a", "gap_ms": 10.9},
+    ]
+    steps = []
+    for title, since, body in (("unplug node-a's network cable", 1004.9, "node-b"),
+                               ("plug node-a back in", 1009.9, "node-a")):
+        step = Step(title, body, lambda: None, downtime_ms=view.downtime_ms(since, body), ok=True)
+        step.missed = view.missed_a_poll(since, body)
+        steps.append(step)
+    _summary(steps)
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].endswith("node-b       2910 ms"), rows
+    assert rows[3].endswith("node-a       no missed poll (< 10 ms)"), rows
+
+
+class ScriptedLab:
+    """What _watch_states reads of a Lab: which agents run, their /status, when they stopped."""
+
+    def __init__(self, statuses: dict[str, dict[str, object]]) -> None:
+        self.statuses = statuses
+        self.agents: dict[str, object] = dict.fromkeys(statuses)
+        self.exited: dict[str, float] = {}
+
+    def status(self, node: str) -> dict[str, object] | None:
+        return self.statuses[node] if node in self.agents else None
+
+
+def test_states_are_placed_at_the_agents_transition_time_not_when_polled(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The lab polls /status every ~0.1 s (and each poll takes a while): a state stamped when
+    polled shows the client on node-b while node-b still looks BACKUP. The agent's own
+    last_transition.at is when it happened; an agent the lab stopped is gone when it exited."""
+    import threading
+    import time
+
+    from sidecar.lab.scenario import Timeline, _watch_states
+
+    now = time.time()
+    became_master, became_backup = now - 0.4, now - 0.6
+    lab = ScriptedLab({
+        "a": {"state": "MASTER", "last_transition": {"reason": "master_down", "at": became_master}},
+        "b": {"state": "BACKUP", "last_transition": {"reason": "startup", "at": became_backup}},
+    })
+    timeline = Timeline()
+    timeline.t0 = now - 1.0
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_states, args=(lab, timeline, stop), daemon=True)
+    watcher.start()
+    states = timeline.recording.states
+    deadline = time.time() + 5
+    while len(states) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    del lab.agents["b"]  # the lab is stopping node-b's agent: it has not exited yet
+    time.sleep(0.3)
+    lab.exited["b"] = exited = time.time()
+    while len(states) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.7)  # the commentary is held back 0.5 s to print in time order
+    stop.set()
+    watcher.join(5)
+    assert sorted(states) == [(became_backup, "b", "BACKUP"), (became_master, "a", "MASTER"),
+                              (exited, "b", "none")]
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert lines == ["+ 0.40s node-b: BACKUP (startup)", "+ 0.60s node-a: MASTER (master_down)",
+                     f"+ {exited - timeline.t0:.2f}s node-b: agent not running"]
