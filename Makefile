@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := python3-venv ucarp apache2 tshark tcpdump prometheus keepalived iproute2 curl procps net-tools nftables docker-compose openssl faketime bird2 frr
+# `make demo` installs only what `carp-sidecar lab` runs (Apache, ip, curl, a venv);
+# `make deps` (test, bench...) the rest: the tests' ucarp, keepalived, Prometheus, BIRD, FRR...
+DEMO_APT_PACKAGES := python3-venv apache2 iproute2 curl
+APT_PACKAGES := $(DEMO_APT_PACKAGES) ucarp tshark tcpdump prometheus keepalived procps net-tools nftables docker-compose openssl faketime bird2 frr
 IMAGE ?= localhost/carp-sidecar
 # invoke-rc.d and deb-systemd-invoke ask it before starting a service (exit 101: do not)
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
@@ -14,13 +17,19 @@ PYTEST_ARGS ?=
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-.stamp-apt: Makefile
+# One stamp per package set. kubectl renders the kustomize base in the tests (deps only): any
+# kubectl will do (Debian's kubernetes-client, or one the machine already has, which that
+# package would conflict with).
+.stamp-apt-demo: PACKAGES := $(DEMO_APT_PACKAGES)
+.stamp-apt: PACKAGES := $(APT_PACKAGES)
+.stamp-apt: KUBECTL := kubernetes-client
+.stamp-apt .stamp-apt-demo: Makefile
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt-get and network namespaces)"; exit 2; fi
 	@# The host's services are never touched: packages are installed with a policy-rc.d that
 	@# forbids starting services, and nothing is stopped, disabled or masked. The tests and
 	@# the lab run their own Apache, ucarp, keepalived and Prometheus in network namespaces.
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
+	@missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	$(if $(KUBECTL),command -v kubectl >/dev/null || missing="$$missing $(KUBECTL)";) \
 	if [ -n "$$(echo $$missing)" ]; then \
 	  echo "installing Debian packages (their services not started): $$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; policy=$(POLICY_RC_D); ours=; \
@@ -30,19 +39,26 @@ help: ## list targets
 	  status=$$?; [ -n "$$ours" ] && rm -f $$policy; \
 	  [ $$status = 0 ] || exit $$status; \
 	fi
-	@# kubectl renders the kustomize base in the tests: any kubectl will do (Debian's
-	@# kubernetes-client, or one the machine already has, which that package would conflict with)
 	@touch $@
 
-deps: .stamp-apt $(BIN)/carp-sidecar ## install Debian packages and the .venv
+deps: .stamp-apt $(VENV)/.stamp-test ## install Debian packages and the .venv
 
-$(BIN)/carp-sidecar: pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+# One .venv, one stamp per set of extras: `make demo` installs the project with the lab's
+# (matplotlib) only; `make venv`, before or after it, adds the test tools to the same .venv.
+# (Not bin/carp-sidecar as the stamp: either install writes it.)
+$(VENV)/.stamp-lab: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[lab]'
+	@touch $@
+
+$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-venv: $(BIN)/carp-sidecar ## create .venv with the project and its test tools
+venv: $(VENV)/.stamp-test ## create .venv with the project and its test tools
 
 lint: venv ## ruff, and the import contracts of pyproject.toml (import-linter)
 	$(BIN)/ruff check sidecar tests grafana docs/gen
@@ -64,7 +80,7 @@ test: deps lint typecheck ## lint, types, unit, deploy-file and integration test
 	$(BIN)/pytest -q -n auto tests/unit tests/deploy $(PYTEST_ARGS)
 	$(BIN)/pytest -q -m "not image" tests/integration $(PYTEST_ARGS)
 
-demo: deps ## two-node failover lab on this machine (network namespaces, Apache, carp-sidecar)
+demo: .stamp-apt-demo $(VENV)/.stamp-lab ## two-node failover lab on this machine (network namespaces, Apache, carp-sidecar)
 	$(BIN)/carp-sidecar lab $(LAB_ARGS)
 
 docs: venv ## the documentation site into build/site: reference pages from the code, mkdocs --strict

@@ -5,6 +5,7 @@ for apt-get, dpkg and systemctl that record what they were asked."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,8 +37,7 @@ echo "service $*" >> "$LOG"
 }
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_deps_never_stops_disables_or_masks_host_services(tmp_path: Path) -> None:
+def fakes(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in FAKE.items():
@@ -45,22 +45,100 @@ def test_deps_never_stops_disables_or_masks_host_services(tmp_path: Path) -> Non
         (bin_dir / name).chmod(0o755)
     (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")  # "root", without being root
     (bin_dir / "id").chmod(0o755)
+    return bin_dir
+
+
+def repo_copy(tmp_path: Path) -> Path:
+    """The Makefile and what its rules depend on, with no stamp: a machine make never ran on."""
     work = tmp_path / "repo"
-    work.mkdir()
-    shutil.copy(ROOT / "Makefile", work / "Makefile")
+    (work / "sidecar").mkdir(parents=True)
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, work / name)
+    return work
+
+
+DEMO_PACKAGES = {"python3-venv", "apache2", "iproute2", "curl"}  # what `carp-sidecar lab` runs
+TEST_ONLY = {"prometheus", "keepalived", "bird2", "frr", "docker-compose", "tshark", "ucarp",
+             "kubernetes-client"}
+TEST_PACKAGES = DEMO_PACKAGES | TEST_ONLY | {"tcpdump", "procps", "net-tools", "nftables", "openssl",
+                                             "faketime"}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize(("stamp", "wanted"), [
+    (".stamp-apt", TEST_PACKAGES),  # make deps: the tests' packages too
+    (".stamp-apt-demo", DEMO_PACKAGES),  # make demo: only the lab's
+])
+def test_deps_never_stops_disables_or_masks_host_services(tmp_path: Path, stamp: str,
+                                                          wanted: set[str]) -> None:
+    bin_dir = fakes(tmp_path)
+    work = repo_copy(tmp_path)
     log, policy = tmp_path / "calls.log", tmp_path / "policy-rc.d"
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log),
            "POLICY": str(policy)}
-    r = subprocess.run(["make", "-s", ".stamp-apt", f"POLICY_RC_D={policy}"], cwd=work,
+    r = subprocess.run(["make", "-s", stamp, f"POLICY_RC_D={policy}"], cwd=work,
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     calls = log.read_text().splitlines()
     installs = [c for c in calls if c.startswith("apt-get") and " install " in c]
-    assert installs and "apache2" not in installs[0].split() and "prometheus" in installs[0].split()
+    assert installs and "apache2" not in installs[0].split()  # the host has it already
+    installed = set(installs[0].split()) - {"apt-get", "-o", "DPkg::Lock::Timeout=300",
+                                            "install", "-y", "-qq", "--no-install-recommends"}
+    assert wanted - {"apache2", "ucarp", "kubernetes-client"} <= installed <= wanted
     assert "policy says 101" in calls  # services may not start during the install
     assert not policy.exists()  # and the policy is gone afterwards
     # no service is stopped, disabled, masked or otherwise managed, whoever installed it
     assert not [c for c in calls if c.startswith(("systemctl", "service"))], calls
+
+
+def dry_run(work: Path, target: str) -> list[str]:
+    r = subprocess.run(["make", "-n", target], cwd=work, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.splitlines()
+
+
+def apt_packages(commands: list[str]) -> set[str]:
+    """The packages the dry run's apt recipes check for (and install when missing)."""
+    found: set[str] = set()
+    for line in commands:
+        if m := re.search(r"for p in (.*?); do dpkg -s", line):
+            found |= set(m.group(1).split())
+        if m := re.search(r'missing="\$missing (.*?)"', line):
+            found |= set(m.group(1).split())
+    return found
+
+
+def pip_extras(commands: list[str]) -> list[str]:
+    return re.findall(r"pip install .*-e '\.\[([\w,]+)\]'", "\n".join(commands))
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_demo_installs_only_what_the_lab_runs(tmp_path: Path) -> None:
+    """`make demo` runs Apache and two agents: not the tests' Prometheus, keepalived, BIRD, FRR,
+    docker-compose, tshark, kubectl and their 540 MB of Python test tools."""
+    work = repo_copy(tmp_path)
+    commands = dry_run(work, "demo")
+    assert apt_packages(commands) == DEMO_PACKAGES
+    assert pip_extras(commands) == ["lab"]
+    assert commands[-1].split() == [".venv/bin/carp-sidecar", "lab"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_test_after_demo_adds_the_tests_tools_to_the_same_venv(
+        tmp_path: Path) -> None:
+    work = repo_copy(tmp_path)
+    (work / ".venv" / "bin").mkdir(parents=True)
+    for made_by_demo in (".stamp-apt-demo", ".venv/.stamp-lab", ".venv/bin/python",
+                         ".venv/bin/carp-sidecar"):
+        (work / made_by_demo).touch()
+    commands = dry_run(work, "test")
+    assert apt_packages(commands) == TEST_PACKAGES
+    assert pip_extras(commands) == ["test"]  # into the demo's .venv: not a new one
+    assert not [c for c in commands if " -m venv " in c]
+    for made_by_test in (".stamp-apt", ".venv/.stamp-test"):
+        (work / made_by_test).touch()
+    assert dry_run(work, "demo") == [".venv/bin/carp-sidecar lab "]  # both ran: nothing to do
 
 
 def test_the_makefile_has_no_command_that_stops_a_service() -> None:
