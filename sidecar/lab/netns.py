@@ -201,5 +201,5 @@ def require_root_and_tools(tools: Sequence[str]) -> str | None:
         return "needs root (network namespaces)"
     missing = [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
     if missing:
-        return f"missing programs: {', '.join(missing)} (make deps installs them)"
+        return f"missing programs: {', '.join(missing)} (make demo installs them)"
     return None
