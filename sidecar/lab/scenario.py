@@ -148,6 +148,7 @@ class Lab(ClientView):
         env = {k: v for k, v in env.items() if v != ""}  # "" unsets a lab default
         proc = self.topo.start(node, cmd, log=self.dir / f"{node}.log", env=env)
         self.agents[node] = proc
+        self.exited.pop(node, None)
         return proc
 
     def stop_agent(self, node: str, sig: int = signal.SIGTERM) -> int | None:
