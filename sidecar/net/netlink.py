@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip
 from typing import Any
 
 from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
+from sidecar.net import rtmsg
 from sidecar.net.held import HeldVips
 from sidecar.net.rtaddr import RTM_DELADDR, RTM_NEWADDR, AddressWriter
 
@@ -80,13 +81,12 @@ class Netlink:
         self._busy = asyncio.Lock()
 
     async def link(self, ifname: str) -> Link:
-        async with self._busy:
-            found = await self._ipr.link_lookup(ifname=ifname)
-            if not found:
-                raise InterfaceNotFound(ifname)
-            msgs = [m async for m in await self._ipr.get_links(found[0])]
-        msg = msgs[0]
-        return Link(found[0], _mac(msg), bool(msg["flags"] & IFF_RUNNING), msg["flags"])
+        """By ioctl, not pyroute2: see :func:`rtmsg.link` (each lookup used to keep ~4 KB)."""
+        found = rtmsg.link(ifname)
+        if found is None:
+            raise InterfaceNotFound(ifname)
+        index, flags, mac = found
+        return Link(index, mac, bool(flags & IFF_RUNNING), flags)
 
     async def ipv4_addresses(self, index: int) -> list[IPv4Interface]:
         async with self._busy:
