@@ -73,6 +73,7 @@ class Agent:
         self.store = None if config.state_dir is None else MaintenanceStore(config.state_dir)
         self.held: HeldRecord | None = None  # set by start
         self.failed = False
+        self.not_running: list[str] = []  # configured instances a failed reload left stopped
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -181,7 +182,7 @@ class Agent:
         if listen != "off":
             host, port = host_port(listen)
             self.http = StatusServer(self.registry, self.status, self.ready,
-                                     self.metrics.http_refused.inc)
+                                     self.metrics.http_refused.inc, self.alive)
             try:
                 await self.http.start(host, port)
             except OSError as e:
@@ -325,7 +326,10 @@ class Agent:
 
     # ---- HTTP views ----
     def ready(self) -> bool:
-        return all(i.ready() for i in self.instances)
+        return not self.not_running and all(i.ready() for i in self.instances)
+
+    def alive(self) -> str:  # /healthz fails while an instance does not run: a restart helps
+        return "instance not running: " + ", ".join(self.not_running) if self.not_running else ""
 
     def status(self) -> dict[str, Any]:
         instances = [i.status() for i in self.instances]

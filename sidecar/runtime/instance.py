@@ -39,7 +39,7 @@ from sidecar.net.announce import build_arp_probe, build_garp, build_ns_probe, bu
 from sidecar.net.channel import Channel
 from sidecar.net.netlink import AddressEvent, Netlink
 from sidecar.runtime.effects import Effect, Effects
-from sidecar.runtime.maintenance import CounterMark, MaintenanceStore
+from sidecar.runtime.maintenance import CounterMark, MaintenanceStore, Prepared
 from sidecar.runtime.notify import InstanceScripts
 from sidecar.runtime.reporter import Reporter
 from sidecar.runtime.sendport import SendPort
@@ -264,10 +264,10 @@ class Instance:
             self._failover = None
 
     # ---- strict mode's counter mark ----
-    def keep_counters(self, store: MaintenanceStore) -> None:
+    def keep_counters(self, store: MaintenanceStore, prepared: Prepared | None = None) -> None:
         """Before the first advert (raises StateError/OSError: the agent refuses to start)."""
         self._mark = CounterMark(store, self.s.name)
-        self._mark.keep(self.session)
+        self._mark.keep(self.session, prepared)
 
     def _reserve(self, upto: int) -> None:
         if self._mark is not None:

@@ -14,14 +14,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar.core.sending import StrictCounter
 from sidecar.core.session import Session
 
 log = logging.getLogger("carp-sidecar")
 
 MAX_RECORD_BYTES = 4096  # a record is ~100 bytes; anything larger is not ours
+Prepared = tuple[int, int]  # strict: (the mark an earlier run kept, reserved up to)
 
 
 class StateError(Exception):
@@ -47,6 +50,7 @@ class MaintenanceStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._reserved: dict[str, int] = {}  # the highest mark written, per instance
 
     def path(self, instance: str, suffix: str = ".json") -> Path:
         return self.directory / (instance.replace("/", "-") + suffix)
@@ -117,8 +121,12 @@ class MaintenanceStore:
         return mark
 
     def reserve_counter(self, instance: str, upto: int) -> None:
-        """Record that counters up to ``upto`` may be used: a later run starts above it."""
+        """Record that counters up to ``upto`` may be used: a later run starts above it. Never
+        lower than a mark this process wrote: a reload prepares the restarted instance's mark
+        while the old one still runs, and the old one must not write it back down."""
+        upto = max(upto, self._reserved.get(instance, 0))
         self._write(self.path(instance, ".counter"), json.dumps({"reserved": upto}) + "\n")
+        self._reserved[instance] = upto
 
     def _write(self, path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -155,11 +163,24 @@ class CounterMark:
     def __init__(self, store: MaintenanceStore, name: str) -> None:
         self.store, self.name = store, name
 
-    def keep(self, session: Session) -> None:
-        """Before the first advert. Raises StateError/OSError."""
+    def keep(self, session: Session, prepared: Prepared | None = None) -> None:
+        """Before the first advert. Raises StateError/OSError; with a mark a reload
+        ``prepared`` (:meth:`prepare`), writes nothing."""
+        if prepared is not None:
+            session.counters.floor, session.counters.reserved = prepared
+            return
         upto = session.counters.keep(self.store.counter_mark(self.name))
         self.store.reserve_counter(self.name, upto)
         session.counters.reserved = upto
+
+    def prepare(self, wall: Callable[[], float]) -> Prepared:
+        """A reload, before it touches the running instance: the mark an earlier run kept and a
+        reservation above it, written now (raises StateError/OSError); :meth:`keep` gives
+        them to the new session, which then needs no write to start."""
+        floor = self.store.counter_mark(self.name)
+        upto = StrictCounter(wall).keep(floor)
+        self.store.reserve_counter(self.name, upto)
+        return floor or 0, upto
 
     def reserve(self, session: Session, upto: int) -> None:
         try:  # before the advert leaves: a crash after it must not reuse its counter

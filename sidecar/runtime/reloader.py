@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sidecar.config.runconfig import RunConfig
+from sidecar.config.runconfig import RunConfig, Vhid
 from sidecar.core.machine import State
 from sidecar.net.netlink import Link
 from sidecar.runtime import operator
 from sidecar.runtime.instance import Instance
-from sidecar.runtime.reload import Plan, ReloadRefused, plan, read_config
+from sidecar.runtime.maintenance import CounterMark, Prepared, Record, StateError
+from sidecar.runtime.reload import Plan, ReloadRefused, key, plan, read_config
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
 from sidecar.serve import logs
@@ -25,8 +28,9 @@ log = logging.getLogger("carp-sidecar")
 
 async def reload(agent: Agent) -> str:
     """Re-read every source (env file, CARP_CONFIG, password file) and apply the difference
-    live; a configuration that does not validate, or that this host cannot run, is refused
-    whole and the running one kept. The reply lists what changed."""
+    live; a configuration that does not validate, or that this host (its interfaces, its
+    state directory) cannot run, is refused whole and the running one kept. The reply lists
+    what changed."""
     async with agent.reload_lock:
         try:
             new = await read_config(agent.config.origin, agent.config.environ_secrets)
@@ -34,6 +38,7 @@ async def reload(agent: Agent) -> str:
             problem = await check_host(agent, changes)
             if problem:
                 raise ReloadRefused([problem])
+            ready = prepare_state(agent, changes)
         except ReloadRefused as e:
             for line in e.errors:
                 log.error("Reload refused: %s", line)
@@ -41,11 +46,16 @@ async def reload(agent: Agent) -> str:
             agent.reloads.failed()
             return "error: reload refused, nothing changed: " + "; ".join(e.errors)
         try:
-            done = await apply(agent, changes, new)
+            done = await apply(agent, changes, new, ready)
         except Exception as e:  # a bug or the host changing under us: say so, keep going
             log.exception("Reload failed part way: %r", e)
             agent.reloads.failed()
-            return f"error: reload failed part way ({e!r}); see the agent's log"
+            missing = not_running(agent)
+            return (f"error: reload failed part way ({e!r}), the previous instances restarted"
+                    + (f" except {', '.join(missing)} (NOT RUNNING)" if missing else "")
+                    + "; see the agent's log")
+        finally:
+            show_not_running(agent)
         agent.reloads.succeeded()
         log.warning("Configuration reloaded: %s", "; ".join(done) or "no changes")
         return "reloaded: " + ("; ".join(done) if done else "no changes")
@@ -64,23 +74,50 @@ async def check_host(agent: Agent, p: Plan) -> str:
     return ""
 
 
-async def apply(agent: Agent, p: Plan, new: RunConfig) -> list[str]:
-    by_key = {(i.s.interface, i.s.vhid): i for i in agent.instances}
-    for old in [*p.removed, *(old for old, _ in p.replaced)]:
-        await remove(agent, by_key[(old.interface, old.vhid)])
-    links: dict[str, Link] = {}
-    added = [await agent.build(s, new, links) for s in [*p.added, *(n for _, n in p.replaced)]]
-    for name, link in links.items():
-        channel = agent.channels[name]
-        if channel.attached is None:
-            agent.open_channel(channel, link)
-        else:
-            channel.refresh()  # new groups joined, the filter knows the new VIPs
-    for instance in added:
-        await agent.remove_stale_vips(instance)
-    operator.restore_maintenance(agent, added)
+@dataclass
+class Ready:
+    """What a started instance needs of the state directory, read and written before the
+    running instances are touched: a full or broken directory refuses the reload whole."""
+    record: Record | None = None  # the operator's maintenance record
+    counters: Prepared | None = None  # strict mode's counter mark
+
+
+def prepare_state(agent: Agent, p: Plan) -> dict[str, Ready]:
+    """By instance name, for the instances a reload starts and for those it stops (a roll
+    back starts them again). Raises ReloadRefused naming the path and the error."""
+    store, ready = agent.store, dict[str, Ready]()
+    if store is None:
+        return ready
+    starting = [*p.added, *p.removed, *(v for pair in p.replaced for v in pair)]
+    try:
+        if starting:
+            store.prepare()
+        for s in starting:
+            r = ready.setdefault(s.name, Ready())
+            r.record = store.load(s.name)
+            if s.strict and r.counters is None:
+                r.counters = CounterMark(store, s.name).prepare(time.time)
+    except StateError as e:
+        raise ReloadRefused([str(e)]) from None
+    except OSError as e:
+        raise ReloadRefused([f"CARP_STATE_DIR: cannot write in {store.directory}: "
+                             f"{e.strerror or e}"]) from None
+    return ready
+
+
+async def apply(agent: Agent, p: Plan, new: RunConfig, ready: dict[str, Ready]) -> list[str]:
+    by_key = {key(i.s): i for i in agent.instances}
+    gone: list[Vhid] = []
+    try:
+        for old in [*p.removed, *(old for old, _ in p.replaced)]:
+            await remove(agent, by_key[key(old)])
+            gone.append(old)
+        added = await bring_up(agent, [*p.added, *(n for _, n in p.replaced)], new, ready)
+    except Exception:
+        await roll_back(agent, gone, ready)
+        raise
     for old, new_settings in p.updated:
-        by_key[(old.interface, old.vhid)].update(new_settings, new.script_extra)
+        by_key[key(old)].update(new_settings, new.script_extra)
     if p.script_extra:
         for instance in agent.instances:
             if instance not in added:
@@ -97,6 +134,62 @@ async def apply(agent: Agent, p: Plan, new: RunConfig) -> list[str]:
     return p.changes
 
 
+async def bring_up(agent: Agent, settings: list[Vhid], config: RunConfig,
+                   ready: dict[str, Ready]) -> list[Instance]:
+    """Build the instances (not started yet), or none: what was built is taken apart again."""
+    links: dict[str, Link] = {}
+    built: list[Instance] = []
+    try:
+        for s in settings:
+            built.append(await agent.build(s, config, links))
+        for name, link in links.items():
+            channel = agent.channels[name]
+            if channel.attached is None:
+                agent.open_channel(channel, link)
+            else:
+                channel.refresh()  # new groups joined, the filter knows the new VIPs
+        for instance in built:
+            await agent.remove_stale_vips(instance)
+            state = ready.get(instance.s.name, Ready())
+            if state.record is not None and state.record.maintenance:
+                instance.set_maintenance("operator", state.record.since)
+            if state.counters is not None and agent.store is not None:
+                instance.keep_counters(agent.store, state.counters)
+    except BaseException:
+        for instance in built:
+            discard(agent, instance)
+        raise
+    return built
+
+
+async def roll_back(agent: Agent, gone: list[Vhid], ready: dict[str, Ready]) -> None:
+    """A reload failed after it stopped instances: start them again as they were, so a
+    failure part way costs one election, never the VIP for good."""
+    for s in gone:
+        try:
+            (instance,) = await bring_up(agent, [s], agent.config, ready)
+        except Exception as e:
+            log.error("Reload: cannot start vhid %d on %s again: %r", s.vhid, s.interface, e)
+            continue
+        log.warning("Reload: vhid %d on %s started again as it was", s.vhid, s.interface)
+        agent.start_instance(instance)
+    operator.check_maintenance_files(agent)
+
+
+def not_running(agent: Agent) -> list[str]:
+    """Instances of the running configuration that no instance runs (a failed roll back)."""
+    running = {key(i.s) for i in agent.instances if id(i) in agent.instance_tasks}
+    return [f"vhid {s.vhid} on {s.interface}" for s in agent.config.instances
+            if key(s) not in running]
+
+
+def show_not_running(agent: Agent) -> None:
+    agent.not_running = not_running(agent)
+    agent.reloads.not_running.set(len(agent.not_running))
+    for what in agent.not_running:
+        log.error("Instance not running: %s (restart the agent)", what)
+
+
 async def remove(agent: Agent, instance: Instance) -> None:
     """A removed (or replaced) instance leaves as at a stop: a master bows out first."""
     log.warning("Reload: leaving vhid %d on %s (%s)", instance.s.vhid, instance.s.interface,
@@ -105,6 +198,11 @@ async def remove(agent: Agent, instance: Instance) -> None:
     await instance.stop()
     for task in agent.instance_tasks.pop(id(instance), []):
         task.cancel()
+    discard(agent, instance)
+
+
+def discard(agent: Agent, instance: Instance) -> None:
+    """Take apart a stopped (or never started) instance: sockets, timer, series, routing."""
     instance.close()
     instance.m.remove()
     agent.instances.remove(instance)

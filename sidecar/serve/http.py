@@ -49,8 +49,9 @@ class Cached:
 
 class StatusServer:
     def __init__(self, registry: CollectorRegistry, status: Callable[[], dict[str, Any]],
-                 ready: Callable[[], bool], on_refused: Callable[[], None] = lambda: None) -> None:
-        self._ready, self._on_refused = ready, on_refused
+                 ready: Callable[[], bool], on_refused: Callable[[], None] = lambda: None,
+                 alive: Callable[[], str] = lambda: "") -> None:
+        self._ready, self._on_refused, self._alive = ready, on_refused, alive
         self._server: asyncio.Server | None = None
         self._waiting: dict[asyncio.StreamWriter, float] = {}  # still sending their head
         self._connections = 0
@@ -112,8 +113,10 @@ class StatusServer:
             return "405 Method Not Allowed", "text/plain", b"GET only\n", ""
         if path == "/metrics":
             return await self._exposition(headers)
-        if path == "/healthz":
-            return "200 OK", "text/plain", b"ok\n", ""
+        if path == "/healthz":  # the process serves, and runs every instance it should
+            problem = self._alive()
+            return ("503 Service Unavailable", "text/plain", problem.encode() + b"\n", ""
+                    ) if problem else ("200 OK", "text/plain", b"ok\n", "")
         if path == "/readyz":
             ready = self._ready()
             return ("200 OK" if ready else "503 Service Unavailable", "text/plain",

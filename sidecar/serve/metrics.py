@@ -192,6 +192,10 @@ class ReloadMetrics:
         self.success_time = Gauge("carp_config_last_reload_success_timestamp_seconds",
                                   "Unix time of the last successful reload (or the start)",
                                   registry=registry)
+        self.not_running = Gauge("carp_instances_not_running", "Configured instances that "
+                                 "do not run: a reload failed part way and could not start them "
+                                 "again (/readyz and /healthz fail; restart the agent)",
+                                 registry=registry)
         self.succeeded()
 
     def succeeded(self) -> None:

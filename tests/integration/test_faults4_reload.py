@@ -1,0 +1,72 @@
+"""Faults, round 4 (README "Fault behaviour"): reloads that restart instances. A reload that
+cannot be carried out whole is refused before the running instance is touched (the VIP stays
+where it is), and restarting instances leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from sidecar.lab import ADDRESSES, Lab
+
+from .conftest import dump_on_failure, metric, status, vip_holders, wait_for
+from .test_faults import log_of
+from .test_faults3 import ready_code
+from .test_reload import reload
+
+A, B = ADDRESSES["a"].split("/")[0], ADDRESSES["b"].split("/")[0]
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
+    """A tiny tmpfs on ``path`` (mounted before the agent starts, so its namespace sees it)."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> None:
+    """Every free block of ``directory``'s file system taken by one file."""
+    with open(directory / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+
+
+def test_a_restart_that_cannot_write_its_counter_mark_is_refused_and_keeps_the_vip(
+        lab: Lab) -> None:
+    """Strict mode, the state directory full, the password changed: the new instance could not
+    keep its counter mark. The reload is refused whole before the master is touched."""
+    secret = lab.dir / "pass-file"
+    secret.write_text("lab-only\n")
+    with small_tmpfs(lab.dir / "a-state") as state:
+        lab.start_agent("a", CARP_PASS="", CARP_PASS_FILE=str(secret), CARP_PEERS=B,
+                        CARP_STRICT="true", CARP_PREEMPT="true")
+        wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
+        sent = metric(lab, "a", "carp_adverts_sent_total")
+        fill(state)
+        secret.write_text("s3cret-new\n")
+        out = reload(lab, "a", check=False)
+        assert "reload refused, nothing changed" in out, out
+        assert "No space left on device" in out, out
+        time.sleep(3)
+        assert vip_holders(lab) == ["a"], dump_on_failure(lab)
+        st = status(lab, "a")
+        assert st["state"] == "MASTER", st
+        assert metric(lab, "a", "carp_adverts_sent_total") >= sent + 2
+        assert ready_code(lab, "a") == "200"
+        assert metric(lab, "a", "carp_config_last_reload_successful") == 0
+        assert "Traceback" not in log_of(lab, "a")
+        # space again: the same reload now goes through
+        (state / "filler").unlink()
+        out = reload(lab, "a")
+        assert "restarted (password changed)" in out, out
+        wait_for(lambda: lab.state("a") == "MASTER", 8, "node-a MASTER again")
+        assert metric(lab, "a", "carp_config_last_reload_successful") == 1
+        lab.stop_agent("a")
