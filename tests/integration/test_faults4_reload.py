@@ -70,3 +70,52 @@ def test_a_restart_that_cannot_write_its_counter_mark_is_refused_and_keeps_the_v
         wait_for(lambda: lab.state("a") == "MASTER", 8, "node-a MASTER again")
         assert metric(lab, "a", "carp_config_last_reload_successful") == 1
         lab.stop_agent("a")
+
+
+def script_pair(lab: Lab, takes_away: str) -> dict[str, str]:
+    """Up and down scripts; the down script also removes ``takes_away`` from eth0: the host
+    changing under a reload, between the old instance's stop and the new one's start."""
+    up, down = lab.dir / "up.sh", lab.dir / "down.sh"
+    up.write_text('#!/bin/sh\nexec ip addr add "$2"/16 dev "$1"\n')
+    down.write_text(f'#!/bin/sh\nip addr del {takes_away} dev "$1"\nip addr del "$2"/16 dev "$1"\n'
+                    "exit 0\n")
+    for p in (up, down):
+        p.chmod(0o755)
+    return {"CARP_UPSCRIPT": str(up), "CARP_DOWNSCRIPT": str(down)}
+
+
+def source_reload(lab: Lab, takes_away: str) -> str:
+    """node-a MASTER from 172.16.0.11, then reloaded to use 172.16.0.21 (a restart), while its
+    down script takes ``takes_away`` off eth0."""
+    env = lab.dir / "a.env"
+    env.write_text(f"CARP_SRCIP={A}\n")
+    lab.start_agent("a", "--env-file", str(env), CARP_SRCIP="", **script_pair(lab, takes_away))
+    wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
+    lab.topo["a"].run("ip", "addr", "add", "172.16.0.21/16", "dev", "eth0")  # after the down
+    # script that runs at start
+    env.write_text("CARP_SRCIP=172.16.0.21\n")
+    return reload(lab, "a", check=False)
+
+
+def test_a_reload_that_fails_after_stopping_an_instance_starts_it_again(lab: Lab) -> None:
+    out = source_reload(lab, "172.16.0.21/16")
+    assert "reload failed part way" in out and "previous instances restarted" in out, out
+    assert "NOT RUNNING" not in out, out
+    wait_for(lambda: vip_holders(lab) == ["a"], 8, "node-a MASTER again, as it was")
+    assert metric(lab, "a", "carp_instances_not_running") == 0
+    assert ready_code(lab, "a") == "200" and health_code(lab, "a") == "200"
+    assert "started again as it was" in log_of(lab, "a")
+
+
+def test_an_instance_a_failed_reload_cannot_start_again_is_shown_not_hidden(lab: Lab) -> None:
+    out = source_reload(lab, f"{ADDRESSES['a']}")  # both sources gone: neither can start
+    assert "reload failed part way" in out and "vhid 1 on eth0 (NOT RUNNING)" in out, out
+    assert metric(lab, "a", "carp_instances_not_running") == 1
+    assert ready_code(lab, "a") == "503" and health_code(lab, "a") == "503"
+    assert "Instance not running: vhid 1 on eth0" in log_of(lab, "a")
+    assert lab.agents["a"].poll() is None  # the agent says so, and a restart is the way back
+
+
+def health_code(lab: Lab, node: str) -> str:
+    return lab.topo[node].run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                              "http://127.0.0.1:9655/healthz", check=False).stdout
