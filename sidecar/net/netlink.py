@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
-from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
 from sidecar.net import rtmsg
+from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
 from sidecar.net.held import HeldVips
 from sidecar.net.rtaddr import RTM_DELADDR, RTM_NEWADDR, AddressWriter
 
