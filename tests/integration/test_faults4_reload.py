@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sidecar.lab import ADDRESSES, Lab
+from sidecar.lab.holders import HolderSampler
 
 from .conftest import dump_on_failure, metric, status, vip_holders, wait_for
 from .test_faults import log_of
@@ -21,7 +22,7 @@ A, B = ADDRESSES["a"].split("/")[0], ADDRESSES["b"].split("/")[0]
 
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
+def small_tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
     """A tiny tmpfs on ``path`` (mounted before the agent starts, so its namespace sees it)."""
     path.mkdir(mode=0o700, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
@@ -41,32 +42,32 @@ def fill(directory: Path) -> None:
 
 def test_a_restart_that_cannot_write_its_counter_mark_is_refused_and_keeps_the_vip(
         lab: Lab) -> None:
-    """Strict mode, the state directory full, the password changed: the new instance could not
-    keep its counter mark. The reload is refused whole before the master is touched."""
-    secret = lab.dir / "pass-file"
-    secret.write_text("lab-only\n")
+    """Strict mode, the state directory full, the peers changed (a restart): the new instance
+    could not keep its counter mark. The reload is refused whole before the master is
+    touched: it stays MASTER, the VIP never leaves."""
+    env = lab.dir / "a.env"
+    env.write_text(f"CARP_PEERS={B}\n")
     with small_tmpfs(lab.dir / "a-state") as state:
-        lab.start_agent("a", CARP_PASS="", CARP_PASS_FILE=str(secret), CARP_PEERS=B,
-                        CARP_STRICT="true", CARP_PREEMPT="true")
+        lab.start_agent("a", "--env-file", str(env), CARP_STRICT="true", CARP_PREEMPT="true")
         wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
         sent = metric(lab, "a", "carp_adverts_sent_total")
         fill(state)
-        secret.write_text("s3cret-new\n")
-        out = reload(lab, "a", check=False)
+        env.write_text(f"CARP_PEERS={B},172.16.0.13\n")
+        with HolderSampler(lab) as sampler:
+            out = reload(lab, "a", check=False)
+            time.sleep(3)
         assert "reload refused, nothing changed" in out, out
         assert "No space left on device" in out, out
-        time.sleep(3)
+        assert sampler.longest(0) == 0, (sampler.longest(0), dump_on_failure(lab))
         assert vip_holders(lab) == ["a"], dump_on_failure(lab)
-        st = status(lab, "a")
-        assert st["state"] == "MASTER", st
-        assert metric(lab, "a", "carp_adverts_sent_total") >= sent + 2
-        assert ready_code(lab, "a") == "200"
+        assert status(lab, "a")["state"] == "MASTER"
+        assert metric(lab, "a", "carp_adverts_sent_total") >= sent + 2  # adverts went on
+        assert ready_code(lab, "a") == "200" and health_code(lab, "a") == "200"
         assert metric(lab, "a", "carp_config_last_reload_successful") == 0
         assert "Traceback" not in log_of(lab, "a")
-        # space again: the same reload now goes through
-        (state / "filler").unlink()
+        (state / "filler").unlink()  # space again: the same reload goes through
         out = reload(lab, "a")
-        assert "restarted (password changed)" in out, out
+        assert "restarted (peers" in out, out
         wait_for(lambda: lab.state("a") == "MASTER", 8, "node-a MASTER again")
         assert metric(lab, "a", "carp_config_last_reload_successful") == 1
         lab.stop_agent("a")
@@ -77,8 +78,9 @@ def script_pair(lab: Lab, takes_away: str) -> dict[str, str]:
     changing under a reload, between the old instance's stop and the new one's start."""
     up, down = lab.dir / "up.sh", lab.dir / "down.sh"
     up.write_text('#!/bin/sh\nexec ip addr add "$2"/16 dev "$1"\n')
-    down.write_text(f'#!/bin/sh\nip addr del {takes_away} dev "$1"\nip addr del "$2"/16 dev "$1"\n'
-                    "exit 0\n")
+    armed = lab.dir / "armed"  # not at start: the down script runs then too
+    down.write_text(f'#!/bin/sh\n[ -e {armed} ] && ip addr del {takes_away} dev "$1"\n'
+                    'ip addr del "$2"/16 dev "$1"\nexit 0\n')
     for p in (up, down):
         p.chmod(0o755)
     return {"CARP_UPSCRIPT": str(up), "CARP_DOWNSCRIPT": str(down)}
@@ -91,8 +93,8 @@ def source_reload(lab: Lab, takes_away: str) -> str:
     env.write_text(f"CARP_SRCIP={A}\n")
     lab.start_agent("a", "--env-file", str(env), CARP_SRCIP="", **script_pair(lab, takes_away))
     wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
-    lab.topo["a"].run("ip", "addr", "add", "172.16.0.21/16", "dev", "eth0")  # after the down
-    # script that runs at start
+    lab.topo["a"].run("ip", "addr", "add", "172.16.0.21/16", "dev", "eth0")
+    (lab.dir / "armed").touch()
     env.write_text("CARP_SRCIP=172.16.0.21\n")
     return reload(lab, "a", check=False)
 
