@@ -115,9 +115,9 @@ class MaintenanceStore:
             if not isinstance(mark, int) or not 0 <= mark < 1 << 64:
                 raise ValueError("not a 64-bit counter")
         except (ValueError, KeyError, TypeError) as e:
-            raise StateError(f"CARP_STATE_DIR: {path} is not a counter record ({e}); delete it "
-                             "only if every peer's agent restarts too (they remember the "
-                             "counters they have seen)") from None
+            raise StateError(f"CARP_STATE_DIR: {path} is not a counter record ({e}); "
+                             "`carp-sidecar repair-counter` sets a mark above any counter sent "
+                             "before (docs/runbook.md)") from None
         return mark
 
     def reserve_counter(self, instance: str, upto: int) -> None:
@@ -190,3 +190,36 @@ class CounterMark:
                       "would be dropped as replays", self.store.directory, e.strerror or e)
             return
         session.counters.reserved = upto
+
+
+REPAIRS_MAX = 30  # rungs of the repaired marks: 2^63, then halfway to 2^64 each time
+
+
+def repair_counter(store: MaintenanceStore, instance: str, now: float) -> str:
+    """Strict mode: replace an unreadable counter mark by one above every counter this
+    instance can have sent, without the lost value. A run's counters start above the wall clock
+    in µs (< 2^62 until the year 148,000) and above the mark, which is reserved at most 2^32
+    ahead: below 2^63 they stay for 2^30 restarts or 2^62 adverts. So the first repair sets
+    2^63; each later one (the earlier ones are kept as ``.counter.repaired-*``, never deleted)
+    halfway to 2^64 from the last: 2^63 + 2^62, ... each leaves 2^40 adverts at least (140
+    years at 4 ms). Raises StateError if the mark is readable or none is left."""
+    path = store.path(instance, ".counter")
+    try:
+        mark = store.counter_mark(instance)
+    except StateError:
+        pass
+    else:
+        raise StateError(f"{path}: nothing to repair (" + (
+            f"a readable mark, {mark})" if mark is not None else "no mark: the first start "
+            "makes one)"))
+    rung = len(list(store.directory.glob(f"{path.name}.repaired-*")))
+    if rung >= REPAIRS_MAX:
+        raise StateError(f"{path}: repaired {rung} times, no room left above: restart every "
+                         "peer's agent with this mark deleted (they forget our counters)")
+    upto = (1 << 64) - (1 << (63 - rung))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    with open(path, "rb") as corrupt:  # kept: the evidence, and the count of repairs
+        store._write(path.with_name(f"{path.name}.repaired-{stamp}-{rung}"),
+                     corrupt.read(MAX_RECORD_BYTES).decode(errors="replace"))
+    store.reserve_counter(instance, upto)
+    return f"{instance}: counter mark set to {upto} (repair {rung + 1}; was unreadable)"

@@ -206,6 +206,32 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repair_counter(args: argparse.Namespace) -> int:
+    import time
+
+    from sidecar.runtime.maintenance import MaintenanceStore, StateError, repair_counter
+
+    config = _settings(args).runtime()
+    if config.state_dir is None:
+        print("carp-sidecar: repair-counter: CARP_STATE_DIR is off: no mark to repair",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    store = MaintenanceStore(config.state_dir)
+    chosen = [s for s in config.instances if s.strict and args.vhid in (None, s.vhid)]
+    if not chosen:
+        print("carp-sidecar: repair-counter: no strict-mode instance" +
+              (f" with vhid {args.vhid}" if args.vhid is not None else ""), file=sys.stderr)
+        return EXIT_CONFIG
+    failed = False
+    for s in chosen:
+        try:
+            print(repair_counter(store, s.name, time.time()))
+        except StateError as e:
+            failed = failed or args.vhid is not None  # all: only the unreadable ones matter
+            print(f"carp-sidecar: repair-counter: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _healthcheck(args: argparse.Namespace) -> int:
     from sidecar.net.httpclient import fetch
 
@@ -310,7 +336,7 @@ def _endpoint(settings: Config, path: str) -> str:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab": _lab, "import": _import, "completion": _completion, "watch": _watch,
     "demote": _maintenance, "promote": _maintenance, "reload": _reload, "status": _status,
-    "healthcheck": _healthcheck, "check-config": _check_config}
+    "healthcheck": _healthcheck, "check-config": _check_config, "repair-counter": _repair_counter}
 
 
 if __name__ == "__main__":  # python -m sidecar.tools.cli: as the console script

@@ -1,5 +1,5 @@
 """carp-sidecar's command line: one builder per command, and a parser of only the command a
-command line names, since building all eleven is ~2 ms of every start (run, check-config)."""
+command line names, since building all twelve is ~2 ms of every start (run, check-config)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,15 @@ def _reload(sub: Any, env_file: argparse.ArgumentParser) -> None:
     rl.add_argument("--socket", type=Path, default=None, help=SOCKET_HELP)
 
 
+def _repair_counter(sub: Any, env_file: argparse.ArgumentParser) -> None:
+    rc = sub.add_parser("repair-counter", parents=[env_file],
+                        help="strict mode: replace an unreadable counter mark in CARP_STATE_DIR "
+                        "by one above any counter sent before (the agent refuses to start "
+                        "until then)")
+    rc.add_argument("--vhid", type=int, default=None, help="only this instance (default: every "
+                    "strict one whose mark is unreadable)")
+
+
 def _import(sub: Any, env_file: argparse.ArgumentParser) -> None:
     imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
                          "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
@@ -107,8 +116,8 @@ BUILDERS: dict[str, Builder] = {  # in the order --help lists them
     "demote": _maintenance("demote", "drain this node: stop winning elections, hand the VIP "
                            "over (kept across restarts)"),
     "promote": _maintenance("promote", "end maintenance: take part in elections again"),
-    "reload": _reload, "import": _import, "watch": _watch, "completion": _completion,
-    "lab": _lab,
+    "reload": _reload, "repair-counter": _repair_counter, "import": _import, "watch": _watch,
+    "completion": _completion, "lab": _lab,
 }
 
 
