@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sidecar.lab import ADDRESSES, Lab
 from sidecar.lab.holders import HolderSampler
+from sidecar.lab.scenario import agent_env
 
 from .conftest import dump_on_failure, metric, status, vip_holders, wait_for
 from .test_faults import log_of
-from .test_faults3 import ready_code
+from .test_faults3 import MASTER_DOWN, ready_code
 from .test_reload import reload
 
 A, B = ADDRESSES["a"].split("/")[0], ADDRESSES["b"].split("/")[0]
@@ -121,3 +123,35 @@ def test_an_instance_a_failed_reload_cannot_start_again_is_shown_not_hidden(lab:
 def health_code(lab: Lab, node: str) -> str:
     return lab.topo[node].run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                               "http://127.0.0.1:9655/healthz", check=False).stdout
+
+
+def test_a_corrupt_counter_mark_is_repaired_and_the_peer_accepts_the_node_again(
+        lab: Lab) -> None:
+    """Strict mode: an unreadable mark keeps the agent from starting (its counters could go
+    back). `carp-sidecar repair-counter` sets one above any counter sent before: the node
+    starts, node-b accepts its adverts (no replay drop) and it preempts back."""
+    strict = {"CARP_STRICT": "true", "CARP_PREEMPT": "true", "CARP_PEERS": B}
+    lab.start_agent("a", **strict)
+    wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
+    lab.start_agent("b", CARP_ADVSKEW="100", CARP_PEERS=A, CARP_STRICT="true")
+    wait_for(lambda: lab.state("b") == "BACKUP", 8, "node-b BACKUP")
+    time.sleep(1.5)  # node-b has remembered node-a's counter
+    assert lab.stop_agent("a") == 0
+    wait_for(lambda: vip_holders(lab) == ["b"], 5, "node-b takes over")
+    mark = lab.dir / "a-state" / "eth0-vhid1.counter"
+    mark.write_bytes(b'{"reserved": 17')  # cut short
+    refused = lab.start_agent("a", **strict)
+    assert refused.wait(10) == 2
+    assert "carp-sidecar repair-counter" in log_of(lab, "a")
+    env = {k: v for k, v in agent_env(lab.dir, "a", A, **strict).items() if v}
+    cli = [sys.executable, "-m", "sidecar.tools.cli", "repair-counter"]
+    r = subprocess.run(lab.topo["a"].argv(*cli), env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and "counter mark set to 9223372036854775808" in r.stdout, (
+        r.stdout + r.stderr)
+    lab.start_agent("a", **strict)
+    wait_for(lambda: vip_holders(lab) == ["a"], MASTER_DOWN + 4, "node-a back, accepted")
+    assert metric(lab, "b", "carp_adverts_dropped_total", reason="replay") == 0
+    again = subprocess.run(lab.topo["a"].argv(*cli), env=env, capture_output=True, text=True,
+                           timeout=30)
+    assert "nothing to repair" in again.stderr, again.stdout + again.stderr
