@@ -14,7 +14,13 @@ from sidecar.core.machine import State
 from sidecar.net.netlink import Link
 from sidecar.runtime import operator
 from sidecar.runtime.instance import Instance
-from sidecar.runtime.maintenance import CounterMark, Prepared, Record, StateError
+from sidecar.runtime.maintenance import (
+    CounterMark,
+    MaintenanceStore,
+    Prepared,
+    Record,
+    StateError,
+)
 from sidecar.runtime.reload import Plan, ReloadRefused, key, plan, read_config
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
@@ -83,26 +89,32 @@ class Ready:
 
 
 def prepare_state(agent: Agent, p: Plan) -> dict[str, Ready]:
-    """By instance name, for the instances a reload starts and for those it stops (a roll
-    back starts them again). Raises ReloadRefused naming the path and the error."""
+    """By instance name, for the instances a reload starts (a replaced one's old settings too:
+    a roll back starts it again). Raises ReloadRefused naming the path and the error. A removed
+    instance needs nothing: the disk does not stop a removal (a roll back reads its own)."""
     store, ready = agent.store, dict[str, Ready]()
     if store is None:
         return ready
-    starting = [*p.added, *p.removed, *(v for pair in p.replaced for v in pair)]
+    starting = [*p.added, *(v for pair in p.replaced for v in pair)]
     try:
         if starting:
             store.prepare()
         for s in starting:
-            r = ready.setdefault(s.name, Ready())
-            r.record = store.load(s.name)
-            if s.strict and r.counters is None:
-                r.counters = CounterMark(store, s.name).prepare(time.time)
+            prepare(store, s, ready.setdefault(s.name, Ready()))
     except StateError as e:
         raise ReloadRefused([str(e)]) from None
     except OSError as e:
         raise ReloadRefused([f"CARP_STATE_DIR: cannot write in {store.directory}: "
                              f"{e.strerror or e}"]) from None
     return ready
+
+
+def prepare(store: MaintenanceStore, s: Vhid, r: Ready) -> Ready:
+    """Raises StateError/OSError."""
+    r.record = store.load(s.name)
+    if s.strict and r.counters is None:
+        r.counters = CounterMark(store, s.name).prepare(time.time)
+    return r
 
 
 async def apply(agent: Agent, p: Plan, new: RunConfig, ready: dict[str, Ready]) -> list[str]:
@@ -150,7 +162,8 @@ async def bring_up(agent: Agent, settings: list[Vhid], config: RunConfig,
                 channel.refresh()  # new groups joined, the filter knows the new VIPs
         for instance in built:
             await agent.remove_stale_vips(instance)
-            state = ready.get(instance.s.name, Ready())
+            state = ready.get(instance.s.name) or (
+                Ready() if agent.store is None else prepare(agent.store, instance.s, Ready()))
             if state.record is not None and state.record.maintenance:
                 instance.set_maintenance("operator", state.record.since)
             if state.counters is not None and agent.store is not None:
