@@ -26,10 +26,18 @@ def restore_maintenance(agent: Agent, instances: list[Instance] | None = None) -
     the start, so a node restarted in its maintenance window stays out of it."""
     instances = agent.instances if instances is None else instances
     if agent.store is not None:
+        strict = any(i.s.strict for i in instances)
         try:
             agent.store.prepare()
+        except StateError as e:
+            if strict:  # its counter mark truly needs the disk
+                raise StartupError(str(e)) from None
+            # availability first: only a demote or promote needs to write (and says so then)
+            log.error("%s; running without it: maintenance records can be read but not "
+                      "written until it is fixed", e)
+        try:
             for instance in instances:
-                record = agent.store.load(instance.s.name)
+                record = _load(agent, instance.s.name, strict)
                 if record is not None and record.maintenance:
                     instance.set_maintenance("operator", record.since)
                 if instance.s.strict:
@@ -40,6 +48,19 @@ def restore_maintenance(agent: Agent, instances: list[Instance] | None = None) -
             raise StartupError(f"CARP_STATE_DIR: cannot write in {agent.store.directory}: "
                                f"{e.strerror or e}") from None
     check_maintenance_files(agent)
+
+
+def _load(agent: Agent, name: str, strict: bool) -> Record | None:
+    """An operator's record; one that cannot be read at all (a file where the directory should
+    be) is no record, said in the log, unless strict mode needs the directory anyway."""
+    assert agent.store is not None
+    try:
+        return agent.store.load(name)
+    except StateError as e:
+        if strict or agent.store.directory.is_dir():
+            raise  # a directory whose record cannot be read: an operator must look
+        log.error("%s: no maintenance record read", e)
+        return None
 
 
 def check_maintenance_files(agent: Agent) -> None:

@@ -104,6 +104,30 @@ def test_a_file_where_held_should_be_still_removes_the_killed_runs_vip(lab: Lab)
     wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER again")
 
 
+@pytest.mark.parametrize("broken", ["read-only", "a file"])
+def test_a_read_only_state_dir_or_a_file_in_its_place_never_stops_the_agent(
+        lab: Lab, broken: str) -> None:
+    state = lab.dir / "a-state"
+    killed_master(lab)
+    with contextlib.ExitStack() as undo:
+        if broken == "a file":
+            shutil.rmtree(state)
+            state.write_text("not a directory\n")
+        else:  # root writes anywhere but on a read-only mount
+            subprocess.run(["mount", "--bind", "-o", "ro", str(state), str(state)], check=True)
+            undo.callback(subprocess.run, ["umount", "-l", str(state)], check=False)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
+        proc = lab.start_agent("a")
+        wait_for(lambda: vip_holders(lab) == [] or proc.poll() is not None, 3,
+                 "the stale VIP removed")
+        assert proc.poll() is None, log_of(lab, "a")
+        assert "Removed stale VIP 172.16.0.1 from eth0" in log_of(lab, "a")
+        assert "running without it: maintenance records can be read but not written" \
+            in log_of(lab, "a")
+        wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER again")
+        assert metric(lab, "a", "carp_held_record_ok") == 0
+
+
 def test_strict_mode_refuses_a_full_state_dir_but_removes_the_stale_vip_first(lab: Lab) -> None:
     state = lab.dir / "a-state"
     with small_tmpfs(state):
