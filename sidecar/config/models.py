@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import urllib.parse
 from collections.abc import Iterable
 from ipaddress import IPv4Address
@@ -160,14 +161,7 @@ class VhidRules(_Rules):
         errors = []
         if self.advbase == 0 and self.advskew == 0:
             errors.append("CARP_ADVBASE: advbase and advskew cannot both be 0")
-        on = self.vip_interface or self.interface  # the kernel wants the label to start so
-        if self.if_alias is not None and (
-            not self.if_alias.startswith(on) or len(self.if_alias) > IFNAMSIZ
-        ):
-            errors.append(
-                f"CARP_IF_ALIAS: must start with the interface name {on!r} "
-                f"and have at most {IFNAMSIZ} characters, like {on}:0"
-            )
+        errors += self._alias_checks()
         errors += self._routed_checks()
         if self.strict and not self.peers:
             errors.append("CARP_STRICT: needs CARP_PEERS (strict groups accept only listed "
@@ -188,6 +182,21 @@ class VhidRules(_Rules):
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _alias_checks(self) -> list[str]:
+        """The label must start with the VIPs' interface (the kernel wants it so); when it
+        does not, a wrong interface is the likelier mistake, and named as such if it is not
+        on this host."""
+        on_var = "CARP_VIP_INTERFACE" if self.vip_interface else "CARP_INTERFACE"
+        on = self.vip_interface or self.interface
+        alias = self.if_alias
+        if alias is None or (alias.startswith(on) and len(alias) <= IFNAMSIZ):
+            return []
+        if not alias.startswith(on) and not OFFLINE.get() and not _link_exists(on):
+            return [f"{on_var}: no interface named {on!r} on this host (CARP_IF_ALIAS is "
+                    f"{alias!r})"]
+        return [f"CARP_IF_ALIAS: must start with the interface name {on!r} ({on_var}) and "
+                f"have at most {IFNAMSIZ} characters, like {on}:0"]
 
     def _routed_checks(self) -> list[str]:
         """CARP_VIP_INTERFACE: host routes for a routing daemon, nothing announced on a link
@@ -364,6 +373,14 @@ class AgentRules(_Rules):
         if v is not None and not v.is_absolute():
             raise ValueError(f"{v} is not an absolute path")
         return v
+
+
+def _link_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def shown(model: BaseModel, decls: Iterable[Declared]) -> dict[str, str]:

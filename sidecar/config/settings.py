@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sidecar.config import ucarp_options
 from sidecar.config.models import (
     AGENT,
     CHECK,
     HELP,
+    VHID,
     AgentSettings,
     CheckSettings,
     VhidSettings,
@@ -49,6 +52,7 @@ from sidecar.config.models import (
 )
 from sidecar.config.origins import bare_names, env_origins, file_origins
 from sidecar.config.runconfig import ConfigError, RunConfig, host_port
+from sidecar.config.spelling import as_given, environ_names, shell_leftovers
 from sidecar.config.values import OFFLINE, show
 
 __all__ = ["HELP", "Config", "ConfigError", "VhidSettings", "host_port", "load", "read_env_file",
@@ -114,40 +118,50 @@ class Config:
 
 # ---- loading ----
 def load(environ: Mapping[str, str], env_file: Path | None = None,
-         offline: bool = False) -> Config:
-    """Validate the environment (and ``env_file``) or the TOML file it names; ConfigError
-    carries every problem found, one line each. ``offline``: what only the target host has
-    (scripts, the password file) is not looked at."""
+         offline: bool = False, options: Mapping[str, str] | None = None) -> Config:
+    """Validate the environment (and ``env_file``, else the one CARP_ENV_FILE names) or the
+    TOML file it names; ConfigError carries every problem found, one line each. ``offline``:
+    what only the target host has (scripts, the password file) is not looked at. ``options``:
+    the CARP_ variables ucarp's command line set (they win; errors name the option)."""
     token = OFFLINE.set(offline)
     try:
-        return _load(environ, env_file)
+        return _load(environ, env_file, options or {})
     finally:
         OFFLINE.reset(token)
 
 
-def _load(environ: Mapping[str, str], env_file: Path | None) -> Config:
-    raw, given, in_file = read_sources(environ, env_file)
+def _load(environ: Mapping[str, str], env_file: Path | None, options: Mapping[str, str]
+          ) -> Config:
+    refused, cautions = shell_leftovers(environ, _KNOWN, _SECRETS)
+    from_env = env_file is None and bool(environ.get("CARP_ENV_FILE"))
+    if from_env:  # a container's every command (healthcheck, status) finds the mounted file
+        env_file = Path(environ["CARP_ENV_FILE"])
+    raw, given, in_file = read_sources({**environ, **options}, env_file,
+                                       "CARP_ENV_FILE" if from_env else "--env-file")
     errors = [_unknown(key) for key in raw if _unknown(key)]
+    if refused:  # what the shell would have removed: the other errors would only echo it
+        raise ConfigError("\n".join(refused + errors))
+    names = environ_names(environ, in_file, _ALL_SPELLINGS, options, _OPTION_NAMES)
     config_file = given.get("CARP_CONFIG", "")
     if config_file:
         if errors:
             raise ConfigError("\n".join(errors))
         return _load_file(Path(config_file), given, bare_names(in_file))
-    agent = _collect(errors, lambda: _validate(AgentSettings, given, raw))
+    agent = _collect(errors, lambda: _validate(AgentSettings, given, names))
     check = None
     if not _CHECK_NAMES.isdisjoint(given):  # none of CARP_HEALTH_*: no validator built (~1 ms)
-        check = _collect(errors, lambda: _validate(CheckSettings, given, raw))
+        check = _collect(errors, lambda: _validate(CheckSettings, given, names))
     checks = {ENV_CHECK: check} if check is not None and check.configured else {}
     instance = _collect(errors, lambda: _validate(
-        VhidSettings, {**given, "CARP_HEALTH": list(checks)}, raw))
+        VhidSettings, {**given, "CARP_HEALTH": list(checks)}, names))
     if errors or agent is None or instance is None:
         raise ConfigError("\n".join(errors))
     config = Config(agent, (instance,), checks, "environment", _script_extra(raw, in_file),
-                    warnings=tuple(bare_names(in_file)))
+                    warnings=(*bare_names(in_file), *cautions))
     return dataclasses.replace(config, origins=env_origins(config, environ, in_file, env_file))
 
 
-def read_sources(environ: Mapping[str, str], env_file: Path | None
+def read_sources(environ: Mapping[str, str], env_file: Path | None, option: str = "--env-file"
                  ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """Every variable as spelled in the env file and the environment (the environment wins),
     one value per setting under its CARP_ name, and the env file's own variables, read by
@@ -157,7 +171,7 @@ def read_sources(environ: Mapping[str, str], env_file: Path | None
     sources: list[EnvSettingsSource] = []
     in_file: dict[str, str] = {}
     if env_file is not None:
-        _check_env_file(env_file)
+        _check_env_file(env_file, option)
         dotenv = DotEnvSettingsSource(_Variables, env_file=env_file, case_sensitive=True)
         in_file = {k: v or "" for k, v in dotenv.env_vars.items()}
         sources.append(dotenv)
@@ -182,16 +196,16 @@ class _Environ(EnvSettingsSource):
         return self._given
 
 
-def _check_env_file(path: Path) -> None:
+def _check_env_file(path: Path, option: str = "--env-file") -> None:
     """python-dotenv skips what it cannot parse with a warning; a config file must not."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--env-file: cannot read {path}: "
+        raise ConfigError(f"{option}: cannot read {path}: "
                           f"{getattr(e, 'strerror', None) or e}") from None
     bad = [b.original.line for b in parse_stream(io.StringIO(text)) if b.error]
     if bad:
-        raise ConfigError("\n".join(f"--env-file: {path}:{n}: expected KEY=VALUE" for n in bad))
+        raise ConfigError("\n".join(f"{option}: {path}:{n}: expected KEY=VALUE" for n in bad))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -206,7 +220,7 @@ def _unknown(key: str) -> str:
     pass silently. An unknown UCARP_* is an error only when it looks like a typo of a setting
     (close, and at most two letters longer or shorter: UCARP_PREMPT); others are the user's own
     (an old ucarp.conf may define UCARP_NETMASK for its scripts) and pass through to them."""
-    if key in _KNOWN or key == "CARP_CONFIG" or not key.startswith(("CARP_", "UCARP_")):
+    if key in _KNOWN or key in ("CARP_CONFIG", "CARP_ENV_FILE") or not key.startswith(("CARP_", "UCARP_")):
         return ""
     import difflib  # here, not at the top: only a mistake pays for it
 
@@ -337,12 +351,12 @@ PLACEHOLDERS = {"CARP_INTERFACE": "eth0", "CARP_VHID": 1, "CARP_ADDR": "192.0.2.
                 "interface": "eth0", "vhid": 1, "addr": "192.0.2.1"}
 
 
-def _all_errors(model: type[Any], values: dict[str, Any], error: ValidationError,
-                spelled: Mapping[str, str]) -> list[str]:
+def _all_errors(model: type[Any], values: dict[str, Any], error: ValidationError) -> list[str]:
     """The field errors, and the cross-field ones pydantic skips when a field fails: found by
-    validating again with the failed fields left out (or stood in for, when required)."""
-    lines = _lines(error, spelled)
-    failed = {str(p["loc"][0]) for p in error.errors() if p["loc"]}
+    validating again with the failed fields left out (or stood in for, when required); not
+    those that mention a failed field, which would be about its stand-in."""
+    lines = _lines(error)
+    failed = {_canonical(p["loc"][0]) for p in error.errors() if p["loc"]}
     if not failed or model is not VhidSettings:
         return lines
     retry = {k: v for k, v in values.items() if k not in failed}
@@ -350,24 +364,27 @@ def _all_errors(model: type[Any], values: dict[str, Any], error: ValidationError
     try:
         model.model_validate(retry)
     except ValidationError as again:
-        lines += [line for line in _lines(again, spelled) if line not in lines
-                  and not any(line.startswith(f"{f}:") for f in failed)]
+        lines += [line for line in _lines(again) if line not in lines
+                  and not any(re.search(rf"\b{f}\b", line) for f in failed)]
     return lines
 
 
-def _validate(model: type[Any], values: dict[str, Any], spelled: Mapping[str, str],
+def _validate(model: type[Any], values: dict[str, Any], names: Mapping[str, str],
               where: str = "") -> Any:
+    """``names``: CARP_X -> the variable or option the user set it with (environment mode)."""
     try:
         return model.model_validate(values)
     except ValidationError as e:
         lines = []
-        for line in (one for many in _all_errors(model, values, e, spelled)
-                     for one in many.splitlines()):
+        for line in (one for many in _all_errors(model, values, e) for one in many.splitlines()):
             if where:  # a file: name its key, not the variable
-                var, sep, rest = line.partition(": ")
+                var, sep, _ = line.partition(": ")
                 key = (var.removeprefix("UCARP_").removeprefix("CARP_")
                        .removeprefix("HEALTH_").lower())
-                line = f"{where}: {key}: {rest}" if sep and var.isupper() else f"{where}: {line}"
+                line = (f"{where}: {as_given(line, {}, values, _SECRETS, key)}"
+                        if sep and var.isupper() else f"{where}: {line}")
+            else:
+                line = as_given(line, names, values, _SECRETS)
             lines.append(line)
         raise ConfigError("\n".join(lines)) from None
 
@@ -388,6 +405,8 @@ _AGENT_VARS = {names[0] for names in _spellings(AgentSettings)}
 _INSTANCE_VARS = {names[0] for names in _spellings(VhidSettings)}
 _CHECK_VARS = {names[0] for names in _spellings(CheckSettings)}
 _CHECK_NAMES = {name for names in _spellings(CheckSettings) for name in names}
+_SECRETS = {d.var for d in (*VHID, *CHECK, *AGENT) if d.setting.secret}
+_OPTION_NAMES = {o.setting: o.long for o in ucarp_options.OPTIONS if o.setting}
 
 
 class _SourceModel(BaseSettings):
@@ -403,22 +422,21 @@ _Variables = create_model(  # type: ignore[call-overload]
        for names in [*_ALL_SPELLINGS, ("CARP_CONFIG",)]})
 
 
-def _lines(error: ValidationError, given: Mapping[str, str]) -> list[str]:
-    """One line per problem, naming the variable as the user spelled it."""
+def _canonical(field: Any) -> str:
+    """A field's variable as CARP_X, whichever spelling or field name pydantic reports."""
+    name = str(field)
+    return name.removeprefix("U") if name.startswith(("CARP_", "UCARP_")) else f"CARP_{name.upper()}"
+
+
+def _lines(error: ValidationError) -> list[str]:
+    """One line per problem, naming the variable as CARP_X (:func:`_validate` renames it)."""
     out = []
     for problem in error.errors(include_url=False, include_input=False):
         message = str(problem["msg"]).removeprefix("Value error, ")
         if not problem["loc"]:
             out.append(message)
             continue
-        field = str(problem["loc"][0])
-        spelled = field if field.startswith(("CARP_", "UCARP_")) else f"CARP_{field.upper()}"
-        for prefix in ("CARP_", "UCARP_"):
-            candidate = prefix + spelled.removeprefix("CARP_").removeprefix("UCARP_")
-            if candidate in given:
-                spelled = candidate
-                break
         if problem["type"] == "missing":
             message = "required but not set"
-        out.append(f"{spelled}: {message}")
+        out.append(f"{_canonical(problem['loc'][0])}: {message}")
     return out

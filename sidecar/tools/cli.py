@@ -36,8 +36,8 @@ def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None,
               environ_secrets: dict[str, str] | None = None) -> Config:
     from sidecar.config.settings import load
 
-    return load({**(environ_secrets or {}), **os.environ, **(overrides or {})},
-                getattr(args, "env_file", None))
+    return load({**(environ_secrets or {}), **os.environ}, getattr(args, "env_file", None),
+                options=overrides)
 
 
 def _parse(argv: list[str], as_ucarp: bool) -> argparse.Namespace:

@@ -76,7 +76,7 @@ def sweep_before_validating(args: argparse.Namespace) -> list[tuple[str, str]]:
         return env.get(f"CARP_{name}", env.get(f"UCARP_{name}"))
 
     neutral = (var("NEUTRAL") or "").strip().lower() not in ("", "0", "f", "n", "false", "no", "off")
-    if (getattr(args, "env_file", None) or var("CONFIG") or neutral
+    if (getattr(args, "env_file", None) or var("CONFIG") or env.get("CARP_ENV_FILE") or neutral
             or getattr(args, "ucarp_neutral", False)):
         return []
     state_dir = Path(var("STATE_DIR") or DEFAULT_STATE_DIR)

@@ -171,7 +171,7 @@ def test_address_and_mask_forms(addr: str, mask: str | None, want: str) -> None:
      "CARP_ADDR: 2001:db8::1/64 on CARP_VIP_INTERFACE=lo must be a host route"),
     ({"CARP_VIP_INTERFACE": "lo", "CARP_GARP_REPEAT": "3"},
      "CARP_GARP_REPEAT: no gratuitous ARP, NA or probe is sent for VIPs on CARP_VIP_INTERFACE=lo"),
-    ({"CARP_VIP_INTERFACE": "lo", "UCARP_GARP_REFRESH": "60"}, "CARP_GARP_REFRESH: no grat"),
+    ({"CARP_VIP_INTERFACE": "lo", "UCARP_GARP_REFRESH": "60"}, "UCARP_GARP_REFRESH: no grat"),
     ({"CARP_VIP_INTERFACE": "lo", "CARP_PROBE_INTERVAL": "10"}, "CARP_PROBE_INTERVAL: no grat"),
     ({"CARP_VIP_INTERFACE": "eth0"}, "CARP_VIP_INTERFACE: is CARP_INTERFACE; leave it unset"),
     ({"CARP_VIP_INTERFACE": "a" * 16}, "CARP_VIP_INTERFACE: not an interface name"),
@@ -242,7 +242,8 @@ def test_cli_bad_config_exits_2_with_one_line_no_traceback() -> None:
     r = run_cli("check-config", "--offline", env={**BASE, "CARP_VHID": "256", "CARP_PASS": "topsecret"})
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "carp-sidecar: configuration error: CARP_VHID: Input should be less than or equal to 255"]
+        "carp-sidecar: configuration error: CARP_VHID: Input should be less than or equal to 255 "
+        "(CARP_VHID=256)"]
     assert "topsecret" not in r.stderr + r.stdout
 
 
@@ -526,7 +527,8 @@ def test_routed_vips_with_the_up_script_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         one({**BASE, "CARP_VIP_INTERFACE": "lo", "CARP_UPSCRIPT": str(up)})
     assert str(e.value) == ("CARP_VIP_INTERFACE: the up/down scripts own the VIPs "
-                            "(CARP_UPSCRIPT/CARP_DOWNSCRIPT); set one or the other")
+                            "(CARP_UPSCRIPT/CARP_DOWNSCRIPT); set one or the other "
+                            "(CARP_VIP_INTERFACE=lo)")
 
 
 def test_routed_vip_per_instance_in_toml(tmp_path: Path) -> None:
