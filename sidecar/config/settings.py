@@ -381,7 +381,7 @@ def _validate(model: type[Any], values: dict[str, Any], names: Mapping[str, str]
                 var, sep, _ = line.partition(": ")
                 key = (var.removeprefix("UCARP_").removeprefix("CARP_")
                        .removeprefix("HEALTH_").lower())
-                line = (f"{where}: {as_given(line, {}, values, _SECRETS, key)}"
+                line = (f"{where}: {as_given(line, _TOML_KEYS, values, _SECRETS, key)}"
                         if sep and var.isupper() else f"{where}: {line}")
             else:
                 line = as_given(line, names, values, _SECRETS)
@@ -415,6 +415,7 @@ class _SourceModel(BaseSettings):
 
 
 _CARP_NAMES = {names[0] for names in _ALL_SPELLINGS} | {"CARP_CONFIG"}
+_TOML_KEYS = {v: v.removeprefix("CARP_").lower() for v in _CARP_NAMES}  # what a file calls it
 # What the sources read: one optional string per setting, spelled CARP_X or UCARP_X.
 _Variables = create_model(  # type: ignore[call-overload]
     "_Variables", __base__=_SourceModel,

@@ -45,7 +45,7 @@ def shell_leftovers(environ: Mapping[str, str], names: Iterable[str], secrets: s
             continue
         canonical = name.removeprefix("U")
         secret = canonical in secrets
-        shown = name if secret else f"{name}={shlex.quote(value)}"
+        shown = name if secret else f"{name}={value!r}"  # as received, quotes and all
         line = (f"{shown}: {problem}, which a shell would have removed: `docker run --env-file` "
                 f"passes a ucarp.conf line unparsed; {MOUNT_HINT}" + (PASS_HINT if secret else ""))
         (warnings if canonical in SHELL_WORDS else errors).append(line)
