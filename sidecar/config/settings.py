@@ -73,6 +73,7 @@ class Config:
     # where each printed value came from: section title -> variable -> "environment", ...
     origins: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # likely mistakes that are not errors (check-config prints)
+    names: dict[str, str] = field(default_factory=dict)  # CARP_X -> as given: UCARP_X, --vhid
 
     @property
     def metrics_listen(self) -> str:
@@ -157,7 +158,7 @@ def _load(environ: Mapping[str, str], env_file: Path | None, options: Mapping[st
     if errors or agent is None or instance is None:
         raise ConfigError("\n".join(errors))
     config = Config(agent, (instance,), checks, "environment", _script_extra(raw, in_file),
-                    warnings=(*bare_names(in_file), *cautions))
+                    warnings=(*bare_names(in_file), *cautions), names=names)
     return dataclasses.replace(config, origins=env_origins(config, environ, in_file, env_file))
 
 

@@ -92,7 +92,7 @@ def as_given(line: str, names: Mapping[str, str], values: Mapping[str, Any],
     ``key``: the line is about a TOML file's key, named so."""
     match = _LEADING.match(line)
     head, rest = (match.group(1).removeprefix("U"), line[match.end():]) if match else ("", line)
-    rest = _MENTION.sub(lambda m: names.get(m.group().removeprefix("U"), m.group()), rest)
+    rest = renamed(rest, names)
     if not head:
         return rest
     name = key or names.get(head, head)
@@ -110,3 +110,8 @@ def _plain(value: Any) -> str:
 
 def _toml(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (str, list)) else str(value)
+
+
+def renamed(text: str, names: Mapping[str, str]) -> str:
+    """``text`` with every CARP_X it mentions named as the user gave it (``names``)."""
+    return _MENTION.sub(lambda m: names.get(m.group().removeprefix("U"), m.group()), text)

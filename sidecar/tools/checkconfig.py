@@ -11,6 +11,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from sidecar.config.settings import Config, VhidSettings, show
+from sidecar.config.spelling import renamed
 from sidecar.core.intervals import US, advert_interval_us, master_down_interval_us
 from sidecar.net.caps import missing_capability, source_address, vip_interface_problem
 
@@ -73,7 +74,7 @@ def host_problems(config: Config) -> list[str]:
                                      for i in config.instances))
     if problem:
         problems.append(problem)
-    return problems
+    return [renamed(p, config.names) for p in problems]  # UCARP_INTERFACE if they wrote so
 
 
 def report(config: Config, offline: bool) -> tuple[list[str], list[str]]:

@@ -178,3 +178,9 @@ def test_a_bad_interface_name_is_not_also_an_alias_problem_about_a_stand_in() ->
                   offline=True).splitlines()
     assert lines == [f"UCARP_INTERFACE: not an interface name (1-15 characters) "
                      f"(UCARP_INTERFACE={long})"]
+
+
+def test_check_config_names_a_missing_interface_as_spelled() -> None:
+    r = cli("check-config", env={**BASE, "UCARP_INTERFACE": "eht0"})
+    assert ("carp-sidecar: host check: UCARP_INTERFACE: no interface named 'eht0' on this host"
+            in r.stderr)
