@@ -97,11 +97,17 @@ def as_given(line: str, names: Mapping[str, str], values: Mapping[str, Any],
         return rest
     name = key or names.get(head, head)
     value = values.get(head)
-    if value in (None, "", [], ()) or head in secrets or _plain(value) in rest:
+    if value in (None, "", [], ()) or head in secrets or _shows(rest, _plain(value)):
         return f"{name}: {rest}"
     given = (f"{key} = {_toml(value)}" if key else f"{name} {shlex.quote(_plain(value))}"
              if name.startswith("--") else f"{name}={shlex.quote(_plain(value))}")
     return f"{name}: {rest} ({given})"
+
+
+def _shows(text: str, value: str) -> bool:
+    """The reason already shows the value: quoted, or as its subject ("0.0.0.0 is not...");
+    not a mere substring ("a" of "should be a valid integer", 1 of "at most 10")."""
+    return f"'{value}'" in text or text.startswith(f"{value} ")
 
 
 def _plain(value: Any) -> str:

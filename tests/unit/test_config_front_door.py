@@ -184,3 +184,16 @@ def test_check_config_names_a_missing_interface_as_spelled() -> None:
     r = cli("check-config", env={**BASE, "UCARP_INTERFACE": "eht0"})
     assert ("carp-sidecar: host check: UCARP_INTERFACE: no interface named 'eht0' on this host"
             in r.stderr)
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("UCARP_VHID", "a", "UCARP_VHID: Input should be a valid integer, unable to parse string as "
+                        "an integer (UCARP_VHID=a)"),
+    ("CARP_DEADRATIO", "2555", "CARP_DEADRATIO: Input should be less than or equal to 255 "
+                               "(CARP_DEADRATIO=2555)"),
+    ("UCARP_ADDR", "0.0.0.0", "UCARP_ADDR: 0.0.0.0 is not a host address"),  # shown already
+    ("UCARP_MCAST", "10.0.0.9", "UCARP_MCAST: must be an IPv4 multicast group "
+                                "(UCARP_MCAST=10.0.0.9)"),
+])
+def test_the_value_is_shown_once(name: str, value: str, message: str) -> None:
+    assert error({**BASE, name: value}, offline=True) == message
