@@ -17,11 +17,12 @@ from sidecar import __version__
 from sidecar.config import ucarp_options
 from sidecar.config.runconfig import ConfigError
 from sidecar.tools import cliargs
+from sidecar.tools.findagent import control_sockets, explicit_configuration, one_agent
 from sidecar.tools.launch import (
+    DETACHED,
     daemon_syslog,
     daemonize,
     exec_agent,
-    in_container,
     sweep_before_validating,
 )
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # pydantic's import is most of a short command's time: only w
     from sidecar.config.settings import Config
 
 EXIT_CONFIG = 2
-DEFAULT_RUN_DIR = "/run/carp-sidecar"  # where agents make their control sockets
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, str] | None = None,
@@ -71,8 +71,8 @@ def dump_runtime_config(given: str) -> int:
     try:
         args = _parse(argv, prog == "ucarp")
         config = _run_config(args, prog == "ucarp", argv, request.get("environ"))
-        if getattr(args, "ucarp_daemonize", False) and not in_container():
-            config = daemon_syslog(config)  # as daemonize decided at start
+        if getattr(args, "ucarp_daemonize", False) and os.environ.get(DETACHED) == "1":
+            config = daemon_syslog(config)  # as daemonize decided at start (our parent)
         print(config.runtime().to_json())
     except ConfigError as e:
         print(str(e), file=sys.stderr)
@@ -193,7 +193,7 @@ def _completion(args: argparse.Namespace) -> int:
 def _maintenance(args: argparse.Namespace) -> int:
     from sidecar.serve.control import send_command
 
-    path = args.socket or _socket_path(args)
+    path = one_agent(_sockets(args), args.command)
     print(send_command(path, args.command + (f" {args.vhid}" if args.vhid else "")))
     return 0
 
@@ -201,7 +201,9 @@ def _maintenance(args: argparse.Namespace) -> int:
 def _reload(args: argparse.Namespace) -> int:
     from sidecar.serve.control import send_command
 
-    reply = send_command(args.socket or _socket_path(args), "reload", timeout=120)
+    if explicit_configuration(getattr(args, "env_file", None), os.environ):
+        _settings(args)  # a file that does not validate: its errors, not a refused reload
+    reply = send_command(one_agent(_sockets(args), "reload"), "reload", timeout=120)
     print(reply.replace("; ", "\n  ").replace("reloaded: ", "reloaded:\n  "))
     return 0
 
@@ -291,38 +293,17 @@ def _status(args: argparse.Namespace) -> int:
     else:
         from sidecar.serve.control import send_command
 
-        for path in _status_sockets(args):
+        for path in _sockets(args):
             docs.append(json.loads(send_command(path, "status")))
     for doc in docs:
         print(json.dumps(doc, indent=2) if args.json else render(doc))
     return 0
 
 
-def _status_sockets(args: argparse.Namespace) -> list[Path]:
-    """The local agent(s): --socket, CARP_CONTROL_SOCKET, the configuration's socket, or
-    every socket an agent made in /run/carp-sidecar (each agent has one)."""
-    if args.socket:
-        return [args.socket]
-    named = os.environ.get("CARP_CONTROL_SOCKET") or os.environ.get("UCARP_CONTROL_SOCKET")
-    if named:
-        return [Path(named)]
-    try:
-        return [_settings(args).control_socket]
-    except ConfigError:
-        pass
-    found = sorted(p for p in Path(DEFAULT_RUN_DIR).glob("*.sock") if p.is_socket())
-    if not found:
-        raise OSError(f"no agent found: no control socket in {DEFAULT_RUN_DIR} (is it "
-                      "running? pass --socket or set CARP_CONTROL_SOCKET)")
-    return found
-
-
-def _socket_path(args: argparse.Namespace) -> Path:
-    try:
-        return _settings(args).control_socket
-    except ConfigError:
-        raise OSError("no control socket: set CARP_CONTROL_SOCKET (or the agent's CARP_* "
-                      "variables or CARP_CONFIG), or pass --socket") from None
+def _sockets(args: argparse.Namespace) -> list[Path]:
+    """The local agent(s) the command means (sidecar.tools.findagent: one lookup for all)."""
+    return control_sockets(args.socket, getattr(args, "env_file", None), os.environ,
+                           lambda: _settings(args).control_socket)
 
 
 def _endpoint(settings: Config, path: str) -> str:

@@ -14,7 +14,8 @@ from sidecar.config.runconfig import variables_help
 
 Builder = Callable[[Any, argparse.ArgumentParser], None]  # (subparsers, the --env-file parent)
 ENV_FILE = "--env-file"  # the one option before the command: parser() adds it, named() skips it
-SOCKET_HELP = "control socket (default: CARP_CONTROL_SOCKET or the default path)"
+SOCKET_HELP = ("control socket (default: CARP_CONTROL_SOCKET, /run/carp-sidecar/NAME.sock for "
+               "--env-file NAME.env, the configured one, or the one in /run/carp-sidecar)")
 
 
 def _variables_help() -> str:
@@ -47,8 +48,8 @@ def _status(sub: Any, env_file: argparse.ArgumentParser) -> None:
     st.add_argument("--json", action="store_true", help="the agent's /status document")
     st.add_argument("--url", default=None, help="ask this /status URL instead of the control "
                     "socket")
-    st.add_argument("--socket", type=Path, default=None, help="control socket (default: "
-                    "CARP_CONTROL_SOCKET, the configured one, or every one in /run/carp-sidecar)")
+    st.add_argument("--socket", type=Path, default=None, help=SOCKET_HELP.replace(
+                    "the one in", "every one in"))
 
 
 def _healthcheck(sub: Any, env_file: argparse.ArgumentParser) -> None:

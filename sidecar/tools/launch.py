@@ -20,21 +20,27 @@ if TYPE_CHECKING:
 
 
 CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}
-HOST_INITS = {"systemd", "init", "openrc-init", "runit", "s6-svscan"}
+DETACHED = "SIDECAR_DETACHED"  # set in the detached agent's environment: its reloads' child reads it
 
 
-def in_container() -> bool:
-    """PID 1 ourselves, a container init as PID 1, or a container runtime's marker file with
-    no host init: a background agent would end the container (or escape its supervisor)."""
-    try:
-        with open("/proc/1/comm") as f:
-            init = f.read().strip()
-    except OSError:
-        init = ""
-    if os.getpid() == 1 or init in CONTAINER_INITS:
+def supervised_in_foreground(proc: Path = Path("/proc"), pid: int | None = None,
+                             ppid: int | None = None) -> bool:
+    """Would detaching end what supervises us? Yes when we are PID 1 (a container's main
+    process: the container ends with it), or when our parent is PID 1 and a container's init
+    (tini, docker run --init, podman's, dumb-init, catatonit), which exits when its one child
+    does. A marker file (/.dockerenv) says nothing of that: hosts and CI runners have it, and a
+    start script under it waits for ucarp's --daemonize to return."""
+    pid = os.getpid() if pid is None else pid
+    ppid = os.getppid() if ppid is None else ppid
+    if pid == 1:
         return True
-    marked = any(os.path.exists(p) for p in ("/.dockerenv", "/run/.containerenv"))
-    return marked and init not in HOST_INITS
+    if ppid != 1:
+        return False
+    try:
+        init = (proc / "1" / "comm").read_text().strip()
+    except OSError:
+        return False
+    return init in CONTAINER_INITS
 
 
 def daemon_syslog(config: Config) -> Config:
@@ -46,12 +52,13 @@ def daemon_syslog(config: Config) -> Config:
 
 def daemonize(config: Config) -> Config:
     """ucarp's --daemonize: detach (double fork, new session, stdio to /dev/null) and log to
-    syslog. In a container the runtime supervises the foreground process: stay there."""
-    if in_container():
-        print("carp-sidecar: --daemonize ignored in a container: staying in the foreground",
-              file=sys.stderr)
+    syslog. As a container's main process (supervised_in_foreground) stay there."""
+    if supervised_in_foreground():
+        print("carp-sidecar: --daemonize ignored in a container (PID 1, or the child of its "
+              "init): staying in the foreground", file=sys.stderr)
         return config
     config = daemon_syslog(config)
+    os.environ[DETACHED] = "1"
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
