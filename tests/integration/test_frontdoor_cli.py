@@ -81,7 +81,7 @@ def every_command(lab: Lab, *before: str, env: dict[str, str] | None = None) -> 
         answers[command] = r.stdout
     assert "vhid 1 on eth0:" in answers["status"]
     assert "maintenance=on" in answers["demote"] and "maintenance=off" in answers["promote"]
-    assert answers["reload"].startswith("reloaded:")
+    assert answers["reload"].startswith("reloaded:") and "no changes" in answers["reload"]
 
 
 def start(lab: Lab, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
