@@ -222,7 +222,7 @@ def _script(path: Path, text: str, known: dict[str, str], out: Imported) -> None
         settings = ucarp_options.settings(args)
         if args.ucarp_daemonize:
             out.info.append(f"{path}: --daemonize: the agent detaches and logs to syslog as "
-                             "ucarp does, except in a container (foreground)")
+                             "ucarp does, except as a container's PID 1 or its init's child (foreground)")
         # what ucarp's command line cannot say (UCARP_MASK, UCARP_IF_ALIAS: the scripts read
         # them from the conf) comes from the conf the script sources; the command line wins
         instance = _settings_of({k: v for k, v in values.items() if v}, path, out)
