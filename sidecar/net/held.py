@@ -7,19 +7,25 @@ keeps one file, ``held/<pid>-<random>.json`` in the state directory, holding an 
 ``flock`` on it for as long as it lives and rewriting it before each VIP it adds and after each
 it removes. The kernel drops the lock when the process dies, however it dies, so a file that
 can be locked is a dead agent's: :func:`sweep` removes exactly what it lists (same boot, same
-network namespace, interface index and name unchanged) and deletes the file. An agent that
-stops cleanly has removed its VIPs and deletes its own file.
+network namespace, same interface index: an interface renamed meanwhile kept its addresses, so
+they are removed under its new name; a deleted one took them along) and deletes the file. An
+agent that stops cleanly has removed its VIPs and deletes its own file. The adds of one event
+loop turn are recorded in one write before any of them is sent (sidecar.net.netlink): 255
+VHIDs x 16 VIPs are one rewrite, not 4080.
 
 The record is a hint for speed only: after validation the agent still removes every VIP of its
-configuration it finds (Agent.remove_stale_vips), with or without a record. So a state
-directory that cannot take it (full, read-only, a file where ``held/`` should be) never stops
-an agent: it runs without one and says so (:attr:`HeldVips.problem`, sidecar.runtime.heldstate).
+configuration it finds (sidecar.runtime.stale.remove_stale_vips), with or without a record. So
+a state directory that cannot take it (full, read-only, a file where ``held/`` should be) never
+stops an agent: it runs without one and says so (:attr:`HeldVips.problem`,
+sidecar.runtime.stale.HeldRecord); nor does a record it cannot read, or an entry of one.
 
 A full disk must not cut a record short either: the file is written at its full reserved size
-(``RESERVED_BYTES``, space-padded JSON) when it is created, so each rewrite lands on blocks it
-already owns; every write's count is checked, and a checksum of the list (``crc``) makes a
-record that was cut short anyway (a copy-on-write file system, a size limit) unreadable rather
-than taken for a whole one.
+(:func:`reserve_for`: the configuration's VIPs x the longest entry, space-padded JSON) when it is
+created and again when a reload needs more, so each rewrite lands on blocks it already owns;
+every write's count is checked, and a checksum of the list (``crc``) makes a record that was
+cut short anyway (a copy-on-write file system, a size limit) unreadable rather than taken for a
+whole one. A record without ``crc`` is the previous release's (truncated, then written whole):
+read when it is a whole JSON document, so an upgrade still removes a killed old agent's VIPs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import zlib
@@ -37,8 +44,17 @@ from typing import Any
 
 from sidecar.net.rtmsg import delete_address
 
-RESERVED_BYTES = 256 * 1024  # 255 VHIDs x 16 VIPs x ~60 bytes
-MAX_RECORD_BYTES = 1024 * 1024  # read at most this much: anything larger is not ours
+# the longest entry: [4294967295,"<15 chars>","ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",128],
+ENTRY_BYTES = 88
+MIN_RESERVED_BYTES = 64 * 1024  # a reload adding a few VIPs fits without growing it
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # read at most this much: anything larger is not ours
+log = logging.getLogger("carp-sidecar")
+
+
+def reserve_for(vips: int) -> int:
+    """Bytes to reserve for a record of ``vips`` VIPs: each may be listed twice for a while
+    (its interface re-created under a new index before the old entry is dropped)."""
+    return max(MIN_RESERVED_BYTES, 2 * vips * ENTRY_BYTES + 512)
 
 
 def _identity() -> dict[str, Any]:
@@ -52,14 +68,17 @@ def _identity() -> dict[str, Any]:
 
 
 def _crc(held: list[list[Any]]) -> int:
-    return zlib.crc32(json.dumps(held, separators=(",", ":")).encode())
+    return zlib.crc32(json.dumps(held, separators=_COMPACT).encode())
+
+
+_COMPACT = (",", ":")
 
 
 class HeldVips:
     """This process's record; every method is a few syscalls (no fsync: a host crash takes
     the addresses with it). OSError from the constructor: no record can be kept here."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, reserved: int = MIN_RESERVED_BYTES) -> None:
         directory = state_dir / "held"
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -71,8 +90,12 @@ class HeldVips:
         self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.path = directory / f"{name}.json"
         self._identity = _identity()
-        self._held: dict[tuple[int, str, int], str] = {}  # (index, address, prefix) -> ifname
-        self._length = RESERVED_BYTES  # the first write reserves the blocks of every later one
+        # (index, address, prefix) -> the entry, encoded once: a write joins them
+        self._held: dict[tuple[int, str, int], str] = {}
+        self._head = json.dumps(self._identity, separators=_COMPACT)[:-1]
+        self._length = self._reserved = reserved  # the first write reserves the blocks
+        self._dirty = False
+        self.writes = 0  # how many times the record was rewritten (tests count them)
         self.problem: str | None = None  # why the record on disk is not whole, None if it is
         self.on_problem: Callable[[str | None], None] = lambda _: None  # called on a change
         try:
@@ -88,24 +111,41 @@ class HeldVips:
             raise
 
     def adding(self, index: int, address: str, prefixlen: int) -> None:
+        """Listed in memory; :meth:`flush` writes it (before the add is sent)."""
         key = (index, address, prefixlen)
         if key not in self._held:
             try:
-                self._held[key] = socket.if_indextoname(index)
+                name = socket.if_indextoname(index)
             except OSError:
                 return  # no such interface: the add fails too
-            self._write()
+            self._held[key] = json.dumps([index, name, address, prefixlen], separators=_COMPACT)
+            self._dirty = True
 
     def removed(self, index: int, address: str) -> None:
+        """Dropped in memory; :meth:`flush` writes it."""
         gone = [k for k in self._held if k[0] == index and k[1] == address]
         for key in gone:
             del self._held[key]
-        if gone:
+        self._dirty = self._dirty or bool(gone)
+
+    def flush(self) -> None:
+        """Write what changed since the last write, if anything did."""
+        if self._dirty:
+            self._write()
+
+    def reserve(self, reserved: int) -> None:
+        """Own at least ``reserved`` bytes (a reload added VIPs): written now, padded."""
+        if reserved > self._reserved:
+            self._reserved = reserved
+            self._length = max(self._length, reserved)
             self._write()
 
     def _write(self) -> None:
-        held = [[i, name, a, p] for (i, a, p), name in self._held.items()]
-        data = json.dumps(dict(self._identity, held=held, crc=_crc(held))).encode()
+        self._dirty = False
+        self.writes += 1
+        held = "[" + ",".join(self._held.values()) + "]"
+        crc = zlib.crc32(held.encode())
+        data = f'{self._head},"crc":{crc},"held":{held}}}'.encode()
         padded = data.ljust(self._length)  # blanks what a longer record left beyond it
         try:
             written = os.pwrite(self._fd, padded, 0)
@@ -115,7 +155,7 @@ class HeldVips:
             self._length = len(padded)  # some of it may be there: the next write blanks it
             self._set_problem(f"cannot write {self.path.name}: {e.strerror or e}")
             return
-        self._length = len(data)
+        self._length = len(data)  # the file keeps its size: later writes pad to this only
         self._set_problem(None)
 
     def _set_problem(self, problem: str | None) -> None:
@@ -158,7 +198,7 @@ def sweep(state_dir: Path, untrusted: list[str] | None = None) -> list[tuple[str
             st = os.fstat(fd)
             if st.st_nlink == 0 or st.st_size == 0:
                 continue  # another sweeper finished it, or its agent has not locked it yet
-            listed = _remove_listed(os.pread(fd, MAX_RECORD_BYTES, 0), me)
+            listed = _remove_listed(os.pread(fd, min(st.st_size, MAX_RECORD_BYTES), 0), me)
             if listed is None:
                 if untrusted is None:
                     continue
@@ -173,22 +213,52 @@ def sweep(state_dir: Path, untrusted: list[str] | None = None) -> list[tuple[str
     return removed
 
 
-def _remove_listed(raw: bytes, me: dict[str, Any]) -> list[tuple[str, str]] | None:
-    """What the record lists, removed; None if it is not a whole record of ours."""
+def _entries(raw: bytes, me: dict[str, Any]) -> list[Any] | None:
+    """The list of a whole record, None if it is not one: with a ``crc`` that matches, or
+    without one, the previous release's (written whole after a truncate, never padded)."""
     try:
-        doc = json.loads(raw.rstrip(b" "))  # the padding: 256 KiB of it decoded costs ~1 ms
-        if doc["crc"] != _crc(doc["held"]):
+        doc = json.loads(raw.rstrip(b" "))  # the padding (stripped, never decoded)
+        if "crc" not in doc:
+            if raw.endswith(b" ") or set(doc) != {"boot_id", "netns", "held"}:
+                raise ValueError("not the previous release's record")
+        elif doc["crc"] != _crc(doc["held"]):
             raise ValueError("cut short")  # new bytes before old ones: a list, but not ours
-        entries = [(int(i), str(n), str(a), int(p)) for i, n, a, p in doc["held"]]
+        if not isinstance(doc["held"], list):
+            raise TypeError("no list")
         same_host = doc["boot_id"] == me["boot_id"] and doc["netns"] == me["netns"]
     except (ValueError, KeyError, TypeError):
         return None  # not a record we wrote, or cut short: nothing in it to trust
+    return doc["held"] if same_host else []
+
+
+def _remove_listed(raw: bytes, me: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """What the record lists, removed; None if it is not a whole record of ours. An entry that
+    makes no sense (a crc is no proof against a bug or a hand edit) is logged and skipped."""
+    entries = _entries(raw, me)
+    if entries is None:
+        return None
     removed = []
-    for index, name, address, prefixlen in entries if same_host else []:
-        try:  # renamed while the agent was dead: the addresses stayed with the index
-            current = socket.if_indextoname(index)
-        except OSError:
-            continue  # the interface was deleted (or re-created): its addresses went with it
-        if delete_address(index, address, prefixlen):
-            removed.append((address, current if current == name else f"{current} (was {name})"))
+    for entry in entries:
+        try:
+            found = _remove_one(entry)
+        except PermissionError:
+            raise  # no NET_ADMIN: the record stays, the agent will say why
+        except Exception as e:  # never fatal: the configured VIPs are removed anyway
+            log.warning("Held-VIP record: skipping the entry %.80r (%s)", entry, e)
+            continue
+        if found is not None:
+            removed.append(found)
     return removed
+
+
+def _remove_one(entry: Any) -> tuple[str, str] | None:
+    index, name, address, prefixlen = entry
+    if not isinstance(index, int) or not isinstance(prefixlen, int):
+        raise TypeError("index and prefix length must be numbers")
+    try:  # renamed while the agent was dead: the addresses stayed with the index
+        current = socket.if_indextoname(index)
+    except OSError:
+        return None  # the interface was deleted (or re-created): its addresses went with it
+    if not delete_address(index, str(address), prefixlen):
+        return None
+    return str(address), current if current == name else f"{current} (was {name})"

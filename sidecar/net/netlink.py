@@ -75,6 +75,7 @@ class Netlink:
     def __init__(self, held: HeldVips | None = None) -> None:
         self._ipr = AsyncIPRoute()
         self.held = held  # every address added, for the next run if this one is killed
+        self._recorded: asyncio.Future[None] | None = None  # this turn's write of the record
         self._writer: AddressWriter | None = None  # adds and removes, batched (its docstring)
         # One request at a time: the instances' effects run concurrently, and pyroute2 answers
         # a second request on a socket still busy with the first with EBUSY.
@@ -99,16 +100,27 @@ class Netlink:
             msgs = [m async for m in await self._ipr.get_addr(index=index)]
         return [vip for vip in map(_vip, msgs) if vip is not None]
 
-    async def all_addresses(self) -> list[tuple[int, Vip]]:
-        """Every IPv4 and IPv6 address of every interface, with its interface's index."""
+    async def all_addresses(self) -> list[tuple[int, Vip, str | None]]:
+        """Every IPv4 and IPv6 address of every interface: its interface's index, the address,
+        its label (IPv4 only; the interface's name unless set, like ``eth0:0``)."""
         async with self._busy:
             msgs = [m async for m in await self._ipr.get_addr()]
-        return [(m["index"], vip) for m in msgs if (vip := _vip(m)) is not None]
+        return [(m["index"], vip, m.get("IFA_LABEL")) for m in msgs
+                if (vip := _vip(m)) is not None]
+
+    async def all_links(self) -> dict[int, tuple[str, int, str]]:
+        """Every interface: index -> (name, ARPHRD_* type, kind: "veth", "dummy"... or "")."""
+        async with self._busy:
+            msgs = [m async for m in await self._ipr.get_links()]
+        return {m["index"]: (m.get("IFLA_IFNAME") or "", m["ifi_type"],
+                             m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "")
+                for m in msgs}
 
     async def add_address(self, index: int, vip: Vip, label: str | None) -> bool:
         """Add (IPv6 without duplicate address detection); False if it was already there."""
         if self.held is not None:  # before: killed in between, the next run finds it
             self.held.adding(index, str(vip.ip), vip.network.prefixlen)
+            await self._record()
         code = await self._write(RTM_NEWADDR, index, vip, label if vip.version == 4 else None,
                                  IFA_F_NODAD if vip.version == 6 else 0)
         if code == errno.EEXIST:
@@ -129,7 +141,26 @@ class Netlink:
             removed = removed or code == 0
         if self.held is not None:  # not on the interface now, however it left
             self.held.removed(index, str(vip.ip))
+            await self._record()
         return removed
+
+    async def _record(self) -> None:
+        """Every change to the record made in this turn of the event loop, written once at its
+        end: 255 VHIDs x 16 VIPs becoming MASTER together are one rewrite, not 4080."""
+        if self._recorded is None:
+            loop = asyncio.get_running_loop()
+            self._recorded = loop.create_future()
+            loop.call_soon(self._write_record)
+        await asyncio.shield(self._recorded)  # one caller cancelled cancels no other's
+
+    def _write_record(self) -> None:
+        done, self._recorded = self._recorded, None
+        try:
+            if self.held is not None:
+                self.held.flush()
+        finally:
+            if done is not None:
+                done.set_result(None)
 
     async def _write(self, kind: int, index: int, vip: Vip, label: str | None = None,
                      flags: int = 0) -> int:

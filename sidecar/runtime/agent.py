@@ -100,8 +100,7 @@ class Agent:
             await self.build(settings, self.config, links)
         for name, channel in self.channels.items():
             self.open_channel(channel, links[name])
-        for instance in self.instances:
-            await self.remove_stale_vips(instance)
+        await self.remove_stale_vips(*self.instances)
         operator.restore_maintenance(self)
         await self._open_servers()
         for name, check in self.config.checks.items():
@@ -174,8 +173,11 @@ class Agent:
     def _where(self, s: Vhid) -> str:
         return "" if self.config.source == "environment" else f" ({self.config.source}: {s.name})"
 
-    async def remove_stale_vips(self, instance: Instance) -> None:
-        await remove_stale_vips(self.nl, instance)
+    async def remove_stale_vips(self, *instances: Instance) -> None:
+        """The new instances' (all at start, a reload's added ones): one address dump."""
+        if self.held is not None:
+            self.held.reserve(self.instances)  # a reload may have added VIPs
+        await remove_stale_vips(self.nl, instances, self.instances)
 
     async def _open_servers(self) -> None:
         listen = self.config.metrics_listen

@@ -160,8 +160,8 @@ async def bring_up(agent: Agent, settings: list[Vhid], config: RunConfig,
                 agent.open_channel(channel, link)
             else:
                 channel.refresh()  # new groups joined, the filter knows the new VIPs
+        await agent.remove_stale_vips(*built)  # one address dump, one record reservation
         for instance in built:
-            await agent.remove_stale_vips(instance)
             state = ready.get(instance.s.name) or (
                 Ready() if agent.store is None else prepare(agent.store, instance.s, Ready()))
             if state.record is not None and state.record.maintenance:
