@@ -92,6 +92,7 @@ class HeldVips:
         self._identity = _identity()
         # (index, address, prefix) -> the entry, encoded once: a write joins them
         self._held: dict[tuple[int, str, int], str] = {}
+        self._prefixes: dict[tuple[int, str], list[int]] = {}  # a removal finds its keys at once
         self._head = json.dumps(self._identity, separators=_COMPACT)[:-1]
         self._length = self._reserved = reserved  # the first write reserves the blocks
         self._dirty = False
@@ -119,13 +120,14 @@ class HeldVips:
             except OSError:
                 return  # no such interface: the add fails too
             self._held[key] = json.dumps([index, name, address, prefixlen], separators=_COMPACT)
+            self._prefixes.setdefault((index, address), []).append(prefixlen)
             self._dirty = True
 
     def removed(self, index: int, address: str) -> None:
         """Dropped in memory; :meth:`flush` writes it."""
-        gone = [k for k in self._held if k[0] == index and k[1] == address]
-        for key in gone:
-            del self._held[key]
+        gone = self._prefixes.pop((index, address), [])
+        for prefixlen in gone:
+            del self._held[(index, address, prefixlen)]
         self._dirty = self._dirty or bool(gone)
 
     def flush(self) -> None:

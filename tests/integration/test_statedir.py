@@ -175,23 +175,33 @@ def test_a_record_is_whole_on_a_full_disk_and_a_reload_of_150_vips_is_swept(lab:
         assert metric(lab, "a", "carp_held_record_ok") == 1  # its own record: reserved space
 
 
-@pytest.mark.parametrize("record", [True, False], ids=["by-the-record", "by-configuration"])
+@pytest.mark.parametrize("evidence", ["record", "kind", "label"],
+                         ids=["by-the-record", "by-configuration", "by-the-label"])
 def test_a_vip_on_an_interface_renamed_while_the_agent_was_dead_is_removed(
-        lab: Lab, record: bool) -> None:
-    """The record names the index (the sweep before validation); without it, the configured
-    VIPs are looked for on every interface."""
-    killed_master(lab)
-    if not record:
+        lab: Lab, evidence: str) -> None:
+    """The record names the index (the sweep before validation); without it, a configured VIP
+    on another interface is removed when that one is of the configured one's kind and not
+    configured (a veth here), or when its label is CARP_IF_ALIAS's under the new name (the
+    kernel renames labels with their interface; the new eth0 is a bridge here, so the kind
+    alone would not do)."""
+    # the lab labels VIPs eth0:0; without a label, the interface's kind must say it
+    alias = {"CARP_IF_ALIAS": {"label": "eth0:carp", "kind": ""}.get(evidence, "eth0:0")}
+    killed_master(lab, **alias)
+    if evidence != "record":
         shutil.rmtree(lab.dir / "a-state" / "held")
     node = lab.topo["a"]
     node.run("ip", "link", "set", "eth0", "down")
     node.run("ip", "link", "set", "eth0", "name", "old0")
     node.run("ip", "link", "set", "old0", "up")
-    node.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    if evidence == "label":
+        node.run("ip", "link", "add", "eth0", "type", "bridge")
+        assert "old0:carp" in node.run("ip", "-4", "-o", "addr", "show", "dev", "old0").stdout
+    else:
+        node.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
     node.run("ip", "addr", "add", "172.16.0.11/16", "dev", "eth0")
     node.run("ip", "link", "set", "eth0", "up")
     assert VIP in addresses(lab, "old0")
-    proc = lab.start_agent("a")
+    proc = lab.start_agent("a", **alias)
     wait_for(lambda: VIP not in addresses(lab, "old0") or proc.poll() is not None, 5,
              "the VIP removed from the renamed interface")
     wait_for(lambda: "Removed stale VIP 172.16.0.1 from old0" in log_of(lab, "a")
@@ -199,3 +209,28 @@ def test_a_vip_on_an_interface_renamed_while_the_agent_was_dead_is_removed(
     assert proc.poll() is None, log_of(lab, "a")
     assert "Removed stale VIP 172.16.0.1 from old0" in log_of(lab, "a")
     assert VIP not in addresses(lab, "old0")
+    why = {"record": "(was eth0)", "kind": "of the same kind (veth) that is not configured",
+           "label": "labelled old0:carp, CARP_IF_ALIAS eth0:carp"}[evidence]
+    assert why in log_of(lab, "a"), log_of(lab, "a")
+
+
+def test_a_configured_vip_on_an_interface_the_agent_has_no_claim_on_is_left_and_said(
+        lab: Lab) -> None:
+    """LVS-DR or anycast put the VIP on ``lo``, kube-proxy IPVS on the dummy ``kube-ipvs0``
+    (this kernel has no dummy module: a bridge stands in, another kind than the configured
+    veth): someone else's, whatever the configuration says; only a warning names it."""
+    node = lab.topo["a"]
+    node.run("ip", "addr", "add", f"{VIP}/32", "dev", "lo")
+    node.run("ip", "link", "add", "kube-ipvs0", "type", "bridge")
+    node.run("ip", "addr", "add", f"{VIP}/32", "dev", "kube-ipvs0")
+    proc = lab.start_agent("a", CARP_PREEMPT="true")
+    wait_for(lambda: VIP in addresses(lab) or proc.poll() is not None, 10, "node-a MASTER")
+    assert proc.poll() is None, log_of(lab, "a")
+    assert VIP in addresses(lab, "lo") and VIP in addresses(lab, "kube-ipvs0")
+    text = log_of(lab, "a")
+    for dev in ("lo", "kube-ipvs0"):
+        assert f"VIP {VIP} of" in text and f"is also on {dev}, which this agent has no claim " \
+            "on" in text, text
+    assert "Removed stale VIP" not in text
+    lab.stop_agent("a")
+    assert VIP in addresses(lab, "lo") and VIP in addresses(lab, "kube-ipvs0")
