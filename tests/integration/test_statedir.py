@@ -234,3 +234,16 @@ def test_a_configured_vip_on_an_interface_the_agent_has_no_claim_on_is_left_and_
     assert "Removed stale VIP" not in text
     lab.stop_agent("a")
     assert VIP in addresses(lab, "lo") and VIP in addresses(lab, "kube-ipvs0")
+
+
+def test_a_record_of_the_previous_release_is_swept_after_an_upgrade(lab: Lab) -> None:
+    """1a36780's agent wrote ``json.dumps(doc)`` after a truncate, without ``crc``: a killed
+    old agent's VIP is removed by the upgraded one's sweep before validation."""
+    killed_master(lab)
+    (record,) = (lab.dir / "a-state" / "held").glob("*.json")
+    doc = json.loads(record.read_bytes())
+    record.write_text(json.dumps({k: doc[k] for k in ("boot_id", "netns", "held")}))
+    proc = lab.start_agent("a", CARP_ADVSKEW="many")  # validation fails: only the sweep ran
+    assert proc.wait(10) == 2
+    assert vip_holders(lab) == []
+    assert "removed stale VIP 172.16.0.1 from eth0 (left by an earlier run)" in log_of(lab, "a")
