@@ -151,10 +151,11 @@ class Agent:
 
         def changed(healthy: bool, error: str) -> None:
             for instance in gated():
-                instance.check_changed(name, healthy, error)
+                instance.check_changed(name, healthy, error, monitor.failed_since)
 
-        return HealthMonitor(checks_for(check), check.interval, check.timeout, check.rise,
-                             check.fall, result, changed)
+        monitor = HealthMonitor(checks_for(check), check.interval, check.timeout, check.rise,
+                                check.fall, result, changed)
+        return monitor
 
     async def link(self, s: Vhid) -> Link:
         try:

@@ -107,6 +107,9 @@ class HealthMonitor:
         self.checks, self.interval, self.timeout = checks, interval, timeout
         self.rise, self.fall = rise, fall
         self.healthy: bool | None = None
+        # loop time the first check of the current failing streak began: when the service was
+        # last seen failing first, where a health-check failover's outage begins
+        self.failed_since: float | None = None
         self.last_error = ""
         self._streak = 0
         self._on_result, self._on_change = on_result, on_change
@@ -126,8 +129,12 @@ class HealthMonitor:
         self.last_error = ""
         return True
 
-    def record(self, ok: bool) -> None:
+    def record(self, ok: bool, started: float | None = None) -> None:
         self._on_result(ok)
+        if ok:
+            self.failed_since = None
+        elif self.failed_since is None:
+            self.failed_since = started
         if self.healthy is None:
             self.healthy = ok
             self._on_change(ok, self.last_error)
@@ -144,5 +151,5 @@ class HealthMonitor:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            self.record(await self.run_once())
+            self.record(await self.run_once(), started)
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))

@@ -27,6 +27,7 @@ from sidecar.core.machine import (
     DropVip,
     Machine,
     Params,
+    Reason,
     SendAdvert,
     SendGarp,
     State,
@@ -100,6 +101,10 @@ class Instance:
                                   fields(vhid=s.vhid, interface=s.interface))
         self._takeover_started: float | None = None
         self._failover: outputs.TookOver | None = None  # until the VIP is up and announced
+        # a health-check failover, measured here (the successor hears only a bow-out): when
+        # our service failed its first check, until the successor's first advert
+        self._service_failed_at: float | None = None
+        self._released_unhealthy_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- what the channel and the agent read ----
@@ -214,8 +219,14 @@ class Instance:
             elif isinstance(out, Transition):
                 self._takeover_started = now if out.new is State.MASTER else None
                 self._failover = None
+                self._released_unhealthy_at = self._service_failed_at if (
+                    out.old is State.MASTER and out.reason is Reason.UNHEALTHY) else None
             elif isinstance(out, outputs.TookOver):
                 self._failover = out
+            elif (isinstance(out, outputs.Accepted) and not out.handover
+                  and self._released_unhealthy_at is not None):
+                self.m.observe_failover("unhealthy", now - self._released_unhealthy_at)
+                self._released_unhealthy_at = None
         self._reschedule()
 
     def _carry_out(self, out: outputs.Output, now: float) -> list[outputs.Output]:
@@ -260,7 +271,7 @@ class Instance:
             self.m.takeover_duration.observe(now - self._takeover_started)
             self._takeover_started = None
         if self._failover is not None:
-            self.m.failover(self._failover.reason).observe(now - self._failover.heard_at)
+            self.m.observe_failover(self._failover.reason, now - self._failover.heard_at)
             self._failover = None
 
     # ---- strict mode's counter mark ----
@@ -346,7 +357,9 @@ class Instance:
         self.m.demoted.set(1 if self.machine.demoted else 0)
         return bool(todo)
 
-    def check_changed(self, name: str, healthy: bool, error: str) -> None:
+    def check_changed(self, name: str, healthy: bool, error: str,
+                      failed_since: float | None = None) -> None:
+        self._service_failed_at = None if healthy else failed_since
         self._do(self.session.set_check(self.loop.time(), name, healthy, error))
         self.m.demoted.set(1 if self.machine.demoted else 0)
 
