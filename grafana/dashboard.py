@@ -22,6 +22,7 @@ from grafana_foundation_sdk.models import dashboard as m
 OUT = Path(__file__).parent / "dashboards" / "carp-failover.json"
 SEL = 'group=~"$group", instance=~"$instance", vhid=~"$vhid"'
 DS = m.DataSourceRef(type_val="prometheus", uid="${datasource}")
+PROBE = 'job="blackbox-vip", group=~"$group"'
 
 # title -> its queries [(expr, legend)], refIds A, B... in that order; the order is the panel order
 QUERIES: dict[str, list[tuple[str, str]]] = {
@@ -80,6 +81,19 @@ QUERIES: dict[str, list[tuple[str, str]]] = {
         f"histogram_quantile(0.95, sum by (le, instance) "
         f"(rate(carp_takeover_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))",
         "{{instance}}")],
+    # the client's view: the blackbox exporter probing http://VIP/ (job blackbox-vip,
+    # deploy/prometheus/prometheus.yml), labelled with the group, not an agent's instance
+    "VIP answers (blackbox probe from outside)": [(
+        f"max by (group, instance) (probe_success{{{PROBE}}})", "{{group}} {{instance}}")],
+    "VIP availability (blackbox)": [(
+        f"avg by (group) (avg_over_time(probe_success{{{PROBE}}}[$__range]))", "{{group}}")],
+    "Last failover (exact)": [(
+        f"max by (group, vhid, reason) (carp_last_failover_duration_seconds{{{SEL}}})",
+        "{{group}} {{reason}}")],
+    "Priority (advskew: lower wins, 255 demoted)": [
+        (f"max by (instance, vhid) (carp_advskew{{{SEL}}})", "{{instance}} vhid {{vhid}} configured"),
+        (f"max by (instance, vhid, peer) (carp_peer_advskew{{{SEL}}})",
+         "{{instance}} vhid {{vhid}} hears {{peer}}")],
 }
 
 # Transitions as annotations on every panel: a state that changed in the last minute
@@ -159,15 +173,38 @@ def build() -> dict[str, object]:
                               "service failed. CarpFlappingMaster fires at 3")
                  .thresholds(thresholds((None, "green"), (1, "yellow"), (3, "red")))
                  .with_target(targets("Unplanned moves (15 min)", instant=True)[0]))
+    d.with_row(db.Row("The client's view"))
+    d.with_panel(statetimeline.Panel().title("VIP answers (blackbox probe from outside)")
+                 .height(6).span(12).min(0).max(1)
+                 .description("probe_success of the blackbox exporter's GET http://VIP/ "
+                              "(http_2xx), from a host that is no CARP node: what clients see")
+                 .with_target(targets("VIP answers (blackbox probe from outside)")[0])
+                 .mappings([flag("no answer", "answers")]))
+    d.with_panel(stat.Panel().title("VIP availability (blackbox)").height(6).span(4)
+                 .unit("percentunit").decimals(3)
+                 .thresholds(thresholds((None, "red"), (0.999, "green")))
+                 .with_target(targets("VIP availability (blackbox)", instant=True)[0]))
+    d.with_panel(stat.Panel().title("Last failover (exact)").height(6).span(8).unit("s")
+                 .decimals(3)
+                 .description("carp_last_failover_duration_seconds: the last failover's outage "
+                              "exactly (the histogram only gives a bucket bound). Measured by "
+                              "the new master from the old one's last advert; "
+                              "reason=unhealthy: by the old master, from its service's first "
+                              "failed check to the successor's first advert (the new master's "
+                              "handover value is only the last few ms of it)")
+                 .with_target(targets("Last failover (exact)", instant=True)[0]))
     d.with_row(db.Row("Protocol"))
     for title, unit in (("Transitions (flap rate)", "short"), ("Adverts sent", "pps"),
                         ("Adverts received", "pps"), ("Drops by reason", "pps"),
                         ("Split-brain evidence (conflicts)", "short"),
                         ("Advert age (as each backup sees its master)", "s"),
                         ("Script runs by result", "short"),
-                        ("Takeover duration p95", "s")):
-        d.with_panel(timeseries.Panel().title(title).height(8).span(12).unit(unit)
-                     .with_target(targets(title)[0]))
+                        ("Takeover duration p95", "s"),
+                        ("Priority (advskew: lower wins, 255 demoted)", "short")):
+        panel = timeseries.Panel().title(title).height(8).span(12).unit(unit)
+        for query in targets(title):
+            panel = panel.with_target(query)
+        d.with_panel(panel)
     d.with_row(db.Row("VIP and service"))
     for title in ("VIP present (observed by netlink)", "Service health", "Demoted / maintenance"):
         top = 3 if title == "Service health" else 1  # 3: no check configured
