@@ -11,7 +11,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from sidecar.lab import Lab, agent_env
+from sidecar.lab import VIP, Lab, agent_env
+from sidecar.lab.blackbox import available, scrape_config, start_blackbox
 
 from .conftest import dump_on_failure, metric, wait_for
 
@@ -31,7 +32,9 @@ scrape_configs:
   - job_name: carp-sidecar
     static_configs:
       - targets: {json.dumps(list(targets))}
-""")
+{scrape_config(VIP, "vhid1-172.16.0.1")}""")
+    if available() and not (lab.dir / "blackbox.yml").exists():
+        start_blackbox(lab.topo, lab.dir)  # the client's view, for the dashboard's panels
     lab.topo.start("client", ["prometheus", f"--config.file={conf}",
                               f"--storage.tsdb.path={lab.dir / 'tsdb'}",
                               "--web.listen-address=127.0.0.1:9090"],
