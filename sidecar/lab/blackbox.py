@@ -41,6 +41,11 @@ def start_blackbox(topo: Topology, work_dir: Path, host: str = "client") -> subp
                       log=work_dir / "blackbox.log")
 
 
+def probe_url(vip: str) -> str:
+    """What Prometheus asks the exporter (curl it from the client namespace)."""
+    return f"http://{LISTEN}/probe?module=http_2xx&target=http://{vip}/"
+
+
 def scrape_config(vip: str, group: str, interval: str = "1s") -> str:
     """The Prometheus job (YAML, under scrape_configs:) probing ``http://vip/``; ``group``
     labels it as the agents label their series, so dashboard panels select it with $group."""

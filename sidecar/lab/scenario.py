@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.lab import blackbox
 from sidecar.lab.netns import Topology, require_root_and_tools, stop_process
 from sidecar.lab.picture import Recording, downtime_text, draw, missed_a_poll
 
@@ -350,6 +351,10 @@ def _set_up(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
     for node, ip in (("a", "172.16.0.11"), ("b", "172.16.0.12")):
         timeline.say(f"metrics of node-{node}: ip netns exec {lab.topo['client'].ns} "
                      f"curl http://{ip}:9655/metrics")
+    if blackbox.available():  # the client's view as Prometheus users probe it
+        blackbox.start_blackbox(lab.topo, lab.dir)
+        timeline.say(f"blackbox exporter in the client: ip netns exec {lab.topo['client'].ns} "
+                     f"curl '{blackbox.probe_url(VIP)}'")
     threading.Thread(target=_watch_states, args=(lab, timeline, stop), daemon=True).start()
     lab.start_probe()
     lab.wait(lambda: lab.client_sees() == "node-a", 15, "the client to reach node-a")

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from sidecar.lab import VIP, Lab
-from sidecar.lab.blackbox import available, start_blackbox
+from sidecar.lab.blackbox import available, probe_url, start_blackbox
 
 from .conftest import wait_for
 from .test_prometheus import query, start_prometheus
@@ -17,7 +17,7 @@ from .test_prometheus import query, start_prometheus
 pytestmark = pytest.mark.skipif(not available() or shutil.which("prometheus") is None,
                                 reason="prometheus-blackbox-exporter or prometheus missing "
                                        "(make deps)")
-PROBE = f"http://127.0.0.1:9115/probe?module=http_2xx&target=http://{VIP}/"
+PROBE = probe_url(VIP)
 
 
 def probe_success(lab: Lab) -> str | None:
