@@ -189,8 +189,8 @@ def build() -> dict[str, object]:
                  .description("carp_last_failover_duration_seconds: the last failover's outage "
                               "exactly (the histogram only gives a bucket bound). Measured by "
                               "the new master from the old one's last advert; "
-                              "reason=unhealthy: by the old master, from its service's first "
-                              "failed check to the successor's first advert (the new master's "
+                              "reason=unhealthy: by the old master, from its service's last "
+                              "passing check to the successor's first advert (the new master's "
                               "handover value is only the last few ms of it)")
                  .with_target(targets("Last failover (exact)", instant=True)[0]))
     d.with_row(db.Row("Protocol"))

@@ -107,9 +107,11 @@ class HealthMonitor:
         self.checks, self.interval, self.timeout = checks, interval, timeout
         self.rise, self.fall = rise, fall
         self.healthy: bool | None = None
-        # loop time the first check of the current failing streak began: when the service was
-        # last seen failing first, where a health-check failover's outage begins
+        # where a health-check failover's outage begins, measured as a client measures its
+        # gap: the loop time of the last passing check's answer before the current failing
+        # streak (the start of the first failing check if none ever passed); None while passing
         self.failed_since: float | None = None
+        self._last_pass: float | None = None
         self.last_error = ""
         self._streak = 0
         self._on_result, self._on_change = on_result, on_change
@@ -129,12 +131,12 @@ class HealthMonitor:
         self.last_error = ""
         return True
 
-    def record(self, ok: bool, started: float | None = None) -> None:
+    def record(self, ok: bool, started: float | None = None, done: float | None = None) -> None:
         self._on_result(ok)
         if ok:
-            self.failed_since = None
+            self.failed_since, self._last_pass = None, done
         elif self.failed_since is None:
-            self.failed_since = started
+            self.failed_since = self._last_pass if self._last_pass is not None else started
         if self.healthy is None:
             self.healthy = ok
             self._on_change(ok, self.last_error)
@@ -151,5 +153,6 @@ class HealthMonitor:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            self.record(await self.run_once(), started)
+            ok = await self.run_once()
+            self.record(ok, started, loop.time())
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))

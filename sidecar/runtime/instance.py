@@ -101,10 +101,10 @@ class Instance:
                                   fields(vhid=s.vhid, interface=s.interface))
         self._takeover_started: float | None = None
         self._failover: outputs.TookOver | None = None  # until the VIP is up and announced
-        # a health-check failover, measured here (the successor hears only a bow-out): when
-        # our service failed its first check, until the successor's first advert
-        self._service_failed_at: float | None = None
-        self._released_unhealthy_at: float | None = None
+        # a health-check failover is measured here, from the service's last passing check to
+        # the successor's first advert (the successor hears only our bow-out)
+        self._failed_at: float | None = None
+        self._released_at: float | None = None  # left MASTER unhealthy, failing since then
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- what the channel and the agent read ----
@@ -173,7 +173,7 @@ class Instance:
                            self.scripts.environment)
 
     def _machine_gauges(self) -> None:
-        self.m.health_checked.set(1 if self.s.health else 0)
+        self.m.set_health_checked(bool(self.s.health))
         self.m.advbase.set(self.s.advbase)
         self.m.advskew.set(self.s.advskew)
         self.m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
@@ -219,14 +219,13 @@ class Instance:
             elif isinstance(out, Transition):
                 self._takeover_started = now if out.new is State.MASTER else None
                 self._failover = None
-                self._released_unhealthy_at = self._service_failed_at if (
+                self._released_at = self._failed_at if (
                     out.old is State.MASTER and out.reason is Reason.UNHEALTHY) else None
             elif isinstance(out, outputs.TookOver):
                 self._failover = out
-            elif (isinstance(out, outputs.Accepted) and not out.handover
-                  and self._released_unhealthy_at is not None):
-                self.m.observe_failover("unhealthy", now - self._released_unhealthy_at)
-                self._released_unhealthy_at = None
+            elif isinstance(out, outputs.Accepted) and self._released_at is not None:
+                self.m.observe_failover("unhealthy", now - self._released_at)
+                self._released_at = None
         self._reschedule()
 
     def _carry_out(self, out: outputs.Output, now: float) -> list[outputs.Output]:
@@ -359,7 +358,7 @@ class Instance:
 
     def check_changed(self, name: str, healthy: bool, error: str,
                       failed_since: float | None = None) -> None:
-        self._service_failed_at = None if healthy else failed_since
+        self._failed_at = None if healthy else failed_since
         self._do(self.session.set_check(self.loop.time(), name, healthy, error))
         self.m.demoted.set(1 if self.machine.demoted else 0)
 

@@ -172,13 +172,13 @@ class Metrics:
             "carp_failover_duration_seconds", "Measured by the new master, by the reason it took "
             "over: from the last advert it heard from the old master (or its bow-out) to its VIP "
             "up and announced, the outage a client may see; reason=\"unhealthy\": by the old "
-            "master, from its service's first failed check to the successor's first advert",
+            "master, from its service's last passing check to the successor's first advert",
             [*base, "reason"], buckets=FAILOVER_BUCKETS, registry=r)
         # the histogram shows a bucket bound (3.39 s as 3.5 s): the last one exactly, beside it
         self.last_failover_duration = Gauge(
             "carp_last_failover_duration_seconds", "The last failover's outage, exactly, by "
             "reason: as carp_failover_duration_seconds (the new master); reason=\"unhealthy\": "
-            "measured by the old master, from its service's first failed check to the "
+            "measured by the old master, from its service's last passing check to the "
             "successor's first advert", [*base, "reason"], registry=r)
         self.takeover_duration = Histogram("carp_takeover_duration_seconds", "From deciding to "
                                            "become MASTER to VIP added and GARP sent", base,
@@ -292,6 +292,13 @@ class InstanceMetrics:
         """One failover: into the histogram, and exactly into the last-failover gauge."""
         self.failover(reason).observe(seconds)
         self.family.last_failover_duration.labels(**self.labels, reason=reason).set(seconds)
+
+    def set_health_checked(self, checked: bool) -> None:
+        """A node gated by a check may leave MASTER unhealthy: that failover's histogram child
+        is at 0 from now, so Prometheus sees the first one as an increase."""
+        self.health_checked.set(1 if checked else 0)
+        if checked:
+            self.failover("unhealthy")
 
     def _bind_operations(self, m: Metrics, lb: dict[str, str]) -> None:
         """Scripts, the VIP backend, health checks."""

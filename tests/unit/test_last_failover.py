@@ -1,5 +1,5 @@
 """The last failover exactly (not a histogram bucket bound), and where a health-check
-failover's outage begins: the first failed check of the streak that demoted the node."""
+failover's outage begins: the last passing check before the streak that demoted the node."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def test_no_last_failover_series_before_a_failover_and_none_after_removal() -> N
                                      {**LABELS, "reason": "handover"}) is None
 
 
-def test_failed_since_is_the_start_of_the_first_failed_check_of_the_streak() -> None:
+def test_failed_since_is_the_last_passing_answer_before_the_failing_streak() -> None:
+    """As a client counts its gap from its last good answer: the service broke after it."""
     changes: list[tuple[bool, float | None]] = []
     mon: HealthMonitor
 
@@ -58,15 +59,23 @@ def test_failed_since_is_the_start_of_the_first_failed_check_of_the_streak() -> 
         changes.append((ok, mon.failed_since))
 
     mon = HealthMonitor([], 0.1, 1, 2, 3, lambda ok: None, changed)
-    mon.record(True, 10.0)
+    mon.record(True, 10.0, 10.01)
     assert mon.failed_since is None
-    mon.record(False, 10.1)
-    mon.record(True, 10.2)  # a single failure: the streak ends
+    mon.record(False, 10.1, 10.11)
+    assert mon.failed_since == 10.01
+    mon.record(True, 10.2, 10.21)  # a single failure: the streak ends
     assert mon.failed_since is None
     for at in (10.3, 10.4, 10.5):
-        mon.record(False, at)
-    assert changes == [(True, None), (False, 10.3)]  # demoted at 10.5, failing since 10.3
-    mon.record(False, 10.6)
-    assert mon.failed_since == 10.3
-    mon.record(True, 10.7)
+        mon.record(False, at, at + 0.01)
+    assert changes == [(True, None), (False, 10.21)]  # demoted at 10.51, good until 10.21
+    mon.record(False, 10.6, 10.61)
+    assert mon.failed_since == 10.21
+    mon.record(True, 10.7, 10.71)
     assert mon.failed_since is None
+
+
+def test_failed_since_without_any_passing_check_is_the_first_failing_one() -> None:
+    mon = HealthMonitor([], 0.1, 1, 2, 2, lambda ok: None, lambda ok, err: None)
+    mon.record(False, 5.0, 5.2)
+    mon.record(False, 5.3, 5.5)
+    assert mon.failed_since == 5.0
