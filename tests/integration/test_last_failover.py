@@ -14,7 +14,7 @@ from .conftest import dump_on_failure, metric, wait_for
 HEALTH = {"CARP_HEALTH_URL": "http://127.0.0.1/", "CARP_HEALTH_INTERVAL": "0.2"}
 
 
-def test_a_health_check_failover_is_measured_from_the_failed_check_as_the_client_saw_it(
+def test_a_health_check_failover_is_measured_from_the_last_passing_check_as_a_client_sees_it(
         lab: Lab) -> None:
     for node in ("a", "b"):
         lab.start_apache(node)
