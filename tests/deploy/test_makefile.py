@@ -59,6 +59,7 @@ def repo_copy(tmp_path: Path) -> Path:
 
 DEMO_PACKAGES = {"python3-venv", "apache2", "iproute2", "curl"}  # what `carp-sidecar lab` runs
 TEST_ONLY = {"prometheus", "keepalived", "bird2", "frr", "docker-compose", "tshark", "ucarp",
+             "prometheus-blackbox-exporter",
              "kubernetes-client"}
 TEST_PACKAGES = DEMO_PACKAGES | TEST_ONLY | {"tcpdump", "procps", "net-tools", "nftables", "openssl",
                                              "faketime"}
