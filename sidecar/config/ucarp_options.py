@@ -28,7 +28,8 @@ ORDER = ("interface", "srcip", "mcast", "vhid", "pass", "passfile", "preempt", "
          "advbase", "advskew", "upscript", "downscript", "deadratio", "debug", "shutdown",
          "daemonize", "ignoreifstate", "nomcast", "facility", "xparam")
 DAEMONIZE = Option("daemonize", "B", None, False, "run in background, logging to syslog (ignored "
-                   "in a container: the runtime supervises the foreground process)")
+                   "as a container's PID 1 or its init's child: the runtime supervises the "
+                   "foreground process)")
 
 
 def _options() -> tuple[Option, ...]:
