@@ -186,6 +186,7 @@ class Watch:
 def run(interface: str, keys: dict[int, Key], count: int, seconds: float | None,
         pcap: Path | None, out: Callable[[str], None] = print) -> int:
     """Sniff ``interface`` until Ctrl-C, ``count`` adverts or ``seconds``; the summary last."""
+    _scapy()  # quiet, and its layers known before the first frame (no "Unable to guess type")
     from scapy.sendrecv import sniff
     from scapy.utils import PcapWriter
 
@@ -220,19 +221,19 @@ def run(interface: str, keys: dict[int, Key], count: int, seconds: float | None,
 
 
 def _scapy() -> tuple[Any, Any, Any]:
-    """scapy's CARP, IP and Ether, imported without its "CARP overwrites VRRP" warning (we
-    know: protocol 112 is both; the warning would only confuse the reader of our output)."""
+    """scapy's CARP, IP and Ether, imported quietly: our output is the adverts, and a scapy
+    warning first ("CARP overwrites VRRP": we know, protocol 112 is both; "Unable to guess
+    type" on a sniffing socket) only makes people doubt it. scapy keeps a level set on its
+    logger before its first import; only errors get through."""
     import logging
+    import warnings
 
-    runtime = logging.getLogger("scapy.runtime")
-    level = runtime.level
-    runtime.setLevel(logging.ERROR)
-    try:
-        from scapy.contrib.carp import CARP
-        from scapy.layers.inet import IP
-        from scapy.layers.l2 import Ether
-    finally:
-        runtime.setLevel(level)
+    logging.getLogger("scapy").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"scapy(\.|$)")
+    from scapy.contrib.carp import CARP
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
     return CARP, IP, Ether
 
 

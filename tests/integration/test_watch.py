@@ -80,3 +80,14 @@ def test_watch_without_a_password_still_decodes_and_says_why_auth_is_unknown(lab
     assert "no usable configuration" in r.stderr
     assert "not checked (no password and VIP configured)" in r.stdout
     assert LAB_PASSWORD not in r.stdout + r.stderr
+
+
+def test_watch_prints_no_scapy_warning_before_the_adverts(lab: Lab) -> None:
+    # scapy warned "Unable to guess type (interface=eth0 ...)" on its sniffing socket, as the
+    # first line a user saw, before any advert
+    lab.start_agent("a")
+    wait_for(lambda: vip_holders(lab) == ["a"], 8, "node-a MASTER")
+    r = watch(lab, 2.5, **CONFIGURED)
+    assert r.returncode == 0, r.stderr
+    assert not any(ln.startswith("WARNING") for ln in r.stderr.splitlines()), r.stderr
+    assert r.stdout.splitlines()[0].split()[1] == "172.16.0.11", r.stdout  # an advert first
