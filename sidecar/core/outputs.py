@@ -93,6 +93,9 @@ class StaleHolder:
 @dataclass(frozen=True, slots=True)
 class FormerMasterSilent:
     peers: list[str]
+    # how they made way for us: "bowed out" (a handover: their last advert was the bow-out)
+    # or "preempted" (we took over by preemption); None: they fell silent unasked
+    gave_way: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

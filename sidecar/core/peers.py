@@ -79,6 +79,9 @@ class PeerTable:
             del self._peers[src]
         return old
 
+    def get(self, src: str) -> Peer | None:
+        return self._peers.get(src)
+
     def valid_peers(self) -> dict[str, Peer]:
         return {src: p for src, p in self._peers.items() if p.valid}
 

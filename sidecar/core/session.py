@@ -27,6 +27,7 @@ from sidecar.core.machine import (
     Action,
     Machine,
     Params,
+    Reason,
     SendAdvert,
     SendGarp,
     State,
@@ -113,6 +114,7 @@ class Session:
         self._notified: str | None = None
         self._probed_at = -1e9
         self._master_heard_at: float | None = None  # the last advert heard since our takeover
+        self._took_over: Reason | None = None  # why we are MASTER (None: we are not)
         self._stale = StaleHolders(ARP_CAPACITY, STALE_LOG_BACKOFF)
 
     # ---- life ----
@@ -199,7 +201,8 @@ class Session:
         if former:
             actions = self.machine.reannounce(now)  # at most one per advert interval
             if actions:
-                out.append(FormerMasterSilent(former))
+                out.append(FormerMasterSilent(former, gave_way(self.peers, former,
+                                                                self._took_over)))
                 self.watch.answered()
             out += self._after(now, actions)
         self.watch.reschedule(now)
@@ -370,6 +373,7 @@ class Session:
                 a = self._with_planned(a)
             out.append(a)
             if isinstance(a, Transition):
+                self._took_over = a.reason if a.new is State.MASTER else None
                 if a.new is State.MASTER:
                     self.link.failed_sends = 0  # a run of failures counts this mastership's
                     self._at.probe = now + PROBE_AFTER_TAKEOVER
@@ -392,3 +396,11 @@ class Session:
         self._notified = state
         return [Notify(state, reason, peer)]
 
+
+def gave_way(peers: PeerTable, former: list[str], took_over: Reason | None) -> str | None:
+    """Whether these former masters went silent as planned: each bowed out, or we preempted
+    them (a preempted master's last advert may precede our takeover)."""
+    last = [peers.get(src) for src in former]
+    if all(p is not None and (p.advbase, p.advskew) == (255, 255) for p in last):
+        return "bowed out"
+    return "preempted" if took_over is Reason.PREEMPT else None

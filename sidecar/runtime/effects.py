@@ -35,6 +35,7 @@ class Effects(SerialWork[Effect]):
         self.backend, self._announce = backend, announce  # replaced by a reload
         self._running: Effect | None = None
         self._abort = asyncio.Event()
+        self.held = False  # the VIPs were brought up since last dropped (none at start)
 
     def put(self, effect: Effect) -> None:
         if effect is Effect.DROP_VIP:
@@ -51,9 +52,11 @@ class Effects(SerialWork[Effect]):
             if effect is Effect.ANNOUNCE:
                 self._announce()
             elif effect is Effect.ADD_VIP:
+                self.held = True  # an upscript stopped half-way may have added some
                 await self.backend.up(self._abort)
             else:
-                await self.backend.down()
+                held, self.held = self.held, False
+                await self.backend.down(held)
         except Exception:
             log.exception("Unexpected error while handling %s", effect.value)
         finally:

@@ -106,6 +106,7 @@ class Instance:
         self._failed_at: float | None = None
         self._released_at: float | None = None  # left MASTER unhealthy, failing since then
         self._tasks: list[asyncio.Task[None]] = []
+        self._vips_seen: set[IPv4Address | IPv6Address] = set()  # on the VIP interface now
 
     # ---- what the channel and the agent read ----
     @property
@@ -156,11 +157,15 @@ class Instance:
     async def stop(self) -> None:
         """Hand over if MASTER (bow-out, VIP kept until a successor speaks), release the VIPs,
         and let the downscript finish (scripts have their own timeout)."""
-        self._do(self.session.stop(self.loop.time()))
+        bowed_out = self.loop.time()
+        self._do(self.session.stop(bowed_out))
+        handing_over = self.machine.stopping  # a MASTER sent its bow-out and waits
         await self.stopped.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.effects.join(), self.s.script_timeout + 1)
         await self.scripts.join(self.s.script_timeout + 1)
+        if handing_over:  # say to whom: the operator's first question after a stop
+            self.reporter.successor(self.session, bowed_out, self.loop.time())
 
     def close(self) -> None:
         for task in list(self._tasks):
@@ -170,7 +175,7 @@ class Instance:
 
     def _vip_backend(self, s: Vhid) -> VipBackend:
         return backend_for(s, self._nl, self.m, lambda: self.vip_index,
-                           self.scripts.environment)
+                           self.scripts.environment, lambda: bool(self._vips_seen))
 
     def _machine_gauges(self) -> None:
         self.m.set_health_checked(bool(self.s.health))
@@ -305,6 +310,7 @@ class Instance:
         if reattached and self.channel.ifindex is not None:
             self._spawn(self._check_source(self.channel.ifindex))
         if not present and not self.s.routed:  # lo keeps a routed VIP
+            self._vips_seen.clear()
             for child in self.m.vip_present.values():
                 child.set(0)
         self._do(self.session.set_link(self.loop.time(), present, running, reattached))
@@ -327,6 +333,7 @@ class Instance:
         if child is None or event.index != self.vip_index:
             return
         child.set(1 if event.added else 0)
+        (self._vips_seen.add if event.added else self._vips_seen.discard)(event.address)
         if (not event.added and self.machine.state is State.MASTER and not self.machine.stopping
                 and not self.s.manages_vip_by_scripts):
             log.warning("VIP %s was removed from %s by someone else: adding it back",
@@ -340,6 +347,7 @@ class Instance:
             self.effects.put(Effect.ADD_VIP)
 
     def vip_observed(self, present: set[IPv4Address | IPv6Address]) -> None:
+        self._vips_seen = {vip.ip for vip in self.s.vips if vip.ip in present}
         for vip in self.s.vips:
             self.m.vip_present[str(vip.ip)].set(1 if vip.ip in present else 0)
 

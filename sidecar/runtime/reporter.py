@@ -168,8 +168,26 @@ class Reporter:
 
     def _silent(self, e: outputs.FormerMasterSilent, session: Session, now: float) -> None:
         former = e.peers
-        log.warning("Former master %s stopped advertising: re-announcing VIP %s",
-                    ", ".join(former[:3]) + (" …" if len(former) > 3 else ""), self.s.vips[0].ip)
+        # after a handover or our preemption this is the plan working: a WARNING each time
+        # would teach people to skip the one that matters (a master gone silent unasked)
+        log.log(logging.WARNING if e.gave_way is None else logging.INFO,
+                "Former master %s stopped advertising%s: re-announcing VIP %s%s",
+                ", ".join(former[:3]) + (" …" if len(former) > 3 else ""),
+                "" if e.gave_way is None else f" ({e.gave_way}, as planned)",
+                self.s.vips[0].ip, self.which(),
+                extra=self._fields(peer=former[0], reason=e.gave_way or "silent"))
+
+    def successor(self, session: Session, bowed_out: float, now: float) -> None:
+        """A stopping master: who took over after our bow-out (the adverts heard since)."""
+        heard = [src for src, p in session.peers.valid_peers().items()
+                 if p.last_seen >= bowed_out and (p.advbase, p.advskew) != (255, 255)]
+        if heard:
+            log.info("Handed over to %s%s", ", ".join(sorted(heard)), self.which(),
+                     extra=self._fields(peer=heard[0], reason="stop"))
+        else:
+            log.warning("No successor heard within %.1f s of our bow-out: the VIP is down "
+                        "until a backup times out, if there is one%s", now - bowed_out,
+                        self.which(), extra=self._fields(reason="stop"))
 
     def _claim(self, c: outputs.ClaimSeen, session: Session, now: float) -> None:
         self.m.conflicts[c.kind].inc()

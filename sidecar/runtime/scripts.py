@@ -58,8 +58,11 @@ def base_environment(extra: dict[str, str], settings: tuple[tuple[str, str], ...
 
 
 async def run_script(argv: list[str], timeout: float, abort: asyncio.Event | None = None,
-                     env: dict[str, str] | None = None) -> ScriptResult:
-    """Run ``argv`` to its end, its timeout, or until ``abort`` is set."""
+                     env: dict[str, str] | None = None,
+                     failure_note: str | None = None) -> ScriptResult:
+    """Run ``argv`` to its end, its timeout, or until ``abort`` is set. With ``failure_note``
+    (why a non-zero exit is harmless), a non-zero exit is told at INFO with that note: an
+    ERROR at every start teaches operators to ignore ERRORs."""
     log.warning("Spawning [%s]", " ".join(argv), extra=fields(script=argv[0]))  # ucarp's words
     started = time.monotonic()
     try:
@@ -100,8 +103,10 @@ async def run_script(argv: list[str], timeout: float, abort: asyncio.Event | Non
         return ScriptResult("timeout", time.monotonic() - started)
     duration = time.monotonic() - started
     if proc.returncode != 0:
-        log.error("Script [%s] exited with status %s", argv[0], proc.returncode,
-                  extra=fields(script=argv[0], result="failed"))
+        log.log(logging.ERROR if failure_note is None else logging.INFO,
+                "Script [%s] exited with status %s%s", argv[0], proc.returncode,
+                "" if failure_note is None else f" ({failure_note})",
+                extra=fields(script=argv[0], result="failed"))
         return ScriptResult("failed", duration, proc.returncode)
     return ScriptResult("ok", duration, 0)
 

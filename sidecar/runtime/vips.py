@@ -18,12 +18,15 @@ from sidecar.runtime.startup import StartupError
 from sidecar.serve.metrics import InstanceMetrics
 
 log = logging.getLogger("carp-sidecar")
+NOT_UP = ("the VIP was not up: nothing for the down script to remove, as when ucarp runs it at "
+          "start; harmless")
 
 
 class VipBackend(Protocol):
     async def up(self, abort: asyncio.Event) -> None: ...
 
-    async def down(self) -> None: ...
+    async def down(self, held: bool = True) -> None:
+        """``held``: the VIPs were brought up since they were last dropped (False at start)."""
 
 
 async def vip_link(netlink: Netlink, s: Vhid) -> int:
@@ -50,7 +53,7 @@ class NetlinkVips:
     async def up(self, abort: asyncio.Event) -> None:
         await self._change(up=True)
 
-    async def down(self) -> None:
+    async def down(self, held: bool = True) -> None:
         await self._change(up=False)
 
     async def remove(self, vips: list[Vip]) -> None:
@@ -89,30 +92,37 @@ class ScriptVips:
     """ucarp's way: the upscript and downscript own the VIPs, argv ``script iface vip [xparam]``."""
 
     def __init__(self, settings: Vhid, metrics: InstanceMetrics,
-                 environment: Callable[[str], dict[str, str]]) -> None:
-        self.s, self.m, self.environment = settings, metrics, environment
+                 environment: Callable[[str], dict[str, str]],
+                 seen: Callable[[], bool] = lambda: True) -> None:
+        self.s, self.m, self.environment, self._seen = settings, metrics, environment, seen
 
     async def up(self, abort: asyncio.Event) -> None:
         await self._run("up", abort)
 
-    async def down(self) -> None:
-        await self._run("down", None)
+    async def down(self, held: bool = True) -> None:
+        # ucarp's recipe runs the downscript at start too, where `ip addr del` of an address
+        # that is not there fails: harmless while the VIP was neither brought up by us nor
+        # seen on the interface (a neutral start's leftover is seen: its failure is real)
+        await self._run("down", None, None if held or self._seen() else NOT_UP)
 
-    async def _run(self, name: str, abort: asyncio.Event | None) -> None:
+    async def _run(self, name: str, abort: asyncio.Event | None,
+                   failure_note: str | None = None) -> None:
         s = self.s
         script = s.upscript if name == "up" else s.downscript
         if script is None:
             return
         result = await run_script(script_argv(script, s.interface, s.script_address, s.xparam),
                                   s.script_timeout, abort=abort,
-                                  env=self.environment("MASTER" if name == "up" else "BACKUP"))
+                                  env=self.environment("MASTER" if name == "up" else "BACKUP"),
+                                  failure_note=failure_note)
         self.m.script_runs[(name, result.result)].inc()
         self.m.script_duration[name].observe(result.duration)
 
 
 def backend_for(settings: Vhid, netlink: Netlink, metrics: InstanceMetrics,
                 ifindex: Callable[[], int | None],
-                environment: Callable[[str], dict[str, str]]) -> VipBackend:
+                environment: Callable[[str], dict[str, str]],
+                seen: Callable[[], bool] = lambda: True) -> VipBackend:
     if settings.manages_vip_by_scripts:
-        return ScriptVips(settings, metrics, environment)
+        return ScriptVips(settings, metrics, environment, seen)
     return NetlinkVips(settings, netlink, metrics, ifindex)

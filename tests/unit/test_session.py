@@ -120,6 +120,7 @@ def test_a_former_master_falling_silent_makes_the_new_master_reannounce() -> Non
     assert net.masters(a, b) == ["b"]
     silent = b.of(out.FormerMasterSilent)
     assert len(silent) == 1 and silent[0].peers == ["10.0.0.1"]
+    assert silent[0].gave_way == "preempted"  # the plan: b's log says so at INFO, not WARNING
     at = b.times(out.FormerMasterSilent)[0]
     assert at in b.times(SendGarp)  # the re-announce goes with it
 
