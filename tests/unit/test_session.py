@@ -125,6 +125,21 @@ def test_a_former_master_falling_silent_makes_the_new_master_reannounce() -> Non
     assert at in b.times(SendGarp)  # the re-announce goes with it
 
 
+def test_a_former_master_gave_way_when_it_bowed_out_or_we_preempted_it_only() -> None:
+    from sidecar.core.machine import Reason
+    from sidecar.core.peers import PeerTable
+
+    peers = PeerTable(8, 10.0)
+    peers.heard(1.0, 1.0, "10.0.0.1", 255, 255, True)  # a bow-out: a handover
+    peers.heard(1.0, 1.0, "10.0.0.2", 1, 0, True)  # an ordinary advert, then nothing
+    assert core.gave_way(peers, ["10.0.0.1"], Reason.HANDOVER) == "bowed out"
+    assert core.gave_way(peers, ["10.0.0.2"], Reason.PREEMPT) == "preempted"
+    # a master that fell silent while we were master too (a split brain ending, a crash)
+    assert core.gave_way(peers, ["10.0.0.2"], Reason.MASTER_DOWN) is None
+    assert core.gave_way(peers, ["10.0.0.1", "10.0.0.2"], Reason.HANDOVER) is None
+    assert core.gave_way(peers, ["10.0.0.9"], None) is None  # expired meanwhile
+
+
 def test_arp_claims_are_answered_with_backoff() -> None:
     net, a, b = pair()
     net.run(10)
