@@ -45,6 +45,16 @@ class LinkState:
             return True
         return False
 
+    def checked(self, error: str | None) -> bool:
+        """The route check's answer; True when it changes whether adverts can leave. A fault it
+        clears needs a run of failures of its own before the next."""
+        if error == self.send_error or not self.source_present:
+            return False
+        if error is None:
+            self.failed_sends = 0
+        self.send_error = error
+        return True
+
     def next_check(self, now: float, armed: float | None, unicast: bool) -> float | None:
         """When to check that adverts can leave: unicast, every second, so a backup never
         takes over unable to advertise; after a failed send, any mode until it works.

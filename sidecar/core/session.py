@@ -283,12 +283,7 @@ class Session:
 
     def sending_checked(self, now: float, error: str | None) -> list[Output]:
         """The answer to :class:`CheckSending`: why adverts could not leave, or None."""
-        if error is None and self.link.send_error is not None:
-            self.link.failed_sends = 0  # cleared: the next fault needs a run of its own
-        if error == self.link.send_error or not self.link.source_present:
-            return []
-        self.link.send_error = error
-        return self._advertisable_changed(now)
+        return self._advertisable_changed(now) if self.link.checked(error) else []
 
     def _schedule_check(self, now: float) -> None:
         self._at.check = self.link.next_check(now, self._at.check, self.config.unicast)

@@ -76,6 +76,20 @@ def link_vips(s: Vhid) -> tuple[list[IPv4Address], list[IPv6Address]]:
     return [v.ip for v in s.ipv4_vips], [v.ip for v in s.ipv6_vips]
 
 
+def log_start(s: Vhid, srcip: IPv4Address) -> None:
+    """ucarp's lines at start, which log alerts may match."""
+    log.info("Using [%s] as a network interface, vhid %d, VIP %s, source %s", s.interface,
+             s.vhid, ", ".join(s.shown_vips) + ("" if s.prefix_known else
+                                                " (prefix: the scripts' own)"), srcip,
+             extra=fields(vhid=s.vhid, interface=s.interface))
+    log.info("Local advertised ethernet address is [00:00:5e:00:00:%02x]", s.vhid,
+             extra=fields(vhid=s.vhid, interface=s.interface))
+    if s.manages_vip_by_scripts:
+        for kind, path in (("up", s.upscript), ("down", s.downscript)):
+            if path is None:
+                log.warning("Warning: no script called when going %s", kind)
+
+
 class Instance:
     def __init__(self, settings: Vhid, srcip: IPv4Address, channel: Channel,
                  netlink: Netlink, metrics: Metrics, loop: asyncio.AbstractEventLoop,
@@ -137,19 +151,9 @@ class Instance:
     # ---- life ----
     def start(self) -> list[Coroutine[Any, Any, None]]:
         """Start the session; returns the coroutines the agent must supervise."""
-        s, m = self.s, self.m
         self._machine_gauges()
-        m.interface_present.set(1 if self.channel.attached is not None else 0)
-        log.info("Using [%s] as a network interface, vhid %d, VIP %s, source %s", s.interface,
-                 s.vhid, ", ".join(s.shown_vips) + ("" if s.prefix_known else
-                                                    " (prefix: the scripts' own)"), self.srcip,
-                 extra=fields(vhid=s.vhid, interface=s.interface))
-        log.info("Local advertised ethernet address is [00:00:5e:00:00:%02x]", s.vhid,
-                 extra=fields(vhid=s.vhid, interface=s.interface))
-        if s.manages_vip_by_scripts:
-            for kind, path in (("up", s.upscript), ("down", s.downscript)):
-                if path is None:
-                    log.warning("Warning: no script called when going %s", kind)
+        self.m.interface_present.set(1 if self.channel.attached is not None else 0)
+        log_start(self.s, self.srcip)
         self._do(self.session.start(self.loop.time(), self.channel.attached is not None,
                                     self.channel.running))
         return [self.effects.run(), *self.scripts.jobs()]
