@@ -42,7 +42,7 @@ class Ucarp:
 @dataclass(frozen=True)
 class Setting:
     env: str  # the variable without its prefix: CARP_<env>, also UCARP_<env>
-    help: str  # one line, for `check-config --help` (README.md has the long form)
+    help: str  # one line, for `check-config --help` (docs/configuration.md has the long form)
     ge: float | None = None
     le: float | None = None
     ucarp: Ucarp | None = None

@@ -1,4 +1,4 @@
-"""The routed lab: CARP elects across two subnets, BGP carries the VIP (README "Routed networks").
+"""The routed lab: CARP elects across two subnets, BGP carries the VIP (docs/networks.md "Routed networks").
 
 ::
 

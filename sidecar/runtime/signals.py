@@ -1,4 +1,4 @@
-"""What every signal number, 1 to SIGRTMAX, means to the agent (README "Signals"), its name in
+"""What every signal number, 1 to SIGRTMAX, means to the agent (docs/operations.md "Signals"), its name in
 the log, and the two things done to dispositions outside the event loop.
 
 Python's ``signal.Signals`` names only SIGRTMIN and SIGRTMAX; the real-time numbers between

@@ -134,7 +134,7 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="carp-sidecar", parents=[env_file],
         description="CARP (ucarp-compatible) virtual IP failover agent. Configured by CARP_* "
         "(or ucarp's UCARP_*) environment variables, ucarp's options, or a TOML file; "
-        "see README.md.",
+        "see docs/ (make docs builds the site).",
     )
     p.add_argument("--version", action="version", version=f"carp-sidecar {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
