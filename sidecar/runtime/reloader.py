@@ -3,6 +3,7 @@ against this host, and apply the difference live (sidecar.runtime.reload plans i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -40,7 +41,10 @@ async def reload(agent: Agent) -> str:
     async with agent.reload_lock:
         try:
             new = await read_config(agent.config.origin, agent.config.environ_secrets)
-            changes = plan(agent.config, new)
+            # against what runs: an instance a failed roll back left not running is added again
+            running = dataclasses.replace(agent.config,
+                                          instances=tuple(i.s for i in agent.instances))
+            changes = plan(running, new)
             problem = await check_host(agent, changes)
             if problem:
                 raise ReloadRefused([problem])
@@ -97,10 +101,14 @@ def prepare_state(agent: Agent, p: Plan) -> dict[str, Ready]:
         return ready
     starting = [*p.added, *(v for pair in p.replaced for v in pair)]
     try:
-        if starting:
+        if any(s.strict for s in starting):  # as at start: only a counter mark needs the disk
             store.prepare()
         for s in starting:
             prepare(store, s, ready.setdefault(s.name, Ready()))
+        for s in p.removed:  # best effort: its roll back then needs no write
+            if s.strict:
+                with contextlib.suppress(StateError, OSError):
+                    prepare(store, s, ready.setdefault(s.name, Ready()))
     except StateError as e:
         raise ReloadRefused([str(e)]) from None
     except OSError as e:
@@ -110,8 +118,13 @@ def prepare_state(agent: Agent, p: Plan) -> dict[str, Ready]:
 
 
 def prepare(store: MaintenanceStore, s: Vhid, r: Ready) -> Ready:
-    """Raises StateError/OSError."""
-    r.record = store.load(s.name)
+    """Raises StateError/OSError. Outside strict mode a state directory that is not one (a
+    file in its place) holds no record, as at start."""
+    try:
+        r.record = store.load(s.name)
+    except StateError:
+        if s.strict or store.directory.is_dir():
+            raise
     if s.strict and r.counters is None:
         r.counters = CounterMark(store, s.name).prepare(time.time)
     return r

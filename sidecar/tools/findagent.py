@@ -14,6 +14,19 @@ SOCKET_VARIABLES = ("CARP_CONTROL_SOCKET", "UCARP_CONTROL_SOCKET")
 CONFIG_VARIABLES = ("CARP_CONFIG", "UCARP_CONFIG")
 
 
+def listening(path: Path) -> bool:
+    """An agent accepts on ``path`` (the socket file of a killed agent refuses)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def explicit_configuration(env_file: Path | None, environ: Mapping[str, str]) -> bool:
     """The operator named a configuration (--env-file, CARP_CONFIG): when it does not validate
     that is the answer, not a hint to go looking elsewhere."""
@@ -42,17 +55,19 @@ def control_sockets(socket: Path | None, env_file: Path | None, environ: Mapping
         return [Path(named)]
     if env_file is not None:
         unit = run_dir / f"{env_file.stem}.sock"
-        if unit.is_socket():
+        if unit.is_socket() and listening(unit):
             return [unit]
     try:
         return [configured()]
     except ConfigError:
         if explicit_configuration(env_file, environ):
             raise
-    found = sorted(p for p in run_dir.glob("*.sock") if p.is_socket())
+    sockets = sorted(p for p in run_dir.glob("*.sock") if p.is_socket())
+    found = [p for p in sockets if listening(p)]  # a killed agent leaves its socket behind
     if not found:
-        raise OSError(f"no agent found: no control socket in {run_dir} and no configuration "
-                      "here (is it running? pass --socket or --env-file, or set "
+        stale = f" (stale, nothing listening: {', '.join(map(str, sockets))})" if sockets else ""
+        raise OSError(f"no agent found: no control socket in {run_dir}{stale} and no "
+                      "configuration here (is it running? pass --socket or --env-file, or set "
                       "CARP_CONTROL_SOCKET)")
     return found
 

@@ -118,6 +118,15 @@ def test_an_instance_a_failed_reload_cannot_start_again_is_shown_not_hidden(lab:
     assert ready_code(lab, "a") == "503" and health_code(lab, "a") == "503"
     assert "Instance not running: vhid 1 on eth0" in log_of(lab, "a")
     assert lab.agents["a"].poll() is None  # the agent says so, and a restart is the way back
+    # ... or a reload once the host is fixed: the instance that does not run is started again
+    (lab.dir / "armed").unlink()
+    for address in (ADDRESSES["a"], "172.16.0.21/16"):
+        lab.topo["a"].run("ip", "addr", "replace", address, "dev", "eth0")
+    out = reload(lab, "a", check=False)
+    assert out.startswith("reloaded:"), out
+    wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER after the reload")
+    assert metric(lab, "a", "carp_instances_not_running") == 0
+    assert ready_code(lab, "a") == "200" and health_code(lab, "a") == "200"
 
 
 def health_code(lab: Lab, node: str) -> str:

@@ -21,6 +21,7 @@ from sidecar.lab import LAB_PASSWORD, VIP, Lab
 
 from .conftest import metric, vip_holders, wait_for
 from .test_faults import log_of
+from .test_reload import reload
 
 NO_RECORD = "running without a record of the VIPs this agent holds"
 
@@ -117,7 +118,9 @@ def test_a_read_only_state_dir_or_a_file_in_its_place_never_stops_the_agent(
             subprocess.run(["mount", "--bind", "-o", "ro", str(state), str(state)], check=True)
             undo.callback(subprocess.run, ["umount", "-l", str(state)], check=False)
             subprocess.run(["mount", "-o", "remount,bind,ro", str(state)], check=True)
-        proc = lab.start_agent("a")
+        env = lab.dir / "a.env"
+        env.write_text("CARP_PEERS=172.16.0.12\n")
+        proc = lab.start_agent("a", "--env-file", str(env))
         wait_for(lambda: vip_holders(lab) == [] or proc.poll() is not None, 3,
                  "the stale VIP removed")
         assert proc.poll() is None, log_of(lab, "a")
@@ -126,6 +129,9 @@ def test_a_read_only_state_dir_or_a_file_in_its_place_never_stops_the_agent(
             in log_of(lab, "a")
         wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER again")
         assert metric(lab, "a", "carp_held_record_ok") == 0
+        env.write_text("CARP_PEERS=172.16.0.12,172.16.0.99\n")  # restarts the instance
+        out = reload(lab, "a", check=False)  # as at start: only strict mode needs the disk
+        assert out.startswith("reloaded:") and "restarted" in out, out
 
 
 def test_strict_mode_refuses_a_full_state_dir_but_removes_the_stale_vip_first(lab: Lab) -> None:

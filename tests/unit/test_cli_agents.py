@@ -35,6 +35,8 @@ class FakeAgent:
                 return
             with conn:
                 line = conn.makefile().readline().strip()
+                if not line:  # a liveness probe (connect, close), as the commands make
+                    continue
                 self.heard.append(line)
                 reply = ('{"instances": []}' if line == "status"
                          else f"vhid 1 BACKUP maintenance=on ({self.path.name})")
@@ -187,6 +189,16 @@ def test_reload_with_a_broken_env_file_in_the_units_layout_still_prints_its_erro
     assert "CARP_VHID" in capsys.readouterr().err
     assert cli.main(["--env-file", str(broken), "demote"]) == 0
     assert unit.heard == ["demote"]
+
+
+def test_a_killed_agents_socket_is_skipped_beside_a_live_one(run_dir: Path) -> None:
+    """A SIGKILLed agent leaves its socket file: it must not make a change ambiguous."""
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(run_dir / "dead.sock"))
+    dead.close()  # the file stays, nothing listens
+    live = agent(run_dir / "live.sock")
+    assert cli.main(["demote"]) == 0
+    assert live.heard == ["demote"]
 
 
 def test_nothing_found_says_how_to_point_at_the_agent(
