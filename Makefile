@@ -44,7 +44,7 @@ help: ## list targets
 deps: .stamp-apt $(VENV)/.stamp-test ## install Debian packages and the .venv
 
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }  # no half-made venv to skip next time
 	$(BIN)/pip install -q --upgrade pip
 
 # One .venv, one stamp per set of extras: `make demo` installs the project with the lab's

@@ -110,8 +110,12 @@ def _shows(text: str, value: str) -> bool:
     return f"'{value}'" in text or text.startswith(f"{value} ")
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")  # user:password@ in a URL (CARP_HEALTH_URL)
+
+
 def _plain(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return _USERINFO.sub("***@", text)
 
 
 def _toml(value: Any) -> str:

@@ -143,6 +143,8 @@ class HeldVips:
             self._write()
 
     def _write(self) -> None:
+        if self._fd < 0:  # closed: a write scheduled before the exit finds nothing to write to
+            return
         self._dirty = False
         self.writes += 1
         held = "[" + ",".join(self._held.values()) + "]"
@@ -168,10 +170,14 @@ class HeldVips:
     def close(self) -> None:
         """At exit: a clean stop released every VIP and deletes the record; one that could
         not leaves it, unlocked, for the next run's sweep."""
+        if self._fd < 0:
+            return
+        self.flush()  # what a cancelled add or removal left unwritten
         if not self._held:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         os.close(self._fd)
+        self._fd = -1
 
 
 def sweep(state_dir: Path, untrusted: list[str] | None = None) -> list[tuple[str, str]]:

@@ -192,7 +192,7 @@ class CounterMark:
         session.counters.reserved = upto
 
 
-REPAIRS_MAX = 30  # rungs of the repaired marks: 2^63, then halfway to 2^64 each time
+REPAIRS_MAX = 20  # rungs of the repaired marks: 2^63, then halfway to 2^64 each time
 
 
 def repair_counter(store: MaintenanceStore, instance: str, now: float) -> str:
@@ -201,8 +201,11 @@ def repair_counter(store: MaintenanceStore, instance: str, now: float) -> str:
     in µs (< 2^62 until the year 148,000) and above the mark, which is reserved at most 2^32
     ahead: below 2^63 they stay for 2^30 restarts or 2^62 adverts. So the first repair sets
     2^63; each later one (the earlier ones are kept as ``.counter.repaired-*``, never deleted)
-    halfway to 2^64 from the last: 2^63 + 2^62, ... each leaves 2^40 adverts at least (140
-    years at 4 ms). Raises StateError if the mark is readable or none is left."""
+    halfway to 2^64 from the last: 2^63 + 2^62, ... Rung r leaves 2^(62-r) counters below the
+    next: at the last (r = 19) 2^43, 2048 restarts (each reserves 2^32) or 1100 years of adverts
+    at 4 ms. The rung is the count of kept files or the highest rung their names record, so
+    keep them: deleting them would put the next repair below counters already sent. Raises
+    StateError if the mark is readable or no rung is left."""
     path = store.path(instance, ".counter")
     try:
         mark = store.counter_mark(instance)
@@ -212,7 +215,9 @@ def repair_counter(store: MaintenanceStore, instance: str, now: float) -> str:
         raise StateError(f"{path}: nothing to repair (" + (
             f"a readable mark, {mark})" if mark is not None else "no mark: the first start "
             "makes one)"))
-    rung = len(list(store.directory.glob(f"{path.name}.repaired-*")))
+    kept = list(store.directory.glob(f"{path.name}.repaired-*"))
+    named = [int(n) + 1 for p in kept if (n := p.name.rpartition("-")[2]).isdigit()]
+    rung = max([len(kept), *named])
     if rung >= REPAIRS_MAX:
         raise StateError(f"{path}: repaired {rung} times, no room left above: restart every "
                          "peer's agent with this mark deleted (they forget our counters)")

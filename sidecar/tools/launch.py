@@ -54,6 +54,7 @@ def daemonize(config: Config) -> Config:
     """ucarp's --daemonize: detach (double fork, new session, stdio to /dev/null) and log to
     syslog. As a container's main process (supervised_in_foreground) stay there."""
     if supervised_in_foreground():
+        os.environ.pop(DETACHED, None)  # inherited from a detached agent's script: not ours
         print("carp-sidecar: --daemonize ignored in a container (PID 1, or the child of its "
               "init): staying in the foreground", file=sys.stderr)
         return config

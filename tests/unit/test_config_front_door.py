@@ -197,3 +197,9 @@ def test_check_config_names_a_missing_interface_as_spelled() -> None:
 ])
 def test_the_value_is_shown_once(name: str, value: str, message: str) -> None:
     assert error({**BASE, name: value}, offline=True) == message
+
+
+def test_a_url_with_credentials_is_shown_without_them() -> None:
+    message = error({**BASE, "CARP_HEALTH_URL": "http://admin:SEKRET@host:99999/x"},
+                    offline=True)
+    assert "CARP_HEALTH_URL" in message and "SEKRET" not in message and "admin" not in message

@@ -77,6 +77,18 @@ def test_a_live_record_is_never_swept(tmp_path: Path) -> None:
     assert _records(tmp_path) == [], "a clean stop with nothing held deletes the record"
 
 
+def test_close_writes_what_was_left_unwritten_and_a_later_write_is_a_no_op(
+        tmp_path: Path) -> None:
+    held = HeldVips(tmp_path)
+    held.adding(1, "127.0.0.77", 32)  # its write was scheduled, the add cancelled at exit
+    held.close()
+    doc = json.loads(held.path.read_text().strip())
+    assert doc["held"] == [[1, "lo", "127.0.0.77", 32]], "the next run's sweep must see it"
+    held.removed(1, "127.0.0.77")
+    held.flush()  # the scheduled write runs after the close: nothing, no closed fd written
+    assert json.loads(held.path.read_text().strip())["held"] == [[1, "lo", "127.0.0.77", 32]]
+
+
 def test_a_dead_record_is_swept_and_foreign_entries_are_not_trusted(tmp_path: Path) -> None:
     held = HeldVips(tmp_path)
     held.adding(1, "127.0.0.77", 32)

@@ -141,9 +141,9 @@ def test_states_are_placed_at_the_agents_transition_time_not_when_polled(
     lab.exited["b"] = exited = time.time()
     while len(states) < 3 and time.time() < deadline:
         time.sleep(0.01)
-    time.sleep(0.7)  # the commentary is held back 0.5 s to print in time order
     stop.set()
     watcher.join(5)
+    timeline.release()  # what the lab prints at its end: the commentary held back to the last
     assert sorted(states) == [(became_backup, "b", "BACKUP"), (became_master, "a", "MASTER"),
                               (exited, "b", "none")]
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
