@@ -136,10 +136,12 @@ def ignore_reserved() -> list[int]:
     done = []
     for sig in reserved():
         now = _KernelSigaction()
-        if libc.syscall(number, sig, None, ctypes.byref(now), size) != 0 \
-                or now.handler != int(signal.SIG_DFL):
+        if libc.syscall(number, sig, None, ctypes.byref(now), size) != 0:
             continue
-        if libc.syscall(number, sig, ctypes.byref(ignore), None, size) == 0:
+        if now.handler == int(signal.SIG_IGN):  # ignored already (inherited across exec)
+            done.append(sig)
+        elif now.handler == int(signal.SIG_DFL) and libc.syscall(
+                number, sig, ctypes.byref(ignore), None, size) == 0:
             done.append(sig)
     return done
 
