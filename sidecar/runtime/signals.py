@@ -138,10 +138,10 @@ def ignore_reserved() -> list[int]:
         now = _KernelSigaction()
         if libc.syscall(number, sig, None, ctypes.byref(now), size) != 0:
             continue
-        if now.handler == int(signal.SIG_IGN):  # ignored already (inherited across exec)
-            done.append(sig)
-        elif now.handler == int(signal.SIG_DFL) and libc.syscall(
-                number, sig, ctypes.byref(ignore), None, size) == 0:
+        ignored = now.handler == int(signal.SIG_IGN)  # already (inherited across exec)
+        if not ignored and now.handler == int(signal.SIG_DFL):
+            ignored = libc.syscall(number, sig, ctypes.byref(ignore), None, size) == 0
+        if ignored:
             done.append(sig)
     return done
 
