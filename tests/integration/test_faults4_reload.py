@@ -4,12 +4,9 @@ where it is), and restarting instances leaves nothing behind."""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from sidecar.lab import ADDRESSES, Lab
 from sidecar.lab.holders import HolderSampler
@@ -19,27 +16,9 @@ from .conftest import dump_on_failure, metric, status, vip_holders, wait_for
 from .test_faults import log_of
 from .test_faults3 import MASTER_DOWN, ready_code
 from .test_reload import reload
+from .test_statedir import fill, small_tmpfs
 
 A, B = ADDRESSES["a"].split("/")[0], ADDRESSES["b"].split("/")[0]
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
-    """A tiny tmpfs on ``path`` (mounted before the agent starts, so its namespace sees it)."""
-    path.mkdir(mode=0o700, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                   check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> None:
-    """Every free block of ``directory``'s file system taken by one file."""
-    with open(directory / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 4096)
 
 
 def test_a_restart_that_cannot_write_its_counter_mark_is_refused_and_keeps_the_vip(
@@ -49,7 +28,7 @@ def test_a_restart_that_cannot_write_its_counter_mark_is_refused_and_keeps_the_v
     touched: it stays MASTER, the VIP never leaves."""
     env = lab.dir / "a.env"
     env.write_text(f"CARP_PEERS={B}\n")
-    with small_tmpfs(lab.dir / "a-state") as state:
+    with small_tmpfs(lab.dir / "a-state", size="2m") as state:
         lab.start_agent("a", "--env-file", str(env), CARP_STRICT="true", CARP_PREEMPT="true")
         wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
         sent = metric(lab, "a", "carp_adverts_sent_total")
