@@ -80,6 +80,18 @@ class MaintenanceStore:
         finally:
             os.close(fd)
 
+    def operator_record(self, instance: str, strict: bool) -> Record | None:
+        """:meth:`load`, except that outside strict mode a state directory that is not one (a
+        file in its place) holds no record, said in the log: only a demote or promote needs
+        to write there. A directory whose record cannot be read still raises: look at it."""
+        try:
+            return self.load(instance)
+        except StateError as e:
+            if strict or self.directory.is_dir():
+                raise
+            log.error("%s: no maintenance record read", e)
+            return None
+
     def load(self, instance: str) -> Record | None:
         """The instance's record, None if it has none; StateError if it cannot be trusted."""
         path = self.path(instance)

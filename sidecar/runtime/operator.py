@@ -37,7 +37,7 @@ def restore_maintenance(agent: Agent, instances: list[Instance] | None = None) -
                       "written until it is fixed", e)
         try:
             for instance in instances:
-                record = _load(agent, instance.s.name, strict)
+                record = agent.store.operator_record(instance.s.name, strict)
                 if record is not None and record.maintenance:
                     instance.set_maintenance("operator", record.since)
                 if instance.s.strict:
@@ -48,19 +48,6 @@ def restore_maintenance(agent: Agent, instances: list[Instance] | None = None) -
             raise StartupError(f"CARP_STATE_DIR: cannot write in {agent.store.directory}: "
                                f"{e.strerror or e}") from None
     check_maintenance_files(agent)
-
-
-def _load(agent: Agent, name: str, strict: bool) -> Record | None:
-    """An operator's record; one that cannot be read at all (a file where the directory should
-    be) is no record, said in the log, unless strict mode needs the directory anyway."""
-    assert agent.store is not None
-    try:
-        return agent.store.load(name)
-    except StateError as e:
-        if strict or agent.store.directory.is_dir():
-            raise  # a directory whose record cannot be read: an operator must look
-        log.error("%s: no maintenance record read", e)
-        return None
 
 
 def check_maintenance_files(agent: Agent) -> None:

@@ -118,13 +118,8 @@ def prepare_state(agent: Agent, p: Plan) -> dict[str, Ready]:
 
 
 def prepare(store: MaintenanceStore, s: Vhid, r: Ready) -> Ready:
-    """Raises StateError/OSError. Outside strict mode a state directory that is not one (a
-    file in its place) holds no record, as at start."""
-    try:
-        r.record = store.load(s.name)
-    except StateError:
-        if s.strict or store.directory.is_dir():
-            raise
+    """Raises StateError/OSError."""
+    r.record = store.operator_record(s.name, s.strict)  # as at start
     if s.strict and r.counters is None:
         r.counters = CounterMark(store, s.name).prepare(time.time)
     return r

@@ -46,7 +46,7 @@ class ControlServer:
             if not stat.S_ISSOCK(st.st_mode):
                 raise FileExistsError(f"{self.path} exists and is not a socket; refusing to "
                                       "replace it")
-            if _listening(self.path):
+            if listening(self.path):
                 raise FileExistsError(f"another agent is listening on {self.path}")
             _unlink_if(self.path, (st.st_dev, st.st_ino))  # left by an agent that died
         await self._bind()
@@ -123,8 +123,10 @@ def _unlink_if(path: Path, identity: tuple[int, int]) -> None:
             path.unlink()
 
 
-def _listening(path: Path) -> bool:
+def listening(path: Path) -> bool:
+    """An agent accepts on ``path`` (the socket file of a killed agent refuses)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
         try:
             s.connect(str(path))
         except OSError:

@@ -14,19 +14,6 @@ SOCKET_VARIABLES = ("CARP_CONTROL_SOCKET", "UCARP_CONTROL_SOCKET")
 CONFIG_VARIABLES = ("CARP_CONFIG", "UCARP_CONFIG")
 
 
-def listening(path: Path) -> bool:
-    """An agent accepts on ``path`` (the socket file of a killed agent refuses)."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def explicit_configuration(env_file: Path | None, environ: Mapping[str, str]) -> bool:
     """The operator named a configuration (--env-file, CARP_CONFIG): when it does not validate
     that is the answer, not a hint to go looking elsewhere."""
@@ -47,6 +34,9 @@ def control_sockets(socket: Path | None, env_file: Path | None, environ: Mapping
        not validate raises its ConfigError here;
     5. every socket in ``run_dir`` (a start script's agent, configured on its command line).
     """
+    # here, not at the top: every command imports this module, and control imports asyncio
+    from sidecar.serve.control import listening
+
     run_dir = RUN_DIR if run_dir is None else run_dir
     if socket is not None:
         return [socket]
