@@ -34,4 +34,4 @@ def test_the_layers_are_folders() -> None:
     flat = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
     assert flat == [], f"modules outside the layer folders: {flat}"
     assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == {
-        "core", "net", "config", "serve", "runtime", "tools", "lab"}
+        "core", "net", "config", "serve", "runtime", "replica", "tools", "lab"}
