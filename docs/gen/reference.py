@@ -35,7 +35,7 @@ def _cell(text: object) -> str:
 def _type_name(hint: Any) -> str:
     import typing
     names = {"IPv4Address": "IPv4 address", "Path": "path", "str": "text", "int": "integer",
-             "float": "number", "bool": "true/false"}
+             "float": "number", "bool": "true/false", "SyncPath": "`[name=]/dir`"}
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Literal:
         return " / ".join(f"`{a}`" for a in args)
@@ -61,9 +61,11 @@ def _default(value: Any) -> str:
     return f"`{value}`"
 
 
-def _range(ge: float | None, le: float | None) -> str:
+def _range(ge: float | None, le: float | None, gt: float | None = None) -> str:
     def num(x: float) -> str:
         return str(int(x)) if float(x).is_integer() else str(x)
+    if gt is not None:  # an open lower bound: a lag limit of 0 would be no limit
+        return f"> {num(gt)}" + (f", ≤ {num(le)}" if le is not None else "")
     if ge is None and le is None:
         return ""
     if le is None:
@@ -96,7 +98,7 @@ def settings_page() -> str:
             ucarp = f"`--{s.ucarp.long}` `-{s.ucarp.short}`" if s.ucarp else ""
             secret = " (secret: never shown)" if s.secret else ""
             out.append(f"| `{d.var}` | `{prefix}{key}` | {_cell(_type_name(d.type))} | "
-                       f"{_cell(_default(d.default))} | {_range(s.ge, s.le)} | {ucarp} | "
+                       f"{_cell(_default(d.default))} | {_range(s.ge, s.le, s.gt)} | {ucarp} | "
                        f"{_cell(s.help)}{secret} |\n")
     out.append("\n## Not a setting of an instance\n\n| variable | meaning |\n|---|---|\n"
                "| `CARP_CONFIG` | a TOML file of many instances (keys: the names above in lower "

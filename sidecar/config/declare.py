@@ -51,6 +51,7 @@ class Setting:
     name: str = ""
     type: Any = None
     default: Any = REQUIRED
+    gt: float | None = None  # a bound that is not a value itself (a lag limit of 0 is none)
 
     @property
     def is_input(self) -> bool:
@@ -73,9 +74,10 @@ class Declared:
 
 
 def setting(default: Any = MISSING, *, env: str, help: str, ge: float | None = None,
-            le: float | None = None, ucarp: Ucarp | None = None, factory: Any = MISSING) -> Any:
+            le: float | None = None, ucarp: Ucarp | None = None, factory: Any = MISSING,
+            gt: float | None = None) -> Any:
     """A dataclass field that is also a setting."""
-    meta = {"setting": Setting(env=env, help=help, ge=ge, le=le, ucarp=ucarp)}
+    meta = {"setting": Setting(env=env, help=help, ge=ge, le=le, ucarp=ucarp, gt=gt)}
     if factory is not MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

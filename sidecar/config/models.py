@@ -32,12 +32,14 @@ from sidecar.config.runconfig import (
     AGENT_SETTINGS,
     VHID_INPUTS,
     Check,
+    SyncPath,
     Vhid,
     Vip,
     host_port,
     show_vips,
     variables_help,
 )
+from sidecar.config.sync import check_dirs, parse_sync_paths
 from sidecar.config.values import (
     IFNAMSIZ,
     MIN_GARP_REFRESH,
@@ -62,7 +64,7 @@ def _field(d: Declared) -> tuple[Any, Any]:
     kind = SecretStr | None if s.secret else d.type
     return kind, Field(... if d.default is REQUIRED else d.default,
                        validation_alias=AliasChoices(d.var, f"U{d.var}"), description=s.help,
-                       ge=s.ge, le=s.le)
+                       ge=s.ge, le=s.le, gt=s.gt)
 
 
 # What announces a VIP on the CARP link: meaningless for a routed VIP (CARP_VIP_INTERFACE)
@@ -142,6 +144,18 @@ class VhidRules(_Rules):
     def _maintenance_file(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_absolute():
             raise ValueError(f"{v} is not an absolute path")
+        return v
+
+    @field_validator("sync_paths", mode="before", check_fields=False)
+    @classmethod
+    def _sync_paths(cls, v: Any) -> Any:
+        return parse_sync_paths(v)
+
+    @field_validator("sync_paths", check_fields=False)
+    @classmethod
+    def _sync_dirs(cls, v: tuple[SyncPath, ...]) -> tuple[SyncPath, ...]:
+        if not OFFLINE.get():  # a file for another host: its directories are there
+            check_dirs(v)
         return v
 
     @field_validator("upscript", "downscript", "notifyscript", check_fields=False)
@@ -367,7 +381,7 @@ class AgentRules(_Rules):
     def _state_dir_off(cls, v: Any) -> Any:
         return None if isinstance(v, str) and v.lower() == "off" else v
 
-    @field_validator("control_socket", "state_dir", check_fields=False)
+    @field_validator("control_socket", "state_dir", "sync_secret_file", check_fields=False)
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_absolute():

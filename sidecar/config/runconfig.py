@@ -24,6 +24,20 @@ from sidecar.core.auth import DEFAULT_GROUP, Auth
 Vip = IPv4Interface | IPv6Interface
 MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
 DEFAULT_STATE_DIR = Path("/var/lib/carp-sidecar")
+DEFAULT_SYNC_PORT = 8873
+
+
+@dataclass(frozen=True)
+class SyncPath:
+    """A replicated directory of one instance: matched across nodes by ``name`` (given as
+    ``name=/dir``, else its 1-based position), never by its spelling, so two nodes on one
+    machine may replicate between different directories."""
+
+    name: str
+    path: Path
+
+    def __str__(self) -> str:  # how check-config and the scripts' CARP_SYNC_PATHS show it
+        return f"{self.name}={self.path}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +124,12 @@ class Vhid:
     group: str | None = setting(None, env="GROUP", help="the cluster's name, the label group on "
                                 "every series (default vhidN-FIRSTVIP: no two clusters on one "
                                 "network share it)")
+    sync_paths: tuple[SyncPath, ...] = setting(
+        (), env="SYNC_PATHS", help="directories the MASTER serves and backups replicate, "
+        "[name=]/abs/dir, comma-separated (default none: no replication)")
+    sync_max_lag: float = setting(5.0, env="SYNC_MAX_LAG", gt=0, le=86400,
+                                  help="seconds a backup's replica may lag and still preempt "
+                                  "or win a takeover race (default 5)")
     # ---- derived ----
     vrrp3_dead_timer: bool = False
     # False when scripts add the VIP and no CARP_MASK or /prefix was given: the scripts choose
@@ -237,6 +257,12 @@ AGENT_SETTINGS = (
     Setting("STATE_DIR", "where demote/promote and the VIPs this run holds are kept "
             "across restarts, or off",
             name="state_dir", type=Path | None, default=DEFAULT_STATE_DIR),
+    Setting("SYNC_SECRET_FILE", "file whose first line is the replication secret (required "
+            "with CARP_SYNC_PATHS; the same on every node)", name="sync_secret_file",
+            type=Path | None, default=None),
+    Setting("SYNC_PORT", "TCP port of the replication listener on the CARP source address "
+            "(default 8873)", name="sync_port", type=int, default=DEFAULT_SYNC_PORT, ge=1,
+            le=65535),
 )
 
 
@@ -269,6 +295,8 @@ class RunConfig:
     # the password variables of the process environment at start: the agent's own environment
     # goes without them (its children inherit it); a reload's child gets them through a pipe
     environ_secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    sync_secret_file: Path | None = None  # CARP_SYNC_SECRET_FILE (checked readable at start)
+    sync_port: int = DEFAULT_SYNC_PORT
 
     def to_json(self) -> str:
         return json.dumps(_plain(self))

@@ -40,6 +40,7 @@ from pydantic_settings import (
 )
 
 from sidecar.config import ucarp_options
+from sidecar.config.across import across_sync, check_unique
 from sidecar.config.models import (
     AGENT,
     CHECK,
@@ -103,7 +104,9 @@ class Config:
         return RunConfig(instances, checks,
                          self.metrics_listen, self.control_socket, self.log_format, self.source,
                          self.agent.state_dir, self.agent.log_level, self.agent.syslog,
-                         self.script_extra, self.agent.realtime, self.as_ucarp, self.origin)
+                         self.script_extra, self.agent.realtime, self.as_ucarp, self.origin,
+                         sync_secret_file=self.agent.sync_secret_file,
+                         sync_port=self.agent.sync_port)
 
     def redacted(self) -> list[tuple[str, dict[str, str]]]:
         """Sections for `check-config`: the agent, each check, each instance."""
@@ -155,6 +158,8 @@ def _load(environ: Mapping[str, str], env_file: Path | None, options: Mapping[st
     checks = {ENV_CHECK: check} if check is not None and check.configured else {}
     instance = _collect(errors, lambda: _validate(
         VhidSettings, {**given, "CARP_HEALTH": list(checks)}, names))
+    if agent is not None and instance is not None:
+        errors += across_sync(agent, [instance], names, given)
     if errors or agent is None or instance is None:
         raise ConfigError("\n".join(errors))
     config = Config(agent, (instance,), checks, "environment", _script_extra(raw, in_file),
@@ -289,7 +294,10 @@ def _load_file(path: Path, env: dict[str, Any], warnings: list[str] | None = Non
         instances.append(instance)
     if errors or agent is None:
         raise ConfigError("\n".join(errors))  # every problem of the file at once
-    _check_unique(instances, where)
+    check_unique(instances, where)
+    sync_errors = across_sync(agent, instances, {**_TOML_KEYS, **{v: v for v in env}}, {}, where)
+    if sync_errors:
+        raise ConfigError("\n".join(sync_errors))
     config = Config(agent, tuple(instances), checks, where, warnings=tuple(warnings or ()))
     return dataclasses.replace(config, origins=file_origins(config, where, env, defaults, tables))
 
@@ -328,22 +336,6 @@ def _file_keys(table: dict[str, Any], where: str, label: str, prefix: str = "",
             raise ConfigError(f"{where}: {label}{key}: unknown key here{hint}")
         out[var] = value
     return out
-
-
-def _check_unique(instances: list[VhidSettings], where: str) -> None:
-    seen: dict[tuple[str, int], int] = {}
-    owners: dict[Any, str] = {}
-    for number, i in enumerate(instances, 1):
-        key = (i.interface, i.vhid)
-        if key in seen:
-            raise ConfigError(f"{where}: [[vhid]] #{number}: vhid {i.vhid} on {i.interface} is "
-                              f"already instance #{seen[key]}")
-        seen[key] = number
-        for vip in i.vips:
-            if vip.ip in owners:
-                raise ConfigError(f"{where}: [[vhid]] #{number}: addr {vip.ip} is already a VIP "
-                                  f"of {owners[vip.ip]}")
-            owners[vip.ip] = i.name
 
 
 # Stand-ins for required settings that failed, so the checks that need them still run and a

@@ -73,7 +73,7 @@ def _checked(password: str | None, pass_file: Path | None, name: str) -> bytes:
         raw, var = password.encode(), name
     else:
         assert pass_file is not None
-        raw, var = _first_line(pass_file, f"{name}_FILE"), f"{name}_FILE"
+        raw, var = first_line(pass_file, f"{name}_FILE"), f"{name}_FILE"
     if not raw:
         raise ValueError(f"{var}: the password is empty")
     if len(raw) > MAX_PASSWORD_BYTES:
@@ -129,9 +129,11 @@ def _unusable_vip(vip: Vip) -> str | None:
     return None
 
 
-def _first_line(path: Path, var: str = "CARP_PASS_FILE") -> bytes:
+def first_line(path: Path, var: str = "CARP_PASS_FILE", limit: int = PASS_FILE_MAX_READ
+               ) -> bytes:
     """ucarp's passfile rule (first line, only its '\\n' stripped), bounded and safe: a regular
-    file only (a FIFO would block the start, /dev/zero would never end) and one small read."""
+    file only (a FIFO would block the start, /dev/zero would never end) and one small read of
+    at most ``limit`` bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as e:
@@ -139,7 +141,7 @@ def _first_line(path: Path, var: str = "CARP_PASS_FILE") -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{var}: {path} is not a regular file")
-        head = os.read(fd, PASS_FILE_MAX_READ)
+        head = os.read(fd, limit)
     except OSError as e:
         raise ValueError(f"{var}: cannot read {path}: {e.strerror}") from None
     finally:

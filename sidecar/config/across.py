@@ -1,0 +1,52 @@
+"""The rules across the instances of one agent, checked once each instance is valid on its
+own: no VHID twice on an interface, no VIP in two instances, and the replicated paths'
+(sidecar.config.sync: disjoint directories, the state directory apart, a sync secret)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sidecar.config.models import AgentSettings, VhidSettings
+from sidecar.config.runconfig import ConfigError
+from sidecar.config.spelling import as_given
+from sidecar.config.sync import Owned, sync_problems
+from sidecar.config.values import OFFLINE
+
+
+def check_unique(instances: Sequence[VhidSettings], where: str) -> None:
+    seen: dict[tuple[str, int], int] = {}
+    owners: dict[Any, str] = {}
+    for number, i in enumerate(instances, 1):
+        key = (i.interface, i.vhid)
+        if key in seen:
+            raise ConfigError(f"{where}: [[vhid]] #{number}: vhid {i.vhid} on {i.interface} is "
+                              f"already instance #{seen[key]}")
+        seen[key] = number
+        for vip in i.vips:
+            if vip.ip in owners:
+                raise ConfigError(f"{where}: [[vhid]] #{number}: addr {vip.ip} is already a VIP "
+                                  f"of {owners[vip.ip]}")
+            owners[vip.ip] = i.name
+
+
+def across_sync(agent: AgentSettings, instances: Sequence[VhidSettings],
+                names: Mapping[str, str], values: Mapping[str, Any], where: str = ""
+                ) -> list[str]:
+    """The replicated paths' rules, one line per problem naming the variable as given
+    (``names``: CARP_X -> its spelling; ``values``: what it was set to, shown after the
+    reason). ``where``: a TOML file, whose keys ``names`` maps to; an instance's problem then
+    also names its ``[[vhid]]`` table."""
+    owned = [Owned(f"[[vhid]] #{n} (vhid {i.vhid})" if where else i.name, i.sync_paths)
+             for n, i in enumerate(instances, 1)]
+    out = []
+    for p in sync_problems(owned, agent.state_dir, agent.sync_secret_file, OFFLINE.get()):
+        # the secret file's value is its path; no secret ever reaches a reason
+        line = as_given(f"{p.var}: {p.reason}", names, values, set(),
+                        names.get(p.var, "") if where else "")
+        if p.instance is not None:
+            line = f"{owned[p.instance].label}: {line}"
+        # an agent variable the environment set is the environment's, not the file's
+        from_file = where and not (p.instance is None and names.get(p.var) == p.var)
+        out.append(f"{where}: {line}" if from_file else line)
+    return out
