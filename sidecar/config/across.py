@@ -44,7 +44,7 @@ def across_sync(agent: AgentSettings, instances: Sequence[VhidSettings],
         # the secret file's value is its path; no secret ever reaches a reason
         line = as_given(f"{p.var}: {p.reason}", names, values, set(),
                         names.get(p.var, "") if where else "")
-        if p.instance is not None:
+        if where and p.instance is not None:  # (the environment has one instance)
             line = f"{owned[p.instance].label}: {line}"
         # an agent variable the environment set is the environment's, not the file's
         from_file = where and not (p.instance is None and names.get(p.var) == p.var)
