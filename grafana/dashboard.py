@@ -94,7 +94,30 @@ QUERIES: dict[str, list[tuple[str, str]]] = {
         (f"max by (instance, vhid) (carp_advskew{{{SEL}}})", "{{instance}} vhid {{vhid}} configured"),
         (f"max by (instance, vhid, peer) (carp_peer_advskew{{{SEL}}})",
          "{{instance}} vhid {{vhid}} hears {{peer}}")],
+    # replicated paths (docs/sync.md): only agents with CARP_SYNC_PATHS export carp_sync_*
+    "Replication lag per path": [(
+        f"max by (instance, vhid, path) (carp_sync_lag_seconds{{{SEL}}})",
+        "{{instance}} vhid {{vhid}} {{path}}")],
+    "Fresh (may preempt)": [(f"min by (instance, vhid) (carp_sync_fresh{{{SEL}}})",
+                             "{{instance}} vhid {{vhid}}")],
+    "Replication epoch": [(f"max by (instance, vhid) (carp_sync_epoch{{{SEL}}})",
+                           "{{instance}} vhid {{vhid}}")],
+    "Lag at the last takeover": [(f"max by (instance, vhid) (carp_sync_takeover_lag_seconds{{{SEL}}})",
+                                  "{{instance}} vhid {{vhid}}")],
+    "Replication runs by result": [(
+        f"sum by (instance, vhid, path, result) "
+        f"(increase(carp_sync_runs_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} vhid {{vhid}} {{path}} {{result}}")],
+    "Replication bytes received": [(
+        f"sum by (instance, vhid, path) (rate(carp_sync_bytes_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} vhid {{vhid}} {{path}}")],
+    "Replication conflicts (files set aside)": [(
+        f"sum by (instance, vhid, path) "
+        f"(increase(carp_sync_conflicts_total{{{SEL}}}[$__rate_interval]))",
+        "{{instance}} vhid {{vhid}} {{path}}")],
 }
+# The panels that have data only where a replicated path is configured (CARP_SYNC_PATHS)
+SYNC_PANELS = frozenset(t for t in QUERIES if t.startswith(("Replication", "Fresh", "Lag at")))
 
 # Transitions as annotations on every panel: a state that changed in the last minute
 ANNOTATION = f"changes(carp_state_code{{{SEL}}}[1m]) > 0"
@@ -217,7 +240,40 @@ def build() -> dict[str, object]:
                               "or the maintenance file, and since when")
                  .unit("dateTimeFromNow").no_value("no node in maintenance")
                  .with_target(targets("Maintenance since", instant=True)[0]))
+    replication(d)
     return json.loads(json.dumps(d.build(), cls=JSONEncoder))
+
+
+def replication(d: db.Dashboard) -> None:
+    d.with_row(db.Row("Replicated paths"))
+    d.with_panel(timeseries.Panel().title("Replication lag per path").height(8).span(12).unit("s")
+                 .description("carp_sync_lag_seconds: how long since each backup's replica last "
+                              "matched the master's (0 while it matches; the master shows 0). "
+                              "+Inf, before a backup's first catch-up, draws no point: see "
+                              "Fresh. CarpSyncLagging fires when a backup stays over its "
+                              "CARP_SYNC_MAX_LAG for 1 min")
+                 .with_target(targets("Replication lag per path")[0]))
+    d.with_panel(statetimeline.Panel().title("Fresh (may preempt)").height(8).span(12).min(0)
+                 .max(1).description("carp_sync_fresh: 1 while every replica is within "
+                                     "CARP_SYNC_MAX_LAG (or the node is MASTER); 0: it will not "
+                                     "preempt and waits longer before a takeover")
+                 .with_target(targets("Fresh (may preempt)")[0])
+                 .mappings([flag("behind: held back", "fresh")]))
+    for title, unit in (("Replication runs by result", "short"),
+                        ("Replication bytes received", "Bps"),
+                        ("Replication conflicts (files set aside)", "short")):
+        d.with_panel(timeseries.Panel().title(title).height(8).span(8).unit(unit)
+                     .with_target(targets(title)[0]))
+    d.with_panel(stat.Panel().title("Replication epoch").height(5).span(12)
+                 .description("carp_sync_epoch: a new one at every takeover; a backup accepts "
+                              "data only from a master whose epoch is at least its own")
+                 .with_target(targets("Replication epoch", instant=True)[0]))
+    d.with_panel(stat.Panel().title("Lag at the last takeover").height(5).span(12).unit("s")
+                 .description("carp_sync_takeover_lag_seconds: the largest replica lag a node "
+                              "took the VIP over with (the master was dead: availability "
+                              "wins); the files of that window are missing until the old "
+                              "master's conflicts are merged")
+                 .with_target(targets("Lag at the last takeover", instant=True)[0]))
 
 
 # The schema of the Grafana that deploy/compose.yml pins (grafana/grafana:11.1.0): what that
