@@ -3,7 +3,8 @@
 
 - docs/reference/settings.md: every setting, from sidecar/config/runconfig.py (declare.py);
 - docs/reference/commands.md: every command and option, from the parser (sidecar/tools/cliargs.py);
-- docs/reference/metrics.md: every metric, from the families sidecar/serve/metrics.py declares;
+- docs/reference/metrics.md: every metric, from the families sidecar/serve/metrics.py and
+  sidecar/serve/syncmetrics.py (the replicated paths') declare;
 - docs/reference/alerts.md: every alert, from grafana/alerts/carp.rules.yml.
 
     .venv/bin/python docs/gen/reference.py           # rewrite them (`make docs` does)
@@ -141,11 +142,12 @@ def metric_families() -> list[tuple[str, str, str, tuple[str, ...]]]:
     """(exposed name, type, help, labels) of every family the agent declares."""
     from prometheus_client import CollectorRegistry
 
-    from sidecar.serve import metrics
+    from sidecar.serve import metrics, syncmetrics
     r = CollectorRegistry()
     metrics.Metrics(r, "0", process_metrics=False)
     metrics.ReloadMetrics(r)
     metrics.HeldRecordMetrics(r)
+    syncmetrics.SyncFamilies(r)  # registered by the agent only when a path is configured
     out = []
     for c in list(r._collector_to_names):  # the families, in declaration order
         kind = c._type
@@ -155,10 +157,13 @@ def metric_families() -> list[tuple[str, str, str, tuple[str, ...]]]:
 
 
 def metrics_page() -> str:
-    out = [GENERATED.format(src="sidecar/serve/metrics.py"), "# Metrics reference\n\n",
+    out = [GENERATED.format(src="sidecar/serve/metrics.py, sidecar/serve/syncmetrics.py"),
+           "# Metrics reference\n\n",
            "Every metric family the agent exposes on `/metrics`, from its declaration "
            "(`sidecar/serve/metrics.py`), besides prometheus_client's own process, platform and "
-           "GC metrics. Every per-instance series carries `group`, `vhid` and `interface`. "
+           "GC metrics. The `carp_sync_*` families (`sidecar/serve/syncmetrics.py`) exist only "
+           "on an agent with a replicated path ([Replicated paths](../sync.md)). Every "
+           "per-instance series carries `group`, `vhid` and `interface`. "
            "What they mean in practice, `/status`, the dashboard: "
            "[Metrics, /status, dashboard, alerts](../monitoring.md).\n\n",
            "| metric | type | labels | help |\n|---|---|---|---|\n"]
