@@ -41,6 +41,33 @@ def _maintenance(inst: dict[str, Any]) -> str:
             f"{', '.join(inst.get('maintenance_by') or ['?'])}")
 
 
+def _sync(sync: dict[str, Any], now: float) -> list[str]:
+    """The replicated paths (docs/sync.md): the epoch, whether this node is held back, and one
+    line per path. A lag of ``None`` is infinite: before the first catch-up."""
+    fresh = "fresh" if sync.get("fresh") else "NOT FRESH"
+    held = sync.get("held_back")
+    out = [f"  sync:         epoch {sync.get('epoch', '?')}, {fresh}"
+           + (f", held back ({held}: will not preempt)" if held else "")]
+    if "took_over_with_lag" in sync and sync["took_over_with_lag"] != 0:
+        lag = sync["took_over_with_lag"]
+        out.append("  took over:    " + ("before its first catch-up" if lag is None
+                                         else f"with a lag of {lag:.3g} s"))
+    for path in sync.get("paths") or []:
+        gen, have = path.get("generation", "?"), path.get("synced_generation", "?")
+        if path.get("role") == "source":
+            state = f"served, generation {gen}"
+        else:
+            lag = path.get("lag_seconds")
+            state = ("first catch-up not done" if lag is None or not path.get("caught_up")
+                     else "matches the master" if lag == 0 else f"lag {lag:.3g} s")
+            last = path.get("last_success")
+            state += (f", generation {have} of {gen}, last pull "
+                      f"{'never' if last is None else _local(last, now)}")
+        label = f"  path {path.get('name')}:"
+        out.append(f"{label:<15} {path.get('path')}: {state}")
+    return out
+
+
 def render(doc: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     out = []
@@ -62,6 +89,8 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
             out.append(f"  FAULT:        cannot advertise ({inst.get('cannot_advertise_reason')})")
         if inst.get("stale_holders"):
             out.append(f"  STALE VIP:    also answered by {', '.join(inst['stale_holders'])}")
+        if inst.get("sync"):
+            out += _sync(inst["sync"], now)
         if down is not None:
             out.append(f"  failover:     {down:.3g} s if the master fails (master-down "
                        "interval); at once on a graceful stop or demote (bow-out)")
