@@ -31,6 +31,8 @@ class Reason(StrEnum):
     STEP_DOWN = "step_down"  # SIGUSR2, ucarp's "considering going down"
     CANNOT_ADVERTISE = "cannot_advertise"  # source address gone or sends failing: like link down
     STOP = "stop"
+    # the preempt a node's replicas held back (sync_behind), once they caught up: planned
+    SYNC_CAUGHT_UP = "sync_caught_up"
 
 
 @dataclass(frozen=True, slots=True)

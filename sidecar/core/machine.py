@@ -20,7 +20,10 @@ Transition table (state, event -> new state: actions) — the rows the tests are
                                           after start or link up: at the delay's end instead
   BACKUP  advert, R would time out     -> MASTER  (reason master_timeout; a bow-out advert is
                                           "handover" and waits our own skew first, see below)
+  BACKUP  advert, sync behind          -> BACKUP: re-arm master-down (skew >= 240); no preempt
+                                          (the next one is sync_caught_up), no "R would time out"
   BACKUP  advert otherwise             -> BACKUP: re-arm master-down
+  BACKUP  sync behind changes          -> BACKUP: the wait under way re-measured
   MASTER  advert timer                 -> MASTER: SendAdvert (+ delayed Garp), re-arm
   MASTER  advert, L > R or tie lost    -> BACKUP: SendAdvert, DropVip, arm master-down
   MASTER  advert, L < R or tie won     -> MASTER: Garp now and again later, at most once per
@@ -49,6 +52,9 @@ Rules beyond ucarp, each because a sidecar needs it:
 - Preempt delay (keepalived's ``preempt_delay``): a preferred node that has just started or
   regained its link lets a working master keep the VIP for that long, so its own service can
   warm up first; with no master at all it still takes over at master-down time.
+- Sync behind (replicated paths not fresh, sidecar.core.replica): the VIP goes only where the
+  data is. Such a BACKUP waits as if demoted (BSD's demotion counter) so a fresh one wins the
+  race; with the master dead and nobody else, it still takes over. A MASTER ignores it.
 - A stopping MASTER keeps the VIP after its bow-out until a successor's advert arrives (or
   ``successor_wait`` passes), so clients never meet a moment where nobody answers; backups are
   silent, so even a master that never heard a peer waits.
@@ -80,20 +86,14 @@ from sidecar.core.actions import (
     Stopped,
     Transition,
 )
-from sidecar.core.intervals import (
-    US,
-    advert_interval_us,
-    handover_delay_us,
-    master_down_interval_us,
-    skew_us,
-)
-from sidecar.core.pacing import AdvertCounter, GarpPacer, Grace
+from sidecar.core.intervals import US, advert_interval_us, skew_us
+from sidecar.core.pacing import SYNC_BEHIND_SKEW, AdvertCounter, GarpPacer, Grace, Timing, le_order
 from sidecar.core.protocol import BOW_OUT
 
 __all__ = [  # the vocabulary is imported from here too
-    "STEP_DOWN_PAUSE", "SUCCESSOR_WAIT", "UNSPECIFIED", "US", "Action", "AddVip", "Conflict",
-    "DropVip", "Machine", "Params", "Reason", "SendAdvert", "SendGarp", "State", "Stopped",
-    "Transition",
+    "STEP_DOWN_PAUSE", "SUCCESSOR_WAIT", "SYNC_BEHIND_SKEW", "UNSPECIFIED", "US", "Action",
+    "AddVip", "Conflict", "DropVip", "Machine", "Params", "Reason", "SendAdvert", "SendGarp",
+    "State", "Stopped", "Transition", "le_order",
 ]
 
 SUCCESSOR_WAIT = 0.8  # s a stopping master keeps the VIP waiting for a successor's advert
@@ -101,34 +101,8 @@ STEP_DOWN_PAUSE = 3.0  # s ucarp sleeps after SIGUSR2 before listening again
 BOW_OUT_KEY = (BOW_OUT, skew_us(BOW_OUT))  # the comparison key of a bow-out advert
 
 
-def le_order(ip: IPv4Address) -> int:
-    """ucarp compares raw s_addr on little-endian hosts: the last octet is most significant."""
-    return int.from_bytes(ip.packed, "little")
-
-
-class _Timing:
-    """The machine's intervals and its comparison key, from its parameters."""
-
-    params: Params
-    _master_interval_us: int | None  # the master's, as last advertised
-
-    @property
-    def advert_interval_us(self) -> int:
-        return advert_interval_us(self.params.advbase, self.params.advskew)
-
-    @property
-    def master_down_interval_us(self) -> int:
-        p = self.params
-        return master_down_interval_us(p.advbase, p.advskew, p.deadratio, p.vrrp3_dead_timer,
-                                       self._master_interval_us)
-
-    @property
-    def local_key(self) -> tuple[int, int]:
-        return (self.params.advbase, skew_us(self.params.advskew))
-
-
-class Machine(_Timing):
-    """One CARP virtual host (vhid) on one interface."""
+class _Steps(Timing):
+    """A VHID's state and its steps (after ucarp's / BSD's functions); events: Machine."""
 
     def __init__(self, params: Params, rng: Callable[[], int]) -> None:
         self.params = params
@@ -151,6 +125,9 @@ class Machine(_Timing):
         self._master_since: int | None = None  # µs
         self._quiet_until = 0  # µs: no conflict GARP / log line before this
         self._paused_until = 0  # µs: after a step down, no takeover of any kind before this
+        self.sync_behind = False  # replicated paths not fresh: see set_sync_behind
+        self._preempt_held = False  # sync_behind held a preempt back: the next one is caught up
+        self._armed_at = 0  # µs: when the master-down (or handover) wait began
 
     @property
     def demoted(self) -> bool:
@@ -165,6 +142,74 @@ class Machine(_Timing):
         deadline = next((d for d in (self._stop_at, self._advert_at, self._master_down_at,
                                      self.grace.until) if d is not None), None)
         return None if deadline is None else deadline / US
+
+    # ---- steps ----
+    @property
+    def _link_usable(self) -> bool:
+        return (self.link_up or self.params.ignoreifstate) and self.can_advertise
+
+    def _finish_stop(self) -> list[Action]:
+        self._stop_at = None
+        self.state = State.INIT
+        self._master_since = None
+        return [DropVip(), Transition(State.MASTER, State.INIT, Reason.STOP), Stopped()]
+
+    @property
+    def _preempt_reason(self) -> Reason:
+        return Reason.SYNC_CAUGHT_UP if self._preempt_held else Reason.PREEMPT
+
+    def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
+        old = self.state
+        self._vip_undecided = False
+        self._preempt_held = False
+        self.state = State.MASTER
+        self._master_since = _us(now)
+        self._master_down_at = None
+        self._garps.start(self.params.garp_repeat)
+        actions: list[Action] = [Transition(old, State.MASTER, reason, peer), AddVip(), SendGarp()]
+        actions.append(self._advert())
+        self._advert_at = _us(now) + self.advert_interval_us
+        return actions
+
+    def _periodic_advert(self, now: float) -> list[Action]:
+        actions: list[Action] = [self._advert()]
+        self._advert_at = _us(now) + self.advert_interval_us
+        if self._garps.after_advert():
+            actions.append(SendGarp())
+        return actions
+
+    def _leave_master(self, reason: Reason, peer: IPv4Address | None = None) -> list[Action]:
+        self.state = State.BACKUP
+        self._master_since = None
+        self._advert_at = None
+        self._garps.stop()
+        self.grace.end()
+        return [DropVip(), Transition(State.MASTER, State.BACKUP, reason, peer)]
+
+    def _hand_over(self, now: float, reason: Reason) -> list[Action]:
+        """Leaving on purpose: a bow-out makes a backup take over at once (in grace: silently)."""
+        if self.grace.active:
+            return self._leave_master(reason)
+        actions: list[Action] = [self._bow_out_advert(), *self._leave_master(reason)]
+        self._arm_master_down(now)
+        return actions
+
+    def _arm_master_down(self, now: float) -> None:
+        self._advert_at = None
+        self._armed_at = _us(now)
+        # a step-down's pause holds whatever armed the timer (a link or an address back)
+        self._master_down_at = max(self._armed_at + self.master_down_wait_us, self._paused_until)
+        self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
+
+    def _advert(self) -> SendAdvert:
+        return SendAdvert(self.params.advbase, self.params.advskew, self._counter.next())
+
+    def _bow_out_advert(self) -> SendAdvert:
+        return SendAdvert(BOW_OUT, BOW_OUT, self._counter.next(), handover=True)
+
+
+class Machine(_Steps):
+    """One CARP virtual host (vhid) on one interface."""
 
     # ---- events ----
     def start(self, now: float) -> list[Action]:
@@ -257,6 +302,25 @@ class Machine(_Timing):
             self._arm_master_down(now)
         return []
 
+    def set_sync_behind(self, now: float, behind: bool) -> list[Action]:
+        """Whether this node's replicated paths are behind the master's (sidecar.core.replica:
+        not fresh). A BACKUP behind does not compete with a live master (no preemption, no
+        "would time out" takeover) and waits with skew SYNC_BEHIND_SKEW at least, so a fresh
+        backup wins the race for a dead master's VIP; this one still takes it when nobody
+        does (availability wins). A wait under way is re-measured from when it began."""
+        if behind == self.sync_behind:
+            return []
+        self.sync_behind = behind
+        if self.state is not State.BACKUP or self._master_down_at is None:
+            return []
+        if self._master_down_reason in (Reason.PREEMPT, Reason.SYNC_CAUGHT_UP):  # behind now
+            self._preempt_held = True  # the preempt delay's end: not while behind
+            self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
+        wait = (self.handover_wait_us if self._master_down_reason is Reason.HANDOVER
+                else self.master_down_wait_us)
+        self._master_down_at = max(self._armed_at + wait, self._paused_until)
+        return []
+
     def set_maintenance(self, now: float, on: bool) -> list[Action]:
         self.maintenance = on
         return self._demotion_changed(now)
@@ -308,17 +372,7 @@ class Machine(_Timing):
         self._advert_at = self._master_down_at = None
         return [*actions, Stopped()]
 
-    def _finish_stop(self) -> list[Action]:
-        self._stop_at = None
-        self.state = State.INIT
-        self._master_since = None
-        return [DropVip(), Transition(State.MASTER, State.INIT, Reason.STOP), Stopped()]
-
-    # ---- steps (named after ucarp's / BSD's functions) ----
-    @property
-    def _link_usable(self) -> bool:
-        return (self.link_up or self.params.ignoreifstate) and self.can_advertise
-
+    # ---- an advert heard ----
     def _master_hears(self, now: float, src: IPv4Address, remote: tuple[int, int]) -> list[Action]:
         local = self.local_key
         lost = local > remote or (local == remote and le_order(src) < le_order(self.params.own_ip))
@@ -356,19 +410,25 @@ class Machine(_Timing):
             self._master_down_at = max(self._master_down_at or 0, self._paused_until)
             return []
         if not self.demoted:
-            if self.params.preempt and self.local_key < remote:
-                if _us(now) >= self._preempt_after:
-                    return self._become_master(now, Reason.PREEMPT, src)
+            if not (self.params.preempt and self.local_key < remote):
+                self._preempt_held = False  # this master is not one to preempt
+            elif self.sync_behind:
+                self._preempt_held = True  # after the catch-up: reason sync_caught_up
+            elif _us(now) >= self._preempt_after:
+                return self._become_master(now, self._preempt_reason, src)
+            else:
                 preempt_later = True  # a bow-out below still hands over at once
             p = self.params
             if (p.advbase * p.deadratio, skew_us(p.advskew)) < remote:
-                if remote == BOW_OUT_KEY and p.advskew:
+                if remote == BOW_OUT_KEY and self.wait_skew:
                     # Handover: the best backup (least skew) fires first and its advert
                     # re-arms the others, so one handover makes one transition.
-                    self._master_down_at = _us(now) + handover_delay_us(p.advskew)
+                    self._armed_at = _us(now)
+                    self._master_down_at = self._armed_at + self.handover_wait_us
                     self._master_down_reason, self._master_down_peer = Reason.HANDOVER, None
                     return []
-                return self._become_master(now, _timeout_reason(remote), src)
+                if not self.sync_behind:  # behind: a live master is waited for (see Timing)
+                    return self._become_master(now, _timeout_reason(remote), src)
         self._arm_master_down(now)
         actions: list[Action] = []
         if self._vip_undecided:  # another master is settled: what a neutral start left goes
@@ -378,55 +438,8 @@ class Machine(_Timing):
                 and self._preempt_after < self._master_down_at:
             # The preempt delay runs out before this master would time out: preempt then.
             self._master_down_at = self._preempt_after
-            self._master_down_reason, self._master_down_peer = Reason.PREEMPT, src
+            self._master_down_reason, self._master_down_peer = self._preempt_reason, src
         return actions
-
-    def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
-        old = self.state
-        self._vip_undecided = False
-        self.state = State.MASTER
-        self._master_since = _us(now)
-        self._master_down_at = None
-        self._garps.start(self.params.garp_repeat)
-        actions: list[Action] = [Transition(old, State.MASTER, reason, peer), AddVip(), SendGarp()]
-        actions.append(self._advert())
-        self._advert_at = _us(now) + self.advert_interval_us
-        return actions
-
-    def _periodic_advert(self, now: float) -> list[Action]:
-        actions: list[Action] = [self._advert()]
-        self._advert_at = _us(now) + self.advert_interval_us
-        if self._garps.after_advert():
-            actions.append(SendGarp())
-        return actions
-
-    def _leave_master(self, reason: Reason, peer: IPv4Address | None = None) -> list[Action]:
-        self.state = State.BACKUP
-        self._master_since = None
-        self._advert_at = None
-        self._garps.stop()
-        self.grace.end()
-        return [DropVip(), Transition(State.MASTER, State.BACKUP, reason, peer)]
-
-    def _hand_over(self, now: float, reason: Reason) -> list[Action]:
-        """Leaving on purpose: a bow-out makes a backup take over at once (in grace: silently)."""
-        if self.grace.active:
-            return self._leave_master(reason)
-        actions: list[Action] = [self._bow_out_advert(), *self._leave_master(reason)]
-        self._arm_master_down(now)
-        return actions
-
-    def _arm_master_down(self, now: float) -> None:
-        self._advert_at = None
-        # a step-down's pause holds whatever armed the timer (a link or an address back)
-        self._master_down_at = max(_us(now) + self.master_down_interval_us, self._paused_until)
-        self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
-
-    def _advert(self) -> SendAdvert:
-        return SendAdvert(self.params.advbase, self.params.advskew, self._counter.next())
-
-    def _bow_out_advert(self) -> SendAdvert:
-        return SendAdvert(BOW_OUT, BOW_OUT, self._counter.next(), handover=True)
 
 
 def _timeout_reason(remote: tuple[int, int]) -> Reason:

@@ -120,6 +120,14 @@ class MaintenanceChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncGateChanged:
+    """The replicated paths went behind (not fresh: this node holds back from the VIP while a
+    master lives) or caught up again."""
+
+    behind: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SteppingDown:
     pass
 
@@ -144,5 +152,5 @@ class Notify:
 
 Event = (Dropped | Accepted | PeersEvicted | PeersSwept | PeerCounterBehind | PeerCounterBack
          | ClaimSeen | StaleHolder | FormerMasterSilent | AdvertisableChanged | HealthChanged
-         | MaintenanceChanged | SteppingDown | TookOver | Notify)
+         | MaintenanceChanged | SyncGateChanged | SteppingDown | TookOver | Notify)
 Output = Action | SendProbe | CheckSending | ReserveCounters | Event

@@ -1,9 +1,72 @@
-"""Small rules of the machine (sidecar.core.machine): the advert counter, the pace of a
-takeover's gratuitous ARPs, and a master's grace while it cannot advertise. Pure."""
+"""Small rules of the machine (sidecar.core.machine): its waits and comparison key, the
+advert counter, the pace of a takeover's gratuitous ARPs, and a master's grace while it cannot
+advertise. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from ipaddress import IPv4Address
+
+from sidecar.core.actions import Params
+from sidecar.core.intervals import (
+    advert_interval_us,
+    handover_delay_us,
+    master_down_interval_us,
+    skew_us,
+)
+
+# BSD's demotion as a skew: a backup whose replicated paths are behind waits as if its advskew
+# were at least this, so a fresh backup wins the race for a dead master's VIP.
+SYNC_BEHIND_SKEW = 240
+
+
+def le_order(ip: IPv4Address) -> int:
+    """ucarp compares raw s_addr on little-endian hosts: the last octet is most significant."""
+    return int.from_bytes(ip.packed, "little")
+
+
+class Timing:
+    """The machine's intervals and its comparison key, from its parameters; its waits as a
+    BACKUP also from whether its replicas are behind (adverts always keep the own skew)."""
+
+    params: Params
+    sync_behind: bool
+    _master_interval_us: int | None  # the master's, as last advertised
+
+    @property
+    def advert_interval_us(self) -> int:
+        return advert_interval_us(self.params.advbase, self.params.advskew)
+
+    @property
+    def master_down_interval_us(self) -> int:
+        """As configured (what peers expect of this node, and what status shows)."""
+        p = self.params
+        return master_down_interval_us(p.advbase, p.advskew, p.deadratio, p.vrrp3_dead_timer,
+                                       self._master_interval_us)
+
+    @property
+    def local_key(self) -> tuple[int, int]:
+        return (self.params.advbase, skew_us(self.params.advskew))
+
+    @property
+    def wait_skew(self) -> int:
+        advskew = self.params.advskew
+        return max(advskew, SYNC_BEHIND_SKEW) if self.sync_behind else advskew
+
+    @property
+    def master_down_wait_us(self) -> int:
+        """A BACKUP's wait for the master's next advert. Behind, it also covers a live master
+        slower than our own timeout: ucarp's "would time out" takeover is off then, and the
+        timer must not do the same a little later."""
+        p, extra = self.params, skew_us(self.wait_skew) - skew_us(self.params.advskew)
+        wait = self.master_down_interval_us + extra
+        if self.sync_behind and self._master_interval_us is not None:
+            wait = max(wait, p.deadratio * self._master_interval_us + skew_us(self.wait_skew))
+        return wait
+
+    @property
+    def handover_wait_us(self) -> int:
+        return handover_delay_us(self.wait_skew)
 
 
 class AdvertCounter:

@@ -48,6 +48,7 @@ from sidecar.core.outputs import (
     SendProbe,
     StaleHolder,
     SteppingDown,
+    SyncGateChanged,
     TookOver,
 )
 from sidecar.core.peers import ArpClaims, PeerTable, PeerWatch, ReplayGuard, StaleHolders
@@ -333,6 +334,17 @@ class Session:
 
     def maintenance_since(self) -> float | None:
         return min(self.maintenance.values()) if self.maintenance else None
+
+    def set_sync(self, now: float, behind: bool) -> list[Output]:
+        """Whether this node's replicated paths are behind (sidecar.core.replica.fresh says
+        not fresh): a BACKUP behind holds back from a live master's VIP (see the machine)."""
+        if behind == self.machine.sync_behind:
+            return []
+        return [SyncGateChanged(behind), *self._after(now, self.machine.set_sync_behind(now, behind))]
+
+    @property
+    def sync_behind(self) -> bool:
+        return self.machine.sync_behind
 
     def step_down(self, now: float) -> list[Output]:
         out: list[Output] = [SteppingDown()] if self.machine.state is State.MASTER else []

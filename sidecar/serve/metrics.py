@@ -33,7 +33,7 @@ from sidecar.core.protocol import DropReason
 TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
     (State.INIT, State.BACKUP, Reason.STARTUP),
     *((State.BACKUP, State.MASTER, r) for r in
-      (Reason.MASTER_DOWN, Reason.PREEMPT, Reason.MASTER_TIMEOUT, Reason.HANDOVER)),
+      (Reason.MASTER_DOWN, Reason.PREEMPT, Reason.MASTER_TIMEOUT, Reason.HANDOVER, Reason.SYNC_CAUGHT_UP)),
     *((State.MASTER, State.BACKUP, r) for r in
       (Reason.PREFERRED_MASTER, Reason.LINK_DOWN, Reason.MAINTENANCE, Reason.UNHEALTHY,
        Reason.STEP_DOWN, Reason.CANNOT_ADVERTISE)),
