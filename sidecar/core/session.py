@@ -125,8 +125,7 @@ class Session:
             self.machine.link_changed(now, up=False)
         self._at.garp = now + self.config.garp_refresh if self.config.garp_refresh > 0 else None
         self._schedule_check(now)
-        out = self._after(now, self.machine.start(now))
-        return out + self._notify("startup")
+        return self._after(now, self.machine.start(now)) + self._notify("startup")
 
     def stop(self, now: float) -> list[Output]:
         self.stopping = True
@@ -336,11 +335,9 @@ class Session:
         return min(self.maintenance.values()) if self.maintenance else None
 
     def set_sync(self, now: float, behind: bool) -> list[Output]:
-        """Whether this node's replicated paths are behind (sidecar.core.replica.fresh says
-        not fresh): a BACKUP behind holds back from a live master's VIP (see the machine)."""
-        if behind == self.machine.sync_behind:
-            return []
-        return [SyncGateChanged(behind), *self._after(now, self.machine.set_sync_behind(now, behind))]
+        """Replicated paths behind (not fresh) or caught up: see Machine.set_sync_behind."""
+        changed = [SyncGateChanged(behind)] if behind != self.machine.sync_behind else []
+        return [*changed, *self._after(now, self.machine.set_sync_behind(now, behind))]
 
     @property
     def sync_behind(self) -> bool:
@@ -377,7 +374,7 @@ class Session:
             if upto is not None:
                 out.append(ReserveCounters(upto))  # before the advert leaves
             if isinstance(a, Transition):
-                a = self._with_planned(a)
+                a = with_planned(a, master_heard=self._master_heard_at is not None)
             out.append(a)
             if isinstance(a, Transition):
                 self._took_over = a.reason if a.new is State.MASTER else None
@@ -390,18 +387,19 @@ class Session:
                 out += self._notify(a.reason.value, a.peer)
         return out
 
-    def _with_planned(self, t: Transition) -> Transition:
-        """A takeover by timeout moved the VIP only if a master had been heard: the first one
-        of a node that never heard any (the cluster starting, a node alone) moved nothing."""
-        unheard = t.new is State.MASTER and self._master_heard_at is None
-        return dataclasses.replace(t, planned=True if unheard else planned(t.new, t.reason))
-
     def _notify(self, reason: str, peer: IPv4Address | None = None) -> list[Output]:
         state = self.notify_state()
         if state == self._notified or state == "INIT":
             return []
         self._notified = state
         return [Notify(state, reason, peer)]
+
+
+def with_planned(t: Transition, master_heard: bool) -> Transition:
+    """A takeover by timeout moved the VIP only if a master had been heard: the first one of a
+    node that never heard any (the cluster starting, a node alone) moved nothing."""
+    unheard = t.new is State.MASTER and not master_heard
+    return dataclasses.replace(t, planned=True if unheard else planned(t.new, t.reason))
 
 
 def gave_way(peers: PeerTable, former: list[str], took_over: Reason | None) -> str | None:
