@@ -14,6 +14,11 @@ from collections.abc import Hashable, Iterable
 from sidecar.core.syncwire import PING_INTERVAL
 
 LIVENESS = 3 * PING_INTERVAL  # s: a channel with no line for longer is not known to be alive
+# Bounds on the master's memory with a backup away or stuck (session files come and go): past
+# MAX_PENDING the changed files are forgotten and the tree walked again instead; past
+# MAX_TIMES the oldest generations' times go, and a backup confirming one agrees nothing.
+MAX_PENDING = 100_000
+MAX_TIMES = 10_000
 
 
 class Freshness:
@@ -151,7 +156,11 @@ class Confirmations:
     that of the file's last change. The caller then records it in the manifest if its ctime
     is older than the cutoff (the wall time of the generation all have confirmed): a newer
     ctime means a change the watcher has not reported yet, which a later generation covers.
-    A backup that connected and has not confirmed yet holds everything back."""
+    A backup that connected and has not confirmed yet holds everything back.
+
+    Why the cutoff is enough: a backup's pull that it confirms for generation G started after
+    G was announced, so it read every file after G's time; a file last changed before then
+    is in it as it is now."""
 
     def __init__(self, gen: int = 0, at: float = 0.0) -> None:
         """``gen``: the path's generation when watching began, at wall time ``at``."""
@@ -164,8 +173,13 @@ class Confirmations:
     def changed(self, gen: int, rel_paths: Iterable[str], at: float) -> None:
         """The watcher bumped the generation to ``gen`` at wall time ``at`` for these files."""
         self._times[gen] = at
+        if len(self._times) > MAX_TIMES or not self._confirmed:  # nobody asks for older ones
+            self._times = dict(list(self._times.items())[-(MAX_TIMES if self._confirmed else 1):])
         for rel in rel_paths:
             self._pending[rel] = gen
+        if len(self._pending) > MAX_PENDING:
+            self._pending.clear()
+            self._full_done = False  # the next full agreement walks the tree again
 
     def connected(self, client_id: Hashable) -> None:
         """A backup's watch channel is up: until it confirms, nothing is agreed."""
@@ -211,7 +225,8 @@ class Confirmations:
 
     def first_full(self) -> float | None:
         """The first time every connected backup has confirmed: the cutoff for recording the
-        whole tree (files not pending, ctime below it). None before, and every time after."""
+        whole tree (files not pending, ctime below it). None before, and every time after
+        (unless the pending files overflowed MAX_PENDING: then once more)."""
         gen = self.agreed_generation()
         if self._full_done or gen is None:
             return None

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.core import replica
 from sidecar.core.replica import (
     LIVENESS,
     Confirmations,
@@ -309,6 +310,7 @@ def test_confirmations_agree_only_what_every_backup_holds(steps: list[tuple[str,
     can (at the latest on the next call)."""
     c = Confirmations(gen=0, at=0.0)
     gen, last_change, held = 0, {}, {}  # held: client -> confirmed generation or None
+    joined: dict[object, int] = {}  # the generation a backup heard first, when it connected
     for kind, arg in steps:
         if kind == "change":
             gen += 1
@@ -316,14 +318,16 @@ def test_confirmations_agree_only_what_every_backup_holds(steps: list[tuple[str,
             last_change.update({rel: gen for rel in arg})  # type: ignore[union-attr]
         elif kind == "connect":
             c.connected(arg)  # type: ignore[arg-type]
-            held.setdefault(arg, None)
+            if arg not in held:
+                held[arg], joined[arg] = None, gen
         elif kind == "confirm" and arg in held:
-            g = gen - (1 if gen and arg == 1 else 0)  # backup 1 runs a generation behind
+            g = max(gen - (arg == 1), joined[arg])  # backup 1 runs a generation behind
             c.confirm(arg, g)  # type: ignore[arg-type]
             held[arg] = max(held[arg] or 0, g)
         elif kind == "forget":
             c.forget(arg)  # type: ignore[arg-type]
             held.pop(arg, None)
+            joined.pop(arg, None)
         elif kind == "agreed":
             rels, cutoff = c.agreed()
             complete = held and all(g is not None for g in held.values())
@@ -336,3 +340,38 @@ def test_confirmations_agree_only_what_every_backup_holds(steps: list[tuple[str,
             else:
                 assert rels == [] and cutoff is None
         assert c.pending == set(last_change)
+
+
+def test_the_pending_files_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A master whose backup is away forgets the changed files past the bound, and walks the
+    tree again once all have confirmed."""
+    monkeypatch.setattr(replica, "MAX_PENDING", 3)
+    c = Confirmations()
+    c.connected("b")
+    c.confirm("b", 0)
+    assert c.first_full() == 0.0
+    c.forget("b")
+    c.changed(1, ["a", "b", "c"], at=1.0)
+    assert c.pending == {"a", "b", "c"}
+    c.changed(2, ["d"], at=2.0)
+    assert c.pending == frozenset()
+    c.connected("b")
+    c.changed(3, ["e"], at=3.0)
+    c.confirm("b", 3)
+    assert c.agreed() == (["e"], 3.0) and c.first_full() == 3.0 and c.first_full() is None
+
+
+def test_the_generation_times_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replica, "MAX_TIMES", 3)
+    c = Confirmations()
+    for g in range(1, 4):  # no backup: only the latest time is kept
+        c.changed(g, [f"f{g}"], at=float(g))
+    assert c._times == {3: 3.0}
+    c.connected("b")
+    for g in range(4, 9):
+        c.changed(g, [f"f{g}"], at=float(g))
+    assert list(c._times) == [6, 7, 8]
+    c.confirm("b", 4)  # a stuck backup's old generation: its time is gone, nothing agreed
+    assert c.agreed() == ([], None)
+    c.confirm("b", 7)
+    assert c.agreed() == ([f"f{g}" for g in range(1, 8)], 7.0)
