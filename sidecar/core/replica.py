@@ -24,7 +24,7 @@ MAX_TIMES = 10_000
 class Freshness:
     """One replicated path on a backup: what its master holds, what this replica matches.
 
-    The lag is how long since the replica last *known* to match the master: 0 while it holds
+    The lag is how long since the replica was last *known* to match the master: 0 while it holds
     the master's current generation and the channel is alive; otherwise ``now`` minus the last
     moment it was known to match (the last line heard while matching, or the moment the master
     announced a generation beyond the one the replica holds); None before the first catch-up.
