@@ -27,6 +27,7 @@ from typing import Any
 from sidecar.lab import blackbox
 from sidecar.lab.netns import Topology, require_root_and_tools, stop_process
 from sidecar.lab.picture import Recording, downtime_text, draw, missed_a_poll
+from sidecar.lab.sessions import App
 
 VIP = "172.16.0.1"
 ADDRESSES = {"a": "172.16.0.11/16", "b": "172.16.0.12/16", "client": "172.16.0.100/16"}
@@ -35,19 +36,21 @@ APACHE_MODULES = "/usr/lib/apache2/modules"
 LAB_PASSWORD = "lab-only"
 
 
-def apache_config(root: Path, node: str, port: int = 80) -> Path:
-    """A minimal Apache serving one page that names ``node`` (not the system service)."""
+def apache_config(root: Path, node: str, port: int = 80, app: App | None = None) -> Path:
+    """A minimal Apache serving one page that names ``node`` (not the system service); with
+    ``app``, also deploy/example's session pages under /app/ (mod_php: the prefork MPM)."""
     www = root / "www"
     www.mkdir(parents=True, exist_ok=True)
     (www / "index.html").write_text(f"{node}\n")
     conf = root / "httpd.conf"
+    mpm = "mpm_prefork" if app else "mpm_event"
     conf.write_text(f"""ServerRoot "{root}"
 ServerName {node}
 Listen {port}
 PidFile {root}/httpd.pid
 DefaultRuntimeDir {root}
 ErrorLog {root}/error.log
-LoadModule mpm_event_module {APACHE_MODULES}/mod_mpm_event.so
+LoadModule {mpm}_module {APACHE_MODULES}/mod_{mpm}.so
 LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so
 LoadModule dir_module {APACHE_MODULES}/mod_dir.so
 User www-data
@@ -57,7 +60,7 @@ DirectoryIndex index.html
 <Directory {www}>
   Require all granted
 </Directory>
-""")
+""" + (app.apache_config() if app else ""))
     for p in (root, www, www / "index.html", conf):
         p.chmod(0o755 if p.is_dir() else 0o644)
     return conf
