@@ -67,7 +67,7 @@ class App:
             f"LoadModule php_module {php}",
             f"LoadModule alias_module {APACHE_MODULES}/mod_alias.so",
             f"Define CARP_SESSIONS_DIR {self.sessions}",
-            f'<FilesMatch "\\.php$">\n  SetHandler application/x-httpd-php\n</FilesMatch>',
+            '<FilesMatch "\\.php$">\n  SetHandler application/x-httpd-php\n</FilesMatch>',
             f"Alias {APP_URL} {self.htdocs}/",
             f"<Directory {self.htdocs}>\n  Require all granted\n  DirectoryIndex whoami.php\n"
             "</Directory>",
