@@ -25,6 +25,7 @@ class Recording:
     states: list[tuple[float, str, str]] = field(default_factory=list)  # (t, node, state)
     answers: list[tuple[float, str | None]] = field(default_factory=list)  # (t, node or None)
     steps: list[tuple[float, float, str, float | None]] = field(default_factory=list)
+    sessions: dict[int, bool] = field(default_factory=dict)  # step number -> client still logged in
 
 
 def missed_a_poll(answers: list[tuple[float, str | None]], since: float, body: str) -> bool | None:
@@ -82,7 +83,9 @@ def draw(path: Path, rec: Recording, end: float) -> None:
         gap = "" if downtime is None else f" \N{EM DASH} {downtime_text(downtime, missed)}"
         ax.text((began + ended) / 2 - rec.t0, len(rows) - 0.5, number, fontsize=13,
                 va="bottom", ha="center", fontweight="bold")
-        captions.append(f"{number}. {text}{gap}")
+        kept = rec.sessions.get(int(number)) if number.isdigit() else None
+        session = "" if kept is None else " \N{EM DASH} session " + ("kept" if kept else "LOST")
+        captions.append(f"{number}. {text}{gap}{session}")
     ax.set_xlabel("\n".join(["seconds since the lab started", "", *captions]), fontsize=12,
                   multialignment="left")
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=13)

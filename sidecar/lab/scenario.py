@@ -27,7 +27,15 @@ from typing import Any
 from sidecar.lab import blackbox
 from sidecar.lab.netns import Topology, require_root_and_tools, stop_process
 from sidecar.lab.picture import Recording, downtime_text, draw, missed_a_poll
-from sidecar.lab.sessions import App
+from sidecar.lab.sessions import (
+    LAB_USER,
+    App,
+    LabSession,
+    lab_app,
+    prepare_lab,
+    sessions_step_enabled,
+    sync_env,
+)
 
 VIP = "172.16.0.1"
 ADDRESSES = {"a": "172.16.0.11/16", "b": "172.16.0.12/16", "client": "172.16.0.100/16"}
@@ -121,6 +129,7 @@ class Lab(ClientView):
     probe_lines: list[dict[str, Any]] = field(default_factory=list)
     on_probe: Callable[[dict[str, Any]], None] | None = None
     exited: dict[str, float] = field(default_factory=dict)  # node -> when its agent stopped
+    sessions: bool = False  # the example's pages and sessions, replicated by the agents
 
     def __enter__(self) -> Lab:
         os.chmod(self.dir, 0o755)
@@ -136,7 +145,8 @@ class Lab(ClientView):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def start_apache(self, node: str) -> None:
-        conf = apache_config(self.dir / f"apache-{node}", f"node-{node}")
+        conf = apache_config(self.dir / f"apache-{node}", f"node-{node}",
+                             app=lab_app(self.dir, node) if self.sessions else None)
         self.apaches[node] = self.topo.start(node, [APACHE, "-f", str(conf), "-DFOREGROUND"])
         self.wait(lambda: self.get(node, "http://127.0.0.1/") == f"node-{node}", 10,
                   f"Apache on node-{node}")
@@ -148,7 +158,8 @@ class Lab(ClientView):
         """carp-sidecar [args] run in the node, with the lab's CARP_* plus ``extra``."""
         srcip = ADDRESSES[node].split("/")[0]
         cmd = [sys.executable, "-m", "sidecar.tools.cli", *args, "run"]
-        env = agent_env(self.dir, node, srcip, **extra)
+        sync = sync_env(self.dir, node) if self.sessions else {}  # its replicated paths
+        env = agent_env(self.dir, node, srcip, **{**sync, **extra})
         env = {k: v for k, v in env.items() if v != ""}  # "" unsets a lab default
         proc = self.topo.start(node, cmd, log=self.dir / f"{node}.log", env=env)
         self.agents[node] = proc
@@ -233,6 +244,7 @@ class Step:
     downtime_ms: float | None = None
     ok: bool = False
     missed: bool | None = None  # did the client miss a poll (False: the VIP moved between two)
+    session: str | None = None  # the logged-in client's whoami after the step (None: no check)
 
 
 def _watch_states(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
@@ -296,11 +308,14 @@ def run_lab(short: bool = False, keep: bool = False, picture: Path | None = None
     stop = threading.Event()
     steps: list[Step] = []
     try:
-        with Lab() as lab:
+        with Lab(sessions=sessions_step_enabled()) as lab:
             _set_up(lab, timeline, stop)
+            client = LabSession(lab, VIP) if lab.sessions else None
+            if client:
+                timeline.say(client.log_in())
             steps = _steps(lab, short)
             for number, step in enumerate(steps, 1):
-                _run_step(lab, timeline, number, step)
+                _run_step(lab, timeline, number, step, client)
             time.sleep(1)
             lab.on_probe = None
             timeline.release()
@@ -327,6 +342,11 @@ def run_lab(short: bool = False, keep: bool = False, picture: Path | None = None
         timeline.release()
         print("carp-sidecar lab: interrupted; everything removed", file=sys.stderr)
         return 130
+    lost = [str(n) for n, s in enumerate(steps, 1) if s.session is not None and not _kept(s)]
+    if lost:
+        print(f"carp-sidecar lab: FAILED: the client's session was lost at step {', '.join(lost)}",
+              file=sys.stderr)
+        return 1
     print("carp-sidecar lab: all steps passed; namespaces, processes and VIPs removed")
     return 0
 
@@ -343,6 +363,8 @@ def _set_up(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
                         if line["ok"] and line["gap_ms"] > 50 else ""), line["t"])
 
     lab.on_probe = heard
+    if lab.sessions:
+        prepare_lab(lab.dir)
     timeline.say(f"namespaces up (tag {lab.topo.tag}): node-a 172.16.0.11, node-b "
                  f"172.16.0.12, client 172.16.0.100, VIP {VIP}")
     for node in ("a", "b"):
@@ -364,7 +386,8 @@ def _set_up(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
     timeline.say("step 0: node-a is MASTER and serves the VIP")
 
 
-def _run_step(lab: Lab, timeline: Timeline, number: int, step: Step) -> None:
+def _run_step(lab: Lab, timeline: Timeline, number: int, step: Step,
+              client: LabSession | None = None) -> None:
     time.sleep(1.5)
     timeline.say(f"step {number}: {step.title}")
     began = time.time()
@@ -379,6 +402,15 @@ def _run_step(lab: Lab, timeline: Timeline, number: int, step: Step) -> None:
     timeline.say(f"step {number} done: client sees {step.expect}; VIP on "
                  f"{', '.join('node-' + h for h in holders) or 'nobody'}; "
                  f"client-visible downtime{':' if step.missed is False else ''} {_downtime(step)}")
+    if client:
+        step.session = client.whoami()
+        timeline.recording.sessions[number] = _kept(step)
+        timeline.say(f"client: still logged in ({step.session})" if _kept(step)
+                     else f"client: session lost (the VIP answered {step.session or 'nothing'!r})")
+
+
+def _kept(step: Step) -> bool:
+    return (step.session or "").split(" ")[0] == LAB_USER
 
 
 def _downtime(step: Step) -> str:
@@ -388,9 +420,12 @@ def _downtime(step: Step) -> str:
 def _summary(steps: list[Step]) -> None:
     if not steps:
         return
-    print(f"\n  {'step':<61}  {'client sees':<11}  client-visible downtime")
+    checked = any(s.session is not None for s in steps)
+    print(f"\n  {'step':<61}  {'client sees':<11}  {'session kept  ' if checked else ''}"
+          "client-visible downtime")
     for i, s in enumerate(steps, 1):
         down = _downtime(s)
+        kept = "-" if s.session is None else "yes" if _kept(s) else "NO"
         print(f"  {i}. {s.title[:58]:<58}  {s.expect if s.ok else 'FAILED':<11}  "
-              f"{down.rjust(7) if down[0].isdigit() else down}")
+              f"{f'{kept:<12}  ' if checked else ''}{down.rjust(7) if down[0].isdigit() else down}")
     print(flush=True)

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar.lab.netns import Host
+
+if TYPE_CHECKING:
+    from sidecar.lab.scenario import Lab
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "example"
 APACHE_MODULES = Path("/usr/lib/apache2/modules")
@@ -23,6 +28,7 @@ WWW_DATA = "www-data"
 # The lab's sessions step needs the replicated paths of issue 32 in the agent (CARP_SYNC_PATHS):
 # the lead turns it on when that lands (True here), or CARP_LAB_SESSIONS=1 / 0 for one run.
 SESSIONS_STEP = False
+LAB_USER = "alice"
 
 
 def php_module() -> Path | None:
@@ -110,3 +116,65 @@ class SessionClient:
             if len(fields) == 7 and fields[5] == name:
                 return fields[6]
         return None
+
+
+def lab_app(lab_dir: Path, node: str) -> App:
+    """A lab node's replicated paths: <labdir>/<node>/htdocs and <labdir>/<node>/sessions."""
+    return App(lab_dir / node / "htdocs", lab_dir / node / "sessions")
+
+
+def sync_env(lab_dir: Path, node: str) -> dict[str, str]:
+    """What a lab agent replicates (issue 32's settings); the secret is <labdir>/sync.secret."""
+    app = lab_app(lab_dir, node)
+    return {"CARP_SYNC_PATHS": f"docs={app.htdocs},sessions={app.sessions}",
+            "CARP_SYNC_SECRET_FILE": str(lab_dir / "sync.secret")}
+
+
+def prepare_lab(lab_dir: Path, nodes: tuple[str, ...] = ("a", "b")) -> None:
+    """The sync secret (0600, lab-only) and each node's copy of the example pages."""
+    fd = os.open(lab_dir / "sync.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("lab-only-sync-secret\n")
+    for node in nodes:
+        (lab_dir / node).mkdir(mode=0o755, exist_ok=True)
+        lab_app(lab_dir, node).install()
+
+
+class LabSession:
+    """The lab's logged-in client: it logs in through the VIP before the cable pull, then asks
+    through the VIP who it is after each step (the same cookie, whichever node answers)."""
+
+    def __init__(self, lab: Lab, vip: str) -> None:
+        self.lab, self.base = lab, f"http://{vip}"
+        self.client = SessionClient(lab.topo["client"], lab.dir / "client.cookies")
+
+    def log_in(self, timeout: float = 15) -> str:
+        """Log in, then wait (up to ``timeout`` s) for the session file to be the same on every
+        node: the replication caught up. A line for the timeline."""
+        answer = self.client.login(self.base, LAB_USER)
+        sid = self.client.cookie("PHPSESSID")
+        if answer != f"logged in: {LAB_USER}" or sid is None:
+            raise TimeoutError(f"the client could not log in through the VIP ({answer!r})")
+        self.whoami()  # a write after the login: the session is being used
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            if self.replicated(sid):
+                return (f"client: logged in as {LAB_USER} through the VIP; its session file was on "
+                        f"both nodes {time.monotonic() - began:.1f} s later")
+            time.sleep(0.05)
+        return f"client: logged in as {LAB_USER}; its session file did not reach every node"
+
+    def replicated(self, sid: str) -> bool:
+        copies = set()
+        for node in ("a", "b"):
+            try:
+                copies.add((lab_app(self.lab.dir, node).sessions / f"sess_{sid}").read_bytes())
+            except OSError:
+                return False
+        return len(copies) == 1
+
+    def whoami(self) -> str:
+        return self.client.whoami(self.base)
+
+    def kept(self, answer: str) -> bool:
+        return answer.split(" ")[0] == LAB_USER

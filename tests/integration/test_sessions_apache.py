@@ -5,9 +5,11 @@ and the replication's .carp-sync/ folder is never served."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +19,14 @@ import pytest
 
 from sidecar.lab.netns import Topology, stop_processes
 from sidecar.lab.scenario import APACHE, apache_config
-from sidecar.lab.sessions import APP_URL, EXAMPLE, App, SessionClient, php_module
+from sidecar.lab.sessions import (
+    APP_URL,
+    EXAMPLE,
+    App,
+    SessionClient,
+    php_module,
+    sessions_step_enabled,
+)
 
 pytestmark = pytest.mark.skipif(php_module() is None or not EXAMPLE.is_dir(),
                                 reason="needs libapache2-mod-php (make deps) and deploy/example")
@@ -139,3 +148,21 @@ def test_the_replications_own_folder_is_never_served(nodes: Nodes) -> None:
     assert client.get(f"{A}{APP_URL}page.html") == (200, "an older version")
     for path in (".carp-sync/conflicts/3/page.html", ".carp-sync/", ".carp-sync/conflicts/"):
         assert client.get(f"{A}{APP_URL}{path}")[0] == 403, path
+
+
+@pytest.mark.skipif(not sessions_step_enabled(),
+                    reason="the lab's sessions step is off until the agent replicates "
+                    "(sidecar.lab.sessions.SESSIONS_STEP, or CARP_LAB_SESSIONS=1)")
+def test_the_lab_client_stays_logged_in_through_every_step(tmp_path: Path) -> None:
+    """`carp-sidecar lab --short` with its sessions step: logged in through the VIP before the
+    cable pull, the same cookie still logged in after each move, in the table and the picture."""
+    picture = tmp_path / "lab.svg"
+    r = subprocess.run([sys.executable, "-m", "sidecar.tools.cli", "lab", "--short",
+                        "--timeline", str(picture)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"client: logged in as alice through the VIP; its session file was on "
+                     r"both nodes [\d.]+ s later", r.stdout), r.stdout
+    assert r.stdout.count("client: still logged in (alice ") == 3, r.stdout
+    table = r.stdout.split("session kept", 1)[1]
+    assert re.search(r"1\. unplug node-a's network cable +node-b +yes ", table), table
+    assert "session LOST" not in picture.read_text() and "session kept" in picture.read_text()

@@ -149,3 +149,18 @@ def test_states_are_placed_at_the_agents_transition_time_not_when_polled(
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
     assert lines == ["+ 0.40s node-b: BACKUP (startup)", "+ 0.60s node-a: MASTER (master_down)",
                      f"+ {exited - timeline.t0:.2f}s node-b: agent not running"]
+
+
+def test_each_checked_step_says_whether_the_logged_in_client_kept_its_session(
+        tmp_path: Path) -> None:
+    rec = recording()
+    rec.steps.append((1012.0, 1013.0, "2. plug node-a back in", None))
+    path = tmp_path / "lab.svg"
+    draw(path, rec, end=1015.0)
+    assert "session" not in svg_text(path)  # no sessions step: nothing said
+    rec.sessions.update({1: True, 2: False})
+    draw(path, rec, end=1015.0)
+    text = svg_text(path)
+    assert "unplug node-a's network cable \N{EM DASH} 3450 ms without an answer \N{EM DASH} " \
+           "session kept" in text
+    assert "plug node-a back in \N{EM DASH} session LOST" in text
