@@ -33,10 +33,11 @@ RUN --mount=type=secret,id=ca \
 FROM ${BASE}
 SHELL ["/bin/sh", "-eu", "-c"]
 # Same interpreter as the build stage (the venv links to it); no compilers, no pip. iproute2
-# and net-tools let the classic ucarp up/down scripts (ip / ifconfig) run unchanged inside.
+# and net-tools let the classic ucarp up/down scripts (ip / ifconfig) run unchanged inside;
+# rsync moves the replicated paths (CARP_SYNC_PATHS: the agent runs its daemon and its client).
 # hadolint ignore=DL3008
 RUN apt-get update && \
-    apt-get install -y --no-install-recommends iproute2 net-tools && \
+    apt-get install -y --no-install-recommends iproute2 net-tools rsync && \
     if ! command -v python3 >/dev/null; then \
       apt-get install -y --no-install-recommends python3; \
     fi && \

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # `make demo` installs only what `carp-sidecar lab` runs (Apache, ip, curl, a venv);
 # `make deps` (test, bench...) the rest: the tests' ucarp, keepalived, Prometheus, BIRD, FRR...
-DEMO_APT_PACKAGES := python3-venv apache2 iproute2 curl
+DEMO_APT_PACKAGES := python3-venv apache2 iproute2 curl rsync libapache2-mod-php
 APT_PACKAGES := $(DEMO_APT_PACKAGES) ucarp tshark tcpdump prometheus keepalived procps net-tools nftables docker-compose openssl faketime bird2 frr prometheus-blackbox-exporter
 IMAGE ?= localhost/carp-sidecar
 # invoke-rc.d and deb-systemd-invoke ask it before starting a service (exit 101: do not)

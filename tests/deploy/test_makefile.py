@@ -57,7 +57,8 @@ def repo_copy(tmp_path: Path) -> Path:
     return work
 
 
-DEMO_PACKAGES = {"python3-venv", "apache2", "iproute2", "curl"}  # what `carp-sidecar lab` runs
+DEMO_PACKAGES = {"python3-venv", "apache2", "iproute2", "curl", "rsync",  # what `carp-sidecar lab` runs
+                 "libapache2-mod-php"}  # the lab's sessions step: PHP sessions, replicated
 TEST_ONLY = {"prometheus", "keepalived", "bird2", "frr", "docker-compose", "tshark", "ucarp",
              "prometheus-blackbox-exporter",
              "kubernetes-client"}
