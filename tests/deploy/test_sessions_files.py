@@ -145,6 +145,13 @@ def test_the_sessions_overlay_shares_the_host_folders_and_validates(tmp_path: Pa
     caps = set(agent["securityContext"]["capabilities"]["add"])
     assert caps == {"NET_ADMIN", "NET_RAW", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID"}
     assert {"name": "sync", "containerPort": 8873} in agent["ports"]
+    from sidecar.config.settings import load
+
+    for name, text in by[("ConfigMap", "carp-sidecar-nodes")]["data"].items():
+        env = {**config, **dict(ln.split("=", 1) for ln in text.splitlines() if ln),
+               "CARP_PASS": "x"}
+        env.pop("CARP_PASS_FILE")
+        assert load(env, offline=True).instances[0].sync_paths, name  # valid, as written
     apache = apache_pod["containers"][0]
     assert apache["image"] == "docker.io/library/php:8.2-apache"
     key = conf_default("CARP_SESSION_KEY_FILE", "carp-cookie-sessions.conf")
@@ -182,3 +189,18 @@ def test_systemd_loads_the_unit_with_the_sync_drop_in(tmp_path: Path) -> None:
     # chown() allowed again by the filter (the unit alone denies it with @privileged)
     line = next(ln for ln in r.stdout.splitlines() if "SystemCallFilter=~@privileged" in ln)
     assert line.lstrip().startswith("✗") and "chown" in line, line
+
+
+@pytest.mark.parametrize("node", ["a", "b"])
+def test_the_agents_settings_in_compose_are_a_valid_configuration(node: str, tmp_path: Path) -> None:
+    """As `carp-sidecar check-config --offline` reads a file meant for another host."""
+    from sidecar.config.settings import load, read_env_file
+
+    env = {**read_env_file(DEPLOY / f"node-{node}.env"),
+           **yaml.safe_load((DEPLOY / "compose.yml").read_text())["services"]["carp-sidecar"][
+               "environment"]}
+    env.pop("NODE_ENV")
+    env["CARP_PASS"] = "geheim"
+    env.pop("CARP_PASS_FILE")
+    instance = load(env, offline=True).instances[0]
+    assert {p.name: str(p.path) for p in instance.sync_paths} == sync_paths(env["CARP_SYNC_PATHS"])
