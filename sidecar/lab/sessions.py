@@ -175,6 +175,3 @@ class LabSession:
 
     def whoami(self) -> str:
         return self.client.whoami(self.base)
-
-    def kept(self, answer: str) -> bool:
-        return answer.split(" ")[0] == LAB_USER
