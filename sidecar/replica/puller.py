@@ -52,6 +52,8 @@ REFUSED_RETRY = 1.0  # s after NOTMASTER / DENIED (the VIP may be moving: ask ag
 CONNECT_TIMEOUT = 2.0
 SILENCE = 3 * wire.PING_INTERVAL  # no line for this long: the channel is dead
 NAMES_LOGGED = 20
+RETRY_MIN, RETRY_MAX = 0.5, 5.0  # s before pulling again after a failed pull, doubling: a full
+# disk or a refusing daemon must not turn into rsync in a tight loop
 
 
 class _Refused(Exception):
@@ -86,6 +88,9 @@ class _Path:
         self.synced: int | None = None  # the generation the last successful pull started at
         self.last_success: float | None = None  # unix time
         self.failing = False  # a failure streak is logged once
+        self.retry_at = 0.0  # monotonic: no pull before (after a failure)
+        self.retry_delay = RETRY_MIN
+        self.retry_timer: asyncio.TimerHandle | None = None
 
     @property
     def running(self) -> bool:
@@ -156,6 +161,10 @@ class Puller:
         for p in self.paths.values():
             if p.task is not None:
                 p.task.cancel()  # rsync killed (TERM, then KILL), its displaced files settled
+            if p.retry_timer is not None:
+                p.retry_timer.cancel()
+                p.retry_timer = None
+            p.retry_at, p.retry_delay = 0.0, RETRY_MIN  # a new master is tried at once
 
     async def _follow(self, master: Address) -> None:
         delay, failures = BACKOFF_MIN, 0
@@ -248,8 +257,13 @@ class Puller:
 
     def _kick(self, p: _Path) -> None:
         """Start a pull of ``p`` if one is due and none is running."""
-        s = self._session
+        s, now = self._session, time.monotonic()
         if s is None or p.running or not p.fresh.needs_run:
+            return
+        if now < p.retry_at:
+            if p.retry_timer is None:
+                p.retry_timer = asyncio.get_running_loop().call_later(
+                    p.retry_at - now, self._retry, p)
             return
         if self._fenced(s):
             if p.metrics is not None:
@@ -263,6 +277,10 @@ class Puller:
             return
         p.task = self._spawn_task(self._pull(p, s))
         p.task.add_done_callback(lambda _: self._kick(p))  # re-run while behind
+
+    def _retry(self, p: _Path) -> None:
+        p.retry_timer = None
+        self._kick(p)
 
     async def _pull(self, p: _Path, s: _Session) -> None:
         assert self.master is not None
@@ -300,11 +318,12 @@ class Puller:
                           self.master, result.error,
                           extra=fields(vhid=self.vhid, path=p.name, result="failed"))
             p.failing = True
+            p.retry_at, p.retry_delay = now + p.retry_delay, min(p.retry_delay * 2, RETRY_MAX)
         else:
             if p.failing:
                 log.info("Sync of path %s (vhid %d) works again", p.name, self.vhid,
                          extra=fields(vhid=self.vhid, path=p.name, result="ok"))
-            p.failing, p.first_sync = False, False
+            p.failing, p.first_sync, p.retry_delay = False, False, RETRY_MIN
             p.synced, p.last_success = gen, time.time()
             self.epochs.raise_to(s.master_epoch)
             if s is self._session:  # generations are the session's: a new one starts afresh
