@@ -22,6 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.core.replica import is_conflict
 from sidecar.replica.manifest import Manifest, Stamp, private_dir, stamp, walk
 from sidecar.replica.rsync import Itemized
 
@@ -55,7 +56,8 @@ def settle(root: Path, manifest: Manifest, epoch: int, first_sync: bool) -> Sett
 def _judge(src: Path, rel: str, st: Stamp, agreed: Stamp | None, keep: Path,
            first_sync: bool, done: Settled) -> None:
     try:
-        if st == agreed:
+        if not is_conflict((st.size, st.mtime_ns),
+                           None if agreed is None else (agreed.size, agreed.mtime_ns)):
             src.unlink()
             done.agreed += 1
             return

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.core import syncwire as wire
-from sidecar.core.replica import Freshness
+from sidecar.core.replica import Freshness, accepts
 from sidecar.replica.displaced import Settled, after_pull
 from sidecar.replica.epoch import EpochStore
 from sidecar.replica.manifest import private_dir
@@ -253,7 +253,7 @@ class Puller:
 
     # ---- pulls ----
     def _fenced(self, session: _Session) -> bool:
-        return session.master_epoch < self.epochs.epoch
+        return not accepts(session.master_epoch, self.epochs.epoch)
 
     def _kick(self, p: _Path) -> None:
         """Start a pull of ``p`` if one is due and none is running."""
@@ -326,11 +326,9 @@ class Puller:
             p.failing, p.first_sync, p.retry_delay = False, False, RETRY_MIN
             p.synced, p.last_success = gen, time.time()
             self.epochs.raise_to(s.master_epoch)
-            if s is self._session:  # generations are the session's: a new one starts afresh
-                p.fresh.run_succeeded(now, gen)
+            p.fresh.run_succeeded(now, gen)  # ignored by Freshness if the channel was renewed
+            if s is self._session:  # generations are the connection's: only it may hear them
                 s.send(wire.synced(p.name, gen))
-            else:
-                p.fresh.run_failed(now)
         if m is not None:
             m.runs["ok" if result.ok else "failed"].inc()
             m.bytes.inc(result.items.bytes_received)
@@ -339,8 +337,10 @@ class Puller:
         self._changed()
 
     # ---- helpers ----
-    def _gate_key(self, now: float) -> tuple[tuple[bool, bool], ...]:
-        return tuple((p.fresh.caught_up, p.fresh.lag(now) is None) for p in self.paths.values())
+    def _gate_key(self, now: float) -> tuple[tuple[bool, float | None], ...]:
+        # what a PING may change for the gate: caught up; lag none, 0 or growing
+        return tuple((p.fresh.caught_up, _lag_kind(p.fresh.lag(now)))
+                     for p in self.paths.values())
 
     def _changed(self) -> None:
         self.lags(time.monotonic())
@@ -378,6 +378,10 @@ def _log_settled(p: _Path, settled: Settled, epoch: int) -> None:
         log.error("Sync path %s: %d displaced file(s) could not be moved, left in "
                   "%s/.carp-sync/displaced: %s", p.name, len(settled.stuck), p.root,
                   _names(settled.stuck), extra=fields(path=p.name))
+
+
+def _lag_kind(lag: float | None) -> float | None:
+    return None if lag is None else float(lag > 0)
 
 
 def _names(rels: list[str]) -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.replica.displaced import after_pull, settle
 from sidecar.replica.manifest import Manifest, Stamp
 from sidecar.replica.rsync import (
     Itemized,
@@ -18,6 +17,10 @@ from sidecar.replica.rsync import (
     pull_argv,
     source_url,
 )
+from tests.standin.freshness import install
+
+install()  # until sidecar/core/replica.py lands
+from sidecar.replica.displaced import after_pull, settle  # noqa: E402
 
 
 def test_argv_is_the_documented_pull_with_the_secret_only_as_a_file() -> None:
