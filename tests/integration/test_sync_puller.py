@@ -268,6 +268,11 @@ def test_a_stop_kills_the_pull_under_way(netns: str, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with rig(tmp_path) as r:
             old = await _big_change_under_way(r)
+            for pid in rsync_clients(r.dst):  # the secret in neither argv nor environment
+                seen = Path(f"/proc/{pid}/cmdline").read_bytes()
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                assert b"only-for-this-test" not in seen + b"".join(environ)
+                assert {e.split(b"=")[0] for e in environ if e} == {b"PATH", b"LANG"}
             assert rsync_clients(r.dst)
             r.puller.follow(None)
             await until(lambda: not rsync_clients(r.dst), "rsync to be killed", timeout=5)

@@ -21,6 +21,7 @@ from tests.standin.freshness import install
 
 install()  # until sidecar/core/replica.py lands
 from sidecar.replica.displaced import after_pull, settle  # noqa: E402
+from sidecar.replica.puller import _names  # noqa: E402
 
 
 def test_argv_is_the_documented_pull_with_the_secret_only_as_a_file() -> None:
@@ -142,3 +143,9 @@ def test_the_manifest_follows_a_pull_and_a_failed_one_records_only_deletions(
     after_pull(tmp_path, with_gone, True, 1, False)
     man = Manifest(tmp_path)
     assert man.get("new.txt") == new and man.get("gone/x") is None
+
+
+def test_a_conflict_log_names_twenty_files_then_counts_the_rest() -> None:
+    assert _names(["a", "b"]) == "a, b"
+    many = _names([f"f{i}" for i in range(25)])
+    assert many.startswith("f0, f1,") and many.endswith("f19 and 5 more")
