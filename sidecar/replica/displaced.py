@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.core.replica import is_conflict
-from sidecar.replica.manifest import Manifest, Stamp, private_dir, stamp, walk
+from sidecar.replica.manifest import PRIVATE, Manifest, Stamp, private_dir, stamp, walk
 from sidecar.replica.rsync import Itemized
 
 DISPLACED, CONFLICTS, BEFORE_FIRST_SYNC = "displaced", "conflicts", "before-first-sync"
+HOLDING = ".~tmp~"  # rsync's --delay-updates holding directory, in each directory it updates
 
 
 @dataclass(slots=True)
@@ -90,13 +91,29 @@ def record(root: Path, manifest: Manifest, items: Itemized, ok: bool) -> None:
     manifest.update(entries)
 
 
-def after_pull(root: Path, items: Itemized, ok: bool, epoch: int, first_sync: bool) -> Settled:
+def remove_holding_dirs(root: Path) -> None:
+    """rsync leaves a killed pull's partial files in ``.~tmp~`` folders and protects them from
+    ``--delete`` (to resume from them); one whose file the master no longer has would stay for
+    ever. After a pull that succeeded, anything in them still useful has been used: they go."""
+    for top, dirs, _ in os.walk(root):
+        if top == str(root):
+            dirs[:] = [d for d in dirs if d != PRIVATE]
+        if HOLDING in dirs:
+            dirs.remove(HOLDING)
+            shutil.rmtree(os.path.join(top, HOLDING), ignore_errors=True)
+
+
+def after_pull(root: Path, items: Itemized, ok: bool, epoch: int, first_sync: bool,
+               sweep: bool = False) -> Settled:
     """Settle the displaced files, then update the manifest (in that order: the judgement
-    needs the manifest as it was before this pull)."""
+    needs the manifest as it was before this pull); with ``sweep`` (a pull that succeeded
+    after one that did not, or the first one since start), remove rsync's holding folders."""
     manifest = Manifest(root)
     try:
         settled = settle(root, manifest, epoch, first_sync)
         record(root, manifest, items, ok)
-        return settled
     finally:
         manifest.close()
+    if ok and sweep:
+        remove_holding_dirs(root)
+    return settled

@@ -88,6 +88,7 @@ class _Path:
         self.synced: int | None = None  # the generation the last successful pull started at
         self.last_success: float | None = None  # unix time
         self.failing = False  # a failure streak is logged once
+        self.sweep = True  # rsync's holding folders may hold a killed pull's leftovers
         self.retry_at = 0.0  # monotonic: no pull before (after a failure)
         self.retry_delay = RETRY_MIN
         self.retry_timer: asyncio.TimerHandle | None = None
@@ -168,7 +169,7 @@ class Puller:
 
     async def _follow(self, master: Address) -> None:
         delay, failures = BACKOFF_MIN, 0
-        while True:
+        while asyncio.current_task() is self._follower:  # else: stopped, or a new master
             self._opened, pause = False, delay
             try:
                 await self._watch(master)
@@ -192,13 +193,13 @@ class Puller:
 
     async def _watch(self, master: Address) -> None:
         """One connection: handshake, then lines until it ends (EOF, silence, a bad line)."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(str(master), self.port, limit=4 * wire.MAX_LINE),
-            CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reader, writer = await asyncio.open_connection(str(master), self.port,
+                                                           limit=4 * wire.MAX_LINE)
         try:
             session = _Session(writer, await self._handshake(reader, writer))
             self._open(master, session)
-            while line := await asyncio.wait_for(reader.readline(), SILENCE):
+            while line := await _readline(reader):
                 self._line(wire.parse_server(line), time.monotonic())
             raise EOFError("closed by the master")
         finally:
@@ -301,6 +302,7 @@ class Puller:
                 _after, p, result, s.master_epoch))
             if result is None:
                 p.fresh.run_failed(time.monotonic())
+                p.sweep = True
                 self._changed()
         self._report(p, s, gen, result, settled)
 
@@ -317,13 +319,13 @@ class Puller:
                 log.error("Sync of path %s (vhid %d) from %s failed: %s", p.name, self.vhid,
                           self.master, result.error,
                           extra=fields(vhid=self.vhid, path=p.name, result="failed"))
-            p.failing = True
+            p.failing = p.sweep = True
             p.retry_at, p.retry_delay = now + p.retry_delay, min(p.retry_delay * 2, RETRY_MAX)
         else:
             if p.failing:
                 log.info("Sync of path %s (vhid %d) works again", p.name, self.vhid,
                          extra=fields(vhid=self.vhid, path=p.name, result="ok"))
-            p.failing, p.first_sync, p.retry_delay = False, False, RETRY_MIN
+            p.failing, p.first_sync, p.sweep, p.retry_delay = False, False, False, RETRY_MIN
             p.synced, p.last_success = gen, time.time()
             self.epochs.raise_to(s.master_epoch)
             p.fresh.run_succeeded(now, gen)  # ignored by Freshness if the channel was renewed
@@ -357,7 +359,7 @@ def _after(p: _Path, result: RsyncResult | None, epoch: int) -> Settled | None:
     """Settle and record (a worker thread); None when the disk would not let us (logged)."""
     items, ok = (result.items, result.ok) if result is not None else (Itemized(), False)
     try:
-        return after_pull(p.root, items, ok, epoch, p.first_sync)
+        return after_pull(p.root, items, ok, epoch, p.first_sync, p.sweep)
     except (OSError, sqlite3.Error) as e:  # a full or broken disk
         log.error("Sync path %s: displaced files or manifest not updated (%s); kept as they "
                   "are, judged after the next pull", p.name, e, extra=fields(path=p.name))
@@ -390,12 +392,19 @@ def _names(rels: list[str]) -> str:
 
 
 async def _answer(reader: asyncio.StreamReader) -> bytes:
-    line = await asyncio.wait_for(reader.readline(), SILENCE)
+    line = await _readline(reader)
     if not line:
         raise EOFError("the master closed the channel during the handshake")
     if line.startswith((wire.NOTMASTER.rstrip(), b"DENIED")):
         raise _Refused(line.decode("ascii", "replace").strip()[:80])
     return line
+
+
+async def _readline(reader: asyncio.StreamReader) -> bytes:
+    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that comes
+    # as its inner call ends, and a follower told to stop would go on
+    async with asyncio.timeout(SILENCE):
+        return await reader.readline()
 
 
 async def _uncancellable(work: Any) -> Any:

@@ -156,7 +156,8 @@ async def _read_tail(stream: asyncio.StreamReader) -> bytes:
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     _signal_group(proc.pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), KILL_GRACE)
+        async with asyncio.timeout(KILL_GRACE):
+            await proc.wait()
     except TimeoutError:
         _signal_group(proc.pid, signal.SIGKILL)
         await proc.wait()

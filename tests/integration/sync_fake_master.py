@@ -51,7 +51,7 @@ def run_in_netns(ns: str, make: Callable[[], Coroutine[Any, Any, Any]],
 
 class FakeMaster:
     def __init__(self, workdir: Path, vhid: int, secret: bytes, epoch: int,
-                 paths: dict[str, Path]) -> None:
+                 paths: dict[str, Path], address: str = "127.0.0.1", port: int = 0) -> None:
         self.vhid, self.secret, self.epoch, self.paths = vhid, secret, epoch, paths
         self.gens = dict.fromkeys(paths, 1)
         self.synced: list[tuple[str, int]] = []
@@ -60,17 +60,17 @@ class FakeMaster:
         self.refuse: bytes | None = None  # NOTMASTER / DENIED for every hello while set
         self.bad_proof = False
         self.auth_epochs: list[int] = []
-        self.log = workdir / "rsyncd.log"
-        self.config = self._write_config(workdir)
+        self.log = workdir / f"rsyncd-{address}.log"
+        self.config = self._write_config(workdir, address)
         self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind((address, port))
         self.listener.listen()
         self.listener.setblocking(False)
         self.port = int(self.listener.getsockname()[1])
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def _write_config(self, workdir: Path) -> Path:
-        secrets_file = workdir / "rsyncd.secrets"
+    def _write_config(self, workdir: Path, address: str) -> Path:
+        secrets_file = workdir / f"rsyncd-{address}.secrets"
         fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.write(fd, b"carp:" + self.secret + b"\n")
         os.close(fd)
@@ -79,7 +79,7 @@ class FakeMaster:
             text += (f"[v{self.vhid}-{name}]\n path = {path}\n read only = yes\n"
                      f" auth users = carp\n secrets file = {secrets_file}\n"
                      " exclude = /.carp-sync/\n uid = 0\n gid = 0\n")
-        config = workdir / "rsyncd.conf"
+        config = workdir / f"rsyncd-{address}.conf"
         config.write_text(text)
         return config
 

@@ -348,3 +348,31 @@ def test_notmaster_is_asked_again_and_a_bad_proof_gets_no_pull(netns: str,
             await until(lambda: r.synced(1), "the pull from a master that proves itself",
                         timeout=5)
     run_in_netns(netns, scenario)
+
+
+def test_a_new_master_kills_the_pull_from_the_old_one_and_is_pulled_from(
+        netns: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with rig(tmp_path) as r:
+            await _big_change_under_way(r)
+            other = tmp_path / "other-master"
+            other.mkdir()
+            (other / "new.txt").write_text("written on the new master")
+            new = FakeMaster(tmp_path, 1, r.master.secret, 4, {"web": other},
+                             address="127.0.0.2", port=r.master.port)
+            serving = asyncio.get_running_loop().create_task(new.serve())
+            try:
+                r.puller.follow(IPv4Address("127.0.0.2"))
+                await until(lambda: not rsync_clients(r.dst) or ("web", 1) in new.synced,
+                            "the pull from the old master to be killed", timeout=5)
+                sh("tc", "qdisc", "del", "dev", "lo", "root")
+                await until(lambda: ("web", 1) in new.synced, "the pull from the new master",
+                            timeout=30)
+                # no partial file of the killed pull left in rsync's holding folder
+                assert tree(r.dst) == {"new.txt": "written on the new master"}
+                assert r.epochs.epoch == 4 and r.master.synced == [("web", 1)]
+                assert r.metric("carp_sync_conflicts_total") == 0  # big.bin was agreed
+            finally:
+                serving.cancel()
+                await new.close()
+    run_in_netns(netns, scenario)
