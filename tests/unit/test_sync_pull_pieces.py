@@ -149,3 +149,16 @@ def test_a_conflict_log_names_twenty_files_then_counts_the_rest() -> None:
     assert _names(["a", "b"]) == "a, b"
     many = _names([f"f{i}" for i in range(25)])
     assert many.startswith("f0, f1,") and many.endswith("f19 and 5 more")
+
+
+def test_a_sweep_after_a_good_pull_removes_rsyncs_holding_folders_only(tmp_path: Path) -> None:
+    _write(tmp_path / ".~tmp~/partial", "half")
+    _write(tmp_path / "d/.~tmp~/partial", "half")
+    _write(tmp_path / "d/kept.txt", "whole")
+    _write(tmp_path / ".carp-sync/conflicts/1/.~tmp~/x", "a conflict is never swept")
+    after_pull(tmp_path, Itemized(), True, 1, False, sweep=False)
+    assert (tmp_path / ".~tmp~/partial").exists()
+    after_pull(tmp_path, Itemized(), True, 1, False, sweep=True)
+    assert not (tmp_path / ".~tmp~").exists() and not (tmp_path / "d/.~tmp~").exists()
+    assert (tmp_path / "d/kept.txt").exists()
+    assert (tmp_path / ".carp-sync/conflicts/1/.~tmp~/x").exists()
