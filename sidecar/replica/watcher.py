@@ -133,11 +133,15 @@ class MasterSide:
         self.on_higher_epoch = on_higher_epoch
         self._watchers = {name: PathWatcher(root, self._batch_of(name))
                           for name, root in self.paths.items()}
-        self._agreements = {name: Agreement(root, confirmations())
-                            for name, root in self.paths.items()}
+        self._confirmations = confirmations
+        self._agreements: dict[str, Agreement] = {}
         self._subscribers: set[Subscription] = set()
 
     async def start(self) -> None:
+        """Open each path's manifest and watch it (OSError or sqlite3.Error when a path's
+        private folder cannot be made)."""
+        self._agreements = {name: Agreement(root, self._confirmations())
+                            for name, root in self.paths.items()}
         await asyncio.gather(*(w.start() for w in self._watchers.values()))
 
     async def close(self) -> None:
