@@ -5,6 +5,7 @@ pair. The client side has two addresses: one in the VHID's group (10.x.0.0/25), 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import secrets
@@ -84,7 +85,7 @@ class Net:
                 enter_netns(self.cli)
                 s = socket.create_connection((str(self.master), port), 5, (source, 0))
                 out.append(s)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller
+            except BaseException as e:  # handed to the caller
                 out.append(e)
         t = threading.Thread(target=dial)
         t.start()
@@ -281,23 +282,29 @@ def test_an_address_outside_the_group_is_refused_and_counted(master: Master,
     dest.mkdir()
     r = master.pull(dest, source=master.net.outsider)
     assert r.returncode != 0 and list(dest.iterdir()) == []
-    with pytest.raises(OSError):  # the watch channel: closed before a word
-        ch = Channel(master.net.connect(master.port, master.net.outsider))
-        ch.send(wire.hello(VHID, secrets.token_hex(16)))
-        assert ch.line() == b""
-        raise ConnectionResetError("closed")
+    sock = master.net.connect(master.port, master.net.outsider)  # the watch channel
+    with contextlib.suppress(OSError):
+        sock.sendall(wire.hello(VHID, secrets.token_hex(16)))
+    assert _closed(sock), "closed before a word"
     wait(lambda: master.refusals.count("address") == 2, 3, f"refusals {master.refusals}")
+
+
+def _closed(sock: socket.socket) -> bool:
+    """The master closed the connection without a word (a reset: what was sent went unread)."""
+    sock.settimeout(5)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.close()
 
 
 def test_a_garbage_first_line_is_refused_as_protocol(master: Master) -> None:
     sock = master.net.connect(master.port, master.net.member)
     sock.settimeout(5)
     sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    try:
-        assert sock.recv(100) == b""  # closed (reset: what it sent was never read)
-    except ConnectionResetError:
-        pass
-    sock.close()
+    assert _closed(sock)
     wait(lambda: master.refusals == ["protocol"], 3, f"refusals {master.refusals}")
 
 
@@ -372,3 +379,64 @@ def test_a_backup_with_a_higher_epoch_moves_the_master_on(master: Master) -> Non
     finally:
         ch.close()
         master.loop.run(side.close())
+
+
+def test_confirmed_generations_reach_the_masters_manifest(master: Master) -> None:
+    from sidecar.replica.manifest import Manifest, stamp
+
+    ch = Channel(master.net.connect(master.port, master.net.member))
+    try:
+        assert ch.handshake(epoch=3).startswith(b"OK")
+        first = wire.parse_server(ch.line())
+        assert first is not None
+        ch.send(wire.synced("www", first.gen))  # the whole tree, the first time
+        (master.root / "later.txt").write_text("later")
+        line = ch.line()
+        while line == wire.PING:
+            line = ch.line()
+        gen = wire.parse_server(line)
+        assert gen is not None
+
+        def recorded(rel: str) -> bool:
+            m = Manifest(master.root)
+            try:
+                return m.get(rel) == stamp(master.root / rel)
+            finally:
+                m.close()
+        wait(lambda: recorded("index.html") and recorded("sub/a.txt"), 3, "tree recorded")
+        assert not recorded("later.txt"), "changed after the confirmed generation"
+        ch.send(wire.synced("www", gen.gen))
+        wait(lambda: recorded("later.txt"), 3, "later.txt recorded once confirmed")
+    finally:
+        ch.close()
+
+
+def test_a_taken_port_is_a_clear_error(master: Master) -> None:
+    other = Secrets(SECRET)
+    try:
+        second = SyncServer(master.net.master, master.port, other, master.refusals.append)
+        with pytest.raises(OSError, match=rf"sync port {master.net.master}:{master.port}.*"
+                                          "CARP_SYNC_PORT"):
+            master.loop.run(second.start())
+    finally:
+        other.remove()
+
+
+def test_unserve_kills_a_running_daemon(master: Master, tmp_path: Path) -> None:
+    with open(master.root / "big.bin", "wb") as f:
+        f.write(os.urandom(8 << 20))
+    dest = tmp_path / "replica"
+    dest.mkdir()
+    argv = ["ip", "netns", "exec", master.net.cli, "rsync", "-a", "--bwlimit=500",
+            f"--password-file={master.password_file}", f"--address={master.net.member}",
+            f"rsync://carp@{master.net.master}:{master.port}/v{VHID}-www/", f"{dest}/"]
+    pull = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        daemons = lambda: master.loop.call(lambda: master.server.daemons)  # noqa: E731
+        wait(lambda: daemons() == 1, 5, "a daemon serving the pull")
+        master.loop.call(lambda: master.server.unserve(VHID))
+        wait(lambda: daemons() == 0, 3, "the daemon killed")
+        assert pull.wait(10) != 0
+    finally:
+        pull.kill()
+        pull.wait()
