@@ -26,10 +26,13 @@ class Confirmations(Protocol):
     """What this module needs of core/replica.py's ``Confirmations`` (one per path)."""
 
     def changed(self, gen: int, rel_paths: Iterable[str], at: float) -> None: ...
+    def connected(self, client_id: str) -> None: ...
     def confirm(self, client_id: str, gen: int) -> None: ...
     def forget(self, client_id: str) -> None: ...
-    def agreed(self) -> Iterable[tuple[str, float]]: ...  # (rel, its generation's time), once
+    def agreed(self) -> tuple[list[str], float | None]: ...  # files agreed once, the cutoff
     def first_full(self) -> float | None: ...  # once: the cutoff of the first full agreement
+    @property
+    def pending(self) -> frozenset[str]: ...  # changed, not agreed yet: a walk skips them
 
 
 class Agreement:
@@ -44,6 +47,10 @@ class Agreement:
     def changed(self, gen: int, rel_paths: Iterable[str], at: float) -> None:
         self.confirmations.changed(gen, rel_paths, at)
 
+    def connected(self, client_id: str) -> None:
+        """A backup holds back every agreement until it confirms its first pull."""
+        self.confirmations.connected(client_id)
+
     def confirm(self, client_id: str, gen: int) -> None:
         self.confirmations.confirm(client_id, gen)
         self._record()
@@ -53,8 +60,10 @@ class Agreement:
         self._record()  # the backups still connected may now all agree
 
     def _record(self) -> None:
-        entries = [_entry(self.root, rel, cutoff) for rel, cutoff in self.confirmations.agreed()]
-        self._update(e for e in entries if e is not None)
+        rels, until = self.confirmations.agreed()
+        if until is not None:
+            entries = [_entry(self.root, rel, until) for rel in rels]
+            self._update(e for e in entries if e is not None)
         cutoff = self.confirmations.first_full()
         if cutoff is not None and self._walking is None:
             self._walking = asyncio.create_task(self._record_tree(cutoff), name="manifest walk")
@@ -62,9 +71,9 @@ class Agreement:
     async def _record_tree(self, cutoff: float) -> None:
         """The tree as a whole, the first time every backup holds it (in a thread: a large
         tree takes a while to stat; the manifest is written from the event loop)."""
-        limit = int(cutoff * 1e9)
+        limit, pending = int(cutoff * 1e9), self.confirmations.pending
         entries = await asyncio.to_thread(lambda: list(_walk_before(self.root, limit)))
-        self._update(entries)
+        self._update(e for e in entries if e[0] not in pending)
 
     def _update(self, entries: Iterable[tuple[str, Stamp | None]]) -> None:
         try:

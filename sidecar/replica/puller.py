@@ -120,6 +120,7 @@ class Puller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._opened = False  # the current connection got through its handshake
         self._closed = False
+        self.highest_epoch = 0  # the highest master epoch heard: a takeover goes above it
 
     # ---- the lead's calls ----
     def follow(self, master: Address | None) -> None:
@@ -222,6 +223,7 @@ class Puller:
     def _open(self, master: Address, session: _Session) -> None:
         now = time.monotonic()
         self._session, self._opened = session, True
+        self.highest_epoch = max(self.highest_epoch, session.master_epoch)
         for p in self.paths.values():
             p.fresh.connected(now, session.master_epoch)
             p.seen = None

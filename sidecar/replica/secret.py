@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sidecar.config.sync import read_sync_secret
+
 USER = "carp"  # the rsync daemon's auth user (the secret is what authenticates)
 
 
@@ -36,11 +38,6 @@ class Secrets:
 
 
 def read_secret(path: Path) -> bytes:
-    """The secret file's first line (a trailing newline stripped). OSError or ValueError with
-    a message that never shows the secret."""
-    data = path.read_bytes().split(b"\n", 1)[0].rstrip(b"\r")
-    if not data:
-        raise ValueError(f"{path} is empty")
-    if b":" in data or len(data) > 1024:
-        raise ValueError(f"{path}: the secret must be one line without ':' (rsync's format)")
-    return data
+    """The start-up check's own rule (one rule): ValueError naming CARP_SYNC_SECRET_FILE, never
+    showing the secret."""
+    return read_sync_secret(path)

@@ -223,6 +223,7 @@ async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                    side: MasterSide, client_id: str, served: dict[int, MasterSide]) -> None:
     """After OK: GEN and PING out, SYNCED in, until either side stops."""
     sub = side.subscribe()
+    side.connect(client_id)
     reading = asyncio.create_task(_synced_lines(reader, side, client_id))
     announcing = asyncio.create_task(_announce(writer, side, sub))
     try:

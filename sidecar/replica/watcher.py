@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 from watchfiles import Change, awatch
 
+from sidecar.core import replica as core_replica
 from sidecar.replica.confirm import Agreement, Confirmations
 from sidecar.replica.manifest import PRIVATE
 
@@ -116,9 +115,9 @@ class Subscription:
 
 
 def _core_confirmations() -> Confirmations:
-    # imported by name: the pure rule lives in core (sidecar.core.replica)
-    core = importlib.import_module("sidecar.core.replica")
-    return cast(Confirmations, core.Confirmations())
+    """The pure rule (sidecar.core.replica), from now: files older than the watch are the
+    tree's, agreed by the first full confirmation."""
+    return core_replica.Confirmations(0, time.time())
 
 
 class MasterSide:
@@ -159,6 +158,10 @@ class MasterSide:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
+
+    def connect(self, client_id: str) -> None:
+        for agreement in self._agreements.values():
+            agreement.connected(client_id)
 
     def confirm(self, client_id: str, name: str, gen: int) -> None:
         """A backup's ``SYNCED``; KeyError for a path this VHID does not have."""

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Coroutine
 from ipaddress import IPv4Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -33,7 +33,7 @@ from sidecar.net.netlink import (
     LinkEvent,
     Netlink,
 )
-from sidecar.runtime import operator, reloader, signals
+from sidecar.runtime import operator, reloader, replicas, signals
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
 from sidecar.runtime.maintenance import MaintenanceStore
@@ -45,6 +45,9 @@ from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
 from sidecar.serve.metrics import Metrics, ReloadMetrics
+
+if TYPE_CHECKING:  # loaded only when a path is configured (the agent's import contract)
+    from sidecar.replica.service import Replication
 
 log = logging.getLogger("carp-sidecar")
 
@@ -76,6 +79,7 @@ class Agent:
         self.not_running: list[str] = []  # configured instances a failed reload left stopped
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.replication: Replication | None = None  # only once a VHID has a sync path
 
     @classmethod
     async def start(cls, config: RunConfig, registry: CollectorRegistry | None = None,
@@ -127,6 +131,8 @@ class Agent:
         channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
                     *link_vips(settings))
         self.instances.append(instance)
+        if settings.sync_paths:
+            await replicas.attach(self, instance, links[settings.interface])
         return instance
 
     @staticmethod
@@ -280,6 +286,8 @@ class Agent:
                 await server.close()  # the control socket: only if it is still ours
         for channel in self.channels.values():
             channel.close()
+        if self.replication is not None:
+            await self.replication.close()
         with contextlib.suppress(Exception):
             self.nl.close()
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
@@ -49,6 +49,9 @@ from sidecar.runtime.timer import SessionTimer
 from sidecar.runtime.vips import NetlinkVips, VipBackend, backend_for
 from sidecar.serve.logs import fields
 from sidecar.serve.metrics import InstanceMetrics, Metrics
+
+if TYPE_CHECKING:  # imported by the agent only when a path is configured
+    from sidecar.replica.service import VhidReplica
 
 log = logging.getLogger("carp-sidecar")
 
@@ -121,6 +124,7 @@ class Instance:
         self._released_at: float | None = None  # left MASTER unhealthy, failing since then
         self._tasks: list[asyncio.Task[None]] = []
         self._vips_seen: set[IPv4Address | IPv6Address] = set()  # on the VIP interface now
+        self.replica: VhidReplica | None = None  # its replicated paths (CARP_SYNC_PATHS)
 
     # ---- what the channel and the agent read ----
     @property
@@ -200,7 +204,7 @@ class Instance:
         self.effects.backend = self._vip_backend(new)
         if old.vips != new.vips:
             self._vips_changed(old, new)
-        self._reschedule()
+        self.timer.reschedule()
 
     def _vips_changed(self, old: Vhid, new: Vhid) -> None:
         gone = [v for v in old.vips if v not in new.vips]
@@ -223,6 +227,8 @@ class Instance:
             if follow:
                 queue.extendleft(reversed(follow))
             self.reporter.event(out, self.session, now)
+            if self.replica is not None:
+                tell_replica(self.replica, out, self.loop)
             if isinstance(out, outputs.Notify):
                 self.scripts.notify(out)
             elif isinstance(out, Transition):
@@ -235,7 +241,10 @@ class Instance:
             elif isinstance(out, outputs.Accepted) and self._released_at is not None:
                 self.m.observe_failover("unhealthy", now - self._released_at)
                 self._released_at = None
-        self._reschedule()
+        self.timer.reschedule()
+
+    def set_sync_behind(self, behind: bool) -> None:  # replicas too old to win an election
+        self._do(self.session.set_sync(self.loop.time(), behind))
 
     def _carry_out(self, out: outputs.Output, now: float) -> list[outputs.Output]:
         """Do one action; returns what the session answers to its outcome."""
@@ -260,9 +269,6 @@ class Instance:
         elif isinstance(out, Stopped):
             self.stopped.set()
         return []
-
-    def _reschedule(self) -> None:
-        self.timer.reschedule()
 
     def _announce(self) -> None:
         """GARP for each IPv4 VIP, unsolicited NA for each IPv6 VIP — only while MASTER: a
@@ -387,3 +393,13 @@ class Instance:
 
     def status(self) -> dict[str, Any]:
         return instance_status(self)
+
+
+def tell_replica(replica: VhidReplica, out: outputs.Output, loop: asyncio.AbstractEventLoop
+                 ) -> None:
+    """Which side the paths are on follows the state; a backup pulls from whom it hears. Told
+    after this turn's outputs, as the replica may answer with :meth:`Instance.set_sync_behind`."""
+    if isinstance(out, Transition):
+        loop.call_soon(replica.transition, out.new)
+    elif isinstance(out, outputs.Accepted) and not out.handover:
+        loop.call_soon(replica.heard, out.peer)

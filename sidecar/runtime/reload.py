@@ -69,10 +69,11 @@ LIVE = frozenset({
     "if_alias", "upscript", "downscript", "notifyscript", "xparam", "script_timeout",
     "garp_repeat", "garp_refresh", "probe_interval", "health", "maintenance_file", "script_env",
     "auth",  # the keys; its VIP half is the first VIP, which needs_replace checks
+    "sync_paths", "sync_max_lag",  # the replication restarts, the election does not
 })
 HIDDEN = frozenset({"auth", "script_env"})  # changed, but never shown (a secret; noise)
 AGENT_AT_RESTART = ("metrics_listen", "control_socket", "state_dir", "realtime", "syslog",
-                    "log_format")
+                    "log_format", "sync_port", "sync_secret_file")
 Key = tuple[str, int]
 
 

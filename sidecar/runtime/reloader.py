@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sidecar.config.runconfig import RunConfig, Vhid
 from sidecar.core.machine import State
 from sidecar.net.netlink import Link
-from sidecar.runtime import operator
+from sidecar.runtime import operator, replicas
 from sidecar.runtime.instance import Instance
 from sidecar.runtime.maintenance import (
     CounterMark,
@@ -137,7 +137,9 @@ async def apply(agent: Agent, p: Plan, new: RunConfig, ready: dict[str, Ready]) 
         await roll_back(agent, gone, ready)
         raise
     for old, new_settings in p.updated:
-        by_key[key(old)].update(new_settings, new.script_extra)
+        instance = by_key[key(old)]
+        instance.update(new_settings, new.script_extra)
+        await resync(agent, instance, old, new_settings)
     if p.script_extra:
         for instance in agent.instances:
             if instance not in added:
@@ -222,8 +224,25 @@ async def remove(agent: Agent, instance: Instance) -> None:
     discard(agent, instance)
 
 
+async def resync(agent: Agent, instance: Instance, old: Vhid, new: Vhid) -> None:
+    """Paths added or removed restart that VHID's replication, never its election: a
+    master keeps the VIP and serves the new paths, a backup pulls them."""
+    if old.sync_paths != new.sync_paths:
+        await replicas.detach(agent, instance)
+        if new.sync_paths:
+            await replicas.attach(agent, instance, await agent.link(new))
+            assert instance.replica is not None
+            instance.replica.transition(instance.machine.state)
+            log.info("Reload: vhid %d on %s replicates %s", new.vhid, new.interface,
+                     ", ".join(f"{p.name}={p.path}" for p in new.sync_paths))
+    elif instance.replica is not None:
+        instance.replica.s = new  # CARP_SYNC_MAX_LAG: the next check uses it
+
+
 def discard(agent: Agent, instance: Instance) -> None:
     """Take apart a stopped (or never started) instance: sockets, timer, series, routing."""
+    if instance.replica is not None:
+        agent.spawn(replicas.detach(agent, instance))
     instance.close()
     instance.m.remove()
     agent.instances.remove(instance)

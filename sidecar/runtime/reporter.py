@@ -29,6 +29,7 @@ WHY = {
     Reason.MAINTENANCE: "Maintenance: handing the VIP over",
     Reason.UNHEALTHY: "Service unhealthy: handing the VIP over",
     Reason.CANNOT_ADVERTISE: "Cannot advertise: leaving MASTER state",
+    Reason.SYNC_CAUGHT_UP: "Replicas caught up with the master: preempting",
 }
 
 
@@ -244,6 +245,13 @@ class Reporter:
                     self.which())
 
 
+    def _sync_gate(self, g: outputs.SyncGateChanged, session: Session, now: float) -> None:
+        if session.machine.state is State.BACKUP or not g.behind:
+            log.warning("%s%s", "Replicas behind the master: not preempting, waiting longer for "
+                        "a silent master" if g.behind else "Replicas fresh: back in the election",
+                        self.which())
+
+
 _HANDLERS: dict[type, Any] = {
     Transition: Reporter.transition,
     Conflict: Reporter._conflict,
@@ -260,6 +268,7 @@ _HANDLERS: dict[type, Any] = {
     outputs.HealthChanged: Reporter._health,
     outputs.MaintenanceChanged: Reporter._maintenance,
     outputs.SteppingDown: Reporter._stepping_down,
+    outputs.SyncGateChanged: Reporter._sync_gate,
 }
 
 

@@ -21,6 +21,7 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         health = {"healthy": machine.healthy, "last_error": errors[0] if errors else "",
                   "checks": {n: ok for n, (ok, _) in session.checks.items()}}
     since = session.maintenance_since()
+    sync = {} if instance.replica is None else {"sync": instance.replica.view()}
     return {
         "state": machine.state.name,
         "vhid": s.vhid,
@@ -54,4 +55,5 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "counters": {"adverts_sent": m.value("carp_adverts_sent_total"),
                      "adverts_received": m.value("carp_adverts_received_total"),
                      "adverts_dropped": {r: n for r, n in dropped.items() if n}},
+        **sync,
     }

@@ -24,13 +24,10 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.core import syncwire as wire
 from sidecar.replica.epoch import EpochStore
+from sidecar.replica.puller import Puller
 from sidecar.replica.secret import Secrets
 from sidecar.serve.syncmetrics import SyncFamilies, SyncMetrics
 from tests.integration.sync_fake_master import FakeMaster, run_in_netns
-from tests.standin.freshness import install
-
-install()  # until sidecar/core/replica.py (Freshness) lands
-from sidecar.replica.puller import Puller  # noqa: E402
 
 pytestmark = pytest.mark.integration
 LABELS = {"group": "g", "vhid": "1", "interface": "lo"}

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.replica.displaced import after_pull, settle
 from sidecar.replica.manifest import Manifest, Stamp
+from sidecar.replica.puller import _names
 from sidecar.replica.rsync import (
     Itemized,
     child_environment,
@@ -17,11 +19,6 @@ from sidecar.replica.rsync import (
     pull_argv,
     source_url,
 )
-from tests.standin.freshness import install
-
-install()  # until sidecar/core/replica.py lands
-from sidecar.replica.displaced import after_pull, settle  # noqa: E402
-from sidecar.replica.puller import _names  # noqa: E402
 
 
 def test_argv_is_the_documented_pull_with_the_secret_only_as_a_file() -> None:
