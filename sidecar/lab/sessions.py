@@ -27,7 +27,7 @@ APP_URL = "/app/"  # where a node's Apache serves the example (its replicated do
 WWW_DATA = "www-data"
 # The lab's sessions step needs the replicated paths of issue 32 in the agent (CARP_SYNC_PATHS):
 # the lead turns it on when that lands (True here), or CARP_LAB_SESSIONS=1 / 0 for one run.
-SESSIONS_STEP = False
+SESSIONS_STEP = True
 LAB_USER = "alice"
 
 
