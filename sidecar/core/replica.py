@@ -122,6 +122,14 @@ class Freshness:
             return 0.0
         return max(now - self._matched_at, 0.0)
 
+    def lag_at_contact(self) -> float | None:
+        """How far behind the master the replica was when the master was last heard: what a
+        takeover after its death takes over with (0: it held the master's last generation).
+        None before the first catch-up."""
+        if self._matched_at is None:
+            return None
+        return max((self._heard_at or self._matched_at) - self._matched_at, 0.0)
+
     def _alive(self, now: float) -> bool:
         return (self.connected_now and self._heard_at is not None
                 and now - self._heard_at <= LIVENESS)

@@ -92,6 +92,8 @@ class _Path:
         self.retry_at = 0.0  # monotonic: no pull before (after a failure)
         self.retry_delay = RETRY_MIN
         self.retry_timer: asyncio.TimerHandle | None = None
+        self.first_started: float | None = None  # monotonic: this follower's first pull began
+        self.first_catch_up: float | None = None  # s from then to the first success
 
     @property
     def running(self) -> bool:
@@ -101,7 +103,7 @@ class _Path:
         return {"name": self.name, "path": str(self.root), "lag_seconds": self.fresh.lag(now),
                 "caught_up": self.fresh.caught_up, "last_success": self.last_success,
                 "generation": self.seen, "synced_generation": self.synced,
-                "running": self.running}
+                "running": self.running, "first_catch_up_seconds": self.first_catch_up}
 
 
 class Puller:
@@ -146,6 +148,10 @@ class Puller:
             if (m := self.paths[name].metrics) is not None:
                 m.lag.set(math.inf if lag is None else lag)
         return lags
+
+    def contact_lags(self) -> dict[str, float | None]:
+        """Each path's lag when the master was last heard (a takeover's: see Freshness)."""
+        return {name: p.fresh.lag_at_contact() for name, p in self.paths.items()}
 
     def view(self) -> dict[str, Any]:
         now, s = time.monotonic(), self._session
@@ -288,6 +294,8 @@ class Puller:
     async def _pull(self, p: _Path, s: _Session) -> None:
         assert self.master is not None
         gen = p.fresh.run_started(time.monotonic())
+        if p.first_started is None:
+            p.first_started = time.monotonic()
         self._changed()
         run = f"{time.time_ns()}"
         result: RsyncResult | None = None
@@ -329,6 +337,11 @@ class Puller:
                          extra=fields(vhid=self.vhid, path=p.name, result="ok"))
             p.failing, p.first_sync, p.sweep, p.retry_delay = False, False, False, RETRY_MIN
             p.synced, p.last_success = gen, time.time()
+            if p.first_catch_up is None and p.first_started is not None:
+                p.first_catch_up = now - p.first_started
+                log.info("Sync of path %s (vhid %d) caught up in %.2f s (%d bytes received)",
+                         p.name, self.vhid, p.first_catch_up, result.items.bytes_received,
+                         extra=fields(vhid=self.vhid, path=p.name))
             self.epochs.raise_to(s.master_epoch)
             p.fresh.run_succeeded(now, gen)  # ignored by Freshness if the channel was renewed
             if s is self._session:  # generations are the connection's: only it may hear them

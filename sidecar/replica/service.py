@@ -87,7 +87,8 @@ class VhidReplica:
 
     # ---- sides ----
     def _become_master(self) -> None:
-        lags = self.puller.lags(time.monotonic()) if self.puller is not None else {}
+        # how far behind the former master when it was last heard (its silence is not lag)
+        lags = self.puller.contact_lags() if self.puller is not None else {}
         worst = max((math.inf if v is None else v for v in lags.values()), default=0.0)
         seen = self.puller.highest_epoch if self.puller is not None else 0
         self._stop_puller()
@@ -103,8 +104,8 @@ class VhidReplica:
             log.warning("Took over vhid %d before its replicas ever caught up (epoch %d)",
                         self.s.vhid, self.epochs.epoch)
         elif worst > 0:
-            log.warning("Took over vhid %d with replicas %.2f s behind the former master "
-                        "(epoch %d)", self.s.vhid, worst, self.epochs.epoch)
+            log.warning("Took over vhid %d with replicas %.2f s behind the former master when "
+                        "it was last heard (epoch %d)", self.s.vhid, worst, self.epochs.epoch)
         else:
             log.info("Took over vhid %d with current replicas (epoch %d)", self.s.vhid,
                      self.epochs.epoch)

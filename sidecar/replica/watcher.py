@@ -25,7 +25,7 @@ from sidecar.replica.manifest import PRIVATE
 
 log = logging.getLogger("carp-sidecar")
 
-DEBOUNCE_MS, STEP_MS = 100, 20
+DEBOUNCE_MS, STEP_MS = 100, 50  # step: the watcher thread wakes 20 times a second
 # A batch of changes: (generation, the relative paths it touched, the wall-clock time it arrived:
 # every change in it happened before that, which is what a file's ctime is compared with).
 OnBatch = Callable[[int, set[str], float], None]

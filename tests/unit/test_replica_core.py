@@ -375,3 +375,19 @@ def test_the_generation_times_are_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     assert c.agreed() == ([], None)
     c.confirm("b", 7)
     assert c.agreed() == ([f"f{g}" for g in range(1, 8)], 7.0)
+
+
+def test_the_lag_at_contact_is_what_the_replica_missed_when_the_master_went_silent() -> None:
+    from sidecar.core.replica import Freshness
+
+    f = Freshness()
+    assert f.lag_at_contact() is None  # never caught up
+    f.connected(0.0, 1)
+    f.master_gen(0.0, 1)
+    f.run_succeeded(0.5, f.run_started(0.1))
+    f.heartbeat(1.0)
+    assert f.lag_at_contact() == 0.0 and f.lag(1.0) == 0.0
+    assert f.lag(10.0) == 9.0 and f.lag_at_contact() == 0.0  # silence is not lag
+    f.master_gen(11.0, 2)  # the master moved on; no pull before it fell silent
+    f.heartbeat(12.5)
+    assert f.lag_at_contact() == 1.5
