@@ -161,6 +161,7 @@ class SyncServer:
                        client_id: str) -> None:
         with contextlib.suppress(OSError):  # dead backups are found by unacked PINGs
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(SEND_TIMEOUT * 1e3))
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # GEN goes out now
         reader, writer = await asyncio.open_connection(sock=conn, limit=2 * wire.MAX_LINE)
         try:
             side = await self._handshake(reader, writer, peer)
@@ -169,7 +170,8 @@ class SyncServer:
         finally:
             writer.close()  # after what was written (NOTMASTER, DENIED) is sent
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          peer: IPv4Address | IPv6Address) -> MasterSide | None:
@@ -245,7 +247,8 @@ async def _announce(writer: asyncio.StreamWriter, side: MasterSide,
             writer.write(wire.gen(name, side.generation(name)))
         if not names:
             writer.write(wire.PING)
-        await asyncio.wait_for(writer.drain(), SEND_TIMEOUT)
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await writer.drain()
         names = await sub.wait(wire.PING_INTERVAL)
 
 
@@ -264,7 +267,8 @@ async def _synced_lines(reader: asyncio.StreamReader, side: MasterSide, client_i
 
 
 async def _line(reader: asyncio.StreamReader) -> bytes:
-    line = await asyncio.wait_for(reader.readline(), PEEK_TIMEOUT)
+    async with asyncio.timeout(PEEK_TIMEOUT):
+        line = await reader.readline()
     if not line.endswith(b"\n"):
         raise EOFError("connection closed")
     return line
@@ -280,7 +284,8 @@ async def _peek(conn: socket.socket) -> bytes:
         readable: asyncio.Future[None] = loop.create_future()
         loop.add_reader(conn.fileno(), _resolve, readable)
         try:
-            await asyncio.wait_for(readable, deadline - time.monotonic())
+            async with asyncio.timeout(deadline - time.monotonic()):
+                await readable
         except TimeoutError:
             break
         finally:

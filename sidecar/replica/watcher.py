@@ -54,10 +54,10 @@ class PathWatcher:
     async def close(self) -> None:
         self._stop.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 2.0)
-            except (TimeoutError, asyncio.CancelledError):
+            done, _ = await asyncio.wait([self._task], timeout=2.0)
+            if not done:
                 self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
 
     def _interesting(self, _change: Change, path: str) -> bool:
         return not (path == self._private or path.startswith(self._private + os.sep))
@@ -108,7 +108,8 @@ class Subscription:
         """The paths that changed, or an empty set after ``timeout`` with none."""
         if not self._dirty:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
         dirty, self._dirty = self._dirty, set()
         self._event.clear()
         return dirty
