@@ -147,6 +147,7 @@ class MasterSide:
     async def close(self) -> None:
         await asyncio.gather(*(w.close() for w in self._watchers.values()))
         await asyncio.gather(*(a.close() for a in self._agreements.values()))
+        self._agreements = {}  # a connection still closing has nothing left to confirm
         self._subscribers.clear()
 
     def generation(self, name: str) -> int:
