@@ -24,7 +24,6 @@ from sidecar.core import syncwire as wire
 from sidecar.replica.secret import Secrets
 from sidecar.replica.server import SyncServer
 from sidecar.replica.watcher import MasterSide
-from tests.sync_standin import StandinConfirmations
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -138,8 +137,7 @@ class Master:
         self.wrong_password.chmod(0o600)
 
     def new_side(self, epoch: int) -> MasterSide:
-        return MasterSide(VHID, epoch, {"www": self.root}, self.higher.append,
-                          confirmations=StandinConfirmations)
+        return MasterSide(VHID, epoch, {"www": self.root}, self.higher.append)
 
     def start(self) -> None:
         async def go() -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.core.replica import Confirmations
 from sidecar.replica import server
 from sidecar.replica.confirm import Agreement
 from sidecar.replica.manifest import Stamp
 from sidecar.replica.rsyncd import Module, render_config, write_atomically
 from sidecar.replica.watcher import PathWatcher, Subscription
-from tests.sync_standin import StandinConfirmations
 
 
 def test_config_has_one_locked_down_module_per_path(tmp_path: Path) -> None:
@@ -115,7 +115,8 @@ def test_only_files_unchanged_since_the_agreed_generation_are_recorded(tmp_path:
     (tmp_path / "gone").write_text("x")
 
     async def go() -> Agreement:
-        agreement = Agreement(tmp_path, StandinConfirmations())
+        agreement = Agreement(tmp_path, Confirmations(0, time.time()))
+        agreement.connected("backup-1")
         at = time.time()
         agreement.manifest.update([("gone", Stamp(1, 1))])
         agreement.changed(2, {"a", "b", "gone"}, at)
