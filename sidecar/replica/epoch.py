@@ -17,12 +17,17 @@ log = logging.getLogger("carp-sidecar")
 
 
 class EpochStore:
-    def __init__(self, path: Path) -> None:
+    """``path`` None (``CARP_STATE_DIR=off``): the epoch lives in memory only, and a restart
+    starts from 0 (a takeover still goes above every epoch it hears)."""
+
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self.epoch = self._read()
         self.durable = True
 
     def _read(self) -> int:
+        if self.path is None:
+            return 0
         try:
             text = self.path.read_text()[:32].strip()
         except FileNotFoundError:
@@ -41,6 +46,8 @@ class EpochStore:
         return True
 
     def _write(self) -> None:
+        if self.path is None:
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

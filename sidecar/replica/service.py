@@ -17,7 +17,6 @@ import math
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -51,7 +50,7 @@ class VhidReplica:
                                        else [network])
         state_dir = owner.config.state_dir
         self.epochs = EpochStore(state_dir / f"{s.name.replace('/', '-')}.epoch"
-                                 if state_dir is not None else Path("/dev/null"))
+                                 if state_dir is not None else None)
         self.m = SyncMetrics(owner.families, {"group": s.group_name, "vhid": str(s.vhid),
                                               "interface": s.interface}, self.paths)
         self.m.epoch.set(self.epochs.epoch)

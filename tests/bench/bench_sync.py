@@ -194,6 +194,7 @@ def measure_rounds(rounds: int, lag_allowance: float) -> dict[str, Any]:
         threading.Thread(target=writer, daemon=True).start()
         threading.Thread(target=follow, daemon=True).start()
         pulls: list[float] = []
+        backs: list[float] = []
         for _ in range(rounds):
             time.sleep(3)
             with lock:
@@ -205,26 +206,31 @@ def measure_rounds(rounds: int, lag_allowance: float) -> dict[str, Any]:
             lab.topo.plug("a")
             cut.discard("a")
             wait(lambda: lab.state("a") == "MASTER", 60, "a back")
+            backs.append(time.monotonic())  # the planned move back (polled: a bit after it)
         time.sleep(3)
         stop.set()
         time.sleep(1)
         wait(lambda: caught_up(lab, "b"), 30, "b caught up at the end")
         final = data(lab, "a")
-        deleted = {n for op, n, _, _ in log if op == "delete"}
-        written = {n: (t, node) for op, n, t, node in log if op == "write"}
-        at_risk = {n for n, (t, _) in written.items()
-                   if any(0 <= p - t < lag_allowance for p in pulls)}
+        moves = pulls + backs
+        deleted = {n: t for op, n, t, _ in log if op == "delete"}
+        written = {n: t for op, n, t, _ in log if op == "write"}
+
+        def at_risk(t: float) -> bool:  # within the lag (and the poll) before a move
+            return any(0 <= m - t < lag_allowance + 0.1 for m in moves)
         present = {n for n in written if (final / n).exists()}
-        kept = {p.name for p in (final / ".carp-sync" / "conflicts").rglob("r*")}
-        kept_b = {p.name for p in (data(lab, "b") / ".carp-sync" / "conflicts").rglob("r*")}
-        lost = [n for n in written if n not in deleted and n not in at_risk and n not in present]
-        resurrected = [n for n in deleted if n in present]
-        young = [n for n in at_risk if n not in deleted and n not in present]
+        aside = {p.name for node in ("a", "b")
+                 for p in (data(lab, node) / ".carp-sync" / "conflicts").rglob("r*")}
+        missing = [n for n in written if n not in deleted and n not in present]
+        lost = [n for n in missing if not at_risk(written[n]) and n not in aside]
+        back = [n for n, t in deleted.items() if n in present]
     return {"rounds": rounds, "writes": len(written), "deletes": len(deleted),
-            "lost": len(lost), "resurrected": len(resurrected), "lag_allowance_s": lag_allowance,
-            "young_not_on_master": len(young),
-            "young_kept_as_conflicts": sum(1 for n in young if n in kept or n in kept_b),
-            "conflicts_on_a": len(kept), "conflicts_on_b": len(kept_b)}
+            "lag_allowance_s": lag_allowance, "lost": len(lost),
+            "resurrected": sum(1 for n in back if not at_risk(deleted[n])),
+            "missing_in_a_window": sum(1 for n in missing if at_risk(written[n])),
+            "missing_kept_aside": sum(1 for n in missing if n in aside),
+            "deletes_undone_in_a_window": sum(1 for n in back if at_risk(deleted[n])),
+            "conflict_files": len(aside)}
 
 
 def measure_sessions(clients: int) -> dict[str, Any]:
@@ -340,10 +346,11 @@ def main() -> None:
     if "rounds" in args.only:
         r = result["rounds"] = measure_rounds(args.rounds, lag_allowance)
         print(f"{r['rounds']} pull-and-preempt rounds, {r['writes']} writes, {r['deletes']} "
-              f"deletes: {r['lost']} lost, {r['resurrected']} resurrected; "
-              f"{r['young_not_on_master']} written within {r['lag_allowance_s']:.2f} s before a "
-              f"pull not on the final master, {r['young_kept_as_conflicts']} of them kept as "
-              f"conflicts (conflicts: {r['conflicts_on_a']} on a, {r['conflicts_on_b']} on b)")
+              f"deletes: {r['lost']} lost, {r['resurrected']} resurrected (outside the "
+              f"{r['lag_allowance_s']:.2f} s before a move); within it: "
+              f"{r['missing_in_a_window']} writes not on the final master "
+              f"({r['missing_kept_aside']} of all missing kept in a conflicts folder), "
+              f"{r['deletes_undone_in_a_window']} deletes undone")
     if "sessions" in args.only:
         r = result["sessions"] = measure_sessions(args.clients)
         print(f"sessions: {r['logged_in']} of {r['clients']} clients logged in through the VIP, "

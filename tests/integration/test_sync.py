@@ -209,3 +209,59 @@ def test_reload_adds_and_removes_a_path_without_moving_the_vip(pair: Lab) -> Non
     assert lab.state("a") == "MASTER" and lab.state("b") == "BACKUP"
     (data(lab, "a") / "still.txt").write_text("still\n")
     wait_for(lambda: replicated(lab, "b", "still.txt", "still\n"), 10, "docs still replicate")
+
+
+def test_a_network_cut_during_the_first_catch_up_holds_the_preferred_node_back() -> None:
+    """A large tree, the backup's link throttled, the sync port cut half way: no half-written
+    file, not caught up, no preempt; the link back: caught up, then the planned preempt."""
+    with Lab() as lab:
+        blob = b"x" * 1_000_000
+        for i in range(30):
+            (data(lab, "a") / f"big{i:02d}").write_bytes(blob)
+        lab.start_agent("a", **sync_env(lab, "a", CARP_ADVSKEW="100"))
+        wait_for(lambda: lab.state("a") == "MASTER", 10, "a MASTER")
+        a, b = lab.topo["a"], lab.topo["b"]
+        a.run("tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "8mbit", "burst",
+              "32kbit", "latency", "400ms")  # the master's sending side: ~30 s for the tree
+        lab.start_agent("b", **sync_env(lab, "b", CARP_ADVSKEW="0", CARP_PREEMPT="true"))
+        wait_for(lambda: path_status(lab, "b").get("running"), 15, "b's first pull running")
+        time.sleep(2)
+        rules = "table inet syncblock {\n chain output {\n  type filter hook output priority " \
+                "0;\n  tcp dport 8873 drop\n }\n}\n"
+        subprocess.run(b.argv("nft", "-f", "-"), input=rules, text=True, check=True)
+        a.run("tc", "qdisc", "del", "dev", "eth0", "root")
+        time.sleep(12)  # rsync's I/O timeout (10 s) ends the cut pull
+        st = path_status(lab, "b")
+        assert st.get("caught_up") is False and st.get("lag_seconds") is None
+        assert lab.state("a") == "MASTER" and lab.state("b") == "BACKUP"
+        for f in data(lab, "b").glob("big*"):  # whatever arrived arrived whole
+            assert f.stat().st_size == len(blob)
+        b.run("nft", "delete", "table", "inet", "syncblock")
+        wait_for(lambda: lab.state("b") == "MASTER", 40, "b preempts once caught up")
+        assert all(replicated(lab, "b", f"big{i:02d}", "x" * 1_000_000) for i in range(30))
+
+
+def test_a_restarted_backup_keeps_its_epoch_and_pulls_only_the_difference(pair: Lab) -> None:
+    lab = pair
+    epoch = sync_status(lab, "b")["epoch"]
+    assert epoch >= 1 and (lab.dir / "b-state" / "eth0-vhid1.epoch").read_text().strip() == \
+        str(epoch)
+    lab.stop_agent("b")
+    (data(lab, "a") / "while-b-was-down.txt").write_text("new\n")
+    before = metric(lab, "a", "carp_sync_refused_total", reason="address")
+    lab.start_agent("b", **sync_env(lab, "b", CARP_ADVSKEW="100", CARP_PREEMPT="true"))
+    wait_for(lambda: replicated(lab, "b", "while-b-was-down.txt", "new\n"), 15, "the new file")
+    assert sync_status(lab, "b")["epoch"] == epoch
+    assert conflicts(lab, "b") == []  # its own earlier pulls are agreed, not displaced
+    assert not (data(lab, "b") / ".carp-sync" / "before-first-sync").exists()
+    assert metric(lab, "a", "carp_sync_refused_total", reason="address") == before
+
+
+def test_without_a_state_directory_the_epoch_lives_in_memory() -> None:
+    with Lab() as lab:
+        (data(lab, "a") / "seed.txt").write_text("seed\n")
+        lab.start_agent("a", **sync_env(lab, "a", CARP_STATE_DIR="off"))
+        wait_for(lambda: lab.state("a") == "MASTER", 10, "a MASTER")
+        lab.start_agent("b", **sync_env(lab, "b", CARP_ADVSKEW="100", CARP_STATE_DIR="off"))
+        wait_for(lambda: replicated(lab, "b", "seed.txt", "seed\n"), 15, "seed on b")
+        assert sync_status(lab, "a")["epoch"] == 1
