@@ -101,7 +101,7 @@ $(BENCH_VENV)/bin/carp-sidecar: pyproject.toml $(shell find sidecar -name '*.py'
 	$(BENCH_PY) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check .
 
-bench: deps $(BENCH_VENV)/bin/carp-sidecar ## codec/import benchmarks and failover downtime vs ucarp and keepalived
+bench: deps $(BENCH_VENV)/bin/carp-sidecar ## codec/import benchmarks, failover downtime vs ucarp and keepalived, replication
 	$(BIN)/python tests/bench/bench_codec.py
 	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
 	$(BIN)/python tests/bench/bench_instances.py --json docs/bench-instances.json
@@ -109,6 +109,7 @@ bench: deps $(BENCH_VENV)/bin/carp-sidecar ## codec/import benchmarks and failov
 	$(BIN)/python tests/bench/bench_routed.py --merge docs/bench-results.json
 	$(BENCH_VENV)/bin/python tests/bench/bench_startup.py --merge docs/bench-results.json
 	$(BIN)/python tests/bench/bench_together.py --merge docs/bench-results.json
+	$(BIN)/python tests/bench/bench_sync.py --merge docs/bench-results.json
 
 chaos: deps ## the long adversarial run (~35 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py

@@ -23,7 +23,7 @@ def test_lab_short_timeline(tmp_path: Path) -> None:
         r"node-b: MASTER",
         r"step 1 done: client sees node-b; VIP on node-b; client-visible downtime \d+ ms",
         r"step 2 done: client sees node-a; VIP on node-a",
-        r"node-a: MASTER +\(preempt\)",
+        r"node-a: MASTER +\(sync_caught_up\)",  # the preempt its replicas held back
         r"step 3 done: client sees node-b; VIP on node-b",
         r"node-b: MASTER +\(handover\)",
         r"all steps passed",
