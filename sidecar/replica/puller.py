@@ -32,6 +32,16 @@ from sidecar.core.replica import Freshness, accepts
 from sidecar.replica.displaced import Settled, after_pull
 from sidecar.replica.epoch import EpochStore
 from sidecar.replica.manifest import private_dir
+from sidecar.replica.pullio import (
+    BadProof,
+    Refused,
+    answer,
+    describe,
+    forget_agreements,
+    readline,
+    record_tree,
+    uncancellable,
+)
 from sidecar.replica.rsync import (
     Itemized,
     RsyncResult,
@@ -50,18 +60,9 @@ Address = IPv4Address | IPv6Address
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 2.0  # s between reconnects, doubling
 REFUSED_RETRY = 1.0  # s after NOTMASTER / DENIED (the VIP may be moving: ask again soon)
 CONNECT_TIMEOUT = 2.0
-SILENCE = 3 * wire.PING_INTERVAL  # no line for this long: the channel is dead
 NAMES_LOGGED = 20
 RETRY_MIN, RETRY_MAX = 0.5, 5.0  # s before pulling again after a failed pull, doubling: a full
 # disk or a refusing daemon must not turn into rsync in a tight loop
-
-
-class _Refused(Exception):
-    """NOTMASTER or DENIED: the node is not (or no longer) the master, or refuses us."""
-
-
-class _BadProof(Exception):
-    """The master's OK did not prove the secret: not our group's master."""
 
 
 class _Session:
@@ -92,6 +93,10 @@ class _Path:
         self.retry_at = 0.0  # monotonic: no pull before (after a failure)
         self.retry_delay = RETRY_MIN
         self.retry_timer: asyncio.TimerHandle | None = None
+        # the manifest's agreements are void (a healed split brain: this node's epoch line
+        # lost) or absent (a first pull): the next good pull records the whole tree
+        self.distrust = False
+        self.record_all = True
         self.first_started: float | None = None  # monotonic: this follower's first pull began
         self.first_catch_up: float | None = None  # s from then to the first success
 
@@ -180,12 +185,15 @@ class Puller:
             self._opened, pause = False, delay
             try:
                 await self._watch(master)
-            except _Refused as e:
+            except Refused as e:
                 why, pause = str(e), REFUSED_RETRY
-            except _BadProof:
+                if why == "DENIED epoch":  # our epoch line lost the election: see _distrust
+                    self._distrust()
+                    why, pause = "our epoch is above the master's: it moves above it", 0.0
+            except BadProof:
                 why = "its OK did not prove the sync secret (not this group's master?)"
             except (OSError, EOFError, ValueError, TimeoutError) as e:
-                why = _describe(e)
+                why = describe(e)
             extra = fields(vhid=self.vhid, peer=str(master))
             if self._opened:  # it was up: reconnect at once (a master that raised its epoch
                 delay, failures, pause = BACKOFF_MIN, 0, BACKOFF_MIN  # closes us on purpose)
@@ -206,7 +214,7 @@ class Puller:
         try:
             session = _Session(writer, await self._handshake(reader, writer))
             self._open(master, session)
-            while line := await _readline(reader):
+            while line := await readline(reader):
                 self._line(wire.parse_server(line), time.monotonic())
             raise EOFError("closed by the master")
         finally:
@@ -218,13 +226,24 @@ class Puller:
                          writer: asyncio.StreamWriter) -> int:
         mine, epoch, secret = random.token_hex(16), self.epochs.epoch, self.secrets.secret
         writer.write(wire.hello(self.vhid, mine))
-        theirs = wire.parse_challenge(await _answer(reader))
+        theirs = wire.parse_challenge(await answer(reader))
         writer.write(wire.auth(epoch, wire.client_proof(secret, self.vhid, theirs, mine, epoch)))
-        master_epoch, proof = wire.parse_ok(await _answer(reader))
+        master_epoch, proof = wire.parse_ok(await answer(reader))
         expected = wire.server_proof(secret, self.vhid, mine, theirs, master_epoch)
         if not wire.proven(expected, proof):
-            raise _BadProof
+            raise BadProof
         return master_epoch
+
+    def _distrust(self) -> None:
+        """A master of a lower epoch won (a healed split brain): what our manifests say was
+        agreed was agreed in the losing epoch line, so the next pull keeps everything it
+        displaces as a conflict (the manifest is emptied first), then records the tree."""
+        for p in self.paths.values():
+            if not p.distrust:
+                log.warning("Sync path %s (vhid %d): this node's epoch lost the election; its "
+                            "next pull keeps every file it replaces as a conflict", p.name,
+                            self.vhid, extra=fields(vhid=self.vhid, path=p.name))
+            p.distrust = p.record_all = True
 
     def _open(self, master: Address, session: _Session) -> None:
         now = time.monotonic()
@@ -301,6 +320,9 @@ class Puller:
         result: RsyncResult | None = None
         try:
             private_dir(p.root)  # 0700 before rsync creates the displaced folder in it
+            if p.distrust:
+                await asyncio.to_thread(forget_agreements, p.root)
+                p.distrust = False
             argv = pull_argv(source_url(self.master, self.port, module_name(self.vhid, p.name)),
                              p.root, run, self.secrets.password_file)
             result = await run_rsync(argv, self.spawn)
@@ -308,12 +330,14 @@ class Puller:
             result = RsyncResult(False, None, Itemized(), f"{p.root}: {e.strerror}")
         finally:
             # also when killed: what rsync displaced is settled before the next run starts
-            settled = await _uncancellable(asyncio.to_thread(
+            settled = await uncancellable(asyncio.to_thread(
                 _after, p, result, s.master_epoch))
             if result is None:
                 p.fresh.run_failed(time.monotonic())
                 p.sweep = True
                 self._changed()
+        if result.ok and p.record_all:  # the tree is the master's now: all of it agreed
+            p.record_all = not await asyncio.to_thread(record_tree, p.root)
         self._report(p, s, gen, result, settled)
 
     def _report(self, p: _Path, s: _Session, gen: int, result: RsyncResult,
@@ -404,41 +428,3 @@ def _lag_kind(lag: float | None) -> float | None:
 def _names(rels: list[str]) -> str:
     shown = ", ".join(rels[:NAMES_LOGGED])
     return shown + (f" and {len(rels) - NAMES_LOGGED} more" if len(rels) > NAMES_LOGGED else "")
-
-
-async def _answer(reader: asyncio.StreamReader) -> bytes:
-    line = await _readline(reader)
-    if not line:
-        raise EOFError("the master closed the channel during the handshake")
-    if line.startswith((wire.NOTMASTER.rstrip(), b"DENIED")):
-        raise _Refused(line.decode("ascii", "replace").strip()[:80])
-    return line
-
-
-async def _readline(reader: asyncio.StreamReader) -> bytes:
-    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that comes
-    # as its inner call ends, and a follower told to stop would go on
-    async with asyncio.timeout(SILENCE):
-        return await reader.readline()
-
-
-async def _uncancellable(work: Any) -> Any:
-    """Await ``work`` to its end even if cancelled meanwhile; the cancellation goes on after."""
-    fut = asyncio.ensure_future(work)
-    cancelled = False
-    while not fut.done():
-        try:
-            await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return fut.result()
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return f"silent for {SILENCE:.0f} s"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e) or type(e).__name__

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
+from sidecar.replica.rsync import Spawn
 from sidecar.replica.secret import USER
 
 log = logging.getLogger("carp-sidecar")
@@ -53,7 +54,7 @@ def render_config(modules: list[Module], secrets_file: Path, uid: int, gid: int)
         f"uid = {uid}", f"gid = {gid}", "use chroot = no", "reverse lookup = no",
         "numeric ids = yes", "read only = yes", "list = no", "strict modes = yes",
         f"auth users = {USER}", f"secrets file = {secrets_file}", "exclude = /.carp-sync/",
-        f"refuse options = {REFUSED}", "timeout = 600", "transfer logging = no", "",
+        f"refuse options = {REFUSED}", "timeout = 60", "transfer logging = no", "",
     ]
     body: list[str] = []
     for m in sorted(modules, key=lambda m: (m.vhid, m.name)):
@@ -77,16 +78,22 @@ def write_atomically(path: Path, text: str) -> None:
 class Daemons:
     """The running ``rsync --daemon`` processes, one per rsync connection."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, spawn: Spawn | None = None) -> None:
         self.config = config
+        # the agent's spawn: as PID 1 its reaper must not collect a daemon asyncio waits for
+        self._spawn: Spawn = spawn or asyncio.create_subprocess_exec
         self._procs: set[asyncio.subprocess.Process] = set()
+
+    @property
+    def running(self) -> int:
+        return len(self._procs)
 
     async def spawn(self, sock: socket.socket) -> None:
         """Hand ``sock`` to a new daemon (this process's copy of it closed) and wait for it
         to end (killed if this is cancelled)."""
         try:
             sock.setblocking(True)  # the daemon shares the file status flags
-            proc = await asyncio.create_subprocess_exec(
+            proc = await self._spawn(
                 RSYNC, "--daemon", f"--config={self.config}", stdin=sock.fileno(),
                 stdout=sock.fileno(), stderr=asyncio.subprocess.DEVNULL, env=_child_env(),
                 start_new_session=True)

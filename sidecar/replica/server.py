@@ -25,6 +25,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from sidecar.core import syncwire as wire
+from sidecar.replica.rsync import Spawn
 from sidecar.replica.rsyncd import Daemons, Module, render_config, write_atomically
 from sidecar.replica.secret import Secrets
 from sidecar.replica.watcher import MasterSide, Subscription
@@ -34,18 +35,19 @@ log = logging.getLogger("carp-sidecar")
 Network = IPv4Network | IPv6Network
 PEEK_TIMEOUT = 5.0  # s for a client's first bytes, and for each handshake line
 SEND_TIMEOUT = 10.0  # s: a backup that reads nothing for this long is dropped
+MAX_DAEMONS = 32  # rsync daemons at once: each connection of the group forks one
 _GREETINGS = (wire.RSYNC_GREETING, wire.MAGIC.encode())
 
 
 class SyncServer:
     def __init__(self, bind: IPv4Address | IPv6Address, port: int, secrets: Secrets,
-                 refused: Callable[[str], None]) -> None:
+                 refused: Callable[[str], None], spawn: Spawn | None = None) -> None:
         self.bind, self.port, self.secrets, self.refused = bind, port, secrets, refused
         self._sides: dict[int, MasterSide] = {}
         self._networks: dict[int, list[Network]] = {}
         self._channels: dict[int, set[asyncio.Task[None]]] = {}  # watch connections per VHID
         self._handlers: set[asyncio.Task[None]] = set()
-        self._daemons = Daemons(secrets.daemon_config)
+        self._daemons = Daemons(secrets.daemon_config, spawn)
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
@@ -146,6 +148,11 @@ class SyncServer:
                 return
             head = await _peek(conn)
             if head == wire.RSYNC_GREETING:
+                if self._daemons.running >= MAX_DAEMONS:
+                    self.refused("busy")
+                    log.warning("sync: refused %s (%d rsync daemons running already)", addr[0],
+                                MAX_DAEMONS)
+                    return
                 await self._daemons.spawn(conn)
             elif head == wire.MAGIC.encode():
                 await self._channel(conn, peer, f"{addr[0]}:{addr[1]}#{next(self._ids)}")
@@ -202,6 +209,7 @@ class SyncServer:
             log.warning("sync: backup %s holds epoch %d, above this master's %d (VHID %d)",
                         peer, epoch, side.epoch, side.vhid)
             side.on_higher_epoch(epoch)
+            self._refuse(writer, "epoch", wire.denied("epoch"))  # void its agreements: see Puller
             return None
         mine = wire.server_proof(self.secrets.secret, side.vhid, hello.nonce, nonce, side.epoch)
         writer.write(wire.ok(side.epoch, mine))

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -25,6 +26,7 @@ from sidecar.config.runconfig import RunConfig, Vhid
 from sidecar.core.machine import State
 from sidecar.core.replica import fresh, next_epoch
 from sidecar.replica.epoch import EpochStore
+from sidecar.replica.manifest import PRIVATE
 from sidecar.replica.puller import Puller
 from sidecar.replica.rsync import Spawn
 from sidecar.replica.secret import Secrets, read_secret
@@ -35,6 +37,7 @@ from sidecar.serve.syncmetrics import SyncFamilies, SyncMetrics
 log = logging.getLogger("carp-sidecar")
 
 RECHECK = 0.25  # s between freshness checks while BACKUP
+FOLLOW_GRACE = 2.0  # s a better master we follow may be silent before a worse one is followed
 Network = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
 
@@ -63,9 +66,15 @@ class VhidReplica:
         self._server = owner.server_for(s)
         self._server.allow(s.vhid, self.allowed)
         self._recheck: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None  # the last puller's close
+        self._master_key: tuple[int, int] = (256, 256)  # the followed master's (advbase, skew)
+        self._master_heard = 0.0  # monotonic
+        self.closed = False
 
     # ---- from the instance ----
     def transition(self, new: State) -> None:
+        if self.closed:  # told after a reload detached it, in the same loop turn
+            return
         old, self.state = self.state, new
         if new is State.MASTER and old is not State.MASTER:
             self._become_master()
@@ -77,12 +86,23 @@ class VhidReplica:
             self.master = None
             self._stop_puller()
 
-    def heard(self, src: Address) -> None:
-        """A valid advert of our VHID (not a bow-out) while BACKUP: that is the master."""
-        if self.state is State.BACKUP and src != self.master:
-            self.master = src
-            if self.puller is not None:
-                self.puller.follow(src)
+    def heard(self, src: Address, key: tuple[int, int]) -> None:
+        """A valid advert of our VHID (not a bow-out) while BACKUP, ``key`` its (advbase,
+        advskew): the master to pull from — unless the one we follow is better and alive (two
+        masters for a moment: a preempt, a healed split brain; a pull is not given up for
+        the one about to step down)."""
+        now = time.monotonic()
+        if self.closed or self.state is not State.BACKUP:
+            return
+        if src == self.master:
+            self._master_key, self._master_heard = key, now
+            return
+        if self.master is not None and key > self._master_key \
+                and now - self._master_heard < FOLLOW_GRACE:
+            return
+        self.master, self._master_key, self._master_heard = src, key, now
+        if self.puller is not None:
+            self.puller.follow(src)
 
     # ---- sides ----
     def _become_master(self) -> None:
@@ -113,12 +133,26 @@ class VhidReplica:
 
     def _serve(self) -> None:
         self.side = MasterSide(self.s.vhid, self.epochs.epoch, self.paths, self._higher_epoch)
-        self.owner.spawn(self._start_side(self.side))
+        self.owner.spawn(self._start_side(self.side, self._stopping))
 
-    async def _start_side(self, side: MasterSide) -> None:
-        await side.start()
+    async def _start_side(self, side: MasterSide, puller_gone: asyncio.Task[None] | None
+                          ) -> None:
+        """Serve once the last pull is over (no rsync renaming into the tree we now serve)
+        and the paths are watched. A path that cannot be opened (unmounted, read-only, full)
+        serves nothing — backups are told NOTMASTER — but the VIP stays: availability."""
+        if puller_gone is not None:
+            await asyncio.gather(puller_gone, return_exceptions=True)
+        try:
+            await side.start()
+        except (OSError, sqlite3.Error) as e:
+            log.error("vhid %d: cannot serve the replicated paths (%s): backups get nothing "
+                      "until the next takeover or reload", self.s.vhid, e)
+            await side.close()
+            return
         if side is self.side:
             self._server.serve(side)
+        else:
+            await side.close()
 
     def _higher_epoch(self, epoch: int) -> None:
         """A backup proved an epoch above ours (a healed split brain): ours moves above it, so
@@ -144,19 +178,26 @@ class VhidReplica:
         if self.puller is None:
             self.puller = Puller(self.s.vhid, self.paths, self.owner.config.sync_port,
                                  self.owner.secrets, self.epochs, self.m, self._changed,
-                                 first_sync_free=self.epochs.epoch == 0,
+                                 first_sync_free=self._never_synced(),
                                  spawn=self.owner.process_spawn)
             self._recheck = self.owner.spawn(self._recheck_forever())
         if self.master is not None:
             self.puller.follow(self.master)
         self._changed()
 
+    def _never_synced(self) -> bool:
+        """No epoch and no manifest in any path: a new node, whose first catch-up sets aside
+        what it finds (before-first-sync) rather than calling it conflicts. A wiped state
+        directory alone does not make a former master new: its manifests remain."""
+        return self.epochs.epoch == 0 and not any(
+            (path / PRIVATE / "manifest.db").exists() for path in self.paths.values())
+
     def _stop_puller(self) -> None:
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
         if self.puller is not None:
-            self.owner.spawn(self.puller.close())
+            self._stopping = self.owner.spawn(self.puller.close())
             self.puller = None
 
     # ---- the gate ----
@@ -180,6 +221,7 @@ class VhidReplica:
             self._changed()
 
     async def close(self) -> None:
+        self.closed = True
         self._stop_puller()
         self._leave_master()
         self.m.remove()
@@ -229,7 +271,8 @@ class Replication:
         self._binds[s.name] = srcip
         if srcip not in self.servers:
             self.servers[srcip] = SyncServer(srcip, self.config.sync_port, self.secrets,
-                                             lambda r: self.families.refused.labels(r).inc())
+                                             lambda r: self.families.refused.labels(r).inc(),
+                                             self.process_spawn)
 
     def server_for(self, s: Vhid) -> SyncServer:
         return self.servers[self._binds[s.name]]

@@ -402,4 +402,4 @@ def tell_replica(replica: VhidReplica, out: outputs.Output, loop: asyncio.Abstra
     if isinstance(out, Transition):
         loop.call_soon(replica.transition, out.new)
     elif isinstance(out, outputs.Accepted) and not out.handover:
-        loop.call_soon(replica.heard, out.peer)
+        loop.call_soon(replica.heard, out.peer, (out.advbase, out.advskew))

@@ -47,6 +47,8 @@ async def attach(agent: Agent, instance: Instance, link: Link) -> None:
 
 
 async def detach(agent: Agent, instance: Instance) -> None:
+    """Its replication stops; nothing holds the instance back any more."""
     if instance.replica is not None and agent.replication is not None:
         instance.replica = None
+        instance.set_sync_behind(False)
         await agent.replication.remove(instance.s.name)

@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 RUN_RESULTS = ("ok", "failed", "fenced")  # fenced: the master's epoch is below ours
-REFUSED_REASONS = ("address", "auth", "protocol", "not_master")
+# epoch: a backup of a higher epoch, told to void its agreements (a healed split brain);
+# busy: MAX_DAEMONS rsync daemons already running
+REFUSED_REASONS = ("address", "auth", "protocol", "not_master", "epoch", "busy")
 
 
 class SyncFamilies:
