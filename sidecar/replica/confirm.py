@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.replica.manifest import Manifest, Stamp, walk
 
@@ -36,13 +37,20 @@ class Confirmations(Protocol):
 
 
 class Agreement:
-    """One replicated path on the master: its confirmations and its manifest."""
+    """One replicated path on the master: its confirmations and its manifest.
+
+    The rule runs on the event loop (it is pure and quick); what it agrees to is stamped and
+    written in a worker thread of this path's own, one job at a time and in order: an lstat
+    per file and a SQLite write (a large tree's first walk takes seconds) must not stall the
+    loop, and the manifest's connection is only ever used by that one thread."""
 
     def __init__(self, root: Path, confirmations: Confirmations) -> None:
         self.root = root
         self.confirmations = confirmations
-        self.manifest = Manifest(root)
-        self._walking: asyncio.Task[None] | None = None
+        self.manifest = Manifest(root)  # opened here: an unusable folder fails the start
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="manifest")
+        self._stop = threading.Event()  # close(): a walk under way gives up
+        self._walked = False
 
     def changed(self, gen: int, rel_paths: Iterable[str], at: float) -> None:
         self.confirmations.changed(gen, rel_paths, at)
@@ -61,30 +69,47 @@ class Agreement:
 
     def _record(self) -> None:
         rels, until = self.confirmations.agreed()
-        if until is not None:
-            entries = [_entry(self.root, rel, until) for rel in rels]
-            self._update(e for e in entries if e is not None)
+        if until is not None and rels:
+            self._schedule(self._record_files, rels, until)
         cutoff = self.confirmations.first_full()
-        if cutoff is not None and self._walking is None:
-            self._walking = asyncio.create_task(self._record_tree(cutoff), name="manifest walk")
+        if cutoff is not None and not self._walked:
+            self._walked = True
+            self._schedule(self._record_tree, cutoff, self.confirmations.pending)
 
-    async def _record_tree(self, cutoff: float) -> None:
-        """The tree as a whole, the first time every backup holds it (in a thread: a large
-        tree takes a while to stat; the manifest is written from the event loop)."""
-        limit, pending = int(cutoff * 1e9), self.confirmations.pending
-        entries = await asyncio.to_thread(lambda: list(_walk_before(self.root, limit)))
-        self._update(e for e in entries if e[0] not in pending)
+    def _schedule(self, job: Callable[..., None], *args: Any) -> None:
+        if self._stop.is_set():
+            return  # closing: nothing more is written
+        self._worker.submit(self._logged, job, *args)
 
-    def _update(self, entries: Iterable[tuple[str, Stamp | None]]) -> None:
+    def _logged(self, job: Callable[..., None], *args: Any) -> None:
         try:
-            self.manifest.update(entries)
-        except sqlite3.Error as e:
+            job(*args)
+        except Exception as e:  # a job's failure must not end the worker, nor go unseen
             log.error("sync path %s: manifest not updated (%s)", self.root, e)
 
+    def _record_files(self, rels: list[str], until: float) -> None:
+        entries = [_entry(self.root, rel, until) for rel in rels]
+        self.manifest.update(e for e in entries if e is not None)
+
+    def _record_tree(self, cutoff: float, pending: frozenset[str]) -> None:
+        """The tree as a whole, the first time every backup holds it."""
+        entries = []
+        for rel, st in _walk_before(self.root, int(cutoff * 1e9)):
+            if self._stop.is_set():
+                return
+            if rel not in pending:
+                entries.append((rel, st))
+        self.manifest.update(entries)
+
+    async def idle(self) -> None:
+        """Wait until every job scheduled so far is done."""
+        if not self._stop.is_set():
+            await asyncio.wrap_future(self._worker.submit(lambda: None))
+
     async def close(self) -> None:
-        if self._walking is not None and not self._walking.done():
-            self._walking.cancel()
-            await asyncio.gather(self._walking, return_exceptions=True)
+        """Queued jobs are dropped, a walk under way stops; then the manifest is closed."""
+        self._stop.set()
+        await asyncio.to_thread(self._worker.shutdown, True, cancel_futures=True)
         self.manifest.close()
 
 

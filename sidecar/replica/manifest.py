@@ -45,41 +45,66 @@ def private_dir(root: Path) -> Path:
 
 
 class Manifest:
+    """Keys are the names' bytes (``os.fsencode``): any name the file system allows, UTF-8 or
+    not (rsync's ``\\#351`` unescapes to a surrogate that SQLite text cannot hold). A BLOB
+    key also orders by plain bytes, so a folder's subtree is one range of the primary key.
+    The connection may be used from any thread, one at a time (the caller's discipline)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._db = sqlite3.connect(private_dir(root) / "manifest.db", isolation_level=None)
+        self._db = sqlite3.connect(private_dir(root) / "manifest.db", isolation_level=None,
+                                   check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS files "
-                         "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER)")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < 1:
+            self._bytes_keys()
+
+    def _bytes_keys(self) -> None:
+        """Version 1: BLOB keys in a table clustered on them (version 0 kept text keys, all
+        UTF-8: their bytes are the same names)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("CREATE TABLE IF NOT EXISTS stamps (path BLOB PRIMARY KEY, "
+                             "size INTEGER, mtime_ns INTEGER) WITHOUT ROWID")
+            old = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='files'").fetchone()
+            if old is not None:
+                self._db.execute("INSERT OR REPLACE INTO stamps "
+                                 "SELECT CAST(path AS BLOB), size, mtime_ns FROM files")
+                self._db.execute("DROP TABLE files")
+            self._db.execute("PRAGMA user_version=1")
 
     def get(self, rel: str) -> Stamp | None:
-        row = self._db.execute("SELECT size, mtime_ns FROM files WHERE path=?", (rel,)).fetchone()
+        row = self._db.execute("SELECT size, mtime_ns FROM stamps WHERE path=?",
+                               (_key(rel),)).fetchone()
         return None if row is None else Stamp(row[0], row[1])
 
     def update(self, entries: Iterable[tuple[str, Stamp | None]]) -> None:
-        """Record each file's stamp (None: the file is gone). One transaction; sqlite3.Error
-        (a full disk) leaves the manifest as it was."""
+        """Record each file's stamp (None: the file is gone, and all under it when it was a
+        folder). One transaction; sqlite3.Error (a full disk) leaves the manifest as it was."""
         with self._db:
             self._db.execute("BEGIN")
             for rel, st in entries:
+                key = _key(rel)
                 if st is None:
-                    self._db.execute("DELETE FROM files WHERE path=? OR path LIKE ? ESCAPE '\\'",
-                                     (rel, _under(rel)))
+                    # two statements, each a primary-key lookup (an OR of them, or a LIKE,
+                    # scans the table: seconds per thousand deletes over 100k files)
+                    self._db.execute("DELETE FROM stamps WHERE path=?", (key,))
+                    self._db.execute("DELETE FROM stamps WHERE path>=? AND path<?",
+                                     (key + b"/", key + b"0"))  # "0" is "/" + 1
                 else:
-                    self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)",
-                                     (rel, st.size, st.mtime_ns))
+                    self._db.execute("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)",
+                                     (key, st.size, st.mtime_ns))
 
     def replace_all(self, entries: Iterable[tuple[str, Stamp]]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM files")
-            self._db.executemany("INSERT INTO files VALUES (?, ?, ?)",
-                                 ((rel, st.size, st.mtime_ns) for rel, st in entries))
+            self._db.execute("DELETE FROM stamps")
+            self._db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)",
+                                 ((_key(rel), st.size, st.mtime_ns) for rel, st in entries))
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM files").fetchone()[0])
+        return int(self._db.execute("SELECT count(*) FROM stamps").fetchone()[0])
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -105,6 +130,6 @@ def walk(root: Path) -> Iterable[tuple[str, Stamp]]:
                 continue
 
 
-def _under(rel: str) -> str:
-    escaped = rel.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.rstrip("/") + "/%"
+def _key(rel: str) -> bytes:
+    """The name's bytes, as the file system holds them (a surrogate-escaped str included)."""
+    return os.fsencode(rel.rstrip("/"))

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import math
 import secrets as random
-import sqlite3
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
@@ -395,13 +394,17 @@ class Puller:
 
 
 def _after(p: _Path, result: RsyncResult | None, epoch: int) -> Settled | None:
-    """Settle and record (a worker thread); None when the disk would not let us (logged)."""
+    """Settle and record (a worker thread); None when that failed (logged). Any exception: one
+    escaping would end the pull task before its report, and the next pull would start at once,
+    for ever; a full disk, a broken database or a name nobody foresaw all fail the run, which
+    the caller reports and retries after its delay."""
     items, ok = (result.items, result.ok) if result is not None else (Itemized(), False)
     try:
         return after_pull(p.root, items, ok, epoch, p.first_sync, p.sweep)
-    except (OSError, sqlite3.Error) as e:  # a full or broken disk
-        log.error("Sync path %s: displaced files or manifest not updated (%s); kept as they "
-                  "are, judged after the next pull", p.name, e, extra=fields(path=p.name))
+    except Exception as e:
+        log.error("Sync path %s (%s): displaced files or manifest not updated (%s: %s); kept "
+                  "as they are, judged after the next pull", p.name, p.root, type(e).__name__,
+                  e, extra=fields(path=p.name))
         return None
 
 
