@@ -32,6 +32,7 @@ from tests.integration.sync_fake_master import FakeMaster, run_in_netns
 pytestmark = pytest.mark.integration
 LABELS = {"group": "g", "vhid": "1", "interface": "lo"}
 LOCAL = IPv4Address("127.0.0.1")
+CAFE = os.fsdecode(b"caf\xe9")  # a name with a byte that is not UTF-8
 
 
 def sh(*argv: str) -> None:
@@ -99,21 +100,23 @@ async def rig(tmp: Path, master_epoch: int = 3, our_epoch: int = 0,
     src.mkdir(exist_ok=True)
     dst.mkdir(exist_ok=True)
     keys = Secrets(b"only-for-this-test")
-    master = FakeMaster(tmp, 1, keys.secret, master_epoch, {"web": src})
-    serving = asyncio.get_running_loop().create_task(master.serve())
-    epochs = EpochStore(tmp / "test.epoch")
-    epochs.raise_to(our_epoch)
-    registry = CollectorRegistry()
-    metrics = SyncMetrics(SyncFamilies(registry), LABELS, ["web"])
-    puller = Puller(1, {"web": dst}, master.port, keys, epochs, metrics, lambda: None,
-                    first_sync_free)
     try:
-        yield Rig(master, puller, src, dst, epochs, registry)
+        master = FakeMaster(tmp, 1, keys.secret, master_epoch, {"web": src})
+        serving = asyncio.get_running_loop().create_task(master.serve())
+        epochs = EpochStore(tmp / "test.epoch")
+        epochs.raise_to(our_epoch)
+        registry = CollectorRegistry()
+        metrics = SyncMetrics(SyncFamilies(registry), LABELS, ["web"])
+        puller = Puller(1, {"web": dst}, master.port, keys, epochs, metrics, lambda: None,
+                        first_sync_free)
+        try:
+            yield Rig(master, puller, src, dst, epochs, registry)
+        finally:
+            await puller.close()
+            serving.cancel()
+            await master.close()
     finally:
-        await puller.close()
-        serving.cancel()
-        await master.close()
-        keys.remove()
+        keys.remove()  # also when the rig could not be built: no copy of the secret left
 
 
 async def until(cond: Callable[[], object], what: str, timeout: float = 20) -> None:
@@ -160,9 +163,11 @@ def test_a_tree_is_pulled_then_updates_and_deletions_follow(netns: str, tmp_path
             (r.src / "link").symlink_to("sub/b.txt")
             (r.src / "out-abs").symlink_to("/etc/passwd")
             (r.src / "sub/out-rel").symlink_to("../../../etc")
+            latin1 = os.fsencode(r.src) + b"/caf\xe9"  # not UTF-8: rsync prints caf\#351
+            Path(os.fsdecode(latin1)).write_text("latin-1 name")
             r.puller.follow(LOCAL)
             await until(lambda: r.synced(1), "the first pull")
-            assert tree(r.dst) == {"a.txt": "alpha", "sub/b.txt": "beta",
+            assert tree(r.dst) == {"a.txt": "alpha", "sub/b.txt": "beta", CAFE: "latin-1 name",
                                    "link": "-> sub/b.txt"}  # no symlink out of the tree
             assert r.epochs.epoch == 3  # the master's, adopted
             assert r.puller.lags(time.monotonic()) == {"web": 0.0}
@@ -173,10 +178,11 @@ def test_a_tree_is_pulled_then_updates_and_deletions_follow(netns: str, tmp_path
             (r.src / "a.txt").write_text("alpha, second version")
             (r.src / "sub/b.txt").unlink()
             (r.src / "c.txt").write_text("gamma")
+            Path(os.fsdecode(latin1)).write_text("latin-1 name, changed")
             r.master.bump("web")
             await until(lambda: r.synced(2), "the second pull")
             assert tree(r.dst) == {"a.txt": "alpha, second version", "c.txt": "gamma",
-                                   "link": "-> sub/b.txt"}
+                                   CAFE: "latin-1 name, changed", "link": "-> sub/b.txt"}
             assert r.metric("carp_sync_runs_total", result="ok") == 2
             assert r.metric("carp_sync_conflicts_total") == 0
             private = r.dst / ".carp-sync"

@@ -114,23 +114,22 @@ def test_only_files_unchanged_since_the_agreed_generation_are_recorded(tmp_path:
     (tmp_path / "b").write_text("b")
     (tmp_path / "gone").write_text("x")
 
-    async def go() -> Agreement:
+    async def go() -> None:
         agreement = Agreement(tmp_path, Confirmations(0, time.time()))
-        agreement.connected("backup-1")
-        at = time.time()
-        agreement.manifest.update([("gone", Stamp(1, 1))])
-        agreement.changed(2, {"a", "b", "gone"}, at)
-        time.sleep(0.02)
-        (tmp_path / "b").write_text("b, again")  # after generation 2: not agreed yet
-        (tmp_path / "gone").unlink()
-        agreement.confirm("backup-1", 2)
-        await asyncio.sleep(0.3)  # the first full walk, in a thread
-        return agreement
-    agreement = asyncio.run(go())
-    try:
-        st = os.lstat(tmp_path / "a")
-        assert agreement.manifest.get("a") == Stamp(st.st_size, st.st_mtime_ns)
-        assert agreement.manifest.get("b") is None
-        assert agreement.manifest.get("gone") is None
-    finally:
-        agreement.manifest.close()
+        try:
+            agreement.connected("backup-1")
+            at = time.time()
+            agreement.manifest.update([("gone", Stamp(1, 1))])
+            agreement.changed(2, {"a", "b", "gone"}, at)
+            time.sleep(0.02)
+            (tmp_path / "b").write_text("b, again")  # after generation 2: not agreed yet
+            (tmp_path / "gone").unlink()
+            agreement.confirm("backup-1", 2)
+            await agreement.idle()  # the files, then the first full walk, in its thread
+            st = os.lstat(tmp_path / "a")
+            assert agreement.manifest.get("a") == Stamp(st.st_size, st.st_mtime_ns)
+            assert agreement.manifest.get("b") is None
+            assert agreement.manifest.get("gone") is None
+        finally:
+            await agreement.close()
+    asyncio.run(go())
