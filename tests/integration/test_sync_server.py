@@ -128,9 +128,13 @@ class Master:
         self.refusals: list[str] = []
         self.higher: list[int] = []
         self.secrets = Secrets(SECRET)
-        self.loop = Loop(net.srv)
-        self.server = SyncServer(net.master, self.port, self.secrets, self.refusals.append)
-        self.side = self.loop.call(lambda: self.new_side(epoch=3))
+        try:
+            self.loop = Loop(net.srv)
+            self.server = SyncServer(net.master, self.port, self.secrets, self.refusals.append)
+            self.side = self.loop.call(lambda: self.new_side(epoch=3))
+        except BaseException:
+            self.secrets.remove()  # close() is never called for a master not built
+            raise
         self.password_file = self.secrets.password_file
         self.wrong_password = tmp / "wrong.pass"
         self.wrong_password.write_text("not-the-secret\n")
