@@ -394,10 +394,8 @@ class Puller:
 
 
 def _after(p: _Path, result: RsyncResult | None, epoch: int) -> Settled | None:
-    """Settle and record (a worker thread); None when that failed (logged). Any exception: one
-    escaping would end the pull task before its report, and the next pull would start at once,
-    for ever; a full disk, a broken database or a name nobody foresaw all fail the run, which
-    the caller reports and retries after its delay."""
+    """Settle and record (a worker thread); None when that failed, for any reason (logged): an
+    exception escaping would end the pull task unreported, and the next pull start at once."""
     items, ok = (result.items, result.ok) if result is not None else (Itemized(), False)
     try:
         return after_pull(p.root, items, ok, epoch, p.first_sync, p.sweep)
