@@ -337,6 +337,9 @@ class Puller:
                 self._changed()
         if result.ok and p.record_all:  # the tree is the master's now: all of it agreed
             p.record_all = not await asyncio.to_thread(record_tree, p.root)
+        if settled is None and result.ok:  # rsync did its part; ours failed: retry later
+            result = RsyncResult(False, result.returncode, result.items,
+                                 "displaced files or manifest not updated")
         self._report(p, s, gen, result, settled)
 
     def _report(self, p: _Path, s: _Session, gen: int, result: RsyncResult,

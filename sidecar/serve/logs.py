@@ -51,6 +51,10 @@ class _Below(logging.Filter):
 
 def setup(fmt: str, level: str = "info", syslog: str | None = None) -> None:
     formatter = JsonFormatter() if fmt == "json" else UcarpFormatter()
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 (a conflict's)
+        reconfigure = getattr(stream, "reconfigure", None)  # is escaped, never a logging error
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     out = logging.StreamHandler(sys.stdout)  # INFO, DEBUG: ucarp prints these on stdout
     out.addFilter(_Below(logging.WARNING))
     err = logging.StreamHandler(sys.stderr)
