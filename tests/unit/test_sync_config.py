@@ -245,3 +245,17 @@ def test_the_scripts_see_the_paths_never_the_secret(tree: Path) -> None:
     assert script_env["CARP_SYNC_PATHS"] == f"1={tree}/www"
     assert parse_sync_paths(script_env["CARP_SYNC_PATHS"]) == vhid.sync_paths  # re-readable
     assert SECRET not in repr(script_env)
+
+
+def test_the_agent_without_paths_loads_neither_the_replica_package_nor_watchfiles() -> None:
+    """The agent's modules import replica/ (and watchfiles, rsync's plumbing) only when a
+    VHID has a path (runtime/replicas.attach): without one, none of it is in the process."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, sidecar.runtime.agent, sidecar.runtime.replicas\n"
+             "print(sorted(m for m in sys.modules if m.startswith(('sidecar.replica', "
+             "'watchfiles', 'sqlite3'))))")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
