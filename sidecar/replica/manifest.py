@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRIVATE = ".carp-sync"  # inside every replicated path: excluded from replication, mode 0700
+SYNCED = "synced"  # in PRIVATE: this path has been pulled whole, or served, at least once
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,9 +92,8 @@ class _Path:
         self.retry_at = 0.0  # monotonic: no pull before (after a failure)
         self.retry_delay = RETRY_MIN
         self.retry_timer: asyncio.TimerHandle | None = None
-        # the manifest's agreements are void (a healed split brain: this node's epoch line
-        # lost) or absent (a first pull): the next good pull records the whole tree
-        self.distrust = False
+        # the manifest's agreements were voided (a healed split brain: this node's epoch line
+        # lost) or are absent (a first pull): the next good pull records the whole tree
         self.record_all = True
         self.first_started: float | None = None  # monotonic: this follower's first pull began
         self.first_catch_up: float | None = None  # s from then to the first success
@@ -114,7 +113,8 @@ class Puller:
     def __init__(self, vhid: int, paths: dict[str, Path], port: int, secrets: Secrets,
                  epochs: EpochStore, metrics: SyncMetrics | None,
                  on_change: Callable[[], None], first_sync_free: bool, *,
-                 spawn: Spawn | None = None) -> None:
+                 spawn: Spawn | None = None,
+                 after: asyncio.Task[None] | None = None) -> None:
         self.vhid, self.port, self.secrets, self.epochs = vhid, port, secrets, epochs
         self.on_change, self.spawn = on_change, spawn
         self.paths = {n: _Path(n, root, metrics.paths.get(n) if metrics else None,
@@ -127,6 +127,8 @@ class Puller:
         self._opened = False  # the current connection got through its handshake
         self._closed = False
         self.highest_epoch = 0  # the highest master epoch heard: a takeover goes above it
+        self.voided = False  # our epoch line lost a healed split brain: AUTH offers 0
+        self._previous = after  # the previous puller's close: no two pullers on one tree
 
     # ---- the lead's calls ----
     def follow(self, master: Address | None) -> None:
@@ -179,6 +181,8 @@ class Puller:
             p.retry_at, p.retry_delay = 0.0, RETRY_MIN  # a new master is tried at once
 
     async def _follow(self, master: Address) -> None:
+        if self._previous is not None:
+            await asyncio.gather(self._previous, return_exceptions=True)
         delay, failures = BACKOFF_MIN, 0
         while asyncio.current_task() is self._follower:  # else: stopped, or a new master
             self._opened, pause = False, delay
@@ -186,9 +190,9 @@ class Puller:
                 await self._watch(master)
             except Refused as e:
                 why, pause = str(e), REFUSED_RETRY
-                if why == "DENIED epoch":  # our epoch line lost the election: see _distrust
-                    self._distrust()
-                    why, pause = "our epoch is above the master's: it moves above it", 0.0
+                if why == "DENIED epoch":  # our epoch line lost the election: see _void
+                    await uncancellable(self._void())
+                    why, pause = "our epoch line lost the election: agreements voided", 0.0
             except BadProof:
                 why = "its OK did not prove the sync secret (not this group's master?)"
             except (OSError, EOFError, ValueError, TimeoutError) as e:
@@ -223,7 +227,8 @@ class Puller:
 
     async def _handshake(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> int:
-        mine, epoch, secret = random.token_hex(16), self.epochs.epoch, self.secrets.secret
+        mine, secret = random.token_hex(16), self.secrets.secret
+        epoch = 0 if self.voided else self.epochs.epoch
         writer.write(wire.hello(self.vhid, mine))
         theirs = wire.parse_challenge(await answer(reader))
         writer.write(wire.auth(epoch, wire.client_proof(secret, self.vhid, theirs, mine, epoch)))
@@ -233,16 +238,19 @@ class Puller:
             raise BadProof
         return master_epoch
 
-    def _distrust(self) -> None:
+    async def _void(self) -> None:
         """A master of a lower epoch won (a healed split brain): what our manifests say was
-        agreed was agreed in the losing epoch line, so the next pull keeps everything it
-        displaces as a conflict (the manifest is emptied first), then records the tree."""
+        agreed was agreed in the losing epoch line. They are emptied now (on disk: a restart
+        keeps it so), so the next pull keeps every file it displaces as a conflict, then
+        records the tree; until a pull adopts the master's epoch we offer epoch 0 (ours is
+        void), which the master accepts without moving again."""
         for p in self.paths.values():
-            if not p.distrust:
-                log.warning("Sync path %s (vhid %d): this node's epoch lost the election; its "
-                            "next pull keeps every file it replaces as a conflict", p.name,
-                            self.vhid, extra=fields(vhid=self.vhid, path=p.name))
-            p.distrust = p.record_all = True
+            log.warning("Sync path %s (vhid %d): this node's epoch %d lost the election; its "
+                        "next pull keeps every file it replaces as a conflict", p.name,
+                        self.vhid, self.epochs.epoch, extra=fields(vhid=self.vhid, path=p.name))
+            await asyncio.to_thread(forget_agreements, p.root)
+            p.record_all = True
+        self.voided = True
 
     def _open(self, master: Address, session: _Session) -> None:
         now = time.monotonic()
@@ -319,9 +327,6 @@ class Puller:
         result: RsyncResult | None = None
         try:
             private_dir(p.root)  # 0700 before rsync creates the displaced folder in it
-            if p.distrust:
-                await asyncio.to_thread(forget_agreements, p.root)
-                p.distrust = False
             argv = pull_argv(source_url(self.master, self.port, module_name(self.vhid, p.name)),
                              p.root, run, self.secrets.password_file)
             result = await run_rsync(argv, self.spawn)
@@ -336,7 +341,7 @@ class Puller:
                 p.sweep = True
                 self._changed()
         if result.ok and p.record_all:  # the tree is the master's now: all of it agreed
-            p.record_all = not await asyncio.to_thread(record_tree, p.root)
+            p.record_all = not await uncancellable(asyncio.to_thread(record_tree, p.root))
         if settled is None and result.ok:  # rsync did its part; ours failed: retry later
             result = RsyncResult(False, result.returncode, result.items,
                                  "displaced files or manifest not updated")
@@ -369,6 +374,7 @@ class Puller:
                          p.name, self.vhid, p.first_catch_up, result.items.bytes_received,
                          extra=fields(vhid=self.vhid, path=p.name))
             self.epochs.raise_to(s.master_epoch)
+            self.voided = False
             p.fresh.run_succeeded(now, gen)  # ignored by Freshness if the channel was renewed
             if s is self._session:  # generations are the connection's: only it may hear them
                 s.send(wire.synced(p.name, gen))

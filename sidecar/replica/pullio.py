@@ -4,13 +4,14 @@ what it received (a first or distrusted pull: the whole tree)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sidecar.core import syncwire as wire
-from sidecar.replica.manifest import Manifest, walk
+from sidecar.replica.manifest import PRIVATE, SYNCED, Manifest, walk
 
 log = logging.getLogger("carp-sidecar")
 
@@ -25,22 +26,32 @@ class BadProof(Exception):
 
 
 def forget_agreements(root: Path) -> None:
-    manifest = Manifest(root)
+    """Empty the manifest; one that cannot be written goes (its files removed): either way
+    nothing of it counts as agreed any more."""
     try:
-        manifest.replace_all([])
-    finally:
-        manifest.close()
+        manifest = Manifest(root)
+        try:
+            manifest.replace_all([])
+        finally:
+            manifest.close()
+    except (OSError, sqlite3.Error) as e:
+        log.error("Sync path %s: manifest unusable (%s): removed", root, e)
+        for name in ("manifest.db", "manifest.db-wal", "manifest.db-shm"):
+            with contextlib.suppress(OSError):
+                (root / PRIVATE / name).unlink()
 
 
 def record_tree(root: Path) -> bool:
-    """Record every file of the tree as agreed (after a first or distrusted pull); False if
-    the manifest could not be written (tried again after the next pull)."""
+    """Record every file of the tree as agreed (after a first or voided pull) and mark the
+    path as synced once (see VhidReplica._never_synced); False if the manifest could not be
+    written (tried again after the next pull)."""
     try:
         manifest = Manifest(root)
         try:
             manifest.replace_all(walk(root))
         finally:
             manifest.close()
+        (root / PRIVATE / SYNCED).touch()
     except (OSError, sqlite3.Error) as e:
         log.error("Sync path %s: manifest not recorded (%s)", root, e)
         return False

@@ -28,7 +28,7 @@ class Secrets:
         sweep(base)
         self.dir = Path(tempfile.mkdtemp(prefix=PREFIX, dir=base))
         self.secret = secret
-        self._write("pid", _identity(os.getpid()).encode())
+        self._write("pid", f"{_identity(os.getpid())} {_namespace()}".encode())
         self.password_file = self._write("rsync.pass", secret + b"\n")
         self.secrets_file = self._write("rsyncd.secrets", USER.encode() + b":" + secret + b"\n")
         self.daemon_config = self.dir / "rsyncd.conf"
@@ -72,8 +72,12 @@ def _orphan(d: Path, mtime: float) -> bool:
         pid = int(recorded[0])
     except (IndexError, ValueError):
         return time.time() - mtime > ORPHAN_AGE  # written in part: judged by age
-    # the start time guards against a reused pid (then the process named is another one)
-    return _identity(pid) != " ".join(recorded)
+    # the start time guards against a reused pid (then the process named is another one); a
+    # directory of another pid namespace (a container sharing /run or /tmp) is not ours to
+    # judge: its pid means nothing here
+    if len(recorded) > 2 and recorded[2] != _namespace():
+        return False
+    return _identity(pid) != " ".join(recorded[:2])
 
 
 def _identity(pid: int) -> str:
@@ -84,6 +88,13 @@ def _identity(pid: int) -> str:
         return ""
     # field 22 (starttime), counted after the command name's closing parenthesis
     return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "?"
 
 
 def _base() -> Path:

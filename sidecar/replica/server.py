@@ -211,6 +211,11 @@ class SyncServer:
             side.on_higher_epoch(epoch)
             self._refuse(writer, "epoch", wire.denied("epoch"))  # void its agreements: see Puller
             return None
+        if side.void is not None and side.void[0] <= epoch <= side.void[1]:
+            log.warning("sync: backup %s holds epoch %d, of the line that lost (VHID %d)",
+                        peer, epoch, side.vhid)
+            self._refuse(writer, "epoch", wire.denied("epoch"))
+            return None
         mine = wire.server_proof(self.secrets.secret, side.vhid, hello.nonce, nonce, side.epoch)
         writer.write(wire.ok(side.epoch, mine))
         return side

@@ -26,7 +26,7 @@ from sidecar.config.runconfig import RunConfig, Vhid
 from sidecar.core.machine import State
 from sidecar.core.replica import fresh, next_epoch
 from sidecar.replica.epoch import EpochStore
-from sidecar.replica.manifest import PRIVATE
+from sidecar.replica.manifest import PRIVATE, SYNCED
 from sidecar.replica.puller import Puller
 from sidecar.replica.rsync import Spawn
 from sidecar.replica.secret import Secrets, read_secret
@@ -67,6 +67,7 @@ class VhidReplica:
         self._server.allow(s.vhid, self.allowed)
         self._recheck: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None  # the last puller's close
+        self.void: tuple[int, int] | None = None  # epochs of a line that lost a healed split
         self._master_key: tuple[int, int] = (256, 256)  # the followed master's (advbase, skew)
         self._master_heard = 0.0  # monotonic
         self.closed = False
@@ -97,7 +98,7 @@ class VhidReplica:
         if src == self.master:
             self._master_key, self._master_heard = key, now
             return
-        if self.master is not None and key > self._master_key \
+        if self.master is not None and key >= self._master_key \
                 and now - self._master_heard < FOLLOW_GRACE:
             return
         self.master, self._master_key, self._master_heard = src, key, now
@@ -133,6 +134,7 @@ class VhidReplica:
 
     def _serve(self) -> None:
         self.side = MasterSide(self.s.vhid, self.epochs.epoch, self.paths, self._higher_epoch)
+        self.side.void = self.void
         self.owner.spawn(self._start_side(self.side, self._stopping))
 
     async def _start_side(self, side: MasterSide, puller_gone: asyncio.Task[None] | None
@@ -151,6 +153,9 @@ class VhidReplica:
             return
         if side is self.side:
             self._server.serve(side)
+            for path in self.paths.values():  # served once: never a new node again
+                with contextlib.suppress(OSError):
+                    (path / PRIVATE / SYNCED).touch()
         else:
             await side.close()
 
@@ -159,6 +164,9 @@ class VhidReplica:
         it accepts our data, and what it wrote alone becomes its conflicts, kept aside."""
         if self.side is None or epoch < self.epochs.epoch:
             return
+        lo = self.epochs.epoch + 1 if self.void is None else min(self.void[0],
+                                                                 self.epochs.epoch + 1)
+        self.void = (lo, epoch)
         self.epochs.raise_to(epoch + 1)
         self.m.epoch.set(self.epochs.epoch)
         log.warning("A backup of vhid %d holds epoch %d: serving as epoch %d from now on",
@@ -179,7 +187,7 @@ class VhidReplica:
             self.puller = Puller(self.s.vhid, self.paths, self.owner.config.sync_port,
                                  self.owner.secrets, self.epochs, self.m, self._changed,
                                  first_sync_free=self._never_synced(),
-                                 spawn=self.owner.process_spawn)
+                                 spawn=self.owner.process_spawn, after=self._stopping)
             self._recheck = self.owner.spawn(self._recheck_forever())
         if self.master is not None:
             self.puller.follow(self.master)
@@ -190,14 +198,14 @@ class VhidReplica:
         what it finds (before-first-sync) rather than calling it conflicts. A wiped state
         directory alone does not make a former master new: its manifests remain."""
         return self.epochs.epoch == 0 and not any(
-            (path / PRIVATE / "manifest.db").exists() for path in self.paths.values())
+            (path / PRIVATE / SYNCED).exists() for path in self.paths.values())
 
     def _stop_puller(self) -> None:
         if self._recheck is not None:
             self._recheck.cancel()
             self._recheck = None
-        if self.puller is not None:
-            self._stopping = self.owner.spawn(self.puller.close())
+        if self.puller is not None:  # closes run one after the other, never two on one tree
+            self._stopping = self.owner.spawn(_close_after(self._stopping, self.puller))
             self.puller = None
 
     # ---- the gate ----
@@ -223,6 +231,8 @@ class VhidReplica:
     async def close(self) -> None:
         self.closed = True
         self._stop_puller()
+        if self._stopping is not None:  # a reload's new replica must not pull beside it
+            await asyncio.gather(self._stopping, return_exceptions=True)
         self._leave_master()
         self.m.remove()
 
@@ -248,6 +258,12 @@ class VhidReplica:
                 "master": None if self.master is None else str(self.master),
                 "took_over_with_lag": None if math.isinf(self.took_over_with_lag)
                 else self.took_over_with_lag, "paths": paths}
+
+
+async def _close_after(before: asyncio.Task[None] | None, puller: Puller) -> None:
+    if before is not None:
+        await asyncio.gather(before, return_exceptions=True)
+    await puller.close()
 
 
 class Replication:

@@ -130,6 +130,9 @@ class MasterSide:
                  on_higher_epoch: Callable[[int], None], *,
                  confirmations: Callable[[], Confirmations] = _core_confirmations) -> None:
         self.vhid, self.epoch, self.paths = vhid, epoch, dict(paths)
+        # epochs a healed split brain made void (lo, hi): a backup still in one is told
+        # DENIED epoch (it empties its manifest and comes back), never taken as agreed
+        self.void: tuple[int, int] | None = None
         self.on_higher_epoch = on_higher_epoch
         self._watchers = {name: PathWatcher(root, self._batch_of(name))
                           for name, root in self.paths.items()}

@@ -265,3 +265,32 @@ def test_without_a_state_directory_the_epoch_lives_in_memory() -> None:
         lab.start_agent("b", **sync_env(lab, "b", CARP_ADVSKEW="100", CARP_STATE_DIR="off"))
         wait_for(lambda: replicated(lab, "b", "seed.txt", "seed\n"), 15, "seed on b")
         assert sync_status(lab, "a")["epoch"] == 1
+
+
+def test_a_healed_three_node_split_brain_keeps_what_the_losing_side_agreed_on() -> None:
+    """a is cut off (its adverts lost); b takes over, c follows b and confirms file X, so b
+    and c agree on it. On the heal a, the better advskew, stays master: X is in neither
+    tree any more, and both b and c keep it in their conflicts folders, never deleted."""
+    with Lab() as lab:
+        (data(lab, "a") / "seed.txt").write_text("seed\n")
+        lab.start_agent("a", **sync_env(lab, "a", CARP_ADVSKEW="0"))
+        wait_for(lambda: lab.state("a") == "MASTER", 10, "a MASTER")
+        lab.start_agent("b", **sync_env(lab, "b", CARP_ADVSKEW="50"))
+        lab.start_agent("client", **sync_env(lab, "client", CARP_ADVSKEW="100"))
+        for node in ("b", "client"):
+            wait_for(lambda n=node: replicated(lab, n, "seed.txt", "seed\n"), 15, f"seed on {node}")
+        lab.topo.block_carp("a")
+        wait_for(lambda: lab.state("b") == "MASTER", 10, "b MASTER in the split")
+        (data(lab, "b") / "x.txt").write_text("written on b, agreed by c\n")
+        wait_for(lambda: replicated(lab, "client", "x.txt", "written on b, agreed by c\n"), 15,
+                 "x.txt on c")
+        time.sleep(1)  # c's confirmation reaches b: b and c agree on x.txt
+        lab.topo.block_carp("a", blocked=False)
+        wait_for(lambda: lab.state("b") == "BACKUP", 10, "b BACKUP after the heal")
+        for node in ("b", "client"):
+            wait_for(lambda n=node: not (data(lab, n) / "x.txt").exists(), 20,
+                     f"x.txt out of {node}'s tree (a's tree wins)")
+            wait_for(lambda n=node: any(c.endswith("/x.txt") for c in conflicts(lab, n)), 10,
+                     f"x.txt kept in {node}'s conflicts")
+        assert lab.state("a") == "MASTER"
+        assert metric(lab, "a", "carp_sync_refused_total", reason="epoch") == 2

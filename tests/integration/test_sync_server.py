@@ -373,11 +373,17 @@ def test_a_backup_with_a_higher_epoch_moves_the_master_on(master: Master) -> Non
     ch.close()
     assert master.higher == [9]
     side = master.loop.call(lambda: master.new_side(epoch=10))
+    side.void = (4, 9)  # what the agent records when it moves from 3 past 9 (service.py)
     master.loop.run(side.start())
     master.loop.call(lambda: master.server.serve(side))
+    # a second backup of the losing line is told too (it voids its agreements) ...
     ch = Channel(master.net.connect(master.port, master.net.member))
-    try:
-        assert ch.handshake(epoch=9).startswith(b"OK 10 ")
+    assert ch.handshake(epoch=9) == b"DENIED epoch\n"
+    ch.close()
+    assert master.higher == [9]  # ... without moving the master again
+    ch = Channel(master.net.connect(master.port, master.net.member))
+    try:  # and comes back offering epoch 0 (its line is void)
+        assert ch.handshake(epoch=0).startswith(b"OK 10 ")
     finally:
         ch.close()
         master.loop.run(side.close())

@@ -158,3 +158,15 @@ def test_secret_copies_of_a_process_that_is_gone_are_swept(tmp_path: Path) -> No
     finally:
         live.remove()
     assert not live.dir.exists()
+
+
+def test_secret_copies_of_another_pid_namespace_are_left_alone(tmp_path: Path) -> None:
+    """A container sharing /run (or /tmp): its pid means nothing here, its agent may live."""
+    foreign = tmp_path / "carp-sync-foreign"
+    foreign.mkdir()
+    (foreign / "pid").write_text("1 12345 pid:[1]")  # pid 1 of another namespace
+    ours = tmp_path / "carp-sync-ours"
+    ours.mkdir()
+    (ours / "pid").write_text(f"1 12345 {os.readlink('/proc/self/ns/pid')}")  # not our pid 1
+    assert sweep(tmp_path) == [ours]
+    assert foreign.exists()
