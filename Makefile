@@ -26,7 +26,9 @@ help: ## list targets
 .stamp-apt .stamp-apt-demo: Makefile
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt-get and network namespaces)"; exit 2; fi
 	@# The host's services are never touched: packages are installed with a policy-rc.d that
-	@# forbids starting services, and nothing is stopped, disabled or masked. The tests and
+	@# forbids starting services, and nothing is stopped, disabled or masked; a host Apache's
+	@# enabled modules are put back as they were (libapache2-mod-php switches its MPM to
+	@# prefork and enables PHP: the lab's Apache loads its own modules). The tests and
 	@# the lab run their own Apache, ucarp, keepalived and Prometheus in network namespaces.
 	@missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	$(if $(KUBECTL),command -v kubectl >/dev/null || missing="$$missing $(KUBECTL)";) \
@@ -34,9 +36,12 @@ help: ## list targets
 	  echo "installing Debian packages (their services not started): $$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; policy=$(POLICY_RC_D); ours=; \
 	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; ours=1; fi; \
+	  mods=/etc/apache2/mods-enabled; kept=$$(mktemp -d); \
+	  [ -d $$mods ] && cp -a $$mods/. $$kept/; \
 	  apt-get -o DPkg::Lock::Timeout=300 update -qq && \
 	  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  status=$$?; [ -n "$$ours" ] && rm -f $$policy; \
+	  if [ -n "$$(ls -A $$kept)" ]; then rm -f $$mods/*; cp -a $$kept/. $$mods/; fi; rm -rf $$kept; \
 	  [ $$status = 0 ] || exit $$status; \
 	fi
 	@touch $@
