@@ -35,7 +35,7 @@ def test_blackbox_exporter_in_the_client_namespace_sees_the_outage_of_a_dead_mas
     start_blackbox(lab.topo, lab.dir)
     wait_for(lambda: probe_success(lab) == "1", 15, "the exporter reaching the VIP")
     start_prometheus(lab)  # with the blackbox-vip job, as deploy/prometheus/prometheus.yml
-    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+    wait_for(lambda: "Ready" in (lab.get("client", "http://127.0.0.1:9090/-/ready") or ""), 20,
              "Prometheus ready")
     wait_for(lambda: query(lab, 'probe_success{job="blackbox-vip"} == 1'), 20,
              "Prometheus scraping the probe")

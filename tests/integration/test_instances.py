@@ -166,7 +166,7 @@ def test_prometheus_and_alert_rules_with_three_vhids(lab: Lab) -> None:
 
     start_pair(lab)
     start_prometheus(lab)
-    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+    wait_for(lambda: "Ready" in (lab.get("client", "http://127.0.0.1:9090/-/ready") or ""), 20,
              "Prometheus ready")
     wait_for(lambda: len(query(lab, 'up{job="carp-sidecar"} == 1')) == 2, 30, "both targets up")
     time.sleep(3)

@@ -71,7 +71,7 @@ def test_prometheus_sees_failover_and_split_brain(lab: Lab) -> None:
     drained = lab.dir / "b-maintenance"
     lab.start_agent("b", CARP_ADVSKEW="100", CARP_MAINTENANCE_FILE=str(drained))
     start_prometheus(lab)
-    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+    wait_for(lambda: "Ready" in (lab.get("client", "http://127.0.0.1:9090/-/ready") or ""), 20,
              "Prometheus ready")
     wait_for(lambda: len(query(lab, 'up{job="carp-sidecar"} == 1')) == 2, 20, "both targets up")
     wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
@@ -126,7 +126,7 @@ def test_flapping_counts_cable_pulls_never_demote_promote_cycles(lab: Lab) -> No
     lab.start_agent("a", CARP_PREEMPT="true")
     lab.start_agent("b", CARP_ADVSKEW="100")
     start_prometheus(lab)
-    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+    wait_for(lambda: "Ready" in (lab.get("client", "http://127.0.0.1:9090/-/ready") or ""), 20,
              "Prometheus ready")
     wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
     cli = [sys.executable, "-m", "sidecar.tools.cli"]
@@ -177,7 +177,7 @@ def test_two_clusters_that_both_use_vhid_1_are_no_split_brain(lab: Lab) -> None:
                        log=lab.dir / f"{node}2.log", env=env)
     start_prometheus(lab, ("172.16.0.11:9655", "172.16.0.12:9655", "172.16.0.11:9656",
                            "172.16.0.12:9656"))
-    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+    wait_for(lambda: "Ready" in (lab.get("client", "http://127.0.0.1:9090/-/ready") or ""), 20,
              "Prometheus ready")
     wait_for(lambda: len(query(lab, "carp_is_master == 1")) == 2, 20,
              "two masters scraped, one per cluster")

@@ -25,7 +25,7 @@ def test_master_unscraped_is_a_scrape_warning_and_every_agent_down_an_alert(lab:
              "node-a MASTER, node-b BACKUP")
     # node-a's scrape fails (nothing listens on that port) while it serves the VIP
     start_prometheus(lab, targets=("172.16.0.11:9656", "172.16.0.12:9655"))
-    wait_for(lambda: lab.get("client", "http://127.0.0.1:9090/-/ready") is not None, 20,
+    wait_for(lambda: "Ready" in (lab.get("client", "http://127.0.0.1:9090/-/ready") or ""), 20,
              "Prometheus ready")
     wait_for(lambda: query(lab, 'up{instance="172.16.0.12:9655"} == 1'), 20, "node-b scraped")
     wait_for(lambda: alerts(lab, "CarpSidecarDown"), 10, "CarpSidecarDown pending for node-a")
