@@ -15,8 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from sidecar.config.sync import read_sync_secret
-
 USER = "carp"  # the rsync daemon's auth user (the secret is what authenticates)
 PREFIX = "carp-sync-"
 ORPHAN_AGE = 3600.0  # s: a directory with no pid file (one being made has none for a moment)
@@ -99,9 +97,3 @@ def _namespace() -> str:
 
 def _base() -> Path:
     return Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir())
-
-
-def read_secret(path: Path) -> bytes:
-    """The start-up check's own rule (one rule): ValueError naming CARP_SYNC_SECRET_FILE, never
-    showing the secret."""
-    return read_sync_secret(path)

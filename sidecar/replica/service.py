@@ -23,13 +23,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sidecar.config.runconfig import RunConfig, Vhid
+from sidecar.config.sync import read_sync_secret
 from sidecar.core.machine import State
 from sidecar.core.replica import fresh, next_epoch
 from sidecar.replica.epoch import EpochStore
 from sidecar.replica.manifest import PRIVATE, SYNCED
 from sidecar.replica.puller import Puller
 from sidecar.replica.rsync import Spawn
-from sidecar.replica.secret import Secrets, read_secret
+from sidecar.replica.secret import Secrets
 from sidecar.replica.server import SyncServer
 from sidecar.replica.watcher import MasterSide
 from sidecar.serve.syncmetrics import SyncFamilies, SyncMetrics
@@ -276,7 +277,7 @@ class Replication:
         assert config.sync_secret_file is not None  # the configuration requires it
         # process_spawn: the agent's, which a PID 1 reaper knows not to reap under asyncio
         self.config, self.spawn, self.process_spawn = config, spawn, process_spawn
-        self.secrets = Secrets(read_secret(config.sync_secret_file))
+        self.secrets = Secrets(read_sync_secret(config.sync_secret_file))  # the start-up check's rule
         self.families = SyncFamilies(registry)
         self.servers: dict[Address, SyncServer] = {}
         self.vhids: dict[str, VhidReplica] = {}

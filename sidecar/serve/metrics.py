@@ -330,14 +330,7 @@ class InstanceMetrics:
     def remove(self) -> None:
         """A reload removed the instance: none of its series may linger (a VHID with only
         non-master series left would raise CarpNoMaster)."""
-        lb = self._key
-        for family in vars(self.family).values():
-            if not isinstance(family, Counter | Gauge | Histogram):
-                continue
-            # prometheus_client lists a family's children only in its private _metrics
-            children = getattr(family, "_metrics", None)  # absent: a family without labels
-            for values in [v for v in list(children or ()) if v[:len(lb)] == lb]:
-                family.remove(*values)
+        remove_series(vars(self.family).values(), self._key)
 
     def set_vips(self, vips: Iterable[str]) -> None:
         """A reload changed the VIP list: series for the new ones (at 0 until netlink says),
@@ -367,3 +360,15 @@ class InstanceMetrics:
     def value(self, name: str, **labels: str) -> int:
         """A counter read back from the registry (for /status: it never disagrees)."""
         return int(self.family.registry.get_sample_value(name, {**self.labels, **labels}) or 0)
+
+
+def remove_series(families: Iterable[object], key: tuple[str, ...]) -> None:
+    """Remove every child of ``families`` whose leading label values are ``key`` (one
+    instance's series, whatever labels follow)."""
+    for family in families:
+        if not isinstance(family, Counter | Gauge | Histogram):
+            continue
+        # prometheus_client lists a family's children only in its private _metrics
+        children = getattr(family, "_metrics", None)  # absent: a family without labels
+        for values in [v for v in list(children or ()) if v[:len(key)] == key]:
+            family.remove(*values)

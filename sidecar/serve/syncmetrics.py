@@ -7,10 +7,11 @@ the same on every node) so every series exists from the start, counters at 0.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sidecar.serve.metrics import remove_series
 
 RUN_RESULTS = ("ok", "failed", "fenced")  # fenced: the master's epoch is below ours
 # epoch: a backup of a higher epoch, told to void its agreements (a healed split brain);
@@ -66,16 +67,4 @@ class SyncMetrics:
 
     def remove(self) -> None:
         """Drop this instance's series (the instance or its paths are gone after a reload)."""
-        f, lb = self.family, tuple(self.labels.values())
-        for g in (f.epoch, f.fresh, f.takeover_lag):
-            _forget(g, lb)
-        for name in self.paths:
-            for fam in (f.lag, f.last_success, f.bytes, f.conflicts):
-                _forget(fam, (*lb, name))
-            for r in RUN_RESULTS:
-                _forget(f.runs, (*lb, name, r))
-
-
-def _forget(family: Gauge | Counter, values: tuple[str, ...]) -> None:
-    with contextlib.suppress(KeyError):
-        family.remove(*values)
+        remove_series(vars(self.family).values(), tuple(self.labels.values()))
