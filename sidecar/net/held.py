@@ -57,7 +57,7 @@ def reserve_for(vips: int) -> int:
     return max(MIN_RESERVED_BYTES, 2 * vips * ENTRY_BYTES + 512)
 
 
-def _identity() -> dict[str, Any]:
+def identity() -> dict[str, Any]:
     """Addresses do not survive a reboot, and an index means nothing in another namespace."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -89,7 +89,7 @@ class HeldVips:
         # locked before it has its final name: a sweeper never sees it unlocked
         self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.path = directory / f"{name}.json"
-        self._identity = _identity()
+        self._identity = identity()
         # (index, address, prefix) -> the entry, encoded once: a write joins them
         self._held: dict[tuple[int, str, int], str] = {}
         self._prefixes: dict[tuple[int, str], list[int]] = {}  # a removal finds its keys at once
@@ -192,7 +192,7 @@ def sweep(state_dir: Path, untrusted: list[str] | None = None) -> list[tuple[str
         paths = sorted(held.glob("*.json")) + sorted(held.glob(".*.tmp"))
     except OSError:
         return removed
-    me = _identity()
+    me = identity()
     for path in paths:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)

@@ -168,3 +168,48 @@ def link(name: str) -> tuple[int, int, bytes] | None:
         except OSError:  # gone meanwhile
             return None
     return found[0], found[1], _IFREQ_HWADDR.unpack(reply)[2][:6]
+
+
+NLM_F_REPLACE = 0x100
+IFA_CACHEINFO, IFA_FLAGS = 6, 8
+IFA_F_NODAD = 0x02
+FOREVER = 0xFFFFFFFF
+_CACHEINFO = struct.Struct("=IIII")  # ifa_cacheinfo: preferred, valid, cstamp, tstamp
+
+
+def lifetime_request(index: int, address: str, prefixlen: int, seconds: int | None,
+                     seq: int = 1) -> bytes:
+    """RTM_NEWADDR with NLM_F_REPLACE: the address's valid and preferred lifetimes set to
+    ``seconds`` (None: forever), nothing else of it changed (its label stays)."""
+    ip = ip_address(address)
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    life = FOREVER if seconds is None else max(1, min(int(seconds), FOREVER - 1))
+    body = _IFADDR.pack(family, prefixlen, 0, 0, index)
+    body += _attr(IFA_LOCAL, ip.packed) + _attr(IFA_ADDRESS, ip.packed)
+    body += _attr(IFA_CACHEINFO, _CACHEINFO.pack(life, life, 0, 0))
+    if ip.version == 6:  # a replace sets the flags anew: keep the VIP's
+        body += _attr(IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
+    return HEADER.pack(HEADER.size + len(body), RTM_NEWADDR,
+                       NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE, seq, 0) + body
+
+
+def set_lifetimes(vips: list[tuple[int, str, int]], seconds: int | None) -> list[str]:
+    """Give each (ifindex, address, prefix length) a kernel lifetime (None: forever again),
+    one burst on one socket; the problems, one line each. A replace *adds* an address that is
+    missing (IPv4): pass only addresses found on the interface."""
+    problems: list[str] = []
+    if not vips:
+        return problems
+    with open_socket(blocking=True) as s:
+        s.settimeout(2)
+        s.send(b"".join(lifetime_request(i, a, p, seconds, seq)
+                        for seq, (i, a, p) in enumerate(vips, start=1)))
+        pending = set(range(1, len(vips) + 1))
+        while pending:
+            for seq, code in acknowledgements(s.recv(65536)):
+                if seq in pending:
+                    pending.discard(seq)
+                    if code and code not in (errno.ENODEV, errno.EADDRNOTAVAIL):
+                        _i, a, p = vips[seq - 1]
+                        problems.append(f"{a}/{p}: {errno.errorcode.get(code, code)}")
+    return problems
