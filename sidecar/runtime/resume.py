@@ -23,6 +23,7 @@ Standard library only: ``carp-sidecar run`` reads it before validating (sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -187,10 +188,8 @@ def read_state_dir(state_dir: Path) -> ResumeRecord | None:
 
 def discard_state_dir(state_dir: Path) -> None:
     """A record is used once: the process that read it (resumed or not) deletes it."""
-    try:
+    with contextlib.suppress(OSError):
         (state_dir / RESUME_FILE).unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def _opt_float(v: Any) -> float | None:
