@@ -71,7 +71,7 @@ class ResumeRecord:
     boot_id: str
     netns: int
     until: float  # CLOCK_MONOTONIC: not resumed after this
-    restarts: int  # carp_restarts_total before this restart (this one adds one)
+    restarts: dict[str, int]  # carp_restarts_total so far, by "kind/result" (carried over)
     started: float  # Unix time the old process started
     instances: list[ResumedInstance]
     checks: dict[str, ResumedCheck] = field(default_factory=dict)
@@ -100,7 +100,7 @@ class ResumeRecord:
                       for k, v in doc.get("checks", {}).items()}
             record = cls(kind=str(doc["kind"]), pid=int(doc["pid"]), version=str(doc["version"]),
                          boot_id=str(doc["boot_id"]), netns=int(doc["netns"]),
-                         until=float(doc["until"]), restarts=int(doc["restarts"]),
+                         until=float(doc["until"]), restarts={str(k): int(v) for k, v in doc["restarts"].items()},
                          started=float(doc["started"]), instances=instances, checks=checks,
                          keeper_fd=_opt_int(doc.get("keeper_fd")),
                          keeper_pid=_opt_int(doc.get("keeper_pid")))
