@@ -100,7 +100,8 @@ class ResumeRecord:
                       for k, v in doc.get("checks", {}).items()}
             record = cls(kind=str(doc["kind"]), pid=int(doc["pid"]), version=str(doc["version"]),
                          boot_id=str(doc["boot_id"]), netns=int(doc["netns"]),
-                         until=float(doc["until"]), restarts={str(k): int(v) for k, v in doc["restarts"].items()},
+                         until=float(doc["until"]),
+                         restarts={str(k): int(v) for k, v in doc["restarts"].items()},
                          started=float(doc["started"]), instances=instances, checks=checks,
                          keeper_fd=_opt_int(doc.get("keeper_fd")),
                          keeper_pid=_opt_int(doc.get("keeper_pid")))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from sidecar.net.held import HeldVips, _identity, reserve_for, sweep
+from sidecar.net.held import HeldVips, identity, reserve_for, sweep
 from sidecar.net.netlink import Netlink
 from sidecar.net.rtmsg import (
     RTM_DELADDR,
@@ -171,7 +171,7 @@ def test_a_record_that_cannot_be_created_is_an_oserror_and_leaves_nothing(tmp_pa
 def _write_record(state: Path, held: list[object], crc: bool = True) -> Path:
     (state / "held").mkdir(exist_ok=True)
     path = state / "held" / "123-deadbeef.json"
-    doc: dict[str, object] = dict(_identity(), held=held)
+    doc: dict[str, object] = dict(identity(), held=held)
     if crc:
         doc["crc"] = zlib.crc32(json.dumps(held, separators=(",", ":")).encode())
     path.write_text(json.dumps(doc))
@@ -243,7 +243,7 @@ def test_the_reservation_fits_the_configuration_and_grows_on_a_reload(tmp_path: 
     the 256 KiB reserved before."""
     entry = [4294967295, "x" * 15, str(IPv6Interface("ffff:ffff::1:2:3:4/128").ip), 128]
     worst = [[*entry[:2], "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255", 128]] * 4080
-    doc = dict(_identity(), crc=4294967295, held=worst)
+    doc = dict(identity(), crc=4294967295, held=worst)
     assert len(json.dumps(doc, separators=(",", ":"))) <= reserve_for(4080)
     held = HeldVips(tmp_path, reserve_for(2))
     assert held.path.stat().st_size == reserve_for(2)
