@@ -33,6 +33,9 @@ class Reason(StrEnum):
     STOP = "stop"
     # the preempt a node's replicas held back (sync_behind), once they caught up: planned
     SYNC_CAUGHT_UP = "sync_caught_up"
+    # MASTER where the agent's previous process left it (a restart without a move): why a
+    # session is master, never a transition's reason (nothing moved)
+    RESUMED = "resumed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,20 @@ class Params:
             raise ValueError("garp_repeat must be at least 1")
         if self.preempt_delay < 0:
             raise ValueError("preempt_delay cannot be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What the agent's previous process left of this VHID (a restart without a move,
+    sidecar.runtime.resume): ``master``, it was MASTER and its VIPs are still in place;
+    ``next_advert``, when its next advert is due in the session's clock (None: at once);
+    ``counter``, the last advert counter it (or its keeper) sent, so ours go on above it;
+    ``master_since``, Unix time it became MASTER (for /status)."""
+
+    master: bool
+    next_advert: float | None = None
+    counter: int | None = None
+    master_since: float | None = None
 
 
 # ---- actions (what the caller must do, in order) ----
@@ -101,6 +118,15 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
+class Resumed:
+    """The machine started in ``state`` where the previous process left it: nothing moved (no
+    VIP added, no GARP, no script, no transition counted). ``master_since``: Unix, if known."""
+
+    state: State
+    master_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Stopped:
     """The instance has finished stopping: nothing more will come from it."""
 
@@ -115,7 +141,7 @@ class Conflict:
     announce: bool
 
 
-Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Conflict | Stopped
+Action = SendAdvert | AddVip | DropVip | SendGarp | Transition | Resumed | Conflict | Stopped
 
 # The moves of the VIP nobody planned, each counted once: a backup that took over because the
 # master fell silent (it died, lost its link or its adverts: it may not be able to say so) and

@@ -8,6 +8,11 @@ from __future__ import annotations
 US = 1_000_000
 
 
+def to_us(seconds: float) -> int:
+    """Seconds as the integer µs the machine's deadlines are kept in."""
+    return round(seconds * US)
+
+
 def skew_us(advskew: int) -> int:
     return advskew * US // 256
 

@@ -69,7 +69,6 @@ Rules beyond ucarp, each because a sidecar needs it:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from sidecar.core.actions import (
@@ -86,9 +85,10 @@ from sidecar.core.actions import (
     Stopped,
     Transition,
 )
-from sidecar.core.intervals import US, advert_interval_us, skew_us
-from sidecar.core.pacing import SYNC_BEHIND_SKEW, AdvertCounter, GarpPacer, Grace, Timing, le_order
+from sidecar.core.intervals import US, advert_interval_us, skew_us, to_us
+from sidecar.core.pacing import SYNC_BEHIND_SKEW, le_order
 from sidecar.core.protocol import BOW_OUT
+from sidecar.core.steps import Steps
 
 __all__ = [  # the vocabulary is imported from here too
     "STEP_DOWN_PAUSE", "SUCCESSOR_WAIT", "SYNC_BEHIND_SKEW", "UNSPECIFIED", "US", "Action",
@@ -101,114 +101,7 @@ STEP_DOWN_PAUSE = 3.0  # s ucarp sleeps after SIGUSR2 before listening again
 BOW_OUT_KEY = (BOW_OUT, skew_us(BOW_OUT))  # the comparison key of a bow-out advert
 
 
-class _Steps(Timing):
-    """A VHID's state and its steps (after ucarp's / BSD's functions); events: Machine."""
-
-    def __init__(self, params: Params, rng: Callable[[], int]) -> None:
-        self.params = params
-        self.state = State.INIT
-        self.maintenance = False  # demoted by an operator
-        self.healthy = True  # the co-located service passes its checks
-        self.link_up = True
-        self.can_advertise = True  # our adverts can leave: source address present, sends work
-        self._stop_at: int | None = None  # µs; set while a MASTER waits for its successor
-        self._counter = AdvertCounter(rng, params.strict)
-        self._advert_at: int | None = None  # deadlines in integer µs
-        self._master_down_at: int | None = None
-        self._master_down_reason = Reason.MASTER_DOWN
-        self._master_down_peer: IPv4Address | None = None
-        self._preempt_after = 0  # µs: no preemption before this (start, link back)
-        self._vip_undecided = False  # neutral start: a VIP found in place is neither ours nor not
-        self._master_interval_us: int | None = None  # the master's, as last advertised
-        self._garps = GarpPacer()
-        self.grace = Grace()  # a MASTER that cannot advertise, until its backups take over
-        self._master_since: int | None = None  # µs
-        self._quiet_until = 0  # µs: no conflict GARP / log line before this
-        self._paused_until = 0  # µs: after a step down, no takeover of any kind before this
-        self.sync_behind = False  # replicated paths not fresh: see set_sync_behind
-        self._preempt_held = False  # sync_behind held a preempt back: the next one is caught up
-        self._armed_at = 0  # µs: when the master-down (or handover) wait began
-
-    @property
-    def demoted(self) -> bool:
-        return self.maintenance or not self.healthy
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop_at is not None
-
-    def next_deadline(self) -> float | None:
-        """When :meth:`timer_expired` wants to be called, in the caller's clock (seconds)."""
-        deadline = next((d for d in (self._stop_at, self._advert_at, self._master_down_at,
-                                     self.grace.until) if d is not None), None)
-        return None if deadline is None else deadline / US
-
-    # ---- steps ----
-    @property
-    def _link_usable(self) -> bool:
-        return (self.link_up or self.params.ignoreifstate) and self.can_advertise
-
-    def _finish_stop(self) -> list[Action]:
-        self._stop_at = None
-        self.state = State.INIT
-        self._master_since = None
-        return [DropVip(), Transition(State.MASTER, State.INIT, Reason.STOP), Stopped()]
-
-    @property
-    def _preempt_reason(self) -> Reason:
-        return Reason.SYNC_CAUGHT_UP if self._preempt_held else Reason.PREEMPT
-
-    def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
-        old = self.state
-        self._vip_undecided = False
-        self._preempt_held = False
-        self.state = State.MASTER
-        self._master_since = _us(now)
-        self._master_down_at = None
-        self._garps.start(self.params.garp_repeat)
-        actions: list[Action] = [Transition(old, State.MASTER, reason, peer), AddVip(), SendGarp()]
-        actions.append(self._advert())
-        self._advert_at = _us(now) + self.advert_interval_us
-        return actions
-
-    def _periodic_advert(self, now: float) -> list[Action]:
-        actions: list[Action] = [self._advert()]
-        self._advert_at = _us(now) + self.advert_interval_us
-        if self._garps.after_advert():
-            actions.append(SendGarp())
-        return actions
-
-    def _leave_master(self, reason: Reason, peer: IPv4Address | None = None) -> list[Action]:
-        self.state = State.BACKUP
-        self._master_since = None
-        self._advert_at = None
-        self._garps.stop()
-        self.grace.end()
-        return [DropVip(), Transition(State.MASTER, State.BACKUP, reason, peer)]
-
-    def _hand_over(self, now: float, reason: Reason) -> list[Action]:
-        """Leaving on purpose: a bow-out makes a backup take over at once (in grace: silently)."""
-        if self.grace.active:
-            return self._leave_master(reason)
-        actions: list[Action] = [self._bow_out_advert(), *self._leave_master(reason)]
-        self._arm_master_down(now)
-        return actions
-
-    def _arm_master_down(self, now: float) -> None:
-        self._advert_at = None
-        self._armed_at = _us(now)
-        # a step-down's pause holds whatever armed the timer (a link or an address back)
-        self._master_down_at = max(self._armed_at + self.master_down_wait_us, self._paused_until)
-        self._master_down_reason, self._master_down_peer = Reason.MASTER_DOWN, None
-
-    def _advert(self) -> SendAdvert:
-        return SendAdvert(self.params.advbase, self.params.advskew, self._counter.next())
-
-    def _bow_out_advert(self) -> SendAdvert:
-        return SendAdvert(BOW_OUT, BOW_OUT, self._counter.next(), handover=True)
-
-
-class Machine(_Steps):
+class Machine(Steps):
     """One CARP virtual host (vhid) on one interface."""
 
     # ---- events ----
@@ -217,7 +110,7 @@ class Machine(_Steps):
             return []
         actions: list[Action] = [Transition(State.INIT, State.BACKUP, Reason.STARTUP)]
         self.state = State.BACKUP
-        self._preempt_after = _us(now) + _us(self.params.preempt_delay)
+        self._preempt_after = to_us(now) + to_us(self.params.preempt_delay)
         if not self.params.neutral:
             actions.append(DropVip())
         self._vip_undecided = self.params.neutral
@@ -226,7 +119,7 @@ class Machine(_Steps):
         return actions
 
     def timer_expired(self, now: float) -> list[Action]:
-        t = _us(now)
+        t = to_us(now)
         if self._stop_at is not None:
             return self._finish_stop() if t >= self._stop_at else []
         if self._master_down_at is not None and t >= self._master_down_at:
@@ -259,7 +152,7 @@ class Machine(_Steps):
         """Carrier change (ignored with ``ignoreifstate``), or with ``force`` the interface
         itself vanishing or returning, which no setting can ignore."""
         if up and not self.link_up:
-            self._preempt_after = _us(now) + _us(self.params.preempt_delay)
+            self._preempt_after = to_us(now) + to_us(self.params.preempt_delay)
         self.link_up = up
         if self._stop_at is not None and not up and (force or not self.params.ignoreifstate):
             return self._finish_stop()  # nobody can hear us any more: no point waiting
@@ -290,14 +183,14 @@ class Machine(_Steps):
         if not ok:
             if self.state is State.MASTER:  # see Grace
                 # from our last advert, or our takeover if none of this mastership has left
-                since = max(_us(now if last_sent is None else last_sent), self._master_since or 0)
+                since = max(to_us(now if last_sent is None else last_sent), self._master_since or 0)
                 until = since + self.master_down_interval_us
                 self.grace.start(until, self._advert_at)
             self._advert_at = self._master_down_at = None
             return self.timer_expired(now)  # the backups' wait may be over already
         if self.grace.active:  # back in time: on with the advert that was due
-            self._advert_at = self.grace.end() or _us(now)
-            return self._periodic_advert(now) if _us(now) >= self._advert_at else []
+            self._advert_at = self.grace.end() or to_us(now)
+            return self._periodic_advert(now) if to_us(now) >= self._advert_at else []
         if self._link_usable and self._master_down_at is None and self._advert_at is None:
             self._arm_master_down(now)
         return []
@@ -341,7 +234,7 @@ class Machine(_Steps):
         if self.state is not State.MASTER or self._stop_at is not None:
             return []
         actions = self._hand_over(now, Reason.STEP_DOWN)
-        t = self._paused_until = _us(now) + _us(pause)
+        t = self._paused_until = to_us(now) + to_us(pause)
         self._preempt_after = max(self._preempt_after, t)
         if self._master_down_at is not None:
             self._master_down_at = max(self._master_down_at, t)
@@ -350,7 +243,7 @@ class Machine(_Steps):
     def reannounce(self, now: float) -> list[Action]:
         """Clients may have the VIP on another MAC (an ARP for it from another host, a former
         master gone quiet): a MASTER sends a GARP, at most once per advert interval."""
-        t = _us(now)
+        t = to_us(now)
         if self.state is not State.MASTER or t < self._quiet_until:
             return []
         self._quiet_until = t + self.advert_interval_us
@@ -362,7 +255,7 @@ class Machine(_Steps):
             return []
         if old is State.MASTER and self._link_usable:
             self._advert_at = self._master_down_at = None
-            self._stop_at = _us(now) + _us(successor_wait)
+            self._stop_at = to_us(now) + to_us(successor_wait)
             return [self._bow_out_advert()]
         actions: list[Action] = [DropVip()] if old is State.MASTER else []
         self.grace.end()
@@ -391,7 +284,7 @@ class Machine(_Steps):
         """We stay MASTER over a worse one. Unauthenticated fields (source, skew) make this
         reachable by replays at line rate, so what it costs us (GARPs, log lines) is limited
         to once per advert interval."""
-        t = _us(now)
+        t = to_us(now)
         actions: list[Action] = []
         settled = self._master_since is not None and t - self._master_since > self.advert_interval_us
         quiet = t < self._quiet_until
@@ -405,7 +298,7 @@ class Machine(_Steps):
 
     def _backup_hears(self, now: float, src: IPv4Address, remote: tuple[int, int]) -> list[Action]:
         preempt_later = False
-        if _us(now) < self._paused_until:  # stepped down: listening, not competing
+        if to_us(now) < self._paused_until:  # stepped down: listening, not competing
             self._arm_master_down(now)
             self._master_down_at = max(self._master_down_at or 0, self._paused_until)
             return []
@@ -414,7 +307,7 @@ class Machine(_Steps):
                 self._preempt_held = False  # this master is not one to preempt
             elif self.sync_behind:
                 self._preempt_held = True  # after the catch-up: reason sync_caught_up
-            elif _us(now) >= self._preempt_after:
+            elif to_us(now) >= self._preempt_after:
                 return self._become_master(now, self._preempt_reason, src)
             else:
                 preempt_later = True  # a bow-out below still hands over at once
@@ -423,7 +316,7 @@ class Machine(_Steps):
                 if remote == BOW_OUT_KEY and self.wait_skew:
                     # Handover: the best backup (least skew) fires first and its advert
                     # re-arms the others, so one handover makes one transition.
-                    self._armed_at = _us(now)
+                    self._armed_at = to_us(now)
                     self._master_down_at = self._armed_at + self.handover_wait_us
                     self._master_down_reason, self._master_down_peer = Reason.HANDOVER, None
                     return []
@@ -444,7 +337,3 @@ class Machine(_Steps):
 
 def _timeout_reason(remote: tuple[int, int]) -> Reason:
     return Reason.HANDOVER if remote == BOW_OUT_KEY else Reason.MASTER_TIMEOUT
-
-
-def _us(seconds: float) -> int:
-    return round(seconds * US)
