@@ -13,6 +13,8 @@ is better. Equal keys between two masters are broken by ucarp's little-endian ad
 Transition table (state, event -> new state: actions) — the rows the tests are named after:
 
   INIT    start                        -> BACKUP: DropVip (unless neutral), arm master-down
+  INIT    start resuming a MASTER      -> MASTER: Resumed, SendAdvert when due; no AddVip, Garp
+          (a restart without a move)      or transition (demoted: bows out at once)
   BACKUP  advert after a neutral start -> BACKUP: DropVip once (a VIP left in place at start
                                           goes when another master is heard instead)
   BACKUP  master-down timer            -> MASTER: AddVip, Garp, SendAdvert, arm advert timer
@@ -79,6 +81,8 @@ from sidecar.core.actions import (
     DropVip,
     Params,
     Reason,
+    Resume,
+    Resumed,
     SendAdvert,
     SendGarp,
     State,
@@ -92,8 +96,8 @@ from sidecar.core.steps import Steps
 
 __all__ = [  # the vocabulary is imported from here too
     "STEP_DOWN_PAUSE", "SUCCESSOR_WAIT", "SYNC_BEHIND_SKEW", "UNSPECIFIED", "US", "Action",
-    "AddVip", "Conflict", "DropVip", "Machine", "Params", "Reason", "SendAdvert", "SendGarp",
-    "State", "Stopped", "Transition", "le_order",
+    "AddVip", "Conflict", "DropVip", "Machine", "Params", "Reason", "Resume", "Resumed",
+    "SendAdvert", "SendGarp", "State", "Stopped", "Transition", "le_order",
 ]
 
 SUCCESSOR_WAIT = 0.8  # s a stopping master keeps the VIP waiting for a successor's advert
@@ -105,18 +109,37 @@ class Machine(Steps):
     """One CARP virtual host (vhid) on one interface."""
 
     # ---- events ----
-    def start(self, now: float) -> list[Action]:
+    def start(self, now: float, resume: Resume | None = None) -> list[Action]:
+        """``resume``: what the agent's previous process left; a MASTER goes on (see
+        :meth:`_resume`) if its link is usable and it can advertise, else a normal start."""
         if self.state is not State.INIT:
             return []
+        self._preempt_after = to_us(now) + to_us(self.params.preempt_delay)
+        if resume is not None and resume.master and self._link_usable:
+            return self._resume(now, resume)
         actions: list[Action] = [Transition(State.INIT, State.BACKUP, Reason.STARTUP)]
         self.state = State.BACKUP
-        self._preempt_after = to_us(now) + to_us(self.params.preempt_delay)
         if not self.params.neutral:
             actions.append(DropVip())
         self._vip_undecided = self.params.neutral
         if self._link_usable:
             self._arm_master_down(now)
         return actions
+
+    def _resume(self, now: float, resume: Resume) -> list[Action]:
+        """A restart without a move: MASTER as the previous process left it, the VIPs in place
+        (no AddVip, GARP or transition: nothing moved); its adverts go on at their rhythm and
+        its counters above the last one sent. Demoted meanwhile: it bows out at once."""
+        t = to_us(now)
+        self.state, self._master_since = State.MASTER, t
+        if resume.counter is not None:
+            self._counter.heard(resume.counter)  # strict: the session's floor does it
+        due = t if resume.next_advert is None else to_us(resume.next_advert)
+        self._advert_at = min(max(due, t), t + self.advert_interval_us)  # never later than ours
+        actions: list[Action] = [Resumed(State.MASTER, resume.master_since)]
+        if self.demoted:
+            return actions + self._demotion_changed(now)
+        return actions + (self._periodic_advert(now) if self._advert_at <= t else [])
 
     def timer_expired(self, now: float) -> list[Action]:
         t = to_us(now)

@@ -28,6 +28,8 @@ from sidecar.core.machine import (
     Machine,
     Params,
     Reason,
+    Resume,
+    Resumed,
     SendAdvert,
     SendGarp,
     State,
@@ -119,13 +121,21 @@ class Session:
         self._stale = StaleHolders(ARP_CAPACITY, STALE_LOG_BACKOFF)
 
     # ---- life ----
-    def start(self, now: float, present: bool, running: bool) -> list[Output]:
+    def start(self, now: float, present: bool, running: bool,
+              resume: Resume | None = None) -> list[Output]:
+        """``resume``: what the agent's previous process left of this VHID (a restart without
+        a move): a MASTER whose link is usable and who can advertise goes on as MASTER
+        (:class:`Resumed`, no VIP added, no script run); anything else is a normal start."""
         self.link.present, self.link.running = present, running
         if not running:
             self.machine.link_changed(now, up=False)
         self._at.garp = now + self.config.garp_refresh if self.config.garp_refresh > 0 else None
         self._schedule_check(now)
-        return self._after(now, self.machine.start(now)) + self._notify("startup")
+        if resume is not None and (not present or self.stopping):
+            resume = None
+        if resume is not None and resume.counter is not None and self.config.params.strict:
+            self.counters.floor = max(self.counters.floor, resume.counter)  # above its last
+        return self._after(now, self.machine.start(now, resume)) + self._notify("startup")
 
     def stop(self, now: float) -> list[Output]:
         self.stopping = True
@@ -376,6 +386,8 @@ class Session:
             if isinstance(a, Transition):
                 a = with_planned(a, master_heard=self._master_heard_at is not None)
             out.append(a)
+            if isinstance(a, Resumed):
+                self._resumed(now)
             if isinstance(a, Transition):
                 self._took_over = a.reason if a.new is State.MASTER else None
                 if a.new is State.MASTER:
@@ -386,6 +398,13 @@ class Session:
                     self._master_heard_at = None
                 out += self._notify(a.reason.value, a.peer)
         return out
+
+    def _resumed(self, now: float) -> None:
+        """MASTER as the previous process left it: a master for the probe and the former-master
+        rules, and the notify script already told (no second MASTER for it)."""
+        self._took_over, self._master_heard_at = Reason.RESUMED, None
+        self._at.probe = now + PROBE_AFTER_TAKEOVER
+        self._notified = "MASTER"  # a bow-out that follows (demoted meanwhile) is news to it
 
     def _notify(self, reason: str, peer: IPv4Address | None = None) -> list[Output]:
         state = self.notify_state()

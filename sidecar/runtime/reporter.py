@@ -12,7 +12,7 @@ from typing import Any
 from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
 from sidecar.core.actions import planned
-from sidecar.core.machine import Action, Conflict, Reason, State, Transition
+from sidecar.core.machine import Action, Conflict, Reason, Resumed, State, Transition
 from sidecar.core.protocol import AdvertError, DropReason
 from sidecar.core.session import Session
 from sidecar.serve.logs import fields
@@ -73,6 +73,18 @@ class Reporter:
         self.last_transition = {"from": t.old.name, "to": t.new.name, "reason": t.reason.value,
                                 "at": wall, "peer": str(t.peer) if t.peer else None}
         self.master_since = wall if t.new is State.MASTER else None
+
+    def _resumed(self, r: Resumed, session: Session, now: float) -> None:
+        """A restart without a move: the state where the previous process left it. Not a
+        transition (nothing moved): the state gauges only, no carp_transitions_total."""
+        self.m.set_state(r.state)
+        wall = time.time()
+        if r.state is State.MASTER:
+            self.master_since = r.master_since if r.master_since is not None else wall
+        self.last_transition = {"from": r.state.name, "to": r.state.name,
+                                "reason": Reason.RESUMED.value, "at": wall, "peer": None}
+        log.info("Resumed as %s on %s id %d (VIP kept)", r.state.name, self.s.interface,
+                 self.s.vhid, extra=self._fields(state=r.state.name, reason=Reason.RESUMED.value))
 
     def _conflict(self, c: Conflict, session: Session, now: float) -> None:
         self.m.conflicts["advert"].inc()
@@ -254,6 +266,7 @@ class Reporter:
 
 _HANDLERS: dict[type, Any] = {
     Transition: Reporter.transition,
+    Resumed: Reporter._resumed,
     Conflict: Reporter._conflict,
     outputs.Accepted: Reporter._accepted,
     outputs.Dropped: Reporter._dropped,
