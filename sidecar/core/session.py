@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from sidecar.core.actions import planned
+from sidecar.core.claims import STALE_LOG_BACKOFF, VipClaims
 from sidecar.core.machine import (
     Action,
     Machine,
@@ -38,7 +39,6 @@ from sidecar.core.machine import (
 from sidecar.core.outputs import (
     AdvertisableChanged,
     CheckSending,
-    ClaimSeen,
     FormerMasterSilent,
     HealthChanged,
     MaintenanceChanged,
@@ -48,23 +48,20 @@ from sidecar.core.outputs import (
     PeersSwept,
     ReserveCounters,
     SendProbe,
-    StaleHolder,
     SteppingDown,
     SyncGateChanged,
     TookOver,
 )
-from sidecar.core.peers import ArpClaims, PeerTable, PeerWatch, ReplayGuard, StaleHolders
+from sidecar.core.peers import PeerTable, PeerWatch, ReplayGuard
 from sidecar.core.protocol import Expect
 from sidecar.core.screen import screen
 from sidecar.core.sending import COUNTER_RESERVE, SEND_CHECK_INTERVAL, LinkState, StrictCounter
 
-__all__ = ["COUNTER_RESERVE", "SEND_CHECK_INTERVAL", "Session", "SessionConfig"]
+__all__ = ["COUNTER_RESERVE", "SEND_CHECK_INTERVAL", "STALE_LOG_BACKOFF", "Session", "SessionConfig"]
 
 PEER_CAPACITY = 32  # senders of our vhid remembered at once (a replay flood forges sources)
-ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once
+ARP_CAPACITY = 32  # other MACs announcing our VIP remembered at once (and stale holders)
 PROBE_AFTER_TAKEOVER = 2.0  # s: the old master has dropped its VIP by then, unless it cannot
-PROBE_ANSWER_WINDOW = 1.0  # s: an NA this soon after our NS probe answers it
-STALE_LOG_BACKOFF = 60.0  # s between reports of one stale holder
 _MASTER = State.MASTER  # an enum member looked up once: this test runs on every advert
 
 
@@ -95,7 +92,7 @@ class _Deadlines:
     check: float | None = None
 
 
-class Session:
+class Session(VipClaims):
     def __init__(self, config: SessionConfig, wall: Callable[[], float],
                  rng: Callable[[], int], jitter: Callable[[], float] = lambda: 1.0) -> None:
         """``wall``: Unix time; ``rng``: 64-bit random counters (strict mode seeds from the
@@ -107,7 +104,7 @@ class Session:
         self.watch = PeerWatch(PeerTable(PEER_CAPACITY,
                                          3 * self.machine.master_down_interval_us / 1e6))
         self.peers = self.watch.table
-        self.arp_claims = ArpClaims(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
+        super().__init__(ARP_CAPACITY, self.machine.advert_interval_us / 1e6)
         self.replays = ReplayGuard(self.machine.master_down_interval_us / 1e6)
         self.checks: dict[str, tuple[bool, str]] = {}  # check name -> (healthy, last error)
         self.maintenance: dict[str, float] = {}  # "operator"/"file" -> since (Unix time)
@@ -115,10 +112,8 @@ class Session:
         self.link = LinkState()
         self._at = _Deadlines()
         self._notified: str | None = None
-        self._probed_at = -1e9
         self._master_heard_at: float | None = None  # the last advert heard since our takeover
         self._took_over: Reason | None = None  # why we are MASTER (None: we are not)
-        self._stale = StaleHolders(ARP_CAPACITY, STALE_LOG_BACKOFF)
 
     # ---- life ----
     def start(self, now: float, present: bool, running: bool,
@@ -217,41 +212,6 @@ class Session:
             out += self._after(now, actions)
         self.watch.reschedule(now)
         return out
-
-    # ---- ARP and NA from other hosts ----
-    def arp(self, now: float, mac: bytes, probe_reply: bool = False) -> list[Output]:
-        """An ARP for one of our IPv4 VIPs from another MAC; ``probe_reply``: an answer to
-        our probe, from a host that has the VIP configured."""
-        if self.machine.state is not State.MASTER:
-            return []
-        return self._stale_holder(now, mac) if probe_reply else self._claimed(now, "arp", mac)
-
-    def na(self, now: float, mac: bytes) -> list[Output]:
-        """A neighbour advertisement for one of our IPv6 VIPs from another MAC: just after our
-        NS probe, the answer of a host that has it; otherwise another node announcing it."""
-        if self.machine.state is not State.MASTER:
-            return []
-        if now - self._probed_at < PROBE_ANSWER_WINDOW:
-            return self._stale_holder(now, mac)
-        return self._claimed(now, "na", mac)
-
-    def probed(self, now: float) -> None:
-        """The probes of :class:`SendProbe` went out."""
-        self._probed_at = now
-
-    def _claimed(self, now: float, kind: str, mac: bytes) -> list[Output]:
-        actions = self.machine.reannounce(now) if self.arp_claims.claimed(now, mac) else []
-        return [ClaimSeen(kind, mac, bool(actions)), *self._after(now, actions)]
-
-    def _stale_holder(self, now: float, mac: bytes) -> list[Output]:
-        """A host still has our VIP configured (a killed agent's, typically: SIGKILL and the
-        OOM killer leave no down path), unless another master speaks: then it is handing over
-        (see StaleHolders). Reported once per back-off; ours is re-announced either way."""
-        out = [] if self.peers.advertising(now) else [StaleHolder(mac, self._stale.seen(now, mac))]
-        return out + self._after(now, self.machine.reannounce(now))
-
-    def stale_holders(self, now: float) -> list[bytes]:
-        return self._stale.current(now)
 
     # ---- the interface, our source address, our sends ----
     def set_link(self, now: float, present: bool, running: bool,
