@@ -121,6 +121,11 @@ SYNC_PANELS = frozenset(t for t in QUERIES if t.startswith(("Replication", "Fres
 
 # Transitions as annotations on every panel: a state that changed in the last minute
 ANNOTATION = f"changes(carp_state_code{{{SEL}}}[1m]) > 0"
+# Agent restarts and upgrades: the process image's start time moved (an in-place restart keeps
+# the PID, so process_start_time_seconds would not), with the version it runs now
+AGENT = 'instance=~"$instance"'
+RESTART_ANNOTATION = (f"(changes(carp_agent_start_time_seconds{{{AGENT}}}[2m]) > 0) "
+                      f"* on (instance, job) group_left (version) carp_build_info{{{AGENT}}}")
 
 MASTER_MAP = m.ValueMap(options={"1": m.ValueMappingResult(text="MASTER", color="green")})
 STATE_MAP = m.ValueMap(options={
@@ -174,6 +179,8 @@ def build() -> dict[str, object]:
     d.annotation(db.AnnotationQuery().name("Transitions").datasource(DS).enable(True)
                  .icon_color("orange")
                  .expr(ANNOTATION))
+    d.annotation(db.AnnotationQuery().name("Agent restarts / upgrades").datasource(DS)
+                 .enable(True).icon_color("purple").expr(RESTART_ANNOTATION))
     d.with_row(db.Row("Who is master"))
     d.with_panel(stat.Panel().title("Master now").height(5).span(8)
                  .with_target(targets("Master now", instant=True)[0]).mappings([MASTER_MAP]))
@@ -241,7 +248,12 @@ def build() -> dict[str, object]:
                  .unit("dateTimeFromNow").no_value("no node in maintenance")
                  .with_target(targets("Maintenance since", instant=True)[0]))
     replication(d)
-    return json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    doc = json.loads(json.dumps(d.build(), cls=JSONEncoder))
+    for ann in doc["annotations"]["list"]:  # Prometheus's fields the builder does not know
+        if ann.get("expr") == RESTART_ANNOTATION:
+            ann.update(titleFormat="Agent restarted", textFormat="{{instance}} runs {{version}}",
+                       tagKeys="instance,version")
+    return doc
 
 
 def replication(d: db.Dashboard) -> None:

@@ -147,6 +147,7 @@ def metric_families() -> list[tuple[str, str, str, tuple[str, ...]]]:
     metrics.Metrics(r, "0", process_metrics=False)
     metrics.ReloadMetrics(r)
     metrics.HeldRecordMetrics(r)
+    metrics.RestartMetrics(r, {})
     syncmetrics.SyncFamilies(r)  # registered by the agent only when a path is configured
     out = []
     for c in list(r._collector_to_names):  # the families, in declaration order

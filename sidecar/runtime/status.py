@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from sidecar.core.protocol import DropReason
@@ -9,6 +10,17 @@ from sidecar.runtime.reporter import utc
 
 if TYPE_CHECKING:
     from sidecar.runtime.instance import Instance
+
+
+def agent_status(version: str, started: float, restarts: int,
+                 restart_on_stop_until: float | None = None,
+                 last_restart: dict[str, Any] | None = None) -> dict[str, Any]:
+    """/status's top-level ``agent``: this process (``started``: Unix time its image started,
+    which an in-place restart moves), the restarts so far (carried across them), the armed
+    ``restart --on-stop`` intent (Unix time it expires), and the last restart as
+    {"kind", "from_version", "seconds"}."""
+    return {"version": version, "started": started, "pid": os.getpid(), "restarts": restarts,
+            "restart_on_stop_until": restart_on_stop_until, "last_restart": last_restart}
 
 
 def instance_status(instance: Instance) -> dict[str, Any]:

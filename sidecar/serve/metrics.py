@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import time
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
@@ -223,6 +224,53 @@ class HeldRecordMetrics:
                         "SIGKILLed run's VIPs are then found by configuration only",
                         registry=registry)
         self.ok.set(1)
+
+
+RESTART_KINDS = ("in_place", "on_stop")
+RESTART_RESULTS = ("resumed", "refused", "failed", "afresh")
+
+
+class RestartMetrics:
+    """Restarts without a move (docs/architecture.md): counted across them (``carried``, by
+    "kind/result", comes in the previous process's record, so ``increase()`` sees no reset over
+    an exec), and when this process image started (an exec keeps the PID and the process's
+    start time: only this moves)."""
+
+    def __init__(self, registry: CollectorRegistry, carried: dict[str, int] | None = None) -> None:
+        family = Counter("carp_restarts", "Restarts of the agent that keep the VIP in place, by "
+                         "kind (in_place: `carp-sidecar restart`; on_stop: a stop while `restart "
+                         "--on-stop` was armed, then the next process) and result (resumed; "
+                         "refused: nothing changed; failed: the old process runs on; afresh: the "
+                         "next process could not use the record and started as usual); carried "
+                         "across restarts", ["kind", "result"], registry=registry)
+        self._registry = registry
+        self._children = {(k, r): family.labels(kind=k, result=r)
+                          for k in RESTART_KINDS for r in RESTART_RESULTS}
+        for (kind, result), child in self._children.items():
+            child.inc(max(0, (carried or {}).get(f"{kind}/{result}", 0)))
+        self.started = Gauge("carp_agent_start_time_seconds", "Unix time this agent's process "
+                             "image started: an in-place restart (exec, same PID) moves it, "
+                             "unlike process_start_time_seconds", registry=registry)
+        self.started.set(time.time())
+
+    def count(self, kind: str, result: str) -> None:
+        """ValueError for a kind or result that is not one of the series."""
+        child = self._children.get((kind, result))
+        if child is None:
+            raise ValueError(f"no restart series kind={kind!r} result={result!r}")
+        child.inc()
+
+    def counts(self) -> dict[str, int]:
+        """What the next process carries on from ("kind/result" -> count)."""
+        return {f"{k}/{r}": int(self._registry.get_sample_value(
+            "carp_restarts_total", {"kind": k, "result": r}) or 0) for k, r in self._children}
+
+    @property
+    def total(self) -> int:
+        """Restarts that happened (a new process: resumed or afresh); a refused or failed one
+        left this process as it was."""
+        return sum(n for key, n in self.counts().items()
+                   if key.endswith(("/resumed", "/afresh")))
 
 
 class InstanceMetrics:

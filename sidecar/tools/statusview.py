@@ -16,6 +16,33 @@ def _local(unix: float | None, now: float) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(unix))} ({span} ago)"
 
 
+def _utc(unix: float, fmt: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
+    return time.strftime(fmt, time.gmtime(unix))
+
+
+def _agent(agent: dict[str, Any], now: float) -> str:
+    """The process: its version, since when (an in-place restart moves it), its restarts and
+    an armed ``restart --on-stop``. Tolerant: an older agent sends fewer keys, or no block."""
+    line = f"agent: version {agent.get('version', '?')}"
+    if isinstance(agent.get("started"), int | float):
+        line += f", up since {_utc(agent['started'])}"
+    if agent.get("pid") is not None:
+        line += f" (pid {agent['pid']})"
+    n = agent.get("restarts")
+    if isinstance(n, int):
+        line += f", {n} restart{'' if n == 1 else 's'}"
+    last = agent.get("last_restart")
+    if isinstance(last, dict) and last:
+        kind = {"in_place": "in place", "on_stop": "on stop"}.get(str(last.get("kind")), "?")
+        took = last.get("seconds")
+        line += (f" (last {kind} from {last.get('from_version', '?')}"
+                 + (f" in {took:.2f} s)" if isinstance(took, int | float) else ")"))
+    until = agent.get("restart_on_stop_until")
+    if isinstance(until, int | float) and until > now:
+        line += f"; keeps the VIP on the next stop until {_utc(until, '%H:%M:%S')}"
+    return line
+
+
 def _master(inst: dict[str, Any], now: float) -> str:
     if inst.get("state") == "MASTER":
         return f"this node ({inst.get('srcip')})"
@@ -70,7 +97,8 @@ def _sync(sync: dict[str, Any], now: float) -> list[str]:
 
 def render(doc: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    out = []
+    agent = doc.get("agent")
+    out = [_agent(agent, now)] if isinstance(agent, dict) else []
     for inst in doc.get("instances") or [doc]:
         last = inst.get("last_transition") or {}
         since = inst.get("master_since") if inst.get("state") == "MASTER" else last.get("at")

@@ -52,6 +52,38 @@ def test_dashboard_schema_matches_the_grafana_compose_pins_and_panels_map_their_
     assert any("carp_demoted" in e for e in demoted) and any("carp_maintenance" in e for e in demoted)
 
 
+def test_dashboard_annotates_agent_restarts_with_their_version() -> None:
+    doc = json.loads((ROOT / "grafana/dashboards/carp-failover.json").read_text())
+    ann = {a["name"]: a for a in doc["annotations"]["list"]}
+    restarts = ann["Agent restarts / upgrades"]
+    assert "changes(carp_agent_start_time_seconds" in restarts["expr"]
+    assert "group_left (version) carp_build_info" in restarts["expr"]
+    assert "{{version}}" in restarts["textFormat"]
+
+
+@promtool
+def test_the_restart_annotation_fires_when_the_start_time_moves(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "grafana"))
+    from dashboard import RESTART_ANNOTATION
+
+    expr = RESTART_ANNOTATION.replace("$instance", ".*")
+    labels = 'instance="a:9655", job="carp-sidecar"'
+    tests = {"rule_files": [], "evaluation_interval": "15s", "tests": [{
+        "interval": "15s",
+        "input_series": [  # an in-place restart at 2m15s: same series, a new start time
+            {"series": f"carp_agent_start_time_seconds{{{labels}}}", "values": "100x8 250x8"},
+            {"series": f'carp_build_info{{{labels}, version="1.4.0", python="3.12"}}',
+             "values": "1x16"}],
+        "promql_expr_test": [
+            {"expr": expr, "eval_time": "1m", "exp_samples": []},
+            {"expr": expr, "eval_time": "3m", "exp_samples": [
+                {"labels": f'{{{labels}, version="1.4.0"}}', "value": 1}]}]}]}
+    path = tmp_path / "restart.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    r = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
 @promtool
 def test_promtool_check_rules() -> None:
     r = subprocess.run(["promtool", "check", "rules", "carp.rules.yml"],

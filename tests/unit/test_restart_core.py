@@ -226,3 +226,61 @@ def test_the_reporter_sets_the_state_counts_no_transition_and_says_resumed(
     assert "Resumed as MASTER on eth0 id 1 (VIP kept)" in caplog.messages
     assert rep.master_since == 1.7e9
     assert rep.last_transition is not None and rep.last_transition["reason"] == "resumed"
+
+
+# ---- seen: the restart series, /status's agent block, `carp-sidecar status` ----
+def test_restart_series_exist_at_zero_carry_the_old_counts_and_count_on() -> None:
+    import time
+
+    from sidecar.serve.metrics import RESTART_KINDS, RESTART_RESULTS, RestartMetrics
+
+    r = CollectorRegistry()
+    before = time.time()
+    rm = RestartMetrics(r, {"in_place/resumed": 3, "on_stop/afresh": 1, "bogus/x": 9})
+    value = r.get_sample_value
+    for kind in RESTART_KINDS:
+        for result in RESTART_RESULTS:
+            expected = {("in_place", "resumed"): 3, ("on_stop", "afresh"): 1}.get((kind, result), 0)
+            assert value("carp_restarts_total", {"kind": kind, "result": result}) == expected
+    rm.count("in_place", "resumed")
+    rm.count("in_place", "refused")
+    assert value("carp_restarts_total", {"kind": "in_place", "result": "resumed"}) == 4
+    assert rm.counts()["in_place/refused"] == 1 and len(rm.counts()) == 8
+    assert rm.total == 5  # resumed and afresh: the refused one restarted nothing
+    with pytest.raises(ValueError):
+        rm.count("in_place", "maybe")
+    started = value("carp_agent_start_time_seconds")
+    assert started is not None and before <= started <= time.time()
+
+
+def test_status_agent_block_has_the_documented_keys() -> None:
+    import os
+
+    from sidecar.runtime.status import agent_status
+
+    block = agent_status("1.4.0", 1.8e9, 3, restart_on_stop_until=1.8e9 + 300,
+                         last_restart={"kind": "in_place", "from_version": "1.3.0",
+                                       "seconds": 0.42})
+    assert block == {"version": "1.4.0", "started": 1.8e9, "pid": os.getpid(), "restarts": 3,
+                     "restart_on_stop_until": 1.8e9 + 300,
+                     "last_restart": {"kind": "in_place", "from_version": "1.3.0",
+                                      "seconds": 0.42}}
+
+
+def test_carp_sidecar_status_shows_the_agent_line_and_tolerates_older_agents() -> None:
+    from sidecar.tools.statusview import render
+
+    inst = {"vhid": 1, "interface": "eth0", "state": "MASTER", "vips": ["10.0.0.100/24"]}
+    started = 1_796_440_202.0  # 2026-12-05 03:10:02 UTC
+    agent = {"version": "1.4.0", "started": started, "pid": 1, "restarts": 3,
+             "restart_on_stop_until": started + 298, "last_restart": None}
+    lines = render({**inst, "agent": agent}, now=started + 60).splitlines()
+    assert lines[0] == ("agent: version 1.4.0, up since 2026-12-05 03:10:02 UTC (pid 1), "
+                        "3 restarts; keeps the VIP on the next stop until 03:15:00")
+    assert lines[1].startswith("vhid 1 on eth0: MASTER")
+    later = render({**inst, "agent": {**agent, "restarts": 1, "last_restart": {
+        "kind": "in_place", "from_version": "1.3.0", "seconds": 0.42}}}, now=started + 400)
+    assert later.splitlines()[0].endswith(  # the intent expired: not shown
+        "1 restart (last in place from 1.3.0 in 0.42 s)")
+    assert render(inst, now=started).splitlines()[0].startswith("vhid 1 on eth0")  # no block
+    assert render({**inst, "agent": {}}, now=started).splitlines()[0] == "agent: version ?"
