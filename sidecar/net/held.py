@@ -39,6 +39,7 @@ import os
 import socket
 import zlib
 from collections.abc import Callable
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +181,19 @@ class HeldVips:
         self._fd = -1
 
 
-def sweep(state_dir: Path, untrusted: list[str] | None = None) -> list[tuple[str, str]]:
+Kept = frozenset[tuple[int, str, int]]  # (interface index, address, prefix length)
+
+
+def sweep(state_dir: Path, untrusted: list[str] | None = None,
+          keep: Kept = frozenset()) -> list[tuple[str, str]]:
     """Remove what dead agents' records list; (address, interface) for each one removed.
     Records of live agents (locked) are left alone. A record that cannot be trusted (cut
     short, not ours) is deleted and its name added to ``untrusted`` when the caller passes
     that list (the agent, which logs them); without it (``run``'s early sweep, before logging
-    is set up) it is left for the agent's."""
+    is set up) it is left for the agent's. An entry in ``keep`` stays on its interface: a
+    restart's record (sidecar.runtime.resume) hands those VIPs to this process, which writes
+    its own record of them, so the dead one's file is deleted all the same."""
+    keep = frozenset((i, _normal(a), p) for i, a, p in keep)
     removed: list[tuple[str, str]] = []
     try:  # a crashed start's temporary file too (it never got its final name)
         held = state_dir / "held"
@@ -206,7 +214,8 @@ def sweep(state_dir: Path, untrusted: list[str] | None = None) -> list[tuple[str
             st = os.fstat(fd)
             if st.st_nlink == 0 or st.st_size == 0:
                 continue  # another sweeper finished it, or its agent has not locked it yet
-            listed = _remove_listed(os.pread(fd, min(st.st_size, MAX_RECORD_BYTES), 0), me)
+            listed = _remove_listed(os.pread(fd, min(st.st_size, MAX_RECORD_BYTES), 0), me,
+                                    keep)
             if listed is None:
                 if untrusted is None:
                     continue
@@ -239,7 +248,7 @@ def _entries(raw: bytes, me: dict[str, Any]) -> list[Any] | None:
     return doc["held"] if same_host else []
 
 
-def _remove_listed(raw: bytes, me: dict[str, Any]) -> list[tuple[str, str]] | None:
+def _remove_listed(raw: bytes, me: dict[str, Any], keep: Kept) -> list[tuple[str, str]] | None:
     """What the record lists, removed; None if it is not a whole record of ours. An entry that
     makes no sense (a crc is no proof against a bug or a hand edit) is logged and skipped."""
     entries = _entries(raw, me)
@@ -248,7 +257,7 @@ def _remove_listed(raw: bytes, me: dict[str, Any]) -> list[tuple[str, str]] | No
     removed = []
     for entry in entries:
         try:
-            found = _remove_one(entry)
+            found = _remove_one(entry, keep)
         except PermissionError:
             raise  # no NET_ADMIN: the record stays, the agent will say why
         except Exception as e:  # never fatal: the configured VIPs are removed anyway
@@ -259,10 +268,12 @@ def _remove_listed(raw: bytes, me: dict[str, Any]) -> list[tuple[str, str]] | No
     return removed
 
 
-def _remove_one(entry: Any) -> tuple[str, str] | None:
+def _remove_one(entry: Any, keep: Kept) -> tuple[str, str] | None:
     index, name, address, prefixlen = entry
     if not isinstance(index, int) or not isinstance(prefixlen, int):
         raise TypeError("index and prefix length must be numbers")
+    if keep and (index, _normal(str(address)), prefixlen) in keep:
+        return None  # handed to the restarted agent: not stale
     try:  # renamed while the agent was dead: the addresses stayed with the index
         current = socket.if_indextoname(index)
     except OSError:
@@ -270,3 +281,11 @@ def _remove_one(entry: Any) -> tuple[str, str] | None:
     if not delete_address(index, str(address), prefixlen):
         return None
     return str(address), current if current == name else f"{current} (was {name})"
+
+
+def _normal(address: str) -> str:
+    """One spelling per address (``fd00::1`` and ``fd00:0::1`` are one VIP)."""
+    try:
+        return str(ip_address(address))
+    except ValueError:
+        return address  # a bad entry: _remove_one says so
