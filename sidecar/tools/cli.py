@@ -1,4 +1,4 @@
-"""`carp-sidecar [run|check-config|status|healthcheck|demote|promote|import|completion|lab]` —
+"""`carp-sidecar [run|check-config|status|healthcheck|demote|promote|reload|restart|import|...]` —
 the console entry point; installed or symlinked as ``ucarp``, ucarp's drop-in."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sidecar.tools.launch import (
     daemon_syslog,
     daemonize,
     exec_agent,
+    release_restart_record,
     sweep_before_validating,
 )
 
@@ -143,6 +144,9 @@ def _main(argv: list[str]) -> int:
                   "earlier run)", file=sys.stderr)
         for line in str(e).splitlines():
             print(f"carp-sidecar: configuration error: {line}", file=sys.stderr)
+        if command == "run":
+            for line in release_restart_record(getattr(args, "env_file", None)):
+                print(f"carp-sidecar: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except BrokenPipeError:
         raise
@@ -206,6 +210,20 @@ def _reload(args: argparse.Namespace) -> int:
     reply = send_command(one_agent(_sockets(args), "reload"), "reload", timeout=120)
     print(reply.replace("; ", "\n  ").replace("reloaded: ", "reloaded:\n  "))
     return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    from sidecar.serve.control import send_command
+    from sidecar.tools import restartcli
+
+    if args.within is not None and not args.on_stop:
+        print("carp-sidecar: restart: --within goes with --on-stop", file=sys.stderr)
+        return EXIT_CONFIG
+    path = one_agent(_sockets(args), "restart")
+    if args.on_stop or args.cancel:
+        print(restartcli.on_stop(path, send_command, args.within, args.cancel))
+        return 0
+    return restartcli.in_place(path, send_command, lambda line: print(line, flush=True))
 
 
 def _repair_counter(args: argparse.Namespace) -> int:
@@ -316,7 +334,8 @@ def _endpoint(settings: Config, path: str) -> str:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab": _lab, "import": _import, "completion": _completion, "watch": _watch,
-    "demote": _maintenance, "promote": _maintenance, "reload": _reload, "status": _status,
+    "demote": _maintenance, "promote": _maintenance, "reload": _reload, "restart": _restart,
+    "status": _status,
     "healthcheck": _healthcheck, "check-config": _check_config, "repair-counter": _repair_counter}
 
 

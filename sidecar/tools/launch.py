@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import argparse
 
     from sidecar.config.settings import Config
+    from sidecar.runtime.resume import ResumeRecord
 
 
 CONTAINER_INITS = {"tini", "docker-init", "dumb-init", "catatonit", "podman-init"}
@@ -87,12 +88,73 @@ def sweep_before_validating(args: argparse.Namespace) -> list[tuple[str, str]]:
     if (getattr(args, "env_file", None) or var("CONFIG") or env.get("CARP_ENV_FILE") or neutral
             or getattr(args, "ucarp_neutral", False)):
         return []
-    state_dir = Path(var("STATE_DIR") or DEFAULT_STATE_DIR)
-    if str(state_dir).lower() == "off" or not state_dir.is_absolute():
+    state_dir = _state_dir(var("STATE_DIR"))
+    if state_dir is None:
         return []
     from sidecar.net.held import sweep
 
-    return sweep(state_dir)
+    restart = usable_restart_record(state_dir)  # this process is the successor it waits for
+    return sweep(state_dir, keep=frozenset(restart.vips()) if restart else frozenset())
+
+
+def _state_dir(value: str | None) -> Path | None:
+    state_dir = Path(value or DEFAULT_STATE_DIR)
+    if str(state_dir).lower() == "off" or not state_dir.is_absolute():
+        return None
+    return state_dir
+
+
+def usable_restart_record(state_dir: Path) -> ResumeRecord | None:
+    """The on-stop restart record waiting in ``state_dir`` while it may still be used (its
+    VIPs are not stale: the agent resumes with them); one that cannot be read is left for
+    the agent, which says why and deletes it."""
+    from sidecar.runtime.resume import read_state_dir
+
+    try:
+        record = read_state_dir(state_dir)
+    except ValueError:
+        return None
+    if record is None or record.kind != "on_stop" or record.why_not() is not None:
+        return None
+    return record
+
+
+def release_restart_record(env_file: Path | None) -> list[str]:
+    """``run`` with a configuration that does not validate: a usable on-stop record's VIPs are
+    removed and the record deleted (a new version that cannot run never leaves a second holder:
+    the backups take over at once); what was done, one line each. The state directory is
+    CARP_STATE_DIR as the environment or the env file spell it (best effort: a TOML file's is
+    unknown here, and the kernel's lifetime on the VIPs ends them anyway)."""
+    from sidecar.net.rtmsg import delete_address
+    from sidecar.runtime.resume import discard_state_dir
+
+    value = os.environ.get("CARP_STATE_DIR", os.environ.get("UCARP_STATE_DIR"))
+    if not value and env_file is not None:
+        try:
+            from sidecar.config.settings import read_env_file
+
+            given = read_env_file(env_file)
+            value = given.get("CARP_STATE_DIR", given.get("UCARP_STATE_DIR"))
+        except Exception:  # its errors are the ones being reported
+            value = None
+    state_dir = _state_dir(value)
+    record = None if state_dir is None else usable_restart_record(state_dir)
+    if state_dir is None or record is None:
+        return []
+    lines = []
+    for index, address, prefixlen in sorted(record.vips()):
+        try:
+            removed = delete_address(index, address, prefixlen)
+        except OSError as e:
+            lines.append(f"cannot remove VIP {address}/{prefixlen} kept for this restart: "
+                         f"{e.strerror or e} (the kernel removes it when its lifetime ends)")
+            continue
+        if removed:
+            lines.append(f"removed VIP {address}/{prefixlen} kept for this restart (pid "
+                         f"{record.pid}, version {record.version}): the backup takes over")
+    discard_state_dir(state_dir)
+    lines.append(f"deleted the restart record in {state_dir}: this version cannot run here")
+    return lines
 
 
 def secret_variables() -> frozenset[str]:

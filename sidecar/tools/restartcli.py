@@ -1,0 +1,83 @@
+"""`carp-sidecar restart [--on-stop [--within S] | --cancel]`: the client side of a restart
+without a move (docs/architecture.md, "Restart without a move").
+
+In place, the agent answers before it execs the installed version; the control socket is then
+closed for the new process's start (~0.5 s), so the command asks ``status`` until a process
+that started later answers, and says in one line what came of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Send = Callable[..., str]  # sidecar.serve.control.send_command(path, command, timeout=...)
+DEFAULT_WITHIN = 300.0  # s: how long an armed --on-stop waits for its stop
+WAIT = 30.0  # s: how long `restart` waits for the new process to answer
+
+
+def within(text: str) -> float:
+    """--within's type: seconds, 1 to 86400 (a day: an intent left armed for longer is a
+    forgotten one, and a forgotten one turns a real stop into a kept VIP)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise ValueError(f"{text} s: between 1 and 86400")
+    return value
+
+
+def on_stop(path: Path, send: Send, seconds: float | None, cancel: bool) -> str:
+    """Arm (or with ``cancel`` disarm) the intent: the agent's reply."""
+    arg = "off" if cancel else f"{DEFAULT_WITHIN if seconds is None else seconds:g}"
+    return send(path, f"restart-on-stop {arg}")
+
+
+def in_place(path: Path, send: Send, out: Callable[[str], None], wait: float = WAIT,
+             poll: float = 0.1) -> int:
+    """Ask for the restart, print the agent's reply, then wait for the new process: 0 once it
+    answers (its outcome printed), 1 if none does within ``wait`` s."""
+    before = json.loads(send(path, "status"))
+    asked = time.monotonic()
+    out(send(path, "restart", timeout=60))  # the pre-flight validates in a child: seconds
+    deadline, last = time.monotonic() + wait, "no answer yet"
+    while time.monotonic() < deadline:
+        time.sleep(poll)
+        try:
+            now = json.loads(send(path, "status", timeout=2))
+        except (OSError, ValueError) as e:  # the socket is closed while the new one starts
+            last = str(e) or type(e).__name__
+            continue
+        if _agent(now).get("started") != _agent(before).get("started"):
+            out(outcome(before, now, time.monotonic() - asked))
+            return 0
+        last = f"the agent (pid {_agent(now).get('pid')}) that was asked still answers"
+    out(f"carp-sidecar: restart: no restarted agent answered within {wait:g} s ({last}); "
+        "see the agent's log")
+    return 1
+
+
+def outcome(before: dict[str, Any], after: dict[str, Any], waited: float) -> str:
+    """``restarted in place in 0.42 s: version 1.4 -> 1.5; eth0 vhid 1 MASTER kept``."""
+    last = _agent(after).get("last_restart") or {}
+    seconds = last.get("seconds", waited)
+    old = last.get("from_version", _agent(before).get("version", "?"))
+    was = {(i.get("interface"), i.get("vhid")): i.get("state")
+           for i in before.get("instances", [])}
+    states = []
+    for i in after.get("instances", []):
+        key, state = (i.get("interface"), i.get("vhid")), i.get("state")
+        kept = " kept" if was.get(key) == state else f" (was {was[key]})" if key in was else ""
+        states.append(f"{key[0]} vhid {key[1]} {state}{kept}")
+    how = "in place" if last.get("kind", "in_place") == "in_place" else str(last.get("kind"))
+    return (f"restarted {how} in {float(seconds):.2f} s: version {old} -> "
+            f"{_agent(after).get('version', '?')}; " + ", ".join(states))
+
+
+def _agent(doc: dict[str, Any]) -> dict[str, Any]:
+    agent = doc.get("agent")
+    return agent if isinstance(agent, dict) else {}
