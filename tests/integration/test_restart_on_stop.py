@@ -174,3 +174,17 @@ def test_a_successor_that_cannot_run_removes_the_vip_at_once(pair: Lab) -> None:
     assert not (lab.dir / "a-state" / RESUME_FILE).exists()
     wait_for(lambda: vip_holders(lab) == ["b"], MASTER_DOWN + 1, "node-b takes over")
     assert time.monotonic() - stopped <= MASTER_DOWN + 0.5
+
+
+def test_a_record_that_cannot_be_written_makes_it_a_plain_stop(pair: Lab) -> None:
+    lab = pair
+    _arm(lab)
+    blocked = lab.dir / "a-state" / RESUME_FILE  # a directory where the record goes
+    blocked.mkdir()
+    (blocked / "x").write_text("")
+    stopped = _stop(lab)
+    wait_for(lambda: vip_holders(lab) == ["b"], 2, "node-b takes over at once")
+    assert time.monotonic() - stopped < 1.0
+    text = log_of(lab, "a")
+    assert "Cannot write the restart record in" in text and "stopping as a plain stop" in text
+    assert "Stopping for a restart" not in text
