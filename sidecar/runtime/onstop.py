@@ -96,19 +96,20 @@ async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None)
         log.error("Stopping for a restart needs CARP_STATE_DIR: stopping as a plain stop "
                   "(bow-out, VIPs released)")
         return False
-    try:
-        present = await present_vips(agent)
-        now = time.monotonic()
-        record = record_from_agent(agent, "on_stop", present, restarts or {}, now)
-        resume.write_state_dir(state_dir, record)
-    except Exception as e:  # OSError: a full or read-only disk; anything else: a bug
-        log.error("Cannot write the restart record in %s (%s): stopping as a plain stop "
-                  "(bow-out, VIPs released)", state_dir, getattr(e, "strerror", None) or e)
-        return False
-    seconds = resume.lifetime_for(record.until, now)
-    if not _lease(agent, record, seconds, state_dir):
-        return False
-    freeze(agent)
+    async with agent.reload_lock:  # a reload under way ends first: nothing changes after
+        try:
+            present = await present_vips(agent)
+            now = time.monotonic()
+            record = record_from_agent(agent, "on_stop", present, restarts or {}, now)
+            resume.write_state_dir(state_dir, record)
+        except Exception as e:  # OSError: a full or read-only disk; anything else: a bug
+            log.error("Cannot write the restart record in %s (%s): stopping as a plain stop "
+                      "(bow-out, VIPs released)", state_dir, getattr(e, "strerror", None) or e)
+            return False
+        seconds = resume.lifetime_for(record.until, now)
+        if not _lease(agent, record, seconds, state_dir):
+            return False
+        freeze(agent)
     log.info("Stopping for a restart: VIPs kept until the next process on %s (for at most "
              "%d s)%s", state_dir, seconds, _held(record))
     return True
