@@ -188,3 +188,21 @@ def test_a_record_that_cannot_be_written_makes_it_a_plain_stop(pair: Lab) -> Non
     text = log_of(lab, "a")
     assert "Cannot write the restart record in" in text and "stopping as a plain stop" in text
     assert "Stopping for a restart" not in text
+
+
+def test_the_restart_command_waits_for_the_new_process_and_says_what_came_of_it(
+        lab: Lab) -> None:
+    """`carp-sidecar restart` (in place, sidecar.tools.restartcli) against the real agent:
+    the agent's reply, then one line from the process that replaced it."""
+    lab.start_agent("a", CARP_PREEMPT="true")
+    wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
+    before = status(lab, "a")["agent"]
+    r = _cli(lab, "a", "restart")
+    assert r.returncode == 0, r.stdout + r.stderr
+    reply, said = r.stdout.strip().splitlines()
+    assert reply.startswith("ok: restarting in place (pid "), reply
+    assert said.startswith("restarted in place in "), said
+    assert said.endswith(f"version {before['version']} -> {before['version']}; "  # type: ignore[index]
+                         "eth0 vhid 1 MASTER kept"), said
+    assert status(lab, "a")["agent"]["started"] != before["started"]  # type: ignore[index]
+    assert vip_holders(lab) == ["a"]
