@@ -106,7 +106,9 @@ async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None)
             log.error("Cannot write the restart record in %s (%s): stopping as a plain stop "
                       "(bow-out, VIPs released)", state_dir, getattr(e, "strerror", None) or e)
             return False
-        seconds = resume.lifetime_for(record.until, now)
+        # rounded up, not down: a lease ending before ``until`` would take the VIP from a
+        # successor still on its way; the backups wait SAFETY s and their skew beyond it
+        seconds = resume.lifetime_for(record.until + 0.999, now)
         if not _lease(agent, record, seconds, state_dir):
             return False
         freeze(agent)
