@@ -96,6 +96,13 @@ async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None)
         log.error("Stopping for a restart needs CARP_STATE_DIR: stopping as a plain stop "
                   "(bow-out, VIPs released)")
         return False
+    scripted = [f"{i.s.interface} vhid {i.s.vhid}" for i in agent.instances
+                if i.s.manages_vip_by_scripts and i.machine.state is State.MASTER]
+    if scripted:  # no kernel lifetime ends what a script added if no successor comes
+        log.error("Stopping for a restart: the VIPs of %s are its scripts' (the kernel cannot "
+                  "end them if no successor comes): stopping as a plain stop (bow-out, "
+                  "downscript)", ", ".join(scripted))
+        return False
     async with agent.reload_lock:  # a reload under way ends first: nothing changes after
         try:
             present = await present_vips(agent)
@@ -112,8 +119,12 @@ async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None)
         if not _lease(agent, record, seconds, state_dir):
             return False
         freeze(agent)
-    log.info("Stopping for a restart: VIPs kept until the next process on %s (for at most "
-             "%d s)%s", state_dir, seconds, _held(record))
+    if record.vips():
+        log.info("Stopping for a restart: VIPs kept until the next process on %s (for at most "
+                 "%d s): %s", state_dir, seconds, _held(record))
+    else:
+        log.info("Stopping for a restart: no VIP held here; the next process on %s carries "
+                 "on (maintenance, health, counts)", state_dir)
     return True
 
 
@@ -152,7 +163,7 @@ def freeze(agent: Agent) -> None:
 def _held(record: ResumeRecord) -> str:
     kept = [f"{i.interface} vhid {i.vhid} {i.state} with {', '.join(a for _, a, _ in i.vips)}"
             for i in record.instances if i.vips]
-    return ": " + "; ".join(kept) if kept else ""
+    return "; ".join(kept)
 
 
 def resume_from_state_dir(state_dir: Path,

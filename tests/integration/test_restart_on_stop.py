@@ -24,7 +24,15 @@ import pytest
 from sidecar.lab import VIP, Lab
 from sidecar.runtime.resume import RESUME_FILE
 
-from .conftest import dump_on_failure, metric, status, transitions, vip_holders, wait_for
+from .conftest import (
+    dump_on_failure,
+    metric,
+    status,
+    transitions,
+    vip_holders,
+    wait_for,
+    write_scripts,
+)
 from .test_faults import log_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,3 +216,16 @@ def test_the_restart_command_waits_for_the_new_process_and_says_what_came_of_it(
                          "eth0 vhid 1 MASTER kept"), said
     assert status(lab, "a")["agent"]["started"] != before["started"]  # type: ignore[index]
     assert vip_holders(lab) == ["a"]
+
+
+def test_vips_of_the_scripts_are_never_kept(lab: Lab) -> None:
+    """What an upscript added, no kernel lifetime was set on: kept, it would outlive a
+    successor that never comes. The armed stop is a plain one (bow-out, downscript)."""
+    up, down = write_scripts(lab)
+    lab.start_agent("a", CARP_PREEMPT="true", CARP_UPSCRIPT=str(up), CARP_DOWNSCRIPT=str(down))
+    wait_for(lambda: vip_holders(lab) == ["a"], 10, "node-a MASTER")
+    _arm(lab)
+    _stop(lab)
+    assert vip_holders(lab) == [], "the downscript ran"
+    assert "are its scripts'" in log_of(lab, "a") and "stopping as a plain stop" in log_of(lab, "a")
+    assert not (lab.dir / "a-state" / RESUME_FILE).exists()
