@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Coroutine
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from sidecar.config.runconfig import Check, RunConfig, Vhid, host_port
+from sidecar.core.actions import Resume
 from sidecar.core.machine import State
 from sidecar.net.caps import missing_capability, source_address
 from sidecar.net.channel import Channel
@@ -33,23 +35,25 @@ from sidecar.net.netlink import (
     LinkEvent,
     Netlink,
 )
-from sidecar.runtime import operator, reloader, replicas, signals
+from sidecar.runtime import keeper, operator, reloader, replicas, restart, signals
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
 from sidecar.runtime.maintenance import MaintenanceStore
 from sidecar.runtime.reaper import reap_forever
+from sidecar.runtime.resume import ResumeRecord, from_fd
 from sidecar.runtime.stale import HeldRecord, log_swept, remove_stale_vips
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
 from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
-from sidecar.serve.metrics import Metrics, ReloadMetrics
+from sidecar.serve.metrics import Metrics, ReloadMetrics, RestartMetrics
 
 if TYPE_CHECKING:  # loaded only when a path is configured (the agent's import contract)
     from sidecar.replica.service import Replication
 
 log = logging.getLogger("carp-sidecar")
+STARTED = time.time()  # this process image: an exec in place starts a new one
 
 
 def check_capabilities(config: RunConfig) -> None:
@@ -58,9 +62,38 @@ def check_capabilities(config: RunConfig) -> None:
         raise StartupError(problem)
 
 
+def open_channel(channel: Channel, link: Link) -> None:
+    try:
+        channel.open(link)
+    except PermissionError:
+        raise StartupError("missing capability NET_RAW for the packet socket") from None
+    except OSError as e:
+        raise StartupError(f"CARP_INTERFACE: cannot open {channel.name}: "
+                           f"{e.strerror}") from None
+
+
+def realtime() -> None:
+    """SCHED_FIFO for the agent (CARP_REALTIME), with reset-on-fork so scripts and checks
+    run at normal priority; needs CAP_SYS_NICE, else niceness -10, else nothing (logged)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(10))
+        log.info("Running with real-time scheduling (SCHED_FIFO 10)")
+        return
+    except PermissionError:
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+        log.warning("CARP_REALTIME: no CAP_SYS_NICE for SCHED_FIFO; running at nice -10")
+    except PermissionError:
+        log.warning("CARP_REALTIME: no CAP_SYS_NICE: normal scheduling "
+                    "(docker run --cap-add=SYS_NICE)")
+
+
 class Agent:
+    open_channel = staticmethod(open_channel)  # the reloader's too
     def __init__(self, config: RunConfig, nl: Netlink, registry: CollectorRegistry,
-                 metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+                 metrics: Metrics, loop: asyncio.AbstractEventLoop,
+                 record: ResumeRecord | None = None) -> None:
         self.config, self.nl, self.registry, self.metrics, self.loop = (
             config, nl, registry, metrics, loop)
         self.channels: dict[str, Channel] = {}
@@ -80,17 +113,26 @@ class Agent:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.replication: Replication | None = None  # only once a VHID has a sync path
+        # restarts (sidecar.runtime.restart): this image, and what the one before left
+        self.version, self.title, self.started, self.record = "0", "carp-sidecar", STARTED, record
+        self.restart_counts = dict(record.restarts) if record is not None else {}
+        self.restarts = RestartMetrics(registry, dict(self.restart_counts))
+        self.restarting = False
+        self.on_stop_until: tuple[float, float] | None = None  # (Unix, monotonic) when armed
+        self.last_restart: dict[str, Any] | None = None
 
     @classmethod
     async def start(cls, config: RunConfig, registry: CollectorRegistry | None = None,
-                    version: str = "0") -> Agent:
-        """Open everything, or raise StartupError naming what to change (nothing left open)."""
+                    version: str = "0", record: ResumeRecord | None = None) -> Agent:
+        """Open everything, or raise StartupError naming what to change (nothing left open).
+        ``record``: what the process before a restart left (its VIPs are not swept)."""
         check_capabilities(config)
         registry = registry or CollectorRegistry()
-        held = HeldRecord(config, registry)  # a dead run's swept; never fatal: a speed-up
+        # a dead run's swept; never fatal: a speed-up
+        held = HeldRecord(config, registry, frozenset(record.vips()) if record else frozenset())
         agent = cls(config, Netlink(held.vips), registry, Metrics(registry, version),
-                    asyncio.get_running_loop())
-        agent.held = held
+                    asyncio.get_running_loop(), record)
+        agent.held, agent.version = held, version
         try:
             await agent._open()
         except BaseException:
@@ -105,10 +147,11 @@ class Agent:
         for name, channel in self.channels.items():
             self.open_channel(channel, links[name])
         await self.remove_stale_vips(*self.instances)
-        operator.restore_maintenance(self)
+        operator.restore_maintenance(self, resumed=self.record)
         await self._open_servers()
         for name, check in self.config.checks.items():
             self.monitors[name] = self.monitor(name, check)
+            restart.carry_check(self, name)
 
     async def build(self, settings: Vhid, config: RunConfig,
                      links: dict[str, Link]) -> Instance:
@@ -134,16 +177,6 @@ class Agent:
         if settings.sync_paths:
             await replicas.attach(self, instance, links[settings.interface])
         return instance
-
-    @staticmethod
-    def open_channel(channel: Channel, link: Link) -> None:
-        try:
-            channel.open(link)
-        except PermissionError:
-            raise StartupError("missing capability NET_RAW for the packet socket") from None
-        except OSError as e:
-            raise StartupError(f"CARP_INTERFACE: cannot open {channel.name}: "
-                               f"{e.strerror}") from None
 
     def monitor(self, name: str, check: Check) -> HealthMonitor:
         """One check, declared once, gating every instance that names it (now: a reload may
@@ -184,7 +217,9 @@ class Agent:
         """The new instances' (all at start, a reload's added ones): one address dump."""
         if self.held is not None:
             self.held.reserve(self.instances)  # a reload may have added VIPs
-        await remove_stale_vips(self.nl, instances, self.instances)
+        keep = frozenset() if self.record is None else frozenset(
+            (i, a) for i, a, _ in self.record.vips())  # a restart's: resumed, or removed then
+        await remove_stale_vips(self.nl, instances, self.instances, keep)
 
     async def _open_servers(self) -> None:
         listen = self.config.metrics_listen
@@ -224,11 +259,13 @@ class Agent:
         gc.collect()
         gc.freeze()
         if self.config.realtime:
-            self._realtime()
+            realtime()
+        resumes = {} if self.record is None else await restart.resume_start(self, self.record)
         for instance in self.instances:
-            self.start_instance(instance)
+            self.start_instance(instance, resumes.get(restart.key(instance)))
         await self._stopping.wait()
-        await self._stop_instances()
+        if not await restart.stop_for_restart(self):
+            await self._stop_instances()
         log.info("Exiting")
         signals.ignore_from_now(self.loop, handled)  # the stop is done: the status stays
         return 1 if self.failed else 0
@@ -240,31 +277,14 @@ class Agent:
         async with self.reload_lock:
             await asyncio.gather(*(i.stop() for i in self.instances if not i.stopped.is_set()))
 
-    @staticmethod
-    def _realtime() -> None:
-        """SCHED_FIFO for the agent (CARP_REALTIME), with reset-on-fork so scripts and checks
-        run at normal priority; needs CAP_SYS_NICE, else niceness -10, else nothing (logged)."""
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(10))
-            log.info("Running with real-time scheduling (SCHED_FIFO 10)")
-            return
-        except PermissionError:
-            pass
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, -10)
-            log.warning("CARP_REALTIME: no CAP_SYS_NICE for SCHED_FIFO; running at nice -10")
-        except PermissionError:
-            log.warning("CARP_REALTIME: no CAP_SYS_NICE: normal scheduling "
-                        "(docker run --cap-add=SYS_NICE)")
-
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
         return task
 
-    def start_instance(self, instance: Instance) -> None:
-        self.instance_tasks[id(instance)] = [self.spawn(job) for job in instance.start()]
+    def start_instance(self, instance: Instance, resume: Resume | None = None) -> None:
+        self.instance_tasks[id(instance)] = [self.spawn(job) for job in instance.start(resume)]
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # A helper that dies would leave the agent deaf or stuck: log it and stop cleanly.
@@ -314,9 +334,26 @@ class Agent:
         self.spawn(self._reload_quietly())
 
     async def reload(self) -> str:
-        if self._stopping.is_set():
-            return "error: the agent is stopping: nothing reloaded"
+        if self._stopping.is_set() or self.restarting:
+            return (f"error: the agent is {'stopping' if self.stopping else 'restarting'}: "
+                    "nothing reloaded")
         return await reloader.reload(self)
+
+    # ---- restart (`carp-sidecar restart [--on-stop]`: sidecar.runtime.restart) ----
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def restart(self) -> str:
+        return await restart.restart(self)
+
+    def restart_on_stop(self, seconds: float | None) -> str:
+        return restart.arm_on_stop(self, seconds)
+
+    def count_restart(self, kind: str, result: str) -> None:
+        key = f"{kind}/{result}"  # carried in the record: increase() works across restarts
+        self.restart_counts[key] = self.restart_counts.get(key, 0) + 1
+        self.restarts.count(kind, result)
 
     async def _reload_quietly(self) -> None:
         await self.reload()  # the outcome is logged and exported; nobody waits for the reply
@@ -350,28 +387,21 @@ class Agent:
         # one instance (the environment's): its fields at the top level, as before
         top = dict(instances[0]) if len(instances) == 1 else {}
         return {**top, "instances": instances, "control_socket": control,
-                "held_record": None if self.held is None else self.held.status()}
-
-
-def _set_title(title: str) -> None:
-    """/proc/PID/cmdline and comm: `pidof ucarp` and `killall -USR1 ucarp` find the drop-in
-    (the exec left them `python3 -m sidecar.runtime.agent`)."""
-    try:
-        import setproctitle
-    except ImportError:  # optional at run time: only the name is lost
-        return
-    setproctitle.setproctitle(title)
-    setproctitle.setthreadtitle(title.split()[0][:15])
+                "held_record": None if self.held is None else self.held.status(),
+                "agent": restart.agent_status(self)}
 
 
 def run_agent(config: RunConfig, version: str = "0",
-              swept: list[tuple[str, str]] | None = None) -> int:
-    """Run in this process (tests, embedding); ``carp-sidecar run`` goes through :func:`main`."""
+              swept: list[tuple[str, str]] | None = None, record: ResumeRecord | None = None,
+              title: str = "carp-sidecar") -> int:
+    """Run in this process (tests, embedding); ``carp-sidecar run`` goes through :func:`main`.
+    ``record``: a restart's (sidecar.runtime.resume), to resume from."""
     logs.setup(config.log_format, config.log_level, config.syslog)
     log_swept(swept or [])
 
     async def main() -> int:
-        agent = await Agent.start(config, version=version)
+        agent = await Agent.start(config, version=version, record=record)
+        agent.title = title
         try:
             return await agent.run()
         finally:
@@ -388,20 +418,30 @@ def run_agent(config: RunConfig, version: str = "0",
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sidecar.runtime.agent --config-fd N [--version V]``: what ``carp-sidecar run`` execs
-    once it has validated the configuration (see :mod:`runconfig`)."""
+    once it has validated the configuration (see :mod:`runconfig`), and what an in-place
+    restart execs (``--resume-fd``: the record, sidecar.runtime.resume)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m sidecar.runtime.agent")
     p.add_argument("--config-fd", type=int, required=True)
+    p.add_argument("--resume-fd", type=int, default=None)
     p.add_argument("--version", default="0")
     p.add_argument("--title", default='"carp-sidecar"', help="process title (JSON string)")
     p.add_argument("--swept", default="[]", help="stale VIPs `run` removed before validating "
                    "(JSON [[address, interface], ...]): logged once logging is set up")
     args = p.parse_args(argv)
-    _set_title(json.loads(args.title))
+    title = json.loads(args.title)
+    keeper.set_title(title)
     with os.fdopen(args.config_fd, "rb") as f:
         config = RunConfig.from_json(f.read().decode())
-    return run_agent(config, version=args.version,
+    record = None
+    if args.resume_fd is not None:
+        try:
+            restart.RECORD_WRITTEN.append(os.fstat(args.resume_fd).st_mtime)
+            record = from_fd(args.resume_fd)
+        except (OSError, ValueError) as e:  # a normal start (the keeper bows out at its end)
+            print(f"carp-sidecar: restart record not used: {e}", file=sys.stderr)
+    return run_agent(config, version=args.version, record=record, title=title,
                      swept=[(a, i) for a, i in json.loads(args.swept)])
 
 

@@ -116,6 +116,14 @@ class HealthMonitor:
         self._streak = 0
         self._on_result, self._on_change = on_result, on_change
 
+    def carry(self, healthy: bool | None, failed_since: float | None) -> None:
+        """Start from what the process before a restart knew: the first result then needs
+        ``rise``/``fall`` like any change, so a restart neither resets a failing service to
+        healthy nor demotes a passing one until its first check."""
+        self.healthy, self.failed_since = healthy, failed_since
+        if healthy is False and failed_since is not None:
+            self._last_pass = failed_since
+
     async def run_once(self) -> bool:
         for name, check in self.checks:
             try:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
+from sidecar.core.actions import Resume
 from sidecar.core.machine import (
     AddVip,
     DropVip,
@@ -125,6 +126,7 @@ class Instance:
         self._tasks: list[asyncio.Task[None]] = []
         self._vips_seen: set[IPv4Address | IPv6Address] = set()  # on the VIP interface now
         self.replica: VhidReplica | None = None  # its replicated paths (CARP_SYNC_PATHS)
+        self.last_advert: SendAdvert | None = None  # what a restart's keeper goes on from
 
     # ---- what the channel and the agent read ----
     @property
@@ -153,13 +155,13 @@ class Instance:
         return self.session.checks
 
     # ---- life ----
-    def start(self) -> list[Coroutine[Any, Any, None]]:
-        """Start the session; returns the coroutines the agent must supervise."""
-        self._machine_gauges()
+    def start(self, resume: Resume | None = None) -> list[Coroutine[Any, Any, None]]:
+        """Start the session (``resume``: a restart's); the coroutines the agent supervises."""
+        machine_gauges(self)
         self.m.interface_present.set(1 if self.channel.attached is not None else 0)
         log_start(self.s, self.srcip)
         self._do(self.session.start(self.loop.time(), self.channel.attached is not None,
-                                    self.channel.running))
+                                    self.channel.running, resume=resume))
         return [self.effects.run(), *self.scripts.jobs()]
 
     async def stop(self) -> None:
@@ -185,12 +187,6 @@ class Instance:
         return backend_for(s, self._nl, self.m, lambda: self.vip_index,
                            self.scripts.environment, lambda: bool(self._vips_seen))
 
-    def _machine_gauges(self) -> None:
-        self.m.set_health_checked(bool(self.s.health))
-        self.m.advbase.set(self.s.advbase)
-        self.m.advskew.set(self.s.advskew)
-        self.m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
-
     # ---- reload: settings that change live ----
     def update(self, new: Vhid, script_extra: dict[str, str]) -> None:
         """Take ``new`` settings in place, without a transition unless the change itself calls
@@ -199,7 +195,7 @@ class Instance:
         old = self.s
         self.s = self.reporter.s = self.port.s = new
         self.session.reconfigure(self.loop.time(), session_config(new, self.srcip))
-        self._machine_gauges()
+        machine_gauges(self)
         self.scripts.update(new, script_extra, self._spawn)
         self.effects.backend = self._vip_backend(new)
         if old.vips != new.vips:
@@ -250,6 +246,7 @@ class Instance:
         """Do one action; returns what the session answers to its outcome."""
         if isinstance(out, SendAdvert):
             sent = self.port.advert(out)
+            self.last_advert = out
             if sent.ok:
                 self.m.adverts_sent.inc()
                 if out.handover:
@@ -393,6 +390,13 @@ class Instance:
 
     def status(self) -> dict[str, Any]:
         return instance_status(self)
+
+
+def machine_gauges(self: Instance) -> None:
+    self.m.set_health_checked(bool(self.s.health))
+    self.m.advbase.set(self.s.advbase)
+    self.m.advskew.set(self.s.advskew)
+    self.m.master_down_interval.set(self.machine.master_down_interval_us / 1e6)
 
 
 def tell_replica(replica: VhidReplica, out: outputs.Output, loop: asyncio.AbstractEventLoop

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.runtime.instance import Instance
 from sidecar.runtime.maintenance import Record, StateError, file_since
+from sidecar.runtime.resume import ResumeRecord
 from sidecar.runtime.startup import StartupError
 
 if TYPE_CHECKING:
@@ -21,10 +22,18 @@ log = logging.getLogger("carp-sidecar")
 MAINTENANCE_FILE_POLL = 0.5  # s: a maintenance file is noticed within a second
 
 
-def restore_maintenance(agent: Agent, instances: list[Instance] | None = None) -> None:
+def restore_maintenance(agent: Agent, instances: list[Instance] | None = None,
+                        resumed: ResumeRecord | None = None) -> None:
     """Before the first election: an operator's demotion and the maintenance file hold from
-    the start, so a node restarted in its maintenance window stays out of it."""
+    the start, so a node restarted in its maintenance window stays out of it. Without
+    CARP_STATE_DIR a restart's record (``resumed``) carries the operator's demotion instead."""
     instances = agent.instances if instances is None else instances
+    if agent.store is None and resumed is not None:
+        carried = {r.key: r.maintenance.get("operator") for r in resumed.instances}
+        for instance in instances:
+            since = carried.get((instance.s.interface, instance.s.vhid))
+            if since is not None:
+                instance.set_maintenance("operator", since)
     if agent.store is not None:
         strict = any(i.s.strict for i in instances)
         try:
@@ -75,6 +84,10 @@ async def control(agent: Agent, command: str) -> str:
     verb, _, arg = command.partition(" ")
     if verb == "reload":
         return await agent.reload()
+    if verb == "restart":
+        return await agent.restart() if not arg else f"error: restart takes no argument: {arg!r}"
+    if verb == "restart-on-stop":
+        return on_stop(agent, arg)
     if verb == "status" and not arg:  # `carp-sidecar status` without HTTP: the whole view
         return json.dumps(agent.status(), separators=(",", ":"))
     targets = agent.instances
@@ -95,6 +108,17 @@ async def control(agent: Agent, command: str) -> str:
     reply = "; ".join(f"vhid {i.s.vhid} {i.machine.state.name} maintenance="
                       f"{'on' if i.machine.maintenance else 'off'}" for i in targets)
     return reply + "".join(f"; NOT KEPT ACROSS RESTARTS ({u})" for u in unsaved)
+
+
+def on_stop(agent: Agent, arg: str) -> str:
+    """``restart-on-stop S`` (seconds, 1..86400) or ``restart-on-stop off``."""
+    if arg == "off":
+        return agent.restart_on_stop(None)
+    try:
+        seconds = float(arg or "300")
+    except ValueError:
+        return f"error: restart-on-stop takes seconds or off, not {arg!r}"
+    return agent.restart_on_stop(seconds)
 
 
 def persist(agent: Agent, instance: Instance, since: float | None) -> str:

@@ -41,18 +41,27 @@ async def read_config(origin: tuple[str, ...], environ_secrets: dict[str, str] |
     (ucarp's -p) and the password variables the agent was started with (``environ_secrets``,
     kept out of its environment) reach the child through its stdin, never its argv or
     environment; a password file, env file or TOML file the child reads again."""
+    text, _ = await read_raw_config(origin, environ_secrets)
+    new = RunConfig.from_json(text)
+    return dataclasses.replace(new, environ_secrets=dict(environ_secrets or {}))  # next reload
+
+
+async def read_raw_config(origin: tuple[str, ...], environ_secrets: dict[str, str] | None = None
+                          ) -> tuple[str, str]:
+    """:func:`read_config`'s child, as it answered: the RunConfig JSON text and the version of
+    the code installed now. A restart hands that text to the new version unread: the running
+    (older) code may not know its fields, and must not re-encode them."""
     if not origin:
         raise ReloadRefused(["this agent was not started by `carp-sidecar run`: nothing to "
                              "re-read"])
-    code = ("import sys; from sidecar.tools.cli import dump_runtime_config as d; "
-            "sys.exit(d(sys.stdin.read()))")
-    secrets = dict(environ_secrets or {})
-    request = json.dumps({"origin": list(origin), "environ": secrets}).encode()
+    code = ("import sys, sidecar; from sidecar.tools.cli import dump_runtime_config as d; "
+            "print(sidecar.__version__); sys.exit(d(sys.stdin.read()))")
+    request = json.dumps({"origin": list(origin), "environ": dict(environ_secrets or {})})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(request), READ_TIMEOUT)
+        out, err = await asyncio.wait_for(proc.communicate(request.encode()), READ_TIMEOUT)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -60,8 +69,8 @@ async def read_config(origin: tuple[str, ...], environ_secrets: dict[str, str] |
     if proc.returncode != 0:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         raise ReloadRefused(lines or [f"exit status {proc.returncode}"])
-    new = RunConfig.from_json(out.decode())
-    return dataclasses.replace(new, environ_secrets=secrets)  # for the next reload
+    version, _, text = out.decode().partition("\n")
+    return text, version.strip()
 
 # Fields an instance takes live; any other change replaces it.
 LIVE = frozenset({

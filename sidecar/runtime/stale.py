@@ -37,8 +37,10 @@ log = logging.getLogger("carp-sidecar")
 class HeldRecord:
     """This agent's record (``vips``, None without one) and whether it is kept whole."""
 
-    def __init__(self, config: RunConfig, registry: CollectorRegistry) -> None:
+    def __init__(self, config: RunConfig, registry: CollectorRegistry,
+                 keep: frozenset[tuple[int, str, int]] = frozenset()) -> None:
         self.state_dir = config.state_dir
+        self.keep = keep  # a restart's VIPs (sidecar.runtime.resume): the sweep leaves them
         self.metrics = HeldRecordMetrics(registry)
         self.problem: str | None = None
         self.vips: HeldVips | None = None
@@ -78,7 +80,10 @@ class HeldRecord:
         assert self.state_dir is not None
         untrusted: list[str] = []
         try:
-            log_swept(sweep(self.state_dir, untrusted))
+            if self.keep:
+                log_swept(sweep(self.state_dir, untrusted, keep=self.keep))  # type: ignore[call-arg,unused-ignore]
+            else:
+                log_swept(sweep(self.state_dir, untrusted))
         except Exception:  # a bug in a speed-up must not stop the agent
             log.exception("CARP_STATE_DIR: the sweep of earlier runs' records failed (the "
                           "configured VIPs are removed all the same)")
@@ -98,17 +103,21 @@ def _vip_count(instances: Sequence[Vhid]) -> int:
 
 
 async def remove_stale_vips(nl: Netlink, instances: Sequence[Instance],
-                            configured: Sequence[Instance]) -> None:
+                            configured: Sequence[Instance],
+                            keep: frozenset[tuple[int, str]] = frozenset()) -> None:
     """Before the first election: the instances' VIPs, left by an earlier run, removed from
     their interface, and from another where the evidence says they are ours (the module's
     docstring); ucarp --neutral: what is there at start stays. ``configured``: every instance,
-    the new ones included (an interface any of them names is not a renamed one)."""
+    the new ones included (an interface any of them names is not a renamed one). ``keep``:
+    (ifindex, address) a restart resumes holding (sidecar.runtime.resume)."""
     owned = [i for i in instances if not i.s.neutral and not i.s.manages_vip_by_scripts]
     try:
         for instance in owned:
             s, index = instance.s, instance.vip_index
             assert index is not None
             for vip in s.vips:
+                if (index, str(vip.ip)) in keep:
+                    continue
                 if await nl.remove_address(index, vip):
                     log.warning("Removed stale VIP %s from %s (left by an earlier run)",
                                 vip.ip, s.vip_interface or s.interface)

@@ -16,7 +16,8 @@ import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-COMMANDS = ("demote", "promote", "status", "reload")  # each but reload may name a vhid: "demote 2"
+# demote, promote and status may name a vhid ("demote 2"); restart-on-stop takes seconds or off
+COMMANDS = ("demote", "promote", "status", "reload", "restart", "restart-on-stop")
 log = logging.getLogger("carp-sidecar")
 
 

@@ -1,0 +1,390 @@
+"""``carp-sidecar restart``: the agent replaces itself by the installed version in its own
+process (execve: same PID) without moving the VIP (docs/architecture.md, "Restart without a
+move"). The old side (:func:`restart`): refusals, the new code's pre-flight, the record
+(sidecar.runtime.resume), the kernel leases on the VIPs, the keeper (sidecar.runtime.keeper),
+the reply and the exec. The new side (:func:`take_over`): the keeper stopped, what each
+instance resumes from, the leases back to forever.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sidecar.core.actions import Resume
+from sidecar.core.machine import State
+from sidecar.net.held import identity
+from sidecar.net.rtmsg import set_lifetimes
+from sidecar.runtime import keeper, resume, stale
+from sidecar.runtime.reload import ReloadRefused, read_raw_config
+from sidecar.runtime.reporter import utc
+from sidecar.runtime.resume import ResumedCheck, ResumedInstance, ResumeRecord
+
+if TYPE_CHECKING:
+    from sidecar.runtime.agent import Agent
+    from sidecar.runtime.instance import Instance
+
+log = logging.getLogger("carp-sidecar")
+# when the record this image resumes from was written (the memfd's mtime, Unix time: the
+# restart's start, without a field in the record); set by the agent's main
+RECORD_WRITTEN: list[float] = []
+Vip = tuple[int, str, int]
+KIND = "in_place"
+
+
+@dataclass
+class Prepared:
+    """What the exec needs, ready before the reply: undone if the exec fails."""
+
+    config_fd: int
+    record_fd: int
+    keeper: socket.socket
+    keeper_pid: int
+    leased: list[Vip]
+    version: str
+
+
+def refusal(agent: Agent) -> str | None:
+    if agent.stopping:
+        return "the agent is stopping"
+    if agent.restarting:
+        return "a restart is already under way"
+    if agent.reload_lock.locked():
+        return "a reload is under way"
+    return None
+
+
+async def restart(agent: Agent) -> str:
+    """The control verb ``restart``: its reply. On success the exec follows the reply."""
+    why = refusal(agent)
+    if why is not None:
+        return _refused(agent, why)
+    agent.restarting = True
+    try:
+        async with agent.reload_lock:  # no reload starts meanwhile
+            text, version = await read_raw_config(agent.config.origin,
+                                                  agent.config.environ_secrets)
+            json.loads(text)  # whole, not read: the new version's fields are its own
+            present = {key(i): await present_vips(agent, i) for i in agent.instances}
+    except ReloadRefused as e:
+        agent.restarting = False
+        return _refused(agent, "the new version does not accept the configuration: "
+                        + "; ".join(e.errors))
+    except (OSError, ValueError) as e:
+        agent.restarting = False
+        return _refused(agent, f"pre-flight failed: {e}")
+    if agent.stopping:  # a stop came meanwhile: it wins
+        agent.restarting = False
+        return _refused(agent, "the agent is stopping")
+    try:
+        prepared = prepare(agent, text, version, present)
+    except OSError as e:
+        agent.restarting = False
+        agent.count_restart(KIND, "failed")
+        log.error("Restart in place failed: %s; running on", e.strerror or e)
+        return f"error: restart failed: {e.strerror or e}"
+    quiesce(agent)
+    agent.loop.call_soon(execute, agent, prepared)
+    return (f"ok: restarting in place (pid {os.getpid()}, version {agent.version} -> "
+            f"{version})")
+
+
+def _refused(agent: Agent, why: str) -> str:
+    agent.count_restart(KIND, "refused")
+    log.warning("Restart in place refused: %s", why)
+    return f"error: restart refused: {why}"
+
+
+async def present_vips(agent: Agent, instance: Instance) -> list[Vip]:
+    """The instance's VIPs on its VIP interface now, with the prefix the kernel has."""
+    index = instance.vip_index
+    if index is None:
+        return []
+    mine = {v.ip for v in instance.s.vips}
+    return [(index, str(a.ip), a.network.prefixlen) for a in await agent.nl.addresses(index)
+            if a.ip in mine]
+
+
+def record_for(agent: Agent, present: dict[tuple[str, int], list[Vip]], now: float,
+               kind: str = KIND) -> ResumeRecord:
+    """The record of every instance and health check as they are now."""
+    instances = [ResumedInstance(
+        interface=i.s.interface, vhid=i.s.vhid, state=i.machine.state.name,
+        vips=present.get(key(i), []), master_since=i.reporter.master_since,
+        sent_at=i.session.link.sent_at, advert_interval=interval(i),
+        maintenance=dict(i.maintenance)) for i in agent.instances]
+    checks = {name: ResumedCheck(m.healthy, m.failed_since) for name, m in agent.monitors.items()}
+    me = identity()
+    deadratio = min((i.s.deadratio for i in agent.instances if i.machine.state is State.MASTER),
+                    default=3)
+    return ResumeRecord(kind=kind, pid=os.getpid(), version=agent.version,
+                        boot_id=me["boot_id"], netns=me["netns"],
+                        until=resume.until_for(instances, now, deadratio),
+                        restarts=dict(agent.restart_counts),
+                        started=agent.started, instances=instances, checks=checks)
+
+
+def key(instance: Instance) -> tuple[str, int]:  # what the record matches on
+    return (instance.s.interface, instance.s.vhid)
+
+
+def interval(instance: Instance) -> float:
+    return instance.machine.advert_interval_us / 1e6
+
+
+def send_fds(instance: Instance) -> list[int]:
+    """The sockets adverts leave by (the keeper keeps them open)."""
+    attached, unicast = instance.channel.attached, instance.port.unicast
+    return ([attached.sock.fileno()] if attached is not None else []) + (
+        [unicast.sock.fileno()] if unicast is not None else [])
+
+
+def leased_vips(agent: Agent, record: ResumeRecord) -> list[Vip]:
+    """The present VIPs the agent manages by netlink (the scripts' are theirs)."""
+    by_key = {key(i): i for i in agent.instances}
+    return [v for r in record.instances if r.key in by_key
+            and not by_key[r.key].s.manages_vip_by_scripts for v in r.vips]
+
+
+def prepare(agent: Agent, text: str, version: str,
+            present: dict[tuple[str, int], list[Vip]]) -> Prepared:
+    """Record, memfds, leases and the keeper (raises OSError, having undone its part)."""
+    now = time.monotonic()
+    record = record_for(agent, present, now)
+    leased = leased_vips(agent, record)
+    kept = [kept_for(i, [v for v in leased if v in present.get(key(i), [])])
+            for i in agent.instances if i.machine.state is State.MASTER and i.last_advert]
+    config_fd = _memfd(text)
+    problems = set_lifetimes(leased, resume.lifetime_for(record.until, now))
+    for p in problems:
+        log.warning("Restart: cannot set a lifetime on VIP %s (kept forever)", p)
+    try:
+        fds = [fd for i in agent.instances for fd in send_fds(i)]
+        sock, pid = keeper.fork(kept, record.until, fds)
+    except OSError:
+        os.close(config_fd)
+        set_lifetimes(leased, None)
+        raise
+    record = _with_keeper(record, sock.fileno(), pid)
+    record_fd = resume.to_memfd(record)
+    os.set_inheritable(record_fd, True)
+    return Prepared(config_fd, record_fd, sock, pid, leased, version)
+
+
+def _with_keeper(record: ResumeRecord, fd: int, pid: int) -> ResumeRecord:
+    from dataclasses import replace
+    return replace(record, keeper_fd=fd, keeper_pid=pid)
+
+
+def kept_for(instance: Instance, vips: list[Vip]) -> keeper.Kept:
+    last = instance.last_advert
+    assert last is not None
+    sent_at = instance.session.link.sent_at  # the loop's clock: time.monotonic()
+    sent_at = time.monotonic() if sent_at is None else sent_at
+    return keeper.Kept(key=f"{instance.s.interface}/{instance.s.vhid}",
+                       send=keeper.quiet_port(instance.port), advbase=last.advbase,
+                       advskew=last.advskew, counter=last.counter,
+                       interval=interval(instance), sent_at=sent_at, vips=vips)
+
+
+def _memfd(text: str) -> int:
+    fd = os.memfd_create("carp-sidecar-config", 0)
+    os.write(fd, text.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def quiesce(agent: Agent) -> None:
+    """From the fork on the keeper advertises: the old image sends nothing more."""
+    for instance in agent.instances:
+        instance.timer.cancel()
+
+
+def execute(agent: Agent, p: Prepared) -> None:
+    """After the reply: the exec; if it fails, the keeper stopped and everything as before."""
+    argv = [sys.executable, "-m", "sidecar.runtime.agent", "--config-fd", str(p.config_fd),
+            "--resume-fd", str(p.record_fd), "--version", p.version,
+            "--title", json.dumps(agent.title), "--swept", "[]"]
+    log.info("Restarting in place: version %s -> %s, VIPs kept", agent.version, p.version)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    try:
+        os.execve(sys.executable, argv, os.environ)
+    except OSError as e:
+        error = e
+    keeper.stop(p.keeper, p.keeper_pid, 2.0)
+    set_lifetimes(p.leased, None)
+    for fd in (p.config_fd, p.record_fd):
+        os.close(fd)
+    for instance in agent.instances:
+        instance.timer.reschedule()
+    agent.restarting = False
+    agent.count_restart(KIND, "failed")
+    log.error("Restart in place failed: cannot exec %s: %s; running on", sys.executable,
+              error.strerror or error)
+
+
+# ---- the new process ----
+Resumes = dict[tuple[str, int], Resume]
+Sent = dict[tuple[str, int], tuple[float | None, int | None]]  # -> last advert: (at, counter)
+
+
+async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
+    """Once everything is open, before the instances start: the keeper stopped, and which
+    instances resume as MASTER (same interface and VHID, MASTER before, its VIPs still there).
+    The others' VIPs the record kept are removed now: they start as today."""
+    # the keeper stopped first, whatever follows (an on_stop record has none: its own times)
+    sent = take_over(record) if record.keeper_fd is not None else {
+        r.key: (r.sent_at, None) for r in record.instances}
+    why = record.why_not()
+    if sent is None and why is None:
+        why = "the keeper had gone (too late: it bowed out and the backups took over)"
+    sent = None if why is not None else sent
+    resumes: Resumes = {}
+    renew: list[Vip] = []
+    by_key = {key(i): i for i in agent.instances}
+    now = time.monotonic()
+    for r in record.instances:
+        instance = by_key.get(r.key)
+        if instance is None or not r.vips:
+            continue
+        present = await present_vips(agent, instance)
+        kept = {a for _, a, _ in present} >= {a for _, a, _ in r.vips}
+        if sent is not None and r.state == "MASTER" and kept:
+            at, counter = sent.get(r.key, (r.sent_at, None))
+            resumes[r.key] = Resume(True, next_advert(at, r.advert_interval, now), counter,
+                                    r.master_since)
+            if not instance.s.manages_vip_by_scripts:
+                renew += present
+                hold(agent, present)
+        elif not instance.s.manages_vip_by_scripts and not instance.s.neutral:
+            await stale.remove_stale_vips(agent.nl, [instance], agent.instances)
+    for p in set_lifetimes(renew, None):
+        log.warning("Restart: cannot renew VIP %s: the kernel will remove it", p)
+    agent.count_restart(record.kind, "afresh" if why is not None else "resumed")
+    seconds = round(time.time() - (RECORD_WRITTEN or [record.started])[-1], 2)
+    agent.last_restart = {"kind": record.kind, "from_version": record.version,
+                          "seconds": seconds}
+    if why is not None:
+        log.warning("Restart record of pid %d (version %s) not used: %s; starting afresh",
+                    record.pid, record.version, why)
+        return {}
+    log.info("Restarted %s in %.2f s (pid %d, version %s -> %s): %s",
+             "in place" if record.kind == KIND else "after a stop", seconds, os.getpid(),
+             record.version, agent.version, outcome(agent, resumes))
+    return resumes
+
+
+def hold(agent: Agent, vips: list[Vip]) -> None:
+    """This process's held-VIP record lists what it kept (no add went through netlink)."""
+    held = None if agent.held is None else agent.held.vips
+    if held is not None:
+        for index, address, prefixlen in vips:
+            held.adding(index, address, prefixlen)
+        held.flush()
+
+
+def outcome(agent: Agent, resumes: Resumes) -> str:
+    parts = []
+    for i in agent.instances:
+        if key(i) in resumes:
+            parts.append(f"{i.s.interface} vhid {i.s.vhid} kept MASTER with "
+                         + ", ".join(str(v.ip) for v in i.s.vips))
+        else:
+            parts.append(f"{i.s.interface} vhid {i.s.vhid} starts afresh")
+    return "; ".join(parts)
+
+
+def take_over(record: ResumeRecord, now: float | None = None) -> Sent | None:
+    """Stop the keeper; each instance's last advert (monotonic) and counter, by (interface,
+    vhid), or None if the keeper has gone (it bowed out: nothing may be resumed)."""
+    if record.keeper_fd is None or record.keeper_pid is None:
+        return None
+    now = time.monotonic() if now is None else now
+    try:
+        sock = socket.socket(fileno=record.keeper_fd)
+    except OSError:
+        return None
+    reply = keeper.stop(sock, record.keeper_pid, record.until - now + 0.5)
+    if reply is None:
+        return None
+    sent: Sent = {}
+    for r in record.instances:
+        k = reply.get(f"{r.interface}/{r.vhid}")
+        sent[r.key] = (r.sent_at, None) if k is None else (float(k["sent_at"]), int(k["counter"]))
+    return sent
+
+
+def next_advert(sent_at: float | None, interval: float, now: float) -> float | None:
+    """A resumed MASTER's first advert: one interval after the last one sent, or at once."""
+    if sent_at is None or sent_at + interval <= now:
+        return None
+    return sent_at + interval
+
+
+def carry_check(agent: Agent, name: str) -> None:
+    """A health check's state before the restart, given to its monitor and the instances it
+    gates before they start: a failing service stays failing, a passing one is not unknown."""
+    carried = None if agent.record is None else agent.record.checks.get(name)
+    if carried is None or carried.healthy is None:
+        return
+    agent.monitors[name].carry(carried.healthy, carried.failed_since)
+    for instance in agent.instances:
+        if name in instance.s.health:
+            instance.check_changed(name, carried.healthy, "" if carried.healthy
+                                   else "failing before the restart", carried.failed_since)
+
+
+# ---- on stop (`carp-sidecar restart --on-stop`): the arming here, the stop in onstop ----
+ON_STOP_MAX = 86400.0
+
+
+def arm_on_stop(agent: Agent, seconds: float | None) -> str:
+    """The control verb ``restart-on-stop S|off``: the next stop keeps the VIPs for the next
+    process on CARP_STATE_DIR, if it comes within ``seconds`` (None: disarmed)."""
+    if seconds is None:
+        was, agent.on_stop_until = agent.on_stop_until, None
+        if was is not None:
+            log.info("Restart on stop cancelled: a stop bows out again")
+        return "ok: restart on stop off: a stop bows out and hands over"
+    if agent.config.state_dir is None:
+        return ("error: restart on stop needs CARP_STATE_DIR (the record waits there for the "
+                "next process, on a volume kept across the restart)")
+    if not 1 <= seconds <= ON_STOP_MAX:
+        return f"error: restart on stop: {seconds:g} s is not within 1..{ON_STOP_MAX:g}"
+    if agent.stopping:
+        return "error: the agent is stopping"
+    wall = time.time() + seconds
+    agent.on_stop_until = (wall, time.monotonic() + seconds)
+    log.info("Restart on stop armed: a stop within %g s keeps the VIPs for the next process "
+             "on %s (until %s)", seconds, agent.config.state_dir, utc(wall))
+    return f"ok: restart on stop armed until {utc(wall)}: the next stop keeps the VIPs"
+
+
+async def stop_for_restart(agent: Agent) -> bool:
+    """At a stop: armed and not expired, stop holding the VIPs for the next process
+    (sidecar.runtime.onstop); False: stop as usual (bow out)."""
+    armed = agent.on_stop_until
+    if armed is None or time.monotonic() >= armed[1]:
+        return False
+    from sidecar.runtime import onstop  # only on this path
+    done = onstop.stop_for_restart(agent)
+    return bool(await done if inspect.isawaitable(done) else done)
+
+
+def agent_status(agent: Agent) -> dict[str, Any]:
+    """/status ``agent``: this process image, and its restarts."""
+    armed = agent.on_stop_until
+    return {"version": agent.version, "started": agent.started, "pid": os.getpid(),
+            "restarts": sum(n for k, n in agent.restart_counts.items()
+                            if k.endswith(("/resumed", "/afresh"))),
+            "restart_on_stop_until": None if armed is None else armed[0],
+            "last_restart": agent.last_restart}
