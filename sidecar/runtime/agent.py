@@ -398,6 +398,7 @@ def run_agent(config: RunConfig, version: str = "0",
     ``record``: a restart's (sidecar.runtime.resume), to resume from."""
     logs.setup(config.log_format, config.log_level, config.syslog)
     log_swept(swept or [])
+    record = record or restart.waiting_record(config)  # an on_stop restart's, if one waits
 
     async def main() -> int:
         agent = await Agent.start(config, version=version, record=record)

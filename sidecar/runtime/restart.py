@@ -28,12 +28,13 @@ from sidecar.runtime.reporter import utc
 from sidecar.runtime.resume import ResumedCheck, ResumedInstance, ResumeRecord
 
 if TYPE_CHECKING:
+    from sidecar.config.runconfig import RunConfig
     from sidecar.runtime.agent import Agent
     from sidecar.runtime.instance import Instance
 
 log = logging.getLogger("carp-sidecar")
-# when the record this image resumes from was written (the memfd's mtime, Unix time: the
-# restart's start, without a field in the record); set by the agent's main
+# when the record this image resumes from was written (Unix time: the restart's start, with
+# no field in the record): the memfd's mtime (the agent's main), the file's (on_stop)
 RECORD_WRITTEN: list[float] = []
 Vip = tuple[int, str, int]
 KIND = "in_place"
@@ -162,7 +163,9 @@ def prepare(agent: Agent, text: str, version: str,
     kept = [kept_for(i, [v for v in leased if v in present.get(key(i), [])])
             for i in agent.instances if i.machine.state is State.MASTER and i.last_advert]
     config_fd = _memfd(text)
-    problems = set_lifetimes(leased, resume.lifetime_for(record.until, now))
+    # rounded up, not down: the keeper removes them itself at ``until``; the lease is for a
+    # keeper that dies too, and must not end while a slow successor is still on its way
+    problems = set_lifetimes(leased, resume.lifetime_for(record.until + 0.999, now))
     for p in problems:
         log.warning("Restart: cannot set a lifetime on VIP %s (kept forever)", p)
     try:
@@ -213,13 +216,24 @@ def execute(agent: Agent, p: Prepared) -> None:
     argv = [sys.executable, "-m", "sidecar.runtime.agent", "--config-fd", str(p.config_fd),
             "--resume-fd", str(p.record_fd), "--version", p.version,
             "--title", json.dumps(agent.title), "--swept", "[]"]
+    if agent.stopping:  # a stop signal came after the reply: it wins (bow out as usual)
+        undo(agent, p)
+        log.warning("Restart in place abandoned: the agent is stopping")
+        return
     log.info("Restarting in place: version %s -> %s, VIPs kept", agent.version, p.version)
     for handler in logging.getLogger().handlers:
         handler.flush()
     try:
         os.execve(sys.executable, argv, os.environ)
     except OSError as e:
-        error = e
+        undo(agent, p)
+        agent.count_restart(KIND, "failed")
+        log.error("Restart in place failed: cannot exec %s: %s; running on", sys.executable,
+                  e.strerror or e)
+
+
+def undo(agent: Agent, p: Prepared) -> None:
+    """No exec after all: the keeper stopped, the leases forever again, the timers back."""
     keeper.stop(p.keeper, p.keeper_pid, 2.0)
     set_lifetimes(p.leased, None)
     for fd in (p.config_fd, p.record_fd):
@@ -227,9 +241,6 @@ def execute(agent: Agent, p: Prepared) -> None:
     for instance in agent.instances:
         instance.timer.reschedule()
     agent.restarting = False
-    agent.count_restart(KIND, "failed")
-    log.error("Restart in place failed: cannot exec %s: %s; running on", sys.executable,
-              error.strerror or error)
 
 
 # ---- the new process ----
@@ -270,15 +281,16 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
     for p in set_lifetimes(renew, None):
         log.warning("Restart: cannot renew VIP %s: the kernel will remove it", p)
     agent.count_restart(record.kind, "afresh" if why is not None else "resumed")
-    seconds = round(time.time() - (RECORD_WRITTEN or [record.started])[-1], 2)
+    seconds = round(time.time() - RECORD_WRITTEN[-1], 2) if RECORD_WRITTEN else None
     agent.last_restart = {"kind": record.kind, "from_version": record.version,
                           "seconds": seconds}
     if why is not None:
         log.warning("Restart record of pid %d (version %s) not used: %s; starting afresh",
                     record.pid, record.version, why)
         return {}
-    log.info("Restarted %s in %.2f s (pid %d, version %s -> %s): %s",
-             "in place" if record.kind == KIND else "after a stop", seconds, os.getpid(),
+    took = "" if seconds is None else f" in {seconds:.2f} s"
+    log.info("Restarted %s%s (pid %d, version %s -> %s): %s",
+             "in place" if record.kind == KIND else "after a stop", took, os.getpid(),
              record.version, agent.version, outcome(agent, resumes))
     return resumes
 
@@ -367,6 +379,15 @@ def arm_on_stop(agent: Agent, seconds: float | None) -> str:
     log.info("Restart on stop armed: a stop within %g s keeps the VIPs for the next process "
              "on %s (until %s)", seconds, agent.config.state_dir, utc(wall))
     return f"ok: restart on stop armed until {utc(wall)}: the next stop keeps the VIPs"
+
+
+def waiting_record(config: RunConfig) -> ResumeRecord | None:
+    """`carp-sidecar run` on a state directory where a stop for a restart left a record (used
+    once: sidecar.runtime.onstop reads it, says why if it cannot be used, and deletes it)."""
+    if config.state_dir is None:
+        return None
+    from sidecar.runtime import onstop  # only with a state directory
+    return onstop.resume_from_state_dir(config.state_dir)
 
 
 async def stop_for_restart(agent: Agent) -> bool:

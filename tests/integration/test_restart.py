@@ -129,6 +129,8 @@ def test_master_restarts_in_place_without_a_move(lab: Lab) -> None:
     assert "eth0 vhid 1 kept MASTER with 172.16.0.1" in text
     assert "Removed stale VIP" not in text
     assert metric(lab, "b", "carp_adverts_dropped_total", reason="replay") == 0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert not any(b"keeper" in Path(f"/proc/{c}/cmdline").read_bytes() for c in children)
 
 
 def test_backup_restarts_demoted_and_failing_and_stays_so(lab: Lab) -> None:
