@@ -22,7 +22,7 @@ from sidecar.core.actions import Resume
 from sidecar.core.machine import State
 from sidecar.net.held import identity
 from sidecar.net.rtmsg import set_lifetimes
-from sidecar.runtime import keeper, resume, stale
+from sidecar.runtime import keeper, resume, stale, status
 from sidecar.runtime.reload import ReloadRefused, read_raw_config
 from sidecar.runtime.reporter import utc
 from sidecar.runtime.resume import ResumedCheck, ResumedInstance, ResumeRecord
@@ -404,8 +404,7 @@ async def stop_for_restart(agent: Agent) -> bool:
 def agent_status(agent: Agent) -> dict[str, Any]:
     """/status ``agent``: this process image, and its restarts."""
     armed = agent.on_stop_until
-    return {"version": agent.version, "started": agent.started, "pid": os.getpid(),
-            "restarts": sum(n for k, n in agent.restart_counts.items()
-                            if k.endswith(("/resumed", "/afresh"))),
-            "restart_on_stop_until": None if armed is None else armed[0],
-            "last_restart": agent.last_restart}
+    restarts = sum(n for k, n in agent.restart_counts.items()
+                   if k.endswith(("/resumed", "/afresh")))  # the ones that happened
+    return status.agent_status(agent.version, agent.started, restarts,
+                               None if armed is None else armed[0], agent.last_restart)
