@@ -115,7 +115,7 @@ class Agent:
         self.replication: Replication | None = None  # only once a VHID has a sync path
         # restarts (sidecar.runtime.restart): this image, and what the one before left
         self.version, self.title, self.started, self.record = "0", "carp-sidecar", STARTED, record
-        self.restart_counts = dict(record.restarts) if record is not None else {}
+        self.restart_counts = restart.carried(record)
         self.restarts = RestartMetrics(registry, dict(self.restart_counts))
         self.restarting = False
         self.on_stop_until: tuple[float, float] | None = None  # (Unix, monotonic) when armed

@@ -117,6 +117,9 @@ def _child(sock: socket.socket, kept: list[Kept], until: float, fds: set[int]) -
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         bow_out(kept)
         return 0
+    except Exception:  # whatever went wrong, never leave the VIPs with nobody advertising
+        bow_out(kept)
+        return 1
 
 
 def serve(sock: socket.socket, kept: list[Kept], until: float,
@@ -136,7 +139,10 @@ def serve(sock: socket.socket, kept: list[Kept], until: float,
                 bow_out(kept)
                 return 0
             if data.startswith(STOP.strip()):
-                sock.sendall(reply(kept).encode() + b"\n")
+                try:
+                    sock.sendall(reply(kept).encode() + b"\n")
+                except OSError:  # the successor asked, then died: nobody took over
+                    bow_out(kept)
                 return 0
         now = clock()
         for k in kept:

@@ -387,7 +387,18 @@ def waiting_record(config: RunConfig) -> ResumeRecord | None:
     if config.state_dir is None:
         return None
     from sidecar.runtime import onstop  # only with a state directory
-    return onstop.resume_from_state_dir(config.state_dir)
+    return onstop.resume_from_state_dir(config.state_dir, AFRESH.append)
+
+
+AFRESH: list[str] = []  # why an on_stop record found at start was not used (counted then)
+
+
+def carried(record: ResumeRecord | None) -> dict[str, int]:
+    """carp_restarts_total so far: the record's, or the on_stop records this start could not
+    use (their counts are lost with them)."""
+    if record is not None:
+        return dict(record.restarts)
+    return {"on_stop/afresh": len(AFRESH)} if AFRESH else {}
 
 
 async def stop_for_restart(agent: Agent) -> bool:
@@ -397,7 +408,7 @@ async def stop_for_restart(agent: Agent) -> bool:
     if armed is None or time.monotonic() >= armed[1]:
         return False
     from sidecar.runtime import onstop  # only on this path
-    done = onstop.stop_for_restart(agent)
+    done = onstop.stop_for_restart(agent, dict(agent.restart_counts))  # carried on
     return bool(await done if inspect.isawaitable(done) else done)
 
 
