@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.core.actions import Resume
 from sidecar.core.machine import State
 from sidecar.net.held import identity
-from sidecar.net.rtmsg import set_lifetimes
+from sidecar.net.rtmsg import delete_address, set_lifetimes
 from sidecar.runtime import keeper, resume, stale, status
 from sidecar.runtime.reload import ReloadRefused, read_raw_config
 from sidecar.runtime.reporter import utc
@@ -265,7 +265,16 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
     now = time.monotonic()
     for r in record.instances:
         instance = by_key.get(r.key)
-        if instance is None or not r.vips:
+        if instance is None:  # no longer configured: nobody here will hold or renew them
+            for index, address, prefixlen in r.vips:
+                try:
+                    if delete_address(index, address, prefixlen):
+                        log.warning("Removed VIP %s of %s vhid %d (no longer configured)",
+                                    address, r.interface, r.vhid)
+                except OSError as e:  # its lease ends it soon all the same
+                    log.error("Cannot remove VIP %s: %s", address, e.strerror or e)
+            continue
+        if not r.vips:
             continue
         present = await present_vips(agent, instance)
         kept = {a for _, a, _ in present} >= {a for _, a, _ in r.vips}
