@@ -8,6 +8,7 @@ instance resumes from, the leases back to forever.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -163,21 +164,23 @@ def prepare(agent: Agent, text: str, version: str,
     kept = [kept_for(i, [v for v in leased if v in present.get(key(i), [])])
             for i in agent.instances if i.machine.state is State.MASTER and i.last_advert]
     config_fd = _memfd(text)
-    # rounded up, not down: the keeper removes them itself at ``until``; the lease is for a
-    # keeper that dies too, and must not end while a slow successor is still on its way
-    problems = set_lifetimes(leased, resume.lifetime_for(record.until + 0.999, now))
-    for p in problems:
-        log.warning("Restart: cannot set a lifetime on VIP %s (kept forever)", p)
+    sock: socket.socket | None = None
     try:
-        fds = [fd for i in agent.instances for fd in send_fds(i)]
-        sock, pid = keeper.fork(kept, record.until, fds)
+        # rounded up, not down: the keeper removes them itself at ``until``; the lease is for
+        # a keeper that dies too, and must not end while a slow successor is on its way
+        for p in set_lifetimes(leased, resume.lifetime_for(record.until + 0.999, now)):
+            log.warning("Restart: cannot set a lifetime on VIP %s (kept forever)", p)
+        sock, pid = keeper.fork(kept, record.until, [fd for i in agent.instances
+                                                     for fd in send_fds(i)])
+        record_fd = resume.to_memfd(_with_keeper(record, sock.fileno(), pid))
+        os.set_inheritable(record_fd, True)
     except OSError:
         os.close(config_fd)
-        set_lifetimes(leased, None)
+        if sock is not None:
+            keeper.stop(sock, pid, 2.0)
+        with contextlib.suppress(OSError):
+            set_lifetimes(leased, None)
         raise
-    record = _with_keeper(record, sock.fileno(), pid)
-    record_fd = resume.to_memfd(record)
-    os.set_inheritable(record_fd, True)
     return Prepared(config_fd, record_fd, sock, pid, leased, version)
 
 
@@ -235,7 +238,11 @@ def execute(agent: Agent, p: Prepared) -> None:
 def undo(agent: Agent, p: Prepared) -> None:
     """No exec after all: the keeper stopped, the leases forever again, the timers back."""
     keeper.stop(p.keeper, p.keeper_pid, 2.0)
-    set_lifetimes(p.leased, None)
+    try:
+        for problem in set_lifetimes(p.leased, None):
+            log.error("Cannot renew VIP %s: the kernel will remove it", problem)
+    except OSError as e:
+        log.error("Cannot renew the VIPs: %s; the kernel will remove them", e.strerror or e)
     for fd in (p.config_fd, p.record_fd):
         os.close(fd)
     for instance in agent.instances:
@@ -287,8 +294,12 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
                 hold(agent, present)
         elif not instance.s.manages_vip_by_scripts and not instance.s.neutral:
             await stale.remove_stale_vips(agent.nl, [instance], agent.instances)
-    for p in set_lifetimes(renew, None):
-        log.warning("Restart: cannot renew VIP %s: the kernel will remove it", p)
+    try:
+        for p in set_lifetimes(renew, None):
+            log.warning("Restart: cannot renew VIP %s: the kernel will remove it", p)
+    except OSError as e:
+        log.error("Restart: cannot renew the VIPs (%s): the kernel will remove them",
+                  e.strerror or e)
     agent.count_restart(record.kind, "afresh" if why is not None else "resumed")
     seconds = round(time.time() - RECORD_WRITTEN[-1], 2) if RECORD_WRITTEN else None
     agent.last_restart = {"kind": record.kind, "from_version": record.version,
