@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from sidecar.core.machine import SendAdvert
 from sidecar.core.protocol import BOW_OUT
-from sidecar.net.rtmsg import delete_address
+from sidecar.net.rtmsg import delete_address, set_lifetimes
 from sidecar.runtime.sendport import SendPort
 
 TITLE = "carp-sidecar restart keeper"
@@ -49,6 +49,7 @@ class Kept:
     interval: float  # s
     sent_at: float  # CLOCK_MONOTONIC of the last advert
     vips: list[Vip]  # what to delete at a bow-out (those the agent manages by netlink)
+    lease: int = 0  # s: their kernel lifetime, renewed with each advert (0: not renewed)
 
     @property
     def next_at(self) -> float:
@@ -58,6 +59,9 @@ class Kept:
         self.counter += 1
         self.send(SendAdvert(self.advbase, self.advskew, self.counter))
         self.sent_at = now
+        if self.lease and self.vips:  # a keeper killed too leaves them a master-down at most
+            with contextlib.suppress(OSError):
+                set_lifetimes(self.vips, self.lease)
 
     def bow_out(self) -> None:
         self.counter += 1

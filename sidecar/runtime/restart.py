@@ -12,11 +12,12 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sidecar.core.actions import Resume
@@ -39,6 +40,7 @@ log = logging.getLogger("carp-sidecar")
 RECORD_WRITTEN: list[float] = []
 Vip = tuple[int, str, int]
 KIND = "in_place"
+SUCCESSOR_START = 10.0  # s the new image has to take over from the keeper, which advertises
 
 
 @dataclass
@@ -160,15 +162,20 @@ def prepare(agent: Agent, text: str, version: str,
     """Record, memfds, leases and the keeper (raises OSError, having undone its part)."""
     now = time.monotonic()
     record = record_for(agent, present, now)
+    # The keeper advertises: the backups wait as long as it does. Its deadline gives the new
+    # image time to start, even when adverts go every 100 ms; the kernel lease, renewed
+    # with each advert, is what bounds a second holder if the keeper is killed too.
+    slowest = max((interval(i) for i in agent.instances), default=1.0)
+    lease = max(resume.lifetime_for(record.until + 0.999, now),  # rounded up, and with
+                math.ceil(2 * slowest) + 1)  # room for a renewal (whole seconds, kernel timer)
+    record = replace(record, until=max(record.until, now + SUCCESSOR_START))
     leased = leased_vips(agent, record)
-    kept = [kept_for(i, [v for v in leased if v in present.get(key(i), [])])
+    kept = [kept_for(i, [v for v in leased if v in present.get(key(i), [])], lease)
             for i in agent.instances if i.machine.state is State.MASTER and i.last_advert]
     config_fd = _memfd(text)
     sock: socket.socket | None = None
     try:
-        # rounded up, not down: the keeper removes them itself at ``until``; the lease is for
-        # a keeper that dies too, and must not end while a slow successor is on its way
-        for p in set_lifetimes(leased, resume.lifetime_for(record.until + 0.999, now)):
+        for p in set_lifetimes(leased, lease):
             log.warning("Restart: cannot set a lifetime on VIP %s (kept forever)", p)
         sock, pid = keeper.fork(kept, record.until, [fd for i in agent.instances
                                                      for fd in send_fds(i)])
@@ -185,11 +192,10 @@ def prepare(agent: Agent, text: str, version: str,
 
 
 def _with_keeper(record: ResumeRecord, fd: int, pid: int) -> ResumeRecord:
-    from dataclasses import replace
     return replace(record, keeper_fd=fd, keeper_pid=pid)
 
 
-def kept_for(instance: Instance, vips: list[Vip]) -> keeper.Kept:
+def kept_for(instance: Instance, vips: list[Vip], lease: int = 0) -> keeper.Kept:
     last = instance.last_advert
     assert last is not None
     sent_at = instance.session.link.sent_at  # the loop's clock: time.monotonic()
@@ -197,7 +203,7 @@ def kept_for(instance: Instance, vips: list[Vip]) -> keeper.Kept:
     return keeper.Kept(key=f"{instance.s.interface}/{instance.s.vhid}",
                        send=keeper.quiet_port(instance.port), advbase=last.advbase,
                        advskew=last.advskew, counter=last.counter,
-                       interval=interval(instance), sent_at=sent_at, vips=vips)
+                       interval=interval(instance), sent_at=sent_at, vips=vips, lease=lease)
 
 
 def _memfd(text: str) -> int:
