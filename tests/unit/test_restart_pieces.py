@@ -211,3 +211,50 @@ def test_the_pre_flight_child_answers_the_new_json_unread_and_its_version(
     monkeypatch.setenv("CARP_VHID", "0")
     with pytest.raises(ReloadRefused, match="VHID"):
         asyncio.run(read_raw_config(origin, {"CARP_PASS": "geheim"}))
+
+
+def test_a_keeper_told_to_stop_by_a_signal_bows_out_and_says_what_it_is() -> None:
+    import signal
+
+    kept = keeper.Kept("eth0/1", lambda a: None, 1, 0, 41, 1.0, time.monotonic(), [])
+    sock, pid = keeper.fork([kept], time.monotonic() + 5, [])
+    try:
+        cmdline = b""
+        for _ in range(50):  # its title is set once it has closed what it does not need
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"keeper" in cmdline:
+                break
+            time.sleep(0.02)
+        if _has_setproctitle():  # optional at run time
+            assert cmdline.startswith(keeper.TITLE.encode()), cmdline
+        os.kill(pid, signal.SIGTERM)  # systemctl stop during the restart
+        _, code = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(code) == 0
+    finally:
+        sock.close()
+
+
+def _has_setproctitle() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("setproctitle") is not None
+
+
+def test_an_exec_that_fails_stops_the_keeper_and_the_agent_runs_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real execve of a program that is not there (ENOENT): nothing of the restart stays."""
+    counted: list[tuple[str, str]] = []
+    agent = SimpleNamespace(instances=[], title="carp-sidecar", version="1", stopping=False,
+                            restarting=True, count_restart=lambda k, r: counted.append((k, r)))
+    kept = keeper.Kept("eth0/1", lambda a: None, 1, 0, 41, 1.0, time.monotonic(), [])
+    sock, pid = keeper.fork([kept], time.monotonic() + 5, [])
+    config_fd, record_fd = os.memfd_create("c"), os.memfd_create("r")
+    prepared = restart.Prepared(config_fd, record_fd, sock, pid, [], "2")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    restart.execute(agent, prepared)  # type: ignore[arg-type]
+    assert counted == [("in_place", "failed")] and agent.restarting is False
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # the keeper was told STOP and waited for
+    for fd in (config_fd, record_fd):
+        with pytest.raises(OSError):
+            os.fstat(fd)
