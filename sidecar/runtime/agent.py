@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Coroutine
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,6 @@ if TYPE_CHECKING:  # loaded only when a path is configured (the agent's import c
     from sidecar.replica.service import Replication
 
 log = logging.getLogger("carp-sidecar")
-STARTED = time.time()  # this process image: an exec in place starts a new one
 
 
 def check_capabilities(config: RunConfig) -> None:
@@ -91,6 +89,7 @@ def realtime() -> None:
 
 class Agent:
     open_channel = staticmethod(open_channel)  # the reloader's too
+
     def __init__(self, config: RunConfig, nl: Netlink, registry: CollectorRegistry,
                  metrics: Metrics, loop: asyncio.AbstractEventLoop,
                  record: ResumeRecord | None = None) -> None:
@@ -114,7 +113,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self.replication: Replication | None = None  # only once a VHID has a sync path
         # restarts (sidecar.runtime.restart): this image, and what the one before left
-        self.version, self.title, self.started, self.record = "0", "carp-sidecar", STARTED, record
+        self.version, self.title, self.started, self.record = "0", "carp-sidecar", restart.STARTED, record
         self.restart_counts = restart.carried(record)
         self.restarts = RestartMetrics(registry, dict(self.restart_counts))
         self.restarting = False
@@ -128,8 +127,8 @@ class Agent:
         ``record``: what the process before a restart left (its VIPs are not swept)."""
         check_capabilities(config)
         registry = registry or CollectorRegistry()
-        # a dead run's swept; never fatal: a speed-up
-        held = HeldRecord(config, registry, frozenset(record.vips()) if record else frozenset())
+        held = HeldRecord(config, registry,  # a dead run's swept; never fatal: a speed-up
+                          frozenset(record.vips()) if record else frozenset())
         agent = cls(config, Netlink(held.vips), registry, Metrics(registry, version),
                     asyncio.get_running_loop(), record)
         agent.held, agent.version = held, version

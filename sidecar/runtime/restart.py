@@ -40,6 +40,7 @@ log = logging.getLogger("carp-sidecar")
 RECORD_WRITTEN: list[float] = []
 Vip = tuple[int, str, int]
 KIND = "in_place"
+STARTED = time.time()  # this process image (loaded with the agent): an exec starts a new one
 SUCCESSOR_START = 10.0  # s the new image has to take over from the keeper, which advertises
 
 
