@@ -34,7 +34,7 @@ from sidecar.net.netlink import (
     LinkEvent,
     Netlink,
 )
-from sidecar.runtime import keeper, operator, reloader, replicas, restart, signals
+from sidecar.runtime import keeper, operator, reloader, replicas, restart, signals, takeover
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
 from sidecar.runtime.maintenance import MaintenanceStore
@@ -114,7 +114,7 @@ class Agent:
         self.replication: Replication | None = None  # only once a VHID has a sync path
         # restarts (sidecar.runtime.restart): this image, and what the one before left
         self.version, self.title, self.started, self.record = "0", "carp-sidecar", restart.STARTED, record
-        self.restart_counts = restart.carried(record)
+        self.restart_counts = takeover.carried(record)
         self.restarts = RestartMetrics(registry, dict(self.restart_counts))
         self.restarting = False
         self.on_stop_until: tuple[float, float] | None = None  # (Unix, monotonic) when armed
@@ -150,7 +150,7 @@ class Agent:
         await self._open_servers()
         for name, check in self.config.checks.items():
             self.monitors[name] = self.monitor(name, check)
-            restart.carry_check(self, name)
+            takeover.carry_check(self, name)
 
     async def build(self, settings: Vhid, config: RunConfig,
                      links: dict[str, Link]) -> Instance:
@@ -259,7 +259,7 @@ class Agent:
         gc.freeze()
         if self.config.realtime:
             realtime()
-        resumes = {} if self.record is None else await restart.resume_start(self, self.record)
+        resumes = {} if self.record is None else await takeover.resume_start(self, self.record)
         for instance in self.instances:
             self.start_instance(instance, resumes.get(restart.key(instance)))
         await self._stopping.wait()
@@ -349,11 +349,6 @@ class Agent:
     def restart_on_stop(self, seconds: float | None) -> str:
         return restart.arm_on_stop(self, seconds)
 
-    def count_restart(self, kind: str, result: str) -> None:
-        key = f"{kind}/{result}"  # carried in the record: increase() works across restarts
-        self.restart_counts[key] = self.restart_counts.get(key, 0) + 1
-        self.restarts.count(kind, result)
-
     async def _reload_quietly(self) -> None:
         await self.reload()  # the outcome is logged and exported; nobody waits for the reply
 
@@ -397,7 +392,7 @@ def run_agent(config: RunConfig, version: str = "0",
     ``record``: a restart's (sidecar.runtime.resume), to resume from."""
     logs.setup(config.log_format, config.log_level, config.syslog)
     log_swept(swept or [])
-    record = record or restart.waiting_record(config)  # an on_stop restart's, if one waits
+    record = record or takeover.waiting_record(config)  # an on_stop restart's, if one waits
 
     async def main() -> int:
         agent = await Agent.start(config, version=version, record=record)
@@ -437,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     record = None
     if args.resume_fd is not None:
         try:
-            restart.RECORD_WRITTEN.append(os.fstat(args.resume_fd).st_mtime)
+            takeover.RECORD_WRITTEN.append(os.fstat(args.resume_fd).st_mtime)
             record = from_fd(args.resume_fd)
         except (OSError, ValueError) as e:  # a normal start (the keeper bows out at its end)
             print(f"carp-sidecar: restart record not used: {e}", file=sys.stderr)

@@ -22,7 +22,7 @@ import pytest
 import sidecar
 from sidecar.core.machine import SendAdvert, State
 from sidecar.core.protocol import BOW_OUT, parse_packet
-from sidecar.runtime import keeper, operator, restart
+from sidecar.runtime import keeper, operator, restart, takeover
 from sidecar.runtime.health import HealthMonitor
 from sidecar.runtime.reload import ReloadRefused, read_raw_config
 from sidecar.runtime.resume import SAFETY, ResumeRecord
@@ -155,9 +155,9 @@ def test_stop_on_a_keeper_that_has_gone_says_none() -> None:
 
 
 def test_a_resumed_master_advertises_one_interval_after_the_last_or_at_once() -> None:
-    assert restart.next_advert(10.0, 1.0, 10.4) == 11.0
-    assert restart.next_advert(10.0, 1.0, 11.2) is None  # late: at once
-    assert restart.next_advert(None, 1.0, 10.0) is None
+    assert takeover.next_advert(10.0, 1.0, 10.4) == 11.0
+    assert takeover.next_advert(10.0, 1.0, 11.2) is None  # late: at once
+    assert takeover.next_advert(None, 1.0, 10.0) is None
 
 
 def test_a_carried_failing_check_needs_rise_passes_to_be_healthy() -> None:
@@ -245,7 +245,8 @@ def test_an_exec_that_fails_stops_the_keeper_and_the_agent_runs_on(
     """A real execve of a program that is not there (ENOENT): nothing of the restart stays."""
     counted: list[tuple[str, str]] = []
     agent = SimpleNamespace(instances=[], title="carp-sidecar", version="1", stopping=False,
-                            restarting=True, count_restart=lambda k, r: counted.append((k, r)))
+                            restarting=True, restart_counts={},
+                            restarts=SimpleNamespace(count=lambda k, r: counted.append((k, r))))
     kept = keeper.Kept("eth0/1", lambda a: None, 1, 0, 41, 1.0, time.monotonic(), [])
     sock, pid = keeper.fork([kept], time.monotonic() + 5, [])
     config_fd, record_fd = os.memfd_create("c"), os.memfd_create("r")
@@ -253,6 +254,7 @@ def test_an_exec_that_fails_stops_the_keeper_and_the_agent_runs_on(
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
     restart.execute(agent, prepared)  # type: ignore[arg-type]
     assert counted == [("in_place", "failed")] and agent.restarting is False
+    assert agent.restart_counts == {"in_place/failed": 1}  # what the next record carries
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # the keeper was told STOP and waited for
     for fd in (config_fd, record_fd):
