@@ -260,3 +260,24 @@ def test_an_exec_that_fails_stops_the_keeper_and_the_agent_runs_on(
     for fd in (config_fd, record_fd):
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_the_keeper_keeps_only_the_descriptors_it_needs() -> None:
+    """The old image's listeners and the held-VIP record's lock must die with the exec: the
+    keeper closes everything but its socket and the ones it sends by."""
+    other, peer = socket.socketpair()  # stands for a listener of the old image
+    needed, needed_peer = socket.socketpair()  # stands for a packet socket
+    kept = keeper.Kept("eth0/1", lambda a: None, 1, 0, 41, 1.0, time.monotonic(), [])
+    sock, pid = keeper.fork([kept], time.monotonic() + 5, [needed.fileno()])
+    try:
+        other.close()
+        needed.close()
+        peer.settimeout(2)
+        assert peer.recv(1) == b""  # no copy left in the keeper
+        needed_peer.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            needed_peer.recv(1)  # the keeper's copy is open
+    finally:
+        keeper.stop(sock, pid, 2.0)
+        peer.close()
+        needed_peer.close()
