@@ -193,11 +193,12 @@ def test_a_new_image_that_crashes_hands_over_within_the_master_down_interval(
     # only the restarted image crashes: the pre-flight child and the first start did not
     (site / "sitecustomize.py").write_text(
         "import os, sys\nif '--resume-fd' in sys.argv:\n    os._exit(1)\n")
-    began = time.monotonic()
     assert restart(lab, "a").startswith("ok: restarting in place")
-    took = wait_for(lambda: lab.state("b") == "MASTER", 4, "node-b MASTER")
-    assert time.monotonic() - began < 3.0 + 100 / 256, took  # within one master-down
-    lab.agents["a"].wait(5)
+    assert lab.agents["a"].wait(15) == 1  # the new image's crash ends the process
+    crashed = time.monotonic()
+    wait_for(lambda: lab.state("b") == "MASTER", 4, "node-b MASTER")
+    took = time.monotonic() - crashed
+    assert took < 3.0 + 100 / 256, took  # within one master-down interval (at once, in fact)
     wait_for(lambda: vip_holders(lab) == ["b"], 2, "the VIP on node-b only")
     for _ in range(20):  # never two holders after
         assert vip_holders(lab) == ["b"]
@@ -236,7 +237,7 @@ def test_while_a_slow_new_image_starts_the_keeper_keeps_the_rhythm(
     first = adverts.index(meanwhile[0])
     assert counters[first] == counters[first - 1] + 1, counters  # it went on from the agent's
     gap = max_gap([a[0] for a in adverts])
-    assert gap <= 40 / 256 + 0.25, (gap, adverts)  # b's master-down: 1.17 s
+    assert gap <= 40 / 256 + 0.4, (gap, adverts)  # interval + start; b's master-down: 1.6 s
     assert absent == 0 and n > 100, (n, absent)
     assert all(a[1] == 0 and a[2] == 40 for a in adverts), adverts  # never a bow-out
     assert lab.state("b") == "BACKUP" and transitions(lab, "b") == b_before
