@@ -46,6 +46,25 @@ async def read_config(origin: tuple[str, ...], environ_secrets: dict[str, str] |
     return dataclasses.replace(new, environ_secrets=dict(environ_secrets or {}))  # next reload
 
 
+# The child, in the installed version's code: its version on the first line, then its RunConfig
+# JSON with the password variables the agent was started with (which the command line does not
+# give again: a restart's new process needs them for its own reloads), each through a pipe.
+_CHILD = """
+import contextlib, io, json, sys, sidecar
+from sidecar.tools.cli import dump_runtime_config
+given = sys.stdin.read()
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    code = dump_runtime_config(given)
+if code:
+    sys.exit(code)
+doc = json.loads(out.getvalue())
+doc["environ_secrets"] = json.loads(given).get("environ") or {}
+print(sidecar.__version__)
+print(json.dumps(doc))
+"""
+
+
 async def read_raw_config(origin: tuple[str, ...], environ_secrets: dict[str, str] | None = None
                           ) -> tuple[str, str]:
     """:func:`read_config`'s child, as it answered: the RunConfig JSON text and the version of
@@ -54,8 +73,7 @@ async def read_raw_config(origin: tuple[str, ...], environ_secrets: dict[str, st
     if not origin:
         raise ReloadRefused(["this agent was not started by `carp-sidecar run`: nothing to "
                              "re-read"])
-    code = ("import sys, sidecar; from sidecar.tools.cli import dump_runtime_config as d; "
-            "print(sidecar.__version__); sys.exit(d(sys.stdin.read()))")
+    code = _CHILD
     request = json.dumps({"origin": list(origin), "environ": dict(environ_secrets or {})})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE,

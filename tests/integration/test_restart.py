@@ -154,6 +154,12 @@ def test_backup_restarts_demoted_and_failing_and_stays_so(lab: Lab) -> None:
     assert st["health"]["healthy"] is False
     assert st["agent"]["pid"] == pid and lab.agents["b"].poll() is None
     assert metric(lab, "b", "carp_restarts_total", kind="in_place", result="resumed") == 1
+    # again: the new process got the password variables of the start (CARP_PASS) too
+    assert restart(lab, "b").startswith("ok: restarting in place")
+    st = restarted(lab, "b", st["agent"]["started"])
+    assert st["state"] == "BACKUP" and st["maintenance"] is True and st["agent"]["restarts"] == 2
+    assert metric(lab, "b", "carp_restarts_total", kind="in_place", result="resumed") == 2
+    assert send_command(lab.dir / "b.sock", "reload", timeout=30) == "reloaded: no changes"
     time.sleep(1)
     assert vip_holders(lab) == ["a"] and transitions(lab, "a") == a_before
     assert "MASTER" not in transitions(lab, "b")

@@ -207,6 +207,8 @@ def test_the_pre_flight_child_answers_the_new_json_unread_and_its_version(
     assert version == sidecar.__version__
     doc = json.loads(text)
     assert doc["instances"][0]["vhid"] == 3
+    # the new process's own reloads and restarts need the password variables of the start
+    assert doc["environ_secrets"] == {"CARP_PASS": "geheim"}
     assert "geheim" not in sys.argv  # through stdin only
     monkeypatch.setenv("CARP_VHID", "0")
     with pytest.raises(ReloadRefused, match="VHID"):
