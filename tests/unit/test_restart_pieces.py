@@ -222,7 +222,7 @@ def test_a_keeper_told_to_stop_by_a_signal_bows_out_and_says_what_it_is() -> Non
     sock, pid = keeper.fork([kept], time.monotonic() + 5, [])
     try:
         cmdline = b""
-        for _ in range(50):  # its title is set once it has closed what it does not need
+        for _ in range(500):  # its title is set once it has closed what it does not need
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if b"keeper" in cmdline:
                 break
