@@ -115,6 +115,7 @@ bench: deps $(BENCH_VENV)/bin/carp-sidecar ## codec/import benchmarks, failover 
 	$(BENCH_VENV)/bin/python tests/bench/bench_startup.py --merge docs/bench-results.json
 	$(BIN)/python tests/bench/bench_together.py --merge docs/bench-results.json
 	$(BIN)/python tests/bench/bench_sync.py --merge docs/bench-results.json
+	$(BIN)/python tests/bench/bench_restart.py --merge docs/bench-results.json --containers
 
 chaos: deps ## the long adversarial run (~35 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py
