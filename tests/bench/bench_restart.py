@@ -524,7 +524,7 @@ def main() -> int:
         t = time.monotonic()
         try:
             got = step()
-        except (TimeoutError, OSError, AssertionError) as e:
+        except (TimeoutError, OSError, AssertionError, subprocess.CalledProcessError) as e:
             got = {"error": f"{type(e).__name__}: {e}"}
         if name == "containers" and "error" not in got:
             r |= got
@@ -545,8 +545,107 @@ def main() -> int:
     return 0
 
 
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("IMAGE", "localhost/carp-sidecar")
+
+
+def podman(*args: str, check: bool = True) -> str:
+    """As tests/integration/test_image.py runs it (make image's containers.conf)."""
+    env = {**os.environ, "CONTAINERS_CONF": str(ROOT / "build/containers.conf")}
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check,
+                          timeout=120, env=env).stdout
+
+
+class ContainerRig(Rig):
+    """The same rig with the agents in the image under Podman (--net=ns:): node-a on a state
+    volume, node-b BACKUP. Its control socket is inside the container: status over HTTP."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.volume = lab.dir / "a-volume"
+        self.volume.mkdir()
+        self.names: list[str] = []
+        self.current = ""
+        super().__init__(lab)
+
+    def start(self, node: str, image: str = IMAGE) -> None:
+        name = f"carp-{self.lab.topo.tag}-{node}-{len(self.names)}"
+        env = {"CARP_INTERFACE": "eth0", "CARP_VHID": "1", "CARP_PASS": "bench-restart",
+               "CARP_ADDR": f"{VIP}/16", "CARP_IF_ALIAS": "eth0:0"}
+        env |= {"CARP_PREEMPT": "true", "CARP_STATE_DIR": "/state"} if node == "a" else \
+            {"CARP_ADVSKEW": "100"}
+        args = ["run", "-d", "--name", name, f"--net=ns:/run/netns/{self.lab.topo[node].ns}",
+                "--cap-add=NET_ADMIN", "--cap-add=NET_RAW"]
+        args += ["-v", f"{self.volume}:/state"] if node == "a" else []
+        for k, v in env.items():
+            args += ["-e", f"{k}={v}"]
+        self.names.append(name)
+        podman(*args, image)
+        if node == "a":
+            self.current = name
+        else:
+            self.backup = name
+
+    def status(self, node: str) -> dict[str, Any]:
+        return self.lab.status(node) or {}
+
+    def backup_masters(self) -> int:
+        out = subprocess.run(["podman", "logs", self.backup], capture_output=True, text=True,
+                             env={**os.environ, "CONTAINERS_CONF": str(ROOT / "build/containers.conf")})
+        return (out.stdout + out.stderr).count("Switching to state: MASTER")
+
+    def replaced(self, how: str, image: str) -> float:
+        """Arm the intent, then `podman restart` or a new container of ``image``; waited for."""
+        before = self.status("a").get("agent", {}).get("started")
+        t0 = time.monotonic()
+        podman("exec", self.current, "carp-sidecar", "restart", "--on-stop")
+        if how == "restart":
+            podman("restart", "-t", "10", self.current)
+        else:
+            podman("stop", "-t", "10", self.current)
+            old = self.current
+            self.start("a", image)
+            podman("rm", "-f", old, check=False)
+
+        def done() -> bool:
+            st = self.status("a")
+            return st.get("agent", {}).get("started") not in (None, before) and \
+                st.get("state") == "MASTER"
+
+        self.lab.wait(done, 30, "the new container MASTER")
+        return time.monotonic() - t0
+
+    def remove(self) -> None:
+        for name in self.names:
+            podman("rm", "-f", "-t", "0", name, check=False)
+
+
 def containers(rounds: int) -> dict[str, Any]:
-    raise OSError("not yet")
+    """--rounds `podman restart`s and as many upgrades (alternating between the image and a
+    second tag of it, on the same volume), each after `carp-sidecar restart --on-stop`."""
+    if subprocess.run(["podman", "image", "exists", IMAGE], env={
+            **os.environ, "CONTAINERS_CONF": str(ROOT / "build/containers.conf")}).returncode:
+        raise OSError(f"image {IMAGE} missing (make image)")
+    second = f"{IMAGE}:bench-upgrade"
+    podman("tag", IMAGE, second)
+    out: dict[str, Any] = {}
+    with Lab() as lab:
+        rig = None
+        try:
+            rig = ContainerRig(lab)
+            for how in ("restart", "upgrade"):
+                before, took = rig.snapshot(), []
+                for i in range(rounds):
+                    took.append(rig.replaced(how, (second, IMAGE)[i % 2]))
+                    time.sleep(0.5)
+                time.sleep(1.0)
+                after = rig.snapshot()
+                out[f"containers_{how}"] = delta(before, after) | windows(rig.events, before["t"]) \
+                    | {"rounds": rounds, "restart_s_median": round(statistics.median(took), 3)}
+        finally:
+            if rig is not None:
+                rig.remove()
+            podman("rmi", second, check=False)
+    return out
 
 
 if __name__ == "__main__":

@@ -5,11 +5,14 @@ Needs the image (`make image`); `make image-test` builds it and runs these tests
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,3 +229,261 @@ def test_image_for_another_architecture_when_the_machine_can_emulate_it() -> Non
     assert r.returncode == 0, r.stderr[-3000:]
     out = podman("run", "--rm", "--platform", "linux/arm64", arm, "--version").stdout
     assert out.startswith("carp-sidecar ")
+
+
+# ---- restart without a move (issue 33): the container cases ---------------------------------
+# One topology for them all (CI's budget): node-b's container stays BACKUP throughout; each test
+# starts its own node-a container(s) on its own state volume and stops them before the next.
+HOLD = {"CARP_PREEMPT": "true", "CARP_STATE_DIR": "/state"}
+RESUMED_ON_STOP = 'carp_restarts_total{kind="on_stop",result="resumed"}'
+
+
+class Holders:
+    """Whether each node's eth0 carries the VIP, over time: `ip monitor address` events stamped
+    as they arrive (a lease the kernel ends shows too), beside the state at the start."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.events: dict[str, list[tuple[float, bool]]] = {"a": [], "b": []}
+        self.procs = []
+        for node in self.events:
+            proc = subprocess.Popen(["ip", "-o", "-n", topo[node].ns, "monitor", "address"],
+                                    stdout=subprocess.PIPE, text=True)
+            self.procs.append(proc)
+            threading.Thread(target=self._read, args=(node, proc), daemon=True).start()
+        time.sleep(0.2)  # listening before the first look
+        for node in self.events:
+            self.events[node].insert(0, (time.monotonic(), vip_on(topo, node)))
+
+    def _read(self, node: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if " 172.16.0.1/16" in line:
+                self.events[node].append((time.monotonic(), not line.startswith("Deleted")))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(5)
+
+    def longest(self, when: Callable[[bool, bool], bool]) -> float:
+        """The longest stretch (s, up to now) during which ``when(on_a, on_b)`` held."""
+        merged = sorted((t, n, p) for n, evs in self.events.items() for t, p in evs)
+        held, worst, began = {"a": False, "b": False}, 0.0, None
+        for t, node, present in [*merged, (time.monotonic(), "", False)]:
+            if began is not None:
+                worst = max(worst, t - began)
+            if node:
+                held[node] = present
+            began = (began if began is not None else t) if when(held["a"], held["b"]) else None
+        return worst
+
+    def first(self, node: str, present: bool, since: float) -> float | None:
+        return next((t for t, p in self.events[node] if p == present and t >= since), None)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """Namespaces a and b, node-b's container BACKUP (advskew 100: master-down ~3.4 s)."""
+    if podman("image", "exists", IMAGE, check=False).returncode != 0:
+        pytest.fail(f"image {IMAGE} missing: run `make image` first (make image-test does)")
+    t = Topology().create({"a": "172.16.0.11/16", "b": "172.16.0.12/16"})
+    t.containers = []  # type: ignore[attr-defined]
+    t.volumes = tmp_path_factory.mktemp("volumes")  # type: ignore[attr-defined]
+    try:
+        run(t, "b", "NET_ADMIN", "NET_RAW", CARP_ADVSKEW="100")
+        yield t
+    finally:
+        for name in t.containers:  # type: ignore[attr-defined]
+            podman("rm", "-f", "-t", "0", name, check=False)
+        t.destroy()
+
+
+def run_a(topo: Topology, tag: str, volume: Path, *caps: str, image: str = IMAGE) -> str:
+    """A node-a container named after ``tag`` on ``volume`` (its CARP_STATE_DIR)."""
+    name = f"carp-{topo.tag}-a-{tag}"
+    topo.containers.append(name)  # type: ignore[attr-defined]
+    args = ["run", "-d", "--name", name, f"--net=ns:/run/netns/{topo['a'].ns}",
+            "-v", f"{volume}:/state", *[f"--cap-add={c}" for c in caps]]
+    if "NET_ADMIN" not in caps:
+        args.append("--cap-drop=NET_ADMIN")
+    for k, v in {**ENV, **HOLD}.items():
+        args += ["-e", f"{k}={v}"]
+    podman(*args, image)
+    return name
+
+
+def status_of(topo: Topology, node: str) -> dict[str, Any]:
+    r = topo[node].run("curl", "-s", "-m", "1", "http://127.0.0.1:9655/status", check=False)
+    try:
+        return dict(json.loads(r.stdout)) if r.returncode == 0 else {}
+    except ValueError:
+        return {}
+
+
+def metric_of(topo: Topology, node: str, series: str) -> float | None:
+    r = topo[node].run("curl", "-s", "-m", "1", "http://127.0.0.1:9655/metrics", check=False)
+    return next((float(line.rsplit(" ", 1)[1]) for line in r.stdout.splitlines()
+                 if line.startswith(series + " ")), None)
+
+
+def b_takeovers(topo: Topology) -> int:
+    out = podman("logs", f"carp-{topo.tag}-b")
+    return (out.stdout + out.stderr).count("Switching to state: MASTER")
+
+
+def a_master(topo: Topology, name: str, volume: Path) -> str:
+    """A fresh node-a container, MASTER (it preempts), node-b BACKUP again."""
+    volume.mkdir()
+    run_a(topo, name, volume, "NET_ADMIN", "NET_RAW")
+    wait_for(lambda: state(topo, "a") == "MASTER" and state(topo, "b") == "BACKUP"
+             and vip_on(topo, "a") and not vip_on(topo, "b"), 20, "node-a MASTER, node-b BACKUP")
+    time.sleep(1.5)  # node-b has heard node-a's adverts for a while
+    return f"carp-{topo.tag}-a-{name}"
+
+
+def bow_out(topo: Topology, name: str) -> None:
+    """Leave the pair as the next test expects it: node-a's container gone, node-b MASTER."""
+    podman("stop", "-t", "10", name, check=False)
+    podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def assert_kept(topo: Topology, holders: Holders, takeovers_before: int) -> None:
+    gone = holders.longest(lambda on_a, on_b: not on_a)
+    assert holders.longest(lambda on_a, on_b: on_a and on_b) == 0, holders.events
+    assert gone < 2.0, f"VIP away from node-a for {gone:.2f} s"
+    assert b_takeovers(topo) == takeovers_before, "node-b left BACKUP"
+    assert state(topo, "b") == "BACKUP"
+    print(f"\nVIP away from node-a at most {gone:.3f} s")
+
+
+def restart_kept(topo: Topology, name: str, then: Callable[[], str]) -> str:
+    """Arm the intent in ``name``, run ``then`` (which stops it and brings the next process),
+    and check the VIP stayed and the new process resumed; the new container's name."""
+    before = status_of(topo, "a").get("agent", {}).get("started")
+    taken = b_takeovers(topo)
+    armed = podman("exec", name, "carp-sidecar", "restart", "--on-stop", check=False)
+    assert armed.returncode == 0, armed.stdout + armed.stderr
+    assert status_of(topo, "a")["agent"]["restart_on_stop_until"] > time.time()
+    holders = Holders(topo)
+    try:
+        new = then()
+        wait_for(lambda: status_of(topo, "a").get("agent", {}).get("started") not in
+                 (None, before) and state(topo, "a") == "MASTER", 20, "the new process MASTER")
+        time.sleep(2.0)  # past a master-down interval of node-b's (had it not heard us)
+    finally:
+        holders.close()
+    assert_kept(topo, holders, taken)
+    assert metric_of(topo, "a", RESUMED_ON_STOP) == 1
+    logs = podman("logs", new)
+    assert "Traceback" not in logs.stdout + logs.stderr
+    return new
+
+
+def test_image_podman_restart_with_the_intent_keeps_the_vip(pair: Topology) -> None:
+    volume = pair.volumes / "restart"  # type: ignore[attr-defined]
+    name = a_master(pair, "restart", volume)
+    try:
+        def restart() -> str:
+            podman("restart", "-t", "10", name)
+            return name
+
+        restart_kept(pair, name, restart)
+        logs = podman("logs", name)
+        assert "Stopping for a restart: VIPs kept" in logs.stdout + logs.stderr
+        assert not (volume / "restart.json").exists()  # used once
+    finally:
+        bow_out(pair, name)
+
+
+def test_image_upgrade_to_a_new_container_on_the_volume_keeps_the_vip(pair: Topology) -> None:
+    """`docker compose up -d` with a new tag: the old container stopped, a new one from another
+    image (here a derived one, a LABEL apart) on the same state volume."""
+    newer = f"{IMAGE}-upgrade-{pair.tag}"
+    build = pair.volumes / "build"  # type: ignore[attr-defined]
+    build.mkdir()
+    (build / "Containerfile").write_text(f"FROM {IMAGE}\nLABEL test.upgrade={pair.tag}\n")
+    podman("build", "--network=host", "-q", "-t", newer, str(build), timeout=300)
+    volume = pair.volumes / "upgrade"  # type: ignore[attr-defined]
+    old = a_master(pair, "old", volume)
+    new = ""
+    try:
+        def upgrade() -> str:
+            podman("stop", "-t", "10", old)
+            return run_a(pair, "new", volume, "NET_ADMIN", "NET_RAW", image=newer)
+
+        new = restart_kept(pair, old, upgrade)
+    finally:
+        bow_out(pair, new or old)
+        podman("rmi", "-f", newer, check=False)
+
+
+def test_image_podman_stop_without_the_intent_hands_over_at_once(pair: Topology) -> None:
+    name = a_master(pair, "plain", pair.volumes / "plain")  # type: ignore[attr-defined]
+    try:
+        holders = Holders(pair)
+        began = time.monotonic()
+        podman("stop", "-t", "10", name)
+        wait_for(lambda: vip_on(pair, "b"), 3, "VIP on node-b")
+        holders.close()
+        took = (holders.first("b", True, began) or time.monotonic()) - began
+        assert not vip_on(pair, "a") and took < 3.0  # at once: not node-b's master-down
+        assert holders.longest(lambda on_a, on_b: on_a and on_b) < 0.5
+        assert not (pair.volumes / "plain" / "restart.json").exists()  # type: ignore[attr-defined]
+        print(f"\nplain stop: VIP on node-b {took:.3f} s after `podman stop` began")
+    finally:
+        bow_out(pair, name)
+
+
+def test_image_new_container_without_net_admin_lets_the_vip_go(pair: Topology) -> None:
+    """The successor cannot run (no NET_ADMIN: exit 2, and it cannot remove the VIP either):
+    the kernel's lease ends the VIP on node-a and node-b takes over, never both for long."""
+    volume = pair.volumes / "nocap"  # type: ignore[attr-defined]
+    old = a_master(pair, "nocap-old", volume)
+    armed = podman("exec", old, "carp-sidecar", "restart", "--on-stop", check=False)
+    assert armed.returncode == 0, armed.stdout + armed.stderr
+    holders = Holders(pair)
+    try:
+        began = time.monotonic()
+        podman("stop", "-t", "10", old)
+        assert vip_on(pair, "a")  # kept for the successor...
+        new = run_a(pair, "nocap-new", volume, "NET_RAW")
+        wait_for(lambda: vip_on(pair, "b") and not vip_on(pair, "a"), 10,
+                 "node-b MASTER, the VIP gone from node-a")
+        time.sleep(0.5)
+    finally:
+        holders.close()
+    gone, taken = holders.first("a", False, began), holders.first("b", True, began)
+    assert gone is not None and taken is not None
+    both = holders.longest(lambda on_a, on_b: on_a and on_b)
+    assert gone - began < 3.4 + 0.5, "the VIP outlived node-b's master-down on node-a"
+    assert both < 1.0, f"two holders for {both:.2f} s"
+    code = podman("inspect", "--format", "{{.State.ExitCode}}", new).stdout.strip()
+    assert code == "2"
+    print(f"\nno NET_ADMIN: VIP gone from node-a {gone - began:.2f} s after the stop, on "
+          f"node-b at {taken - began:.2f} s, two holders {both:.3f} s")
+    podman("rm", "-f", "-t", "0", old, new, check=False)
+
+
+def test_image_restart_in_place_keeps_pid_1_and_the_vip(pair: Topology) -> None:
+    name = a_master(pair, "inplace", pair.volumes / "inplace")  # type: ignore[attr-defined]
+    try:
+        inspect = "{{.State.Pid}} {{.State.StartedAt}}"
+        before = podman("inspect", "--format", inspect, name).stdout
+        started = status_of(pair, "a")["agent"]["started"]
+        taken = b_takeovers(pair)
+        holders = Holders(pair)
+        try:
+            r = podman("exec", name, "carp-sidecar", "restart", check=False, timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
+            wait_for(lambda: status_of(pair, "a").get("agent", {}).get("started")
+                     not in (None, started), 20, "the new image's status")
+            time.sleep(1.5)
+        finally:
+            holders.close()
+        assert podman("inspect", "--format", inspect, name).stdout == before  # same PID 1
+        assert status_of(pair, "a")["agent"]["pid"] == 1
+        assert_kept(pair, holders, taken)
+        assert holders.longest(lambda on_a, on_b: not on_a) == 0
+        assert metric_of(pair, "a", 'carp_restarts_total{kind="in_place",result="resumed"}') == 1
+    finally:
+        bow_out(pair, name)
