@@ -10,16 +10,19 @@ up throughout; each test starts node-a (preempt, its own state directory) and le
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from sidecar.lab import Lab
 from sidecar.lab.holders import HolderSampler
+from sidecar.lab.netns import sh
 from sidecar.serve.control import send_command
 
 from .conftest import dump_on_failure, transitions, vip_holders, wait_for
@@ -30,6 +33,7 @@ SAMPLE = 0.02
 # process (not the front, not a reload's or a restart's pre-flight child) dies at once: a new
 # version that cannot start.
 SITECUSTOMIZE = """\
+import contextlib
 import os
 if os.path.exists({flag!r}):
     with open("/proc/self/cmdline", "rb") as _c:
@@ -151,8 +155,17 @@ def test_in_place_into_a_version_that_cannot_start_hands_over_at_once(rig: Rig) 
     assert proc.wait(5) == 1  # the broken image's exit
     assert figures["vip_on_b_s"] < 1.5, "the keeper did not bow out: node-b waited it out"
     assert transitions(rig.lab, "b")[-1] == "MASTER"
-    wait_for(lambda: not rig.lab.topo["a"].run("ip", "netns", "pids", rig.lab.topo["a"].ns)
-             .stdout.strip(), 5, "no keeper left behind")
+    wait_for(lambda: not left_in(rig.lab, "a"), 5, "no keeper left behind")
+
+
+def left_in(lab: Lab, node: str) -> list[str]:
+    """Command lines of the processes still in the node's namespace."""
+    pids = sh("ip", "netns", "pids", lab.topo[node].ns, check=False).stdout.split()
+    out = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return out
 
 
 def test_on_stop_then_a_configuration_that_does_not_validate(rig: Rig) -> None:
