@@ -378,7 +378,8 @@ def restart_kept(topo: Topology, name: str, then: Callable[[], str]) -> str:
     taken = b_takeovers(topo)
     armed = podman("exec", name, "carp-sidecar", "restart", "--on-stop", check=False)
     assert armed.returncode == 0, armed.stdout + armed.stderr
-    assert status_of(topo, "a")["agent"]["restart_on_stop_until"] > time.time()
+    wait_for(lambda: (status_of(topo, "a")["agent"]["restart_on_stop_until"] or 0) > time.time(),
+             3, "the intent in /status")  # /status may be a scrape old
     holders = Holders(topo)
     try:
         stopped = time.monotonic()
