@@ -49,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # results.py
 VIP = "172.16.0.1"
 HTTP_PORT, HOLD_PORT = 80, 8081
 CONNECTIONS = 20
-PASS_FROM_FILE = os.environ.get("BENCH_PASS_FROM_FILE") == "1"  # CARP_PASS_FILE, not CARP_PASS
 SITECUSTOMIZE = """\
 import os
 if os.path.exists({flag!r}):
@@ -235,7 +234,7 @@ if __name__ == "__main__" and "--role" in sys.argv:
     sys.exit(role_main(sys.argv[1:]))
 
 # ---------------------------------------------------------------- the bench itself
-from sidecar.lab import ADDRESSES, LAB_PASSWORD, Lab  # noqa: E402
+from sidecar.lab import ADDRESSES, Lab  # noqa: E402
 from sidecar.serve.control import send_command  # noqa: E402
 
 
@@ -280,12 +279,7 @@ class Rig:
         time.sleep(1.0)  # every held connection open
 
     def start(self, node: str) -> None:
-        secret = self.lab.dir / "carp_pass"  # PASS_FILE: see PASS_FROM_FILE
-        if PASS_FROM_FILE and not secret.exists():
-            secret.write_text(LAB_PASSWORD + "\n")
-            secret.chmod(0o600)
-        extra: dict[str, str] = {"CARP_PASS": "", "CARP_PASS_FILE": str(secret)} \
-            if PASS_FROM_FILE else {}
+        extra: dict[str, str] = {}
         if node == "a":
             extra |= {"CARP_PREEMPT": "true", "PYTHONPATH": os.pathsep.join(
                 [str(self.site), os.environ.get("PYTHONPATH", "")])}
