@@ -54,8 +54,16 @@ class Params:
     # skew alone. The configuration turns it on for advbase 0 (docs/protocol.md §5.4).
     vrrp3_dead_timer: bool = False
     strict: bool = False  # never adopt a peer's counter: each node's own counter only increases
+    # "carp", or VRRP ("vrrp2": RFC 3768, "vrrp3": RFC 5798; sidecar.core.vrrp_rules): then
+    # ``priority`` (1..255, 255 the address owner) and ``advert_int_cs`` (centiseconds; v2:
+    # whole seconds) are the timers and the election key; advbase/advskew are unused
+    protocol: str = "carp"
+    priority: int = 100
+    advert_int_cs: int = 100
 
     def __post_init__(self) -> None:
+        if self.protocol != "carp":
+            _check_vrrp(self)
         if not (0 <= self.advbase <= 255 and 0 <= self.advskew <= 255):
             raise ValueError("advbase and advskew are 0..255")
         if self.advbase == 0 and self.advskew == 0:
@@ -66,6 +74,16 @@ class Params:
             raise ValueError("garp_repeat must be at least 1")
         if self.preempt_delay < 0:
             raise ValueError("preempt_delay cannot be negative")
+
+
+def _check_vrrp(p: Params) -> None:
+    if p.protocol not in ("vrrp2", "vrrp3"):
+        raise ValueError(f"protocol is carp, vrrp2 or vrrp3, not {p.protocol!r}")
+    if not 1 <= p.priority <= 255:
+        raise ValueError("priority is 1..255")
+    most = 25500 if p.protocol == "vrrp2" else 4095
+    if not 1 <= p.advert_int_cs <= most or (p.protocol == "vrrp2" and p.advert_int_cs % 100):
+        raise ValueError("advert_int_cs is whole seconds 1..255 (vrrp2) or 1..4095 cs (vrrp3)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,24 @@ def handover_delay_us(advskew: int) -> int:
     return skew_us(advskew) // 8
 
 
+CS_US = 10_000  # a centisecond, VRRPv3's interval unit
+
+
+def vrrp_skew_us(version: int, priority: int, master_interval_us: int) -> int:
+    """Skew_Time. v2 (RFC 3768): (256 - priority)/256 s whatever the interval; v3 (RFC 5798):
+    (256 - priority) x Master_Adver_Interval / 256, as keepalived 2.2.7 computes it."""
+    if version == 2:
+        return (256 - priority) * US // 256
+    return (256 - priority) * master_interval_us // 256
+
+
+def vrrp_master_down_us(version: int, priority: int, master_interval_us: int,
+                        adverts: int = 3) -> int:
+    """Master_Down_Interval: 3 x Master_Adver_Interval + Skew_Time (v2's Master_Adver_Interval
+    is the configured one: keepalived drops v2 adverts with another)."""
+    return adverts * master_interval_us + vrrp_skew_us(version, priority, master_interval_us)
+
+
 QUEUE_FIRST_US = 10_000  # later than the loop's ordinary jitter: adverts may wait unread
 STALL_MIN_US = 100_000
 

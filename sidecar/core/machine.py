@@ -1,4 +1,8 @@
 """The CARP state machine, with ucarp 1.5.2's rules (docs/protocol.md §5). Pure: no I/O, no clock.
+A VRRP instance (Params.protocol vrrp2/vrrp3) runs the same machine with VRRP's timers
+(pacing.Timing) and its rules for adverts heard and the owner's start (sidecar.core.vrrp_rules);
+everything below that is not about an advert heard holds for it too (a bow-out is then a
+priority 0 advert).
 
 Everything that decides *who is master* lives here; nothing here knows about sockets, netlink,
 scripts or time sources. The caller passes ``now`` (seconds, any monotonic origin) into every
@@ -92,7 +96,7 @@ from sidecar.core.actions import (
 from sidecar.core.intervals import US, advert_interval_us, skew_us, to_us
 from sidecar.core.pacing import SYNC_BEHIND_SKEW, le_order
 from sidecar.core.protocol import BOW_OUT
-from sidecar.core.steps import Steps
+from sidecar.core.vrrp_rules import VrrpRules
 
 __all__ = [  # the vocabulary is imported from here too
     "STEP_DOWN_PAUSE", "SUCCESSOR_WAIT", "SYNC_BEHIND_SKEW", "UNSPECIFIED", "US", "Action",
@@ -105,8 +109,8 @@ STEP_DOWN_PAUSE = 3.0  # s ucarp sleeps after SIGUSR2 before listening again
 BOW_OUT_KEY = (BOW_OUT, skew_us(BOW_OUT))  # the comparison key of a bow-out advert
 
 
-class Machine(Steps):
-    """One CARP virtual host (vhid) on one interface."""
+class Machine(VrrpRules):
+    """One CARP virtual host (vhid), or VRRP virtual router, on one interface."""
 
     # ---- events ----
     def start(self, now: float, resume: Resume | None = None) -> list[Action]:
@@ -117,6 +121,8 @@ class Machine(Steps):
         self._preempt_after = to_us(now) + to_us(self.params.preempt_delay)
         if resume is not None and resume.master and self._link_usable:
             return self._resume(now, resume)
+        if self.vrrp_owner_starts:  # VRRP's address owner: MASTER at once (INIT -> MASTER)
+            return self._become_master(now, Reason.STARTUP, None)
         actions: list[Action] = [Transition(State.INIT, State.BACKUP, Reason.STARTUP)]
         self.state = State.BACKUP
         if not self.params.neutral:
@@ -157,13 +163,18 @@ class Machine(Steps):
         return []
 
     def advert_received(self, now: float, src: IPv4Address, advbase: int, advskew: int,
-                        counter: int) -> list[Action]:
-        """A valid (authenticated, our vhid) advert from ``src``."""
-        self._counter.heard(counter)  # ucarp adopts it in every state, before any logic
+                        counter: int, priority: int | None = None,
+                        interval_cs: int = 0) -> list[Action]:
+        """A valid (authenticated, our vhid) advert from ``src``. VRRP (``priority`` given,
+        ``interval_cs`` its interval; advbase/advskew/counter unused): sidecar.core.vrrp_rules."""
+        if priority is None:
+            self._counter.heard(counter)  # ucarp adopts it in every state, before any logic
         if self._stop_at is not None:
             return self._finish_stop()  # a successor speaks: the VIP can go
         if self.state is State.INIT or not (self._link_usable or self.grace.active):
             return []
+        if priority is not None:
+            return self._vrrp_hears(now, src, priority, interval_cs)
         remote = (advbase, skew_us(advskew))
         if remote != BOW_OUT_KEY:
             self._master_interval_us = advert_interval_us(advbase, advskew)
@@ -302,22 +313,6 @@ class Machine(Steps):
             self._arm_master_down(now)
             return actions
         return self._reassert(now, src)
-
-    def _reassert(self, now: float, src: IPv4Address) -> list[Action]:
-        """We stay MASTER over a worse one. Unauthenticated fields (source, skew) make this
-        reachable by replays at line rate, so what it costs us (GARPs, log lines) is limited
-        to once per advert interval."""
-        t = to_us(now)
-        actions: list[Action] = []
-        settled = self._master_since is not None and t - self._master_since > self.advert_interval_us
-        quiet = t < self._quiet_until
-        if settled:
-            actions.append(Conflict(src, announce=not quiet))
-        if not quiet:
-            self._quiet_until = t + self.advert_interval_us
-            self._garps.start(self.params.garp_repeat)
-            actions.append(SendGarp())
-        return actions
 
     def _backup_hears(self, now: float, src: IPv4Address, remote: tuple[int, int]) -> list[Action]:
         preempt_later = False

@@ -44,6 +44,10 @@ class Accepted:
     counter: int
     handover: bool  # a bow-out advert
     by_next_key: bool = False  # authenticated by CARP_PASS_NEXT: a peer already rotated
+    # VRRP: the advert's priority (0: the master resigns, then ``handover``) and interval (s);
+    # advbase/advskew are then its interval as CARP's fields (protocol.carp_view), counter 0
+    priority: int | None = None
+    interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,13 @@ from ipaddress import IPv4Address
 
 from sidecar.core.actions import Params
 from sidecar.core.intervals import (
+    CS_US,
     advert_interval_us,
     handover_delay_us,
     master_down_interval_us,
     skew_us,
+    vrrp_master_down_us,
+    vrrp_skew_us,
 )
 
 # BSD's demotion as a skew: a backup whose replicated paths are behind waits as if its advskew
@@ -34,13 +37,37 @@ class Timing:
     _master_interval_us: int | None  # the master's, as last advertised
 
     @property
+    def vrrp_version(self) -> int:
+        """2 or 3 for a VRRP instance, 0 for CARP."""
+        return {"vrrp2": 2, "vrrp3": 3}.get(self.params.protocol, 0)
+
+    @property
     def advert_interval_us(self) -> int:
+        if self.params.protocol != "carp":
+            return self.params.advert_int_cs * CS_US
         return advert_interval_us(self.params.advbase, self.params.advskew)
+
+    @property
+    def vrrp_master_interval_us(self) -> int:
+        """VRRP's Master_Adver_Interval: v3's as the master last advertised it, else ours."""
+        return self._master_interval_us or self.advert_interval_us
+
+    def _vrrp_wait(self, priority: int) -> int:
+        return vrrp_master_down_us(self.vrrp_version, priority, self.vrrp_master_interval_us,
+                                   self.params.deadratio)
+
+    @property
+    def vrrp_wait_priority(self) -> int:
+        """Behind (replicas not fresh): wait as with skew SYNC_BEHIND_SKEW, priority 16."""
+        p = self.params.priority
+        return min(p, 256 - SYNC_BEHIND_SKEW) if self.sync_behind else p
 
     @property
     def master_down_interval_us(self) -> int:
         """As configured (what peers expect of this node, and what status shows)."""
         p = self.params
+        if p.protocol != "carp":
+            return self._vrrp_wait(p.priority)
         return master_down_interval_us(p.advbase, p.advskew, p.deadratio, p.vrrp3_dead_timer,
                                        self._master_interval_us)
 
@@ -58,6 +85,8 @@ class Timing:
         """A BACKUP's wait for the master's next advert. Behind, it also covers a live master
         slower than our own timeout: ucarp's "would time out" takeover is off then, and the
         timer must not do the same a little later."""
+        if self.params.protocol != "carp":  # a live master is never preempted while behind
+            return self._vrrp_wait(self.vrrp_wait_priority)
         p, extra = self.params, skew_us(self.wait_skew) - skew_us(self.params.advskew)
         wait = self.master_down_interval_us + extra
         if self.sync_behind and self._master_interval_us is not None:
@@ -66,6 +95,10 @@ class Timing:
 
     @property
     def handover_wait_us(self) -> int:
+        """After a bow-out (CARP) or a priority 0 advert (VRRP: Skew_Time, RFC 3768 6.4.2)."""
+        if self.params.protocol != "carp":
+            return vrrp_skew_us(self.vrrp_version, self.vrrp_wait_priority,
+                                self.vrrp_master_interval_us)
         return handover_delay_us(self.wait_skew)
 
 

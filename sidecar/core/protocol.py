@@ -49,6 +49,10 @@ class DropReason(StrEnum):
     BAD_HMAC = "bad_hmac"
     REPLAY = "replay"  # strict mode: a counter that does not increase (decided by the instance)
     VRRP = "vrrp"  # a VRRPv2/v3 advert (keepalived...) using our VHID as its VRID: same proto/group
+    # VRRP instances (sidecar.core.vrrp):
+    BAD_AUTH = "bad_auth"  # VRRPv2: another auth type or password
+    ADDRESSES = "addresses"  # another configuration of the VRID: its address list (or v2 interval)
+    CARP = "carp"  # a CARP advert using our VRID as its VHID
 
 
 class AdvertError(ValueError):
@@ -92,6 +96,9 @@ class Received:
     ttl: int
     advert: Advert
     by_next_key: bool = False  # authenticated by Expect.next_key (a rotation under way)
+    # VRRP (sidecar.core.vrrp): the advert's fields; ``advert`` is then a view (carp_view)
+    priority: int | None = None
+    interval_cs: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,21 @@ class Expect:
     strict: bool = False  # the HMAC covers the whole header and the source (strict_hmac)
     # CARP_PASS_NEXT: a second key accepted (never sent with) while a password is rotated
     next_key: bytes | None = field(default=None, repr=False)
+    # VRRP (sidecar.core.vrrp): "vrrp2"/"vrrp3"; ``key`` is then VRRPv2's raw password (b"":
+    # none), ``vips`` the IPv4 address list adverts carry (empty: ``vip`` alone), and a v2
+    # advert with another interval than ``advert_int_cs`` is dropped (keepalived's check)
+    protocol: str = "carp"
+    vips: tuple[IPv4Address, ...] = ()
+    advert_int_cs: int = 100
+
+
+def carp_view(vrid: int, priority: int, interval_cs: int) -> Advert:
+    """A VRRP advert as the CARP fields the peer table keeps: its interval as advbase +
+    advskew/256, and priority 0 (resign) as the bow-out (255, 255) it means."""
+    if priority == 0:
+        return Advert(vhid=vrid, advbase=BOW_OUT, advskew=BOW_OUT, counter=0)
+    advbase = min(interval_cs // 100, 255)
+    return Advert(vhid=vrid, advbase=advbase, advskew=(interval_cs % 100) * 256 // 100, counter=0)
 
 
 def internet_checksum(data: bytes) -> int:

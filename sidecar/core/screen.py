@@ -1,5 +1,6 @@
-"""What a received packet is, before it may do anything: the codec's checks (sidecar.core.protocol)
-and, in strict mode, the replay window (sidecar.core.peers.ReplayGuard). Pure."""
+"""What a received packet is, before it may do anything: the codec's checks (sidecar.core.protocol,
+or sidecar.core.vrrp for an Expect whose ``protocol`` is vrrp2/vrrp3) and, in strict mode, the
+replay window (sidecar.core.peers.ReplayGuard). Pure."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sidecar.core.protocol import (
     Received,
     parse_packet,
 )
+from sidecar.core.vrrp import parse_packet as parse_vrrp
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +32,7 @@ class Screened:
 def screen(packet: bytes, expect: Expect, replays: ReplayGuard | None, now: float) -> Screened:
     """``replays``: strict mode's window (None: ucarp's rules, no counter check)."""
     try:
-        received = parse_packet(packet, expect)
+        received = (parse_packet if expect.protocol == "carp" else parse_vrrp)(packet, expect)
     except AdvertError as e:
         claim = None
         if e.reason is DropReason.BAD_HMAC:
@@ -41,9 +43,11 @@ def screen(packet: bytes, expect: Expect, replays: ReplayGuard | None, now: floa
     out: list[Output] = []
     if replays is not None and not _counted(replays, now, src, ad.counter, out):
         return Screened(None, tuple(out))
+    interval = None if received.interval_cs is None else received.interval_cs / 100
     out.append(Accepted(src, ad.advbase, ad.advskew, ad.counter,
                         handover=ad.advbase == BOW_OUT and ad.advskew == BOW_OUT,
-                        by_next_key=received.by_next_key))
+                        by_next_key=received.by_next_key, priority=received.priority,
+                        interval=interval))
     return Screened(received, tuple(out))
 
 

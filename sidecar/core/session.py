@@ -188,11 +188,12 @@ class Session(VipClaims):
             out += self._heard(now, *verdict.claim, valid=False)
         if verdict.received is None:
             return out
-        ad, src = verdict.received.advert, verdict.received.src
+        rx = verdict.received
+        ad, src = rx.advert, rx.src
         self._master_heard_at = now  # only a master advertises (a preempting one too)
         out += self._heard(now, str(src), ad.advbase, ad.advskew, valid=True)
         return out + self._after(now, self.machine.advert_received(
-            now, src, ad.advbase, ad.advskew, ad.counter))
+            now, src, ad.advbase, ad.advskew, ad.counter, rx.priority, rx.interval_cs or 0))
 
     def _heard(self, now: float, peer: str, advbase: int, advskew: int,
                valid: bool) -> list[Output]:

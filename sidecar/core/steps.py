@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 from sidecar.core.actions import (
     Action,
     AddVip,
+    Conflict,
     DropVip,
     Params,
     Reason,
@@ -130,3 +131,22 @@ class Steps(Timing):
 
     def _bow_out_advert(self) -> SendAdvert:
         return SendAdvert(BOW_OUT, BOW_OUT, self._counter.next(), handover=True)
+
+    def _reassert(self, now: float, src: IPv4Address, advert: bool = False) -> list[Action]:
+        """We stay MASTER over a worse one. Unauthenticated fields (source, skew) make this
+        reachable by replays at line rate, so what it costs us (GARPs, log lines) is limited
+        to once per advert interval. ``advert`` (VRRP): an advert goes with the GARP, as
+        keepalived's master answers a lower priority ("forcing new election")."""
+        t = to_us(now)
+        actions: list[Action] = []
+        settled = self._master_since is not None and t - self._master_since > self.advert_interval_us
+        quiet = t < self._quiet_until
+        if settled:
+            actions.append(Conflict(src, announce=not quiet))
+        if not quiet:
+            self._quiet_until = t + self.advert_interval_us
+            self._garps.start(self.params.garp_repeat)
+            actions.append(SendGarp())
+            if advert:
+                actions.append(self._advert())
+        return actions
