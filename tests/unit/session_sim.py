@@ -14,6 +14,7 @@ from sidecar.core import session as core
 from sidecar.core.auth import carp_key
 from sidecar.core.machine import Params, SendAdvert, SendGarp, State, Transition
 from sidecar.core.protocol import Advert, Expect, build_ip_packet
+from sidecar.core.vrrp import advert_for
 
 KEY = carp_key("geheim")
 VIP = IPv4Address("10.0.0.100")
@@ -48,13 +49,18 @@ class Node:
 
 
 def config(ip: str, *, strict: bool = False, peers: tuple[str, ...] = (),
-           **params: Any) -> core.SessionConfig:
+           password: bytes = b"", **params: Any) -> core.SessionConfig:
+    """``protocol`` vrrp2/vrrp3 in ``params``: a VRRP node (``password``: VRRPv2's)."""
     extra = {k: params.pop(k) for k in ("probe_interval", "garp_refresh")
              if k in params}
     own = IPv4Address(ip)
     listed = frozenset(IPv4Address(p) for p in peers) or None
-    expect = Expect(vhid=1, key=KEY, vip=VIP, group=GROUP, peers=listed,
-                    own=own if listed else None, multicast=not listed, strict=strict)
+    protocol = params.get("protocol", "carp")
+    key = KEY if protocol == "carp" else password
+    expect = Expect(vhid=1, key=key, vip=VIP, group=GROUP, peers=listed,
+                    own=own if listed else None, multicast=not listed, strict=strict,
+                    protocol=protocol, vips=(VIP,),
+                    advert_int_cs=params.get("advert_int_cs", 100))
     return core.SessionConfig(params=Params(own_ip=own, strict=strict, **params), expect=expect,
                               interface="eth0", **extra)
 
@@ -102,8 +108,12 @@ class Net:
         cfg = n.session.config
         dsts = sorted(cfg.expect.peers) if cfg.expect.peers else [GROUP]
         for dst in dsts:
-            packet = build_ip_packet(advert, key=cfg.expect.key, vip=VIP, src=n.ip, dst=dst,
-                                     strict=cfg.params.strict)
+            if cfg.params.protocol != "carp":
+                packet = advert_for(cfg.params, a, vrid=1, vips=(VIP,), password=cfg.expect.key,
+                                    src=n.ip, dst=dst)
+            else:
+                packet = build_ip_packet(advert, key=cfg.expect.key, vip=VIP, src=n.ip, dst=dst,
+                                         strict=cfg.params.strict)
             n.sent.append((self.now, packet))
             if n.connected:
                 for other in self.nodes:

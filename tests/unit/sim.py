@@ -1,4 +1,5 @@
-"""A deterministic, in-memory CARP network of pure machines: the clock is a number we move."""
+"""A deterministic, in-memory CARP (or VRRP: Params.protocol) network of pure machines: the
+clock is a number we move."""
 
 from __future__ import annotations
 
@@ -100,11 +101,15 @@ class Sim:
             n.adverts.append((self.now, a))
             if not n.connected:
                 return
+            p = n.machine.params
+            # a VRRP node's advert carries its priority (0: resign) and interval instead
+            vrrp = () if p.protocol == "carp" else (0 if a.handover else p.priority,
+                                                    p.advert_int_cs)
             for other in self.nodes:
                 if other is not n and other.connected:
                     other.heard.append((self.now, n.name))
                     self._queue.append((other, other.machine.advert_received(
-                        self.now, n.ip, a.advbase, a.advskew, a.counter)))
+                        self.now, n.ip, a.advbase, a.advskew, a.counter, *vrrp)))
 
     def masters(self) -> list[str]:
         return [n.name for n in self.nodes if n.state is State.MASTER]
