@@ -8,10 +8,19 @@ Layout (after a 20-byte IPv4 header, protocol 112, TTL 255, to 224.0.0.18 or a u
 
 v2's checksum covers the VRRP bytes only; v3's also an IPv4 pseudo-header (src, dst, 0, 112,
 length). v2's auth type 0 carries 8 zero bytes, type 1 (RFC 2338's simple text password) the
-password padded with NULs to 8 bytes; type 2 (IPsec AH) is not supported: refused by config.
+password padded with NULs to 8 bytes; type 2 (IPsec AH) is not supported (nor carried by the
+importer).
 
 The interface the runtime uses (VRUN):
 
+- ``Params(protocol="vrrp2"|"vrrp3", priority=1..255, advert_int_cs=...)`` (v2: a multiple of
+  100, at most 25500; v3: 1..4095); advbase/advskew stay at their defaults (unused). The
+  machine and session are driven exactly as for CARP; their timers read these.
+- ``Expect(vhid=VRID, key=<VRRPv2 raw password, b"" for none or v3>, vip=<first IPv4 VIP>,
+  group=..., peers/own/multicast as for CARP, protocol=<as Params>, vips=<every IPv4 VIP, in
+  configuration order>, advert_int_cs=<as Params>)``; strict/next_key stay off.
+  ``Session.receive`` then parses VRRP and yields ``Accepted(..., priority=, interval=<s>)``
+  (``handover`` for priority 0) or ``Dropped`` with the reasons below.
 - ``parse_packet(packet: bytes, expect: protocol.Expect) -> protocol.Received`` for an Expect
   with ``protocol`` "vrrp2"/"vrrp3" (``sidecar.core.screen.screen`` calls it): raises only
   ``AdvertError``. The Received's ``priority`` and ``interval_cs`` are set; its ``advert`` is a
@@ -207,7 +216,9 @@ def _check_v2(message: bytes, expect: Expect) -> None:
     auth, interval = message[4], message[5]
     if auth != (AUTH_PASS if expect.key else AUTH_NONE):
         raise AdvertError(DropReason.BAD_AUTH, f"auth type {auth}")
-    if expect.key and not hmac.compare_digest(message[-AUTH_LEN:], password_bytes(expect.key)):
+    # a longer key never reaches here (config refuses it); keepalived would use its first 8
+    if expect.key and not hmac.compare_digest(message[-AUTH_LEN:],
+                                              password_bytes(expect.key[:PASSWORD_MAX])):
         raise AdvertError(DropReason.BAD_AUTH, "wrong password")  # never the password itself
     if interval * 100 != expect.advert_int_cs:
         raise AdvertError(INTERVAL_MISMATCH, f"advert_int {interval} s, ours "

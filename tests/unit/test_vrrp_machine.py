@@ -6,6 +6,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.core.actions import Params, Reason, SendAdvert, SendGarp, State, Transition
 from sidecar.core.intervals import US
@@ -227,3 +229,39 @@ def test_a_vrrp_session_drops_carp_adverts_on_its_vrid() -> None:
     assert ss.Net.masters(carp, vrrp) == ["carp", "v"]  # two protocols do not elect together
     assert {d.error.reason for d in vrrp.of(Dropped)} == {DropReason.CARP}
     assert {d.error.reason for d in carp.of(Dropped)} == {DropReason.VRRP}
+
+
+def test_a_unicast_v3_pair_with_sub_second_adverts() -> None:
+    a = ss.node("a", "10.0.0.1", protocol="vrrp3", priority=200, advert_int_cs=10,
+                peers=("10.0.0.2",))
+    b = ss.node("b", "10.0.0.2", protocol="vrrp3", priority=100, advert_int_cs=10,
+                peers=("10.0.0.1",))
+    net = ss.Net(a, b)
+    net.start()
+    net.run(2)
+    assert ss.Net.masters(a, b) == ["a"] and not b.of(Dropped)
+    a.connected = False
+    net.run(3)
+    assert ss.Net.masters(a, b) == ["a", "b"]  # a cannot hear b either: both hold it
+    before = net.now
+    a.connected = True
+    net.run(before + 0.5)
+    assert ss.Net.masters(a, b) == ["a"]  # b hears the higher priority and yields
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 31), st.integers(0, 255)), max_size=6),
+       st.integers(0, 40))
+def test_mangled_vrrp_never_escapes_a_session(edits: list[tuple[int, int]], cut: int) -> None:
+    a = ss.node("a", "10.0.0.1", protocol="vrrp2", priority=200)
+    b = ss.node("b", "10.0.0.2", protocol="vrrp2", priority=100)
+    net = ss.Net(a, b)
+    net.start()
+    net.run(5)
+    packet = bytearray(a.sent[-1][1])
+    for at, value in edits:
+        packet[at % len(packet)] = value
+    before = b.state
+    outs = b.session.receive(net.now, bytes(packet[:max(len(packet) - cut, 0)]))
+    if not any(isinstance(o, Accepted) for o in outs):
+        assert b.state is before and all(isinstance(o, Dropped) for o in outs)
