@@ -235,3 +235,46 @@ def test_params_are_checked() -> None:
                 {"protocol": "vrrp3", "advert_int_cs": 4096}):
         with pytest.raises(ValueError):
             Params(**bad)
+
+
+# ---- real keepalived 2.2.7 (Debian) adverts, captured from a netns pair: a v2 instance (VRID
+# 51, priority 150, advert_int 1, auth PASS "secret12", VIPs 10.77.0.100-101) to the group and
+# a v3 one (VRID 52, priority 120, advert_int 0.1, unicast 10.77.0.1 -> 10.77.0.2), each also
+# as its priority 0 advert on stop ----
+KA_SRC, KA_PEER = IPv4Address("10.77.0.1"), IPv4Address("10.77.0.2")
+KA_V2 = bytes.fromhex("45c0002c00010000ff70d0400a4d0001e0000012213396020101c4e70a4d0064"
+                      "0a4d00657365637265743132")
+KA_V2_STOP = bytes.fromhex("45c0002c00030000ff70d03e0a4d0001e00000122133000201015ae80a4d0064"
+                           "0a4d00657365637265743132")
+KA_V3 = bytes.fromhex("45c0002000010000ff70a6100a4d00010a4d000231347801000a36ec0a4d006e")
+KA_V3_STOP = bytes.fromhex("45c00020002f0000ff70a5e20a4d00010a4d000231340001000aaeec0a4d006e")
+KA_V2_EXPECT = Expect(vhid=51, key=b"secret12", vip=IPv4Address("10.77.0.100"),
+                      protocol="vrrp2", advert_int_cs=100,
+                      vips=(IPv4Address("10.77.0.100"), IPv4Address("10.77.0.101")))
+KA_V3_EXPECT = Expect(vhid=52, key=b"", vip=IPv4Address("10.77.0.110"), protocol="vrrp3",
+                      vips=(IPv4Address("10.77.0.110"),), advert_int_cs=10,
+                      peers=frozenset({KA_SRC}), own=KA_PEER, multicast=False)
+
+
+def test_keepalived_s_adverts_parse_here() -> None:
+    for packet, expect, fields in ((KA_V2, KA_V2_EXPECT, (150, 100)),
+                                   (KA_V2_STOP, KA_V2_EXPECT, (0, 100)),
+                                   (KA_V3, KA_V3_EXPECT, (120, 10)),
+                                   (KA_V3_STOP, KA_V3_EXPECT, (0, 10))):
+        r = parse_packet(packet, expect)
+        assert (r.priority, r.interval_cs, r.src) == (*fields, KA_SRC)
+
+
+def test_ours_are_keepalived_s_byte_for_byte() -> None:
+    v2 = Params(protocol="vrrp2", priority=150, advert_int_cs=100)
+    vips = list(KA_V2_EXPECT.vips)
+    assert advert_for(v2, SendAdvert(1, 0, 0), vrid=51, vips=vips, password=b"secret12",
+                      src=KA_SRC, ident=1) == KA_V2
+    assert advert_for(v2, SendAdvert(255, 255, 0, handover=True), vrid=51, vips=vips,
+                      password=b"secret12", src=KA_SRC, ident=3) == KA_V2_STOP
+    v3 = Params(protocol="vrrp3", priority=120, advert_int_cs=10)
+    assert advert_for(v3, SendAdvert(1, 0, 0), vrid=52, vips=list(KA_V3_EXPECT.vips),
+                      password=b"", src=KA_SRC, dst=KA_PEER, ident=1) == KA_V3
+    assert advert_for(v3, SendAdvert(255, 255, 0, handover=True), vrid=52,
+                      vips=list(KA_V3_EXPECT.vips), password=b"", src=KA_SRC, dst=KA_PEER,
+                      ident=0x2F) == KA_V3_STOP
