@@ -33,7 +33,9 @@ MASTER hearing:
   advert interval with the GARP: VRRP's fields are unauthenticated, a replay flood must not
   turn into an advert flood), Conflict once settled, as in CARP mode.
 - our own address at our priority (a looped-back advert): ignored.
-Address owner (priority 255): MASTER at start at once (RFC 3768 §6.4.1; keepalived's init).
+Address owner (priority 255): MASTER at start at once (RFC 3768 §6.4.1; keepalived's init), and
+it always preempts (RFC 5798 §6.1; keepalived resets nopreempt for it) — as a BACKUP after a
+demotion or a link loss.
 Two owners: keepalived lowers its own to 254; ours keeps 255 and wins by address (config
 refuses 255 unless every VIP is the node's own, so two owners are a configuration error).
 """
@@ -92,13 +94,14 @@ class VrrpRules(Steps):
             self._master_down_reason, self._master_down_peer = Reason.HANDOVER, None
             return []
         p = self.params
-        if (p.preempt and priority < p.priority and not self.demoted
+        preempt = p.preempt or p.priority == OWNER  # RFC 5798 §6.1: the owner always preempts
+        if (preempt and priority < p.priority and not self.demoted
                 and t >= self._preempt_after and self._master_down_at is not None):
             if not self.sync_behind:  # discarded: the running timer will make us MASTER
                 self._master_down_reason, self._master_down_peer = self._preempt_reason, src
                 return []
             self._preempt_held = True  # behind: accepted; the next one is sync_caught_up
-        elif not (p.preempt and priority < p.priority):
+        elif not (preempt and priority < p.priority):
             self._preempt_held = False  # this master is not one to preempt
         self._arm_master_down(now)
         if self._vip_undecided:  # another master is settled: what a neutral start left goes

@@ -265,3 +265,16 @@ def test_mangled_vrrp_never_escapes_a_session(edits: list[tuple[int, int]], cut:
     outs = b.session.receive(net.now, bytes(packet[:max(len(packet) - cut, 0)]))
     if not any(isinstance(o, Accepted) for o in outs):
         assert b.state is before and all(isinstance(o, Dropped) for o in outs)
+
+
+def test_the_owner_always_preempts_even_with_nopreempt() -> None:
+    b = vnode("b", "10.0.0.2", 100)
+    owner = vnode("o", "10.0.0.1", 255, preempt=False)
+    sim = Sim(b, owner)
+    sim.do(owner, owner.machine.set_healthy(0.0, False))
+    sim.start()
+    sim.run_until(10)
+    assert sim.masters() == ["b"]  # an unhealthy owner starts BACKUP and stays there
+    sim.do(owner, owner.machine.set_healthy(sim.now, True))
+    sim.run_until(20)
+    assert sim.masters() == ["o"] and reasons(owner)[-1] == ("MASTER", "preempt")
