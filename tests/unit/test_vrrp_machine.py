@@ -278,3 +278,21 @@ def test_the_owner_always_preempts_even_with_nopreempt() -> None:
     sim.do(owner, owner.machine.set_healthy(sim.now, True))
     sim.run_until(20)
     assert sim.masters() == ["o"] and reasons(owner)[-1] == ("MASTER", "preempt")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 254), st.floats(0, 8)), min_size=2, max_size=5),
+       st.sampled_from(["vrrp2", "vrrp3"]))
+def test_with_preempt_the_group_converges_on_a_highest_priority_node(
+        spec: list[tuple[int, float]], protocol: str) -> None:
+    nodes = [vnode(f"n{i}", f"10.0.0.{i + 1}", prio, protocol=protocol, preempt=True)
+             for i, (prio, _) in enumerate(spec)]
+    sim = Sim(*nodes)
+    for at, n in sorted(((at, n) for (_, at), n in zip(spec, nodes, strict=True)),
+                        key=lambda x: x[0]):
+        sim.run_until(at)
+        sim.start(n)
+    sim.run_until(30)
+    (master,) = [n for n in nodes if n.state is State.MASTER]
+    assert master.machine.params.priority == max(prio for prio, _ in spec)
+    assert [n.name for n in nodes if n.holds_vip] == [master.name]
