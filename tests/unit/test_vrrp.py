@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 
 import pytest
@@ -89,6 +91,27 @@ def test_v2_simple_password_is_nul_padded_in_the_auth_data() -> None:
 
 
 # ---- against scapy ----
+@pytest.fixture
+def scapy_vrrp() -> Iterator[None]:
+    """scapy.contrib.carp (loaded by `watch`'s tests in the same worker) unbinds VRRP from IP
+    protocol 112: bound again for these tests, CARP's binding left as it was afterwards."""
+    from scapy.packet import bind_layers, split_layers
+
+    carp = "scapy.contrib.carp" in sys.modules
+    if carp:
+        from scapy.contrib.carp import CARP
+
+        split_layers(IP, CARP, proto=112, dst="224.0.0.18")
+    bind_layers(IP, VRRP, proto=112)
+    bind_layers(IP, VRRPv3, proto=112)
+    yield
+    if carp:
+        split_layers(IP, VRRP, proto=112)
+        split_layers(IP, VRRPv3, proto=112)
+        bind_layers(IP, CARP, proto=112, dst="224.0.0.18")
+
+
+@pytest.mark.usefixtures("scapy_vrrp")
 def test_scapy_v2_parses_here() -> None:
     for auth, pw, key in ((0, b"\0" * 8, b""), (1, b"pass\0\0\0\0", b"pass")):
         pkt = bytes(IP(src=str(SRC), dst="224.0.0.18", ttl=255, id=7)
@@ -100,6 +123,7 @@ def test_scapy_v2_parses_here() -> None:
         assert (r.priority, r.interval_cs, r.advert.vhid) == (150, 300, 5)
 
 
+@pytest.mark.usefixtures("scapy_vrrp")
 def test_scapy_v3_parses_here_including_padding() -> None:
     pkt = bytes(IP(src=str(SRC), dst="224.0.0.18", ttl=255)
                 / VRRPv3(vrid=5, priority=0, ipcount=1, addrlist=[str(VIP)], adv=25))
@@ -108,6 +132,7 @@ def test_scapy_v3_parses_here_including_padding() -> None:
     assert (r.advert.advbase, r.advert.advskew) == (255, 255)  # the peer table's bow-out
 
 
+@pytest.mark.usefixtures("scapy_vrrp")
 def test_ours_decoded_by_scapy() -> None:
     for protocol, cls in (("vrrp2", VRRP), ("vrrp3", VRRPv3)):
         params = Params(protocol=protocol, priority=200, advert_int_cs=200)
