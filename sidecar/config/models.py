@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from sidecar.config import vrrp
 from sidecar.config.declare import REQUIRED, Declared, declared
 from sidecar.config.runconfig import (
     AGENT_SETTINGS,
@@ -85,6 +86,11 @@ class VhidRules(_Rules):
 
     _key: bytes | None = PrivateAttr(None)  # the password, read once
     _next_key: tuple[bytes | None] | None = PrivateAttr(None)  # (CARP_PASS_NEXT's,), read once
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vrrp_preempt(cls, data: Any) -> Any:
+        return vrrp.with_preempt_default(data)
 
     @field_validator("interface", "vip_interface", check_fields=False)
     @classmethod
@@ -175,9 +181,10 @@ class VhidRules(_Rules):
         errors = []
         if self.advbase == 0 and self.advskew == 0:
             errors.append("CARP_ADVBASE: advbase and advskew cannot both be 0")
+        errors += vrrp.problems(self)
         errors += self._alias_checks()
         errors += self._routed_checks()
-        if self.strict and not self.peers:
+        if self.strict and not self.peers and self.protocol == "carp":  # (else refused)
             errors.append("CARP_STRICT: needs CARP_PEERS (strict groups accept only listed "
                           "carp-sidecar nodes)")
         if self.peers_multicast and not self.peers:
@@ -251,7 +258,8 @@ class VhidRules(_Rules):
         """The HMAC key (the raw password, like ucarp), from CARP_PASS or CARP_PASS_FILE."""
         if self._key is None:
             password = None if self.password is None else self.password.get_secret_value()
-            self._key = password_bytes(password, self.pass_file)
+            self._key = (password_bytes(password, self.pass_file) if self.protocol == "carp"
+                         else vrrp.password_key(self.protocol, password, self.pass_file))
         return self._key
 
     @property
@@ -302,7 +310,7 @@ class VhidRules(_Rules):
 
     def redacted(self) -> dict[str, str]:
         """Effective settings as CARP_* strings, the secret shown as ``***``."""
-        out = shown(self, VHID)
+        out = {k: v for k, v in shown(self, VHID).items() if k not in vrrp.unshown(self.protocol)}
         out["VIPS (effective)"] = ",".join(show_vips(self.vips, self._prefix_known())) + (
             "" if self._prefix_known() else " (prefix: the scripts' own)")
         return out

@@ -130,6 +130,13 @@ class Vhid:
     sync_max_lag: float = setting(5.0, env="SYNC_MAX_LAG", gt=0, le=86400,
                                   help="seconds a backup's replica may lag and still preempt "
                                   "or win a takeover race (default 5)")
+    protocol: Literal["carp", "vrrp2", "vrrp3"] = setting(
+        "carp", env="PROTOCOL", help="carp, vrrp2 (RFC 3768) or vrrp3 (RFC 5798), to join "
+        "keepalived groups (default carp)")
+    priority: int = setting(100, env="PRIORITY", ge=1, le=255, help="VRRP priority 1-254, "
+                            "higher wins; 255 only if the VIPs are this node's own (default 100)")
+    advert_int: float = setting(1.0, env="ADVERT_INT", ge=0.01, le=255, help="VRRP advert "
+                                "interval, s: vrrp2 1-255, vrrp3 0.01-40.95 (default 1)")
     # ---- derived ----
     vrrp3_dead_timer: bool = False
     # False when scripts add the VIP and no CARP_MASK or /prefix was given: the scripts choose
@@ -186,7 +193,8 @@ class Vhid:
 
 # What the runtime derives the VIPs and the key from: settings with no field of their own.
 VHID_INPUTS = (
-    Setting("PASS", "shared password, at most 19 bytes (this or CARP_PASS_FILE is required)",
+    Setting("PASS", "shared password, at most 19 bytes (CARP: this or CARP_PASS_FILE is required; "
+            "vrrp2: optional, at most 8 bytes, sent in clear text; vrrp3: none)",
             name="password", type=str | None, default=None, secret=True,
             ucarp=Ucarp("pass", "p", "password")),
     Setting("PASS_FILE", "file whose first line is the password", name="pass_file",
@@ -347,6 +355,15 @@ def _revive(hint: Any, raw: Any) -> Any:
     if hint in (IPv4Address, Path):
         return hint(raw)
     return raw
+
+
+def vrrp_params(s: Vhid) -> dict[str, Any]:
+    """The keywords a VRRP instance adds to sidecar.core.actions.Params (none for CARP, whose
+    Params stay as they were): ``Params(..., **vrrp_params(s))``."""
+    if s.protocol == "carp":
+        return {}
+    return {"protocol": s.protocol, "priority": s.priority,
+            "advert_int_cs": round(s.advert_int * 100)}
 
 
 def show_vips(vips: tuple[Vip, ...], prefix_known: bool) -> list[str]:

@@ -39,7 +39,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from sidecar.config import ucarp_options
+from sidecar.config import ucarp_options, vrrp
 from sidecar.config.across import across_sync, check_unique
 from sidecar.config.models import (
     AGENT,
@@ -163,7 +163,8 @@ def _load(environ: Mapping[str, str], env_file: Path | None, options: Mapping[st
     if errors or agent is None or instance is None:
         raise ConfigError("\n".join(errors))
     config = Config(agent, (instance,), checks, "environment", _script_extra(raw, in_file),
-                    warnings=(*bare_names(in_file), *cautions), names=names)
+                    warnings=(*bare_names(in_file), *cautions, *_cleartext([instance])),
+                    names=names)
     return dataclasses.replace(config, origins=env_origins(config, environ, in_file, env_file))
 
 
@@ -298,8 +299,15 @@ def _load_file(path: Path, env: dict[str, Any], warnings: list[str] | None = Non
     sync_errors = across_sync(agent, instances, {**_TOML_KEYS, **{v: v for v in env}}, {}, where)
     if sync_errors:
         raise ConfigError("\n".join(sync_errors))
-    config = Config(agent, tuple(instances), checks, where, warnings=tuple(warnings or ()))
+    config = Config(agent, tuple(instances), checks, where,
+                    warnings=(*(warnings or ()), *_cleartext(instances)))
     return dataclasses.replace(config, origins=file_origins(config, where, env, defaults, tables))
+
+
+def _cleartext(instances: list[VhidSettings]) -> list[str]:
+    said = (vrrp.cleartext_warning(i.protocol, i.password is not None or i.pass_file is not None,
+                                   i.name) for i in instances)
+    return [w for w in said if w]
 
 
 def _file_instance(where: str, label: str, base: dict[str, Any], table: dict[str, Any]
@@ -341,7 +349,8 @@ def _file_keys(table: dict[str, Any], where: str, label: str, prefix: str = "",
 # Stand-ins for required settings that failed, so the checks that need them still run and a
 # bad VHID does not hide a bad mask (check-config promises every mistake at once).
 PLACEHOLDERS = {"CARP_INTERFACE": "eth0", "CARP_VHID": 1, "CARP_ADDR": "192.0.2.1",
-                "interface": "eth0", "vhid": 1, "addr": "192.0.2.1"}
+                "interface": "eth0", "vhid": 1, "addr": "192.0.2.1",
+                "CARP_PROTOCOL": "vrrp2"}  # VRRP's rules name CARP_PROTOCOL: left out
 
 
 def _all_errors(model: type[Any], values: dict[str, Any], error: ValidationError) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+from sidecar.config import vrrp
 from sidecar.config.settings import Config, VhidSettings, show
 from sidecar.config.spelling import renamed
 from sidecar.core.intervals import US, advert_interval_us, master_down_interval_us
@@ -20,6 +21,10 @@ WIDTH = 40  # the value column before "# origin"
 
 def derived(i: VhidSettings) -> dict[str, str]:
     """The numbers behind a failover plan (docs/protocol.md §5)."""
+    if i.protocol != "carp":
+        has_password = i.password is not None or i.pass_file is not None
+        return {**vrrp.figures(i.protocol, i.priority, i.advert_int, has_password),
+                "VIPs": ", ".join(map(str, i.vips))}
     vrrp3 = i.dead_timer == "auto" and i.advbase == 0
     advert = advert_interval_us(i.advbase, i.advskew) / US  # the agent's own rules
     down = master_down_interval_us(i.advbase, i.advskew, i.deadratio, vrrp3) / US
@@ -64,6 +69,9 @@ def host_problems(config: Config) -> list[str]:
         srcip, problem = source_address(i.srcip, i.interface, addresses, [v.ip for v in i.vips])
         if srcip is None:
             problems.append(problem)
+        problem = vrrp.owner_problem(i.priority, i.interface, i.vips, addresses)
+        if problem:
+            problems.append(f"{problem} ({i.name})")
         vip_link = None if i.vip_interface is None else link(
             "CARP_VIP_INTERFACE", i.vip_interface, i.name)
         if i.vip_interface is not None and vip_link is not None:

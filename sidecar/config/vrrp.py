@@ -1,0 +1,157 @@
+"""VRRP mode's settings (``CARP_PROTOCOL=vrrp2|vrrp3``): the rules RFC 3768, RFC 5798 and
+keepalived 2.2 give them, each problem one line naming the variable, as the models report.
+
+Pure (no pydantic): the rules take a validated model, or plain values, so the agent can check
+the address owner (priority 255) at start with :func:`owner_problem`, where it knows the
+interface's addresses, as check-config does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address, IPv6Address, IPv6Interface
+from pathlib import Path
+from typing import Any
+
+from sidecar.config.runconfig import Vip
+from sidecar.config.values import first_line
+
+VRRP = ("vrrp2", "vrrp3")
+V2_PASSWORD_BYTES = 8  # RFC 2338's simple text password: 8 octets, padded with NULs
+OWNER_PRIORITY = 255
+V3_MAX_ADVERT_INT = 40.95  # 12 bits of centiseconds
+# CARP's own settings: what each one is in VRRP (shown in the refusal)
+CARP_ONLY = {
+    "advbase": "CARP_ADVERT_INT (the advert interval)",
+    "advskew": "CARP_PRIORITY (1-254, higher wins)",
+    "deadratio": "the RFC's fixed 3 x CARP_ADVERT_INT + skew",
+    "dead_timer": "the RFC's fixed 3 x CARP_ADVERT_INT + skew",
+}
+# what check-config and the scripts are not shown: the other protocol's settings
+UNSHOWN = {"carp": ("CARP_PROTOCOL", "CARP_PRIORITY", "CARP_ADVERT_INT"),
+           "vrrp": ("CARP_ADVBASE", "CARP_ADVSKEW", "CARP_DEADRATIO", "CARP_DEAD_TIMER")}
+
+
+def unshown(protocol: str) -> tuple[str, ...]:
+    return UNSHOWN["carp" if protocol == "carp" else "vrrp"]
+
+
+def with_preempt_default(data: Any) -> Any:
+    """VRRP preempts unless told not to (RFC 3768 §6.1, keepalived without ``nopreempt``):
+    a mixed group then behaves as its keepalived nodes expect. CARP keeps ucarp's false."""
+    if not isinstance(data, Mapping):
+        return data
+    protocol = data.get("CARP_PROTOCOL", data.get("UCARP_PROTOCOL"))
+    preempt_given = any(k in data for k in ("CARP_PREEMPT", "UCARP_PREEMPT", "preempt"))
+    if protocol in VRRP and not preempt_given:
+        return {**data, "CARP_PREEMPT": True}
+    return data
+
+
+def problems(m: Any) -> list[str]:
+    """Every VRRP rule ``m`` (a validated VhidSettings) breaks, one line each."""
+    given = m.model_fields_set
+    if m.protocol == "carp":
+        return [f"CARP_{name.upper()}: a VRRP setting; CARP uses "
+                f"{'CARP_ADVSKEW (lower wins)' if name == 'priority' else 'CARP_ADVBASE'} "
+                "(or set CARP_PROTOCOL=vrrp2 or vrrp3)" for name in ("priority", "advert_int")
+                if name in given]
+    # each line names CARP_PROTOCOL: when that one is wrong, these are not reported
+    mode = f"CARP_PROTOCOL={m.protocol}"
+    out = [f"CARP_{name.upper()}: CARP only; with {mode} use {instead} instead"
+           for name, instead in CARP_ONLY.items() if name in given]
+    if m.strict:
+        out.append(f"CARP_STRICT: CARP only (carp-sidecar's HMAC over the whole header); "
+                   f"{mode} has no such mode")
+    if m.password_next is not None or m.pass_next_file is not None:
+        var = "CARP_PASS_NEXT" if m.password_next is not None else "CARP_PASS_NEXT_FILE"
+        out.append(f"{var}: CARP only (a key rotation); {mode} has one password or none")
+    if m.nomcast:
+        out.append(f"CARP_NOMCAST: CARP only; with {mode} adverts go to the multicast group "
+                   "or to CARP_PEERS")
+    out += _interval(m.protocol, m.advert_int)
+    if m.protocol == "vrrp3" and (m.password is not None or m.pass_file is not None):
+        var = "CARP_PASS" if m.password is not None else "CARP_PASS_FILE"
+        out.append(f"{var}: VRRPv3 (RFC 5798, {mode}) has no authentication; remove it "
+                   "(keepalived ignores an authentication block with version 3)")
+    if m.protocol == "vrrp2":
+        try:
+            v6 = [str(v.ip) for v in m.vips if isinstance(v, IPv6Interface)]
+        except ValueError:
+            v6 = []  # CARP_ADDR's own error says it
+        if v6:
+            out.append(f"CARP_ADDR: VRRPv2 carries IPv4 addresses only ({', '.join(v6)}); use "
+                       "vrrp3 or another instance (CARP_PROTOCOL=vrrp2)")
+    return out
+
+
+def _interval(protocol: str, seconds: float) -> list[str]:
+    if protocol == "vrrp2" and (seconds != int(seconds) or not 1 <= seconds <= 255):
+        return ["CARP_ADVERT_INT: whole seconds 1-255 with CARP_PROTOCOL=vrrp2 (RFC 3768)"]
+    centis = seconds * 100
+    if protocol == "vrrp3" and (abs(centis - round(centis)) > 1e-6
+                                or not 0.01 <= seconds <= V3_MAX_ADVERT_INT):
+        return [f"CARP_ADVERT_INT: 0.01-{V3_MAX_ADVERT_INT} s in steps of 0.01 with "
+                "CARP_PROTOCOL=vrrp3 (RFC 5798's centiseconds)"]
+    return []
+
+
+def password_key(protocol: str, password: str | None, pass_file: Path | None) -> bytes:
+    """The VRRP instance's password: none is allowed (auth type 0, and VRRPv3 has none: its
+    refusal is :func:`problems`'), VRRPv2's at most 8 bytes (RFC 2338's simple text password)."""
+    if protocol != "vrrp2" or (password is None and pass_file is None):
+        return b""
+    if password is not None and pass_file is not None:
+        raise ValueError("CARP_PASS: set at most one of CARP_PASS or CARP_PASS_FILE")
+    var = "CARP_PASS" if password is not None else "CARP_PASS_FILE"
+    raw = password.encode() if password is not None else first_line(Path(str(pass_file)), var)
+    if not raw:
+        raise ValueError(f"{var}: the password is empty")
+    if len(raw) > V2_PASSWORD_BYTES:
+        raise ValueError(f"{var}: VRRPv2's simple password is at most {V2_PASSWORD_BYTES} "
+                         "bytes (RFC 2338; keepalived cuts a longer one) (CARP_PROTOCOL=vrrp2)")
+    return raw
+
+
+def cleartext_warning(protocol: str, has_password: bool, name: str) -> str | None:
+    """The start's warning for VRRPv2's password, or None: it must not pass for security."""
+    if protocol != "vrrp2" or not has_password:
+        return None
+    return (f"{name}: VRRPv2's simple password travels in clear text in every advert: it "
+            "guards against mistakes (a neighbour's wrong VRID), not against attackers")
+
+
+def owner_problem(priority: int, interface: str, vips: Sequence[Vip],
+                  addresses: Sequence[IPv4Address | IPv6Address]) -> str:
+    """Priority 255 belongs to the address owner (RFC 3768 §6.1): every VIP is an address of
+    the interface itself. "" when it holds (or the priority is not 255)."""
+    if priority != OWNER_PRIORITY:
+        return ""
+    foreign = [str(v.ip) for v in vips if v.ip not in addresses]
+    if not foreign:
+        return ""
+    return (f"CARP_PRIORITY: 255 is the address owner's, but {', '.join(foreign)} is not an "
+            f"address of {interface}; use 1-254")
+
+
+def figures(protocol: str, priority: int, advert_int: float, has_password: bool
+            ) -> dict[str, str]:
+    """The numbers behind a VRRP failover plan (RFC 3768 §6.1, RFC 5798 §6.1), for check-config."""
+    if protocol == "vrrp2":
+        skew, rule = (256 - priority) / 256, f"(256 - {priority})/256"
+    else:  # v3 scales the skew by the master's advertised interval (ours shown)
+        skew, rule = (256 - priority) * advert_int / 256, f"(256 - {priority}) x {advert_int:g}/256"
+    down = 3 * advert_int + skew
+    learnt = " (the master's interval, learnt from its adverts; ours shown)" * (
+        protocol == "vrrp3")
+    auth = ("VRRPv2 simple password (clear text: guards against mistakes, not attackers)"
+            if has_password else "none (auth type 0)") if protocol == "vrrp2" else "none (VRRPv3)"
+    return {
+        "advert interval": f"{advert_int:g} s",
+        "skew time": f"{skew:.3g} s ({rule})",
+        "master-down interval": f"{down:.3g} s (3 x advert interval + skew time){learnt}",
+        "expected failover": (f"about {down:.3g} s when the master fails; about {skew:.3g} s "
+                              "when it stops (it sends priority 0)" if priority < OWNER_PRIORITY
+                              else "at once: priority 255, the address owner"),
+        "authentication": auth,
+    }
