@@ -177,13 +177,23 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from sidecar.tools.ucarp_import import ImportError_, translate
+    from sidecar.tools import keepalived_import, ucarp_import
 
     try:
-        print(translate(args.files), end="")
-    except ImportError_ as e:
+        if keepalived_import.looks_like(args.files):
+            result = keepalived_import.translate(args.files[0], args.config_id)
+            text = result.toml
+            for note in result.notes:  # what the file's comments also say, for the terminal
+                print(f"carp-sidecar: import: {note}", file=sys.stderr)
+        else:
+            text = ucarp_import.translate(args.files)
+    except (ucarp_import.ImportError_, keepalived_import.ImportError_) as e:
         print(f"carp-sidecar: import: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.output is None:
+        print(text, end="")
+    else:
+        args.output.write_text(text)
     return 0
 
 

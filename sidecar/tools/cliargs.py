@@ -115,8 +115,14 @@ def _repair_counter(sub: Any, env_file: argparse.ArgumentParser) -> None:
 
 def _import(sub: Any, env_file: argparse.ArgumentParser) -> None:
     imp = sub.add_parser("import", help="translate ucarp configuration (/etc/network/interfaces "
-                         "ucarp-* stanzas, ucarp.conf, a start script) into carp-sidecar's")
+                         "ucarp-* stanzas, ucarp.conf, a start script) or a keepalived.conf "
+                         "(its vrrp_instance blocks) into carp-sidecar's")
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    imp.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+                     help="write the result to FILE instead of standard output")
+    imp.add_argument("--config-id", default=None, metavar="ID",
+                     help="keepalived.conf: keep its @ID lines, as keepalived -i ID does "
+                     "(default: leave every conditional line out, each named)")
 
 
 def _watch(sub: Any, env_file: argparse.ArgumentParser) -> None:
