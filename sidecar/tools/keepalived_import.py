@@ -42,10 +42,10 @@ WHY = {
     "garp_master_delay": "gratuitous ARPs go with the first adverts (garp_repeat)",
     "lvs_sync_daemon_interface": "LVS is not managed",
     "dont_track_primary": "CARP_IGNOREIFSTATE=true is the nearest (ignores carrier loss)",
-    "state": "no initial state: every node starts BACKUP and the election (priority, "
-             "preempt) decides, as it does for keepalived once adverts are heard",
+    "state": "keepalived's state MASTER only shortens its first wait at start to one "
+             "advert interval; carp-sidecar starts BACKUP and takes over after the "
+             "master-down interval unless a master is heard, then priority and preempt decide",
     "accept": "the VIP always accepts traffic (keepalived's accept)",
-    "strict_mode": "VRRP strict mode is keepalived's own",
     "net_namespace": "run carp-sidecar in the namespace itself (ip netns exec)",
     "notify_stop": "no stop notification: CARP_NOTIFYSCRIPT is told every state change",
 }
@@ -70,6 +70,7 @@ class Result:
 class _State:
     version: int = 2
     mcast: str | None = None
+    strict: bool = False  # vrrp_strict: keepalived then ignores authentication
     scripts: dict[str, Node] = field(default_factory=dict)
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     tracked: set[str] = field(default_factory=set)  # scripts some instance names
@@ -114,6 +115,10 @@ def _globals(node: Node, state: _State) -> None:
             state.version = int(d.args[0])
         elif d.name == "vrrp_mcast_group4" and d.args:
             state.mcast = d.args[0]
+        elif d.name == "vrrp_strict":
+            state.strict = True
+            state.skip(d, "keepalived's own strictness; it also makes keepalived ignore "
+                       "authentication, and so does the import")
         elif d.name in MAIL:
             state.skip(d, WHY["smtp_alert"])
         elif d.name == "router_id":
@@ -136,15 +141,34 @@ def _instance(node: Node, state: _State) -> dict[str, Any] | None:
             handler(d, table, state)
         else:
             state.skip(d)
-    if table["protocol"] == "vrrp3" and "pass" in table:
+    if "pass" in table and (table["protocol"] == "vrrp3" or state.strict
+                            or table.pop("strict_mode", False)):
         del table["pass"]
         state.notes.append(f"{node.where}: {label}: authentication: not carried: keepalived "
-                           "ignores it with VRRP version 3 (RFC 5798 has none)")
+                           "ignores it with VRRP version 3 (RFC 5798 has none) and in strict "
+                           "mode")
+    table.pop("strict_mode", None)
+    _interval_as_keepalived(node, table, state)
     missing = [k for k in ("interface", "vhid", "addr") if k not in table]
     if missing:
         state.notes.append(f"{node.where}: {label}: no {', '.join(missing)}: skipped")
         return None
     return _ordered(table)
+
+
+def _interval_as_keepalived(node: Node, table: dict[str, Any], state: _State) -> None:
+    """keepalived rounds a v2 interval to whole seconds and a v3 one to centiseconds (half
+    up, at least one unit; keepalived/vrrp/vrrp.c), and so does the import, saying so."""
+    given = table.get("advert_int")
+    if given is None:
+        return
+    unit, top = (1.0, 255.0) if table["protocol"] == "vrrp2" else (0.01, 40.95)
+    steps = max(1, int(given / unit + 0.5 + 1e-9))
+    value = _int_or_float(round(min(steps * unit, top), 2))
+    if abs(value - given) > 1e-9:
+        table["advert_int"] = value
+        state.notes.append(f"{node.where}: advert_int {given:g}: {value:g} with "
+                           f"{table['protocol']}, as keepalived rounds it")
 
 
 def _ordered(table: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +263,17 @@ def _nopreempt(d: Node, table: dict[str, Any], state: _State) -> None:
 
 def _preempt(d: Node, table: dict[str, Any], state: _State) -> None:
     pass  # VRRP mode's default
+
+
+def _state(d: Node, table: dict[str, Any], state: _State) -> None:
+    if d.args[:1] != ["BACKUP"]:  # BACKUP: how every carp-sidecar node starts
+        state.skip(d)
+
+
+def _strict_mode(d: Node, table: dict[str, Any], state: _State) -> None:
+    table["strict_mode"] = d.args[:1] in ([], ["on"], ["true"], ["yes"])
+    state.skip(d, "keepalived's own strictness; it also makes keepalived ignore "
+               "authentication, and so does the import")
 
 
 def _authentication(d: Node, table: dict[str, Any], state: _State) -> None:
@@ -336,7 +371,8 @@ HANDLERS: dict[str, Handler] = {
     "priority": _simple("priority", "number"), "advert_int": _simple("advert_int", "number"),
     "version": _version, "virtual_ipaddress": _addresses,
     "unicast_src_ip": _simple("srcip"), "mcast_src_ip": _simple("srcip"),
-    "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt,
+    "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt, "state": _state,
+    "strict_mode": _strict_mode,
     "preempt_delay": _simple("preempt_delay", "number"),
     "authentication": _authentication, "track_script": _track_script,
     "notify": _notify, **{n: _notify for n in NOTIFY},

@@ -223,3 +223,31 @@ def test_ucarp_files_still_go_to_the_ucarp_import(tmp_path: Path) -> None:
     assert not looks_like([conf]) and looks_like([DATA / "keepalived.conf.sample"])
     done = cli("import", str(conf))
     assert done.returncode == 0 and "CARP_VHID=3" in done.stdout
+
+
+@pytest.mark.parametrize(("version", "given", "imported"), [
+    ("2", "1.5", 2), ("2", "0.4", 1), ("2", "3", 3), ("3", "0.015", 0.02), ("3", "0.004", 0.01),
+    ("3", "0.25", 0.25)])
+def test_intervals_are_rounded_as_keepalived_does(tmp_path: Path, version: str, given: str,
+                                                  imported: float) -> None:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text(f"vrrp_instance A {{\n version {version}\n interface eth0\n"
+                    f" virtual_router_id 1\n advert_int {given}\n"
+                    " virtual_ipaddress {\n  10.0.0.1\n }\n}\n")
+    result = translate(conf)
+    (s,) = loaded(result.toml, tmp_path).runtime().instances
+    assert s.advert_int == imported
+    assert any("as keepalived rounds it" in n for n in result.notes) == (
+        float(given) != imported)
+
+
+def test_strict_mode_drops_the_password_as_keepalived_does(tmp_path: Path) -> None:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("global_defs {\n vrrp_strict\n}\nvrrp_instance A {\n interface eth0\n"
+                    " state BACKUP\n virtual_router_id 1\n authentication {\n  auth_type PASS\n"
+                    "  auth_pass abc\n }\n virtual_ipaddress {\n  10.0.0.1\n }\n}\n")
+    result = translate(conf)
+    (s,) = loaded(result.toml, tmp_path).runtime().instances
+    assert s.secret == b""
+    assert any("in strict mode" in n for n in result.notes)
+    assert not any("state" in n for n in result.notes)  # BACKUP: as every node starts
