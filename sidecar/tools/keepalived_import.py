@@ -149,6 +149,14 @@ def _instance(node: Node, state: _State) -> dict[str, Any] | None:
                            "mode")
     table.pop("strict_mode", None)
     _interval_as_keepalived(node, table, state)
+    if table["protocol"] == "vrrp2" and any(":" in a for a in table.get("addr", [])):
+        state.notes.append(f"{node.where}: {label}: "
+                           f"{', '.join(a for a in table['addr'] if ':' in a)}: not carried: "
+                           "VRRPv2 adverts carry IPv4 only (keepalived leaves them out of its "
+                           "adverts); use version 3")
+        ipv4 = [a for a in table.pop("addr") if ":" not in a]
+        if ipv4:
+            table["addr"] = ipv4
     missing = [k for k in ("interface", "vhid", "addr") if k not in table]
     if missing:
         state.notes.append(f"{node.where}: {label}: no {', '.join(missing)}: skipped")

@@ -251,3 +251,16 @@ def test_strict_mode_drops_the_password_as_keepalived_does(tmp_path: Path) -> No
     assert s.secret == b""
     assert any("in strict mode" in n for n in result.notes)
     assert not any("state" in n for n in result.notes)  # BACKUP: as every node starts
+
+
+def test_ipv6_addresses_of_a_v2_instance_are_named_not_carried(tmp_path: Path) -> None:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("vrrp_instance A {\n interface eth0\n virtual_router_id 1\n"
+                    " virtual_ipaddress {\n  10.0.0.1/24\n  2001:db8::1/64\n }\n}\n"
+                    "vrrp_instance B {\n interface eth0\n virtual_router_id 2\n"
+                    " virtual_ipaddress {\n  2001:db8::2/64\n }\n}\n")
+    result = translate(conf)
+    (s,) = loaded(result.toml, tmp_path).runtime().instances
+    assert [str(v) for v in s.vips] == ["10.0.0.1/24"]
+    assert any("2001:db8::1/64: not carried: VRRPv2" in n for n in result.notes)
+    assert any("vrrp_instance B: no addr: skipped" in n for n in result.notes)
