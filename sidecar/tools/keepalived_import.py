@@ -98,6 +98,9 @@ def translate(path: Path, config_id: str | None = None) -> Result:
             table = _instance(node, state)
             if table is not None:
                 instances.append(table)
+        elif node.name.startswith("$"):
+            state.skip(node, "keepalived's parameters ($NAME=...) are not expanded by the "
+                       "import: expand them in the file first")
         elif node.name not in ("global_defs", "vrrp_script"):
             state.skip(node)
     for name, node in state.scripts.items():

@@ -190,11 +190,13 @@ def test_syntax_quotes_comments_braces_and_includes(tmp_path: Path) -> None:
                                             " virtual_router_id 1\n"
                                             " virtual_ipaddress { 10.0.0.1/24 }\n}\n")
     main = tmp_path / "keepalived.conf"
-    main.write_text("global_defs {\n vrrp_version 3\n}\ninclude conf.d/*.conf\n"
-                    "include missing/*.conf\n")
+    main.write_text("global_defs {\n vrrp_version 3\n vrrp_mcast_group4 224.0.0.19\n}\n"
+                    "include conf.d/*.conf\ninclude missing/*.conf\n$PRIO=100\n")
     result = translate(main)
     config = loaded(result.toml, tmp_path)
-    assert [(i.vhid, i.protocol) for i in config.instances] == [(1, "vrrp3"), (2, "vrrp3")]
+    assert [(i.vhid, i.protocol, str(i.mcast)) for i in config.instances] == [
+        (1, "vrrp3", "224.0.0.19"), (2, "vrrp3", "224.0.0.19")]
+    assert any("$PRIO=100: not carried: keepalived's parameters" in n for n in result.notes)
     assert any("include missing/*.conf: matches no file" in n for n in result.notes)
     main.write_text("vrrp_instance A {\n interface eth0\n")
     with pytest.raises(ImportError_, match="not closed"):
