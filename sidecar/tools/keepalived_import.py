@@ -155,8 +155,8 @@ def _instance(node: Node, state: _State) -> dict[str, Any] | None:
     if table["protocol"] == "vrrp2" and any(":" in a for a in table.get("addr", [])):
         state.notes.append(f"{node.where}: {label}: "
                            f"{', '.join(a for a in table['addr'] if ':' in a)}: not carried: "
-                           "VRRPv2 adverts carry IPv4 only (keepalived leaves them out of its "
-                           "adverts); use version 3")
+                           "VRRPv2 adverts carry IPv4 only; use version 3 (or another "
+                           "instance) for them")
         ipv4 = [a for a in table.pop("addr") if ":" not in a]
         if ipv4:
             table["addr"] = ipv4
