@@ -175,3 +175,15 @@ def test_check_config_shows_vrrp_figures_and_the_warning() -> None:
     assert "# warning: eth0/vhid7: VRRPv2's simple password travels in clear text" in done.stdout
     assert "CARP_PROTOCOL=vrrp2" in done.stdout and "CARP_ADVBASE" not in done.stdout
     assert "#   skew time: 0.414 s ((256 - 150)/256)" in done.stdout
+
+
+def test_run_refuses_with_one_line_and_status_2(tmp_path: Path) -> None:
+    env = {**BASE, "CARP_PROTOCOL": "vrrp3", "CARP_PASS": "x", "CARP_STATE_DIR": "off",
+           "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "sidecar.tools.cli", "run"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "carp-sidecar: configuration error: CARP_PASS: VRRPv3 (RFC 5798, CARP_PROTOCOL=vrrp3) "
+        "has no authentication; remove it (keepalived ignores an authentication block with "
+        "version 3)"]
