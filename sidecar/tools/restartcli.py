@@ -39,11 +39,18 @@ def on_stop(path: Path, send: Send, seconds: float | None, cancel: bool) -> str:
 
 def in_place(path: Path, send: Send, out: Callable[[str], None], wait: float = WAIT,
              poll: float = 0.1) -> int:
-    """Ask for the restart, print the agent's reply, then wait for the new process: 0 once it
-    answers (its outcome printed), 1 if none does within ``wait`` s."""
+    """Ask for the restart, print the agent's reply, then wait for the new image: 0 once the
+    same process answers as a new image that resumed (or started afresh) every instance it
+    had as MASTER, 1 on a refusal, on a lost MASTER, or if none answers within ``wait`` s."""
     before = json.loads(send(path, "status"))
     asked = time.monotonic()
-    out(send(path, "restart", timeout=60))  # the pre-flight validates in a child: seconds
+    try:
+        reply = send(path, "restart", timeout=60)  # the pre-flight validates in a child
+    except OSError as e:  # send_command raises the agent's `error: ...` reply
+        reply = str(e)
+    out(reply)
+    if not reply.startswith("ok"):  # refused: nothing will restart, nothing to wait for
+        return 1
     deadline, last = time.monotonic() + wait, "no answer yet"
     while time.monotonic() < deadline:
         time.sleep(poll)
@@ -52,13 +59,42 @@ def in_place(path: Path, send: Send, out: Callable[[str], None], wait: float = W
         except (OSError, ValueError) as e:  # the socket is closed while the new one starts
             last = str(e) or type(e).__name__
             continue
-        if _agent(now).get("started") != _agent(before).get("started"):
+        why = not_yet(before, now)
+        if why is None:
+            lost = lost_masters(before, now)
             out(outcome(before, now, time.monotonic() - asked))
+            if lost:
+                out(f"carp-sidecar: restart: no longer MASTER: {lost}; see the agent's log")
+                return 1
             return 0
-        last = f"the agent (pid {_agent(now).get('pid')}) that was asked still answers"
+        last = why
     out(f"carp-sidecar: restart: no restarted agent answered within {wait:g} s ({last}); "
         "see the agent's log")
     return 1
+
+
+def not_yet(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """Why ``now`` is not yet the restarted image's settled answer, or None once it is."""
+    old, new = _agent(before), _agent(now)
+    if new.get("pid") != old.get("pid"):
+        return f"another process answers (pid {new.get('pid')}, not {old.get('pid')})"
+    if new.get("started") == old.get("started"):
+        return f"the agent (pid {new.get('pid')}) that was asked still answers"
+    if not new.get("last_restart"):
+        return "the new image has not resumed yet"
+    starting = [f"{i.get('interface')} vhid {i.get('vhid')}"
+                for i in now.get("instances", []) if i.get("state") == "INIT"]
+    return f"still starting: {', '.join(starting)}" if starting else None
+
+
+def lost_masters(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The instances MASTER before and not after (the restart moved them), with their state."""
+    now = {(i.get("interface"), i.get("vhid")): i.get("state")
+           for i in after.get("instances", [])}
+    return ", ".join(f"{i.get('interface')} vhid {i.get('vhid')} is "
+                     f"{now.get((i.get('interface'), i.get('vhid')), 'gone')}"
+                     for i in before.get("instances", []) if i.get("state") == "MASTER"
+                     and now.get((i.get("interface"), i.get("vhid"))) != "MASTER")
 
 
 def outcome(before: dict[str, Any], after: dict[str, Any], waited: float) -> str:
@@ -74,7 +110,9 @@ def outcome(before: dict[str, Any], after: dict[str, Any], waited: float) -> str
         kept = " kept" if was.get(key) == state else f" (was {was[key]})" if key in was else ""
         states.append(f"{key[0]} vhid {key[1]} {state}{kept}")
     how = "in place" if last.get("kind", "in_place") == "in_place" else str(last.get("kind"))
-    return (f"restarted {how} in {float(seconds):.2f} s: version {old} -> "
+    if last.get("result") == "afresh":
+        how += " (started afresh: nothing resumed)"
+    return (f"restarted {how} in {float(seconds or waited):.2f} s: version {old} -> "
             f"{_agent(after).get('version', '?')}; " + ", ".join(states))
 
 

@@ -87,8 +87,11 @@ class FakeAgent:
     """Answers control-socket commands the way the agent does, one connection each; after
     ``restart`` the socket is gone for ``gap`` s (the exec), then a newer process answers."""
 
-    def __init__(self, path: Path, gap: float = 0.3, restarts: bool = True) -> None:
+    def __init__(self, path: Path, gap: float = 0.3, restarts: bool = True,
+                 reply: str = "ok: restarting in place (pid 7, version 1.0 -> 1.1)",
+                 comes_back: str = "MASTER") -> None:
         self.path, self.gap, self.restarts = path, gap, restarts
+        self.reply, self.comes_back = reply, comes_back
         self.heard: list[str] = []
         self.status = _status(100.0, "1.0", "MASTER")
         self._stop = threading.Event()
@@ -116,15 +119,18 @@ class FakeAgent:
                 self.server.close()
                 self.path.unlink()
                 time.sleep(self.gap)
-                self.status = _status(200.0, "1.1", "MASTER", last={
-                    "kind": "in_place", "from_version": "1.0", "seconds": 0.42})
+                self.status = _status(200.0, "1.1", "INIT")  # the new image, resuming
+                time.sleep(0.3)
+                self.status = _status(200.0, "1.1", self.comes_back, last={
+                    "kind": "in_place", "from_version": "1.0", "seconds": 0.42,
+                    "result": "resumed"})
                 self._listen()
 
     def _answer(self, command: str) -> str:
         if command == "status":
             return json.dumps(self.status)
         if command == "restart":
-            return "ok: restarting in place (pid 7, version 1.0 -> 1.1)"
+            return self.reply
         return f"ok: {command}"
 
     def close(self) -> None:
@@ -162,6 +168,30 @@ def test_restart_that_never_comes_back_is_exit_1_with_what_is_known(tmp_path: Pa
         assert restartcli.in_place(fake.path, send_command, lines.append, wait=0.5) == 1
         assert "no restarted agent answered within 0.5 s" in lines[-1]
         assert "(pid 7) that was asked still answers" in lines[-1]
+    finally:
+        fake.close()
+
+
+def test_a_refused_restart_is_exit_1_at_once(tmp_path: Path) -> None:
+    fake = FakeAgent(tmp_path / "agent.sock", reply="error: restart refused: restart in progress")
+    try:
+        lines: list[str] = []
+        asked = time.monotonic()
+        assert restartcli.in_place(fake.path, send_command, lines.append, wait=10) == 1
+        assert time.monotonic() - asked < 2 and lines == [fake.reply]
+        assert fake.heard == ["status", "restart"]  # no waiting for a restart that won't come
+    finally:
+        fake.close()
+
+
+def test_a_master_that_came_back_backup_is_exit_1_saying_so(tmp_path: Path) -> None:
+    fake = FakeAgent(tmp_path / "agent.sock", comes_back="BACKUP")
+    try:
+        lines: list[str] = []
+        assert restartcli.in_place(fake.path, send_command, lines.append, wait=10) == 1
+        assert "eth0 vhid 1 BACKUP (was MASTER)" in lines[-2]
+        assert lines[-1].startswith("carp-sidecar: restart: no longer MASTER: eth0 vhid 1 is "
+                                    "BACKUP")
     finally:
         fake.close()
 
