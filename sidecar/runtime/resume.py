@@ -51,6 +51,8 @@ class ResumedInstance:
     sent_at: float | None = None  # CLOCK_MONOTONIC: its last advert (MASTER)
     advert_interval: float = 1.0  # s, as it advertised
     maintenance: dict[str, float] = field(default_factory=dict)  # source -> since (Unix)
+    epoch: int = 0  # its replication epoch (CARP_SYNC_PATHS; kept in memory only without
+    # CARP_STATE_DIR): a resumed master serves the same epoch, not a new one
 
     @property
     def key(self) -> tuple[str, int]:
@@ -75,12 +77,17 @@ class ResumeRecord:
     started: float  # Unix time the old process started
     instances: list[ResumedInstance]
     checks: dict[str, ResumedCheck] = field(default_factory=dict)
-    keeper_fd: int | None = None  # in_place: our end of the keeper's socket
-    keeper_pid: int | None = None
+    keeper_fd: int | None = None  # in_place: our end of the keeper's socket (given by the
+    keeper_pid: int | None = None  # exec's argv, --keeper-fd/--keeper-pid: never from JSON)
+    booted: float | None = None  # Unix time of the boot (boot_id may be unreadable)
+    written: float | None = None  # CLOCK_MONOTONIC when the restart began (its duration)
+    on_stop_until: list[float] | None = None  # an armed --on-stop: [Unix, monotonic] ends
 
     # ---- JSON ----
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        doc = asdict(self)
+        del doc["keeper_fd"], doc["keeper_pid"]  # this process's: they travel in argv
+        return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ResumeRecord:
@@ -93,7 +100,8 @@ class ResumeRecord:
                 master_since=_opt_float(i.get("master_since")),
                 sent_at=_opt_float(i.get("sent_at")),
                 advert_interval=float(i.get("advert_interval", 1.0)),
-                maintenance={str(k): float(v) for k, v in i.get("maintenance", {}).items()})
+                maintenance={str(k): float(v) for k, v in i.get("maintenance", {}).items()},
+                epoch=int(i.get("epoch", 0)))
                 for i in doc["instances"]]
             checks = {str(k): ResumedCheck(None if v["healthy"] is None else bool(v["healthy"]),
                                            _opt_float(v.get("failed_since")))
@@ -103,8 +111,10 @@ class ResumeRecord:
                          until=float(doc["until"]),
                          restarts={str(k): int(v) for k, v in doc["restarts"].items()},
                          started=float(doc["started"]), instances=instances, checks=checks,
-                         keeper_fd=_opt_int(doc.get("keeper_fd")),
-                         keeper_pid=_opt_int(doc.get("keeper_pid")))
+                         booted=_opt_float(doc.get("booted")),
+                         written=_opt_float(doc.get("written")),
+                         on_stop_until=None if doc.get("on_stop_until") is None else
+                         [float(x) for x in doc["on_stop_until"]][:2])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a restart record ({type(e).__name__}: {e})") from None
         if record.kind not in KINDS:
@@ -112,20 +122,36 @@ class ResumeRecord:
         return record
 
     # ---- validity ----
-    def why_not(self, now: float | None = None) -> str | None:
-        """Why this record may not be used here and now, or None if it may."""
+    def why_not(self, now: float | None = None, until: float | None = None) -> str | None:
+        """Why this record may not be used here and now, or None if it may. ``until``: a
+        later judgement of it (the keeper's last advert), instead of the record's."""
         me = identity()
         if self.boot_id != me["boot_id"]:
             return "written before a reboot"
+        # boot_id unreadable (systemd ProtectProc=, ProcSubset=pid): the boot time tells
+        if self.booted is None and not self.boot_id:
+            return "the boot it was written in is unknown (no boot_id, no boot time)"
+        if self.booted is not None and abs(self.booted - boot_time()) > BOOT_SLACK:
+            return "written before a reboot (another boot time)"
         if self.netns != me["netns"]:
             return "written in another network namespace"
         now = time.monotonic() if now is None else now
-        if now >= self.until:
-            return f"expired {now - self.until:.1f} s ago (the backups have taken over)"
+        until = self.until if until is None else until
+        if now >= until:
+            return f"expired {now - until:.1f} s ago (the backups have taken over)"
         return None
 
     def vips(self) -> set[tuple[int, str, int]]:
         return {v for i in self.instances for v in i.vips}
+
+
+BOOT_SLACK = 2.0  # s: the boot time read twice differs by the clock's slewing, not more
+
+
+def boot_time() -> float:
+    """Unix time of this boot, from the two clocks (a stepped wall clock moves it: then the
+    record is not trusted, which only costs a start afresh)."""
+    return round(time.time() - time.monotonic(), 1)
 
 
 def until_for(instances: list[ResumedInstance], now: float, deadratio: int = 3) -> float:
@@ -196,6 +222,3 @@ def discard_state_dir(state_dir: Path) -> None:
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
 
-
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)

@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,26 @@ def record(**changes: object) -> ResumeRecord:
 
 
 def test_round_trip_keeps_everything() -> None:
-    r = record(keeper_fd=9, keeper_pid=1234)
+    r = record(booted=resume.boot_time(), written=12.5, on_stop_until=[1.7e9, 99.0])
+    r = replace(r, instances=[replace(r.instances[0], epoch=4)])
     assert ResumeRecord.from_json(r.to_json()) == r
     assert r.vips() == {(3, "10.0.0.100", 32), (3, "fd00::100", 128)}
+
+
+def test_the_keepers_descriptor_and_pid_never_travel_in_the_record() -> None:
+    """They come in the exec's argv: a record the new image cannot read still frees them."""
+    r = record(kind="in_place", keeper_fd=9, keeper_pid=1234)
+    assert "keeper" not in r.to_json()
+    assert ResumeRecord.from_json(r.to_json()).keeper_fd is None
+
+
+def test_an_older_record_without_the_new_fields_parses() -> None:
+    doc = json.loads(record().to_json())
+    for name in ("booted", "written", "on_stop_until"):
+        del doc[name]
+    del doc["instances"][0]["epoch"]
+    old = ResumeRecord.from_json(json.dumps(doc))
+    assert old.booted is None and old.instances[0].epoch == 0
 
 
 @pytest.mark.parametrize("text", [
@@ -54,6 +72,20 @@ def test_usable_only_on_this_boot_namespace_and_before_until() -> None:
     assert "expired 2.0 s ago" in (record(until=now - 2).why_not(now) or "")
     assert "reboot" in (record(boot_id="another-boot").why_not(now) or "")
     assert "namespace" in (record(netns=1).why_not(now) or "")
+    # a later judgement (the keeper's last advert) instead of the record's until
+    assert record(until=now - 2).why_not(now, until=now + 1) is None
+    assert "expired" in (record(until=now + 5).why_not(now, until=now - 1) or "")
+
+
+def test_without_a_boot_id_the_boot_time_tells_a_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd's ProtectProc=/ProcSubset=pid hide boot_id: "" on both sides says nothing."""
+    me = {**identity(), "boot_id": ""}
+    monkeypatch.setattr(resume, "identity", lambda: me)
+    now, booted = time.monotonic(), resume.boot_time()
+    assert record(boot_id="", booted=booted).why_not(now) is None
+    assert record(boot_id="", booted=booted + 1.0).why_not(now) is None  # slewing, rounding
+    assert "unknown" in (record(boot_id="", booted=None).why_not(now) or "")
+    assert "reboot" in (record(boot_id="", booted=booted - 3600).why_not(now) or "")
 
 
 def test_until_ends_before_the_first_backup_would_take_over() -> None:
