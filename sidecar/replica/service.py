@@ -88,6 +88,22 @@ class VhidReplica:
             self.master = None
             self._stop_puller()
 
+    def resume_master(self) -> None:
+        """The instance resumed as MASTER after a restart in place or on stop: nothing moved,
+        so the paths are served again in the same epoch (carried by the restart record, or
+        read from CARP_STATE_DIR), not a new one: the backups' pulls carry on as before."""
+        if self.closed or self.state is State.MASTER:
+            return
+        self.state = State.MASTER
+        self._stop_puller()
+        self.master = None
+        self.m.epoch.set(self.epochs.epoch)
+        self.m.fresh.set(1)
+        log.info("Serving vhid %d's replicated paths again after the restart (epoch %d)",
+                 self.s.vhid, self.epochs.epoch)
+        self._serve()
+        self._gate(False)
+
     def heard(self, src: Address, key: tuple[int, int]) -> None:
         """A valid advert of our VHID (not a bow-out) while BACKUP, ``key`` its (advbase,
         advskew): the master to pull from — unless the one we follow is better and alive (two

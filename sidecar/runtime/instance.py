@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
-from sidecar.core.actions import Resume
+from sidecar.core.actions import Resume, Resumed
 from sidecar.core.machine import (
     AddVip,
     DropVip,
@@ -405,5 +405,7 @@ def tell_replica(replica: VhidReplica, out: outputs.Output, loop: asyncio.Abstra
     after this turn's outputs, as the replica may answer with :meth:`Instance.set_sync_behind`."""
     if isinstance(out, Transition):
         loop.call_soon(replica.transition, out.new)
+    elif isinstance(out, Resumed) and out.state is State.MASTER:  # a restart: same epoch
+        loop.call_soon(replica.resume_master)
     elif isinstance(out, outputs.Accepted) and not out.handover:
         loop.call_soon(replica.heard, out.peer, (out.advbase, out.advskew))
