@@ -39,7 +39,7 @@ from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
 from sidecar.runtime.maintenance import MaintenanceStore
 from sidecar.runtime.reaper import reap_forever
-from sidecar.runtime.resume import ResumeRecord, from_fd
+from sidecar.runtime.resume import ResumeRecord
 from sidecar.runtime.stale import HeldRecord, log_swept, remove_stale_vips
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
@@ -116,7 +116,7 @@ class Agent:
         self.version, self.title, self.started, self.record = "0", "carp-sidecar", restart.STARTED, record
         self.restart_counts = takeover.carried(record)
         self.restarts = RestartMetrics(registry, dict(self.restart_counts))
-        self.restarting = False
+        self.restarting = record is not None  # until resumed (sidecar.runtime.takeover)
         self.on_stop_until: tuple[float, float] | None = None  # (Unix, monotonic) when armed
         self.last_restart: dict[str, Any] | None = None
 
@@ -262,6 +262,7 @@ class Agent:
         resumes = {} if self.record is None else await takeover.resume_start(self, self.record)
         for instance in self.instances:
             self.start_instance(instance, resumes.get(restart.key(instance)))
+        self.restarting = False  # resumed (or not) and started: reload, restart, demote again
         await self._stopping.wait()
         if not await restart.stop_for_restart(self):
             await self._stop_instances()
@@ -334,8 +335,8 @@ class Agent:
 
     async def reload(self) -> str:
         if self._stopping.is_set() or self.restarting:
-            return (f"error: the agent is {'stopping' if self.stopping else 'restarting'}: "
-                    "nothing reloaded")
+            return ("error: the agent is stopping: nothing reloaded" if self.stopping
+                    else "error: restart in progress: nothing reloaded")
         return await reloader.reload(self)
 
     # ---- restart (`carp-sidecar restart [--on-stop]`: sidecar.runtime.restart) ----
@@ -420,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sidecar.runtime.agent")
     p.add_argument("--config-fd", type=int, required=True)
     p.add_argument("--resume-fd", type=int, default=None)
+    p.add_argument("--keeper-fd", type=int, default=None)  # an in-place restart's keeper
+    p.add_argument("--keeper-pid", type=int, default=None)
     p.add_argument("--version", default="0")
     p.add_argument("--title", default='"carp-sidecar"', help="process title (JSON string)")
     p.add_argument("--swept", default="[]", help="stale VIPs `run` removed before validating "
@@ -429,13 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     keeper.set_title(title)
     with os.fdopen(args.config_fd, "rb") as f:
         config = RunConfig.from_json(f.read().decode())
-    record = None
-    if args.resume_fd is not None:
-        try:
-            takeover.RECORD_WRITTEN.append(os.fstat(args.resume_fd).st_mtime)
-            record = from_fd(args.resume_fd)
-        except (OSError, ValueError) as e:  # a normal start (the keeper bows out at its end)
-            print(f"carp-sidecar: restart record not used: {e}", file=sys.stderr)
+    record = takeover.record_from_argv(args.resume_fd, args.keeper_fd, args.keeper_pid)
     return run_agent(config, version=args.version, record=record, title=title,
                      swept=[(a, i) for a, i in json.loads(args.swept)])
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from sidecar.core.machine import SendAdvert
 from sidecar.core.protocol import BOW_OUT
-from sidecar.net.rtmsg import delete_address, set_lifetimes
+from sidecar.net.rtmsg import delete_address, ipv4_addresses, set_lifetimes
 from sidecar.runtime.sendport import SendPort
 
 TITLE = "carp-sidecar restart keeper"
@@ -61,11 +61,22 @@ class Kept:
         self.sent_at = now
         if self.lease and self.vips:  # a keeper killed too leaves them a master-down at most
             with contextlib.suppress(OSError):
+                self.vips = present(self.vips)  # one removed since is not renewed, ever
                 set_lifetimes(self.vips, self.lease)
 
     def bow_out(self) -> None:
         self.counter += 1
         self.send(SendAdvert(BOW_OUT, BOW_OUT, self.counter, handover=True))
+
+
+def present(vips: list[Vip]) -> list[Vip]:
+    """Those still on their interface: a lease's replace would *add* a missing IPv4 address
+    (an operator's `ip addr del`, a successor's afresh start must not be undone)."""
+    if not vips:
+        return vips
+    found = {(index, str(a.ip)) for index in {i for i, _, _ in vips}
+             for a in ipv4_addresses(index)}
+    return [v for v in vips if ":" in v[1] or (v[0], v[1]) in found]
 
 
 def quiet_port(port: SendPort) -> Callable[[SendAdvert], object]:
@@ -193,6 +204,26 @@ def stop(sock: socket.socket, pid: int, timeout: float) -> dict[str, dict[str, f
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, 0)
     return reply_
+
+
+def release(fd: int, pid: int, timeout: float = 3.0) -> None:
+    """The successor's side when it cannot resume: its end closed, so the keeper bows out as
+    a stop does (bow-out adverts, its VIPs deleted: the backups take over at once); waited
+    for (SIGTERM, the same bow-out, if it is slow), so its VIPs are gone before a start."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    for nudge in (False, True):
+        if nudge:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:  # not ours, or reaped already
+                return
+            time.sleep(0.02)
 
 
 def _close_all_but(keep: set[int]) -> None:

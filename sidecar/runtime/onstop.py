@@ -55,13 +55,13 @@ def resumed_instance(instance: Instance, vips: list[Held]) -> ResumedInstance:
         state="MASTER" if machine.state is State.MASTER and not machine.stopping else "BACKUP",
         vips=vips, master_since=instance.reporter.master_since,
         sent_at=session.link.sent_at, advert_interval=machine.advert_interval_us / 1e6,
-        maintenance=dict(session.maintenance))
+        maintenance=dict(session.maintenance),
+        epoch=0 if instance.replica is None else instance.replica.epochs.epoch)
 
 
 def record_from_agent(agent: Agent, kind: str, present: dict[int, list[Held]],
                       restarts: dict[str, int], now: float | None = None,
-                      until: float | None = None, keeper_fd: int | None = None,
-                      keeper_pid: int | None = None) -> ResumeRecord:
+                      until: float | None = None) -> ResumeRecord:
     """The record of the running agent (either kind: one builder). ``present``: from
     :func:`present_vips`; ``until`` defaults to the backups' patience
     (:func:`resume.until_for`); version and start time from the agent's /status ``agent``."""
@@ -77,14 +77,16 @@ def record_from_agent(agent: Agent, kind: str, present: dict[int, list[Held]],
         started=float(about["started"]), instances=instances,
         checks={name: ResumedCheck(m.healthy, m.failed_since)
                 for name, m in agent.monitors.items()},
-        keeper_fd=keeper_fd, keeper_pid=keeper_pid)
+        booted=resume.boot_time(), written=now)
 
 
 def leased(agent: Agent, record: ResumeRecord) -> list[Held]:
-    """The VIPs the agent adds by netlink (scripts own theirs: no lease on those)."""
+    """The MASTERs' VIPs the agent adds by netlink (scripts own theirs; a BACKUP's, a neutral
+    one's, no successor renews: no lease on those)."""
     by_key = {i.key: i for i in record.instances}
     return [v for i in agent.instances if not i.s.manages_vip_by_scripts
-            for v in by_key[(i.s.interface, i.s.vhid)].vips]
+            for r in [by_key[(i.s.interface, i.s.vhid)]] if r.state == "MASTER"
+            for v in r.vips]
 
 
 async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None) -> bool:

@@ -80,8 +80,13 @@ def watch_files_if_needed(agent: Agent) -> None:
 
 
 
+BUSY_IN_RESTART = ("reload", "restart", "restart-on-stop", "demote", "promote")
+
+
 async def control(agent: Agent, command: str) -> str:
     verb, _, arg = command.partition(" ")
+    if verb in BUSY_IN_RESTART and agent.restarting:  # an exec pending, or resuming after one
+        return f"error: restart in progress: {verb} refused; try again in a few seconds"
     if verb == "reload":
         return await agent.reload()
     if verb == "restart":

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.core.machine import State
 from sidecar.net.held import identity
 from sidecar.net.rtmsg import set_lifetimes
-from sidecar.runtime import keeper, resume, status
+from sidecar.runtime import keeper, resume, signals, status
 from sidecar.runtime.reload import ReloadRefused, read_raw_config
 from sidecar.runtime.reporter import utc
 from sidecar.runtime.resume import ResumedCheck, ResumedInstance, ResumeRecord
@@ -61,9 +62,16 @@ def refusal(agent: Agent) -> str | None:
     if agent.stopping:
         return "the agent is stopping"
     if agent.restarting:
-        return "a restart is already under way"
+        return "restart in progress"
     if agent.reload_lock.locked():
         return "a reload is under way"
+    scripted = [f"{i.s.interface} vhid {i.s.vhid}" for i in agent.instances
+                if i.s.manages_vip_by_scripts and i.machine.state is State.MASTER]
+    if scripted:  # no kernel lifetime ends what a script added if the new image dies
+        return (f"the VIPs of {', '.join(scripted)} are its scripts' (CARP_UPSCRIPT/"
+                "CARP_DOWNSCRIPT): if the new version failed, nothing would remove them "
+                "beside the backup's; restart the service instead (`systemctl restart`: "
+                "it bows out and hands over)")
     return None
 
 
@@ -125,7 +133,7 @@ def record_for(agent: Agent, present: dict[tuple[str, int], list[Vip]], now: flo
         interface=i.s.interface, vhid=i.s.vhid, state=i.machine.state.name,
         vips=present.get(key(i), []), master_since=i.reporter.master_since,
         sent_at=i.session.link.sent_at, advert_interval=interval(i),
-        maintenance=dict(i.maintenance)) for i in agent.instances]
+        maintenance=dict(i.maintenance), epoch=epoch_of(i)) for i in agent.instances]
     checks = {name: ResumedCheck(m.healthy, m.failed_since) for name, m in agent.monitors.items()}
     me = identity()
     deadratio = min((i.s.deadratio for i in agent.instances if i.machine.state is State.MASTER),
@@ -134,7 +142,15 @@ def record_for(agent: Agent, present: dict[tuple[str, int], list[Vip]], now: flo
                         boot_id=me["boot_id"], netns=me["netns"],
                         until=resume.until_for(instances, now, deadratio),
                         restarts=dict(agent.restart_counts),
-                        started=agent.started, instances=instances, checks=checks)
+                        started=agent.started, instances=instances, checks=checks,
+                        booted=resume.boot_time(), written=now,
+                        on_stop_until=None if agent.on_stop_until is None
+                        else list(agent.on_stop_until))
+
+
+def epoch_of(instance: Instance) -> int:
+    """Its replication epoch: a resumed master serves on in it (no new one: nothing moved)."""
+    return 0 if instance.replica is None else instance.replica.epochs.epoch
 
 
 def key(instance: Instance) -> tuple[str, int]:  # what the record matches on
@@ -153,9 +169,10 @@ def send_fds(instance: Instance) -> list[int]:
 
 
 def leased_vips(agent: Agent, record: ResumeRecord) -> list[Vip]:
-    """The present VIPs the agent manages by netlink (the scripts' are theirs)."""
+    """The present VIPs of the MASTERs the agent manages by netlink (the scripts' are theirs;
+    a BACKUP's, a neutral one's, are no successor's to renew: no lease on those)."""
     by_key = {key(i): i for i in agent.instances}
-    return [v for r in record.instances if r.key in by_key
+    return [v for r in record.instances if r.key in by_key and r.state == "MASTER"
             and not by_key[r.key].s.manages_vip_by_scripts for v in r.vips]
 
 
@@ -181,7 +198,7 @@ def prepare(agent: Agent, text: str, version: str,
             log.warning("Restart: cannot set a lifetime on VIP %s (kept forever)", p)
         sock, pid = keeper.fork(kept, record.until, [fd for i in agent.instances
                                                      for fd in send_fds(i)])
-        record_fd = resume.to_memfd(_with_keeper(record, sock.fileno(), pid))
+        record_fd = resume.to_memfd(record)
         os.set_inheritable(record_fd, True)
     except OSError:
         os.close(config_fd)
@@ -191,10 +208,6 @@ def prepare(agent: Agent, text: str, version: str,
             set_lifetimes(leased, None)
         raise
     return Prepared(config_fd, record_fd, sock, pid, leased, version)
-
-
-def _with_keeper(record: ResumeRecord, fd: int, pid: int) -> ResumeRecord:
-    return replace(record, keeper_fd=fd, keeper_pid=pid)
 
 
 def kept_for(instance: Instance, vips: list[Vip], lease: int = 0) -> keeper.Kept:
@@ -225,7 +238,8 @@ def quiesce(agent: Agent) -> None:
 def execute(agent: Agent, p: Prepared) -> None:
     """After the reply: the exec; if it fails, the keeper stopped and everything as before."""
     argv = [sys.executable, "-m", "sidecar.runtime.agent", "--config-fd", str(p.config_fd),
-            "--resume-fd", str(p.record_fd), "--version", p.version,
+            "--resume-fd", str(p.record_fd), "--keeper-fd", str(p.keeper.fileno()),
+            "--keeper-pid", str(p.keeper_pid), "--version", p.version,
             "--title", json.dumps(agent.title), "--swept", "[]"]
     if agent.stopping:  # a stop signal came after the reply: it wins (bow out as usual)
         undo(agent, p)
@@ -234,9 +248,13 @@ def execute(agent: Agent, p: Prepared) -> None:
     log.info("Restarting in place: version %s -> %s, VIPs kept", agent.version, p.version)
     for handler in logging.getLogger().handlers:
         handler.flush()
+    # a stop signal in the exec window waits, pending, for the new image's handlers (the mask
+    # survives the exec; the new image unblocks once signals.install has run)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals.RESTART_BLOCKED)
     try:
         os.execve(sys.executable, argv, os.environ)
     except OSError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         undo(agent, p)
         count(agent, KIND, "failed")
         log.error("Restart in place failed: cannot exec %s: %s; running on", sys.executable,

@@ -8,25 +8,25 @@ image's side is sidecar.runtime.restart.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+import sys
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sidecar.core.actions import Resume
 from sidecar.net.rtmsg import delete_address, set_lifetimes
-from sidecar.runtime import keeper, stale
+from sidecar.runtime import keeper, resume, stale
 from sidecar.runtime.restart import KIND, Vip, count, key, present_vips
-from sidecar.runtime.resume import ResumeRecord
+from sidecar.runtime.resume import ResumeRecord, from_fd
 
 if TYPE_CHECKING:
     from sidecar.config.runconfig import RunConfig
     from sidecar.runtime.agent import Agent
 
 log = logging.getLogger("carp-sidecar")
-# when the record this image resumes from was written (Unix time: the restart's start, with
-# no field in the record): the memfd's mtime (the agent's main), the file's (on_stop)
-RECORD_WRITTEN: list[float] = []
 
 Resumes = dict[tuple[str, int], Resume]
 Sent = dict[tuple[str, int], tuple[float | None, int | None]]  # -> last advert: (at, counter)
@@ -36,13 +36,7 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
     """Once everything is open, before the instances start: the keeper stopped, and which
     instances resume as MASTER (same interface and VHID, MASTER before, its VIPs still there).
     The others' VIPs the record kept are removed now: they start as today."""
-    # the keeper stopped first, whatever follows (an on_stop record has none: its own times)
-    sent = take_over(record) if record.keeper_fd is not None else {
-        r.key: (r.sent_at, None) for r in record.instances}
-    why = record.why_not()
-    if sent is None and why is None:
-        why = "the keeper had gone (too late: it bowed out and the backups took over)"
-    sent = None if why is not None else sent
+    sent, why = judge(agent, record)
     resumes: Resumes = {}
     renew: list[Vip] = []
     by_key = {key(i): i for i in agent.instances}
@@ -50,13 +44,7 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
     for r in record.instances:
         instance = by_key.get(r.key)
         if instance is None:  # no longer configured: nobody here will hold or renew them
-            for index, address, prefixlen in r.vips:
-                try:
-                    if delete_address(index, address, prefixlen):
-                        log.warning("Removed VIP %s of %s vhid %d (no longer configured)",
-                                    address, r.interface, r.vhid)
-                except OSError as e:  # its lease ends it soon all the same
-                    log.error("Cannot remove VIP %s: %s", address, e.strerror or e)
+            _remove(r.interface, r.vhid, r.vips)
             continue
         if not r.vips:
             continue
@@ -66,6 +54,8 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
             at, counter = sent.get(r.key, (r.sent_at, None))
             resumes[r.key] = Resume(True, next_advert(at, r.advert_interval, now), counter,
                                     r.master_since)
+            if instance.replica is not None:  # the same epoch served on (none in memory
+                instance.replica.epochs.raise_to(r.epoch)  # without CARP_STATE_DIR)
             if not instance.s.manages_vip_by_scripts:
                 renew += present
                 hold(agent, present)
@@ -77,10 +67,12 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
     except OSError as e:
         log.error("Restart: cannot renew the VIPs (%s): the kernel will remove them",
                   e.strerror or e)
-    count(agent, record.kind, "afresh" if why is not None else "resumed")
-    seconds = round(time.time() - RECORD_WRITTEN[-1], 2) if RECORD_WRITTEN else None
+    carry_intent(agent, record)
+    result = "resumed" if resumes else "afresh"  # nothing kept: a start like any other
+    count(agent, record.kind, result)
+    seconds = None if record.written is None else round(max(0.0, now - record.written), 2)
     agent.last_restart = {"kind": record.kind, "from_version": record.version,
-                          "seconds": seconds}
+                          "seconds": seconds, "result": result}
     if why is not None:
         log.warning("Restart record of pid %d (version %s) not used: %s; starting afresh",
                     record.pid, record.version, why)
@@ -90,6 +82,73 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
              "in place" if record.kind == KIND else "after a stop", took, os.getpid(),
              record.version, agent.version, outcome(agent, resumes))
     return resumes
+
+
+def judge(agent: Agent, record: ResumeRecord) -> tuple[Sent | None, str | None]:
+    """The keeper stopped first, whatever follows: each instance's last advert, or None with
+    why nothing may be resumed. In place, a record of another boot or namespace has its
+    keeper bow out (the backups take over at once); once the keeper has answered, the
+    backups' patience runs from its last advert, not from the record's ``until``."""
+    if record.kind != KIND:  # on_stop: no keeper, the record's own times
+        why = record.why_not()
+        return (None if why else {r.key: (r.sent_at, None) for r in record.instances}), why
+    why = record.why_not(until=math.inf)
+    if why is not None:
+        if record.keeper_fd is not None and record.keeper_pid is not None:
+            keeper.release(record.keeper_fd, record.keeper_pid)
+        return None, why
+    sent = take_over(record)
+    if sent is None:
+        return None, "the keeper had gone (too late: it bowed out and the backups took over)"
+    deadratio = {key(i): i.s.deadratio for i in agent.instances}
+    masters = [replace(r, sent_at=sent[r.key][0]) for r in record.instances
+               if r.state == "MASTER"]
+    until = min((resume.until_for([m], time.monotonic(), deadratio.get(m.key, 3))
+                 for m in masters), default=math.inf)
+    why = record.why_not(until=until)
+    return (None if why else sent), why
+
+
+def carry_intent(agent: Agent, record: ResumeRecord) -> None:
+    """An armed --on-stop outlives an in-place restart (a later stop still keeps the VIPs)."""
+    armed = record.on_stop_until
+    if record.kind == KIND and armed is not None and len(armed) == 2 \
+            and time.monotonic() < armed[1]:
+        agent.on_stop_until = (armed[0], armed[1])
+
+
+def _remove(interface: str, vhid: int, vips: list[Vip]) -> None:
+    for index, address, prefixlen in vips:
+        try:
+            if delete_address(index, address, prefixlen):
+                log.warning("Removed VIP %s of %s vhid %d (no longer configured)",
+                            address, interface, vhid)
+        except OSError as e:  # its lease ends it soon all the same
+            log.error("Cannot remove VIP %s: %s", address, e.strerror or e)
+
+
+def record_from_argv(resume_fd: int | None, keeper_fd: int | None,
+                     keeper_pid: int | None) -> ResumeRecord | None:
+    """The agent's main after an exec in place: the record, with the keeper given apart (so a
+    record this version cannot read never strands the keeper). Without a usable record the
+    keeper is released now: it bows out (bow-out adverts, its VIPs deleted) and this image
+    starts afresh as BACKUP, the backup taking over at once: never two holders."""
+    record: ResumeRecord | None = None
+    if resume_fd is not None:
+        try:
+            record = from_fd(resume_fd)
+        except (OSError, ValueError) as e:  # logging is not set up yet
+            print(f"carp-sidecar: restart record not used: {e}", file=sys.stderr)
+    if record is not None and record.kind != KIND:
+        print(f"carp-sidecar: restart record not used: kind {record.kind!r} after an exec",
+              file=sys.stderr)
+        record = None
+    if keeper_fd is None or keeper_pid is None:
+        return record  # an in-place record without its keeper resumes nothing (take_over)
+    if record is None:
+        keeper.release(keeper_fd, keeper_pid)
+        return None
+    return replace(record, keeper_fd=keeper_fd, keeper_pid=keeper_pid)
 
 
 def hold(agent: Agent, vips: list[Vip]) -> None:
@@ -115,7 +174,7 @@ def outcome(agent: Agent, resumes: Resumes) -> str:
 def take_over(record: ResumeRecord, now: float | None = None) -> Sent | None:
     """Stop the keeper; each instance's last advert (monotonic) and counter, by (interface,
     vhid), or None if the keeper has gone (it bowed out: nothing may be resumed)."""
-    if record.keeper_fd is None or record.keeper_pid is None:
+    if record.kind != KIND or record.keeper_fd is None or record.keeper_pid is None:
         return None
     now = time.monotonic() if now is None else now
     try:

@@ -249,3 +249,53 @@ def test_while_a_slow_new_image_starts_the_keeper_keeps_the_rhythm(
     assert lab.state("b") == "BACKUP" and transitions(lab, "b") == b_before
     assert vip_holders(lab) == ["a"] and lab.state("a") == "MASTER"
     print(f"largest advert gap at 156 ms: {gap * 1000:.0f} ms")
+
+
+def test_a_resumed_master_keeps_serving_its_replicated_paths(lab: Lab) -> None:
+    """Without CARP_STATE_DIR the epoch lives in memory: the record carries it, and the
+    resumed master serves the same epoch (no new one): the backup's pulls carry on."""
+    from .test_sync import data, path_status, replicated, sync_env, sync_status
+
+    (data(lab, "a") / "seed.txt").write_text("seed\n")
+    lab.start_agent("a", **sync_env(lab, "a", CARP_PREEMPT="true", CARP_STATE_DIR="off"))
+    wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
+    lab.start_agent("b", **sync_env(lab, "b", CARP_ADVSKEW="100"))
+    wait_for(lambda: replicated(lab, "b", "seed.txt", "seed\n"), 15, "seed on node-b")
+    epoch, before = sync_status(lab, "a")["epoch"], agent_of(lab, "a")
+    assert epoch >= 1
+    assert restart(lab, "a").startswith("ok: restarting in place")
+    assert restarted(lab, "a", before["started"])["state"] == "MASTER"
+    (data(lab, "a") / "new.txt").write_text("new\n")
+    wait_for(lambda: replicated(lab, "b", "new.txt", "new\n"), 15, "new.txt on node-b")
+    assert sync_status(lab, "a")["epoch"] == epoch and lab.state("b") == "BACKUP"
+    assert path_status(lab, "b")["caught_up"], path_status(lab, "b")
+    assert "Serving vhid 1's replicated paths again after the restart" in log_of(lab, "a")
+
+
+def test_a_record_the_new_image_cannot_read_has_the_keeper_bow_out_at_once(
+        lab: Lab, tmp_path: Path) -> None:
+    """The keeper comes in argv, apart from the record: the new image frees it, it bows out
+    (the backup takes over at once), and the new image starts afresh: one holder."""
+    site = tmp_path / "site"
+    site.mkdir()
+    lab.start_agent("a", PYTHONPATH=f"{site}:{Path(__file__).resolve().parents[2]}")
+    wait_for(lambda: lab.state("a") == "MASTER", 10, "node-a MASTER")
+    lab.start_agent("b", CARP_ADVSKEW="100")  # no preempt: the afresh node-a stays BACKUP
+    wait_for(lambda: vip_holders(lab) == ["a"] and lab.state("b") == "BACKUP", 15,
+             "node-a MASTER, node-b BACKUP")
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif '--resume-fd' in sys.argv:\n"
+        "    fd = int(sys.argv[sys.argv.index('--resume-fd') + 1])\n"
+        "    os.ftruncate(fd, 0); os.pwrite(fd, b'{\"kind\": \"in_place_v2\"}', 0)\n")
+    pid = lab.agents["a"].pid
+    assert restart(lab, "a").startswith("ok: restarting in place")
+    asked = time.monotonic()
+    wait_for(lambda: lab.state("b") == "MASTER", 3, "node-b MASTER at once")
+    assert time.monotonic() - asked < 2.0  # a bow-out, not a master-down interval
+    wait_for(lambda: vip_holders(lab) == ["b"] and lab.state("a") == "BACKUP", 10,
+             "node-a restarted as BACKUP, the VIP on node-b only")
+    for _ in range(20):
+        assert vip_holders(lab) == ["b"]
+        time.sleep(0.05)
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert not children, children  # no keeper left, not even a zombie
