@@ -80,7 +80,8 @@ def watch_files_if_needed(agent: Agent) -> None:
 
 
 
-BUSY_IN_RESTART = ("reload", "restart", "restart-on-stop", "demote", "promote")
+# `restart` itself: refused (and counted) by sidecar.runtime.restart.refusal
+BUSY_IN_RESTART = ("reload", "restart-on-stop", "demote", "promote")
 
 
 async def control(agent: Agent, command: str) -> str:

@@ -57,7 +57,11 @@ def test_only_the_masters_vips_are_leased() -> None:
     assert restart.leased_vips(agent, record) == [(3, "10.0.0.1", 32)]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("verb", ["reload", "restart", "demote", "promote 1",
+def test_a_restart_while_one_is_in_progress_is_refused() -> None:
+    assert restart.refusal(_agent(restarting=True)) == "restart in progress"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("verb", ["reload", "demote", "promote 1",
                                   "restart-on-stop 60"])
 def test_while_restarting_control_verbs_that_change_things_are_refused(verb: str) -> None:
     agent = _agent(restarting=True, status=lambda: {})
