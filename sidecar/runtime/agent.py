@@ -118,7 +118,7 @@ class Agent:
         self.restarts = RestartMetrics(registry, dict(self.restart_counts))
         self.restarting = record is not None  # until resumed (sidecar.runtime.takeover)
         self.on_stop_until: tuple[float, float] | None = None  # (Unix, monotonic) when armed
-        self.last_restart: dict[str, Any] | None = None
+        self.last_restart: dict[str, Any] | None = takeover.lost(record)
 
     @classmethod
     async def start(cls, config: RunConfig, registry: CollectorRegistry | None = None,

@@ -138,10 +138,11 @@ def record_from_argv(resume_fd: int | None, keeper_fd: int | None,
         try:
             record = from_fd(resume_fd)
         except (OSError, ValueError) as e:  # logging is not set up yet
+            UNUSABLE.append(str(e))
             print(f"carp-sidecar: restart record not used: {e}", file=sys.stderr)
     if record is not None and record.kind != KIND:
-        print(f"carp-sidecar: restart record not used: kind {record.kind!r} after an exec",
-              file=sys.stderr)
+        UNUSABLE.append(f"kind {record.kind!r} after an exec")
+        print(f"carp-sidecar: restart record not used: {UNUSABLE[-1]}", file=sys.stderr)
         record = None
     if keeper_fd is None or keeper_pid is None:
         return record  # an in-place record without its keeper resumes nothing (take_over)
@@ -221,6 +222,7 @@ def waiting_record(config: RunConfig) -> ResumeRecord | None:
 
 
 AFRESH: list[str] = []  # why an on_stop record found at start was not used (counted then)
+UNUSABLE: list[str] = []  # why an exec in place's record was not (this image: at most one)
 
 
 def carried(record: ResumeRecord | None) -> dict[str, int]:
@@ -228,4 +230,13 @@ def carried(record: ResumeRecord | None) -> dict[str, int]:
     use (their counts are lost with them)."""
     if record is not None:
         return dict(record.restarts)
-    return {"on_stop/afresh": len(AFRESH)} if AFRESH else {}
+    counts = {"on_stop/afresh": len(AFRESH)} if AFRESH else {}
+    return {**counts, f"{KIND}/afresh": 1} if UNUSABLE else counts
+
+
+def lost(record: ResumeRecord | None) -> dict[str, object] | None:
+    """/status ``agent.last_restart`` of an image that could not read its record: a restart
+    in place happened all the same (`carp-sidecar restart` waits for it), started afresh."""
+    if record is not None or not UNUSABLE:
+        return None
+    return {"kind": KIND, "from_version": None, "seconds": None, "result": "afresh"}

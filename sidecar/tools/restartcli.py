@@ -101,7 +101,7 @@ def outcome(before: dict[str, Any], after: dict[str, Any], waited: float) -> str
     """``restarted in place in 0.42 s: version 1.4 -> 1.5; eth0 vhid 1 MASTER kept``."""
     last = _agent(after).get("last_restart") or {}
     seconds = last.get("seconds", waited)
-    old = last.get("from_version", _agent(before).get("version", "?"))
+    old = last.get("from_version") or _agent(before).get("version", "?")
     was = {(i.get("interface"), i.get("vhid")): i.get("state")
            for i in before.get("instances", [])}
     states = []

@@ -299,3 +299,5 @@ def test_a_record_the_new_image_cannot_read_has_the_keeper_bow_out_at_once(
         time.sleep(0.05)
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     assert not children, children  # no keeper left, not even a zombie
+    assert agent_of(lab, "a")["last_restart"]["result"] == "afresh"
+    assert metric(lab, "a", "carp_restarts_total", kind="in_place", result="afresh") == 1

@@ -82,7 +82,9 @@ def _pipe_keeper(until: float = 10.0) -> tuple[Any, int, int]:
     return sock, pid, r
 
 
-def test_a_record_the_new_image_cannot_read_frees_the_keeper_which_bows_out() -> None:
+def test_a_record_the_new_image_cannot_read_frees_the_keeper_which_bows_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(takeover, "UNUSABLE", [])
     sock, pid, r = _pipe_keeper()
     bad = os.memfd_create("bad")
     os.write(bad, b'{"kind": "in_place_v2"}')
@@ -97,6 +99,9 @@ def test_a_record_the_new_image_cannot_read_frees_the_keeper_which_bows_out() ->
         seen += chunk
     assert seen.endswith(b"B")  # the backups take over at once
     os.close(r)
+    # a restart happened all the same, started afresh: counted, and said in /status
+    assert takeover.carried(None) == {"in_place/afresh": 1}
+    assert (takeover.lost(None) or {}).get("result") == "afresh"
 
 
 def test_a_readable_in_place_record_gets_the_keeper_from_argv(tmp_path: Any) -> None:
