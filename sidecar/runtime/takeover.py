@@ -68,7 +68,10 @@ async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
         log.error("Restart: cannot renew the VIPs (%s): the kernel will remove them",
                   e.strerror or e)
     carry_intent(agent, record)
-    result = "resumed" if resumes else "afresh"  # nothing kept: a start like any other
+    # a master in the record that none here could resume: started afresh (a backup's record,
+    # carrying its maintenance and health, is resumed as such)
+    masters = any(r.state == "MASTER" and r.key in by_key for r in record.instances)
+    result = "afresh" if why is not None or (masters and not resumes) else "resumed"
     count(agent, record.kind, result)
     seconds = None if record.written is None else round(max(0.0, now - record.written), 2)
     agent.last_restart = {"kind": record.kind, "from_version": record.version,
