@@ -192,3 +192,19 @@ def test_an_armed_on_stop_intent_outlives_a_restart_in_place() -> None:
     takeover.carry_intent(agent, ResumeRecord(  # type: ignore[arg-type]
         "in_place", 1, "1", "", 0, 1e12, {}, 1.0, [], on_stop_until=[1.9e9, mono - 1]))
     assert agent.on_stop_until is None  # expired meanwhile
+
+
+def test_once_the_keeper_answered_its_last_advert_judges_the_resume_not_until() -> None:
+    """The keeper advertised up to STOP: the backups wait from its last advert on."""
+    from sidecar.net.held import identity
+
+    me, now = identity(), time.monotonic()
+    kept = keeper.Kept("eth0/1", lambda a: None, 1, 0, 41, 1.0, now, [])
+    sock, pid = keeper.fork([kept], now + 5, [])
+    record = ResumeRecord(
+        "in_place", 1, "1", me["boot_id"], me["netns"], now - 0.01, {}, 1.0,  # "expired"
+        [ResumedInstance("eth0", 1, "MASTER", [], sent_at=now - 5, advert_interval=1.0)],
+        keeper_fd=sock.detach(), keeper_pid=pid)
+    agent = _agent(SimpleNamespace(s=SimpleNamespace(interface="eth0", vhid=1, deadratio=3)))
+    sent, why = takeover.judge(agent, record)  # type: ignore[arg-type]
+    assert why is None and sent == {("eth0", 1): (now, 41)}
