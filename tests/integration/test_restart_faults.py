@@ -28,6 +28,7 @@ from sidecar.serve.control import send_command
 from .conftest import dump_on_failure, transitions, vip_holders, wait_for
 
 MASTER_DOWN = 3 + 100 / 256  # node-b's
+LEASE_ROUNDING = 1.0  # the kernel's lifetimes are whole seconds, rounded up (resume.lifetime_for)
 SAMPLE = 0.02
 # Loaded by every Python process of node-a (PYTHONPATH): once the flag exists, the agent's own
 # process (not the front, not a reload's or a restart's pre-flight child) dies at once: a new
@@ -190,8 +191,8 @@ def test_on_stop_then_a_crash_loop_ends_with_the_kernels_lease(rig: Rig) -> None
         assert rig.start_a(wait=False).wait(15) == 1
         rig.lab.agents.pop("a")
         time.sleep(0.3)
-    figures = rig.judge(holders, since)
-    assert figures["vip_off_a_s"] <= MASTER_DOWN, figures
+    figures = rig.judge(holders, since)  # the two-holder bound (1 s) is judge's
+    assert figures["vip_off_a_s"] <= MASTER_DOWN + LEASE_ROUNDING, figures
 
 
 def test_on_stop_then_a_process_without_net_admin(rig: Rig) -> None:
@@ -207,5 +208,5 @@ def test_on_stop_then_a_process_without_net_admin(rig: Rig) -> None:
     proc = rig.lab.topo.start("a", cmd, log=rig.lab.dir / "a.log", env=env)
     assert proc.wait(15) == 2
     assert "missing capability NET_ADMIN" in (rig.lab.dir / "a.log").read_text()
-    figures = rig.judge(holders, since)
-    assert figures["vip_off_a_s"] <= MASTER_DOWN, figures
+    figures = rig.judge(holders, since)  # the two-holder bound (1 s) is judge's
+    assert figures["vip_off_a_s"] <= MASTER_DOWN + LEASE_ROUNDING, figures
