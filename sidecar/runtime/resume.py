@@ -131,7 +131,10 @@ class ResumeRecord:
         # boot_id unreadable (systemd ProtectProc=, ProcSubset=pid): the boot time tells
         if self.booted is None and not self.boot_id:
             return "the boot it was written in is unknown (no boot_id, no boot time)"
-        if self.booted is not None and abs(self.booted - boot_time()) > BOOT_SLACK:
+        # only then: a wall clock stepped between the two processes moves the boot time too,
+        # and must not cost a same-boot restart its resume
+        if not self.boot_id and self.booted is not None \
+                and abs(self.booted - boot_time()) > BOOT_SLACK:
             return "written before a reboot (another boot time)"
         if self.netns != me["netns"]:
             return "written in another network namespace"
@@ -156,11 +159,14 @@ def boot_time() -> float:
 
 def until_for(instances: list[ResumedInstance], now: float, deadratio: int = 3) -> float:
     """The last moment a successor may resume: before the first backup would take over, i.e.
-    ``deadratio`` advert intervals after a MASTER's last advert, less :data:`SAFETY`. Without
-    a MASTER there is nothing a backup could take: a minute."""
-    ends = [(i.sent_at if i.sent_at is not None else now) + deadratio * i.advert_interval
+    ``deadratio`` advert intervals after a MASTER's last advert, less a margin: :data:`SAFETY`,
+    or one advert interval when that is shorter (sub-second adverts: 0.5 s would be past the
+    backups' whole patience). Without a MASTER there is nothing a backup could take: a
+    minute."""
+    ends = [(i.sent_at if i.sent_at is not None else now)
+            + deadratio * i.advert_interval - min(SAFETY, i.advert_interval)
             for i in instances if i.state == "MASTER"]
-    return min(ends) - SAFETY if ends else now + 60.0
+    return min(ends) if ends else now + 60.0
 
 
 def lifetime_for(until: float, now: float) -> int:

@@ -88,12 +88,21 @@ def test_without_a_boot_id_the_boot_time_tells_a_reboot(monkeypatch: pytest.Monk
     assert "reboot" in (record(boot_id="", booted=booted - 3600).why_not(now) or "")
 
 
+def test_with_a_boot_id_a_stepped_wall_clock_costs_nothing() -> None:
+    """The boot time moves with a wall clock stepped between the two processes: with the boot
+    id readable, only the id decides."""
+    assert record(booted=resume.boot_time() - 3600).why_not(time.monotonic()) is None
+
+
 def test_until_ends_before_the_first_backup_would_take_over() -> None:
     fast = ResumedInstance("eth0", 1, "MASTER", [], sent_at=100.0, advert_interval=0.1)
     slow = ResumedInstance("eth0", 2, "MASTER", [], sent_at=99.0, advert_interval=1.0)
     backup = ResumedInstance("eth0", 3, "BACKUP", [], sent_at=None, advert_interval=1.0)
+    # sub-second: the margin is one interval (0.5 s would be past the backups' patience)
     assert resume.until_for([fast, slow, backup], now=100.05) == pytest.approx(
-        100.0 + 3 * 0.1 - resume.SAFETY)
+        100.0 + 3 * 0.1 - 0.1)
+    assert resume.until_for([slow, backup], now=100.05) == pytest.approx(
+        99.0 + 3 * 1.0 - resume.SAFETY)
     assert resume.until_for([backup], now=100.0) == pytest.approx(160.0)
     # the kernel's lifetime is whole seconds, at least one
     assert resume.lifetime_for(until=102.9, now=100.0) == 2
