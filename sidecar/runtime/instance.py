@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
-from sidecar.config.runconfig import Vhid
+from sidecar.config.runconfig import Vhid, vrrp_params
 from sidecar.core import outputs
 from sidecar.core.actions import Resume, Resumed
 from sidecar.core.machine import (
@@ -61,12 +61,17 @@ def session_config(s: Vhid, srcip: IPv4Address) -> SessionConfig:
     params = Params(advbase=s.advbase, advskew=s.advskew, deadratio=s.deadratio,
                     preempt=s.preempt, neutral=s.neutral, ignoreifstate=s.ignoreifstate,
                     garp_repeat=s.garp_repeat, own_ip=srcip, preempt_delay=s.preempt_delay,
-                    vrrp3_dead_timer=s.vrrp3_dead_timer, strict=s.strict)
+                    vrrp3_dead_timer=s.vrrp3_dead_timer, strict=s.strict, **vrrp_params(s))
+    # VRRP: the screen parses with sidecar.core.vrrp (the key is v2's password, b"": none)
+    # and checks the address list against the instance's IPv4 VIPs, as keepalived does
+    vrrp: dict[str, Any] = {} if s.protocol == "carp" else {
+        "protocol": s.protocol, "vips": tuple(v.ip for v in s.ipv4_vips),
+        "advert_int_cs": params.advert_int_cs}
     expect = Expect(vhid=s.vhid, key=s.secret, vip=s.hmac_address, group=s.mcast,
                     peers=frozenset(s.peers) if s.peers else None,
                     own=srcip if s.peers else None,
                     multicast=not s.peers or s.peers_multicast, strict=s.strict,
-                    next_key=s.auth.next_key)
+                    next_key=s.auth.next_key, **vrrp)
     # a routed VIP (CARP_VIP_INTERFACE) is not on the CARP link: nothing to probe or refresh
     return SessionConfig(params=params, expect=expect, interface=s.interface,
                          probe_interval=0.0 if s.routed else s.probe_interval,
@@ -86,8 +91,14 @@ def log_start(s: Vhid, srcip: IPv4Address) -> None:
              s.vhid, ", ".join(s.shown_vips) + ("" if s.prefix_known else
                                                 " (prefix: the scripts' own)"), srcip,
              extra=fields(vhid=s.vhid, interface=s.interface))
-    log.info("Local advertised ethernet address is [00:00:5e:00:00:%02x]", s.vhid,
-             extra=fields(vhid=s.vhid, interface=s.interface))
+    if s.protocol == "carp":
+        log.info("Local advertised ethernet address is [00:00:5e:00:00:%02x]", s.vhid,
+                 extra=fields(vhid=s.vhid, interface=s.interface))
+    else:  # keepalived's default: the interface's own MAC (no use_vmac)
+        log.info("%s: VRID %d, priority %d, advert_int %g s, preempt %s; adverts from the "
+                 "interface's own MAC", "VRRPv2" if s.protocol == "vrrp2" else "VRRPv3", s.vhid,
+                 s.priority, s.advert_int, "on" if s.preempt else "off",
+                 extra=fields(vhid=s.vhid, interface=s.interface))
     if s.manages_vip_by_scripts:
         for kind, path in (("up", s.upscript), ("down", s.downscript)):
             if path is None:
@@ -105,9 +116,11 @@ class Instance:
                                     rng=lambda: secrets.randbits(64),
                                     jitter=lambda: random.uniform(0.9, 1.1))
         self.m = InstanceMetrics(metrics, s.vhid, s.interface, [str(v.ip) for v in s.vips],
-                                 strict_peers=s.peers if s.strict else (), group=s.group_name)
+                                 strict_peers=s.peers if s.strict else (), group=s.group_name,
+                                 protocol=s.protocol)
         self.reporter = Reporter(s, srcip, self.m, several)
-        self.port = SendPort(s, srcip, channel, self.m.advert_send_errors.inc)
+        self.port = SendPort(s, srcip, channel, self.m.advert_send_errors.inc,
+                             lambda: self.session.config.params)
         self.scripts = InstanceScripts(s, script_extra or {}, self.m,
                                        lambda: self.reporter.last_transition)
         self.effects = Effects(self._vip_backend(s), self._announce)

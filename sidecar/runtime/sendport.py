@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from sidecar.config.runconfig import Vhid
+from sidecar.core import vrrp
+from sidecar.core.actions import Params
 from sidecar.core.machine import SendAdvert
 from sidecar.core.protocol import Advert, build_frame, build_ip_packet
 from sidecar.net.channel import Channel
@@ -30,8 +32,10 @@ class SendResult:
 
 class SendPort:
     def __init__(self, settings: Vhid, srcip: IPv4Address, channel: Channel,
-                 on_error: Callable[[], None]) -> None:
+                 on_error: Callable[[], None], params: Callable[[], Params] | None = None
+                 ) -> None:
         self.s, self.srcip, self.channel = settings, srcip, channel
+        self._params = params  # VRRP: the session's (priority, interval) at send time
         self._on_error = on_error  # counts carp_advert_send_errors_total
         self.unicast = UnicastSender() if settings.peers else None
         self.multicast = not settings.peers or settings.peers_multicast
@@ -42,6 +46,8 @@ class SendPort:
 
     def advert(self, a: SendAdvert) -> SendResult:
         s = self.s
+        if s.protocol != "carp" and self._params is not None:
+            return self._vrrp_advert(a, self._params())
         advert = Advert(vhid=s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
         result = SendResult(False)
         unicast = self.unicast
@@ -54,6 +60,27 @@ class SendPort:
             packet = build_ip_packet(advert, key=s.secret, vip=s.hmac_address, src=self.srcip,
                                      dst=s.mcast, ident=random.getrandbits(16), strict=s.strict)
             frame = build_frame(packet, vhid=s.vhid, group=s.mcast, broadcast=s.nomcast)
+            result = self._sent(functools.partial(self.channel.send, frame), result)
+        return result
+
+    def _vrrp_advert(self, a: SendAdvert, params: Params) -> SendResult:
+        """VRRP: one packet per destination (v3's checksum covers it), TTL 255; to the group
+        from the interface's own MAC (keepalived's default, no virtual MAC), to each peer as
+        unicast IP (keepalived's unicast_peer)."""
+        s, result = self.s, SendResult(False)
+        vips = [v.ip for v in s.ipv4_vips]
+
+        def packet(dst: IPv4Address) -> bytes:
+            return vrrp.advert_for(params, a, vrid=s.vhid, vips=vips, password=s.secret,
+                                   src=self.srcip, dst=dst, ident=random.getrandbits(16))
+        unicast = self.unicast
+        if unicast is not None:
+            for peer in s.peers:
+                result = self._sent(functools.partial(unicast.send, packet(peer), peer), result)
+        attached = self.channel.attached
+        if self.multicast:
+            mac = attached.mac if attached is not None else bytes(6)  # absent: send() says so
+            frame = vrrp.vrrp_frame(packet(s.mcast), src_mac=mac, group=s.mcast)
             result = self._sent(functools.partial(self.channel.send, frame), result)
         return result
 

@@ -44,6 +44,10 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "vips": s.shown_vips,
         "vip_prefix": "configured" if s.prefix_known else "set by the scripts",
         "srcip": str(instance.srcip),
+        "protocol": s.protocol,
+        # VRRP's election key and interval (None for CARP, whose are advbase/advskew)
+        "priority": None if s.protocol == "carp" else s.priority,
+        "advert_int": None if s.protocol == "carp" else s.advert_int,
         "advbase": s.advbase,
         "advskew": s.advskew,
         "preempt": s.preempt,

@@ -111,6 +111,8 @@ class Metrics:
         self.master_down_interval = Gauge("carp_master_down_interval_seconds",
                                           "How long a BACKUP waits for a silent master", base,
                                           registry=r)
+        self.instance_info = Gauge("carp_instance_info", "1 per instance; protocol: carp, "
+                                   "vrrp2 or vrrp3", [*base, "protocol"], registry=r)
 
     def _peers(self, r: CollectorRegistry, base: list[str]) -> None:
         """What each peer advertises."""
@@ -277,10 +279,12 @@ class InstanceMetrics:
     """The series of one instance, bound once; all present from the start."""
 
     def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str],
-                 strict_peers: Iterable[IPv4Address] = (), group: str = "") -> None:
+                 strict_peers: Iterable[IPv4Address] = (), group: str = "",
+                 protocol: str = "carp") -> None:
         self.family = m
         self.labels = {"group": group or f"vhid{vhid}", "vhid": str(vhid), "interface": interface}
         self._key = tuple(self.labels.values())  # the leading label values of every child
+        m.instance_info.labels(**self.labels, protocol=protocol).set(1)
         self._bind_protocol(m, self.labels, vips)
         self._bind_operations(m, self.labels)
         self._bind_conflicts(m, self.labels, strict_peers)

@@ -52,6 +52,17 @@ def _master(inst: dict[str, Any], now: float) -> str:
     return max(recent)[1] if recent else "none heard"
 
 
+def _protocol(inst: dict[str, Any]) -> str:
+    """CARP (ucarp's advbase/advskew) or VRRP (keepalived's priority/advert_int); an older
+    agent sends no ``protocol``: CARP."""
+    proto = inst.get("protocol") or "carp"
+    if proto == "carp":
+        return f"CARP, advbase {inst.get('advbase', '?')}, advskew {inst.get('advskew', '?')}"
+    version = {"vrrp2": "VRRPv2", "vrrp3": "VRRPv3"}.get(proto, proto)
+    return (f"{version}, priority {inst.get('priority', '?')}, advert_int "
+            f"{inst.get('advert_int', '?')} s, preempt {'on' if inst.get('preempt') else 'off'}")
+
+
 def _health(inst: dict[str, Any]) -> str:
     health = inst.get("health")
     if not health:
@@ -107,6 +118,7 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
         out += [
             f"vhid {inst.get('vhid')} on {inst.get('interface')}: {inst.get('state')} since "
             f"{_local(since, now)}",
+            f"  protocol:     {_protocol(inst)}",
             f"  why:          {why}",
             f"  master:       {_master(inst, now)}",
             f"  VIPs:         {', '.join(inst.get('vips') or [])}",
@@ -120,6 +132,9 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
         if inst.get("sync"):
             out += _sync(inst["sync"], now)
         if down is not None:
+            vrrp = (inst.get("protocol") or "carp") != "carp"
             out.append(f"  failover:     {down:.3g} s if the master fails (master-down "
-                       "interval); at once on a graceful stop or demote (bow-out)")
+                       "interval); " + ("within the skew time on a graceful stop or demote "
+                                        "(priority 0)" if vrrp else
+                                        "at once on a graceful stop or demote (bow-out)"))
     return "\n".join(out)

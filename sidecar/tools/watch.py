@@ -1,10 +1,13 @@
-"""`carp-sidecar watch`: what is on the link, one line per CARP advert, and who is who.
+"""`carp-sidecar watch`: what is on the link, one line per CARP or VRRP advert, and who is who.
 
 tcpdump shows protocol 112 but cannot tell a wrong password from a wrong VHID. This decodes each
 advert with scapy (only this command imports it: the agent's start-up and memory stay as they
 are), checks its HMAC against the configured password and VIP when they are set, and on the end
 (Ctrl-C, ``--count``, ``--seconds``) prints a table of senders per VHID: who is master, who has
-fallen silent, whose digest fails and the likely cause.
+fallen silent, whose digest fails and the likely cause. VRRPv2/v3 adverts (keepalived's, or ours
+with CARP_PROTOCOL=vrrp*) share protocol 112 and the group: told apart by
+:func:`sidecar.core.protocol.vrrp_version`, decoded with scapy's VRRP layers, shown with their
+priority and interval (priority 0: a resign); a v2 password is checked when one is configured.
 
 :class:`Watch` is the pure part (frames and times in, lines out); :func:`run` sniffs.
 """
@@ -18,7 +21,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from sidecar.core.protocol import compute_hmac
+from sidecar.core.protocol import compute_hmac, vrrp_version
 
 SILENT_AFTER = 3  # advert intervals without a word: a sender has fallen silent
 RUN_GAP = 1.5  # advert intervals: a longer gap ends a sender's run of adverts
@@ -46,10 +49,18 @@ class Sender:
     auth: dict[str, int] = field(default_factory=lambda: {"ok": 0, "bad": 0, "unknown": 0})
     runs: list[list[float]] = field(default_factory=list)  # [first, last] of advert runs
     bowed_out: bool = False  # its last advert was the bow-out (advbase = advskew = 255)
+    protocol: str = "carp"  # or "vrrp2"/"vrrp3": then priority and vrrp_interval, not base/skew
+    priority: int = 0
+    vrrp_interval: float = 0.0
 
     @property
     def interval(self) -> float:
-        return self.advbase + self.advskew / 256
+        return self.vrrp_interval if self.protocol != "carp" else self.advbase + self.advskew / 256
+
+    @property
+    def timing(self) -> str:
+        return (f"{self.advbase}/{self.advskew}" if self.protocol == "carp"
+                else f"p{self.priority}/{self.vrrp_interval:g}s")
 
     def silent(self, now: float) -> bool:
         return now - self.last > SILENT_AFTER * max(self.interval, 1 / 256)
@@ -83,6 +94,9 @@ class Advert:
     counter: int
     auth: str
     since_previous: float | None
+    protocol: str = "carp"
+    priority: int = 0  # VRRP; 0 is a resign
+    interval: float = 0.0  # VRRP's advertised interval, s
 
 
 class Watch:
@@ -98,6 +112,10 @@ class Watch:
         packet = Ether(raw)
         if IP not in packet or packet[IP].proto != 112:
             return None
+        ip_bytes = raw[14:]
+        version = vrrp_version(ip_bytes, (ip_bytes[0] & 0x0F) * 4)
+        if version is not None:
+            return self._vrrp(when, packet, version)
         if CARP not in packet:
             self.undecodable += 1
             return None
@@ -112,10 +130,8 @@ class Watch:
             auth = "ok" if expected == digest else "bad"
         sender = self.senders.setdefault((carp.vhid, ip.src), Sender(
             ip.src, packet[Ether].src, carp.vhid, first=when))
-        previous = sender.last if sender.adverts else None
-        sender.adverts += 1
-        sender.last, sender.mac = when, packet[Ether].src
-        sender.bowed_out = (carp.advbase, carp.advskew) == (255, 255)
+        previous = self._heard(sender, when, packet[Ether].src,
+                               (carp.advbase, carp.advskew) == (255, 255))
         if not sender.bowed_out:  # a bow-out is the end of a run; its 255/255 no interval
             sender.advbase, sender.advskew = carp.advbase, carp.advskew
             sender.heard(when)
@@ -124,9 +140,45 @@ class Watch:
                       counter, auth, None if previous is None else when - previous)
 
     @staticmethod
+    def _heard(sender: Sender, when: float, mac: str, bowed_out: bool) -> float | None:
+        """Count an advert; when the sender's previous one came (None: its first)."""
+        previous = sender.last if sender.adverts else None
+        sender.adverts += 1
+        sender.last, sender.mac, sender.bowed_out = when, mac, bowed_out
+        return previous
+
+    def _vrrp(self, when: float, packet: Any, version: int) -> Advert:
+        """A VRRP advert: priority, interval (v2 s, v3 cs), v2's password if we know it."""
+        from scapy.layers.vrrp import VRRP, VRRPv3
+
+        ip = packet["IP"]
+        v = (VRRP if version == 2 else VRRPv3)(bytes(ip.payload))
+        interval = float(v.adv) if version == 2 else v.adv / 100
+        key = self.keys.get(v.vrid)
+        auth = "none" if version == 3 else "unknown" if key is None else "ok" if (
+            v.authtype == (1 if key.key else 0) and (not key.key or (
+                v.auth1.to_bytes(4, "big") + v.auth2.to_bytes(4, "big")
+                == key.key.ljust(8, b"\0")))) else "bad"
+        sender = self.senders.setdefault((v.vrid, ip.src), Sender(
+            ip.src, packet.src, v.vrid, first=when, protocol=f"vrrp{version}"))
+        previous = self._heard(sender, when, packet.src, v.priority == 0)
+        if not sender.bowed_out:  # a resign (priority 0) ends a run, like CARP's bow-out
+            sender.priority, sender.vrrp_interval = v.priority, interval
+            sender.heard(when)
+        sender.auth[auth] = sender.auth.get(auth, 0) + 1
+        return Advert(when, ip.src, packet.src, v.vrid, 0, 0, 0, auth,
+                      None if previous is None else when - previous, f"vrrp{version}",
+                      v.priority, interval)
+
+    @staticmethod
     def line(a: Advert) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(a.time)) + f".{int(a.time % 1 * 1000):03d}"
         gap = "first" if a.since_previous is None else f"+{a.since_previous:.3f}s"
+        if a.protocol != "carp":
+            name = "VRRPv2" if a.protocol == "vrrp2" else "VRRPv3"
+            return (f"{stamp} {a.src:<15} {a.mac} {name} vrid {a.vhid:<3} priority "
+                    f"{a.priority:<3}{' (resign)' if a.priority == 0 else ''} interval "
+                    f"{a.interval:g}s {gap:<9} auth={a.auth}")
         return (f"{stamp} {a.src:<15} {a.mac} vhid {a.vhid:<3} advbase {a.advbase:<3} "
                 f"advskew {a.advskew:<3} counter {a.counter:<20} {gap:<9} auth={a.auth}")
 
@@ -142,10 +194,10 @@ class Watch:
                        f"{'last seen':>10}  auth / role")
             for s in senders:
                 out.append(f"  {s.src:<15} {s.mac:<17} {s.adverts:>7} "
-                           f"{f'{s.advbase}/{s.advskew}':>9} {f'{now - s.last:.1f}s ago':>10}  "
+                           f"{s.timing:>9} {f'{now - s.last:.1f}s ago':>10}  "
                            f"{self._verdict(s, now)}")
         if self.undecodable:
-            out.append(f"{self.undecodable} protocol-112 packets were not CARP adverts")
+            out.append(f"{self.undecodable} protocol-112 packets were not CARP or VRRP adverts")
         return "\n".join(out)
 
     @staticmethod
@@ -169,15 +221,20 @@ class Watch:
 
     def _verdict(self, s: Sender, now: float) -> str:
         role = ("advertising (master)" if s.advertising(now) else
-                "bowed out (handed over)" if s.bowed_out else "silent" if s.silent(now)
+                ("resigned (priority 0)" if s.protocol != "carp" else "bowed out (handed over)")
+                if s.bowed_out else "silent" if s.silent(now)
                 else "stopped advertising (handed over, or going silent)")
         ok, bad, unknown = s.auth["ok"], s.auth["bad"], s.auth["unknown"]
+        if s.protocol == "vrrp3":  # RFC 5798 has no authentication
+            return f"none (VRRPv3); {role}"
         if s.vhid not in self.keys:
             why = ("another group (not the configured VHID)" if self.keys else
                    "not checked (no password and VIP configured)")
             return f"unknown: {why}; {role}"
         if bad and ok:
             return f"bad {bad} of {ok + bad}: its password or VIP changed while watched; {role}"
+        if bad and s.protocol == "vrrp2":
+            return f"bad: another VRRPv2 auth type or password than ours; {role}"
         if bad:
             return f"bad: password or VIP differ from ours (the digest covers both); {role}"
         return f"ok{'' if not unknown else f' ({unknown} unknown)'}; {role}"

@@ -1,0 +1,245 @@
+"""Mixed VRRP groups with Debian's real keepalived 2.2.7, either way round (issue 35).
+
+One module-scoped lab (nodes a 172.16.0.11 and b 172.16.0.12 on one bridge); every test starts
+its own keepalived (own config, pid files, log; foreground, VRRP only) and agent, and the fixture
+stops both and clears the VIP afterwards. v3 runs at advert_int 0.2 s to keep the file short;
+v2 needs whole seconds, so its tests are the few that time a resign against a master-down wait.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sidecar.lab import VIP, Lab
+from sidecar.lab.netns import require_root_and_tools, stop_process
+
+from .conftest import metric, status, vip_holders
+
+KEEPALIVED = "/usr/sbin/keepalived"
+ADDR = {"a": "172.16.0.11", "b": "172.16.0.12"}  # b's is the higher: it wins a priority tie
+VRID = 7
+why = require_root_and_tools([KEEPALIVED])
+pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
+
+
+@dataclass
+class Keepalived:
+    node: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def states(self) -> list[str]:
+        return re.findall(r"\(VI_1\) Entering (\w+) STATE", self.log.read_text(errors="replace"))
+
+    def state(self) -> str | None:
+        states = self.states()
+        return states[-1] if states else None
+
+    def said(self, text: str) -> bool:
+        return text in self.log.read_text(errors="replace")
+
+
+@dataclass
+class Group:
+    """The lab, and what the current test started in it."""
+
+    lab: Lab
+    keepalived: list[Keepalived] = field(default_factory=list)
+    runs: int = 0  # a fresh file name per keepalived start
+
+    def start_keepalived(self, node: str, *, version: int = 3, priority: int = 100,
+                         advert_int: float = 0.2, unicast: bool = False, password: str = "",
+                         nopreempt: bool = False, track: Path | None = None) -> Keepalived:
+        self.runs += 1
+        base = self.lab.dir / f"ka-{node}-{self.runs}"
+        conf = base.with_suffix(".conf")
+        conf.write_text(keepalived_conf(node, version=version, priority=priority,
+                                        advert_int=advert_int, unicast=unicast,
+                                        password=password, nopreempt=nopreempt, track=track))
+        log = base.with_suffix(".log")
+        cmd = [KEEPALIVED, "-n", "-l", "-D", "-f", str(conf), "-p", f"{base}.pid",
+               "-r", f"{base}.vrrp.pid", "-c", f"{base}.check.pid", "--vrrp"]
+        ka = Keepalived(node, log, self.lab.topo.start(node, cmd, log=log))
+        self.keepalived.append(ka)
+        return ka
+
+    def start_ours(self, node: str, *, version: int = 3, priority: int = 100,
+                   advert_int: float = 0.2, unicast: bool = False, password: str = "",
+                   **extra: str) -> None:
+        env = {"CARP_PROTOCOL": f"vrrp{version}", "CARP_PRIORITY": str(priority),
+               "CARP_ADVERT_INT": f"{advert_int:g}", "CARP_VHID": str(VRID),
+               "CARP_PASS": password, "CARP_IF_ALIAS": ""}
+        if unicast:
+            env["CARP_PEERS"] = ADDR["b" if node == "a" else "a"]
+        self.lab.start_agent(node, **{**env, **extra})
+
+    def clear(self) -> None:
+        for node in list(self.lab.agents):
+            self.lab.stop_agent(node)
+        for ka in self.keepalived:
+            stop_process(ka.proc)
+        self.keepalived.clear()
+        for node in ADDR:
+            self.lab.topo.plug(node)
+            self.lab.topo[node].run("ip", "addr", "del", f"{VIP}/16", "dev", "eth0", check=False)
+            for log in self.lab.dir.glob(f"{node}.log"):
+                log.unlink()
+
+
+def keepalived_conf(node: str, *, version: int, priority: int, advert_int: float,
+                    unicast: bool, password: str, nopreempt: bool, track: Path | None) -> str:
+    other = ADDR["b" if node == "a" else "a"]
+    lines = ["global_defs {", f"  router_id node_{node}", "  script_user root",
+             "  enable_script_security", "}"]
+    if track is not None:  # a weight script: demotes the node while ``track`` exists
+        lines += ["vrrp_script chk {", f'  script "/usr/bin/test ! -e {track}"',
+                  "  interval 1", "  fall 1", "  rise 1", "  weight -60", "}"]
+    lines += ["vrrp_instance VI_1 {", "  state BACKUP", "  interface eth0",
+              f"  virtual_router_id {VRID}", f"  version {version}", f"  priority {priority}",
+              f"  advert_int {advert_int:g}"]
+    if nopreempt:
+        lines.append("  nopreempt")
+    if unicast:
+        lines += [f"  unicast_src_ip {ADDR[node]}", "  unicast_peer {", f"    {other}", "  }"]
+    if password:
+        lines += ["  authentication {", "    auth_type PASS", f"    auth_pass {password}", "  }"]
+    if track is not None:
+        lines += ["  track_script {", "    chk", "  }"]
+    lines += ["  virtual_ipaddress {", f"    {VIP}/16 dev eth0", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        yield lab
+
+
+@pytest.fixture
+def group(lab: Lab) -> Iterator[Group]:
+    g = Group(lab)
+    try:
+        yield g
+    except BaseException:
+        print(logs(g))  # the keepalived and agent logs, before the fixture deletes them
+        raise
+    finally:
+        g.clear()
+
+
+def holders(g: Group) -> list[str]:
+    return vip_holders(g.lab)
+
+
+def took(cond: object, timeout: float, what: str) -> float:
+    """Seconds until ``cond()`` holds (polled every 10 ms)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if cond():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def logs(g: Group) -> str:
+    out = [f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}"
+           for p in sorted(g.lab.dir.glob("*.log"))]
+    return "\n".join(out)
+
+
+def our_state(g: Group, node: str) -> str | None:
+    return g.lab.state(node)
+
+
+def stop_ours(g: Group, node: str) -> None:
+    """SIGTERM without waiting for the exit: timed from the moment the resign can leave."""
+    g.lab.agents[node].send_signal(signal.SIGTERM)
+
+
+def drops(g: Group, node: str) -> float:
+    """Adverts our agent dropped for a reason a keepalived peer should never give."""
+    reasons = ("addresses", "bad_auth", "bad_checksum", "bad_version", "bad_ttl", "short", "carp")
+    return sum(metric(g.lab, node, "carp_adverts_dropped_total", reason=r) for r in reasons)
+
+
+def test_v3_keepalived_master_our_backup_cable_pull_both_ways_and_its_resign(group: Group
+                                                                          ) -> None:
+    lab = group.lab
+    ka = group.start_keepalived("a", priority=150)
+    took(lambda: holders(group) == ["a"], 10, "keepalived MASTER")
+    group.start_ours("b", priority=100)
+    took(lambda: metric(lab, "b", "carp_adverts_received_total") >= 3, 10, "its adverts")
+    st = status(lab, "b")
+    assert (st["state"], st["protocol"], st["priority"]) == ("BACKUP", "vrrp3", 100)
+    assert metric(lab, "b", "carp_instance_info", vhid=str(VRID), protocol="vrrp3") == 1
+    assert holders(group) == ["a"] and drops(group, "b") == 0
+    lab.topo.unplug("a")  # keepalived's node loses its cable: we take over (master-down)
+    pulled = took(lambda: "b" in holders(group), 5, "our takeover")
+    lab.topo.plug("a")  # keepalived preempts back: its priority is higher
+    back = took(lambda: holders(group) == ["a"], 5, "keepalived preempts back")
+    took(lambda: our_state(group, "b") == "BACKUP", 3, "our BACKUP")
+    time.sleep(0.5)
+    ka.proc.send_signal(signal.SIGTERM)  # keepalived resigns: priority 0
+    resigned = took(lambda: "b" in holders(group), 3, "our takeover on its resign")
+    print(f"v3 0.2 s: cable pull {pulled:.2f} s, preempt back {back:.2f} s, "
+          f"resign {resigned:.2f} s")
+    assert 0.4 < pulled < 2.0, logs(group)
+    assert resigned < 0.5, f"{resigned:.2f} s: a master-down wait (0.72 s), not the resign skew"
+
+
+def test_v3_our_master_keepalived_backup_cable_pull_both_ways_and_our_resign(group: Group
+                                                                          ) -> None:
+    lab = group.lab
+    group.start_ours("a", priority=150)
+    took(lambda: our_state(group, "a") == "MASTER", 10, "our MASTER")
+    ka = group.start_keepalived("b", priority=100)
+    took(lambda: ka.state() == "BACKUP", 5, "keepalived BACKUP")
+    time.sleep(1)
+    assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)
+    lab.topo.unplug("a")
+    pulled = took(lambda: "b" in holders(group), 5, "keepalived takes over")
+    lab.topo.plug("a")
+    back = took(lambda: holders(group) == ["a"], 5, "we preempt back")
+    took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP again")
+    time.sleep(0.5)
+    stop_ours(group, "a")
+    resigned = took(lambda: "b" in holders(group), 3, "keepalived takes over on our resign")
+    print(f"v3 0.2 s: cable pull {pulled:.2f} s, preempt back {back:.2f} s, "
+          f"resign {resigned:.2f} s")
+    assert ka.said("Backup received priority 0 advertisement"), logs(group)
+    assert resigned < 0.5, f"{resigned:.2f} s: a master-down wait (0.72 s), not the resign skew"
+
+
+def test_v2_unicast_with_password_both_ways_resign_within_the_skew_time(group: Group) -> None:
+    """advert_int 1: a resign (skew 0.61 s at priority 100) is far from master-down (3.6 s)."""
+    lab = group.lab
+    group.start_ours("a", version=2, priority=150, advert_int=1, unicast=True, password="vrrp-pw")
+    ka = group.start_keepalived("b", version=2, priority=100, advert_int=1, unicast=True,
+                                password="vrrp-pw")
+    took(lambda: holders(group) == ["a"] and ka.state() == "BACKUP", 10, "our MASTER")
+    took(lambda: metric(lab, "a", "carp_adverts_sent_total") >= 2, 5, "our adverts")
+    assert not ka.said("received lower priority") and drops(group, "a") == 0, logs(group)
+    stop_ours(group, "a")
+    ours = took(lambda: "b" in holders(group), 3, "keepalived takes over on our resign")
+    assert ka.said("Backup received priority 0 advertisement"), logs(group)
+    group.start_ours("a", version=2, priority=150, advert_int=1, unicast=True, password="vrrp-pw")
+    took(lambda: holders(group) == ["a"], 10, "we preempt back (higher priority)")
+    took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP again")
+    stop_process(ka.proc)  # a BACKUP's stop: nothing moves
+    ka = group.start_keepalived("b", version=2, priority=200, advert_int=1, unicast=True,
+                                password="vrrp-pw")
+    took(lambda: holders(group) == ["b"], 10, "keepalived preempts (priority 200)")
+    took(lambda: our_state(group, "a") == "BACKUP", 3, "our BACKUP")
+    time.sleep(1.2)
+    ka.proc.send_signal(signal.SIGTERM)
+    theirs = took(lambda: "a" in holders(group), 3, "we take over on keepalived's resign")
+    print(f"v2 1 s unicast: our resign taken in {ours:.2f} s, keepalived's in {theirs:.2f} s")
+    assert ours < 1.5 and theirs < 1.5, "a master-down wait (3.4-3.6 s), not the skew time"
