@@ -8,6 +8,7 @@ v2 needs whole seconds, so its tests are the few that time a resign against a ma
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from .conftest import metric, status, vip_holders
 KEEPALIVED = "/usr/sbin/keepalived"
 ADDR = {"a": "172.16.0.11", "b": "172.16.0.12"}  # b's is the higher: it wins a priority tie
 VRID = 7
+RUNS = itertools.count(1)
 why = require_root_and_tools([KEEPALIVED])
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
 
@@ -53,13 +55,11 @@ class Group:
 
     lab: Lab
     keepalived: list[Keepalived] = field(default_factory=list)
-    runs: int = 0  # a fresh file name per keepalived start
 
     def start_keepalived(self, node: str, *, version: int = 3, priority: int = 100,
                          advert_int: float = 0.2, unicast: bool = False, password: str = "",
                          nopreempt: bool = False, track: Path | None = None) -> Keepalived:
-        self.runs += 1
-        base = self.lab.dir / f"ka-{node}-{self.runs}"
+        base = self.lab.dir / f"ka-{node}-{next(RUNS)}"  # fresh files for every start
         conf = base.with_suffix(".conf")
         conf.write_text(keepalived_conf(node, version=version, priority=priority,
                                         advert_int=advert_int, unicast=unicast,
@@ -90,7 +90,7 @@ class Group:
         for node in ADDR:
             self.lab.topo.plug(node)
             self.lab.topo[node].run("ip", "addr", "del", f"{VIP}/16", "dev", "eth0", check=False)
-            for log in self.lab.dir.glob(f"{node}.log"):
+            for log in [*self.lab.dir.glob(f"{node}.log"), *self.lab.dir.glob(f"ka-{node}-*")]:
                 log.unlink()
 
 
@@ -243,3 +243,78 @@ def test_v2_unicast_with_password_both_ways_resign_within_the_skew_time(group: G
     theirs = took(lambda: "a" in holders(group), 3, "we take over on keepalived's resign")
     print(f"v2 1 s unicast: our resign taken in {ours:.2f} s, keepalived's in {theirs:.2f} s")
     assert ours < 1.5 and theirs < 1.5, "a master-down wait (3.4-3.6 s), not the skew time"
+
+
+def test_v3_unicast_nopreempt_either_side_keeps_the_lower_priority_master(group: Group) -> None:
+    lab = group.lab
+    ka = group.start_keepalived("a", priority=100, unicast=True)
+    took(lambda: holders(group) == ["a"], 10, "keepalived MASTER")
+    group.start_ours("b", priority=150, unicast=True, CARP_PREEMPT="false")
+    took(lambda: metric(lab, "b", "carp_adverts_received_total") >= 3, 10, "its adverts")
+    time.sleep(1.2)  # more than our master-down interval (0.6 + 0.04 s)
+    assert holders(group) == ["a"] and our_state(group, "b") == "BACKUP", logs(group)
+    assert ka.states() == ["BACKUP", "MASTER"]
+    group.clear()
+    group.start_ours("a", priority=100, unicast=True)
+    took(lambda: holders(group) == ["a"], 10, "our MASTER")
+    ka = group.start_keepalived("b", priority=150, unicast=True, nopreempt=True)
+    took(lambda: ka.state() == "BACKUP", 5, "keepalived BACKUP")
+    time.sleep(1.2)
+    assert holders(group) == ["a"] and ka.states() == ["BACKUP"], logs(group)
+
+
+def partitioned_then_healed(group: Group) -> list[str]:
+    """Both MASTER while VRRP is blocked between them, then one: who holds the VIP."""
+    lab = group.lab
+    lab.topo.block_carp("a")
+    try:
+        took(lambda: holders(group) == ["a", "b"], 10, "both MASTER while partitioned")
+    finally:
+        lab.topo.block_carp("a", False)
+    took(lambda: len(holders(group)) == 1, 5, "one master after healing")
+    time.sleep(0.6)  # and it stays that way
+    return holders(group)
+
+
+def test_v3_equal_priorities_the_higher_address_wins_either_way(group: Group) -> None:
+    ka = group.start_keepalived("a", priority=100)
+    group.start_ours("b", priority=100)
+    assert partitioned_then_healed(group) == ["b"], logs(group)  # 172.16.0.12 > .11
+    assert ka.state() == "BACKUP" and our_state(group, "b") == "MASTER"
+    group.clear()
+    group.start_ours("a", priority=100)
+    ka = group.start_keepalived("b", priority=100)
+    assert partitioned_then_healed(group) == ["b"], logs(group)
+    assert ka.state() == "MASTER" and our_state(group, "a") == "BACKUP"
+
+
+def test_v2_keepalived_track_script_demotion_seen_by_us_and_watch(group: Group) -> None:
+    """keepalived's weight -60 takes its priority 150 to 90, under our 100: we preempt."""
+    lab = group.lab
+    track = lab.dir / "ka-down"
+    ka = group.start_keepalived("a", version=2, priority=150, advert_int=1, track=track)
+    took(lambda: holders(group) == ["a"], 10, "keepalived MASTER")
+    group.start_ours("b", version=2, priority=100, advert_int=1)
+    took(lambda: our_state(group, "b") == "BACKUP", 10, "our BACKUP")
+    seen = cli(lab, "b", "watch", "-i", "eth0", "--seconds", "1.5")
+    assert "VRRPv2 vrid 7   priority 150 interval 1s" in seen.stdout, seen.stdout + seen.stderr
+    shown = cli(lab, "b", "status", CARP_CONTROL_SOCKET=str(lab.dir / "b.sock"))
+    assert "  protocol:     VRRPv2, priority 100, advert_int 1.0 s, preempt on" in shown.stdout
+    track.touch()
+    took(lambda: "b" in holders(group), 8, "our takeover from the demoted keepalived")
+    took(lambda: holders(group) == ["b"], 3, "keepalived BACKUP")
+    assert ka.said("received lower priority") or ka.states()[-1] == "BACKUP", logs(group)
+    track.unlink()
+    took(lambda: holders(group) == ["a"], 8, "keepalived preempts back once healthy")
+    assert our_state(group, "b") == "BACKUP"
+
+
+def cli(lab: Lab, node: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """carp-sidecar ARGS in ``node`` (the agent's settings are not needed by status/watch)."""
+    import os
+    import sys
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
+    base.update(PYTHONPATH=str(Path(__file__).resolve().parents[2]), **env)
+    return subprocess.run(lab.topo[node].argv(sys.executable, "-m", "sidecar.tools.cli", *args),
+                          capture_output=True, text=True, env=base, timeout=60)
