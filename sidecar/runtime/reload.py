@@ -97,6 +97,7 @@ LIVE = frozenset({
     "garp_repeat", "garp_refresh", "probe_interval", "health", "maintenance_file", "script_env",
     "auth",  # the keys; its VIP half is the first VIP, which needs_replace checks
     "sync_paths", "sync_max_lag",  # the replication restarts, the election does not
+    "priority", "advert_int",  # VRRP's: the next advert carries them (a protocol change replaces)
 })
 HIDDEN = frozenset({"auth", "script_env"})  # changed, but never shown (a secret; noise)
 AGENT_AT_RESTART = ("metrics_listen", "control_socket", "state_dir", "realtime", "syslog",

@@ -136,6 +136,15 @@ class Reporter:
                         "another virtual_router_id (docs/runbook.md); further ones counted in "
                         "carp_adverts_dropped_total{reason=\"vrrp\"}", self.which(), error,
                         extra=extra)
+        elif error.reason is DropReason.CARP:  # the same mix-up seen from the VRRP side
+            log.warning("CARP advertisement on our VRID%s: %s. A CARP node (ucarp, another "
+                        "carp-sidecar) shares this link and ID; give it another vhid; further "
+                        "ones counted in carp_adverts_dropped_total{reason=\"carp\"}",
+                        self.which(), error, extra=extra)
+        elif error.reason is DropReason.ADDRESSES:  # keepalived logs and drops these too
+            log.warning("Dropped VRRP advertisement%s: %s: the other node's virtual_ipaddress "
+                        "(or v2 advert_int) differs from our VIPs; it is not counted as a peer",
+                        self.which(), error, extra=extra)
         elif error.reason is DropReason.BAD_HMAC:  # ucarp's words, which people search for
             log.warning("Bad digest - Check vhid, password and virtual IP address%s (from %s; "
                         "further ones counted in carp_adverts_dropped_total)", self.which(),
