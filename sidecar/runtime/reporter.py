@@ -42,6 +42,7 @@ class Reporter:
         self.last_transition: dict[str, Any] | None = None
         self._last_drop_log: dict[str, float] = {}
         self._peer_series: set[str] = set()  # peers that have carp_peer_* series now
+        self.peer_priority: dict[str, int] = {}  # VRRP: the last priority each peer sent
 
     def which(self) -> str:
         """ucarp's log lines name nothing (one process, one VHID); with several we say which."""
@@ -100,6 +101,9 @@ class Reporter:
         self.m.failover_possible()
         if a.handover:
             self.m.handovers_received.inc()
+        elif a.priority is not None:  # VRRP: what keepalived's weights did is seen here
+            self.peer_priority[str(a.peer)] = a.priority
+            self.m.family.peer_priority.labels(**self.m.labels, peer=str(a.peer)).set(a.priority)
 
     def decision(self, todo: list[outputs.Output], session: Session) -> None:
         """CARP_LOG_LEVEL=debug: each advert and what it made the machine do."""
@@ -183,6 +187,7 @@ class Reporter:
         peers = session.peers.valid_peers()
         for gone in self._peer_series - peers.keys():
             self.m.forget_peer(gone)
+            self.peer_priority.pop(gone, None)
         for src, p in peers.items():
             self.m.set_peer(src, p.wall, p.advbase, p.advskew)
         self._peer_series = set(peers)

@@ -66,7 +66,9 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "cannot_advertise_reason": None if machine.can_advertise
         else session.cannot_advertise_reason(),
         "link_running": session.link.running,
-        "peers": {src: {"last_seen": p.wall, "advbase": p.advbase, "advskew": p.advskew}
+        "peers": {src: {"last_seen": p.wall, "advbase": p.advbase, "advskew": p.advskew,
+                        **({} if s.protocol == "carp" else
+                           {"priority": instance.reporter.peer_priority.get(src)})}
                   for src, p in session.peers.valid_peers().items()},
         "counters": {"adverts_sent": m.value("carp_adverts_sent_total"),
                      "adverts_received": m.value("carp_adverts_received_total"),

@@ -123,6 +123,9 @@ class Metrics:
                                   [*base, "peer"], registry=r)
         self.peer_advbase = Gauge("carp_peer_advbase_seconds", "advbase a peer advertises",
                                   [*base, "peer"], registry=r)
+        self.peer_priority = Gauge("carp_peer_priority", "VRRP: the priority a peer advertises "
+                                   "(keepalived's, with its track_script weights applied)",
+                                   [*base, "peer"], registry=r)
 
     def _operations(self, r: CollectorRegistry, base: list[str]) -> None:
         """Scripts, the VIP backend, health checks."""
@@ -405,7 +408,7 @@ class InstanceMetrics:
     def forget_peer(self, peer: str) -> None:
         """Remove a peer's series, so forged sources cannot grow /metrics without bound."""
         m = self.family
-        for gauge in (m.peer_last_advert, m.peer_advskew, m.peer_advbase):
+        for gauge in (m.peer_last_advert, m.peer_advskew, m.peer_advbase, m.peer_priority):
             with contextlib.suppress(KeyError):
                 gauge.remove(*self._key, peer)
 

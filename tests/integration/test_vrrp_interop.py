@@ -209,12 +209,19 @@ def test_v3_our_master_keepalived_backup_cable_pull_both_ways_and_our_resign(gro
     lab.topo.plug("a")
     back = took(lambda: holders(group) == ["a"], 5, "we preempt back")
     took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP again")
+    sock = {"CARP_CONTROL_SOCKET": str(lab.dir / "a.sock")}
+    assert cli(lab, "a", "demote", **sock).returncode == 0  # maintenance: a resign too
+    demoted = took(lambda: holders(group) == ["b"], 3, "keepalived takes over on our demotion")
+    assert cli(lab, "a", "promote", **sock).returncode == 0
+    took(lambda: holders(group) == ["a"], 5, "we preempt back once promoted")
+    took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP again")
     time.sleep(0.5)
     stop_ours(group, "a")
     resigned = took(lambda: "b" in holders(group), 3, "keepalived takes over on our resign")
     print(f"v3 0.2 s: cable pull {pulled:.2f} s, preempt back {back:.2f} s, "
-          f"resign {resigned:.2f} s")
+          f"demotion {demoted:.2f} s, resign {resigned:.2f} s")
     assert ka.said("Backup received priority 0 advertisement"), logs(group)
+    assert demoted < 0.5, f"{demoted:.2f} s: the demoted master did not resign"
     assert resigned < 0.5, f"{resigned:.2f} s: a master-down wait (0.72 s), not the resign skew"
 
 
@@ -300,7 +307,11 @@ def test_v2_keepalived_track_script_demotion_seen_by_us_and_watch(group: Group) 
     assert "VRRPv2 vrid 7   priority 150 interval 1s" in seen.stdout, seen.stdout + seen.stderr
     shown = cli(lab, "b", "status", CARP_CONTROL_SOCKET=str(lab.dir / "b.sock"))
     assert "  protocol:     VRRPv2, priority 100, advert_int 1.0 s, preempt on" in shown.stdout
+    peer = {"peer": ADDR["a"]}
+    assert metric(lab, "b", "carp_peer_priority", **peer) == 150
+    assert status(lab, "b")["peers"][ADDR["a"]]["priority"] == 150
     track.touch()
+    took(lambda: metric(lab, "b", "carp_peer_priority", **peer) == 90, 5, "its priority 90")
     took(lambda: "b" in holders(group), 8, "our takeover from the demoted keepalived")
     took(lambda: holders(group) == ["b"], 3, "keepalived BACKUP")
     assert ka.said("received lower priority") or ka.states()[-1] == "BACKUP", logs(group)
