@@ -116,10 +116,12 @@ class Watch:
         version = vrrp_version(ip_bytes, (ip_bytes[0] & 0x0F) * 4)
         if version is not None:
             return self._vrrp(when, packet, version)
-        if CARP not in packet:
+        ip = packet[IP]
+        payload = bytes(ip.payload)
+        if len(payload) < 36:  # CARP's header (decoded explicitly: unicast ones too)
             self.undecodable += 1
             return None
-        ip, carp = packet[IP], packet[CARP]
+        carp = CARP(payload)
         counter = (carp.counter1 << 32) | carp.counter2
         digest = b"".join(getattr(carp, f"hmac{i}").to_bytes(4, "big") for i in range(1, 6))
         key = self.keys.get(carp.vhid)
@@ -290,7 +292,14 @@ def _scapy() -> tuple[Any, Any, Any]:
     from scapy.contrib.carp import CARP
     from scapy.layers.inet import IP
     from scapy.layers.l2 import Ether
+    from scapy.layers.vrrp import VRRP, VRRPv3
+    from scapy.packet import bind_layers, split_layers
 
+    # importing CARP rebinds protocol 112 from scapy's VRRP layers to it, for the whole
+    # process: put scapy's own binding back (frame() decodes CARP and VRRP explicitly)
+    split_layers(IP, CARP, proto=112, dst="224.0.0.18")
+    bind_layers(IP, VRRP, proto=112)
+    bind_layers(IP, VRRPv3, proto=112)
     return CARP, IP, Ether
 
 
