@@ -329,3 +329,22 @@ def cli(lab: Lab, node: str, *args: str, **env: str) -> subprocess.CompletedProc
     base.update(PYTHONPATH=str(Path(__file__).resolve().parents[2]), **env)
     return subprocess.run(lab.topo[node].argv(sys.executable, "-m", "sidecar.tools.cli", *args),
                           capture_output=True, text=True, env=base, timeout=60)
+
+
+def test_v3_our_master_restarts_in_place_and_keepalived_never_notices(group: Group) -> None:
+    """The restart's keeper sends our VRRP adverts while the new image starts: no move."""
+    from sidecar.serve.control import send_command
+
+    lab = group.lab
+    group.start_ours("a", priority=150, advert_int=0.5)
+    took(lambda: our_state(group, "a") == "MASTER", 10, "our MASTER")
+    ka = group.start_keepalived("b", priority=100, advert_int=0.5)
+    took(lambda: ka.state() == "BACKUP", 5, "keepalived BACKUP")
+    started = status(lab, "a")["agent"]["started"]
+    reply = send_command(lab.dir / "a.sock", "restart", timeout=30)
+    assert reply.startswith("ok: restarting in place"), reply
+    took(lambda: (st := lab.status("a")) and st["agent"]["started"] != started
+         and st["state"] == "MASTER", 20, "the new image MASTER")
+    time.sleep(1.5)  # more than keepalived's master-down interval (1.5 + 0.3 s)
+    assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)
+    assert status(lab, "a")["protocol"] == "vrrp3"
