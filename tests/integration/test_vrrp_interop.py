@@ -348,3 +348,35 @@ def test_v3_our_master_restarts_in_place_and_keepalived_never_notices(group: Gro
     time.sleep(1.5)  # more than keepalived's master-down interval (1.5 + 0.3 s)
     assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)
     assert status(lab, "a")["protocol"] == "vrrp3"
+
+
+def test_reload_switches_an_instance_from_carp_to_vrrp3_and_priority_live(group: Group) -> None:
+    """A node moving over: its CARP instance ignores keepalived's VRID (dropped as vrrp, both
+    hold the VIP), a reload to vrrp3 replaces the instance (it joins as BACKUP), a reload of
+    the priority alone updates it in place (and it preempts)."""
+    from .test_reload import reload
+
+    lab = group.lab
+    (lab.dir / "pass").write_text("lab-only\n")
+    conf = lab.dir / "b.toml"
+    table = f'[[vhid]]\nvhid = {VRID}\naddr = ["{VIP}/16"]\n'
+    conf.write_text(f'interface = "eth0"\npass_file = "{lab.dir / "pass"}"\n{table}')
+    ka = group.start_keepalived("a", priority=150)
+    took(lambda: holders(group) == ["a"], 10, "keepalived MASTER")
+    lab.start_agent("b", CARP_CONFIG=str(conf), CARP_VHID="", CARP_PASS="", CARP_ADDR="",
+                    CARP_IF_ALIAS="", CARP_SRCIP="")
+    took(lambda: holders(group) == ["a", "b"], 10, "our CARP MASTER too: VRRP ignored")
+    assert metric(lab, "b", "carp_adverts_dropped_total", reason="vrrp") >= 1
+    assert metric(lab, "b", "carp_instance_info", protocol="carp") == 1
+    vrrp = 'protocol = "vrrp3"\npriority = 100\nadvert_int = 0.2\n'
+    conf.write_text(f'interface = "eth0"\n{table}{vrrp}')
+    reply = reload(lab, "b")
+    took(lambda: holders(group) == ["a"], 5, "our VRRP instance BACKUP")
+    took(lambda: metric(lab, "b", "carp_instance_info", protocol="vrrp3") == 1, 3, "vrrp3")
+    assert metric(lab, "b", "carp_instance_info", protocol="carp") == 0
+    assert ka.states()[-1] == "MASTER" and our_state(group, "b") == "BACKUP", reply
+    conf.write_text(f'interface = "eth0"\n{table}{vrrp.replace("100", "200")}')
+    reply = reload(lab, "b")
+    assert "priority 100 -> 200" in reply, reply
+    took(lambda: holders(group) == ["b"], 5, "we preempt with priority 200")
+    took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP")
