@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from sidecar.config.runconfig import Vhid
+from sidecar.config.runconfig import Vhid, vrrp_params
 from sidecar.core import vrrp
 from sidecar.core.actions import Params
 from sidecar.core.machine import SendAdvert
@@ -35,7 +35,10 @@ class SendPort:
                  on_error: Callable[[], None], params: Callable[[], Params] | None = None
                  ) -> None:
         self.s, self.srcip, self.channel = settings, srcip, channel
-        self._params = params  # VRRP: the session's (priority, interval) at send time
+        # VRRP: the session's (priority, interval) at send time; without a session, the
+        # settings' own (a reload changes both together)
+        self._params = params or (lambda: Params(
+            advbase=self.s.advbase, advskew=self.s.advskew, **vrrp_params(self.s)))
         self._on_error = on_error  # counts carp_advert_send_errors_total
         self.unicast = UnicastSender() if settings.peers else None
         self.multicast = not settings.peers or settings.peers_multicast
@@ -46,7 +49,7 @@ class SendPort:
 
     def advert(self, a: SendAdvert) -> SendResult:
         s = self.s
-        if s.protocol != "carp" and self._params is not None:
+        if s.protocol != "carp":
             return self._vrrp_advert(a, self._params())
         advert = Advert(vhid=s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
         result = SendResult(False)

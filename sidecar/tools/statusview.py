@@ -52,15 +52,15 @@ def _master(inst: dict[str, Any], now: float) -> str:
     return max(recent)[1] if recent else "none heard"
 
 
-def _protocol(inst: dict[str, Any]) -> str:
-    """CARP (ucarp's advbase/advskew) or VRRP (keepalived's priority/advert_int); an older
-    agent sends no ``protocol``: CARP."""
+def _protocol(inst: dict[str, Any]) -> list[str]:
+    """VRRP's settings (keepalived's priority/advert_int); none for CARP, whose table stays as
+    it was (an older agent sends no ``protocol``: CARP)."""
     proto = inst.get("protocol") or "carp"
     if proto == "carp":
-        return f"CARP, advbase {inst.get('advbase', '?')}, advskew {inst.get('advskew', '?')}"
+        return []
     version = {"vrrp2": "VRRPv2", "vrrp3": "VRRPv3"}.get(proto, proto)
-    return (f"{version}, priority {inst.get('priority', '?')}, advert_int "
-            f"{inst.get('advert_int', '?')} s, preempt {'on' if inst.get('preempt') else 'off'}")
+    return [f"  protocol:     {version}, priority {inst.get('priority', '?')}, advert_int "
+            f"{inst.get('advert_int', '?')} s, preempt {'on' if inst.get('preempt') else 'off'}"]
 
 
 def _health(inst: dict[str, Any]) -> str:
@@ -118,7 +118,7 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
         out += [
             f"vhid {inst.get('vhid')} on {inst.get('interface')}: {inst.get('state')} since "
             f"{_local(since, now)}",
-            f"  protocol:     {_protocol(inst)}",
+            *_protocol(inst),
             f"  why:          {why}",
             f"  master:       {_master(inst, now)}",
             f"  VIPs:         {', '.join(inst.get('vips') or [])}",

@@ -121,8 +121,9 @@ def test_status_view_names_the_protocol_and_vrrp_settings() -> None:
     text = render(doc, now=0)
     assert "  protocol:     VRRPv3, priority 150, advert_int 0.2 s, preempt on" in text
     assert "within the skew time on a graceful stop" in text
-    carp = render({"state": "MASTER", "vhid": 1, "advbase": 1, "advskew": 0}, now=0)
-    assert "  protocol:     CARP, advbase 1, advskew 0" in carp
+    carp = render({"state": "MASTER", "vhid": 1, "advbase": 1, "advskew": 0, "protocol": "carp",
+                   "master_down_interval": 3.0}, now=0)
+    assert "protocol" not in carp and "at once on a graceful stop or demote (bow-out)" in carp
 
 
 def test_reload_replaces_on_a_protocol_change_and_takes_priority_live() -> None:
