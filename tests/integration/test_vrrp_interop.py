@@ -170,6 +170,12 @@ def drops(g: Group, node: str) -> float:
     return sum(metric(g.lab, node, "carp_adverts_dropped_total", reason=r) for r in reasons)
 
 
+def conflicts(g: Group, node: str) -> float:
+    """Split-brain evidence our agent counted, of every kind."""
+    return sum(metric(g.lab, node, "carp_conflicts_total", evidence=e)
+               for e in ("advert", "arp", "na", "stale_holder"))
+
+
 def test_v3_keepalived_master_our_backup_cable_pull_both_ways_and_its_resign(group: Group
                                                                           ) -> None:
     lab = group.lab
@@ -181,6 +187,7 @@ def test_v3_keepalived_master_our_backup_cable_pull_both_ways_and_its_resign(gro
     assert (st["state"], st["protocol"], st["priority"]) == ("BACKUP", "vrrp3", 100)
     assert metric(lab, "b", "carp_instance_info", vhid=str(VRID), protocol="vrrp3") == 1
     assert holders(group) == ["a"] and drops(group, "b") == 0
+    assert conflicts(group, "b") == 0  # keepalived's GARPs are a master's, not a conflict
     lab.topo.unplug("a")  # keepalived's node loses its cable: we take over (master-down)
     pulled = took(lambda: "b" in holders(group), 5, "our takeover")
     lab.topo.plug("a")  # keepalived preempts back: its priority is higher
@@ -204,6 +211,7 @@ def test_v3_our_master_keepalived_backup_cable_pull_both_ways_and_our_resign(gro
     took(lambda: ka.state() == "BACKUP", 5, "keepalived BACKUP")
     time.sleep(1)
     assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)
+    assert conflicts(group, "a") == 0 and drops(group, "a") == 0
     lab.topo.unplug("a")
     pulled = took(lambda: "b" in holders(group), 5, "keepalived takes over")
     lab.topo.plug("a")
