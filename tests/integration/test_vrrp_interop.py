@@ -388,3 +388,19 @@ def test_reload_switches_an_instance_from_carp_to_vrrp3_and_priority_live(group:
     assert "priority 100 -> 200" in reply, reply
     took(lambda: holders(group) == ["b"], 5, "we preempt with priority 200")
     took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP")
+
+
+def test_v3_backup_times_out_on_the_masters_advertised_interval(group: Group) -> None:
+    """RFC 5798: Master_Down_Interval from the master's advertised interval (keepalived's
+    1 s), not our own 0.2 s: no takeover while it advertises, one after ~3 x 1 s + skew."""
+    lab = group.lab
+    group.start_keepalived("a", priority=150, advert_int=1)
+    took(lambda: holders(group) == ["a"], 10, "keepalived MASTER")
+    group.start_ours("b", priority=100, advert_int=0.2)
+    took(lambda: metric(lab, "b", "carp_adverts_received_total") >= 2, 5, "its adverts")
+    time.sleep(1.5)  # our own interval would have timed out twice over
+    assert holders(group) == ["a"] and our_state(group, "b") == "BACKUP", logs(group)
+    assert 3.5 < status(lab, "b")["master_down_interval"] < 3.7  # 3 x 1 + 156/256
+    lab.topo.unplug("a")
+    pulled = took(lambda: "b" in holders(group), 6, "our takeover")
+    assert 2.4 < pulled < 4.2, f"{pulled:.2f} s"
