@@ -42,7 +42,7 @@ from sidecar.runtime.reaper import reap_forever
 from sidecar.runtime.resume import ResumeRecord
 from sidecar.runtime.stale import HeldRecord, log_swept, remove_stale_vips
 from sidecar.runtime.startup import StartupError
-from sidecar.runtime.vips import vip_link
+from sidecar.runtime.vips import address_owner, vip_link
 from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
@@ -204,7 +204,8 @@ class Agent:
 
     async def source_ip(self, s: Vhid, link: Link) -> IPv4Address:
         addresses = [a.ip for a in await self.nl.ipv4_addresses(link.index)]
-        srcip, problem = source_address(s.srcip, s.interface, addresses, [v.ip for v in s.vips])
+        vips = [] if address_owner(s) else [v.ip for v in s.vips]  # the owner's are its own
+        srcip, problem = source_address(s.srcip, s.interface, addresses, vips)
         if srcip is None:
             raise StartupError(problem + self._where(s))
         return srcip

@@ -25,10 +25,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from sidecar.config.runconfig import RunConfig, Vhid
+from sidecar.config.vrrp import owner_problem
 from sidecar.net.held import HeldVips, reserve_for, sweep
 from sidecar.net.netlink import Netlink, NetlinkError
 from sidecar.runtime.instance import Instance
 from sidecar.runtime.startup import StartupError
+from sidecar.runtime.vips import address_owner
 from sidecar.serve.metrics import HeldRecordMetrics
 
 log = logging.getLogger("carp-sidecar")
@@ -110,7 +112,8 @@ async def remove_stale_vips(nl: Netlink, instances: Sequence[Instance],
     docstring); ucarp --neutral: what is there at start stays. ``configured``: every instance,
     the new ones included (an interface any of them names is not a renamed one). ``keep``:
     (ifindex, address) a restart resumes holding (sidecar.runtime.resume)."""
-    owned = [i for i in instances if not i.s.neutral and not i.s.manages_vip_by_scripts]
+    owned = [i for i in instances if not i.s.neutral and not i.s.manages_vip_by_scripts
+             and not address_owner(i.s)]  # an address owner's VIPs are the node's own
     try:
         for instance in owned:
             s, index = instance.s, instance.vip_index
@@ -132,6 +135,10 @@ async def remove_stale_vips(nl: Netlink, instances: Sequence[Instance],
         s, index = instance.s, instance.vip_index
         assert index is not None
         present = {a.ip for a in await nl.addresses(index)}
+        problem = owner_problem(s.priority, s.interface, s.vips, list(present)) \
+            if address_owner(s) else ""
+        if problem:
+            raise StartupError(f"{problem} ({s.name})")
         if s.neutral:
             for vip in s.vips:
                 if vip.ip in present:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sidecar.config.runconfig import Vhid, Vip
+from sidecar.config.vrrp import OWNER_PRIORITY
 from sidecar.net.caps import vip_interface_problem
 from sidecar.net.netlink import InterfaceNotFound, Netlink, NetlinkError
 from sidecar.runtime.scripts import run_script, script_argv
@@ -88,6 +89,26 @@ class NetlinkVips:
                       self.s.vip_interface or self.s.interface, e)
 
 
+def address_owner(s: Vhid) -> bool:
+    """VRRP's address owner (priority 255, its VIPs the node's own addresses, checked at
+    start): the addresses are never added or removed, only advertised and announced."""
+    return s.protocol != "carp" and s.priority == OWNER_PRIORITY
+
+
+class OwnedVips:
+    """The owner's addresses stay where the system put them: a stop or a demotion that
+    removed them would take the node's own address (keepalived's owner keeps it too)."""
+
+    async def up(self, abort: asyncio.Event) -> None:
+        pass
+
+    async def down(self, held: bool = True) -> None:
+        pass
+
+    async def remove(self, vips: list[Vip]) -> None:
+        pass
+
+
 class ScriptVips:
     """ucarp's way: the upscript and downscript own the VIPs, argv ``script iface vip [xparam]``."""
 
@@ -125,4 +146,6 @@ def backend_for(settings: Vhid, netlink: Netlink, metrics: InstanceMetrics,
                 seen: Callable[[], bool] = lambda: True) -> VipBackend:
     if settings.manages_vip_by_scripts:
         return ScriptVips(settings, metrics, environment, seen)
+    if address_owner(settings):
+        return OwnedVips()
     return NetlinkVips(settings, netlink, metrics, ifindex)

@@ -41,6 +41,8 @@ TRANSITIONS: tuple[tuple[State, State, Reason], ...] = (
     (State.MASTER, State.INIT, Reason.STOP),
     (State.BACKUP, State.INIT, Reason.STOP),
 )
+# VRRP's address owner (priority 255) starts as MASTER at once (RFC 3768/5798 §6.4.1)
+VRRP_TRANSITIONS = ((State.INIT, State.MASTER, Reason.STARTUP),)
 SCRIPT_RESULTS = ("ok", "failed", "timeout", "error", "superseded")
 SCRIPTS = ("up", "down", "notify")
 EVIDENCE = ("advert", "arp", "na", "stale_holder")
@@ -288,14 +290,16 @@ class InstanceMetrics:
         self.labels = {"group": group or f"vhid{vhid}", "vhid": str(vhid), "interface": interface}
         self._key = tuple(self.labels.values())  # the leading label values of every child
         m.instance_info.labels(**self.labels, protocol=protocol).set(1)
-        self._bind_protocol(m, self.labels, vips)
+        self._bind_protocol(m, self.labels, vips, protocol)
         self._bind_operations(m, self.labels)
         self._bind_conflicts(m, self.labels, strict_peers)
         self.health_up.set(1)
         self.set_state(State.INIT)
 
-    def _bind_protocol(self, m: Metrics, lb: dict[str, str], vips: Iterable[str]) -> None:
+    def _bind_protocol(self, m: Metrics, lb: dict[str, str], vips: Iterable[str],
+                       protocol: str) -> None:
         """State, transitions, adverts, the VIPs."""
+        possible = TRANSITIONS + (VRRP_TRANSITIONS if protocol != "carp" else ())
         self.state = {s: m.state.labels(**lb, state=s.name) for s in State}
         self.state_code = m.state_code.labels(**lb)
         self.is_master = m.is_master.labels(**lb)
@@ -304,7 +308,7 @@ class InstanceMetrics:
         self.transitions = {(old, new, reason, p): m.transitions.labels(
             **lb, **{"from": old.name, "to": new.name}, reason=reason.value,
             planned="true" if p else "false")
-            for old, new, reason in TRANSITIONS
+            for old, new, reason in possible
             for p in ({planned(new, reason), True} if new is State.MASTER
                       else {planned(new, reason)})}
         self.last_transition = m.last_transition.labels(**lb)

@@ -58,12 +58,14 @@ class Group:
 
     def start_keepalived(self, node: str, *, version: int = 3, priority: int = 100,
                          advert_int: float = 0.2, unicast: bool = False, password: str = "",
-                         nopreempt: bool = False, track: Path | None = None) -> Keepalived:
+                         nopreempt: bool = False, track: Path | None = None,
+                         vip: str = VIP) -> Keepalived:
         base = self.lab.dir / f"ka-{node}-{next(RUNS)}"  # fresh files for every start
         conf = base.with_suffix(".conf")
         conf.write_text(keepalived_conf(node, version=version, priority=priority,
                                         advert_int=advert_int, unicast=unicast,
-                                        password=password, nopreempt=nopreempt, track=track))
+                                        password=password, nopreempt=nopreempt, track=track,
+                                        vip=vip))
         log = base.with_suffix(".log")
         cmd = [KEEPALIVED, "-n", "-l", "-D", "-f", str(conf), "-p", f"{base}.pid",
                "-r", f"{base}.vrrp.pid", "-c", f"{base}.check.pid", "--vrrp"]
@@ -95,7 +97,8 @@ class Group:
 
 
 def keepalived_conf(node: str, *, version: int, priority: int, advert_int: float,
-                    unicast: bool, password: str, nopreempt: bool, track: Path | None) -> str:
+                    unicast: bool, password: str, nopreempt: bool, track: Path | None,
+                    vip: str = VIP) -> str:
     other = ADDR["b" if node == "a" else "a"]
     lines = ["global_defs {", f"  router_id node_{node}", "  script_user root",
              "  enable_script_security", "}"]
@@ -113,7 +116,7 @@ def keepalived_conf(node: str, *, version: int, priority: int, advert_int: float
         lines += ["  authentication {", "    auth_type PASS", f"    auth_pass {password}", "  }"]
     if track is not None:
         lines += ["  track_script {", "    chk", "  }"]
-    lines += ["  virtual_ipaddress {", f"    {VIP}/16 dev eth0", "  }", "}"]
+    lines += ["  virtual_ipaddress {", f"    {vip}/16 dev eth0", "  }", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -404,3 +407,27 @@ def test_v3_backup_times_out_on_the_masters_advertised_interval(group: Group) ->
     lab.topo.unplug("a")
     pulled = took(lambda: "b" in holders(group), 6, "our takeover")
     assert 2.4 < pulled < 4.2, f"{pulled:.2f} s"
+
+
+def test_v3_our_address_owner_takes_over_at_once_and_keeps_its_address(group: Group) -> None:
+    """Priority 255, the VIP an address of node-b's own (a second one: its adverts leave from
+    its first, which keepalived does not hold meanwhile): MASTER at start without a master-down
+    wait, keepalived (backing the address up) gives way, and a stop resigns without taking the
+    node's address away."""
+    lab, owned = group.lab, "172.16.0.50"
+    lab.topo["b"].run("ip", "addr", "add", f"{owned}/16", "dev", "eth0")
+    try:
+        ka = group.start_keepalived("a", priority=100, vip=owned)
+        took(lambda: ka.state() == "MASTER", 10, "keepalived MASTER for b's address")
+        group.start_ours("b", priority=255, CARP_ADDR=f"{owned}/16")
+        took(lambda: ka.states()[-1] == "BACKUP", 10, "keepalived gives way to the owner")
+        log = (lab.dir / "b.log").read_text()
+        assert re.findall(r"Switching to state: (\w+)", log) == ["MASTER"], log  # no wait
+        assert "Removed stale VIP" not in log
+        stop_ours(group, "b")
+        took(lambda: ka.state() == "MASTER", 3, "keepalived takes over on our resign")
+        lab.agents["b"].wait(10)
+        out = lab.topo["b"].run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+        assert f" {owned}/16" in out, out  # the owner's address stays the node's
+    finally:
+        lab.topo["b"].run("ip", "addr", "del", f"{owned}/16", "dev", "eth0", check=False)

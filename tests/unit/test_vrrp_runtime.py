@@ -143,3 +143,18 @@ def test_instance_info_carries_the_protocol_and_goes_with_the_instance() -> None
     assert registry.get_sample_value("carp_instance_info", {**labels, "protocol": "vrrp2"}) == 1
     im.remove()
     assert registry.get_sample_value("carp_instance_info", {**labels, "protocol": "vrrp2"}) is None
+
+
+def test_the_address_owner_never_adds_or_removes_its_addresses() -> None:
+    from sidecar.runtime.vips import OwnedVips, address_owner, backend_for
+
+    owner, other = vhid(priority=255), vhid(priority=254)
+    assert address_owner(owner) and not address_owner(other)
+    assert not address_owner(Vhid(vhid=1, vips=VIPS, auth=auth(b"pw", VIPS), interface="eth0"))
+    m = InstanceMetrics(Metrics(CollectorRegistry(), "t", process_metrics=False), 7, "eth0", [],
+                        protocol="vrrp3")
+    backend = backend_for(owner, None, m, lambda: 2, lambda _: {})  # type: ignore[arg-type]
+    assert isinstance(backend, OwnedVips)
+    # its start straight to MASTER has a series of its own (VRRP instances only)
+    from sidecar.core.machine import Reason, State
+    assert (State.INIT, State.MASTER, Reason.STARTUP, True) in m.transitions
