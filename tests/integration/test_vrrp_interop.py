@@ -127,14 +127,13 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture
-def group(lab: Lab) -> Iterator[Group]:
-    g = Group(lab)
+def group(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Group]:
+    g, failed = Group(lab), request.session.testsfailed
     try:
         yield g
-    except BaseException:
-        print(logs(g))  # the keepalived and agent logs, before the fixture deletes them
-        raise
     finally:
+        if request.session.testsfailed > failed:  # the logs, before clear() deletes them
+            print(logs(g))
         g.clear()
 
 
