@@ -430,3 +430,19 @@ def test_v3_our_address_owner_takes_over_at_once_and_keeps_its_address(group: Gr
         assert f" {owned}/16" in out, out  # the owner's address stays the node's
     finally:
         lab.topo["b"].run("ip", "addr", "del", f"{owned}/16", "dev", "eth0", check=False)
+
+
+def test_v3_our_unhealthy_backup_never_takes_over_even_on_a_resign(group: Group) -> None:
+    """Health demotion keeps today's model in VRRP mode: a demoted BACKUP stays BACKUP."""
+    lab = group.lab
+    ka = group.start_keepalived("a", priority=100)
+    took(lambda: holders(group) == ["a"], 10, "keepalived MASTER")
+    group.start_ours("b", priority=200, CARP_HEALTH_TCP="127.0.0.1:1",  # nothing listens
+                     CARP_HEALTH_INTERVAL="0.2")
+    took(lambda: ((lab.status("b") or {}).get("health") or {}).get("healthy") is False, 10,
+         "our check failing")
+    time.sleep(1)  # a healthy priority 200 would have preempted by now (0.72 s)
+    assert holders(group) == ["a"] and our_state(group, "b") == "BACKUP", logs(group)
+    ka.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)  # its resign, then more than a master-down interval
+    assert holders(group) == [] and our_state(group, "b") == "BACKUP", logs(group)
