@@ -106,7 +106,7 @@ $(BENCH_VENV)/bin/carp-sidecar: pyproject.toml $(shell find sidecar -name '*.py'
 	$(BENCH_PY) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check .
 
-bench: deps $(BENCH_VENV)/bin/carp-sidecar ## codec/import benchmarks, failover downtime vs ucarp and keepalived, replication
+bench: deps $(BENCH_VENV)/bin/carp-sidecar ## codec/import benchmarks, failover downtime vs ucarp and keepalived, replication, VRRP in keepalived groups
 	$(BIN)/python tests/bench/bench_codec.py
 	$(BIN)/python tests/bench/bench_failover.py $(BENCH_ARGS)
 	$(BIN)/python tests/bench/bench_instances.py --json docs/bench-instances.json
@@ -116,6 +116,7 @@ bench: deps $(BENCH_VENV)/bin/carp-sidecar ## codec/import benchmarks, failover 
 	$(BIN)/python tests/bench/bench_together.py --merge docs/bench-results.json
 	$(BIN)/python tests/bench/bench_sync.py --merge docs/bench-results.json
 	$(BIN)/python tests/bench/bench_restart.py --merge docs/bench-results.json --containers
+	$(BIN)/python tests/bench/bench_vrrp.py --soak 10 --merge docs/bench-results.json
 
 chaos: deps ## the long adversarial run (~35 min): floods, scrape storm, 10 min of faults, 200k fuzz cases
 	HYPOTHESIS_PROFILE=chaos $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_receive.py
