@@ -172,7 +172,8 @@ def idle_cost(seconds: float) -> dict[str, dict[str, float]]:
             lab.__exit__(None, None, None)
 
 
-KA_STATE = re.compile(r"\((VI_\d+)\) Entering (MASTER|BACKUP|FAULT) STATE")
+# keepalived 2.2.7: "(VI_1) Entering MASTER STATE", "(VI_1): entering FAULT state (...)"
+KA_STATE = re.compile(r"\((VI_\d+)\):? entering (MASTER|BACKUP|FAULT) state", re.I)
 OUR_STATE = re.compile(r"Switching to state: (\w+)(?: \(vhid (\d+))?")
 
 
@@ -194,6 +195,10 @@ def soak(minutes: float) -> dict[str, Any]:
         time.sleep(3)
         logs = {n: lab.dir / f"{n}.log" for n in ("a", "b")}
         offsets = {n: len(p.read_bytes()) for n, p in logs.items()}
+        settled = {"a": OUR_STATE, "b": KA_STATE}
+        for n, pattern in settled.items():  # the patterns do match each side's start-up
+            if not pattern.search(logs[n].read_text(errors="replace")):
+                raise RuntimeError(f"no state line in node-{n}'s log: {pattern.pattern}")
         metrics0 = _transitions(lab.get("a", "http://127.0.0.1:9655/metrics") or "")
         burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                    for _ in range(os.cpu_count() or 2)]
