@@ -83,7 +83,7 @@ integration: deps ## root + netns tests (real ucarp, apache, prometheus)
 
 test: deps lint typecheck ## lint, types, unit, deploy-file and integration tests (not the image: image-test)
 	$(BIN)/pytest -q -n auto tests/unit tests/deploy $(PYTEST_ARGS)
-	$(BIN)/pytest -q -m "not image" tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not image" --durations=25 tests/integration $(PYTEST_ARGS)
 
 demo: .stamp-apt-demo $(VENV)/.stamp-lab ## two-node failover lab on this machine (network namespaces, Apache, carp-sidecar)
 	$(BIN)/carp-sidecar lab $(LAB_ARGS)
