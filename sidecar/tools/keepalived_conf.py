@@ -74,6 +74,7 @@ def words_of(line: str) -> list[str]:
                 out.append(word)
             word, quoted = "", True
         elif c in "#!":
+            word = word[:-1] if word.endswith("\\") else word  # keepalived drops it too
             break
         elif c.isspace() or c in BRACES:
             if word:

@@ -42,9 +42,10 @@ WHY = {
     "garp_master_delay": "gratuitous ARPs go with the first adverts (garp_repeat)",
     "lvs_sync_daemon_interface": "LVS is not managed",
     "dont_track_primary": "CARP_IGNOREIFSTATE=true is the nearest (ignores carrier loss)",
-    "state": "keepalived's state MASTER only shortens its first wait at start to one "
-             "advert interval; carp-sidecar starts BACKUP and takes over after the "
-             "master-down interval unless a master is heard, then priority and preempt decide",
+    "state": "keepalived's state MASTER shortens its first wait at start to one advert "
+             "interval, and with no priority directive it runs at priority 255 (then written "
+             "here); carp-sidecar starts BACKUP and takes over after the master-down interval "
+             "unless a master is heard, then priority and preempt decide",
     "accept": "the VIP always accepts traffic (keepalived's accept)",
     "net_namespace": "run carp-sidecar in the namespace itself (ip netns exec)",
     "notify_stop": "no stop notification: CARP_NOTIFYSCRIPT is told every state change",
@@ -144,6 +145,12 @@ def _instance(node: Node, state: _State) -> dict[str, Any] | None:
             handler(d, table, state)
         else:
             state.skip(d)
+    if table.pop("state_master", False) and "priority" not in table:
+        table["priority"] = 255  # keepalived 2.2.7 vrrp.c: MASTER with no priority is 255
+        state.notes.append(f"{node.where}: {label}: state MASTER with no priority: priority "
+                           "255, as keepalived runs it (the address owner's); check-config "
+                           "says so if the VIP is not this host's own address")
+    table.pop("state_master", None)
     if "pass" in table and (table["protocol"] == "vrrp3" or state.strict
                             or table.pop("strict_mode", False)):
         del table["pass"]
@@ -230,18 +237,20 @@ def _addresses(d: Node, table: dict[str, Any], state: _State) -> None:
     addrs: list[str] = []
     labels: set[str] = set()
     for entry in d.children():
-        address, options = entry.name, entry.args
-        pairs = dict(zip(options[::2], options[1::2], strict=False))
+        address = entry.name
+        pairs, flags = _vip_options(entry.args)
         dev = pairs.pop("dev", None)
         if dev is not None and dev != table.get("interface", dev):
-            state.skip(entry, f"on {dev}, not the instance's interface: carp-sidecar puts an "
-                       "instance's VIPs on its interface (keepalived peers will see one "
-                       "address fewer in our adverts)")
-            continue
+            state.notes.append(
+                f"{entry.where}: WARNING: {address} dev {dev}: not the instance's interface: "
+                "kept in the instance's addresses (so our adverts list what keepalived's do "
+                "and the group does not split) but carp-sidecar puts it on "
+                f"{table.get('interface', 'the instance interface')}, not on {dev}")
         if "label" in pairs:
             labels.add(pairs.pop("label"))
-        if pairs:
-            state.notes.append(f"{entry.where}: {' '.join(f'{k} {v}' for k, v in pairs.items())}"
+        if pairs or flags:
+            shown = [*(f"{k} {v}" for k, v in pairs.items()), *flags]
+            state.notes.append(f"{entry.where}: {' '.join(shown)}"
                                f": not carried for {address} (the kernel's defaults)")
         if address in addrs or address.split("/")[0] in [a.split("/")[0] for a in addrs]:
             state.notes.append(f"{entry.where}: {address}: listed twice; once is enough")
@@ -257,6 +266,24 @@ def _addresses(d: Node, table: dict[str, Any], state: _State) -> None:
                    "(if_alias)")
     if addrs:
         table["addr"] = addrs
+
+
+VIP_FLAGS = {"no_track", "home", "nodad", "noprefixroute", "autojoin", "mngtmpaddr"}
+
+
+def _vip_options(options: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A VIP line's options keyword by keyword: flags take no value, the rest one."""
+    pairs: dict[str, str] = {}
+    flags: list[str] = []
+    i = 0
+    while i < len(options):
+        if options[i] in VIP_FLAGS or i + 1 == len(options):
+            flags.append(options[i])
+            i += 1
+        else:
+            pairs[options[i]] = options[i + 1]
+            i += 2
+    return pairs, flags
 
 
 def _peers(d: Node, table: dict[str, Any], state: _State) -> None:
@@ -278,6 +305,7 @@ def _preempt(d: Node, table: dict[str, Any], state: _State) -> None:
 
 def _state(d: Node, table: dict[str, Any], state: _State) -> None:
     if d.args[:1] != ["BACKUP"]:  # BACKUP: how every carp-sidecar node starts
+        table["state_master"] = d.args[:1] == ["MASTER"]
         state.skip(d)
 
 
@@ -288,11 +316,16 @@ def _strict_mode(d: Node, table: dict[str, Any], state: _State) -> None:
 
 
 def _authentication(d: Node, table: dict[str, Any], state: _State) -> None:
-    values = {c.name: " ".join(c.args) for c in d.children()}
-    kind = values.get("auth_type", "").upper()
+    # keepalived's vrrp_parser.c: the first word only, auth_type matched case-sensitively
+    values = {c.name: (c.args[:1] or [""])[0] for c in d.children()}
+    kind = values.get("auth_type", "")
     if kind != "PASS":
-        state.skip(d, f"auth_type {kind or '(none)'}: only PASS (RFC 2338's simple password)"
-                   "; imported without authentication, which AH peers will not accept")
+        why = ("keepalived matches PASS and AH case-sensitively, so it runs this instance "
+               "without authentication, and so does the import") if kind.upper() in (
+            "PASS", "AH") and kind != "AH" else (
+            "only PASS (RFC 2338's simple password); imported without authentication, "
+            "which AH peers will not accept")
+        state.skip(d, f"auth_type {kind or '(none)'}: {why}")
         return
     password = values.get("auth_pass", "")
     if len(password.encode()) > 8:
@@ -377,6 +410,14 @@ def _notify(d: Node, table: dict[str, Any], state: _State) -> None:
                "(STATE: MASTER, BACKUP, ...); call this command from one")
 
 
+def _preempt_delay(d: Node, table: dict[str, Any], state: _State) -> None:
+    _simple("preempt_delay", "number")(d, table, state)
+    if "preempt_delay" in table:
+        state.notes.append(f"{d.where}: preempt_delay: carried, but counted from carp-sidecar's "
+                           "start or link-up, where keepalived counts from the first "
+                           "lower-priority advert it hears")
+
+
 HANDLERS: dict[str, Handler] = {
     "interface": _simple("interface"), "virtual_router_id": _simple("vhid", "number"),
     "priority": _simple("priority", "number"), "advert_int": _simple("advert_int", "number"),
@@ -384,7 +425,7 @@ HANDLERS: dict[str, Handler] = {
     "unicast_src_ip": _simple("srcip"), "mcast_src_ip": _simple("srcip"),
     "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt, "state": _state,
     "strict_mode": _strict_mode,
-    "preempt_delay": _simple("preempt_delay", "number"),
+    "preempt_delay": _preempt_delay,
     "authentication": _authentication, "track_script": _track_script,
     "notify": _notify, **{n: _notify for n in NOTIFY},
     "garp_master_repeat": _simple("garp_repeat", "number"),

@@ -116,8 +116,10 @@ def test_sample_conditional_lines(tmp_path: Path) -> None:
 def test_sample_other_devices_and_ah(tmp_path: Path) -> None:
     routes = translate(DATA / "keepalived.conf.vrrp.routes")
     (i,) = loaded(routes.toml, tmp_path).instances
-    assert [str(v) for v in i.vips] == ["192.168.200.16/32"]
-    assert sum("not the instance's interface" in n for n in routes.notes) == 2
+    assert [str(v) for v in i.vips] == ["192.168.200.16/32", "192.168.200.17/32",
+                                        "192.168.200.18/32"]  # as keepalived's adverts list
+    assert sum("WARNING" in n and "not the instance's interface" in n
+               for n in routes.notes) == 2
     ah = translate(DATA / "keepalived.conf.SSL_GET")
     (i,) = loaded(ah.toml, tmp_path).instances
     assert i.password is None
@@ -266,3 +268,59 @@ def test_ipv6_addresses_of_a_v2_instance_are_named_not_carried(tmp_path: Path) -
     assert [str(v) for v in s.vips] == ["10.0.0.1/24"]
     assert any("2001:db8::1/64: not carried: VRRPv2" in n for n in result.notes)
     assert any("vrrp_instance B: no addr: skipped" in n for n in result.notes)
+
+
+def _conf(tmp_path: Path, body: str) -> Path:
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("vrrp_instance A {\n interface eth0\n virtual_router_id 1\n" + body + "}\n")
+    return conf
+
+
+def test_auth_pass_is_the_first_word_only(tmp_path: Path) -> None:
+    result = translate(_conf(tmp_path, " authentication {\n  auth_type PASS\n"
+                                       "  auth_pass ab cd\n }\n virtual_ipaddress {\n"
+                                       "  10.0.0.1\n }\n"))
+    assert tomllib.loads(result.toml)["vhid"][0]["pass"] == "ab"
+
+
+def test_auth_type_is_case_sensitive_as_in_keepalived(tmp_path: Path) -> None:
+    result = translate(_conf(tmp_path, " authentication {\n  auth_type pass\n"
+                                       "  auth_pass abcd\n }\n virtual_ipaddress {\n"
+                                       "  10.0.0.1\n }\n"))
+    assert "pass" not in tomllib.loads(result.toml)["vhid"][0]
+    assert any("case-sensitively" in n for n in result.notes)
+
+
+def test_state_master_without_priority_is_255(tmp_path: Path) -> None:
+    result = translate(_conf(tmp_path, " state MASTER\n virtual_ipaddress {\n  10.0.0.1\n }\n"))
+    assert tomllib.loads(result.toml)["vhid"][0]["priority"] == 255
+    assert any("state MASTER with no priority: priority 255" in n for n in result.notes)
+    given = translate(_conf(tmp_path, " state MASTER\n priority 150\n"
+                                      " virtual_ipaddress {\n  10.0.0.1\n }\n"))
+    assert tomllib.loads(given.toml)["vhid"][0]["priority"] == 150
+
+
+def test_vip_on_another_device_is_kept_with_a_warning(tmp_path: Path) -> None:
+    result = translate(_conf(tmp_path, " virtual_ipaddress {\n  10.0.0.1/24\n"
+                                       "  10.0.1.1/24 dev eth1\n }\n"))
+    assert tomllib.loads(result.toml)["vhid"][0]["addr"] == ["10.0.0.1/24", "10.0.1.1/24"]
+    assert any("WARNING: 10.0.1.1/24 dev eth1" in n for n in result.notes)
+
+
+def test_vip_flags_take_no_value(tmp_path: Path) -> None:
+    result = translate(_conf(tmp_path, " virtual_ipaddress {\n  10.0.0.1/24\n"
+                                       "  10.0.0.5/24 no_track dev eth1\n }\n"))
+    assert any("10.0.0.5/24 dev eth1" in n for n in result.notes)
+    assert any("no_track: not carried for 10.0.0.5/24" in n for n in result.notes)
+
+
+def test_backslash_before_a_comment_is_dropped() -> None:
+    assert words_of(r"auth_pass ab\!cd12") == ["auth_pass", "ab"]
+    assert words_of(r"auth_pass ab\#cd12") == ["auth_pass", "ab"]
+
+
+def test_preempt_delay_is_noted(tmp_path: Path) -> None:
+    result = translate(_conf(tmp_path, " preempt_delay 10\n virtual_ipaddress {\n"
+                                       "  10.0.0.1\n }\n"))
+    assert tomllib.loads(result.toml)["vhid"][0]["preempt_delay"] == 10
+    assert any("first lower-priority advert" in n for n in result.notes)
