@@ -90,6 +90,8 @@ class Steps(Timing):
         self.state = State.MASTER
         self._master_since = to_us(now)
         self._master_down_at = None
+        if self.params.protocol != "carp":  # VRRP's Master_Adver_Interval: ours again
+            self._master_interval_us = None
         self._garps.start(self.params.garp_repeat)
         actions: list[Action] = [Transition(old, State.MASTER, reason, peer), AddVip(), SendGarp()]
         actions.append(self._advert())

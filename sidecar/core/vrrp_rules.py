@@ -6,8 +6,9 @@ that carries a priority, everything else (timers, stop, demotion, grace) is the 
 Timers (sidecar.core.intervals / pacing.Timing): Skew_Time v2 = (256 - priority)/256 s, v3 =
 (256 - priority) x Master_Adver_Interval / 256; Master_Down_Interval = deadratio (3) x
 Master_Adver_Interval + Skew_Time, where v3's Master_Adver_Interval is learnt from every
-advert with a priority above 0 that a BACKUP accepts or that makes a MASTER yield (v2's is
-ours: a v2 advert with another interval never reaches here, keepalived drops it too).
+advert with a priority above 0 that a BACKUP accepts or that makes a MASTER yield, never from
+one discarded, and is our own again once MASTER (keepalived vrrp.c; v2's is ours: a v2 advert
+with another interval never reaches here, keepalived drops it too).
 
 BACKUP hearing:
 - priority 0 (the master resigns): the master-down timer is set to Skew_Time (the best
@@ -60,17 +61,25 @@ class VrrpRules(Steps):
 
     def _vrrp_hears(self, now: float, src: IPv4Address, priority: int,
                     interval_cs: int) -> list[Action]:
-        if priority and self.vrrp_version == 3:
-            self._master_interval_us = max(interval_cs, 1) * CS_US  # Master_Adver_Interval
+        heard = max(interval_cs, 1) * CS_US if self.vrrp_version == 3 else None
         if self.state is State.MASTER:
-            return self._vrrp_master_hears(now, src, priority)
-        return self._vrrp_backup_hears(now, src, priority)
+            return self._vrrp_master_hears(now, src, priority, heard)
+        return self._vrrp_backup_hears(now, src, priority, heard)
 
-    def _vrrp_master_hears(self, now: float, src: IPv4Address, priority: int) -> list[Action]:
+    def _learn(self, interval_us: int | None) -> None:
+        """v3's Master_Adver_Interval, from an advert accepted or yielded to only (keepalived
+        vrrp.c: a discarded lower-priority advert does not change it)."""
+        if interval_us is not None:
+            self._master_interval_us = interval_us
+
+    def _vrrp_master_hears(self, now: float, src: IPv4Address, priority: int,
+                           interval_us: int | None) -> list[Action]:
         if priority == 0:
             return [] if self.grace.active else self._periodic_advert(now)
         ours, own = self.params.priority, self.params.own_ip
         lost = priority > ours or (priority == ours and int(src) > int(own))
+        if lost:
+            self._learn(interval_us)
         if self.grace.active:  # whoever speaks has taken over, or soon would (see Grace)
             return self._leave_master(Reason.PREFERRED_MASTER if lost
                                       else Reason.CANNOT_ADVERTISE, src)
@@ -82,9 +91,11 @@ class VrrpRules(Steps):
             return []
         return self._reassert(now, src, advert=True)
 
-    def _vrrp_backup_hears(self, now: float, src: IPv4Address, priority: int) -> list[Action]:
+    def _vrrp_backup_hears(self, now: float, src: IPv4Address, priority: int,
+                           interval_us: int | None) -> list[Action]:
         t = to_us(now)
         if t < self._paused_until:  # stepped down: listening, not competing
+            self._learn(interval_us if priority else None)
             self._arm_master_down(now)
             self._master_down_at = max(self._master_down_at or 0, self._paused_until)
             return []
@@ -103,6 +114,7 @@ class VrrpRules(Steps):
             self._preempt_held = True  # behind: accepted; the next one is sync_caught_up
         elif not (preempt and priority < p.priority):
             self._preempt_held = False  # this master is not one to preempt
+        self._learn(interval_us)  # accepted
         self._arm_master_down(now)
         if self._vip_undecided:  # another master is settled: what a neutral start left goes
             self._vip_undecided = False

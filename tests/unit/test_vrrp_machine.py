@@ -296,3 +296,32 @@ def test_with_preempt_the_group_converges_on_a_highest_priority_node(
     (master,) = [n for n in nodes if n.state is State.MASTER]
     assert master.machine.params.priority == max(prio for prio, _ in spec)
     assert [n.name for n in nodes if n.holds_vip] == [master.name]
+
+
+def test_v3_a_discarded_lower_advert_does_not_teach_its_interval() -> None:
+    m = Machine(Params(protocol="vrrp3", priority=200, preempt=True,
+                       own_ip=IPv4Address("10.0.0.1")), rng=lambda: 1)
+    m.start(0.0)
+    m.advert_received(0.5, IPv4Address("10.0.0.3"), 1, 0, 0, priority=250, interval_cs=100)
+    down = m.master_down_interval_us
+    assert down == 3 * US + 56 * US // 256  # the accepted master's 1 s
+    m.advert_received(0.6, IPv4Address("10.0.0.2"), 1, 0, 0, priority=100, interval_cs=10)
+    assert m.master_down_interval_us == down  # discarded: 10 cs not learnt
+    m.timer_expired(0.5 + down / US)
+    assert m.state is State.MASTER
+    m.advert_received(5.0, IPv4Address("10.0.0.2"), 1, 0, 0, priority=100, interval_cs=10)
+    assert m.vrrp_master_interval_us == US  # our own, not the lower one's
+    m.advert_received(6.0, IPv4Address("10.0.0.3"), 1, 0, 0, priority=250, interval_cs=50)
+    assert m.state is State.BACKUP
+    assert m.vrrp_master_interval_us == US // 2  # yielded to: learnt
+
+
+def test_v3_the_master_interval_is_ours_again_once_master() -> None:
+    m = Machine(Params(protocol="vrrp3", priority=200, own_ip=IPv4Address("10.0.0.1")),
+                rng=lambda: 1)
+    m.start(0.0)
+    m.advert_received(0.5, IPv4Address("10.0.0.3"), 1, 0, 0, priority=250, interval_cs=20)
+    assert m.vrrp_master_interval_us == US // 5
+    m.timer_expired(10.0)
+    assert m.state is State.MASTER
+    assert m.vrrp_master_interval_us == US
