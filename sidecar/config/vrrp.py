@@ -74,15 +74,23 @@ def problems(m: Any) -> list[str]:
         var = "CARP_PASS" if m.password is not None else "CARP_PASS_FILE"
         out.append(f"{var}: VRRPv3 (RFC 5798, {mode}) has no authentication; remove it "
                    "(keepalived ignores an authentication block with version 3)")
-    if m.protocol == "vrrp2":
-        try:
-            v6 = [str(v.ip) for v in m.vips if isinstance(v, IPv6Interface)]
-        except ValueError:
-            v6 = []  # CARP_ADDR's own error says it
-        if v6:
-            out.append(f"CARP_ADDR: VRRPv2 carries IPv4 addresses only ({', '.join(v6)}); use "
-                       "vrrp3 or another instance (CARP_PROTOCOL=vrrp2)")
+    out += _families(m)
     return out
+
+
+def _families(m: Any) -> list[str]:
+    try:
+        vips = list(m.vips)
+    except ValueError:
+        return []  # CARP_ADDR's own error says it
+    v6 = [str(v.ip) for v in vips if isinstance(v, IPv6Interface)]
+    if m.protocol == "vrrp2" and v6:
+        return [f"CARP_ADDR: VRRPv2 carries IPv4 addresses only ({', '.join(v6)}); use "
+                "vrrp3 or another instance (CARP_PROTOCOL=vrrp2)"]
+    if vips and len(v6) == len(vips):
+        return [f"CARP_ADDR: no IPv4 address: VRRPv3 over IPv6 is not supported yet; an "
+                f"instance needs at least one IPv4 VIP (CARP_PROTOCOL={m.protocol})"]
+    return []
 
 
 def _interval(protocol: str, seconds: float) -> list[str]:
@@ -152,6 +160,9 @@ def figures(protocol: str, priority: int, advert_int: float, has_password: bool
         "master-down interval": f"{down:.3g} s (3 x advert interval + skew time){learnt}",
         "expected failover": (f"about {down:.3g} s when the master fails; about {skew:.3g} s "
                               "when it stops (it sends priority 0)" if priority < OWNER_PRIORITY
-                              else "at once: priority 255, the address owner"),
+                              else "MASTER at once at start (priority 255, the address "
+                              "owner); when it fails the backups still wait their master-down "
+                              f"interval: {3 * advert_int:.3g} s + their own skew time; when it "
+                              "stops (priority 0), their skew time"),
         "authentication": auth,
     }

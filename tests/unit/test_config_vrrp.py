@@ -187,3 +187,18 @@ def test_run_refuses_with_one_line_and_status_2(tmp_path: Path) -> None:
         "carp-sidecar: configuration error: CARP_PASS: VRRPv3 (RFC 5798, CARP_PROTOCOL=vrrp3) "
         "has no authentication; remove it (keepalived ignores an authentication block with "
         "version 3)"]
+
+
+@pytest.mark.parametrize("protocol", ["vrrp2", "vrrp3"])
+def test_an_ipv6_only_instance_is_refused_in_one_line(protocol: str) -> None:
+    (line,) = refused({"CARP_PROTOCOL": protocol, "CARP_ADDR": "2001:db8::7/64"})
+    assert line.startswith("CARP_ADDR: ")
+    if protocol == "vrrp3":
+        assert "VRRPv3 over IPv6 is not supported yet" in line
+    assert one({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "10.0.0.7/24,2001:db8::7/64"})
+
+
+def test_the_owner_s_failover_is_not_at_once_for_a_failure() -> None:
+    failover = vrrp.figures("vrrp2", 255, 1.0, False)["expected failover"]
+    assert "the backups still wait their master-down interval: 3 s + their own skew" in failover
+    assert not failover.startswith("at once")
