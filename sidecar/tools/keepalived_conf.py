@@ -90,6 +90,24 @@ def words_of(line: str) -> list[str]:
     return out
 
 
+VIP_FLAGS = {"no_track", "home", "nodad", "-nodad", "noprefixroute", "autojoin", "mngtmpaddr"}
+
+
+def vip_options(options: list[str]) -> tuple[dict[str, str], list[str]]:
+    """A VIP line's options keyword by keyword: flags take no value, the rest one."""
+    pairs: dict[str, str] = {}
+    flags: list[str] = []
+    i = 0
+    while i < len(options):
+        if options[i] in VIP_FLAGS or i + 1 == len(options):
+            flags.append(options[i])
+            i += 1
+        else:
+            pairs[options[i]] = options[i + 1]
+            i += 2
+    return pairs, flags
+
+
 Token = tuple[str, str]  # a word (or "\n" at a line's end), and where: file:line
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sidecar.tools.keepalived_conf import ConfError, Node, read
+from sidecar.tools.keepalived_conf import ConfError, Node, read, vip_options
 
 SHELL = re.compile(r"[<>|&;$`*?(){}]")  # a script keepalived hands to /bin/sh
 # directives with no carp-sidecar counterpart -> why (the rest get a generic reason)
@@ -238,7 +238,7 @@ def _addresses(d: Node, table: dict[str, Any], state: _State) -> None:
     labels: set[str] = set()
     for entry in d.children():
         address = entry.name
-        pairs, flags = _vip_options(entry.args)
+        pairs, flags = vip_options(entry.args)
         dev = pairs.pop("dev", None)
         if dev is not None and dev != table.get("interface", dev):
             state.notes.append(
@@ -266,24 +266,6 @@ def _addresses(d: Node, table: dict[str, Any], state: _State) -> None:
                    "(if_alias)")
     if addrs:
         table["addr"] = addrs
-
-
-VIP_FLAGS = {"no_track", "home", "nodad", "noprefixroute", "autojoin", "mngtmpaddr"}
-
-
-def _vip_options(options: list[str]) -> tuple[dict[str, str], list[str]]:
-    """A VIP line's options keyword by keyword: flags take no value, the rest one."""
-    pairs: dict[str, str] = {}
-    flags: list[str] = []
-    i = 0
-    while i < len(options):
-        if options[i] in VIP_FLAGS or i + 1 == len(options):
-            flags.append(options[i])
-            i += 1
-        else:
-            pairs[options[i]] = options[i + 1]
-            i += 2
-    return pairs, flags
 
 
 def _peers(d: Node, table: dict[str, Any], state: _State) -> None:
