@@ -114,14 +114,20 @@ def one_run(kind: str, scenario: str) -> dict[str, float | None]:
         time.sleep(2.5)  # node-b settled as BACKUP
         began = time.time()
         event(lab, scenario)()
-        try:
-            lab.wait(lambda: lab.client_sees() == "node-b", GIVE_UP, "node-b")
-        except TimeoutError:
-            return {"downtime_ms": None, "takeover_ms": None}
-        first_b = next(line["t"] for line in lab.probe_lines
-                       if line["t"] >= began and line["body"] == "node-b")
-        return {"downtime_ms": lab.downtime_ms(began, "node-b"),
-                "takeover_ms": round((first_b - began) * 1000, 1)}
+        return node_b_took_over(lab, began)
+
+
+def node_b_took_over(lab: Lab, began: float) -> dict[str, float | None]:
+    """After an event at ``began`` (Unix time): the client's downtime until node-b answers, and
+    when it first did (ms), both None if it never does within GIVE_UP."""
+    try:
+        lab.wait(lambda: lab.client_sees() == "node-b", GIVE_UP, "node-b")
+    except TimeoutError:
+        return {"downtime_ms": None, "takeover_ms": None}
+    first_b = next(line["t"] for line in lab.probe_lines
+                   if line["t"] >= began and line["body"] == "node-b")
+    return {"downtime_ms": lab.downtime_ms(began, "node-b"),
+            "takeover_ms": round((first_b - began) * 1000, 1)}
 
 
 def idle_cost(seconds: float) -> dict[str, dict[str, float]]:

@@ -46,7 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_failover import _tree, summarize  # beside this file
+from bench_failover import _tree, node_b_took_over, summarize  # beside this file
 from bench_instances import NO_LAB_DEFAULTS, cpu_seconds, rss_mb
 from results import merge
 
@@ -58,7 +58,6 @@ PAIRS = (("keepalived", "keepalived"), ("keepalived", "carp-sidecar"),
 SCENARIOS = ("unplug", "stop")
 PRIORITY = {"a": 150, "b": 100}
 VIP2 = "172.16.0.2"
-GIVE_UP = 12.0
 
 KEEPALIVED_INSTANCE = """vrrp_instance VI_{vrid} {{
   state BACKUP
@@ -133,14 +132,7 @@ def one_run(version: str, pair: tuple[str, str], scenario: str) -> dict[str, flo
             lab.topo.unplug("a")
         else:
             lab.stop_agent("a", sig=signal.SIGTERM)
-        try:
-            lab.wait(lambda: lab.client_sees() == "node-b", GIVE_UP, "node-b")
-        except TimeoutError:
-            return {"downtime_ms": None, "takeover_ms": None}
-        first_b = next(line["t"] for line in lab.probe_lines
-                       if line["t"] >= began and line["body"] == "node-b")
-        return {"downtime_ms": lab.downtime_ms(began, "node-b"),
-                "takeover_ms": round((first_b - began) * 1000, 1)}
+        return node_b_took_over(lab, began)
 
 
 def idle_cost(seconds: float) -> dict[str, dict[str, float]]:
