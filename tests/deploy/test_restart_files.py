@@ -72,12 +72,12 @@ def test_the_base_bows_out_and_the_component_arms_the_intent_before_sigterm(
     assert "TRADE-OFF" in text and "master-down interval" in text
 
 
-def test_systemd_reload_is_the_configuration_reload_and_restart_is_documented() -> None:
+def test_systemd_reload_is_the_restart_in_place_and_the_reload_is_documented() -> None:
     service = unit()["Service"]
     assert service["ExecReload"] == ("/opt/carp-sidecar/bin/carp-sidecar --env-file "
-                                     "/etc/carp-sidecar/%i.env reload")
+                                     "/etc/carp-sidecar/%i.env restart")
     text = (DEPLOY / "systemd/carp-sidecar@.service").read_text()
-    assert "carp-sidecar --env-file /etc/carp-sidecar/NAME.env restart" in text
+    assert "carp-sidecar --env-file /etc/carp-sidecar/NAME.env reload" in text
 
 
 def test_compose_says_how_to_upgrade_without_a_move() -> None:
