@@ -65,8 +65,9 @@ class Vhid:
                            help="advert skew, 1/256 s 0-255; lower wins (default 0)",
                            ucarp=Ucarp("advskew", "k", "advertisement skew (0-255)"))
     preempt: bool = setting(False, env="PREEMPT", help="take over from a worse master (default "
-                            "false; true with CARP_PROTOCOL=vrrp2/vrrp3)", ucarp=Ucarp("preempt", "P", "becomes a master as soon as "
-                                                  "possible", flag="true"))
+                            "false; true with CARP_PROTOCOL=vrrp2/vrrp3)",
+                            ucarp=Ucarp("preempt", "P", "becomes a master as soon as possible",
+                                        flag="true"))
     upscript: Path | None = setting(None, env="UPSCRIPT",
                                     help="script run on becoming MASTER: script IFACE VIP [XPARAM]",
                                     ucarp=Ucarp("upscript", "u", "run <file> to become a master"))
