@@ -108,8 +108,7 @@ def _sync(sync: dict[str, Any], now: float) -> list[str]:
 
 def render(doc: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    agent = doc.get("agent")
-    out = [_agent(agent, now)] if isinstance(agent, dict) else []
+    out: list[str] = []
     for inst in doc.get("instances") or [doc]:
         last = inst.get("last_transition") or {}
         since = inst.get("master_since") if inst.get("state") == "MASTER" else last.get("at")
@@ -137,4 +136,7 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
                        "interval); " + ("within the skew time on a graceful stop or demote "
                                         "(priority 0)" if vrrp else
                                         "at once on a graceful stop or demote (bow-out)"))
+    agent = doc.get("agent")  # last: the first line stays the first VHID's (`| head -1`)
+    if isinstance(agent, dict):
+        out.append(_agent(agent, now))
     return "\n".join(out)

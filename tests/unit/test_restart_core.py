@@ -275,12 +275,12 @@ def test_carp_sidecar_status_shows_the_agent_line_and_tolerates_older_agents() -
     agent = {"version": "1.4.0", "started": started, "pid": 1, "restarts": 3,
              "restart_on_stop_until": started + 298, "last_restart": None}
     lines = render({**inst, "agent": agent}, now=started + 60).splitlines()
-    assert lines[0] == ("agent: version 1.4.0, up since 2026-12-05 03:10:02 UTC (pid 1), "
-                        "3 restarts; keeps the VIP on the next stop until 03:15:00")
-    assert lines[1].startswith("vhid 1 on eth0: MASTER")
+    assert lines[-1] == ("agent: version 1.4.0, up since 2026-12-05 03:10:02 UTC (pid 1), "
+                         "3 restarts; keeps the VIP on the next stop until 03:15:00")
+    assert lines[0].startswith("vhid 1 on eth0: MASTER")  # first, as `| head -1` expects
     later = render({**inst, "agent": {**agent, "restarts": 1, "last_restart": {
         "kind": "in_place", "from_version": "1.3.0", "seconds": 0.42}}}, now=started + 400)
-    assert later.splitlines()[0].endswith(  # the intent expired: not shown
+    assert later.splitlines()[-1].endswith(  # the intent expired: not shown
         "1 restart (last in place from 1.3.0 in 0.42 s)")
     assert render(inst, now=started).splitlines()[0].startswith("vhid 1 on eth0")  # no block
-    assert render({**inst, "agent": {}}, now=started).splitlines()[0] == "agent: version ?"
+    assert render({**inst, "agent": {}}, now=started).splitlines()[-1] == "agent: version ?"
