@@ -21,75 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar.core.machine import State
-from sidecar.net.held import identity
 from sidecar.net.rtmsg import set_lifetimes
 from sidecar.runtime import resume
-from sidecar.runtime.resume import ResumedCheck, ResumedInstance, ResumeRecord
+from sidecar.runtime.restart import key, leased_vips, present_vips, record_for
+from sidecar.runtime.resume import ResumeRecord
 
 if TYPE_CHECKING:
     from sidecar.runtime.agent import Agent
-    from sidecar.runtime.instance import Instance
 
 log = logging.getLogger("carp-sidecar")
 Held = tuple[int, str, int]  # (interface index, address, prefix length), as the record lists
 
 
-async def present_vips(agent: Agent) -> dict[int, list[Held]]:
-    """Each instance's configured VIPs found on its VIP interface now (one dump each), keyed
-    by id(instance). What the record promises the successor must be there: an address the
-    agent believes in but the kernel lost is not carried."""
-    found: dict[int, list[Held]] = {}
-    for instance in agent.instances:
-        index = instance.vip_index
-        wanted = {vip.ip for vip in instance.s.vips}
-        have = [] if index is None else await agent.nl.addresses(index)
-        found[id(instance)] = [(index, str(a.ip), a.network.prefixlen)
-                               for a in have if a.ip in wanted and index is not None]
-    return found
-
-
-def resumed_instance(instance: Instance, vips: list[Held]) -> ResumedInstance:
-    session, machine = instance.session, instance.machine
-    return ResumedInstance(
-        interface=instance.s.interface, vhid=instance.s.vhid,
-        state="MASTER" if machine.state is State.MASTER and not machine.stopping else "BACKUP",
-        vips=vips, master_since=instance.reporter.master_since,
-        sent_at=session.link.sent_at, advert_interval=machine.advert_interval_us / 1e6,
-        maintenance=dict(session.maintenance),
-        epoch=0 if instance.replica is None else instance.replica.epochs.epoch)
-
-
-def record_from_agent(agent: Agent, kind: str, present: dict[int, list[Held]],
-                      restarts: dict[str, int], now: float | None = None,
-                      until: float | None = None) -> ResumeRecord:
-    """The record of the running agent (either kind: one builder). ``present``: from
-    :func:`present_vips`; ``until`` defaults to the backups' patience
-    (:func:`resume.until_for`); version and start time from the agent's /status ``agent``."""
-    now = time.monotonic() if now is None else now
-    instances = [resumed_instance(i, present.get(id(i), [])) for i in agent.instances]
-    if until is None:
-        masters = [i.s.deadratio for i in agent.instances if i.machine.state is State.MASTER]
-        until = resume.until_for(instances, now, min(masters, default=3))
-    me, about = identity(), agent.status()["agent"]
-    return ResumeRecord(
-        kind=kind, pid=about["pid"], version=str(about["version"]), boot_id=me["boot_id"],
-        netns=me["netns"], until=until, restarts=dict(restarts),
-        started=float(about["started"]), instances=instances,
-        checks={name: ResumedCheck(m.healthy, m.failed_since)
-                for name, m in agent.monitors.items()},
-        booted=resume.boot_time(), written=now)
-
-
-def leased(agent: Agent, record: ResumeRecord) -> list[Held]:
-    """The MASTERs' VIPs the agent adds by netlink (scripts own theirs; a BACKUP's, a neutral
-    one's, no successor renews: no lease on those)."""
-    by_key = {i.key: i for i in record.instances}
-    return [v for i in agent.instances if not i.s.manages_vip_by_scripts
-            for r in [by_key[(i.s.interface, i.s.vhid)]] if r.state == "MASTER"
-            for v in r.vips]
-
-
-async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None) -> bool:
+async def stop_for_restart(agent: Agent) -> bool:
     """Stop holding the VIPs for the next process on CARP_STATE_DIR (the restart intent was
     armed); True once done. False, with the reason logged, when it cannot be done safely:
     the caller then stops as usual (bow-out, VIPs dropped, downscript)."""
@@ -107,9 +51,9 @@ async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None)
         return False
     async with agent.reload_lock:  # a reload under way ends first: nothing changes after
         try:
-            present = await present_vips(agent)
+            present = {key(i): await present_vips(agent, i) for i in agent.instances}
             now = time.monotonic()
-            record = record_from_agent(agent, "on_stop", present, restarts or {}, now)
+            record = record_for(agent, present, now, kind="on_stop")
             resume.write_state_dir(state_dir, record)
         except Exception as e:  # OSError: a full or read-only disk; anything else: a bug
             log.error("Cannot write the restart record in %s (%s): stopping as a plain stop "
@@ -133,7 +77,7 @@ async def stop_for_restart(agent: Agent, restarts: dict[str, int] | None = None)
 def _lease(agent: Agent, record: ResumeRecord, seconds: int, state_dir: Path) -> bool:
     """The kernel's lifetime on the VIPs: without it, a successor that never comes would leave
     them here forever beside the backup's. Any failure undoes the lot."""
-    vips = leased(agent, record)
+    vips = leased_vips(agent, record)
     try:
         problems = set_lifetimes(vips, seconds)
     except OSError as e:

@@ -9,7 +9,6 @@ restart on stop is here too (the stop itself: sidecar.runtime.onstop).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import math
@@ -130,7 +129,7 @@ def record_for(agent: Agent, present: dict[tuple[str, int], list[Vip]], now: flo
                kind: str = KIND) -> ResumeRecord:
     """The record of every instance and health check as they are now."""
     instances = [ResumedInstance(
-        interface=i.s.interface, vhid=i.s.vhid, state=i.machine.state.name,
+        interface=i.s.interface, vhid=i.s.vhid, state=state_of(i),
         vips=present.get(key(i), []), master_since=i.reporter.master_since,
         sent_at=i.session.link.sent_at, advert_interval=interval(i),
         maintenance=dict(i.maintenance), epoch=epoch_of(i)) for i in agent.instances]
@@ -146,6 +145,12 @@ def record_for(agent: Agent, present: dict[tuple[str, int], list[Vip]], now: flo
                         booted=resume.boot_time(), written=now,
                         on_stop_until=None if agent.on_stop_until is None
                         else list(agent.on_stop_until))
+
+
+def state_of(instance: Instance) -> str:
+    """A MASTER already bowing out is no MASTER to resume."""
+    machine = instance.machine
+    return "BACKUP" if machine.state is State.MASTER and machine.stopping else machine.state.name
 
 
 def epoch_of(instance: Instance) -> int:
@@ -309,8 +314,7 @@ async def stop_for_restart(agent: Agent) -> bool:
     if armed is None or time.monotonic() >= armed[1]:
         return False
     from sidecar.runtime import onstop  # only on this path
-    done = onstop.stop_for_restart(agent, dict(agent.restart_counts))  # carried on
-    return bool(await done if inspect.isawaitable(done) else done)
+    return await onstop.stop_for_restart(agent)
 
 
 def agent_status(agent: Agent) -> dict[str, Any]:
