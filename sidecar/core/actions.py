@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
+# a VRRPv3 instance over IPv6 (sidecar.core.vrrp6) has IPv6 sources and peers
+Address = IPv4Address | IPv6Address
 UNSPECIFIED = IPv4Address("0.0.0.0")
 
 
@@ -47,7 +49,7 @@ class Params:
     neutral: bool = False
     ignoreifstate: bool = False
     garp_repeat: int = 2  # GARPs per takeover: one at once, the rest with later adverts
-    own_ip: IPv4Address = UNSPECIFIED  # srcip, for the equal-interval tie-break
+    own_ip: Address = UNSPECIFIED  # srcip, for the equal-interval tie-break
     preempt_delay: float = 0.0  # s after start or link up before preempting a working master
     # Sub-second mode's dead timer (VRRPv3's): deadratio x the master's advertised interval +
     # own skew, instead of ucarp's advbase x deadratio + skew, which at advbase 0 is the own
@@ -129,7 +131,7 @@ class Transition:
     old: State
     new: State
     reason: Reason
-    peer: IPv4Address | None = None
+    peer: Address | None = None
     # filled by the session (sidecar.core.session), which knows whether a master was heard
     # before a takeover; None from the machine alone: see planned()
     planned: bool | None = None
@@ -155,7 +157,7 @@ class Conflict:
     is not the routine crossing of a preemption): split-brain evidence. ``announce`` is set at
     most once per advert interval, for the log line."""
 
-    peer: IPv4Address
+    peer: Address
     announce: bool
 
 

@@ -75,11 +75,10 @@ Rules beyond ucarp, each because a sidecar needs it:
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
-
 from sidecar.core.actions import (
     UNSPECIFIED,
     Action,
+    Address,
     AddVip,
     Conflict,
     DropVip,
@@ -162,7 +161,7 @@ class Machine(VrrpRules):
             return self._leave_master(Reason.CANNOT_ADVERTISE)  # no timers until it can
         return []
 
-    def advert_received(self, now: float, src: IPv4Address, advbase: int, advskew: int,
+    def advert_received(self, now: float, src: Address, advbase: int, advskew: int,
                         counter: int, priority: int | None = None,
                         interval_cs: int = 0) -> list[Action]:
         """A valid (authenticated, our vhid) advert from ``src``. VRRP (``priority`` given,
@@ -300,7 +299,7 @@ class Machine(VrrpRules):
         return [*actions, Stopped()]
 
     # ---- an advert heard ----
-    def _master_hears(self, now: float, src: IPv4Address, remote: tuple[int, int]) -> list[Action]:
+    def _master_hears(self, now: float, src: Address, remote: tuple[int, int]) -> list[Action]:
         local = self.local_key
         lost = local > remote or (local == remote and le_order(src) < le_order(self.params.own_ip))
         if self.grace.active and remote != BOW_OUT_KEY:
@@ -314,7 +313,7 @@ class Machine(VrrpRules):
             return actions
         return self._reassert(now, src)
 
-    def _backup_hears(self, now: float, src: IPv4Address, remote: tuple[int, int]) -> list[Action]:
+    def _backup_hears(self, now: float, src: Address, remote: tuple[int, int]) -> list[Action]:
         preempt_later = False
         if to_us(now) < self._paused_until:  # stepped down: listening, not competing
             self._arm_master_down(now)

@@ -4,8 +4,8 @@ for whoever reports them. Plain values: the runtime matches on their type."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
+from sidecar.core.actions import Address
 from sidecar.core.machine import Action
 from sidecar.core.protocol import AdvertError
 
@@ -38,7 +38,7 @@ class Dropped:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    peer: IPv4Address
+    peer: Address
     advbase: int
     advskew: int
     counter: int
@@ -64,7 +64,7 @@ class PeersSwept:
 class PeerCounterBehind:
     """Strict: every advert from ``peer`` for ``stuck_for`` s was a replay (reported once)."""
 
-    peer: IPv4Address
+    peer: Address
     stuck_for: float
     counter: int
     last: int
@@ -72,7 +72,7 @@ class PeerCounterBehind:
 
 @dataclass(frozen=True, slots=True)
 class PeerCounterBack:
-    peer: IPv4Address
+    peer: Address
     last: int
 
 
@@ -151,7 +151,7 @@ class Notify:
 
     state: str
     reason: str
-    peer: IPv4Address | None
+    peer: Address | None
 
 
 Event = (Dropped | Accepted | PeersEvicted | PeersSwept | PeerCounterBehind | PeerCounterBack

@@ -5,9 +5,8 @@ advertise. Pure."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address
 
-from sidecar.core.actions import Params
+from sidecar.core.actions import Address, Params
 from sidecar.core.intervals import (
     CS_US,
     advert_interval_us,
@@ -23,7 +22,7 @@ from sidecar.core.intervals import (
 SYNC_BEHIND_SKEW = 240
 
 
-def le_order(ip: IPv4Address) -> int:
+def le_order(ip: Address) -> int:
     """ucarp compares raw s_addr on little-endian hosts: the last octet is most significant."""
     return int.from_bytes(ip.packed, "little")
 

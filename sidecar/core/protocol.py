@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 
+from sidecar.core.actions import Address
 from sidecar.core.auth import DEFAULT_GROUP
 
 CARP_PROTO = 112
@@ -91,9 +92,9 @@ class Advert:
 class Received:
     """An authenticated advertisement with the IP fields the state machine needs."""
 
-    src: IPv4Address
-    dst: IPv4Address
-    ttl: int
+    src: Address
+    dst: Address
+    ttl: int  # IPv6: the hop limit
     advert: Advert
     by_next_key: bool = False  # authenticated by Expect.next_key (a rotation under way)
     # VRRP (sidecar.core.vrrp): the advert's fields; ``advert`` is then a view (carp_view)
@@ -111,8 +112,8 @@ class Expect:
     group: IPv4Address = DEFAULT_GROUP
     # Unicast mode (CARP_PEERS): only these sources; adverts to ``own`` are accepted too, and
     # their TTL may have been decremented by routers (FreeBSD's rule for unicast peers).
-    peers: frozenset[IPv4Address] | None = None
-    own: IPv4Address | None = None
+    peers: frozenset[Address] | None = None
+    own: Address | None = None
     multicast: bool = True  # adverts to the group are accepted (not in unicast-only mode)
     strict: bool = False  # the HMAC covers the whole header and the source (strict_hmac)
     # CARP_PASS_NEXT: a second key accepted (never sent with) while a password is rotated
@@ -121,7 +122,7 @@ class Expect:
     # none), ``vips`` the IPv4 address list adverts carry (empty: ``vip`` alone), and a v2
     # advert with another interval than ``advert_int_cs`` is dropped (keepalived's check)
     protocol: str = "carp"
-    vips: tuple[IPv4Address, ...] = ()
+    vips: tuple[Address, ...] = ()  # an IPv6 instance's: its IPv6 VIPs
     advert_int_cs: int = 100
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from sidecar.core.actions import Address
 from sidecar.core.outputs import Accepted, Dropped, Output, PeerCounterBack, PeerCounterBehind
 from sidecar.core.peers import ReplayGuard
 from sidecar.core.protocol import (
@@ -18,6 +19,7 @@ from sidecar.core.protocol import (
     parse_packet,
 )
 from sidecar.core.vrrp import parse_packet as parse_vrrp
+from sidecar.core.vrrp6 import parse_packet6
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +33,17 @@ class Screened:
 
 def screen(packet: bytes, expect: Expect, replays: ReplayGuard | None, now: float) -> Screened:
     """``replays``: strict mode's window (None: ucarp's rules, no counter check)."""
+    ipv6 = bool(packet) and packet[0] >> 4 == 6  # a VRRPv3 instance over IPv6
     try:
-        received = (parse_packet if expect.protocol == "carp" else parse_vrrp)(packet, expect)
+        parse = parse_packet6 if ipv6 else parse_packet if expect.protocol == "carp" \
+            else parse_vrrp
+        received = parse(packet, expect)
     except AdvertError as e:
         claim = None
         if e.reason is DropReason.BAD_HMAC:
             carp = (packet[0] & 0x0F) * 4  # parse_packet has checked the lengths
             claim = (str(IPv4Address(packet[12:16])), packet[carp + 5], packet[carp + 2])
-        return Screened(None, (Dropped(e, packet[12:16]),), claim)
+        return Screened(None, (Dropped(e, packet[8:24] if ipv6 else packet[12:16]),), claim)
     ad, src = received.advert, received.src
     out: list[Output] = []
     if replays is not None and not _counted(replays, now, src, ad.counter, out):
@@ -51,7 +56,7 @@ def screen(packet: bytes, expect: Expect, replays: ReplayGuard | None, now: floa
     return Screened(received, tuple(out))
 
 
-def _counted(replays: ReplayGuard, now: float, src: IPv4Address, counter: int,
+def _counted(replays: ReplayGuard, now: float, src: Address, counter: int,
              out: list[Output]) -> bool:
     """Strict mode: is the counter above the peer's last one? A listed peer whose every
     advert is a "replay" for a master-down interval restarted with its clock behind and lost

@@ -14,7 +14,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+
+from sidecar.core.actions import Address
 
 UNROUTABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV,
                         errno.ENXIO, errno.ENETDOWN, errno.EPERM, errno.EACCES})  # EPERM: firewall
@@ -63,7 +64,7 @@ class LinkState:
             return None
         return armed if armed is not None else now + SEND_CHECK_INTERVAL
 
-    def reason(self, srcip: IPv4Address, interface: str) -> str | None:
+    def reason(self, srcip: Address, interface: str) -> str | None:
         """Why adverts cannot leave, or None."""
         if not self.source_present:
             return f"source address {srcip} is not on {interface}"

@@ -20,9 +20,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
-from sidecar.core.actions import planned
+from sidecar.core.actions import Address, planned
 from sidecar.core.claims import STALE_LOG_BACKOFF, VipClaims
 from sidecar.core.machine import (
     Action,
@@ -76,7 +75,7 @@ class SessionConfig:
     garp_refresh: float = 0.0  # s between GARP refreshes while MASTER; 0: none
 
     @property
-    def srcip(self) -> IPv4Address:
+    def srcip(self) -> Address:
         return self.params.own_ip
 
     @property
@@ -367,7 +366,7 @@ class Session(VipClaims):
         self._at.probe = now + PROBE_AFTER_TAKEOVER
         self._notified = "MASTER"  # a bow-out that follows (demoted meanwhile) is news to it
 
-    def _notify(self, reason: str, peer: IPv4Address | None = None) -> list[Output]:
+    def _notify(self, reason: str, peer: Address | None = None) -> list[Output]:
         state = self.notify_state()
         if state == self._notified or state == "INIT":
             return []

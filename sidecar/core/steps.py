@@ -6,10 +6,10 @@ Pure; deadlines in integer µs."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address
 
 from sidecar.core.actions import (
     Action,
+    Address,
     AddVip,
     Conflict,
     DropVip,
@@ -41,7 +41,7 @@ class Steps(Timing):
         self._advert_at: int | None = None  # deadlines in integer µs
         self._master_down_at: int | None = None
         self._master_down_reason = Reason.MASTER_DOWN
-        self._master_down_peer: IPv4Address | None = None
+        self._master_down_peer: Address | None = None
         self._preempt_after = 0  # µs: no preemption before this (start, link back)
         self._vip_undecided = False  # neutral start: a VIP found in place is neither ours nor not
         self._master_interval_us: int | None = None  # the master's, as last advertised
@@ -83,7 +83,7 @@ class Steps(Timing):
     def _preempt_reason(self) -> Reason:
         return Reason.SYNC_CAUGHT_UP if self._preempt_held else Reason.PREEMPT
 
-    def _become_master(self, now: float, reason: Reason, peer: IPv4Address | None) -> list[Action]:
+    def _become_master(self, now: float, reason: Reason, peer: Address | None) -> list[Action]:
         old = self.state
         self._vip_undecided = False
         self._preempt_held = False
@@ -105,7 +105,7 @@ class Steps(Timing):
             actions.append(SendGarp())
         return actions
 
-    def _leave_master(self, reason: Reason, peer: IPv4Address | None = None) -> list[Action]:
+    def _leave_master(self, reason: Reason, peer: Address | None = None) -> list[Action]:
         self.state = State.BACKUP
         self._master_since = None
         self._advert_at = None
@@ -134,7 +134,7 @@ class Steps(Timing):
     def _bow_out_advert(self) -> SendAdvert:
         return SendAdvert(BOW_OUT, BOW_OUT, self._counter.next(), handover=True)
 
-    def _reassert(self, now: float, src: IPv4Address, advert: bool = False) -> list[Action]:
+    def _reassert(self, now: float, src: Address, advert: bool = False) -> list[Action]:
         """We stay MASTER over a worse one. Unauthenticated fields (source, skew) make this
         reachable by replays at line rate, so what it costs us (GARPs, log lines) is limited
         to once per advert interval. ``advert`` (VRRP): an advert goes with the GARP, as

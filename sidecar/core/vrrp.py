@@ -51,7 +51,7 @@ import struct
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 
-from sidecar.core.actions import Params, SendAdvert
+from sidecar.core.actions import Address, Params, SendAdvert
 from sidecar.core.protocol import (
     ADVERT_LEN,
     CARP_AUTHLEN,
@@ -237,7 +237,7 @@ def _checksum_ok(message: bytes, version: int, src: IPv4Address, dst: IPv4Addres
                                          + message) == 0
 
 
-def expected_vips(expect: Expect) -> tuple[IPv4Address, ...]:
+def expected_vips(expect: Expect) -> tuple[Address, ...]:
     """The address list our adverts carry and peers' must: Expect.vips, else its one ``vip``."""
     return expect.vips or ((expect.vip,) if int(expect.vip) else ())
 

@@ -43,9 +43,7 @@ refuses 255 unless every VIP is the node's own, so two owners are a configuratio
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
-
-from sidecar.core.actions import Action, DropVip, Reason, State
+from sidecar.core.actions import Action, Address, DropVip, Reason, State
 from sidecar.core.intervals import CS_US, to_us
 from sidecar.core.steps import Steps
 
@@ -59,7 +57,7 @@ class VrrpRules(Steps):
         return (self.params.protocol != "carp" and self.params.priority == OWNER
                 and self._link_usable and not self.demoted)
 
-    def _vrrp_hears(self, now: float, src: IPv4Address, priority: int,
+    def _vrrp_hears(self, now: float, src: Address, priority: int,
                     interval_cs: int) -> list[Action]:
         heard = max(interval_cs, 1) * CS_US if self.vrrp_version == 3 else None
         if self.state is State.MASTER:
@@ -72,7 +70,7 @@ class VrrpRules(Steps):
         if interval_us is not None:
             self._master_interval_us = interval_us
 
-    def _vrrp_master_hears(self, now: float, src: IPv4Address, priority: int,
+    def _vrrp_master_hears(self, now: float, src: Address, priority: int,
                            interval_us: int | None) -> list[Action]:
         if priority == 0:
             return [] if self.grace.active else self._periodic_advert(now)
@@ -91,7 +89,7 @@ class VrrpRules(Steps):
             return []
         return self._reassert(now, src, advert=True)
 
-    def _vrrp_backup_hears(self, now: float, src: IPv4Address, priority: int,
+    def _vrrp_backup_hears(self, now: float, src: Address, priority: int,
                            interval_us: int | None) -> list[Action]:
         t = to_us(now)
         if t < self._paused_until:  # stepped down: listening, not competing

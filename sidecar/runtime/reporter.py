@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 from sidecar.config.runconfig import Vhid
@@ -158,7 +158,7 @@ class Reporter:
                         "carp_adverts_dropped_total)", self.which(), error, extra=extra)
 
     def _drop_fields(self, reason: str, src: bytes | None) -> dict[str, Any]:
-        peer = str(IPv4Address(src)) if src is not None and len(src) == 4 else None
+        peer = str(ip_address(src)) if src is not None and len(src) in (4, 16) else None
         return self._fields(reason=reason, peer=peer)
 
     def _behind(self, b: outputs.PeerCounterBehind, session: Session, now: float) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import platform
 import time
 from collections.abc import Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from prometheus_client import (
     CollectorRegistry,
@@ -284,7 +284,7 @@ class InstanceMetrics:
     """The series of one instance, bound once; all present from the start."""
 
     def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str],
-                 strict_peers: Iterable[IPv4Address] = (), group: str = "",
+                 strict_peers: Iterable[IPv4Address | IPv6Address] = (), group: str = "",
                  protocol: str = "carp") -> None:
         self.family = m
         self.labels = {"group": group or f"vhid{vhid}", "vhid": str(vhid), "interface": interface}
@@ -372,7 +372,7 @@ class InstanceMetrics:
                               for ok in (True, False)}
 
     def _bind_conflicts(self, m: Metrics, lb: dict[str, str],
-                        strict_peers: Iterable[IPv4Address]) -> None:
+                        strict_peers: Iterable[IPv4Address | IPv6Address]) -> None:
         """Split-brain evidence and the peers."""
         self.conflicts = {e: m.conflicts.labels(**lb, evidence=e) for e in EVIDENCE}
         self.peers = m.peers.labels(**lb)

@@ -1,0 +1,149 @@
+"""VRRPv3 over IPv6 (sidecar.core.vrrp6) against a packet laid out by hand from RFC 5798 §5.1
+and RFC 8200 §8.1, and against scapy's IPv6/VRRPv3 layers as an independent encoder/decoder."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.layers.vrrp import VRRPv3
+
+from sidecar.core.actions import Params, SendAdvert
+from sidecar.core.outputs import Accepted, Dropped
+from sidecar.core.protocol import AdvertError, DropReason, Expect, internet_checksum
+from sidecar.core.screen import screen
+from sidecar.core.vrrp6 import (
+    VRRP6_GROUP,
+    advert_for,
+    build_vrrp6,
+    ip6_packet,
+    multicast_mac,
+    parse_packet6,
+    vrrp6_frame,
+)
+
+SRC = IPv6Address("fe80::1")
+PEER = IPv6Address("fe80::2")
+VIP = IPv6Address("fe80::100")
+VIP2 = IPv6Address("2001:db8::100")
+V6 = Expect(vhid=5, key=b"", vip=IPv4Address(0), protocol="vrrp3",
+            vips=(VIP, VIP2), advert_int_cs=100)
+
+
+def packet(priority: int = 100, src: IPv6Address = SRC, dst: IPv6Address = VRRP6_GROUP,
+           vips: tuple[IPv6Address, ...] = (VIP, VIP2), hops: int = 255) -> bytes:
+    return ip6_packet(build_vrrp6(5, priority, 100, vips, src=src, dst=dst), src, dst, hops)
+
+
+def test_built_as_the_rfcs_lay_it_out() -> None:
+    p = packet()
+    assert p[0] == 0x6C and p[1] == 0x00  # version 6, traffic class 0xc0 (keepalived's)
+    assert int.from_bytes(p[4:6], "big") == 8 + 32 and p[6] == 112 and p[7] == 255
+    assert p[8:24] == SRC.packed and p[24:40] == VRRP6_GROUP.packed
+    vrrp = p[40:]
+    assert vrrp[:4] == bytes((0x31, 5, 100, 2)) and vrrp[4:6] == b"\x00\x64"
+    assert vrrp[8:24] == VIP.packed and vrrp[24:40] == VIP2.packed  # configuration order
+    # RFC 8200 §8.1: src, dst, 32-bit upper-layer length, 3 zero bytes, next header
+    pseudo = SRC.packed + VRRP6_GROUP.packed + (40).to_bytes(4, "big") + b"\0\0\0\x70"
+    assert internet_checksum(pseudo + vrrp) == 0
+    assert multicast_mac(VRRP6_GROUP) == bytes.fromhex("333300000012")
+
+
+def test_scapy_decodes_ours() -> None:
+    frame = vrrp6_frame(packet(), src_mac=bytes.fromhex("020000000001"))
+    e = Ether(frame)
+    assert e.dst == "33:33:00:00:00:12" and e[IPv6].nh == 112 and e[IPv6].hlim == 255
+    v = e[VRRPv3]
+    assert (v.version, v.vrid, v.priority, v.ipcount, v.adv) == (3, 5, 100, 2, 100)
+    assert [str(a) for a in v.addrlist] == [str(VIP), str(VIP2)]
+    sent = v.chksum
+    rebuilt = IPv6(bytes(e[IPv6]))
+    del rebuilt[VRRPv3].chksum  # scapy recomputes it over its own IPv6 pseudo-header
+    assert IPv6(bytes(rebuilt))[VRRPv3].chksum == sent
+
+
+def test_scapy_s_parse_here_including_padding() -> None:
+    theirs = bytes(IPv6(src=str(PEER), dst=str(VRRP6_GROUP), hlim=255)
+                   / VRRPv3(vrid=5, priority=200, adv=50, addrlist=[str(VIP), str(VIP2)]))
+    got = parse_packet6(theirs + bytes(6), V6)
+    assert (got.src, got.priority, got.interval_cs, got.ttl) == (PEER, 200, 50, 255)
+
+
+def test_handover_is_priority_zero_and_the_destination_is_summed() -> None:
+    params = Params(protocol="vrrp3", priority=150, advert_int_cs=30)
+    bow = advert_for(params, SendAdvert(advbase=1, advskew=0, counter=0, handover=True),
+                     vrid=5, vips=[VIP, VIP2], src=SRC)
+    assert bow[42] == 0 and parse_packet6(bow, V6).advert.advbase == 255
+    peer = IPv6Address("2001:db8::2")
+    uni = advert_for(params, SendAdvert(advbase=1, advskew=0, counter=0), vrid=5,
+                     vips=[VIP, VIP2], src=SRC, dst=peer)
+    assert parse_packet6(uni, dataclasses.replace(V6, own=peer, peers=frozenset({SRC}))
+                         ).priority == 150
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (packet()[:30], DropReason.SHORT),
+    (b"\x45" + packet()[1:], DropReason.BAD_IP_HEADER),
+    (packet()[:6] + b"\x3a" + packet()[7:], DropReason.NOT_CARP),
+    (packet(hops=64), DropReason.BAD_TTL),
+    (packet()[:40] + b"\x21" + packet()[41:], DropReason.BAD_VERSION),
+    (packet()[:41] + b"\x06" + packet()[42:], DropReason.OTHER_VHID),
+    (packet()[:-1] + b"\x01", DropReason.BAD_CHECKSUM),
+    (packet(dst=IPv6Address("ff02::1")), DropReason.WRONG_GROUP),
+    (packet(vips=(VIP,)), DropReason.ADDRESSES),
+    (packet(vips=(VIP, IPv6Address("2001:db8::1"))), DropReason.ADDRESSES),
+    (packet()[:40] + b"\x32" + packet()[41:], DropReason.BAD_TYPE),
+])
+def test_drops_name_their_reason(data: bytes, reason: DropReason) -> None:
+    with pytest.raises(AdvertError) as e:
+        parse_packet6(data, V6)
+    assert e.value.reason is reason
+
+
+def test_address_order_does_not_matter_and_unicast_ignores_the_hop_limit() -> None:
+    assert parse_packet6(packet(vips=(VIP2, VIP)), V6).priority == 100
+    own = IPv6Address("2001:db8::1")
+    uni = dataclasses.replace(V6, own=own, peers=frozenset({SRC}), multicast=False)
+    assert parse_packet6(packet(dst=own, hops=60), uni).ttl == 60
+    with pytest.raises(AdvertError) as e:
+        parse_packet6(packet(src=PEER, dst=own), uni)
+    assert e.value.reason is DropReason.NOT_A_PEER
+    with pytest.raises(AdvertError) as e:
+        parse_packet6(packet(), uni)
+    assert e.value.reason is DropReason.WRONG_GROUP
+
+
+def test_screen_accepts_and_drops_with_the_ipv6_source() -> None:
+    out = screen(packet(priority=120, src=PEER), V6, None, 0.0)
+    assert out.received is not None
+    accepted = out.outputs[-1]
+    assert isinstance(accepted, Accepted) and accepted.peer == PEER
+    assert (accepted.priority, accepted.interval) == (120, 1.0)
+    bad = screen(packet(src=PEER, hops=1), V6, None, 0.0)
+    drop = bad.outputs[0]
+    assert isinstance(drop, Dropped) and drop.src == PEER.packed
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=140))
+def test_random_bytes_only_raise_advert_error(data: bytes) -> None:
+    for candidate in (data, b"\x60" + data):
+        with contextlib.suppress(AdvertError):
+            parse_packet6(candidate, V6)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 79), st.integers(0, 255)), min_size=1, max_size=4),
+       st.integers(0, 80))
+def test_mutated_adverts_only_raise_advert_error(flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(packet())
+    for at, value in flips:
+        data[at] = value
+    with contextlib.suppress(AdvertError):
+        parse_packet6(bytes(data[:len(data) - cut]), V6)
