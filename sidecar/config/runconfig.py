@@ -159,6 +159,11 @@ class Vhid:
         return tuple(v for v in self.vips if isinstance(v, IPv6Interface))
 
     @property
+    def ipv6(self) -> bool:
+        """A VRRPv3 instance over IPv6: every VIP IPv6 (config/vrrp.py's family rules)."""
+        return self.protocol == "vrrp3" and bool(self.vips) and not self.ipv4_vips
+
+    @property
     def hmac_address(self) -> IPv4Address:
         """The address the advert HMAC covers: the first IPv4 VIP (docs/protocol.md §3)."""
         return self.auth.vip

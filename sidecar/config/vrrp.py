@@ -87,10 +87,22 @@ def _families(m: Any) -> list[str]:
     if m.protocol == "vrrp2" and v6:
         return [f"CARP_ADDR: VRRPv2 carries IPv4 addresses only ({', '.join(v6)}); use "
                 "vrrp3 or another instance (CARP_PROTOCOL=vrrp2)"]
-    if vips and len(v6) == len(vips):
-        return [f"CARP_ADDR: no IPv4 address: VRRPv3 over IPv6 is not supported yet; an "
-                f"instance needs at least one IPv4 VIP (CARP_PROTOCOL={m.protocol})"]
-    return []
+    if not vips or len(v6) != len(vips):
+        return []  # IPv4, or mixed: the IPv4 adverts carry the IPv4 VIPs (keepalived's split)
+    # an IPv6 instance (RFC 5798 §5.1.2): from the link-local address to ff02::12
+    given, mode = m.model_fields_set, f"an IPv6 VRRP instance (CARP_PROTOCOL={m.protocol})"
+    out = []
+    if m.srcip is not None:
+        out.append(f"CARP_SRCIP: {mode} sends from CARP_INTERFACE's link-local address "
+                   "(keepalived's choice); unset it")
+    if m.peers:
+        out.append(f"CARP_PEERS: unicast peers are IPv4 only so far; {mode} advertises to "
+                   "ff02::12")
+    if "mcast" in given:
+        out.append(f"CARP_MCAST: {mode} advertises to ff02::12 (RFC 5798); unset it")
+    if m.sync_paths:
+        out.append(f"CARP_SYNC_PATHS: replication runs over IPv4; not with {mode}")
+    return out
 
 
 def _interval(protocol: str, seconds: float) -> list[str]:

@@ -21,7 +21,9 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
-from sidecar.core.protocol import AdvertError, Expect, parse_packet
+from sidecar.core.actions import Address
+from sidecar.core.protocol import CARP_PROTO, AdvertError, Expect, parse_packet
+from sidecar.core.vrrp6 import VRRP6_GROUP, parse_packet6
 from sidecar.net.netlink import Link, LinkEvent
 from sidecar.net.packet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Attached, PacketSocket
 
@@ -55,16 +57,21 @@ class Channel:
         self.running = False
         self.receivers: dict[int, Receiver] = {}
         self._own: set[bytes] = set()  # our source addresses: our own adverts come back
-        self._groups: list[IPv4Address] = []
+        self._groups: list[IPv4Address | IPv6Address] = []
+        self._v6: set[int] = set()  # VRIDs of IPv6 VRRP instances: their frames pass the filter
         self._arp: dict[bytes, Receiver] = {}  # IPv4 VIP (packed) -> its instance
         self._nd: dict[bytes, Receiver] = {}  # IPv6 VIP (packed) -> its instance
 
-    def add(self, receiver: Receiver, srcip: IPv4Address, group: IPv4Address | None,
+    def add(self, receiver: Receiver, srcip: Address, group: IPv4Address | None,
             arp_vips: Iterable[IPv4Address], nd_vips: Iterable[IPv6Address] = ()) -> None:
         self.receivers[receiver.vhid] = receiver
         self._own.add(srcip.packed)
-        if group is not None and group not in self._groups:
-            self._groups.append(group)
+        group6 = VRRP6_GROUP if isinstance(srcip, IPv6Address) else None  # from a link-local
+        if group6 is not None:
+            self._v6.add(receiver.vhid)
+        for g in (group6 or group,):
+            if g is not None and g not in self._groups:
+                self._groups.append(g)
         for vip in arp_vips:
             self._arp[vip.packed] = receiver
         for vip6 in nd_vips:
@@ -79,17 +86,21 @@ class Channel:
         for vip6 in nd_vips:
             self._nd[vip6.packed] = receiver
         if self.attached is not None:
-            self.attached.sock.set_filter([IPv4Address(v) for v in self._arp], bool(self._nd))
+            self._set_filter(self.attached.sock)
+
+    def _set_filter(self, sock: PacketSocket) -> None:
+        sock.set_filter([IPv4Address(v) for v in self._arp], bool(self._nd), bool(self._v6))
 
     def refresh(self) -> None:
         """A reload added instances to this open channel: join their groups, filter anew."""
         if self.attached is not None:
             self.attached.sock.join(self._groups, self.attached.index)
-            self.attached.sock.set_filter([IPv4Address(v) for v in self._arp], bool(self._nd))
+            self._set_filter(self.attached.sock)
 
     def remove(self, receiver: Receiver) -> None:
         """A reload removed the instance (it has stopped)."""
         self.receivers.pop(receiver.vhid, None)
+        self._v6.discard(receiver.vhid)
         self._forget(receiver)
 
     def _forget(self, receiver: Receiver) -> None:
@@ -105,7 +116,8 @@ class Channel:
     def open(self, link: Link) -> None:
         """Bind to the interface (raises OSError); the caller reports problems at start."""
         sock = PacketSocket(self.name, link.index, self._groups,
-                            [IPv4Address(v) for v in self._arp], neighbour_adverts=bool(self._nd))
+                            [IPv4Address(v) for v in self._arp], neighbour_adverts=bool(self._nd),
+                            vrrp6=bool(self._v6))
         self.attached = Attached(link.index, link.mac, sock)
         self.running = link.running
         self.loop.add_reader(sock.fileno(), self._on_readable)
@@ -138,6 +150,8 @@ class Channel:
                 self.ip_packet(frame[14:])
             elif ethertype == ETH_P_ARP and len(frame) >= 42:
                 self.arp_frame(frame)
+            elif ethertype == ETH_P_IPV6 and len(frame) >= 56 and frame[20] == CARP_PROTO:
+                self.ip6_packet(frame[14:])
             elif ethertype == ETH_P_IPV6 and len(frame) >= 78:
                 self.nd_frame(frame)
         return len(frames)
@@ -158,6 +172,8 @@ class Channel:
             return
         ihl = (packet[0] & 0x0F) * 4 if packet else 0
         receiver = self.receivers.get(packet[ihl + 1]) if 20 <= ihl < len(packet) - 1 else None
+        if receiver is not None and receiver.vhid in self._v6:
+            return  # an IPv4 instance of the VRID elsewhere (keepalived's v4/v6 pairs share it)
         if receiver is not None:
             receiver.advert_packet(packet)
             return
@@ -169,6 +185,23 @@ class Channel:
             parse_packet(packet, any_receiver.expect)
         except AdvertError as e:
             for r in self.receivers.values():
+                r.dropped(e)
+
+    def ip6_packet(self, packet: bytes) -> None:
+        """A VRRPv3 advert over IPv6 (the filter passes these only with an IPv6 instance here):
+        routed by VRID to an IPv6 instance; one of another VRID is counted by every IPv6
+        instance as a drop (the IPv4 ones never see IPv6 adverts, as keepalived's)."""
+        if packet[8:24] in self._own:
+            return
+        receiver = self.receivers.get(packet[41]) if packet[41] in self._v6 else None
+        if receiver is not None:
+            receiver.advert_packet(packet)
+            return
+        for vrid in self._v6:
+            r = self.receivers[vrid]
+            try:
+                parse_packet6(packet, r.expect)
+            except AdvertError as e:
                 r.dropped(e)
 
     def arp_frame(self, frame: bytes) -> None:

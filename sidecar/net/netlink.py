@@ -23,6 +23,7 @@ RTMGRP_IPV6_IFADDR = 0x100
 AF_INET = 2
 AF_INET6 = 10
 IFA_F_NODAD = 0x02  # a VIP moves between hosts: duplicate address detection would delay it
+IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40  # a link-local address not usable as a source
 Vip = IPv4Interface | IPv6Interface
 
 
@@ -93,6 +94,24 @@ class Netlink:
         async with self._busy:
             msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET)]
         return [IPv4Interface(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]
+
+    async def link_local(self, index: int) -> tuple[IPv6Address | None, str]:
+        """The interface's usable IPv6 link-local address (an IPv6 VRRP instance's source), or
+        None and why: none yet, or still tentative (duplicate address detection), or failed."""
+        async with self._busy:
+            msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET6)]
+        why = "no IPv6 link-local address"
+        for m in msgs:
+            ip = IPv6Address(m.get("IFA_ADDRESS"))
+            flags = m.get("IFA_FLAGS") or m.get("flags") or 0
+            if not ip.is_link_local:
+                continue
+            if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+                why = f"only {ip}, " + ("which failed duplicate address detection"
+                                        if flags & IFA_F_DADFAILED else "still tentative (DAD)")
+                continue
+            return ip, ""
+        return None, why
 
     async def addresses(self, index: int) -> list[Vip]:
         """Every IPv4 and IPv6 address of the interface."""

@@ -15,7 +15,7 @@ import ctypes
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -32,11 +32,12 @@ _LDH_ABS, _LDB_ABS, _LD_ABS, _JEQ_K, _RET_K = 0x28, 0x30, 0x20, 0x15, 0x06
 MAX_FILTERED_VIPS = 64  # classic BPF jumps are 8-bit: beyond this, pass all ARP
 
 
-def carp_and_arp_filter(vips: list[IPv4Address],
-                        neighbour_adverts: bool = False) -> list[tuple[int, int, int, int]]:
+def carp_and_arp_filter(vips: list[IPv4Address], neighbour_adverts: bool = False,
+                        vrrp6: bool = False) -> list[tuple[int, int, int, int]]:
     """Pass IPv4 protocol 112, ARP whose sender address is one of ``vips`` (any ARP when there
-    are more than MAX_FILTERED_VIPS of them), and with ``neighbour_adverts`` ICMPv6 neighbour
-    advertisements (IPv6 VIPs: another holder answers for them); drop the rest."""
+    are more than MAX_FILTERED_VIPS of them), with ``neighbour_adverts`` ICMPv6 neighbour
+    advertisements (IPv6 VIPs: another holder answers for them), with ``vrrp6`` IPv6 next
+    header 112 (an IPv6 VRRP instance on the interface); drop the rest."""
     # (opcode, jump-if-true label, jump-if-false label, k); labels resolve to relative jumps
     prog: list[tuple[int, str | None, str | None, int]] = [
         (_LDH_ABS, None, None, 12),
@@ -53,9 +54,12 @@ def carp_and_arp_filter(vips: list[IPv4Address],
         for i, vip in enumerate(vips):
             prog.append((_JEQ_K, "accept", None if i < len(vips) - 1 else "drop", int(vip)))
     labels["not_arp"] = len(prog)
-    if neighbour_adverts:  # Ethernet 14 + IPv6 40: next header at 20, ICMPv6 type at 54
-        prog += [(_JEQ_K, None, "drop", ETH_P_IPV6), (_LDB_ABS, None, None, 20),
-                 (_JEQ_K, None, "drop", 58), (_LDB_ABS, None, None, 54),
+    if neighbour_adverts or vrrp6:  # Ethernet 14 + IPv6 40: next header at 20
+        prog += [(_JEQ_K, None, "drop", ETH_P_IPV6), (_LDB_ABS, None, None, 20)]
+    if vrrp6:  # VRRPv3 over IPv6: next header 112 (no extension headers, as keepalived)
+        prog.append((_JEQ_K, "accept", None if neighbour_adverts else "drop", 112))
+    if neighbour_adverts:  # ICMPv6 type at 54
+        prog += [(_JEQ_K, None, "drop", 58), (_LDB_ABS, None, None, 54),
                  (_JEQ_K, "accept", "drop", 136)]
     labels["drop"] = len(prog)
     prog.append((_RET_K, None, None, 0))
@@ -78,44 +82,54 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
 class PacketSocket:
     """Non-blocking; register :meth:`fileno` with the event loop and call :meth:`receive`."""
 
-    def __init__(self, ifname: str, ifindex: int, groups: list[IPv4Address],
-                 vips: list[IPv4Address], neighbour_adverts: bool = False) -> None:
+    def __init__(self, ifname: str, ifindex: int, groups: list[IPv4Address | IPv6Address],
+                 vips: list[IPv4Address], neighbour_adverts: bool = False,
+                 vrrp6: bool = False) -> None:
         self.ifname = ifname
         self.errors = 0  # receive errors (ENETDOWN when the interface goes away)
         # protocol 0 receives nothing until bind(), so no unfiltered packet can slip in first
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            _attach_filter(self._sock, carp_and_arp_filter(vips, neighbour_adverts))
+            _attach_filter(self._sock, carp_and_arp_filter(vips, neighbour_adverts, vrrp6))
             self._sock.bind((ifname, ETH_P_ALL))
             self._sock.setblocking(False)
         except OSError:
             self._sock.close()
             raise
         self._mcast: socket.socket | None = None
-        self._joined: set[IPv4Address] = set()
+        self._mcast6: socket.socket | None = None
+        self._joined: set[IPv4Address | IPv6Address] = set()
         try:
             self.join(groups, ifindex)
         except OSError:
             self.close()
             raise
 
-    def join(self, groups: list[IPv4Address], ifindex: int) -> None:
-        """Joining the group makes real NICs accept 01:00:5e:00:00:12 (ucarp does the same)."""
+    def join(self, groups: list[IPv4Address | IPv6Address], ifindex: int) -> None:
+        """Joining the group makes real NICs accept 01:00:5e:00:00:12 (ucarp does the same);
+        for ff02::12 the kernel's MLD report also tells snooping switches to forward it."""
         for group in groups:
             if group in self._joined:
                 continue
-            if self._mcast is None:
-                self._mcast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            mreqn = struct.pack("4s4si", group.packed, b"\0" * 4, ifindex)
-            self._mcast.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            if isinstance(group, IPv6Address):
+                if self._mcast6 is None:
+                    self._mcast6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                mreq6 = group.packed + struct.pack("@I", ifindex)
+                self._mcast6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq6)
+            else:
+                if self._mcast is None:
+                    self._mcast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                mreqn = struct.pack("4s4si", group.packed, b"\0" * 4, ifindex)
+                self._mcast.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
             self._joined.add(group)
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def set_filter(self, vips: list[IPv4Address], neighbour_adverts: bool) -> None:
+    def set_filter(self, vips: list[IPv4Address], neighbour_adverts: bool,
+                   vrrp6: bool = False) -> None:
         """Replace the kernel filter (a reload changed the VIPs); atomic for the socket."""
-        _attach_filter(self._sock, carp_and_arp_filter(vips, neighbour_adverts))
+        _attach_filter(self._sock, carp_and_arp_filter(vips, neighbour_adverts, vrrp6))
 
     def receive(self, limit: int = 64) -> list[bytes]:
         """Up to ``limit`` queued Ethernet frames, our own outgoing ones excluded. A socket
@@ -144,8 +158,9 @@ class PacketSocket:
         self._sock.sendto(frame, (self.ifname, ETH_P_IPV6))
 
     def close(self) -> None:
-        if self._mcast is not None:
-            self._mcast.close()
+        for mcast in (self._mcast, self._mcast6):
+            if mcast is not None:
+                mcast.close()
         self._sock.close()
 
 

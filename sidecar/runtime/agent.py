@@ -17,13 +17,12 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine
-from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from sidecar.config.runconfig import Check, RunConfig, Vhid, host_port
-from sidecar.core.actions import Resume
+from sidecar.core.actions import Address, Resume
 from sidecar.core.machine import State
 from sidecar.net.caps import missing_capability, source_address
 from sidecar.net.channel import Channel
@@ -37,6 +36,7 @@ from sidecar.net.netlink import (
 from sidecar.runtime import keeper, operator, reloader, replicas, restart, signals, takeover
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
+from sidecar.runtime.linklocal import link_local_source
 from sidecar.runtime.maintenance import MaintenanceStore
 from sidecar.runtime.reaper import reap_forever
 from sidecar.runtime.resume import ResumeRecord
@@ -202,7 +202,9 @@ class Agent:
             raise StartupError(f"CARP_INTERFACE: no interface named {s.interface!r}"
                                + self._where(s)) from None
 
-    async def source_ip(self, s: Vhid, link: Link) -> IPv4Address:
+    async def source_ip(self, s: Vhid, link: Link) -> Address:
+        if s.ipv6:
+            return await link_local_source(self.nl, s, link.index)
         addresses = [a.ip for a in await self.nl.ipv4_addresses(link.index)]
         vips = [] if address_owner(s) else [v.ip for v in s.vips]  # the owner's are its own
         srcip, problem = source_address(s.srcip, s.interface, addresses, vips)

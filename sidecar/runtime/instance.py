@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.config.runconfig import Vhid, vrrp_params
 from sidecar.core import outputs
-from sidecar.core.actions import Resume, Resumed
+from sidecar.core.actions import Address, Resume, Resumed
 from sidecar.core.machine import (
     AddVip,
     DropVip,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # imported by the agent only when a path is configured
 log = logging.getLogger("carp-sidecar")
 
 
-def session_config(s: Vhid, srcip: IPv4Address) -> SessionConfig:
+def session_config(s: Vhid, srcip: Address) -> SessionConfig:
     params = Params(advbase=s.advbase, advskew=s.advskew, deadratio=s.deadratio,
                     preempt=s.preempt, neutral=s.neutral, ignoreifstate=s.ignoreifstate,
                     garp_repeat=s.garp_repeat, own_ip=srcip, preempt_delay=s.preempt_delay,
@@ -65,7 +65,8 @@ def session_config(s: Vhid, srcip: IPv4Address) -> SessionConfig:
     # VRRP: the screen parses with sidecar.core.vrrp (the key is v2's password, b"": none)
     # and checks the address list against the instance's IPv4 VIPs, as keepalived does
     vrrp: dict[str, Any] = {} if s.protocol == "carp" else {
-        "protocol": s.protocol, "vips": tuple(v.ip for v in s.ipv4_vips),
+        "protocol": s.protocol,
+        "vips": tuple(v.ip for v in (s.ipv6_vips if s.ipv6 else s.ipv4_vips)),
         "advert_int_cs": params.advert_int_cs}
     expect = Expect(vhid=s.vhid, key=s.secret, vip=s.hmac_address, group=s.mcast,
                     peers=frozenset(s.peers) if s.peers else None,
@@ -85,7 +86,7 @@ def link_vips(s: Vhid) -> tuple[list[IPv4Address], list[IPv6Address]]:
     return [v.ip for v in s.ipv4_vips], [v.ip for v in s.ipv6_vips]
 
 
-def log_start(s: Vhid, srcip: IPv4Address) -> None:
+def log_start(s: Vhid, srcip: Address) -> None:
     """ucarp's lines at start, which log alerts may match."""
     log.info("Using [%s] as a network interface, vhid %d, VIP %s, source %s", s.interface,
              s.vhid, ", ".join(s.shown_vips) + ("" if s.prefix_known else
@@ -106,7 +107,7 @@ def log_start(s: Vhid, srcip: IPv4Address) -> None:
 
 
 class Instance:
-    def __init__(self, settings: Vhid, srcip: IPv4Address, channel: Channel,
+    def __init__(self, settings: Vhid, srcip: Address, channel: Channel,
                  netlink: Netlink, metrics: Metrics, loop: asyncio.AbstractEventLoop,
                  several: bool = False, script_extra: dict[str, str] | None = None) -> None:
         s = self.s = settings
@@ -338,7 +339,9 @@ class Instance:
     async def _check_source(self, index: int) -> None:
         """A re-created interface: is our source address on it yet? (netlink events follow)"""
         try:
-            present = any(a.ip == self.srcip for a in await self._nl.ipv4_addresses(index))
+            listed = await (self._nl.addresses(index) if self.s.ipv6  # its link-local
+                            else self._nl.ipv4_addresses(index))
+            present = any(a.ip == self.srcip for a in listed)
         except Exception as e:  # netlink trouble: the next address event decides
             log.warning("Cannot list the addresses of %s: %s", self.s.interface, e)
             return

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from ipaddress import IPv4Address, ip_address
+from ipaddress import ip_address
 from typing import Any
 
 from sidecar.config.runconfig import Vhid
 from sidecar.core import outputs
-from sidecar.core.actions import planned
+from sidecar.core.actions import Address, planned
 from sidecar.core.machine import Action, Conflict, Reason, Resumed, State, Transition
 from sidecar.core.protocol import AdvertError, DropReason
 from sidecar.core.session import Session
@@ -34,7 +34,7 @@ WHY = {
 
 
 class Reporter:
-    def __init__(self, settings: Vhid, srcip: IPv4Address, metrics: InstanceMetrics,
+    def __init__(self, settings: Vhid, srcip: Address, metrics: InstanceMetrics,
                  several: bool) -> None:
         self.s, self.srcip, self.m = settings, srcip, metrics
         self._several = several  # log lines then say which vhid they are about

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from sidecar.config.runconfig import Vhid, vrrp_params
-from sidecar.core import vrrp
-from sidecar.core.actions import Params
+from sidecar.core import vrrp, vrrp6
+from sidecar.core.actions import Address, Params
 from sidecar.core.machine import SendAdvert
 from sidecar.core.protocol import Advert, build_frame, build_ip_packet
 from sidecar.net.channel import Channel
@@ -31,7 +31,7 @@ class SendResult:
 
 
 class SendPort:
-    def __init__(self, settings: Vhid, srcip: IPv4Address, channel: Channel,
+    def __init__(self, settings: Vhid, srcip: Address, channel: Channel,
                  on_error: Callable[[], None], params: Callable[[], Params] | None = None
                  ) -> None:
         self.s, self.srcip, self.channel = settings, srcip, channel
@@ -51,16 +51,18 @@ class SendPort:
         s = self.s
         if s.protocol != "carp":
             return self._vrrp_advert(a, self._params())
+        src = self.srcip
+        assert isinstance(src, IPv4Address)  # CARP is IPv4 only (the config's family rules)
         advert = Advert(vhid=s.vhid, advbase=a.advbase, advskew=a.advskew, counter=a.counter)
         result = SendResult(False)
         unicast = self.unicast
         if unicast is not None:  # to each listed peer; the kernel routes
             for peer in s.peers:
-                packet = build_ip_packet(advert, key=s.secret, vip=s.hmac_address, src=self.srcip,
+                packet = build_ip_packet(advert, key=s.secret, vip=s.hmac_address, src=src,
                                          dst=peer, ident=random.getrandbits(16), strict=s.strict)
                 result = self._sent(functools.partial(unicast.send, packet, peer), result)
         if self.multicast:
-            packet = build_ip_packet(advert, key=s.secret, vip=s.hmac_address, src=self.srcip,
+            packet = build_ip_packet(advert, key=s.secret, vip=s.hmac_address, src=src,
                                      dst=s.mcast, ident=random.getrandbits(16), strict=s.strict)
             frame = build_frame(packet, vhid=s.vhid, group=s.mcast, broadcast=s.nomcast)
             result = self._sent(functools.partial(self.channel.send, frame), result)
@@ -68,24 +70,32 @@ class SendPort:
 
     def _vrrp_advert(self, a: SendAdvert, params: Params) -> SendResult:
         """VRRP: one packet per destination (v3's checksum covers it), TTL 255; to the group
-        from the interface's own MAC (keepalived's default, no virtual MAC), to each peer as
-        unicast IP (keepalived's unicast_peer)."""
-        s, result = self.s, SendResult(False)
+        from :meth:`advert_mac`, to each peer as unicast IP (keepalived's unicast_peer)."""
+        s, result, src = self.s, SendResult(False), self.srcip
+        if isinstance(src, IPv6Address):  # an IPv6 instance: multicast from the link-local
+            packet6 = vrrp6.advert_for(params, a, vrid=s.vhid, vips=[v.ip for v in s.ipv6_vips],
+                                       src=src)
+            frame = vrrp6.vrrp6_frame(packet6, src_mac=self.advert_mac())
+            return self._sent(functools.partial(self.channel.send, frame), result)
         vips = [v.ip for v in s.ipv4_vips]
 
         def packet(dst: IPv4Address) -> bytes:
             return vrrp.advert_for(params, a, vrid=s.vhid, vips=vips, password=s.secret,
-                                   src=self.srcip, dst=dst, ident=random.getrandbits(16))
+                                   src=src, dst=dst, ident=random.getrandbits(16))
         unicast = self.unicast
         if unicast is not None:
             for peer in s.peers:
                 result = self._sent(functools.partial(unicast.send, packet(peer), peer), result)
-        attached = self.channel.attached
         if self.multicast:
-            mac = attached.mac if attached is not None else bytes(6)  # absent: send() says so
-            frame = vrrp.vrrp_frame(packet(s.mcast), src_mac=mac, group=s.mcast)
+            frame = vrrp.vrrp_frame(packet(s.mcast), src_mac=self.advert_mac(), group=s.mcast)
             result = self._sent(functools.partial(self.channel.send, frame), result)
         return result
+
+    def advert_mac(self) -> bytes:
+        """The source MAC of a VRRP instance's adverts to the group, IPv4 and IPv6: chosen
+        here only. The interface's own (keepalived's default without use_vmac)."""
+        attached = self.channel.attached
+        return attached.mac if attached is not None else bytes(6)  # absent: send() says so
 
     def _sent(self, send: Callable[[], None], so_far: SendResult) -> SendResult:
         try:

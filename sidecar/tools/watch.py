@@ -110,6 +110,10 @@ class Watch:
         CARP, IP, Ether = _scapy()
 
         packet = Ether(raw)
+        if raw[12:14] == b"\x86\xdd" and len(raw) >= 62 and raw[20] == 112 and raw[54] >> 4 == 3:
+            from scapy.layers.inet6 import IPv6
+
+            return self._vrrp(when, packet, 3, packet[IPv6])  # VRRPv3 over IPv6
         if IP not in packet or packet[IP].proto != 112:
             return None
         ip_bytes = raw[14:]
@@ -149,11 +153,12 @@ class Watch:
         sender.last, sender.mac, sender.bowed_out = when, mac, bowed_out
         return previous
 
-    def _vrrp(self, when: float, packet: Any, version: int) -> Advert:
-        """A VRRP advert: priority, interval (v2 s, v3 cs), v2's password if we know it."""
+    def _vrrp(self, when: float, packet: Any, version: int, ip: Any = None) -> Advert:
+        """A VRRP advert: priority, interval (v2 s, v3 cs), v2's password if we know it;
+        ``ip`` its IPv6 layer for VRRPv3 over IPv6 (else the IPv4 one)."""
         from scapy.layers.vrrp import VRRP, VRRPv3
 
-        ip = packet["IP"]
+        ip = packet["IP"] if ip is None else ip
         v = (VRRP if version == 2 else VRRPv3)(bytes(ip.payload))
         interval = float(v.adv) if version == 2 else v.adv / 100
         key = self.keys.get(v.vrid)
@@ -305,7 +310,8 @@ def _scapy() -> tuple[Any, Any, Any]:
 
 def _is_carp(packet: Any) -> bool:
     raw = bytes(packet)
-    return len(raw) > 34 and raw[12:14] == b"\x08\x00" and raw[23] == 112
+    return (len(raw) > 34 and raw[12:14] == b"\x08\x00" and raw[23] == 112) or (
+        len(raw) > 54 and raw[12:14] == b"\x86\xdd" and raw[20] == 112)  # VRRPv3 over IPv6
 
 
 def keys_from(instances: Iterable[Any]) -> dict[int, Key]:

@@ -189,13 +189,18 @@ def test_run_refuses_with_one_line_and_status_2(tmp_path: Path) -> None:
         "version 3)"]
 
 
-@pytest.mark.parametrize("protocol", ["vrrp2", "vrrp3"])
-def test_an_ipv6_only_instance_is_refused_in_one_line(protocol: str) -> None:
-    (line,) = refused({"CARP_PROTOCOL": protocol, "CARP_ADDR": "2001:db8::7/64"})
-    assert line.startswith("CARP_ADDR: ")
-    if protocol == "vrrp3":
-        assert "VRRPv3 over IPv6 is not supported yet" in line
-    assert one({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "10.0.0.7/24,2001:db8::7/64"})
+def test_an_ipv6_only_instance_is_vrrp3_s_and_refuses_what_it_cannot_use() -> None:
+    (line,) = refused({"CARP_PROTOCOL": "vrrp2", "CARP_ADDR": "2001:db8::7/64"})
+    assert line.startswith("CARP_ADDR: VRRPv2 carries IPv4 addresses only")
+    s = one({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::8/64,2001:db8::7/64"})
+    assert s.ipv6 and not one({"CARP_PROTOCOL": "vrrp3",
+                               "CARP_ADDR": "10.0.0.7/24,2001:db8::7/64"}).ipv6
+    assert not one({"CARP_ADDR": "10.0.0.7/24,2001:db8::7/64", "CARP_PASS": "x"}).ipv6
+    for extra, variable in (({"CARP_SRCIP": "10.0.0.1"}, "CARP_SRCIP"),
+                            ({"CARP_PEERS": "10.0.0.2"}, "CARP_PEERS"),
+                            ({"CARP_MCAST": "224.0.0.18"}, "CARP_MCAST")):
+        (line,) = refused({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::7/64", **extra})
+        assert line.startswith(f"{variable}: ") and "an IPv6 VRRP instance" in line
 
 
 def test_the_owner_s_failover_is_not_at_once_for_a_failure() -> None:

@@ -147,3 +147,14 @@ def test_mutated_adverts_only_raise_advert_error(flips: list[tuple[int, int]], c
         data[at] = value
     with contextlib.suppress(AdvertError):
         parse_packet6(bytes(data[:len(data) - cut]), V6)
+
+
+def test_watch_decodes_vrrp3_over_ipv6() -> None:
+    from sidecar.tools.watch import Watch, _is_carp
+
+    frame = vrrp6_frame(packet(priority=0, src=PEER), src_mac=bytes.fromhex("020000000002"))
+    assert _is_carp(Ether(frame))
+    advert = Watch({}).frame(1.0, frame)
+    assert advert is not None
+    line = Watch.line(advert)
+    assert f"{PEER} " in line and "VRRPv3 vrid 5" in line and "(resign)" in line
