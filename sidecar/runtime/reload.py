@@ -137,6 +137,8 @@ def needs_replace(old: Vhid, new: Vhid, changed: list[str]) -> bool:
         return True
     if old.manages_vip_by_scripts != new.manages_vip_by_scripts:
         return True  # who owns the VIP changes hands
+    if old.ipv6 != new.ipv6:  # a vrrp3 instance's family: its source, group and wire change
+        return True
     # the scripts were given the first VIP: another one means other scripts' work
     return new.manages_vip_by_scripts and old.script_address != new.script_address
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.tools import keepalived_ipv6 as ipv6
 from sidecar.tools.keepalived_conf import ConfError, Node, read, vip_options
 
 SHELL = re.compile(r"[<>|&;$`*?(){}]")  # a script keepalived hands to /bin/sh
@@ -151,6 +152,7 @@ def _instance(node: Node, state: _State) -> dict[str, Any] | None:
                            "255, as keepalived runs it (the address owner's); check-config "
                            "says so if the VIP is not this host's own address")
     table.pop("state_master", None)
+    ipv6.family(f"{node.where}: {label}", table, state.notes)  # an IPv6 instance's rules
     if "pass" in table and (table["protocol"] == "vrrp3" or state.strict
                             or table.pop("strict_mode", False)):
         del table["pass"]
@@ -227,7 +229,7 @@ def _simple(key: str, kind: str = "str") -> Handler:
 
 def _version(d: Node, table: dict[str, Any], state: _State) -> None:
     if d.args in (["2"], ["3"]):
-        table["protocol"] = f"vrrp{d.args[0]}"
+        table["protocol"], table[ipv6.VERSION_GIVEN] = f"vrrp{d.args[0]}", True
     else:
         state.skip(d, "VRRP version 2 or 3 only")
 
@@ -406,7 +408,7 @@ HANDLERS: dict[str, Handler] = {
     "version": _version, "virtual_ipaddress": _addresses,
     "unicast_src_ip": _simple("srcip"), "mcast_src_ip": _simple("srcip"),
     "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt, "state": _state,
-    "strict_mode": _strict_mode,
+    "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6,
     "preempt_delay": _preempt_delay,
     "authentication": _authentication, "track_script": _track_script,
     "notify": _notify, **{n: _notify for n in NOTIFY},

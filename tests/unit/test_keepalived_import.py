@@ -261,13 +261,37 @@ def test_ipv6_addresses_of_a_v2_instance_are_named_not_carried(tmp_path: Path) -
     conf = tmp_path / "keepalived.conf"
     conf.write_text("vrrp_instance A {\n interface eth0\n virtual_router_id 1\n"
                     " virtual_ipaddress {\n  10.0.0.1/24\n  2001:db8::1/64\n }\n}\n"
-                    "vrrp_instance B {\n interface eth0\n virtual_router_id 2\n"
+                    "vrrp_instance B {\n interface eth0\n virtual_router_id 2\n version 2\n"
                     " virtual_ipaddress {\n  2001:db8::2/64\n }\n}\n")
     result = translate(conf)
     (s,) = loaded(result.toml, tmp_path).runtime().instances
     assert [str(v) for v in s.vips] == ["10.0.0.1/24"]
     assert any("2001:db8::1/64: not carried: VRRPv2" in n for n in result.notes)
     assert any("vrrp_instance B: no addr: skipped" in n for n in result.notes)
+
+
+def test_ipv6_instances_become_vrrp3_ipv6_instances(tmp_path: Path) -> None:
+    """keepalived runs an all-IPv6 instance as VRRPv3 unless it says version 2 (native_ipv6
+    forces it); what an IPv6 instance of ours cannot take is named, with WARNING."""
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("global_defs {\n vrrp_version 2\n}\n"
+                    "vrrp_instance V6 {\n interface eth0\n virtual_router_id 3\n"
+                    " priority 150\n advert_int 0.5\n"
+                    " virtual_ipaddress {\n  fe80::1/64\n  2001:db8::1/64\n  2001:db8::2/64\n }\n"
+                    "}\n"
+                    "vrrp_instance U6 {\n interface eth0\n virtual_router_id 4\n native_ipv6\n"
+                    " unicast_src_ip 2001:db8::11\n unicast_peer {\n  2001:db8::12\n }\n"
+                    " virtual_ipaddress {\n  2001:db8::4/64\n }\n}\n")
+    result = translate(conf)
+    v6, u6 = loaded(result.toml, tmp_path).runtime().instances
+    assert (v6.protocol, v6.ipv6, v6.priority, v6.advert_int) == ("vrrp3", True, 150, 0.5)
+    assert [str(v) for v in v6.vips] == ["2001:db8::1/64", "2001:db8::2/64"]
+    assert (u6.protocol, u6.ipv6, u6.peers, u6.srcip) == ("vrrp3", True, (), None)
+    notes = "\n".join(result.notes)
+    assert "WARNING: fe80::1/64: not carried: a link-local VIP" in notes
+    assert "WARNING: 2001:db8::12: not carried (peers)" in notes
+    assert "WARNING: 2001:db8::11: not carried (srcip)" in notes
+    assert "native_ipv6" not in notes
 
 
 def _conf(tmp_path: Path, body: str) -> Path:

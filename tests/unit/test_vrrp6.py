@@ -158,3 +158,24 @@ def test_watch_decodes_vrrp3_over_ipv6() -> None:
     assert advert is not None
     line = Watch.line(advert)
     assert f"{PEER} " in line and "VRRPv3 vrid 5" in line and "(resign)" in line
+
+
+def test_a_reload_into_or_out_of_ipv6_replaces_the_instance() -> None:
+    from ipaddress import ip_interface
+    from pathlib import Path
+
+    from sidecar.config.runconfig import RunConfig, Vhid
+    from sidecar.config.values import auth
+    from sidecar.runtime.reload import plan
+
+    def config(*vips: str) -> RunConfig:
+        ifs = tuple(ip_interface(v) for v in vips)
+        v = Vhid(vhid=5, vips=ifs, auth=auth(b"", ifs), interface="eth0",  # type: ignore[arg-type]
+                 protocol="vrrp3")
+        return RunConfig(instances=(v,), checks={}, metrics_listen="off",
+                         control_socket=Path("/run/c.sock"), log_format="text", source="x")
+
+    six, mixed = config("2001:db8::1/64"), config("10.0.0.1/24", "2001:db8::1/64")
+    assert six.instances[0].ipv6 and not mixed.instances[0].ipv6
+    assert len(plan(mixed, six).replaced) == 1 and len(plan(six, mixed).replaced) == 1
+    assert plan(six, config("2001:db8::1/64", "2001:db8::2/64")).updated  # VIPs: in place

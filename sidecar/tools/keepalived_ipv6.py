@@ -1,0 +1,43 @@
+"""keepalived's IPv6 vrrp_instances for `carp-sidecar import` (sidecar.tools.keepalived_import):
+an instance whose VIPs are all IPv6 is an IPv6 one, VRRPv3 unless it says ``version 2``
+(keepalived 2.2.7 vrrp.c, vrrp_complete_instance; ``native_ipv6`` forces both, vrrp_parser.c),
+and becomes a vrrp3 ``[[vhid]]`` whose adverts go from the link-local address to ff02::12."""
+
+from __future__ import annotations
+
+from ipaddress import ip_interface
+from typing import Any
+
+VERSION_GIVEN = "_version_given"  # set by the import's `version` handler
+NATIVE = "_native_ipv6"
+
+
+def native_ipv6(d: Any, table: dict[str, Any], state: Any) -> None:
+    table[NATIVE] = True
+
+
+def family(where: str, table: dict[str, Any], notes: list[str]) -> None:
+    """Make ``table`` an IPv6 instance's if keepalived runs it as one; note what it drops."""
+    native, given = table.pop(NATIVE, False), table.pop(VERSION_GIVEN, False)
+    addrs = table.get("addr", [])
+    if not addrs or any(":" not in a for a in addrs):
+        return
+    if native or not given:
+        table["protocol"] = "vrrp3"
+    if table["protocol"] != "vrrp3":
+        return  # version 2: the import's VRRPv2 rule names the addresses
+    local = [a for a in addrs if ip_interface(a).ip.is_link_local]
+    if local:
+        notes.append(f"{where}: WARNING: {', '.join(local)}: not carried: a link-local VIP is "
+                     "refused; keepalived's adverts list it, so remove it there too or the "
+                     "group splits (keepalived only logs a first VIP that is not link-local)")
+        table["addr"] = [a for a in addrs if a not in local]
+        if not table["addr"]:
+            del table["addr"]
+    for key, why in (("srcip", "the adverts go from the interface's link-local address"),
+                     ("peers", "IPv6 unicast peers are not supported yet: the instance "
+                      "advertises to ff02::12; keepalived's unicast nodes will not hear it"),
+                     ("mcast", "IPv6 adverts go to ff02::12")):
+        if key in table:
+            shown = ", ".join(table.pop(key)) if key == "peers" else table.pop(key)
+            notes.append(f"{where}: WARNING: {shown}: not carried ({key}): {why}")
