@@ -35,8 +35,9 @@ def _cell(text: object) -> str:
 
 def _type_name(hint: Any) -> str:
     import typing
-    names = {"IPv4Address": "IPv4 address", "Path": "path", "str": "text", "int": "integer",
-             "float": "number", "bool": "true/false", "SyncPath": "`[name=]/dir`"}
+    names = {"IPv4Address": "IPv4 address", "IPv6Address": "IPv6 address", "Path": "path",
+             "str": "text", "int": "integer", "float": "number", "bool": "true/false",
+             "SyncPath": "`[name=]/dir`"}
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Literal:
         return " / ".join(f"`{a}`" for a in args)

@@ -14,7 +14,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Interface, ip_interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address, ip_interface
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from sidecar.config.declare import Setting, Ucarp, declared, help_texts, setting
 from sidecar.core.auth import DEFAULT_GROUP, Auth
 
 Vip = IPv4Interface | IPv6Interface
+IPAddress = IPv4Address | IPv6Address  # CARP_SRCIP/CARP_PEERS: IPv6 for an IPv6 VRRP instance
 MIN_HEALTH_INTERVAL = 0.1  # s; at most ten check runs (forks for CARP_HEALTH_CMD) a second
 DEFAULT_STATE_DIR = Path("/var/lib/carp-sidecar")
 DEFAULT_SYNC_PORT = 8873
@@ -51,9 +52,10 @@ class Vhid:
                         ucarp=Ucarp("vhid", "v", "virtual IP identifier (1-255)"))
     auth: Auth  # derived: the password (CARP_PASS or its file, read once) and the first VIP
     vips: tuple[Vip, ...]  # derived from CARP_ADDR and CARP_MASK
-    srcip: IPv4Address | None = setting(
+    srcip: IPAddress | None = setting(
         None, env="SRCIP", help="our address on it: advert source and tie-break (default: its "
-        "first IPv4)", ucarp=Ucarp("srcip", "s", "source (real) IP address of that host"))
+        "first IPv4; an IPv6 VRRP instance's: its link-local)", ucarp=Ucarp(
+            "srcip", "s", "source (real) IP address of that host"))
     if_alias: str | None = setting(None, env="IF_ALIAS", help="label of the VIP, e.g. eth0:0")
     vip_interface: str | None = setting(
         None, env="VIP_INTERFACE", help="put the VIPs on this interface instead, as host routes "
@@ -115,9 +117,9 @@ class Vhid:
                                             "maintenance")
     notifyscript: Path | None = setting(None, env="NOTIFYSCRIPT", help="script run on every "
                                         "state change: script VHID STATE REASON")
-    peers: tuple[IPv4Address, ...] = setting(
+    peers: tuple[IPAddress, ...] = setting(
         (), env="PEERS", help="unicast: send adverts to these addresses only and accept only "
-        "theirs")
+        "theirs (IPv6 for an IPv6 VRRP instance)")
     peers_multicast: bool = setting(False, env="PEERS_MULTICAST", help="with CARP_PEERS, also "
                                     "advertise to the multicast group (migration)")
     strict: bool = setting(False, env="STRICT", help="only carp-sidecar peers: HMAC over the "
@@ -331,7 +333,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, bytes):
         return value.hex()
-    if isinstance(value, (IPv4Address, IPv4Interface, IPv6Interface, Path)):
+    if isinstance(value, (IPv4Address, IPv6Address, IPv4Interface, IPv6Interface, Path)):
         return str(value)
     return value
 
@@ -344,6 +346,8 @@ def _revive(hint: Any, raw: Any) -> Any:
     if origin in (types.UnionType, typing.Union):
         if hint == Vip:
             return ip_interface(raw)
+        if IPv4Address in args and IPv6Address in args:  # IPAddress, or it | None
+            return ip_address(raw)
         return _revive(next(a for a in args if a is not type(None)), raw)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:

@@ -52,7 +52,7 @@ def problems(m: Any) -> list[str]:
     """Every VRRP rule ``m`` (a validated VhidSettings) breaks, one line each."""
     given = m.model_fields_set
     if m.protocol == "carp":
-        return [f"CARP_{name.upper()}: a VRRP setting; CARP uses "
+        return _peer_families(m, False) + [f"CARP_{name.upper()}: a VRRP setting; CARP uses "
                 f"{'CARP_ADVSKEW (lower wins)' if name == 'priority' else 'CARP_ADVBASE'} "
                 "(or set CARP_PROTOCOL=vrrp2 or vrrp3)" for name in ("priority", "advert_int")
                 if name in given]
@@ -88,20 +88,31 @@ def _families(m: Any) -> list[str]:
         return [f"CARP_ADDR: VRRPv2 carries IPv4 addresses only ({', '.join(v6)}); use "
                 "vrrp3 or another instance (CARP_PROTOCOL=vrrp2)"]
     if not vips or len(v6) != len(vips):
-        return []  # IPv4, or mixed: the IPv4 adverts carry the IPv4 VIPs (keepalived's split)
-    # an IPv6 instance (RFC 5798 §5.1.2): from the link-local address to ff02::12
+        # IPv4, or mixed: the IPv4 adverts carry the IPv4 VIPs (keepalived's split)
+        return _peer_families(m, False)
+    # an IPv6 instance (RFC 5798 §5.1.2): from the link-local address to ff02::12, or from
+    # CARP_SRCIP to CARP_PEERS (keepalived's unicast_src_ip/unicast_peer)
     given, mode = m.model_fields_set, f"an IPv6 VRRP instance (CARP_PROTOCOL={m.protocol})"
-    out = []
-    if m.srcip is not None:
-        out.append(f"CARP_SRCIP: {mode} sends from CARP_INTERFACE's link-local address "
-                   "(keepalived's choice); unset it")
-    if m.peers:
-        out.append(f"CARP_PEERS: unicast peers are IPv4 only so far; {mode} advertises to "
-                   "ff02::12")
+    out = _peer_families(m, True)
     if "mcast" in given:
         out.append(f"CARP_MCAST: {mode} advertises to ff02::12 (RFC 5798); unset it")
     if m.sync_paths:
         out.append(f"CARP_SYNC_PATHS: replication runs over IPv4; not with {mode}")
+    return out
+
+
+def _peer_families(m: Any, ipv6: bool) -> list[str]:
+    """CARP_SRCIP and CARP_PEERS are of the instance's family: IPv6 only for an IPv6 VRRP
+    instance (every VIP IPv6, CARP_PROTOCOL=vrrp3), IPv4 for every other."""
+    which = ("IPv6", "an IPv6 VRRP instance (CARP_PROTOCOL=vrrp3, IPv6 VIPs only)") if ipv6 \
+        else ("IPv4", "an instance with IPv4 VIPs or CARP" if m.protocol == "carp"
+              else "an instance with IPv4 VIPs")
+    out = []
+    for var, addresses in (("CARP_SRCIP", [m.srcip] if m.srcip is not None else []),
+                           ("CARP_PEERS", list(m.peers))):
+        other = [str(a) for a in addresses if (a.version == 6) != ipv6]
+        if other:
+            out.append(f"{var}: {', '.join(other)}: {which[0]} addresses only for {which[1]}")
     return out
 
 

@@ -32,9 +32,10 @@ def missing_capability(netlink_managed: bool) -> str:
     return ""
 
 
-def source_address(configured: IPv4Address | None, interface: str,
-                   addresses: Sequence[IPv4Address], vips: Sequence[IPv4Address | IPv6Address]
-                   ) -> tuple[IPv4Address | None, str]:
+def source_address(configured: IPv4Address | IPv6Address | None, interface: str,
+                   addresses: Sequence[IPv4Address | IPv6Address],
+                   vips: Sequence[IPv4Address | IPv6Address]
+                   ) -> tuple[IPv4Address | IPv6Address | None, str]:
     """The advert source (CARP_SRCIP, else the interface's first own IPv4 address: a VIP
     is never one), or None and the problem naming CARP_SRCIP."""
     own = [a for a in addresses if a not in vips]

@@ -197,3 +197,30 @@ class UnicastSender:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class UnicastSender6:
+    """An IPv6 VRRP instance's adverts to its listed peers, as keepalived sends them: a raw
+    next-header-112 socket, hop limit 255, traffic class 0xc0; the VRRP bytes (checksummed by
+    the caller over our source) leave from ``src`` (IPV6_PKTINFO), on the interface for a
+    link-local peer. It keeps nothing it receives (the packet socket reads adverts)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, 112)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0)
+            self.sock.setblocking(False)
+            _attach_filter(self.sock, [(0x06, 0, 0, 0)])
+        except OSError:
+            self.sock.close()
+            raise
+
+    def send(self, vrrp: bytes, src: IPv6Address, peer: IPv6Address, ifindex: int) -> None:
+        info = src.packed + struct.pack("@I", ifindex)
+        scope = ifindex if peer.is_link_local else 0
+        self.sock.sendmsg([vrrp], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)], 0,
+                          (str(peer), 0, 0, scope))
+
+    def close(self) -> None:
+        self.sock.close()

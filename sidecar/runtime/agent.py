@@ -36,7 +36,7 @@ from sidecar.net.netlink import (
 from sidecar.runtime import keeper, operator, reloader, replicas, restart, signals, takeover
 from sidecar.runtime.health import HealthMonitor, checks_for
 from sidecar.runtime.instance import Instance, link_vips
-from sidecar.runtime.linklocal import link_local_source
+from sidecar.runtime.linklocal import ipv6_source
 from sidecar.runtime.maintenance import MaintenanceStore
 from sidecar.runtime.reaper import reap_forever
 from sidecar.runtime.resume import ResumeRecord
@@ -204,7 +204,7 @@ class Agent:
 
     async def source_ip(self, s: Vhid, link: Link) -> Address:
         if s.ipv6:
-            return await link_local_source(self.nl, s, link.index)
+            return await ipv6_source(self.nl, s, link.index)
         addresses = [a.ip for a in await self.nl.ipv4_addresses(link.index)]
         vips = [] if address_owner(s) else [v.ip for v in s.vips]  # the owner's are its own
         srcip, problem = source_address(s.srcip, s.interface, addresses, vips)

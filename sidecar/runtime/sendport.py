@@ -18,7 +18,7 @@ from sidecar.core.actions import Address, Params
 from sidecar.core.machine import SendAdvert
 from sidecar.core.protocol import Advert, build_frame, build_ip_packet
 from sidecar.net.channel import Channel
-from sidecar.net.packet import UnicastSender
+from sidecar.net.packet import UnicastSender, UnicastSender6
 
 log = logging.getLogger("carp-sidecar")
 
@@ -40,12 +40,14 @@ class SendPort:
         self._params = params or (lambda: Params(
             advbase=self.s.advbase, advskew=self.s.advskew, **vrrp_params(self.s)))
         self._on_error = on_error  # counts carp_advert_send_errors_total
-        self.unicast = UnicastSender() if settings.peers else None
+        self.unicast = UnicastSender() if settings.peers and not settings.ipv6 else None
+        self.unicast6 = UnicastSender6() if settings.peers and settings.ipv6 else None
         self.multicast = not settings.peers or settings.peers_multicast
 
     def close(self) -> None:
-        if self.unicast is not None:
-            self.unicast.close()
+        for sender in (self.unicast, self.unicast6):
+            if sender is not None:
+                sender.close()
 
     def advert(self, a: SendAdvert) -> SendResult:
         s = self.s
@@ -57,7 +59,7 @@ class SendPort:
         result = SendResult(False)
         unicast = self.unicast
         if unicast is not None:  # to each listed peer; the kernel routes
-            for peer in s.peers:
+            for peer in self._peers4():
                 packet = build_ip_packet(advert, key=s.secret, vip=s.hmac_address, src=src,
                                          dst=peer, ident=random.getrandbits(16), strict=s.strict)
                 result = self._sent(functools.partial(unicast.send, packet, peer), result)
@@ -72,11 +74,8 @@ class SendPort:
         """VRRP: one packet per destination (v3's checksum covers it), TTL 255; to the group
         from :meth:`advert_mac`, to each peer as unicast IP (keepalived's unicast_peer)."""
         s, result, src = self.s, SendResult(False), self.srcip
-        if isinstance(src, IPv6Address):  # an IPv6 instance: multicast from the link-local
-            packet6 = vrrp6.advert_for(params, a, vrid=s.vhid, vips=[v.ip for v in s.ipv6_vips],
-                                       src=src)
-            frame = vrrp6.vrrp6_frame(packet6, src_mac=self.advert_mac())
-            return self._sent(functools.partial(self.channel.send, frame), result)
+        if isinstance(src, IPv6Address):
+            return self._vrrp6_advert(a, params, src)
         vips = [v.ip for v in s.ipv4_vips]
 
         def packet(dst: IPv4Address) -> bytes:
@@ -84,12 +83,33 @@ class SendPort:
                                    src=src, dst=dst, ident=random.getrandbits(16))
         unicast = self.unicast
         if unicast is not None:
-            for peer in s.peers:
+            for peer in self._peers4():
                 result = self._sent(functools.partial(unicast.send, packet(peer), peer), result)
         if self.multicast:
             frame = vrrp.vrrp_frame(packet(s.mcast), src_mac=self.advert_mac(), group=s.mcast)
             result = self._sent(functools.partial(self.channel.send, frame), result)
         return result
+
+    def _vrrp6_advert(self, a: SendAdvert, params: Params, src: IPv6Address) -> SendResult:
+        """An IPv6 instance: to ff02::12 from the link-local address, or to each listed peer
+        from CARP_SRCIP (keepalived's unicast_src_ip), as keepalived sends them."""
+        s, result = self.s, SendResult(False)
+        vips = [v.ip for v in s.ipv6_vips]
+        unicast, ifindex = self.unicast6, self.channel.ifindex
+        if unicast is not None:
+            for peer in (p for p in s.peers if isinstance(p, IPv6Address)):
+                vrrp = vrrp6.advert_for(params, a, vrid=s.vhid, vips=vips, src=src, dst=peer)
+                send = functools.partial(unicast.send, vrrp[vrrp6.IP6_HEADER_LEN:], src, peer,
+                                         ifindex or 0)
+                result = self._sent(send, result)
+        if self.multicast:
+            frame = vrrp6.vrrp6_frame(vrrp6.advert_for(params, a, vrid=s.vhid, vips=vips,
+                                                       src=src), src_mac=self.advert_mac())
+            result = self._sent(functools.partial(self.channel.send, frame), result)
+        return result
+
+    def _peers4(self) -> list[IPv4Address]:
+        return [p for p in self.s.peers if isinstance(p, IPv4Address)]  # (config: all IPv4)
 
     def advert_mac(self) -> bytes:
         """The source MAC of a VRRP instance's adverts to the group, IPv4 and IPv6: chosen
@@ -126,14 +146,16 @@ class SendPort:
     def check(self) -> str | None:
         """Why adverts could not leave now, without sending one: unicast peers need a route
         from our source (a UDP connect does the lookup and sends nothing)."""
-        if self.unicast is None:
+        if self.unicast is None and self.unicast6 is None:
             return None if self.channel.attached is not None else "the interface is missing"
         error = "no peers"
+        scope = self.channel.ifindex or 0  # a link-local source or peer (IPv6)
         for peer in self.s.peers:
-            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            v6 = isinstance(peer, IPv6Address)
+            probe = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                probe.bind((str(self.srcip), 0))
-                probe.connect((str(peer), 9))
+                probe.bind((str(self.srcip), 0, 0, scope) if v6 else (str(self.srcip), 0))
+                probe.connect((str(peer), 9, 0, scope) if v6 else (str(peer), 9))
                 return None
             except OSError as e:
                 error = f"sends fail: {e.strerror or e} (to {peer})"

@@ -1,7 +1,8 @@
 """keepalived's IPv6 vrrp_instances for `carp-sidecar import` (sidecar.tools.keepalived_import):
 an instance whose VIPs are all IPv6 is an IPv6 one, VRRPv3 unless it says ``version 2``
 (keepalived 2.2.7 vrrp.c, vrrp_complete_instance; ``native_ipv6`` forces both, vrrp_parser.c),
-and becomes a vrrp3 ``[[vhid]]`` whose adverts go from the link-local address to ff02::12."""
+and becomes a vrrp3 ``[[vhid]]`` whose adverts go from the link-local address to ff02::12, or
+from ``unicast_src_ip`` (else the link-local address) to its IPv6 ``unicast_peer``s."""
 
 from __future__ import annotations
 
@@ -34,10 +35,6 @@ def family(where: str, table: dict[str, Any], notes: list[str]) -> None:
         table["addr"] = [a for a in addrs if a not in local]
         if not table["addr"]:
             del table["addr"]
-    for key, why in (("srcip", "the adverts go from the interface's link-local address"),
-                     ("peers", "IPv6 unicast peers are not supported yet: the instance "
-                      "advertises to ff02::12; keepalived's unicast nodes will not hear it"),
-                     ("mcast", "IPv6 adverts go to ff02::12")):
-        if key in table:
-            shown = ", ".join(table.pop(key)) if key == "peers" else table.pop(key)
-            notes.append(f"{where}: WARNING: {shown}: not carried ({key}): {why}")
+    if "mcast" in table:
+        notes.append(f"{where}: mcast_dst_address {table.pop('mcast')}: not carried: IPv6 "
+                     "adverts go to ff02::12")

@@ -28,6 +28,7 @@ from .conftest import metric, status
 from .test_vrrp_interop import KEEPALIVED, RUNS, Keepalived, logs, took
 
 VIP6 = "2001:db8::1"
+ADDR6 = {"a": "2001:db8::11", "b": "2001:db8::12"}  # unicast_src_ip / CARP_SRCIP
 CLIENT6 = "2001:db8::100/64"
 VRID = 9
 ADVERT_INT = 0.1
@@ -40,7 +41,8 @@ class Group6:
     lab: Lab
     keepalived: list[Keepalived] = field(default_factory=list)
 
-    def start_keepalived(self, node: str, *, priority: int = 100) -> Keepalived:
+    def start_keepalived(self, node: str, *, priority: int = 100, unicast: bool = False
+                         ) -> Keepalived:
         base = self.lab.dir / f"ka6-{node}-{next(RUNS)}"
         conf = base.with_suffix(".conf")
         conf.write_text("\n".join([
@@ -48,7 +50,7 @@ class Group6:
             "vrrp_instance VI_1 {", "  state BACKUP", "  interface eth0",
             f"  virtual_router_id {VRID}", "  version 3", f"  priority {priority}",
             f"  advert_int {ADVERT_INT:g}", "  virtual_ipaddress {", f"    {VIP6}/64 dev eth0",
-            "  }", "}", ""]))
+            "  }", *(unicast_lines(node) if unicast else []), "}", ""]))
         log = base.with_suffix(".log")
         cmd = [KEEPALIVED, "-n", "-l", "-D", "-f", str(conf), "-p", f"{base}.pid",
                "-r", f"{base}.vrrp.pid", "-c", f"{base}.check.pid", "--vrrp"]
@@ -56,11 +58,12 @@ class Group6:
         self.keepalived.append(ka)
         return ka
 
-    def start_ours(self, node: str, *, priority: int = 100) -> None:
+    def start_ours(self, node: str, *, priority: int = 100, unicast: bool = False) -> None:
+        peers = {"CARP_SRCIP": ADDR6[node], "CARP_PEERS": ADDR6[other(node)]} if unicast \
+            else {"CARP_SRCIP": ""}
         self.lab.start_agent(node, CARP_PROTOCOL="vrrp3", CARP_PRIORITY=str(priority),
                              CARP_ADVERT_INT=f"{ADVERT_INT:g}", CARP_VHID=str(VRID),
-                             CARP_ADDR=f"{VIP6}/64", CARP_PASS="", CARP_IF_ALIAS="",
-                             CARP_SRCIP="")
+                             CARP_ADDR=f"{VIP6}/64", CARP_PASS="", CARP_IF_ALIAS="", **peers)
 
     def clear(self) -> None:
         for node in list(self.lab.agents):
@@ -72,6 +75,15 @@ class Group6:
             self.lab.topo.plug(node)
             self.lab.topo[node].run("ip", "addr", "del", f"{VIP6}/64", "dev", "eth0",
                                     check=False)
+
+
+def other(node: str) -> str:
+    return "b" if node == "a" else "a"
+
+
+def unicast_lines(node: str) -> list[str]:
+    return [f"  unicast_src_ip {ADDR6[node]}", "  unicast_peer {", f"    {ADDR6[other(node)]}",
+            "  }"]
 
 
 def sh(lab: Lab, node: str, *cmd: str) -> str:
@@ -93,6 +105,8 @@ def lab() -> Iterator[Lab]:
             lab.topo[node].run("ip", "link", "set", "eth0", "down")  # link-local anew, no DAD
             lab.topo[node].run("ip", "link", "set", "eth0", "up")
         lab.topo["client"].run("ip", "addr", "add", CLIENT6, "dev", "eth0", "nodad")
+        for node, address in ADDR6.items():
+            lab.topo[node].run("ip", "addr", "add", f"{address}/64", "dev", "eth0", "nodad")
         lab.start_apache("a")  # Listen 80: IPv6 too; the page names the node
         lab.start_apache("b")
         yield lab
@@ -227,6 +241,30 @@ def test_equal_priorities_the_higher_link_local_wins_either_way(group: Group6) -
     # does not announce again when ours yields: the client's entry may name ours until NUD
     lab.topo["client"].run("ip", "-6", "neigh", "flush", "dev", "eth0")
     took(lambda: client_reaches(group, high), 5, f"the client reaches {high}")
+
+
+def test_unicast_peers_both_ways(group: Group6) -> None:
+    """keepalived's unicast_src_ip/unicast_peer and our CARP_SRCIP/CARP_PEERS, IPv6."""
+    lab = group.lab
+    group.start_ours("a", priority=150, unicast=True)
+    took(lambda: our_state(group, "a") == "MASTER", 10, "our MASTER")
+    ka = group.start_keepalived("b", priority=100, unicast=True)
+    took(lambda: ka.state() == "BACKUP", 5, "keepalived BACKUP")
+    time.sleep(0.5)
+    assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
+    assert drops(group, "a") == 0 and metric(lab, "a", "carp_adverts_received_total") == 0
+    took(lambda: client_reaches(group, "a"), 5, "the client reaches a")
+    lab.topo.unplug("a")
+    took(lambda: "b" in holders(group), 3, "keepalived takes over")
+    took(lambda: client_reaches(group, "b"), 5, "the client reaches b")
+    lab.topo.plug("a")
+    took(lambda: holders(group) == ["a"], 5, "we preempt back (priority 150)")
+    took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP again")
+    took(lambda: client_reaches(group, "a"), 5, "the client reaches a again")
+    lab.agents["a"].send_signal(signal.SIGTERM)
+    took(lambda: "b" in holders(group), 2, "keepalived takes over on our resign")
+    assert ka.said("Backup received priority 0 advertisement"), logs(group)  # type: ignore
+    assert not ka.said("Expected"), logs(group)  # keepalived's unicast/multicast mismatch
 
 
 def test_watch_decodes_ipv6_adverts(group: Group6) -> None:

@@ -201,6 +201,16 @@ def test_an_ipv6_only_instance_is_vrrp3_s_and_refuses_what_it_cannot_use() -> No
                             ({"CARP_MCAST": "224.0.0.18"}, "CARP_MCAST")):
         (line,) = refused({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::7/64", **extra})
         assert line.startswith(f"{variable}: ") and "an IPv6 VRRP instance" in line
+    uni = one({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::7/64",
+               "CARP_SRCIP": "2001:db8::11", "CARP_PEERS": "2001:db8::12,fe80::12"})
+    assert [str(p) for p in (uni.srcip, *uni.peers)] == ["2001:db8::11", "2001:db8::12",
+                                                         "fe80::12"]
+    # IPv6 peers of an IPv4 instance, CARP's or VRRP's: one line each, naming the variable
+    for protocol, password in (("carp", "x"), ("vrrp3", "")):
+        lines = refused({"CARP_PROTOCOL": protocol, "CARP_PASS": password,
+                         "CARP_SRCIP": "2001:db8::11", "CARP_PEERS": "10.0.0.2,2001:db8::12"})
+        assert [line.split(":")[0] for line in lines] == ["CARP_SRCIP", "CARP_PEERS"]
+        assert "2001:db8::12: IPv4 addresses only" in lines[1]
 
 
 def test_the_owner_s_failover_is_not_at_once_for_a_failure() -> None:

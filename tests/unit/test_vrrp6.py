@@ -179,3 +179,16 @@ def test_a_reload_into_or_out_of_ipv6_replaces_the_instance() -> None:
     assert six.instances[0].ipv6 and not mixed.instances[0].ipv6
     assert len(plan(mixed, six).replaced) == 1 and len(plan(six, mixed).replaced) == 1
     assert plan(six, config("2001:db8::1/64", "2001:db8::2/64")).updated  # VIPs: in place
+
+
+def test_ipv6_source_and_peers_reach_the_agent_s_process() -> None:
+    """The hand-over to the agent (RunConfig JSON) revives IPv6 CARP_SRCIP/CARP_PEERS."""
+    from sidecar.config.runconfig import RunConfig
+    from sidecar.config.settings import load
+
+    config = load({"CARP_INTERFACE": "eth0", "CARP_VHID": "5", "CARP_PROTOCOL": "vrrp3",
+                   "CARP_ADDR": "2001:db8::1/64", "CARP_SRCIP": "2001:db8::11",
+                   "CARP_PEERS": "2001:db8::12,fe80::12"}).runtime()
+    (s,) = RunConfig.from_json(config.to_json()).instances
+    assert s.ipv6 and s.srcip == IPv6Address("2001:db8::11")
+    assert s.peers == (IPv6Address("2001:db8::12"), IPv6Address("fe80::12"))
