@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from sidecar.core.machine import (
     Action,
@@ -35,7 +35,7 @@ class Node:
     heard: list[tuple[float, str]] = field(default_factory=list)
 
     @property
-    def ip(self) -> IPv4Address:
+    def ip(self) -> IPv4Address | IPv6Address:
         return self.machine.params.own_ip
 
     @property
@@ -45,7 +45,7 @@ class Node:
 
 def node(name: str, ip: str, **params: object) -> Node:
     counter = itertools.count(1000)
-    machine = Machine(Params(own_ip=IPv4Address(ip), **params), rng=lambda: next(counter))  # type: ignore[arg-type]
+    machine = Machine(Params(own_ip=ip_address(ip), **params), rng=lambda: next(counter))  # type: ignore[arg-type]
     return Node(name, machine)
 
 

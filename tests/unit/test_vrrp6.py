@@ -192,3 +192,39 @@ def test_ipv6_source_and_peers_reach_the_agent_s_process() -> None:
     (s,) = RunConfig.from_json(config.to_json()).instances
     assert s.ipv6 and s.srcip == IPv6Address("2001:db8::11")
     assert s.peers == (IPv6Address("2001:db8::12"), IPv6Address("fe80::12"))
+
+
+@pytest.mark.parametrize("nd", [False, True])
+@pytest.mark.parametrize("six", [False, True])
+def test_the_filter_passes_ipv6_adverts_only_with_an_ipv6_instance(nd: bool, six: bool) -> None:
+    from sidecar.net.announce import build_ns_probe, build_unsolicited_na
+    from sidecar.net.packet import carp_and_arp_filter
+    from tests.unit.test_faults3_pieces import carp_frame, run_bpf
+
+    prog = carp_and_arp_filter([], neighbour_adverts=nd, vrrp6=six)
+    mac = bytes.fromhex("020000000009")
+    assert run_bpf(prog, vrrp6_frame(packet(), src_mac=mac)) == (0xFFFF if six else 0)
+    assert run_bpf(prog, carp_frame()) == 0xFFFF
+    assert run_bpf(prog, build_unsolicited_na(mac, VIP2)) == (0xFFFF if nd else 0)
+    assert run_bpf(prog, build_ns_probe(mac, VIP2)) == 0
+    udp6 = bytearray(vrrp6_frame(packet(), src_mac=mac))
+    udp6[20] = 17
+    assert run_bpf(prog, bytes(udp6)) == 0
+
+
+def test_equal_priorities_the_higher_ipv6_source_wins_between_masters() -> None:
+    """RFC 5798 §6.4.3: the 128-bit source in network order, as keepalived's
+    vrrp_saddr_cmp; here the addresses differ in the high bytes, the low ones say otherwise."""
+    from tests.unit.sim import Sim
+    from tests.unit.test_vrrp_machine import vnode
+
+    a = vnode("a", "fe80::2:0:0:1", 100, protocol="vrrp3")
+    b = vnode("b", "fe80::1:0:0:ff", 100, protocol="vrrp3")
+    sim = Sim(a, b)
+    a.connected = b.connected = False
+    sim.start()
+    sim.run_until(5)
+    assert sim.masters() == ["a", "b"]
+    a.connected = b.connected = True
+    sim.run_until(8)
+    assert sim.masters() == ["a"]
