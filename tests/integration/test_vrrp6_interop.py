@@ -9,15 +9,12 @@ and removes the VIP afterwards.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +22,8 @@ from sidecar.lab import Lab
 from sidecar.lab.netns import require_root_and_tools, stop_process
 
 from .conftest import metric, status
-from .test_vrrp_interop import KEEPALIVED, RUNS, Keepalived, logs, took
+from .test_restart import restart, restarted
+from .test_vrrp_interop import KEEPALIVED, RUNS, Keepalived, cli, logs, took
 
 VIP6 = "2001:db8::1"
 ADDR6 = {"a": "2001:db8::11", "b": "2001:db8::12"}  # unicast_src_ip / CARP_SRCIP
@@ -153,6 +151,11 @@ def test_keepalived_master_our_backup_cable_pull_both_ways_and_its_resign(group:
     took(lambda: metric(lab, "b", "carp_adverts_received_total") >= 3, 10, "its adverts")
     st = status(lab, "b")
     assert (st["state"], st["protocol"]) == ("BACKUP", "vrrp3")
+    peer = str(link_local(lab, "a"))  # keepalived's source: its link-local address
+    assert st["peers"][peer]["priority"] == 150  # type: ignore[index]
+    assert metric(lab, "b", "carp_peer_priority", peer=peer) == 150
+    shown = cli(lab, "b", "status", CARP_CONTROL_SOCKET=str(lab.dir / "b.sock")).stdout
+    assert "  protocol:     VRRPv3, priority 100, advert_int 0.1 s, preempt on" in shown, shown
     assert holders(group) == ["a"] and drops(group, "b") == 0, logs(group)  # type: ignore
     took(lambda: client_reaches(group, "a"), 5, "the client reaches a")
     lab.topo.unplug("a")
@@ -180,6 +183,12 @@ def test_our_master_keepalived_backup_cable_pull_both_ways_and_our_resign(group:
     time.sleep(0.5)
     assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
     took(lambda: client_reaches(group, "a"), 5, "the client reaches a")
+    # an in-place restart: the keeper's IPv6 adverts hold keepalived in BACKUP meanwhile
+    before = status(lab, "a")["agent"]["started"]  # type: ignore[index]
+    assert restart(lab, "a").startswith("ok: restarting in place")
+    assert restarted(lab, "a", before)["state"] == "MASTER"
+    assert metric(lab, "a", "carp_restarts_total", kind="in_place", result="resumed") == 1
+    assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
     lab.topo.unplug("a")
     took(lambda: "b" in holders(group), 3, "keepalived takes over")
     took(lambda: client_reaches(group, "b"), 5, "the client reaches b")
@@ -271,10 +280,6 @@ def test_watch_decodes_ipv6_adverts(group: Group6) -> None:
     lab = group.lab
     group.start_keepalived("a", priority=120)
     took(lambda: holders(group) == ["a"], 10, "keepalived MASTER")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("CARP_", "UCARP_"))}
-    base["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    cmd = lab.topo["b"].argv(sys.executable, "-m", "sidecar.tools.cli", "watch", "-i", "eth0",
-                             "-c", "3")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=base, timeout=60).stdout
+    out = cli(lab, "b", "watch", "-i", "eth0", "-c", "3").stdout
     assert f"{link_local(lab, 'a')} " in out and f"VRRPv3 vrid {VRID} " in out, out
     assert "priority 120" in out, out
