@@ -196,6 +196,12 @@ def test_our_master_keepalived_backup_cable_pull_both_ways_and_our_resign(group:
     took(lambda: holders(group) == ["a"], 5, "we preempt back (priority 150)")
     took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP again")
     took(lambda: client_reaches(group, "a"), 5, "the client reaches a again")
+    sock = {"CARP_CONTROL_SOCKET": str(lab.dir / "a.sock")}
+    assert cli(lab, "a", "demote", **sock).returncode == 0  # maintenance: a resign too
+    took(lambda: holders(group) == ["b"], 2, "keepalived takes over on our demotion")
+    assert cli(lab, "a", "promote", **sock).returncode == 0
+    took(lambda: holders(group) == ["a"], 5, "we preempt back once promoted")
+    took(lambda: ka.state() == "BACKUP", 3, "keepalived BACKUP again")
     time.sleep(0.3)
     lab.agents["a"].send_signal(signal.SIGTERM)
     resigned = took(lambda: "b" in holders(group), 2, "keepalived takes over on our resign")

@@ -228,3 +228,28 @@ def test_equal_priorities_the_higher_ipv6_source_wins_between_masters() -> None:
     a.connected = b.connected = True
     sim.run_until(8)
     assert sim.masters() == ["a"]
+
+
+def test_the_link_local_source_is_waited_for_then_refused_naming_the_interface(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    from typing import Any
+
+    from sidecar.config.settings import load
+    from sidecar.runtime.linklocal import link_local_source
+    from sidecar.runtime.startup import StartupError
+
+    s = load({"CARP_INTERFACE": "eth0", "CARP_VHID": "5", "CARP_PROTOCOL": "vrrp3",
+              "CARP_ADDR": "2001:db8::1/64"}).runtime().instances[0]
+    answers = [(None, "only fe80::1, still tentative (DAD)"), (SRC, "")]
+
+    class Nl:
+        async def link_local(self, index: int) -> tuple[IPv6Address | None, str]:
+            return answers.pop(0) if answers else (None, "no IPv6 link-local address")
+
+    nl: Any = Nl()
+    assert asyncio.run(link_local_source(nl, s, 2, tries=3, wait=0.01)) == SRC
+    assert "still tentative (DAD)" in caplog.text and "retrying" in caplog.text
+    with pytest.raises(StartupError) as e:
+        asyncio.run(link_local_source(nl, s, 2, tries=2, wait=0.01))
+    assert str(e.value).startswith("CARP_INTERFACE: eth0 has no IPv6 link-local address")
