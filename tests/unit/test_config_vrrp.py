@@ -201,6 +201,9 @@ def test_an_ipv6_only_instance_is_vrrp3_s_and_refuses_what_it_cannot_use() -> No
                             ({"CARP_MCAST": "224.0.0.18"}, "CARP_MCAST")):
         (line,) = refused({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::7/64", **extra})
         assert line.startswith(f"{variable}: ") and "an IPv6 VRRP instance" in line
+    (line,) = refused({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::7/64",
+                       "CARP_SYNC_PATHS": str(ROOT / "docs")})
+    assert line.startswith("CARP_SYNC_PATHS: replication runs over IPv4; not with an IPv6")
     uni = one({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::7/64",
                "CARP_SRCIP": "2001:db8::11", "CARP_PEERS": "2001:db8::12,fe80::12"})
     assert [str(p) for p in (uni.srcip, *uni.peers)] == ["2001:db8::11", "2001:db8::12",
