@@ -253,3 +253,18 @@ def test_the_link_local_source_is_waited_for_then_refused_naming_the_interface(
     with pytest.raises(StartupError) as e:
         asyncio.run(link_local_source(nl, s, 2, tries=2, wait=0.01))
     assert str(e.value).startswith("CARP_INTERFACE: eth0 has no IPv6 link-local address")
+
+
+def test_check_config_does_not_ask_an_ipv6_instance_for_an_ipv4_source(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.config.settings import load
+    from sidecar.net import rtmsg
+    from sidecar.tools.checkconfig import host_problems
+
+    monkeypatch.setattr(rtmsg, "interface", lambda name: (2, 0x1043))
+    monkeypatch.setattr(rtmsg, "ipv4_addresses", lambda index: [])  # an IPv6-only host
+    base = {"CARP_INTERFACE": "eth0", "CARP_VHID": "5", "CARP_PROTOCOL": "vrrp3"}
+    six = host_problems(load({**base, "CARP_ADDR": "2001:db8::1/64"}))
+    four = host_problems(load({**base, "CARP_ADDR": "10.0.0.1/24"}))
+    assert not any("CARP_SRCIP" in p for p in six)
+    assert any(p.startswith("CARP_SRCIP: not set and eth0 has no IPv4") for p in four)
