@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar.config import vrrp
+from sidecar.config import vmac, vrrp
 from sidecar.config.declare import REQUIRED, Declared, declared
 from sidecar.config.runconfig import (
     AGENT_SETTINGS,
@@ -98,6 +98,11 @@ class VhidRules(_Rules):
         if v is not None and (not v or len(v) > IFNAMSIZ or "/" in v or v.isspace()):
             raise ValueError(f"not an interface name (1-{IFNAMSIZ} characters)")
         return v
+
+    @field_validator("vmac", mode="before", check_fields=False)
+    @classmethod
+    def _vmac(cls, v: Any) -> str | None:  # TOML's true, or a name
+        return vmac.normalised(v)
 
     @field_validator("mcast", check_fields=False)
     @classmethod
@@ -181,7 +186,7 @@ class VhidRules(_Rules):
         errors = []
         if self.advbase == 0 and self.advskew == 0:
             errors.append("CARP_ADVBASE: advbase and advskew cannot both be 0")
-        errors += vrrp.problems(self)
+        errors += vrrp.problems(self) + vmac.problems(self)
         errors += self._alias_checks()
         errors += self._routed_checks()
         if self.strict and not self.peers and self.protocol == "carp":  # (else refused)

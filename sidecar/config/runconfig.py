@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip
 from pathlib import Path
 from typing import Any, Literal
 
+from sidecar.config import vmac
 from sidecar.config.declare import Setting, Ucarp, declared, help_texts, setting
 from sidecar.core.auth import DEFAULT_GROUP, Auth
 
@@ -60,6 +61,10 @@ class Vhid:
     vip_interface: str | None = setting(
         None, env="VIP_INTERFACE", help="put the VIPs on this interface instead, as host routes "
         "for a routing daemon to announce (lo); no gratuitous ARP or NA then")
+    vmac: str | None = setting(
+        None, env="VMAC", help="VRRP: the VIPs on a macvlan with the virtual MAC "
+        "00:00:5e:00:01:VRID, as keepalived's use_vmac: true (named vrrp.VRID) or its name "
+        "(default off)")
     advbase: int = setting(1, env="ADVBASE", ge=0, le=255,
                            help="advert interval base, seconds 0-255 (default 1)",
                            ucarp=Ucarp("advbase", "b", "advertisement frequency"))
@@ -187,6 +192,16 @@ class Vhid:
     def routed(self) -> bool:
         """The VIPs live on CARP_VIP_INTERFACE (lo) for a routing daemon, not on the link."""
         return self.vip_interface is not None
+
+    @property
+    def vmac_name(self) -> str | None:
+        """CARP_VMAC's macvlan (keepalived's use_vmac), or None."""
+        return vmac.interface_name(self.vmac, self.vhid)
+
+    @property
+    def vmac_address(self) -> bytes | None:
+        """The virtual MAC the macvlan carries and our frames leave from, or None."""
+        return None if self.vmac is None else vmac.virtual_mac(self.vhid)
 
     @property
     def name(self) -> str:
