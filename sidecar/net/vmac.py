@@ -1,0 +1,153 @@
+"""CARP_VMAC's macvlan through netlink and /proc/sys, as keepalived 2.2.7 sets it up
+(vrrp_vmac.c ``netlink_link_add_vmac``, vrrp_if_config.c ``set_interface_parameters``):
+
+- a macvlan in private mode on the base interface, carrying the virtual MAC, always up;
+- on it: arp_ignore=1 (answer ARP only for its own addresses, the VIPs), accept_local=1,
+  rp_filter=0, promote_secondaries=1; no IPv6 link-local (addr_gen_mode=1), IPv6 off
+  altogether unless the instance has IPv6 VIPs;
+- on the base: arp_ignore=1 and arp_filter=1, so the base never answers for the VIPs with
+  its own MAC; the previous values are put back when the macvlan is deleted.
+
+Our packet socket stays on the base: the adverts (multicast) reach it whatever the macvlan
+does, and the frames we send carry the virtual MAC as their source.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
+
+log = logging.getLogger("carp-sidecar")
+SYSCTL = Path("/proc/sys/net")
+ON_VMAC = {"ipv4/conf/{}/arp_ignore": 1, "ipv4/conf/{}/accept_local": 1,
+           "ipv4/conf/{}/rp_filter": 0, "ipv4/conf/{}/promote_secondaries": 1}
+ON_BASE = {"ipv4/conf/{}/arp_ignore": 1, "ipv4/conf/{}/arp_filter": 1}
+
+
+class VmacError(Exception):
+    """One line for the operator, naming CARP_VMAC."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    index: int
+    kind: str
+    base: int  # IFLA_LINK: the interface it sits on (0: none)
+    mac: bytes
+    mode: str  # macvlan's mode as pyroute2 names it ("private"; "": not a macvlan)
+
+
+def show(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+async def find(ipr: AsyncIPRoute, name: str) -> Found | None:
+    try:
+        msgs = [m async for m in await ipr.get_links(ifname=name)]
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+    if not msgs:
+        return None
+    m = msgs[0]
+    mode = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE") or ""
+    return Found(m["index"], m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "",
+                 m.get("IFLA_LINK") or 0,
+                 bytes.fromhex((m.get("IFLA_ADDRESS") or "").replace(":", "")), mode)
+
+
+def ours(found: Found, base: int, mac: bytes) -> bool:
+    """A macvlan in private mode on this base with this MAC: left by a crash, or kept across
+    a restart in place; adopted as it is (keepalived adopts it too)."""
+    return (found.kind == "macvlan" and found.base == base and found.mac == mac
+            and str(found.mode) == "private")
+
+
+class Macvlan:
+    """One instance's macvlan: :meth:`ensure` at start and when the base comes back,
+    :meth:`delete` on a graceful stop."""
+
+    def __init__(self, name: str, base_name: str, mac: bytes, ipv6: bool) -> None:
+        self.name, self.base_name, self.mac, self.ipv6 = name, base_name, mac, ipv6
+        self._saved: dict[str, str] = {}  # the base's sysctls before we set them
+        self.adopted = False
+
+    async def ensure(self, base: int) -> int:
+        """The macvlan's index: adopted if it is ours, else created (VmacError otherwise)."""
+        ipr = AsyncIPRoute()
+        try:
+            found = await find(ipr, self.name)
+            if found is not None and not ours(found, base, self.mac):
+                raise VmacError(
+                    f"CARP_VMAC: an interface named {self.name} exists and is not this "
+                    f"instance's macvlan (kind {found.kind or 'none'}, MAC {show(found.mac)}; "
+                    f"wanted a private macvlan on {self.base_name} with {show(self.mac)}); "
+                    "remove it or name another")
+            self.adopted = found is not None
+            if found is None:
+                await self._create(ipr, base)
+                found = await find(ipr, self.name)
+                if found is None:
+                    raise VmacError(f"CARP_VMAC: {self.name} vanished after its creation")
+            self._configure()
+            await ipr.link("set", index=found.index, state="up")
+            return found.index
+        finally:
+            ipr.close()
+
+    async def _create(self, ipr: AsyncIPRoute, base: int) -> None:
+        try:
+            await ipr.link("add", ifname=self.name, kind="macvlan", link=base,
+                           macvlan_mode="private", address=show(self.mac))
+        except NetlinkError as e:
+            why = ("the kernel has no macvlan support (module macvlan)"
+                   if e.code in (errno.EOPNOTSUPP, errno.ENOENT, errno.EINVAL) else e.args[-1])
+            raise VmacError(f"CARP_VMAC: cannot create the macvlan {self.name} on "
+                            f"{self.base_name}: {why}") from None
+        # no link-local from the virtual MAC (RFC 5798 §7.4), set before it goes up
+        write(f"ipv6/conf/{self.name}/addr_gen_mode", "1")
+
+    def _configure(self) -> None:
+        for key, value in ON_VMAC.items():
+            write(key.format(self.name), str(value))
+        write(f"ipv6/conf/{self.name}/disable_ipv6", "0" if self.ipv6 else "1")
+        for key, value in ON_BASE.items():
+            path = key.format(self.base_name)
+            before = read(path)
+            if before is not None and before != str(value):
+                self._saved.setdefault(path, before)
+                write(path, str(value))
+
+    async def delete(self) -> None:
+        """Graceful stop: the macvlan goes (its VIPs with it), the base's sysctls come back."""
+        ipr = AsyncIPRoute()
+        try:
+            found = await find(ipr, self.name)
+            if found is not None and found.kind == "macvlan" and found.mac == self.mac:
+                await ipr.link("del", index=found.index)
+        except NetlinkError as e:
+            log.warning("Cannot delete the macvlan %s: %s", self.name, e)
+        finally:
+            ipr.close()
+        for path, value in self._saved.items():
+            write(path, value)
+        self._saved.clear()
+
+
+def read(key: str) -> str | None:
+    try:
+        return (SYSCTL / key).read_text().strip()
+    except OSError:
+        return None
+
+
+def write(key: str, value: str) -> None:
+    try:
+        (SYSCTL / key).write_text(value)
+    except OSError as e:  # e.g. IPv6 disabled on the host: keepalived logs and goes on too
+        log.warning("Cannot set net.%s=%s: %s", key.replace("/", "."), value, e.strerror or e)
