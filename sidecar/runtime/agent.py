@@ -43,6 +43,7 @@ from sidecar.runtime.resume import ResumeRecord
 from sidecar.runtime.stale import HeldRecord, log_swept, remove_stale_vips
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import address_owner, vip_link
+from sidecar.runtime.vmac import attach_vmac, vmac_link_event
 from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
@@ -170,6 +171,8 @@ class Agent:
                                f"{e.strerror or e}" + self._where(settings)) from None
         if settings.routed:
             instance.vip_ifindex = await vip_link(self.nl, settings)
+        elif settings.vmac is not None:
+            await attach_vmac(instance, links[settings.interface].index)
         channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
                     *link_vips(settings))
         self.instances.append(instance)
@@ -323,6 +326,7 @@ class Agent:
                     if i.s.vip_interface == event.name and (event.deleted
                                                             or event.index != i.vip_ifindex):
                         i.vip_link_changed(None if event.deleted else event.index)
+                vmac_link_event(self, event)
             else:
                 self._address_event(event)
 

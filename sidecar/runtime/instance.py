@@ -40,6 +40,7 @@ from sidecar.core.session import Session, SessionConfig
 from sidecar.net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
 from sidecar.net.channel import Channel
 from sidecar.net.netlink import AddressEvent, Netlink
+from sidecar.net.vmac import Macvlan
 from sidecar.runtime.effects import Effect, Effects
 from sidecar.runtime.maintenance import CounterMark, MaintenanceStore, Prepared
 from sidecar.runtime.notify import InstanceScripts
@@ -95,10 +96,11 @@ def log_start(s: Vhid, srcip: Address) -> None:
     if s.protocol == "carp":
         log.info("Local advertised ethernet address is [00:00:5e:00:00:%02x]", s.vhid,
                  extra=fields(vhid=s.vhid, interface=s.interface))
-    else:  # keepalived's default: the interface's own MAC (no use_vmac)
-        log.info("%s: VRID %d, priority %d, advert_int %g s, preempt %s; adverts from the "
-                 "interface's own MAC", "VRRPv2" if s.protocol == "vrrp2" else "VRRPv3", s.vhid,
-                 s.priority, s.advert_int, "on" if s.preempt else "off",
+    else:  # keepalived's default: the interface's own MAC (use_vmac: the virtual one)
+        log.info("%s: VRID %d, priority %d, advert_int %g s, preempt %s; adverts from %s",
+                 "VRRPv2" if s.protocol == "vrrp2" else "VRRPv3", s.vhid, s.priority,
+                 s.advert_int, "on" if s.preempt else "off", "the interface's own MAC"
+                 if s.vmac is None else f"the virtual MAC on {s.vmac_name} (CARP_VMAC)",
                  extra=fields(vhid=s.vhid, interface=s.interface))
     if s.manages_vip_by_scripts:
         for kind, path in (("up", s.upscript), ("down", s.downscript)):
@@ -112,7 +114,9 @@ class Instance:
                  several: bool = False, script_extra: dict[str, str] | None = None) -> None:
         s = self.s = settings
         self.srcip, self.channel, self.loop, self._nl = srcip, channel, loop, netlink
-        self.vip_ifindex: int | None = None  # CARP_VIP_INTERFACE's, set by the agent
+        self.vip_ifindex: int | None = None  # CARP_VIP_INTERFACE's or CARP_VMAC's (agent)
+        self.vmac: Macvlan | None = None  # CARP_VMAC's (sidecar.runtime.vmac)
+        self.vmac_pending = False  # being created again
         self.session = Session(session_config(s, srcip), wall=time.time,
                                     rng=lambda: secrets.randbits(64),
                                     jitter=lambda: random.uniform(0.9, 1.1))
@@ -153,8 +157,9 @@ class Instance:
 
     @property
     def vip_index(self) -> int | None:
-        """Where the VIPs go: CARP_VIP_INTERFACE (lo), else the CARP interface."""
-        return self.vip_ifindex if self.s.routed else self.channel.ifindex
+        """Where the VIPs go: CARP_VIP_INTERFACE (lo) or CARP_VMAC's macvlan, else the CARP
+        interface."""
+        return self.vip_ifindex if self.s.routed or self.s.vmac else self.channel.ifindex
 
     @property
     def machine(self) -> Machine:
@@ -190,6 +195,8 @@ class Instance:
         await self.scripts.join(self.s.script_timeout + 1)
         if handing_over:  # say to whom: the operator's first question after a stop
             self.reporter.successor(self.session, bowed_out, self.loop.time())
+        if self.vmac is not None:  # keepalived deletes its VMAC on a stop too
+            await self.vmac.delete()
 
     def close(self) -> None:
         for task in list(self._tasks):

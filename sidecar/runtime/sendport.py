@@ -112,8 +112,11 @@ class SendPort:
         return [p for p in self.s.peers if isinstance(p, IPv4Address)]  # (config: all IPv4)
 
     def advert_mac(self) -> bytes:
-        """The source MAC of a VRRP instance's adverts to the group, IPv4 and IPv6: chosen
-        here only. The interface's own (keepalived's default without use_vmac)."""
+        """The one place our frames' source MAC is chosen, IPv4 and IPv6: CARP_VMAC's virtual
+        MAC (as keepalived's use_vmac sends from the macvlan), else the interface's own
+        (keepalived's default; CARP's adverts carry 00:00:5e:00:00:VHID, chosen in build_frame)."""
+        if self.s.vmac_address is not None:
+            return self.s.vmac_address
         attached = self.channel.attached
         return attached.mac if attached is not None else bytes(6)  # absent: send() says so
 
@@ -128,16 +131,17 @@ class SendPort:
 
     def per_vip(self, v4_frame: Callable[[bytes, IPv4Address], bytes],
                 v6_frame: Callable[[bytes, IPv6Address], bytes], what: str) -> bool:
-        """One frame per VIP from our MAC (ARP for IPv4, ICMPv6 for IPv6); False if none could
-        go out (no interface, or the kernel refused)."""
+        """One frame per VIP from our MAC (ARP for IPv4, ICMPv6 for IPv6), the virtual one with
+        CARP_VMAC; False if none could go out (no interface, or the kernel refused)."""
         attached = self.channel.attached
         if attached is None:
             return False
+        mac = self.advert_mac()
         try:
             for v4 in self.s.ipv4_vips:
-                attached.sock.send_arp(v4_frame(attached.mac, v4.ip))
+                attached.sock.send_arp(v4_frame(mac, v4.ip))
             for v6 in self.s.ipv6_vips:
-                attached.sock.send_ipv6(v6_frame(attached.mac, v6.ip))
+                attached.sock.send_ipv6(v6_frame(mac, v6.ip))
         except OSError as e:
             log.warning("%s failed: %s", what, e.strerror)
             return False

@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from sidecar.core.protocol import DropReason
+from sidecar.net.vmac import show
 from sidecar.runtime.reporter import utc
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "group": s.group_name,
         "interface": s.interface,
         "vip_interface": s.vip_interface,
+        "vmac": None if instance.vmac is None else {  # CARP_VMAC's macvlan: the VIPs' home
+            "interface": instance.vmac.name, "mac": show(instance.vmac.mac),
+            "present": instance.vip_ifindex is not None},
         "vip": s.shown_vips[0],
         "vips": s.shown_vips,
         "vip_prefix": "configured" if s.prefix_known else "set by the scripts",

@@ -59,8 +59,11 @@ def _protocol(inst: dict[str, Any]) -> list[str]:
     if proto == "carp":
         return []
     version = {"vrrp2": "VRRPv2", "vrrp3": "VRRPv3"}.get(proto, proto)
+    vmac = inst.get("vmac")  # CARP_VMAC: where the VIPs live, and from which MAC
     return [f"  protocol:     {version}, priority {inst.get('priority', '?')}, advert_int "
-            f"{inst.get('advert_int', '?')} s, preempt {'on' if inst.get('preempt') else 'off'}"]
+            f"{inst.get('advert_int', '?')} s, preempt {'on' if inst.get('preempt') else 'off'}",
+            *([f"  vmac:         {vmac['interface']} ({vmac['mac']}, "
+               f"{'present' if vmac['present'] else 'MISSING'})"] if vmac else [])]
 
 
 def _health(inst: dict[str, Any]) -> str:

@@ -1,0 +1,66 @@
+"""CARP_VMAC's lifecycle around an instance (keepalived's use_vmac; the netlink side is
+:mod:`sidecar.net.vmac`): the macvlan is created or adopted at start, the VIPs go on it, it
+follows its base interface (the kernel deletes it with the base; we create it again when the
+base comes back), and it is deleted on a graceful stop or a reload that replaces the instance
+— never on a restart in place or ``restart --on-stop``, whose VIPs stay leased on it for the
+next process, which adopts it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sidecar.net.netlink import LinkEvent
+from sidecar.net.vmac import Macvlan, VmacError, show
+from sidecar.runtime.startup import StartupError
+from sidecar.serve.logs import fields
+
+if TYPE_CHECKING:
+    from sidecar.runtime.agent import Agent
+    from sidecar.runtime.instance import Instance
+
+log = logging.getLogger("carp-sidecar")
+
+
+async def attach_vmac(instance: Instance, base: int) -> None:
+    """At start: the macvlan, created or adopted; its index is where the VIPs go."""
+    s = instance.s
+    assert s.vmac_name is not None and s.vmac_address is not None
+    macvlan = Macvlan(s.vmac_name, s.interface, s.vmac_address, ipv6=bool(s.ipv6_vips))
+    try:
+        instance.vip_ifindex = await macvlan.ensure(base)
+    except VmacError as e:
+        raise StartupError(f"{e} ({s.name})") from None
+    instance.vmac = macvlan
+    log.info("%s the macvlan %s on %s with the virtual MAC %s (CARP_VMAC): the VIPs go on it",
+             "Adopted" if macvlan.adopted else "Created", macvlan.name, s.interface,
+             show(macvlan.mac), extra=fields(vhid=s.vhid, interface=s.interface))
+
+
+async def _recreate(instance: Instance, base: int) -> None:
+    macvlan = instance.vmac
+    assert macvlan is not None
+    try:
+        index = await macvlan.ensure(base)
+    except (VmacError, OSError) as e:  # the next link event of the base tries again
+        log.error("%s; the VIPs cannot go up until it exists", e)
+        return
+    finally:
+        instance.vmac_pending = False
+    log.info("Created the macvlan %s again on %s (its base came back)", macvlan.name,
+             instance.s.interface, extra=fields(vhid=instance.vhid))
+    instance.vip_link_changed(index)
+
+
+def vmac_link_event(agent: Agent, event: LinkEvent) -> None:
+    """The macvlan went (with its base: the kernel deletes it), or its base came back."""
+    for i in agent.instances:
+        macvlan = i.vmac
+        if macvlan is None or i.stopped.is_set():
+            continue
+        if event.name == macvlan.name and event.deleted and event.index == i.vip_ifindex:
+            i.vip_link_changed(None)
+        elif (event.name == i.s.interface and not event.deleted and i.vip_ifindex is None
+              and not i.vmac_pending):
+            i.vmac_pending = True
+            agent.spawn(_recreate(i, event.index))
