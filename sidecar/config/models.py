@@ -213,8 +213,10 @@ class VhidRules(_Rules):
         """The label must start with the VIPs' interface (the kernel wants it so); when it
         does not, a wrong interface is the likelier mistake, and named as such if it is not
         on this host."""
-        on_var = "CARP_VIP_INTERFACE" if self.vip_interface else "CARP_INTERFACE"
-        on = self.vip_interface or self.interface
+        macvlan = vmac.interface_name(self.vmac, self.vhid)  # the VIPs live there
+        on_var = ("CARP_VIP_INTERFACE" if self.vip_interface else "CARP_VMAC" if macvlan
+                  else "CARP_INTERFACE")
+        on = self.vip_interface or macvlan or self.interface
         alias = self.if_alias
         if alias is None or (alias.startswith(on) and len(alias) <= IFNAMSIZ):
             return []
