@@ -1,0 +1,210 @@
+"""CARP_VMAC, keepalived's use_vmac, with Debian's real keepalived 2.2.7 (issue 35).
+
+One module-scoped lab (nodes a 172.16.0.11, b 172.16.0.12 and a client on one bridge), a tiny
+HTTP server on each node saying which node answered. The client's neighbour entry for the VIP
+is the virtual MAC 00:00:5e:00:01:07 before a failover; it is then pinned (permanent), so the
+client can only reach the new master if that one answers on the same MAC: no ARP relearning.
+The nodes' eth0 have arp_announce=2, as docs/keepalived.md asks for use_vmac either way.
+Every test starts its own keepalived/agent and the fixture stops them and clears what is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.lab import VIP, Lab
+from sidecar.lab.netns import require_root_and_tools, stop_process
+
+from .test_vrrp_interop import KEEPALIVED, Keepalived, keepalived_conf, took
+
+VRID = 7
+VMAC = "00:00:5e:00:01:07"
+RUNS = itertools.count(1)
+why = require_root_and_tools([KEEPALIVED])
+pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
+
+
+class Vlab:
+    def __init__(self, lab: Lab) -> None:
+        self.lab, self.keepalived = lab, list[Keepalived]()
+
+    def start_keepalived(self, node: str, priority: int) -> Keepalived:
+        base = self.lab.dir / f"ka-{node}-{next(RUNS)}"
+        conf = keepalived_conf(node, version=3, priority=priority, advert_int=0.2,
+                               unicast=False, password="", nopreempt=False, track=None)
+        # use_vmac, and the VIP on the macvlan (a "dev eth0" would keep it on the base)
+        conf = conf.replace("  interface eth0\n", "  interface eth0\n  use_vmac\n")
+        base.with_suffix(".conf").write_text(conf.replace(f"{VIP}/16 dev eth0", f"{VIP}/16"))
+        log = base.with_suffix(".log")
+        cmd = [KEEPALIVED, "-n", "-l", "-D", "-f", str(base.with_suffix(".conf")), "-p",
+               f"{base}.pid", "-r", f"{base}.vrrp.pid", "-c", f"{base}.check.pid", "--vrrp"]
+        ka = Keepalived(node, log, self.lab.topo.start(node, cmd, log=log))
+        self.keepalived.append(ka)
+        return ka
+
+    def start_ours(self, node: str, priority: int, vmac: str = "true",
+                   **extra: str) -> subprocess.Popen[bytes]:
+        env = {"CARP_PROTOCOL": "vrrp3", "CARP_PRIORITY": str(priority), "CARP_VMAC": vmac,
+               "CARP_ADVERT_INT": "0.2", "CARP_VHID": str(VRID), "CARP_PASS": "",
+               "CARP_IF_ALIAS": ""}
+        return self.lab.start_agent(node, **{**env, **extra})
+
+    def ip(self, node: str, *args: str) -> str:
+        return self.lab.topo[node].run("ip", *args, check=False).stdout
+
+    def link(self, node: str, name: str) -> dict[str, object] | None:
+        out = self.ip(node, "-j", "-d", "link", "show", "dev", name)
+        return json.loads(out)[0] if out.strip() else None
+
+    def vip_on(self, node: str) -> list[str]:
+        """The interfaces of ``node`` holding the VIP."""
+        out = self.ip(node, "-j", "-4", "addr", "show")
+        return [i["ifname"] for i in json.loads(out or "[]")
+                if any(a.get("local") == VIP for a in i.get("addr_info", []))]
+
+    def who(self) -> str | None:
+        r = self.lab.topo["client"].run("curl", "-s", "-m", "0.5", f"http://{VIP}:8000/who",
+                                        check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def client_mac(self) -> str | None:
+        out = self.ip("client", "-j", "neigh", "show", VIP, "dev", "eth0")
+        entries = json.loads(out or "[]")
+        return str(entries[0].get("lladdr")) if entries else None
+
+    def clear(self) -> None:
+        for node in list(self.lab.agents):
+            self.lab.stop_agent(node, sig=signal.SIGKILL)
+        for ka in self.keepalived:
+            stop_process(ka.proc)
+        self.keepalived.clear()
+        self.ip("client", "neigh", "flush", "dev", "eth0")
+        for node in ("a", "b"):
+            self.lab.topo.plug(node)
+            for name in ("vrrp.7", "vm7", "vrrp.9"):
+                self.ip(node, "link", "del", name)
+            for log in [*self.lab.dir.glob(f"{node}.log"), *self.lab.dir.glob(f"ka-{node}-*")]:
+                log.unlink()
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with Lab() as lab:
+        for node in ("a", "b"):  # who answers on the VIP
+            # docs/keepalived.md: the node's own ARP requests must not name the VIP (from
+            # the base's MAC, they would repoint the client's entry): what an operator sets
+            lab.topo[node].run("sysctl", "-qw", "net.ipv4.conf.eth0.arp_announce=2")
+            www = lab.dir / f"www-{node}"
+            www.mkdir()
+            (www / "who").write_text(node)
+            lab.topo.start(node, [sys.executable, "-m", "http.server", "8000", "--bind",
+                                  "0.0.0.0", "--directory", str(www)])
+        yield lab
+
+
+@pytest.fixture
+def v(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Vlab]:
+    g, failed = Vlab(lab), request.session.testsfailed
+    try:
+        yield g
+    finally:
+        if request.session.testsfailed > failed:
+            for p in sorted(lab.dir.glob("*.log")):
+                print(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}")
+        g.clear()
+
+
+def learn_then_pin(v: Vlab, node: str) -> None:
+    """The client learns the VIP's MAC by ARP (the virtual one), then keeps it for good."""
+    v.ip("client", "neigh", "flush", "dev", "eth0")
+    took(lambda: v.who() == node, 5, f"the client reaches {node}")
+    assert v.client_mac() == VMAC
+    v.ip("client", "neigh", "replace", VIP, "lladdr", VMAC, "dev", "eth0", "nud", "permanent")
+
+
+def assert_our_macvlan(v: Vlab, node: str, name: str = "vrrp.7") -> None:
+    link = v.link(node, name)
+    assert link is not None, f"no {name} on {node}"
+    info = link["linkinfo"]
+    assert (link["address"], link["link"], info["info_kind"], info["info_data"]["mode"]) == (
+        VMAC, "eth0", "macvlan", "private"), link
+
+
+def test_keepalived_master_our_backup_cable_pull_both_ways_same_mac(v: Vlab) -> None:
+    v.start_keepalived("a", priority=150)
+    took(lambda: v.vip_on("a") == ["vrrp.7"], 10, "keepalived MASTER, VIP on its vrrp.7")
+    v.start_ours("b", priority=100)
+    took(lambda: (st := v.lab.status("b")) and st["state"] == "BACKUP", 10, "our BACKUP")
+    assert v.lab.status("b")["vmac"] == {"interface": "vrrp.7", "mac": VMAC, "present": True}
+    assert_our_macvlan(v, "b")
+    assert v.vip_on("b") == []
+    learn_then_pin(v, "a")
+    v.lab.topo.unplug("a")  # keepalived's cable: we take over on the same MAC
+    took(lambda: v.who() == "b", 5, "the client reaches us, with no ARP")
+    assert v.vip_on("b") == ["vrrp.7"] and v.client_mac() == VMAC
+    v.lab.topo.plug("a")  # keepalived preempts back (150 > 100)
+    took(lambda: v.who() == "a", 5, "the client reaches keepalived again, with no ARP")
+    took(lambda: v.vip_on("b") == [], 3, "our VIP released")
+
+
+def test_our_master_keepalived_backup_cable_pull_both_ways_then_stop(v: Vlab) -> None:
+    v.start_ours("a", priority=150)
+    took(lambda: v.vip_on("a") == ["vrrp.7"], 10, "our MASTER, VIP on vrrp.7")
+    assert_our_macvlan(v, "a")
+    ka = v.start_keepalived("b", priority=100)
+    took(lambda: ka.state() == "BACKUP", 5, "keepalived BACKUP")
+    learn_then_pin(v, "a")
+    v.lab.topo.unplug("a")  # our cable: keepalived takes over on the same MAC
+    took(lambda: v.who() == "b", 5, "the client reaches keepalived, with no ARP")
+    v.lab.topo.plug("a")  # we preempt back
+    took(lambda: v.who() == "a", 5, "the client reaches us again, with no ARP")
+    assert ka.states() == ["BACKUP", "MASTER", "BACKUP"]
+    assert v.lab.stop_agent("a") == 0  # a graceful stop: resign, and the macvlan goes
+    assert v.link("a", "vrrp.7") is None
+    took(lambda: v.who() == "b", 3, "keepalived after our resign, with no ARP")
+
+
+def test_ours_alone_crash_adopts_restart_keeps_base_loss_recreates_stop_removes(v: Vlab
+                                                                                ) -> None:
+    from sidecar.serve.control import send_command
+
+    lab = v.lab
+    v.start_ours("a", priority=100, vmac="vm7")
+    took(lambda: v.vip_on("a") == ["vm7"], 10, "MASTER, VIP on vm7")
+    lab.stop_agent("a", sig=signal.SIGKILL)  # a crash leaves the macvlan and its VIP
+    index = v.link("a", "vm7")["ifindex"]  # type: ignore[index]
+    v.start_ours("a", priority=100, vmac="vm7")
+    took(lambda: (st := lab.status("a")) and st["state"] == "MASTER", 10, "MASTER again")
+    assert "Adopted the macvlan vm7" in (lab.dir / "a.log").read_text()
+    assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
+    started = lab.status("a")["agent"]["started"]
+    reply = send_command(lab.dir / "a.sock", "restart", timeout=30)
+    assert reply.startswith("ok: restarting in place"), reply
+    took(lambda: (st := lab.status("a")) and st["agent"]["started"] != started
+         and st["state"] == "MASTER", 20, "the new image MASTER")
+    assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
+    lab.topo.remove_interface("a")  # the base goes: the kernel deletes the macvlan with it
+    took(lambda: v.link("a", "vm7") is None, 3, "vm7 gone with eth0")
+    lab.topo.recreate_interface("a")
+    took(lambda: v.vip_on("a") == ["vm7"], 10, "vm7 created again, the VIP back on it")
+    assert_our_macvlan(v, "a", "vm7")
+    assert lab.stop_agent("a") == 0
+    assert v.link("a", "vm7") is None and v.vip_on("a") == []
+
+
+def test_a_foreign_interface_of_that_name_refuses_the_start(v: Vlab) -> None:
+    v.ip("a", "link", "add", "vrrp.9", "type", "veth", "peer", "name", "x9")
+    proc = v.start_ours("a", priority=100, CARP_VHID="9")
+    assert proc.wait(20) == 2
+    log = Path(v.lab.dir / "a.log").read_text()
+    assert "CARP_VMAC: an interface named vrrp.9 exists and is not this instance's macvlan" in log
+    assert v.link("a", "vrrp.9") is not None  # not ours: left alone
+    v.lab.agents.pop("a")
