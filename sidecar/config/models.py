@@ -220,7 +220,8 @@ class VhidRules(_Rules):
         alias = self.if_alias
         if alias is None or (alias.startswith(on) and len(alias) <= IFNAMSIZ):
             return []
-        if not alias.startswith(on) and not OFFLINE.get() and not _link_exists(on):
+        if (not alias.startswith(on) and not OFFLINE.get() and not macvlan  # made at start
+                and not _link_exists(on)):
             return [f"{on_var}: no interface named {on!r} on this host (CARP_IF_ALIAS is "
                     f"{alias!r})"]
         return [f"CARP_IF_ALIAS: must start with the interface name {on!r} ({on_var}) and "

@@ -76,6 +76,7 @@ class Macvlan:
         self.name, self.base_name, self.mac, self.ipv6 = name, base_name, mac, ipv6
         self._saved: dict[str, str] = {}  # the base's sysctls before we set them
         self.adopted = False
+        self.pending = False  # being created again (its base came back)
 
     async def ensure(self, base: int) -> int:
         """The macvlan's index: adopted if it is ours, else created (VmacError otherwise)."""

@@ -171,8 +171,7 @@ class Agent:
                                f"{e.strerror or e}" + self._where(settings)) from None
         if settings.routed:
             instance.vip_ifindex = await vip_link(self.nl, settings)
-        elif settings.vmac is not None:
-            await attach_vmac(instance, links[settings.interface].index)
+        await attach_vmac(instance, links[settings.interface].index)  # if CARP_VMAC
         channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
                     *link_vips(settings))
         self.instances.append(instance)

@@ -49,6 +49,7 @@ from sidecar.runtime.sendport import SendPort
 from sidecar.runtime.status import instance_status
 from sidecar.runtime.timer import SessionTimer
 from sidecar.runtime.vips import NetlinkVips, VipBackend, backend_for
+from sidecar.runtime.vmac import delete_vmac
 from sidecar.serve.logs import fields
 from sidecar.serve.metrics import InstanceMetrics, Metrics
 
@@ -116,7 +117,6 @@ class Instance:
         self.srcip, self.channel, self.loop, self._nl = srcip, channel, loop, netlink
         self.vip_ifindex: int | None = None  # CARP_VIP_INTERFACE's or CARP_VMAC's (agent)
         self.vmac: Macvlan | None = None  # CARP_VMAC's (sidecar.runtime.vmac)
-        self.vmac_pending = False  # being created again
         self.session = Session(session_config(s, srcip), wall=time.time,
                                     rng=lambda: secrets.randbits(64),
                                     jitter=lambda: random.uniform(0.9, 1.1))
@@ -157,8 +157,7 @@ class Instance:
 
     @property
     def vip_index(self) -> int | None:
-        """Where the VIPs go: CARP_VIP_INTERFACE (lo) or CARP_VMAC's macvlan, else the CARP
-        interface."""
+        """Where the VIPs go: CARP_VIP_INTERFACE (lo), CARP_VMAC's macvlan or the interface."""
         return self.vip_ifindex if self.s.routed or self.s.vmac else self.channel.ifindex
 
     @property
@@ -195,8 +194,7 @@ class Instance:
         await self.scripts.join(self.s.script_timeout + 1)
         if handing_over:  # say to whom: the operator's first question after a stop
             self.reporter.successor(self.session, bowed_out, self.loop.time())
-        if self.vmac is not None:  # keepalived deletes its VMAC on a stop too
-            await self.vmac.delete()
+        await delete_vmac(self)  # keepalived deletes its VMAC on a stop too
 
     def close(self) -> None:
         for task in list(self._tasks):

@@ -25,7 +25,8 @@ log = logging.getLogger("carp-sidecar")
 async def attach_vmac(instance: Instance, base: int) -> None:
     """At start: the macvlan, created or adopted; its index is where the VIPs go."""
     s = instance.s
-    assert s.vmac_name is not None and s.vmac_address is not None
+    if s.vmac_name is None or s.vmac_address is None:
+        return
     macvlan = Macvlan(s.vmac_name, s.interface, s.vmac_address, ipv6=bool(s.ipv6_vips))
     try:
         instance.vip_ifindex = await macvlan.ensure(base)
@@ -46,7 +47,7 @@ async def _recreate(instance: Instance, base: int) -> None:
         log.error("%s; the VIPs cannot go up until it exists", e)
         return
     finally:
-        instance.vmac_pending = False
+        macvlan.pending = False
     log.info("Created the macvlan %s again on %s (its base came back)", macvlan.name,
              instance.s.interface, extra=fields(vhid=instance.vhid))
     instance.vip_link_changed(index)
@@ -61,6 +62,12 @@ def vmac_link_event(agent: Agent, event: LinkEvent) -> None:
         if event.name == macvlan.name and event.deleted and event.index == i.vip_ifindex:
             i.vip_link_changed(None)
         elif (event.name == i.s.interface and not event.deleted and i.vip_ifindex is None
-              and not i.vmac_pending):
-            i.vmac_pending = True
+              and not macvlan.pending):
+            macvlan.pending = True
             agent.spawn(_recreate(i, event.index))
+
+
+async def delete_vmac(instance: Instance) -> None:
+    """A graceful stop (or a reload replacing the instance): the macvlan goes."""
+    if instance.vmac is not None:
+        await instance.vmac.delete()

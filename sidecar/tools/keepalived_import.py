@@ -30,9 +30,7 @@ WHY = {
     "static_ipaddress": "configure the host's own addresses outside carp-sidecar",
     "static_routes": "configure the host's own routes outside carp-sidecar",
     "static_rules": "configure the host's own rules outside carp-sidecar",
-    "use_vmac": "no virtual MAC: the real MAC (keepalived's default), with gratuitous ARPs "
-                "on takeover",
-    "vmac_xmit_base": "no virtual MAC",
+    "vmac_xmit_base": "adverts leave from the virtual MAC too (CARP_VMAC)",
     "track_interface": "only the instance's own interface's carrier is followed",
     "track_file": "use a health check (cmd) that tests the file",
     "track_process": "use a health check (cmd), e.g. pidof",
@@ -402,13 +400,20 @@ def _preempt_delay(d: Node, table: dict[str, Any], state: _State) -> None:
                            "lower-priority advert it hears")
 
 
+def _use_vmac(d: Node, table: dict[str, Any], state: _State) -> None:  # use_vmac [name] [MAC]
+    names = [a for a in d.args if ":" not in a]  # keepalived: a name never has a ':'
+    table["vmac"] = names[0] if names else True
+    state.notes += [f"{d.where}: use_vmac: its own MAC: not carried (the RFC's is used)"] * (
+        len(names) < len(d.args))
+
+
 HANDLERS: dict[str, Handler] = {
     "interface": _simple("interface"), "virtual_router_id": _simple("vhid", "number"),
     "priority": _simple("priority", "number"), "advert_int": _simple("advert_int", "number"),
     "version": _version, "virtual_ipaddress": _addresses,
     "unicast_src_ip": _simple("srcip"), "mcast_src_ip": _simple("srcip"),
     "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt, "state": _state,
-    "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6,
+    "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6, "use_vmac": _use_vmac,
     "preempt_delay": _preempt_delay,
     "authentication": _authentication, "track_script": _track_script,
     "notify": _notify, **{n: _notify for n in NOTIFY},

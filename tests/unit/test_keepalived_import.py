@@ -103,7 +103,7 @@ def test_sample_conditional_lines(tmp_path: Path) -> None:
     (i,) = loaded(plain.toml, tmp_path).instances
     assert (i.protocol, i.priority, i.advert_int, i.health) == ("vrrp3", 100, 12, ())
     assert sum("a line for keepalived's -i" in n for n in plain.notes) == 6
-    assert any("use_vmac: not carried: no virtual MAC" in n for n in plain.notes)
+    assert i.vmac == "true" and not any("use_vmac" in n for n in plain.notes)  # CARP_VMAC
     high = translate(sample, config_id="low")
     config = loaded(high.toml, tmp_path)
     assert config.instances[0].priority == 85 and config.instances[0].health == ("check_VI_0",)

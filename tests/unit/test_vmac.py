@@ -1,0 +1,146 @@
+"""CARP_VMAC (keepalived's use_vmac) without a network: the setting's rules, keepalived's name
+and MAC, the one place the frames' source MAC is chosen (adverts, GARPs: scapy decodes them),
+the adoption rule, the status view, the reload plan and the import. The macvlan itself, with
+a real keepalived, is tests/integration/test_vmac.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+from scapy.layers.l2 import ARP, Ether
+
+from sidecar.config import vmac
+from sidecar.net.announce import build_garp, build_unsolicited_na
+from sidecar.net.channel import Channel
+from sidecar.net.vmac import Found, ours
+from sidecar.runtime.reload import plan
+from sidecar.runtime.sendport import SendPort
+from sidecar.tools.keepalived_import import translate
+from sidecar.tools.statusview import render
+
+from .test_config_vrrp import one, refused
+from .test_keepalived_import import loaded
+from .test_reload_plan import config
+from .test_vrrp_runtime import MAC, SRC, Wire, sent, vhid
+
+V3 = {"CARP_PROTOCOL": "vrrp3"}
+VMAC = bytes.fromhex("00005e000107")
+
+
+@pytest.mark.parametrize(("given", "name"), [("true", "vrrp.7"), ("on", "vrrp.7"),
+                                              ("vm7", "vm7"), ("false", None), ("", None)])
+def test_true_is_keepalived_s_default_name_any_other_value_the_name(given: str,
+                                                                   name: str | None) -> None:
+    s = one({**V3, "CARP_VMAC": given})
+    assert s.vmac_name == name
+    assert s.vmac_address == (None if name is None else VMAC)
+
+
+def test_keepalived_s_virtual_macs() -> None:
+    assert vmac.virtual_mac(7) == VMAC and vmac.virtual_mac(255, ipv6=True).hex() == "00005e0002ff"
+    assert vmac.interface_name("true", 42) == "vrrp.42" and vmac.interface_name(None, 1) is None
+
+
+@pytest.mark.parametrize(("given", "line"), [
+    ({"CARP_VMAC": "true", "CARP_PASS": "x"}, "CARP_VMAC: a VRRP setting (keepalived's use_vmac)"),
+    ({**V3, "CARP_VMAC": "a-very-long-name0"}, "CARP_VMAC: 'a-very-long-name0' is not an "
+     "interface name (at most 15 bytes"),
+    ({**V3, "CARP_VMAC": "vm:7"}, "CARP_VMAC: 'vm:7' is not an interface name"),
+    ({**V3, "CARP_VMAC": "eth0"}, "CARP_VMAC: eth0 is CARP_INTERFACE"),
+    ({**V3, "CARP_VMAC": "true", "CARP_VIP_INTERFACE": "lo", "CARP_ADDR": "10.0.0.7/32"},
+     "CARP_VMAC: the VIPs go on CARP_VIP_INTERFACE; set one or the other"),
+    ({**V3, "CARP_VMAC": "true", "CARP_IF_ALIAS": "eth0:0"},
+     "CARP_IF_ALIAS: must start with the interface name 'vrrp.7' (CARP_VMAC)"),
+])
+def test_refusals_are_one_line_naming_the_variable(given: dict[str, str], line: str) -> None:
+    lines = refused(given)
+    assert len(lines) == 1 and line in lines[0], lines
+
+
+def test_an_ipv6_instance_s_vmac_is_refused_naming_it() -> None:
+    lines = refused({**V3, "CARP_VMAC": "true", "CARP_ADDR": "2001:db8::7/64"})
+    assert any(ln.startswith("CARP_VMAC: not supported yet for an IPv6") for ln in lines), lines
+
+
+def test_toml_takes_true_or_a_name(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text(
+        'state_dir = "off"\n'
+        '[[vhid]]\ninterface = "eth0"\nvhid = 5\naddr = "10.0.0.5/24"\nprotocol = "vrrp3"\n'
+        'vmac = true\n'
+        '[[vhid]]\ninterface = "eth0"\nvhid = 6\naddr = "10.0.0.6/24"\nprotocol = "vrrp2"\n'
+        'vmac = "vm6"\n'
+        '[[vhid]]\ninterface = "eth0"\nvhid = 8\naddr = "10.0.0.8/24"\nprotocol = "vrrp3"\n'
+        'vmac = false\n')
+    from sidecar.config.settings import load
+    a, b, c = load({"CARP_CONFIG": str(tmp_path / "c.toml")}).runtime().instances
+    assert (a.vmac_name, b.vmac_name, c.vmac_name) == ("vrrp.5", "vm6", None)
+
+
+def test_adverts_leave_from_the_virtual_mac_else_our_own() -> None:
+    assert Ether(sent(vhid(vmac="true"))).src == "00:00:5e:00:01:07"
+    assert Ether(sent(vhid())).src == "02:aa:bb:cc:dd:01"
+
+
+def test_gratuitous_arps_and_nas_from_the_virtual_mac() -> None:
+    class Sock:
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def send_arp(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+        send_ipv6 = send_arp
+
+    loop = asyncio.new_event_loop()
+    try:
+        channel, sock = Channel("eth0", loop), Sock()
+        channel.attached = dataclasses.make_dataclass("A", ["mac", "sock"])(MAC, sock)  # type: ignore[assignment]
+        port = SendPort(vhid(vmac="true"), SRC, channel, lambda: None)
+        channel.send = Wire().send  # type: ignore[method-assign]
+        assert port.per_vip(build_garp, build_unsolicited_na, "Gratuitous ARP")
+    finally:
+        loop.close()
+    arps = [Ether(f) for f in sock.frames]
+    assert [(f.src, f[ARP].hwsrc, f[ARP].psrc) for f in arps] == [
+        ("00:00:5e:00:01:07", "00:00:5e:00:01:07", "10.0.0.100"),
+        ("00:00:5e:00:01:07", "00:00:5e:00:01:07", "10.0.0.101")]
+
+
+def test_only_our_own_macvlan_is_adopted() -> None:
+    mine = Found(index=9, kind="macvlan", base=2, mac=VMAC, mode="private")
+    assert ours(mine, 2, VMAC)
+    for other in (dataclasses.replace(mine, base=3), dataclasses.replace(mine, mac=MAC),
+                  dataclasses.replace(mine, mode="bridge"),
+                  dataclasses.replace(mine, kind="veth", mode="")):
+        assert not ours(other, 2, VMAC)
+
+
+def test_status_view_shows_the_macvlan() -> None:
+    doc = {"state": "MASTER", "vhid": 7, "interface": "eth0", "protocol": "vrrp3",
+           "priority": 150, "advert_int": 0.2, "preempt": True, "master_down_interval": 0.66,
+           "vmac": {"interface": "vrrp.7", "mac": "00:00:5e:00:01:07", "present": True}}
+    assert "  vmac:         vrrp.7 (00:00:5e:00:01:07, present)" in render(doc, now=0)
+    assert "vmac:" not in render({**doc, "vmac": None}, now=0)
+
+
+def test_a_reload_toggling_or_renaming_the_vmac_replaces_the_instance() -> None:
+    old = vhid(vmac=None)
+    for new in (vhid(vmac="true"), vhid(vmac="vm7")):
+        p = plan(config(old), config(new))
+        assert p.replaced and not p.updated
+
+
+def test_import_carries_use_vmac(tmp_path: Path) -> None:
+    conf = tmp_path / "keepalived.conf"
+    body = ("vrrp_instance VI_{n} {{\n  interface eth0\n  virtual_router_id {n}\n  version 3\n"
+            "  {vmac}\n  virtual_ipaddress {{\n    10.0.0.{n}/24\n  }}\n}}\n")
+    conf.write_text(body.format(n=1, vmac="use_vmac") + body.format(n=2, vmac="use_vmac vm2")
+                    + body.format(n=3, vmac="use_vmac vm3 02:00:00:00:00:03"))
+    result = translate(conf)
+    a, b, c = loaded(result.toml, tmp_path).runtime().instances
+    assert (a.vmac_name, b.vmac_name, c.vmac_name) == ("vrrp.1", "vm2", "vm3")
+    assert [n.split(": ", 1)[1] for n in result.notes if "vmac" in n] == [
+        "use_vmac: its own MAC: not carried (the RFC's is used)"]
