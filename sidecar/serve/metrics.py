@@ -115,6 +115,9 @@ class Metrics:
                                           registry=r)
         self.instance_info = Gauge("carp_instance_info", "1 per instance; protocol: carp, "
                                    "vrrp2 or vrrp3", [*base, "protocol"], registry=r)
+        self.vmac_info = Gauge("carp_vmac_info", "1 per instance with CARP_VMAC (keepalived's "
+                               "use_vmac): its macvlan and virtual MAC", [*base, "vmac", "mac"],
+                               registry=r)
 
     def _peers(self, r: CollectorRegistry, base: list[str]) -> None:
         """What each peer advertises."""
@@ -285,11 +288,13 @@ class InstanceMetrics:
 
     def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str],
                  strict_peers: Iterable[IPv4Address | IPv6Address] = (), group: str = "",
-                 protocol: str = "carp") -> None:
+                 protocol: str = "carp", vmac: str | None = None) -> None:
         self.family = m
         self.labels = {"group": group or f"vhid{vhid}", "vhid": str(vhid), "interface": interface}
         self._key = tuple(self.labels.values())  # the leading label values of every child
         m.instance_info.labels(**self.labels, protocol=protocol).set(1)
+        if vmac is not None:  # the MAC is the RFC's for the VRID
+            m.vmac_info.labels(**self.labels, vmac=vmac, mac=f"00:00:5e:00:01:{vhid:02x}").set(1)
         self._bind_protocol(m, self.labels, vips, protocol)
         self._bind_operations(m, self.labels)
         self._bind_conflicts(m, self.labels, strict_peers)

@@ -23,7 +23,8 @@ import pytest
 from sidecar.lab import VIP, Lab
 from sidecar.lab.netns import require_root_and_tools, stop_process
 
-from .test_vrrp_interop import KEEPALIVED, Keepalived, keepalived_conf, took
+from .conftest import metric
+from .test_vrrp_interop import KEEPALIVED, Keepalived, cli, keepalived_conf, took
 
 VRID = 7
 VMAC = "00:00:5e:00:01:07"
@@ -144,6 +145,7 @@ def test_keepalived_master_our_backup_cable_pull_both_ways_same_mac(v: Vlab) -> 
     v.start_ours("b", priority=100)
     took(lambda: (st := v.lab.status("b")) and st["state"] == "BACKUP", 10, "our BACKUP")
     assert v.lab.status("b")["vmac"] == {"interface": "vrrp.7", "mac": VMAC, "present": True}
+    assert metric(v.lab, "b", "carp_vmac_info", vmac="vrrp.7", mac=VMAC) == 1
     assert_our_macvlan(v, "b")
     assert v.vip_on("b") == []
     learn_then_pin(v, "a")
@@ -172,8 +174,8 @@ def test_our_master_keepalived_backup_cable_pull_both_ways_then_stop(v: Vlab) ->
     took(lambda: v.who() == "b", 3, "keepalived after our resign, with no ARP")
 
 
-def test_ours_alone_crash_adopts_restart_keeps_base_loss_recreates_stop_removes(v: Vlab
-                                                                                ) -> None:
+def test_ours_alone_crash_adopts_restarts_keep_base_loss_recreates_stop_removes(v: Vlab
+                                                                               ) -> None:
     from sidecar.serve.control import send_command
 
     lab = v.lab
@@ -190,6 +192,13 @@ def test_ours_alone_crash_adopts_restart_keeps_base_loss_recreates_stop_removes(
     assert reply.startswith("ok: restarting in place"), reply
     took(lambda: (st := lab.status("a")) and st["agent"]["started"] != started
          and st["state"] == "MASTER", 20, "the new image MASTER")
+    assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
+    armed = cli(lab, "a", "restart", "--on-stop", "--within", "60")
+    assert armed.returncode == 0, armed.stderr
+    assert lab.stop_agent("a") == 0  # a stop for a restart: the macvlan and the VIP stay
+    assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
+    v.start_ours("a", priority=100, vmac="vm7")
+    took(lambda: "Resumed as MASTER" in (lab.dir / "a.log").read_text(), 10, "resumed")
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
     lab.topo.remove_interface("a")  # the base goes: the kernel deletes the macvlan with it
     took(lambda: v.link("a", "vm7") is None, 3, "vm7 gone with eth0")

@@ -144,3 +144,20 @@ def test_import_carries_use_vmac(tmp_path: Path) -> None:
     assert (a.vmac_name, b.vmac_name, c.vmac_name) == ("vrrp.1", "vm2", "vm3")
     assert [n.split(": ", 1)[1] for n in result.notes if "vmac" in n] == [
         "use_vmac: its own MAC: not carried (the RFC's is used)"]
+
+
+def test_vmac_info_names_the_macvlan_and_goes_with_the_instance() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.serve.metrics import InstanceMetrics, Metrics
+
+    registry = CollectorRegistry()
+    m = Metrics(registry, "test", process_metrics=False)
+    im = InstanceMetrics(m, 7, "eth0", ["10.0.0.100"], protocol="vrrp3", vmac="vrrp.7")
+    InstanceMetrics(m, 8, "eth0", ["10.0.0.101"], protocol="vrrp3")  # none without CARP_VMAC
+    labels = {"group": "vhid7", "vhid": "7", "interface": "eth0", "vmac": "vrrp.7",
+              "mac": "00:00:5e:00:01:07"}
+    assert registry.get_sample_value("carp_vmac_info", labels) == 1
+    assert sum(len(f.samples) for f in registry.collect() if f.name == "carp_vmac_info") == 1
+    im.remove()
+    assert registry.get_sample_value("carp_vmac_info", labels) is None
