@@ -6,7 +6,7 @@
   rp_filter=0, promote_secondaries=1; no IPv6 link-local (addr_gen_mode=1), IPv6 off
   altogether unless the instance has IPv6 VIPs;
 - on the base: arp_ignore=1 and arp_filter=1, so the base never answers for the VIPs with
-  its own MAC; the previous values are put back when the macvlan is deleted.
+  its own MAC; the previous values are put back when the last macvlan on it is deleted.
 
 Our packet socket stays on the base: the adverts (multicast) reach it whatever the macvlan
 does, and the frames we send carry the virtual MAC as their source.
@@ -26,6 +26,8 @@ SYSCTL = Path("/proc/sys/net")
 ON_VMAC = {"ipv4/conf/{}/arp_ignore": 1, "ipv4/conf/{}/accept_local": 1,
            "ipv4/conf/{}/rp_filter": 0, "ipv4/conf/{}/promote_secondaries": 1}
 ON_BASE = {"ipv4/conf/{}/arp_ignore": 1, "ipv4/conf/{}/arp_filter": 1}
+# base interface -> (macvlans on it, its sysctls before the first one set them)
+BASES: dict[str, tuple[int, dict[str, str]]] = {}
 
 
 class VmacError(Exception):
@@ -74,7 +76,7 @@ class Macvlan:
 
     def __init__(self, name: str, base_name: str, mac: bytes, ipv6: bool) -> None:
         self.name, self.base_name, self.mac, self.ipv6 = name, base_name, mac, ipv6
-        self._saved: dict[str, str] = {}  # the base's sysctls before we set them
+        self._holds_base = False  # counted in BASES
         self.adopted = False
         self.pending = False  # being created again (its base came back)
 
@@ -95,7 +97,7 @@ class Macvlan:
                 found = await find(ipr, self.name)
                 if found is None:
                     raise VmacError(f"CARP_VMAC: {self.name} vanished after its creation")
-            self._configure()
+            self.configure()
             await ipr.link("set", index=found.index, state="up")
             return found.index
         finally:
@@ -113,15 +115,20 @@ class Macvlan:
         # no link-local from the virtual MAC (RFC 5798 §7.4), set before it goes up
         write(f"ipv6/conf/{self.name}/addr_gen_mode", "1")
 
-    def _configure(self) -> None:
+    def configure(self) -> None:
         for key, value in ON_VMAC.items():
             write(key.format(self.name), str(value))
         write(f"ipv6/conf/{self.name}/disable_ipv6", "0" if self.ipv6 else "1")
+        if not self._holds_base:  # counted: several macvlans may share a base (keepalived's)
+            self._holds_base = True
+            users, saved = BASES.get(self.base_name, (0, {}))
+            BASES[self.base_name] = (users + 1, saved)
+        saved = BASES[self.base_name][1]
         for key, value in ON_BASE.items():
             path = key.format(self.base_name)
             before = read(path)
             if before is not None and before != str(value):
-                self._saved.setdefault(path, before)
+                saved.setdefault(path, before)
                 write(path, str(value))
 
     async def delete(self) -> None:
@@ -135,9 +142,17 @@ class Macvlan:
             log.warning("Cannot delete the macvlan %s: %s", self.name, e)
         finally:
             ipr.close()
-        for path, value in self._saved.items():
-            write(path, value)
-        self._saved.clear()
+        self.release_base()
+
+    def release_base(self) -> None:
+        if self._holds_base:  # the last one out puts the base's values back
+            self._holds_base = False
+            users, saved = BASES.pop(self.base_name)
+            if users > 1:
+                BASES[self.base_name] = (users - 1, saved)
+            else:
+                for path, value in saved.items():
+                    write(path, value)
 
 
 def read(key: str) -> str | None:

@@ -161,3 +161,33 @@ def test_vmac_info_names_the_macvlan_and_goes_with_the_instance() -> None:
     assert sum(len(f.samples) for f in registry.collect() if f.name == "carp_vmac_info") == 1
     im.remove()
     assert registry.get_sample_value("carp_vmac_info", labels) is None
+
+
+def test_the_base_s_sysctls_come_back_when_the_last_macvlan_on_it_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.net import vmac as netvmac
+
+    for d in ("ipv4/conf/eth0", "ipv4/conf/vm7", "ipv4/conf/vm8", "ipv6/conf/vm7",
+              "ipv6/conf/vm8"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "ipv4/conf/eth0/arp_ignore").write_text("0\n")
+    (tmp_path / "ipv4/conf/eth0/arp_filter").write_text("1\n")
+    monkeypatch.setattr(netvmac, "SYSCTL", tmp_path)
+    a = netvmac.Macvlan("vm7", "eth0", VMAC, ipv6=False)
+    b = netvmac.Macvlan("vm8", "eth0", bytes.fromhex("00005e000108"), ipv6=True)
+    a.configure()
+    b.configure()
+    sysctl = {p.relative_to(tmp_path).as_posix(): p.read_text().strip()
+              for p in tmp_path.rglob("*") if p.is_file()}
+    assert sysctl == {  # keepalived 2.2.7's, vrrp_if_config.c
+        "ipv4/conf/eth0/arp_ignore": "1", "ipv4/conf/eth0/arp_filter": "1",
+        **{f"ipv4/conf/{n}/{k}": v for n in ("vm7", "vm8") for k, v in (
+            ("arp_ignore", "1"), ("accept_local", "1"), ("rp_filter", "0"),
+            ("promote_secondaries", "1"))},
+        "ipv6/conf/vm7/disable_ipv6": "1", "ipv6/conf/vm8/disable_ipv6": "0"}
+    a.release_base()
+    assert (tmp_path / "ipv4/conf/eth0/arp_ignore").read_text() == "1"  # vm8 still needs it
+    b.release_base()
+    assert (tmp_path / "ipv4/conf/eth0/arp_ignore").read_text() == "0"
+    assert (tmp_path / "ipv4/conf/eth0/arp_filter").read_text() == "1\n"  # never changed
+    assert netvmac.BASES == {}
