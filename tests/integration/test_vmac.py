@@ -193,7 +193,8 @@ def test_ours_alone_crash_adopts_restarts_keep_base_loss_recreates_stop_removes(
     took(lambda: (st := lab.status("a")) and st["agent"]["started"] != started
          and st["state"] == "MASTER", 20, "the new image MASTER")
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
-    armed = cli(lab, "a", "restart", "--on-stop", "--within", "60")
+    armed = cli(lab, "a", "restart", "--on-stop", "--within", "60", "--socket",
+                str(lab.dir / "a.sock"))
     assert armed.returncode == 0, armed.stderr
     assert lab.stop_agent("a") == 0  # a stop for a restart: the macvlan and the VIP stay
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
