@@ -42,8 +42,8 @@ from sidecar.runtime.reaper import reap_forever
 from sidecar.runtime.resume import ResumeRecord
 from sidecar.runtime.stale import HeldRecord, log_swept, remove_stale_vips
 from sidecar.runtime.startup import StartupError
-from sidecar.runtime.vips import address_owner, vip_link
-from sidecar.runtime.vmac import attach_vmac, vmac_link_event
+from sidecar.runtime.vips import address_owner
+from sidecar.runtime.vmac import place_vips, stop_instance, vmac_link_event
 from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
@@ -169,9 +169,7 @@ class Agent:
         except OSError as e:  # the unicast socket (CARP_PEERS) needs NET_RAW
             raise StartupError(f"CARP_PEERS: cannot open the unicast socket: "
                                f"{e.strerror or e}" + self._where(settings)) from None
-        if settings.routed:
-            instance.vip_ifindex = await vip_link(self.nl, settings)
-        await attach_vmac(instance, links[settings.interface].index)  # if CARP_VMAC
+        await place_vips(self.nl, instance, links[settings.interface].index)
         channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
                     *link_vips(settings))
         self.instances.append(instance)
@@ -276,11 +274,11 @@ class Agent:
         return 1 if self.failed else 0
 
     async def _stop_instances(self) -> None:
-        await asyncio.gather(*(i.stop() for i in self.instances))
+        await asyncio.gather(*(stop_instance(i) for i in self.instances))
         # a reload under way when the stop came ends first (its child, then what it applies),
         # so no task of it outlives the loop and nothing it started keeps a VIP
         async with self.reload_lock:
-            await asyncio.gather(*(i.stop() for i in self.instances if not i.stopped.is_set()))
+            await asyncio.gather(*(stop_instance(i) for i in self.instances if not i.stopped.is_set()))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

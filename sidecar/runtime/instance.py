@@ -40,7 +40,6 @@ from sidecar.core.session import Session, SessionConfig
 from sidecar.net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
 from sidecar.net.channel import Channel
 from sidecar.net.netlink import AddressEvent, Netlink
-from sidecar.net.vmac import Macvlan
 from sidecar.runtime.effects import Effect, Effects
 from sidecar.runtime.maintenance import CounterMark, MaintenanceStore, Prepared
 from sidecar.runtime.notify import InstanceScripts
@@ -49,7 +48,6 @@ from sidecar.runtime.sendport import SendPort
 from sidecar.runtime.status import instance_status
 from sidecar.runtime.timer import SessionTimer
 from sidecar.runtime.vips import NetlinkVips, VipBackend, backend_for
-from sidecar.runtime.vmac import delete_vmac
 from sidecar.serve.logs import fields
 from sidecar.serve.metrics import InstanceMetrics, Metrics
 
@@ -116,7 +114,6 @@ class Instance:
         s = self.s = settings
         self.srcip, self.channel, self.loop, self._nl = srcip, channel, loop, netlink
         self.vip_ifindex: int | None = None  # CARP_VIP_INTERFACE's or CARP_VMAC's (agent)
-        self.vmac: Macvlan | None = None  # CARP_VMAC's (sidecar.runtime.vmac)
         self.session = Session(session_config(s, srcip), wall=time.time,
                                     rng=lambda: secrets.randbits(64),
                                     jitter=lambda: random.uniform(0.9, 1.1))
@@ -194,7 +191,6 @@ class Instance:
         await self.scripts.join(self.s.script_timeout + 1)
         if handing_over:  # say to whom: the operator's first question after a stop
             self.reporter.successor(self.session, bowed_out, self.loop.time())
-        await delete_vmac(self)  # keepalived deletes its VMAC on a stop too
 
     def close(self) -> None:
         for task in list(self._tasks):

@@ -25,6 +25,7 @@ from sidecar.runtime.maintenance import (
 from sidecar.runtime.reload import Plan, ReloadRefused, key, plan, read_config
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
+from sidecar.runtime.vmac import stop_instance
 from sidecar.serve import logs
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ async def remove(agent: Agent, instance: Instance) -> None:
     log.warning("Reload: leaving vhid %d on %s (%s)", instance.s.vhid, instance.s.interface,
                 "handing the VIP over" if instance.machine.state is State.MASTER
                 else "it holds no VIP")
-    await instance.stop()
+    await stop_instance(instance)  # and its macvlan (CARP_VMAC) goes
     for task in agent.instance_tasks.pop(id(instance), []):
         task.cancel()
     discard(agent, instance)

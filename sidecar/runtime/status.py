@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.core.protocol import DropReason
 from sidecar.net.vmac import show
 from sidecar.runtime.reporter import utc
+from sidecar.runtime.vmac import macvlan_of
 
 if TYPE_CHECKING:
     from sidecar.runtime.instance import Instance
@@ -41,8 +42,8 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "group": s.group_name,
         "interface": s.interface,
         "vip_interface": s.vip_interface,
-        "vmac": None if instance.vmac is None else {  # CARP_VMAC's macvlan: the VIPs' home
-            "interface": instance.vmac.name, "mac": show(instance.vmac.mac),
+        "vmac": None if (mv := macvlan_of(instance)) is None else {  # CARP_VMAC's: VIPs' home
+            "interface": mv.name, "mac": show(mv.mac),
             "present": instance.vip_ifindex is not None},
         "vip": s.shown_vips[0],
         "vips": s.shown_vips,

@@ -8,11 +8,13 @@ next process, which adopts it."""
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import TYPE_CHECKING
 
-from sidecar.net.netlink import LinkEvent
+from sidecar.net.netlink import LinkEvent, Netlink
 from sidecar.net.vmac import Macvlan, VmacError, show
 from sidecar.runtime.startup import StartupError
+from sidecar.runtime.vips import vip_link
 from sidecar.serve.logs import fields
 
 if TYPE_CHECKING:
@@ -20,11 +22,20 @@ if TYPE_CHECKING:
     from sidecar.runtime.instance import Instance
 
 log = logging.getLogger("carp-sidecar")
+# each CARP_VMAC instance's macvlan (kept here: the instance itself knows only vip_ifindex)
+_MACVLANS: weakref.WeakKeyDictionary[Instance, Macvlan] = weakref.WeakKeyDictionary()
 
 
-async def attach_vmac(instance: Instance, base: int) -> None:
-    """At start: the macvlan, created or adopted; its index is where the VIPs go."""
+def macvlan_of(instance: Instance) -> Macvlan | None:
+    return _MACVLANS.get(instance)
+
+
+async def place_vips(netlink: Netlink, instance: Instance, base: int) -> None:
+    """At start, where the VIPs live: CARP_VIP_INTERFACE (checked), CARP_VMAC's macvlan
+    (created or adopted), else the interface itself (vip_ifindex unused)."""
     s = instance.s
+    if s.routed:
+        instance.vip_ifindex = await vip_link(netlink, s)
     if s.vmac_name is None or s.vmac_address is None:
         return
     macvlan = Macvlan(s.vmac_name, s.interface, s.vmac_address, ipv6=bool(s.ipv6_vips))
@@ -32,15 +43,22 @@ async def attach_vmac(instance: Instance, base: int) -> None:
         instance.vip_ifindex = await macvlan.ensure(base)
     except VmacError as e:
         raise StartupError(f"{e} ({s.name})") from None
-    instance.vmac = macvlan
+    _MACVLANS[instance] = macvlan
     log.info("%s the macvlan %s on %s with the virtual MAC %s (CARP_VMAC): the VIPs go on it",
              "Adopted" if macvlan.adopted else "Created", macvlan.name, s.interface,
              show(macvlan.mac), extra=fields(vhid=s.vhid, interface=s.interface))
 
 
-async def _recreate(instance: Instance, base: int) -> None:
-    macvlan = instance.vmac
-    assert macvlan is not None
+async def stop_instance(instance: Instance) -> None:
+    """A graceful stop (or a reload replacing the instance), then its macvlan goes, as
+    keepalived deletes its VMAC on a stop. A restart's stop never comes here."""
+    await instance.stop()
+    macvlan = _MACVLANS.pop(instance, None)
+    if macvlan is not None:
+        await macvlan.delete()
+
+
+async def _recreate(instance: Instance, macvlan: Macvlan, base: int) -> None:
     try:
         index = await macvlan.ensure(base)
     except (VmacError, OSError) as e:  # the next link event of the base tries again
@@ -56,7 +74,7 @@ async def _recreate(instance: Instance, base: int) -> None:
 def vmac_link_event(agent: Agent, event: LinkEvent) -> None:
     """The macvlan went (with its base: the kernel deletes it), or its base came back."""
     for i in agent.instances:
-        macvlan = i.vmac
+        macvlan = _MACVLANS.get(i)
         if macvlan is None or i.stopped.is_set():
             continue
         if event.name == macvlan.name and event.deleted and event.index == i.vip_ifindex:
@@ -64,10 +82,4 @@ def vmac_link_event(agent: Agent, event: LinkEvent) -> None:
         elif (event.name == i.s.interface and not event.deleted and i.vip_ifindex is None
               and not macvlan.pending):
             macvlan.pending = True
-            agent.spawn(_recreate(i, event.index))
-
-
-async def delete_vmac(instance: Instance) -> None:
-    """A graceful stop (or a reload replacing the instance): the macvlan goes."""
-    if instance.vmac is not None:
-        await instance.vmac.delete()
+            agent.spawn(_recreate(i, macvlan, event.index))

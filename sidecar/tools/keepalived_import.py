@@ -19,6 +19,7 @@ from typing import Any
 
 from sidecar.tools import keepalived_ipv6 as ipv6
 from sidecar.tools.keepalived_conf import ConfError, Node, read, vip_options
+from sidecar.tools.keepalived_vmac import use_vmac
 
 SHELL = re.compile(r"[<>|&;$`*?(){}]")  # a script keepalived hands to /bin/sh
 # directives with no carp-sidecar counterpart -> why (the rest get a generic reason)
@@ -400,20 +401,13 @@ def _preempt_delay(d: Node, table: dict[str, Any], state: _State) -> None:
                            "lower-priority advert it hears")
 
 
-def _use_vmac(d: Node, table: dict[str, Any], state: _State) -> None:  # use_vmac [name] [MAC]
-    names = [a for a in d.args if ":" not in a]  # keepalived: a name never has a ':'
-    table["vmac"] = names[0] if names else True
-    state.notes += [f"{d.where}: use_vmac: its own MAC: not carried (the RFC's is used)"] * (
-        len(names) < len(d.args))
-
-
 HANDLERS: dict[str, Handler] = {
     "interface": _simple("interface"), "virtual_router_id": _simple("vhid", "number"),
     "priority": _simple("priority", "number"), "advert_int": _simple("advert_int", "number"),
     "version": _version, "virtual_ipaddress": _addresses,
     "unicast_src_ip": _simple("srcip"), "mcast_src_ip": _simple("srcip"),
     "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt, "state": _state,
-    "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6, "use_vmac": _use_vmac,
+    "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6, "use_vmac": use_vmac,
     "preempt_delay": _preempt_delay,
     "authentication": _authentication, "track_script": _track_script,
     "notify": _notify, **{n: _notify for n in NOTIFY},

@@ -143,7 +143,7 @@ def test_import_carries_use_vmac(tmp_path: Path) -> None:
     a, b, c = loaded(result.toml, tmp_path).runtime().instances
     assert (a.vmac_name, b.vmac_name, c.vmac_name) == ("vrrp.1", "vm2", "vm3")
     assert [n.split(": ", 1)[1] for n in result.notes if "vmac" in n] == [
-        "use_vmac: its own MAC: not carried (the RFC's is used)"]
+        "use_vmac: its own MAC: not carried (the RFC's 00:00:5e:00:01:VRID is used)"]
 
 
 def test_vmac_info_names_the_macvlan_and_goes_with_the_instance() -> None:
