@@ -63,8 +63,8 @@ class Vhid:
         "for a routing daemon to announce (lo); no gratuitous ARP or NA then")
     vmac: str | None = setting(
         None, env="VMAC", help="VRRP: the VIPs on a macvlan with the virtual MAC "
-        "00:00:5e:00:01:VRID, as keepalived's use_vmac: true (named vrrp.VRID) or its name "
-        "(default off)")
+        "00:00:5e:00:01:VRID (IPv6: :02:), as keepalived's use_vmac: true (named vrrp.VRID) "
+        "or its name (default off)")
     advbase: int = setting(1, env="ADVBASE", ge=0, le=255,
                            help="advert interval base, seconds 0-255 (default 1)",
                            ucarp=Ucarp("advbase", "b", "advertisement frequency"))
@@ -200,8 +200,16 @@ class Vhid:
 
     @property
     def vmac_address(self) -> bytes | None:
-        """The virtual MAC the macvlan carries and our frames leave from, or None."""
-        return None if self.vmac is None else vmac.virtual_mac(self.vhid)
+        """The virtual MAC the macvlan carries and our frames leave from, or None: an IPv6
+        instance's is 00:00:5e:00:02:VRID (RFC 5798 §7.3)."""
+        return None if self.vmac is None else vmac.virtual_mac(self.vhid, self.ipv6)
+
+    @property
+    def vmac_shown(self) -> tuple[str, str] | None:
+        """(name, MAC) of CARP_VMAC's macvlan, as /metrics shows it, or None."""
+        if self.vmac_name is None or self.vmac_address is None:
+            return None
+        return self.vmac_name, vmac.show_mac(self.vmac_address)
 
     @property
     def name(self) -> str:

@@ -7,7 +7,6 @@ vrrp_vmac.c ``netlink_link_add_vmac``) and the rules, one line each naming the v
 
 from __future__ import annotations
 
-from ipaddress import IPv6Interface
 from typing import Any
 
 IFNAMSIZ = 15  # bytes, without the NUL (the kernel's IFNAMSIZ is 16)
@@ -70,11 +69,4 @@ def problems(m: Any) -> list[str]:
     if m.upscript is not None or m.downscript is not None:
         out.append("CARP_VMAC: the up/down scripts own the VIPs (CARP_UPSCRIPT/"
                    "CARP_DOWNSCRIPT); the agent must add them to the macvlan")
-    try:
-        vips = list(m.vips)
-    except ValueError:
-        return out  # CARP_ADDR's own error says it
-    if vips and all(isinstance(v, IPv6Interface) for v in vips):
-        out.append("CARP_VMAC: not supported yet for an IPv6 VRRP instance (only IPv6 "
-                   "VIPs); use it with an IPv4 instance")
     return out

@@ -119,7 +119,7 @@ class Instance:
                                     jitter=lambda: random.uniform(0.9, 1.1))
         self.m = InstanceMetrics(metrics, s.vhid, s.interface, [str(v.ip) for v in s.vips],
                                  strict_peers=s.peers if s.strict else (), group=s.group_name,
-                                 protocol=s.protocol, vmac=s.vmac_name)
+                                 protocol=s.protocol, vmac=s.vmac_shown)
         self.reporter = Reporter(s, srcip, self.m, several)
         self.port = SendPort(s, srcip, channel, self.m.advert_send_errors.inc,
                              lambda: self.session.config.params)

@@ -288,13 +288,13 @@ class InstanceMetrics:
 
     def __init__(self, m: Metrics, vhid: int, interface: str, vips: Iterable[str],
                  strict_peers: Iterable[IPv4Address | IPv6Address] = (), group: str = "",
-                 protocol: str = "carp", vmac: str | None = None) -> None:
+                 protocol: str = "carp", vmac: tuple[str, str] | None = None) -> None:
         self.family = m
         self.labels = {"group": group or f"vhid{vhid}", "vhid": str(vhid), "interface": interface}
         self._key = tuple(self.labels.values())  # the leading label values of every child
         m.instance_info.labels(**self.labels, protocol=protocol).set(1)
-        if vmac is not None:  # the MAC is the RFC's for the VRID
-            m.vmac_info.labels(**self.labels, vmac=vmac, mac=f"00:00:5e:00:01:{vhid:02x}").set(1)
+        if vmac is not None:  # (name, MAC)
+            m.vmac_info.labels(**self.labels, vmac=vmac[0], mac=vmac[1]).set(1)
         self._bind_protocol(m, self.labels, vips, protocol)
         self._bind_operations(m, self.labels)
         self._bind_conflicts(m, self.labels, strict_peers)

@@ -28,6 +28,7 @@ from .test_vrrp_interop import KEEPALIVED, Keepalived, cli, keepalived_conf, too
 
 VRID = 7
 VMAC = "00:00:5e:00:01:07"
+VIP6, VRID6, VMAC6 = "2001:db8::1", 9, "00:00:5e:00:02:09"  # an IPv6 instance's (RFC 5798)
 RUNS = itertools.count(1)
 why = require_root_and_tools([KEEPALIVED])
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
@@ -37,13 +38,16 @@ class Vlab:
     def __init__(self, lab: Lab) -> None:
         self.lab, self.keepalived = lab, list[Keepalived]()
 
-    def start_keepalived(self, node: str, priority: int) -> Keepalived:
+    def start_keepalived(self, node: str, priority: int, ipv6: bool = False) -> Keepalived:
         base = self.lab.dir / f"ka-{node}-{next(RUNS)}"
         conf = keepalived_conf(node, version=3, priority=priority, advert_int=0.2,
                                unicast=False, password="", nopreempt=False, track=None)
         # use_vmac, and the VIP on the macvlan (a "dev eth0" would keep it on the base)
         conf = conf.replace("  interface eth0\n", "  interface eth0\n  use_vmac\n")
-        base.with_suffix(".conf").write_text(conf.replace(f"{VIP}/16 dev eth0", f"{VIP}/16"))
+        vip = f"{VIP6}/64" if ipv6 else f"{VIP}/16"
+        if ipv6:
+            conf = conf.replace(f"virtual_router_id {VRID}", f"virtual_router_id {VRID6}")
+        base.with_suffix(".conf").write_text(conf.replace(f"{VIP}/16 dev eth0", vip))
         log = base.with_suffix(".log")
         cmd = [KEEPALIVED, "-n", "-l", "-D", "-f", str(base.with_suffix(".conf")), "-p",
                f"{base}.pid", "-r", f"{base}.vrrp.pid", "-c", f"{base}.check.pid", "--vrrp"]
@@ -65,19 +69,20 @@ class Vlab:
         out = self.ip(node, "-j", "-d", "link", "show", "dev", name)
         return json.loads(out)[0] if out.strip() else None
 
-    def vip_on(self, node: str) -> list[str]:
+    def vip_on(self, node: str, vip: str = VIP) -> list[str]:
         """The interfaces of ``node`` holding the VIP."""
-        out = self.ip(node, "-j", "-4", "addr", "show")
+        out = self.ip(node, "-j", "addr", "show")
         return [i["ifname"] for i in json.loads(out or "[]")
-                if any(a.get("local") == VIP for a in i.get("addr_info", []))]
+                if any(a.get("local") == vip for a in i.get("addr_info", []))]
 
-    def who(self) -> str | None:
-        r = self.lab.topo["client"].run("curl", "-s", "-m", "0.5", f"http://{VIP}:8000/who",
+    def who(self, vip: str = VIP) -> str | None:
+        host = f"[{vip}]" if ":" in vip else vip
+        r = self.lab.topo["client"].run("curl", "-s", "-m", "0.5", f"http://{host}:8000/who",
                                         check=False)
         return r.stdout.strip() if r.returncode == 0 else None
 
-    def client_mac(self) -> str | None:
-        out = self.ip("client", "-j", "neigh", "show", VIP, "dev", "eth0")
+    def client_mac(self, vip: str = VIP) -> str | None:
+        out = self.ip("client", "-j", "neigh", "show", vip, "dev", "eth0")
         entries = json.loads(out or "[]")
         return str(entries[0].get("lladdr")) if entries else None
 
@@ -107,7 +112,14 @@ def lab() -> Iterator[Lab]:
             www.mkdir()
             (www / "who").write_text(node)
             lab.topo.start(node, [sys.executable, "-m", "http.server", "8000", "--bind",
-                                  "0.0.0.0", "--directory", str(www)])
+                                  "::", "--directory", str(www)])  # IPv4 too
+        for node in ("a", "b", "client"):  # link-locals usable at once (the IPv6 adverts')
+            lab.topo[node].run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                               "net.ipv6.conf.default.accept_dad=0",
+                               "net.ipv6.conf.eth0.accept_dad=0")
+            lab.topo[node].run("ip", "link", "set", "eth0", "down")
+            lab.topo[node].run("ip", "link", "set", "eth0", "up")
+        lab.topo["client"].run("ip", "addr", "add", "2001:db8::100/64", "dev", "eth0", "nodad")
         yield lab
 
 
@@ -123,20 +135,20 @@ def v(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Vlab]:
         g.clear()
 
 
-def learn_then_pin(v: Vlab, node: str) -> None:
-    """The client learns the VIP's MAC by ARP (the virtual one), then keeps it for good."""
+def learn_then_pin(v: Vlab, node: str, vip: str = VIP, mac: str = VMAC) -> None:
+    """The client learns the VIP's MAC by ARP/ND (the virtual one), then keeps it for good."""
     v.ip("client", "neigh", "flush", "dev", "eth0")
-    took(lambda: v.who() == node, 5, f"the client reaches {node}")
-    assert v.client_mac() == VMAC
-    v.ip("client", "neigh", "replace", VIP, "lladdr", VMAC, "dev", "eth0", "nud", "permanent")
+    took(lambda: v.who(vip) == node, 5, f"the client reaches {node}")
+    assert v.client_mac(vip) == mac
+    v.ip("client", "neigh", "replace", vip, "lladdr", mac, "dev", "eth0", "nud", "permanent")
 
 
-def assert_our_macvlan(v: Vlab, node: str, name: str = "vrrp.7") -> None:
+def assert_our_macvlan(v: Vlab, node: str, name: str = "vrrp.7", mac: str = VMAC) -> None:
     link = v.link(node, name)
     assert link is not None, f"no {name} on {node}"
     info = link["linkinfo"]
     assert (link["address"], link["link"], info["info_kind"], info["info_data"]["mode"]) == (
-        VMAC, "eth0", "macvlan", "private"), link
+        mac, "eth0", "macvlan", "private"), link
 
 
 def test_keepalived_master_our_backup_cable_pull_both_ways_same_mac(v: Vlab) -> None:
@@ -218,3 +230,20 @@ def test_a_foreign_interface_of_that_name_refuses_the_start(v: Vlab) -> None:
     assert "CARP_VMAC: an interface named vrrp.9 exists and is not this instance's macvlan" in log
     assert v.link("a", "vrrp.9") is not None  # not ours: left alone
     v.lab.agents.pop("a")
+
+
+def test_ipv6_keepalived_master_our_backup_cable_pull_both_ways_same_mac(v: Vlab) -> None:
+    """An IPv6 instance's virtual MAC 00:00:5e:00:02:VRID; the client's entry for the VIP is
+    learnt by ND, then pinned."""
+    v.start_keepalived("a", priority=150, ipv6=True)
+    took(lambda: v.vip_on("a", VIP6) == ["vrrp.9"], 10, "keepalived MASTER, VIP on vrrp.9")
+    v.start_ours("b", priority=100, CARP_VHID=str(VRID6), CARP_ADDR=f"{VIP6}/64",
+                 CARP_SRCIP="")
+    took(lambda: (st := v.lab.status("b")) and st["state"] == "BACKUP", 10, "our BACKUP")
+    assert_our_macvlan(v, "b", "vrrp.9", VMAC6)
+    learn_then_pin(v, "a", VIP6, VMAC6)
+    v.lab.topo.unplug("a")
+    took(lambda: v.who(VIP6) == "b", 5, "the client reaches us, with no ND")
+    assert v.vip_on("b", VIP6) == ["vrrp.9"] and v.client_mac(VIP6) == VMAC6
+    v.lab.topo.plug("a")
+    took(lambda: v.who(VIP6) == "a", 5, "the client reaches keepalived again, with no ND")

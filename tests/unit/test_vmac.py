@@ -60,9 +60,11 @@ def test_refusals_are_one_line_naming_the_variable(given: dict[str, str], line: 
     assert len(lines) == 1 and line in lines[0], lines
 
 
-def test_an_ipv6_instance_s_vmac_is_refused_naming_it() -> None:
-    lines = refused({**V3, "CARP_VMAC": "true", "CARP_ADDR": "2001:db8::7/64"})
-    assert any(ln.startswith("CARP_VMAC: not supported yet for an IPv6") for ln in lines), lines
+def test_an_ipv6_instance_s_virtual_mac_is_rfc_5798_s() -> None:
+    s = one({**V3, "CARP_VMAC": "true", "CARP_ADDR": "2001:db8::7/64"})
+    assert (s.vmac_name, s.vmac_shown) == ("vrrp.7", ("vrrp.7", "00:00:5e:00:02:07"))
+    mixed = one({**V3, "CARP_VMAC": "true", "CARP_ADDR": "10.0.0.7/24,2001:db8::7/64"})
+    assert mixed.vmac_shown == ("vrrp.7", "00:00:5e:00:01:07")  # an IPv4 instance
 
 
 def test_toml_takes_true_or_a_name(tmp_path: Path) -> None:
@@ -153,7 +155,8 @@ def test_vmac_info_names_the_macvlan_and_goes_with_the_instance() -> None:
 
     registry = CollectorRegistry()
     m = Metrics(registry, "test", process_metrics=False)
-    im = InstanceMetrics(m, 7, "eth0", ["10.0.0.100"], protocol="vrrp3", vmac="vrrp.7")
+    im = InstanceMetrics(m, 7, "eth0", ["10.0.0.100"], protocol="vrrp3",
+                         vmac=("vrrp.7", "00:00:5e:00:01:07"))
     InstanceMetrics(m, 8, "eth0", ["10.0.0.101"], protocol="vrrp3")  # none without CARP_VMAC
     labels = {"group": "vhid7", "vhid": "7", "interface": "eth0", "vmac": "vrrp.7",
               "mac": "00:00:5e:00:01:07"}
