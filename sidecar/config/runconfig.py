@@ -65,6 +65,9 @@ class Vhid:
         None, env="VMAC", help="VRRP: the VIPs on a macvlan with the virtual MAC "
         "00:00:5e:00:01:VRID (IPv6: :02:), as keepalived's use_vmac: true (named vrrp.VRID) "
         "or its name (default off)")
+    vmac_xmit_base: bool = setting(False, env="VMAC_XMIT_BASE", help="with CARP_VMAC: adverts "
+                                   "from the interface's own MAC, ARP/NA from the virtual one "
+                                   "(keepalived's vmac_xmit_base; default false)")
     advbase: int = setting(1, env="ADVBASE", ge=0, le=255,
                            help="advert interval base, seconds 0-255 (default 1)",
                            ucarp=Ucarp("advbase", "b", "advertisement frequency"))

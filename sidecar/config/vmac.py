@@ -56,7 +56,8 @@ def problems(m: Any) -> list[str]:
     """What CARP_VMAC may not be combined with (``m``: a validated VhidSettings)."""
     name = interface_name(m.vmac, m.vhid)
     if name is None:
-        return []
+        return ["CARP_VMAC_XMIT_BASE: needs CARP_VMAC (keepalived: vmac_xmit_base is only "
+                "valid with a vmac)"] if m.vmac_xmit_base else []
     if m.protocol == "carp":
         return ["CARP_VMAC: a VRRP setting (keepalived's use_vmac); CARP (ucarp) has no "
                 "virtual MAC interface: set CARP_PROTOCOL=vrrp2 or vrrp3, or remove it"]

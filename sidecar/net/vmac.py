@@ -131,6 +131,11 @@ class Macvlan:
                 saved.setdefault(path, before)
                 write(path, str(value))
 
+    def mute(self) -> None:
+        """No more ARP replies from the macvlan (arp_ignore=8: none for any address), for a
+        master handing over: the successor announces the same MAC."""
+        write(f"ipv4/conf/{self.name}/arp_ignore", "8")
+
     async def delete(self) -> None:
         """Graceful stop: the macvlan goes (its VIPs with it), the base's sysctls come back."""
         ipr = AsyncIPRoute()

@@ -99,7 +99,8 @@ def log_start(s: Vhid, srcip: Address) -> None:
         log.info("%s: VRID %d, priority %d, advert_int %g s, preempt %s; adverts from %s",
                  "VRRPv2" if s.protocol == "vrrp2" else "VRRPv3", s.vhid, s.priority,
                  s.advert_int, "on" if s.preempt else "off", "the interface's own MAC"
-                 if s.vmac is None else f"the virtual MAC on {s.vmac_name} (CARP_VMAC)",
+                 if s.vmac is None or s.vmac_xmit_base else
+                 f"the virtual MAC on {s.vmac_name} (CARP_VMAC)",
                  extra=fields(vhid=s.vhid, interface=s.interface))
     if s.manages_vip_by_scripts:
         for kind, path in (("up", s.upscript), ("down", s.downscript)):
@@ -271,7 +272,7 @@ class Instance:
             self.effects.put(Effect.ADD_VIP if isinstance(out, AddVip) else
                              Effect.DROP_VIP if isinstance(out, DropVip) else Effect.ANNOUNCE)
         elif isinstance(out, outputs.SendProbe):
-            if self.port.per_vip(build_arp_probe, build_ns_probe, "VIP probe"):
+            if self.port.per_vip(build_arp_probe, build_ns_probe, "VIP probe", announce=False):
                 self.session.probed(now)
                 self.m.probes_sent.inc()
         elif isinstance(out, outputs.CheckSending):

@@ -111,11 +111,13 @@ class SendPort:
     def _peers4(self) -> list[IPv4Address]:
         return [p for p in self.s.peers if isinstance(p, IPv4Address)]  # (config: all IPv4)
 
-    def advert_mac(self) -> bytes:
-        """The one place our frames' source MAC is chosen, IPv4 and IPv6: CARP_VMAC's virtual
-        MAC (as keepalived's use_vmac sends from the macvlan), else the interface's own
-        (keepalived's default; CARP's adverts carry 00:00:5e:00:00:VHID, chosen in build_frame)."""
-        if self.s.vmac_address is not None:
+    def advert_mac(self, announce: bool = False) -> bytes:
+        """The one place a VRRP instance's source MAC is chosen, for its adverts (IPv4 and
+        IPv6) and, ``announce``, its GARPs/NAs: CARP_VMAC's virtual MAC (keepalived's use_vmac
+        sends from the macvlan; with CARP_VMAC_XMIT_BASE, its vmac_xmit_base, adverts from
+        the base), else the interface's own (keepalived's default; CARP's adverts carry
+        00:00:5e:00:00:VHID, chosen in build_frame)."""
+        if self.s.vmac_address is not None and (announce or not self.s.vmac_xmit_base):
             return self.s.vmac_address
         attached = self.channel.attached
         return attached.mac if attached is not None else bytes(6)  # absent: send() says so
@@ -130,13 +132,16 @@ class SendPort:
         return SendResult(True, so_far.error, so_far.errno)
 
     def per_vip(self, v4_frame: Callable[[bytes, IPv4Address], bytes],
-                v6_frame: Callable[[bytes, IPv6Address], bytes], what: str) -> bool:
-        """One frame per VIP from our MAC (ARP for IPv4, ICMPv6 for IPv6), the virtual one with
-        CARP_VMAC; False if none could go out (no interface, or the kernel refused)."""
+                v6_frame: Callable[[bytes, IPv6Address], bytes], what: str,
+                announce: bool = True) -> bool:
+        """One frame per VIP from our MAC (ARP for IPv4, ICMPv6 for IPv6); announcements from
+        the virtual one with CARP_VMAC, probes never (a frame from it would pull a switch's
+        entry for it to us, away from a master that sends from it only in its GARPs); False
+        if none could go out (no interface, or the kernel refused)."""
         attached = self.channel.attached
         if attached is None:
             return False
-        mac = self.advert_mac()
+        mac = self.advert_mac(announce=True) if announce else attached.mac
         try:
             for v4 in self.s.ipv4_vips:
                 attached.sock.send_arp(v4_frame(mac, v4.ip))

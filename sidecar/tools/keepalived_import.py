@@ -19,7 +19,7 @@ from typing import Any
 
 from sidecar.tools import keepalived_ipv6 as ipv6
 from sidecar.tools.keepalived_conf import ConfError, Node, read, vip_options
-from sidecar.tools.keepalived_vmac import use_vmac
+from sidecar.tools.keepalived_vmac import use_vmac, vmac_xmit_base
 
 SHELL = re.compile(r"[<>|&;$`*?(){}]")  # a script keepalived hands to /bin/sh
 # directives with no carp-sidecar counterpart -> why (the rest get a generic reason)
@@ -31,7 +31,6 @@ WHY = {
     "static_ipaddress": "configure the host's own addresses outside carp-sidecar",
     "static_routes": "configure the host's own routes outside carp-sidecar",
     "static_rules": "configure the host's own rules outside carp-sidecar",
-    "vmac_xmit_base": "adverts leave from the virtual MAC too (CARP_VMAC)",
     "track_interface": "only the instance's own interface's carrier is followed",
     "track_file": "use a health check (cmd) that tests the file",
     "track_process": "use a health check (cmd), e.g. pidof",
@@ -408,6 +407,7 @@ HANDLERS: dict[str, Handler] = {
     "unicast_src_ip": _simple("srcip"), "mcast_src_ip": _simple("srcip"),
     "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt, "state": _state,
     "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6, "use_vmac": use_vmac,
+    "vmac_xmit_base": vmac_xmit_base,
     "preempt_delay": _preempt_delay,
     "authentication": _authentication, "track_script": _track_script,
     "notify": _notify, **{n: _notify for n in NOTIFY},

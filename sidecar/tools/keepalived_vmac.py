@@ -9,6 +9,10 @@ from typing import Any
 from sidecar.tools.keepalived_conf import Node
 
 
+def vmac_xmit_base(d: Node, table: dict[str, Any], state: Any) -> None:
+    table["vmac_xmit_base"] = True  # adverts from the base's MAC, ARP from the virtual one
+
+
 def use_vmac(d: Node, table: dict[str, Any], state: Any) -> None:
     names = [a for a in d.args if ":" not in a]  # keepalived: a name never has a ':'
     table["vmac"] = names[0] if names else True

@@ -38,12 +38,14 @@ class Vlab:
     def __init__(self, lab: Lab) -> None:
         self.lab, self.keepalived = lab, list[Keepalived]()
 
-    def start_keepalived(self, node: str, priority: int, ipv6: bool = False) -> Keepalived:
+    def start_keepalived(self, node: str, priority: int, ipv6: bool = False,
+                         xmit_base: bool = False) -> Keepalived:
         base = self.lab.dir / f"ka-{node}-{next(RUNS)}"
         conf = keepalived_conf(node, version=3, priority=priority, advert_int=0.2,
                                unicast=False, password="", nopreempt=False, track=None)
         # use_vmac, and the VIP on the macvlan (a "dev eth0" would keep it on the base)
-        conf = conf.replace("  interface eth0\n", "  interface eth0\n  use_vmac\n")
+        conf = conf.replace("  interface eth0\n", "  interface eth0\n  use_vmac\n"
+                            + "  vmac_xmit_base\n" * xmit_base)
         vip = f"{VIP6}/64" if ipv6 else f"{VIP}/16"
         if ipv6:
             conf = conf.replace(f"virtual_router_id {VRID}", f"virtual_router_id {VRID6}")
@@ -247,3 +249,19 @@ def test_ipv6_keepalived_master_our_backup_cable_pull_both_ways_same_mac(v: Vlab
     assert v.vip_on("b", VIP6) == ["vrrp.9"] and v.client_mac(VIP6) == VMAC6
     v.lab.topo.plug("a")
     took(lambda: v.who(VIP6) == "a", 5, "the client reaches keepalived again, with no ND")
+
+
+def test_vmac_xmit_base_adverts_from_the_base_arp_from_the_virtual_mac(v: Vlab) -> None:
+    """keepalived's vmac_xmit_base either side: our adverts leave from eth0's own MAC (and
+    keepalived, the same, hears them), the VIP still answers on the virtual MAC."""
+    v.start_ours("a", priority=150, CARP_VMAC_XMIT_BASE="true")
+    took(lambda: v.vip_on("a") == ["vrrp.7"], 10, "our MASTER, VIP on vrrp.7")
+    ka = v.start_keepalived("b", priority=100, xmit_base=True)
+    eth0 = v.link("a", "eth0")["address"]  # type: ignore[index]
+    dump = v.lab.topo["client"].run("timeout", "2", "tcpdump", "-l", "-e", "-n", "-c", "3", "-i",
+                                    "eth0", "ip proto 112", check=False, timeout=10).stdout
+    assert dump.count(f"{eth0} > 01:00:5e:00:00:12") == 3, dump
+    learn_then_pin(v, "a")
+    assert ka.states() == ["BACKUP"]
+    assert v.lab.stop_agent("a") == 0  # our resign: keepalived takes over on the same MAC
+    took(lambda: v.who() == "b", 3, "keepalived after our resign, with no ARP")

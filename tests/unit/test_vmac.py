@@ -52,6 +52,7 @@ def test_keepalived_s_virtual_macs() -> None:
     ({**V3, "CARP_VMAC": "eth0"}, "CARP_VMAC: eth0 is CARP_INTERFACE"),
     ({**V3, "CARP_VMAC": "true", "CARP_VIP_INTERFACE": "lo", "CARP_ADDR": "10.0.0.7/32"},
      "CARP_VMAC: the VIPs go on CARP_VIP_INTERFACE; set one or the other"),
+    ({**V3, "CARP_VMAC_XMIT_BASE": "true"}, "CARP_VMAC_XMIT_BASE: needs CARP_VMAC"),
     ({**V3, "CARP_VMAC": "true", "CARP_IF_ALIAS": "eth0:0"},
      "CARP_IF_ALIAS: must start with the interface name 'vrrp.7' (CARP_VMAC)"),
 ])
@@ -84,9 +85,12 @@ def test_toml_takes_true_or_a_name(tmp_path: Path) -> None:
 def test_adverts_leave_from_the_virtual_mac_else_our_own() -> None:
     assert Ether(sent(vhid(vmac="true"))).src == "00:00:5e:00:01:07"
     assert Ether(sent(vhid())).src == "02:aa:bb:cc:dd:01"
+    # keepalived's vmac_xmit_base: adverts from the base, ARP/NA still from the virtual MAC
+    assert Ether(sent(vhid(vmac="true", vmac_xmit_base=True))).src == "02:aa:bb:cc:dd:01"
 
 
-def test_gratuitous_arps_and_nas_from_the_virtual_mac() -> None:
+@pytest.mark.parametrize("xmit_base", [False, True])
+def test_gratuitous_arps_and_nas_from_the_virtual_mac(xmit_base: bool) -> None:
     class Sock:
         def __init__(self) -> None:
             self.frames: list[bytes] = []
@@ -100,7 +104,8 @@ def test_gratuitous_arps_and_nas_from_the_virtual_mac() -> None:
     try:
         channel, sock = Channel("eth0", loop), Sock()
         channel.attached = dataclasses.make_dataclass("A", ["mac", "sock"])(MAC, sock)  # type: ignore[assignment]
-        port = SendPort(vhid(vmac="true"), SRC, channel, lambda: None)
+        port = SendPort(vhid(vmac="true", vmac_xmit_base=xmit_base), SRC, channel,
+                        lambda: None)
         channel.send = Wire().send  # type: ignore[method-assign]
         assert port.per_vip(build_garp, build_unsolicited_na, "Gratuitous ARP")
     finally:
@@ -139,11 +144,13 @@ def test_import_carries_use_vmac(tmp_path: Path) -> None:
     conf = tmp_path / "keepalived.conf"
     body = ("vrrp_instance VI_{n} {{\n  interface eth0\n  virtual_router_id {n}\n  version 3\n"
             "  {vmac}\n  virtual_ipaddress {{\n    10.0.0.{n}/24\n  }}\n}}\n")
-    conf.write_text(body.format(n=1, vmac="use_vmac") + body.format(n=2, vmac="use_vmac vm2")
+    conf.write_text(body.format(n=1, vmac="use_vmac") + body.format(
+        n=2, vmac="use_vmac vm2\n  vmac_xmit_base")
                     + body.format(n=3, vmac="use_vmac vm3 02:00:00:00:00:03"))
     result = translate(conf)
     a, b, c = loaded(result.toml, tmp_path).runtime().instances
     assert (a.vmac_name, b.vmac_name, c.vmac_name) == ("vrrp.1", "vm2", "vm3")
+    assert (a.vmac_xmit_base, b.vmac_xmit_base) == (False, True)
     assert [n.split(": ", 1)[1] for n in result.notes if "vmac" in n] == [
         "use_vmac: its own MAC: not carried (the RFC's 00:00:5e:00:01:VRID is used)"]
 
