@@ -201,3 +201,30 @@ def test_the_base_s_sysctls_come_back_when_the_last_macvlan_on_it_goes(
     assert (tmp_path / "ipv4/conf/eth0/arp_ignore").read_text() == "0"
     assert (tmp_path / "ipv4/conf/eth0/arp_filter").read_text() == "1\n"  # never changed
     assert netvmac.BASES == {}
+
+
+def test_a_handing_over_master_s_macvlan_stops_answering_arp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.net import vmac as netvmac
+
+    (tmp_path / "ipv4/conf/vm7").mkdir(parents=True)
+    monkeypatch.setattr(netvmac, "SYSCTL", tmp_path)
+    netvmac.Macvlan("vm7", "eth0", VMAC, ipv6=False).mute()
+    assert (tmp_path / "ipv4/conf/vm7/arp_ignore").read_text() == "8"
+
+
+@pytest.mark.parametrize(("code", "why"), [
+    (95, "the kernel has no macvlan support (module macvlan)"),
+    (98, "Address already in use")])
+def test_a_macvlan_the_kernel_refuses_is_one_line_naming_carp_vmac(
+        code: int, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.net import vmac as netvmac
+
+    class Refusing:
+        async def link(self, *args: object, **kw: object) -> None:
+            raise netvmac.NetlinkError(code, why)
+
+    macvlan = netvmac.Macvlan("vrrp.7", "eth0", VMAC, ipv6=False)
+    with pytest.raises(netvmac.VmacError) as e:
+        asyncio.run(macvlan._create(Refusing(), 2))  # type: ignore[arg-type]
+    assert str(e.value) == f"CARP_VMAC: cannot create the macvlan vrrp.7 on eth0: {why}"
