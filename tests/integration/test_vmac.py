@@ -91,12 +91,16 @@ class Vlab:
     def clear(self) -> None:
         for node in list(self.lab.agents):
             self.lab.stop_agent(node, sig=signal.SIGKILL)
-        for ka in self.keepalived:
-            stop_process(ka.proc)
+        for ka in self.keepalived:  # killed: its graceful exit takes a second; what it
+            stop_process(ka.proc, sig=signal.SIGKILL)  # leaves is cleared below
+        for node in ("a", "b"):
+            self.ip(node, "link", "set", "eth0", "up")
+            self.lab.topo[node].run("nft", "delete", "table", "inet", "keepalived", check=False)
         self.keepalived.clear()
         self.ip("client", "neigh", "flush", "dev", "eth0")
         for node in ("a", "b"):
             self.lab.topo.plug(node)
+            self.ip(node, "addr", "del", f"{VIP}/16", "dev", "eth0")
             for name in ("vrrp.7", "vm7", "vrrp.9"):
                 self.ip(node, "link", "del", name)
             for log in [*self.lab.dir.glob(f"{node}.log"), *self.lab.dir.glob(f"ka-{node}-*")]:
@@ -193,11 +197,11 @@ def test_ours_alone_crash_adopts_restarts_keep_base_loss_recreates_stop_removes(
     from sidecar.serve.control import send_command
 
     lab = v.lab
-    v.start_ours("a", priority=100, vmac="vm7")
+    v.start_ours("a", priority=100, vmac="vm7", CARP_ADVERT_INT="0.1")
     took(lambda: v.vip_on("a") == ["vm7"], 10, "MASTER, VIP on vm7")
     lab.stop_agent("a", sig=signal.SIGKILL)  # a crash leaves the macvlan and its VIP
     index = v.link("a", "vm7")["ifindex"]  # type: ignore[index]
-    v.start_ours("a", priority=100, vmac="vm7")
+    v.start_ours("a", priority=100, vmac="vm7", CARP_ADVERT_INT="0.1")
     took(lambda: (st := lab.status("a")) and st["state"] == "MASTER", 10, "MASTER again")
     assert "Adopted the macvlan vm7" in (lab.dir / "a.log").read_text()
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
@@ -212,7 +216,7 @@ def test_ours_alone_crash_adopts_restarts_keep_base_loss_recreates_stop_removes(
     assert armed.returncode == 0, armed.stderr
     assert lab.stop_agent("a") == 0  # a stop for a restart: the macvlan and the VIP stay
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
-    v.start_ours("a", priority=100, vmac="vm7")
+    v.start_ours("a", priority=100, vmac="vm7", CARP_ADVERT_INT="0.1")
     took(lambda: "Resumed as MASTER" in (lab.dir / "a.log").read_text(), 10, "resumed")
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
     lab.topo.remove_interface("a")  # the base goes: the kernel deletes the macvlan with it
@@ -265,3 +269,19 @@ def test_vmac_xmit_base_adverts_from_the_base_arp_from_the_virtual_mac(v: Vlab) 
     assert ka.states() == ["BACKUP"]
     assert v.lab.stop_agent("a") == 0  # our resign: keepalived takes over on the same MAC
     took(lambda: v.who() == "b", 3, "keepalived after our resign, with no ARP")
+
+
+def test_a_reload_renaming_or_dropping_the_vmac_replaces_the_instance(v: Vlab) -> None:
+    lab, conf = v.lab, v.lab.dir / "vmac.toml"
+    table = ('[[vhid]]\nvhid = 7\naddr = ["172.16.0.1/16"]\nprotocol = "vrrp3"\n'
+             'advert_int = 0.1\n')
+    conf.write_text(table + "vmac = true\n")
+    lab.start_agent("a", CARP_CONFIG=str(conf), **{k: "" for k in (
+        "CARP_VHID", "CARP_PASS", "CARP_ADDR", "CARP_IF_ALIAS", "CARP_SRCIP")})
+    took(lambda: v.vip_on("a") == ["vrrp.7"], 10, "MASTER, VIP on vrrp.7")
+    for given, on in (('vmac = "vm7"\n', "vm7"), ("", "eth0")):
+        conf.write_text(table + given)
+        reply = cli(lab, "a", "reload", "--socket", str(lab.dir / "a.sock"))
+        assert reply.returncode == 0, reply.stdout + reply.stderr
+        took(lambda on=on: v.vip_on("a") == [on], 10, f"the VIP on {on}")
+    assert v.link("a", "vrrp.7") is None and v.link("a", "vm7") is None
