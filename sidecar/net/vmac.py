@@ -85,12 +85,7 @@ class Macvlan:
         ipr = AsyncIPRoute()
         try:
             found = await find(ipr, self.name)
-            if found is not None and not ours(found, base, self.mac):
-                raise VmacError(
-                    f"CARP_VMAC: an interface named {self.name} exists and is not this "
-                    f"instance's macvlan (kind {found.kind or 'none'}, MAC {show(found.mac)}; "
-                    f"wanted a private macvlan on {self.base_name} with {show(self.mac)}); "
-                    "remove it or name another")
+            self.check(found, base)
             self.adopted = found is not None
             if found is None:
                 await self._create(ipr, base)
@@ -100,6 +95,23 @@ class Macvlan:
             self.configure()
             await ipr.link("set", index=found.index, state="up")
             return found.index
+        finally:
+            ipr.close()
+
+    def check(self, found: Found | None, base: int) -> None:
+        """VmacError unless the name is free or already ours."""
+        if found is not None and not ours(found, base, self.mac):
+            raise VmacError(
+                f"CARP_VMAC: an interface named {self.name} exists and is not this "
+                f"instance's macvlan (kind {found.kind or 'none'}, MAC {show(found.mac)}; "
+                f"wanted a private macvlan on {self.base_name} with {show(self.mac)}); "
+                "remove it or name another")
+
+    async def usable(self, base: int) -> None:
+        """:meth:`check` on what is there now, changing nothing (a reload's look first)."""
+        ipr = AsyncIPRoute()
+        try:
+            self.check(await find(ipr, self.name), base)
         finally:
             ipr.close()
 

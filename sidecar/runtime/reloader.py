@@ -25,7 +25,7 @@ from sidecar.runtime.maintenance import (
 from sidecar.runtime.reload import Plan, ReloadRefused, key, plan, read_config
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
-from sidecar.runtime.vmac import stop_instance
+from sidecar.runtime.vmac import check_vmac, stop_instance
 from sidecar.serve import logs
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ async def check_host(agent: Agent, p: Plan) -> str:
             await agent.source_ip(settings, link)
             if settings.routed:
                 await vip_link(agent.nl, settings)
+            await check_vmac(settings, link.index)
         except StartupError as e:
             return str(e)
     return ""

@@ -18,6 +18,7 @@ from sidecar.runtime.vips import vip_link
 from sidecar.serve.logs import fields
 
 if TYPE_CHECKING:
+    from sidecar.config.runconfig import Vhid
     from sidecar.runtime.agent import Agent
     from sidecar.runtime.instance import Instance
 
@@ -47,6 +48,19 @@ async def place_vips(netlink: Netlink, instance: Instance, base: int) -> None:
     log.info("%s the macvlan %s on %s with the virtual MAC %s (CARP_VMAC): the VIPs go on it",
              "Adopted" if macvlan.adopted else "Created", macvlan.name, s.interface,
              show(macvlan.mac), extra=fields(vhid=s.vhid, interface=s.interface))
+
+
+async def check_vmac(s: Vhid, base: int) -> None:
+    """A reload's look before anything changes: CARP_VMAC's name is free or this base's
+    macvlan with this MAC (StartupError naming CARP_VMAC otherwise). A macvlan of a running
+    instance is left to the replacement, which deletes it first."""
+    if s.vmac_name is None or s.vmac_address is None or any(
+            m.name == s.vmac_name for m in _MACVLANS.values()):
+        return
+    try:
+        await Macvlan(s.vmac_name, s.interface, s.vmac_address, False).usable(base)
+    except VmacError as e:
+        raise StartupError(f"{e} ({s.name})") from None
 
 
 async def stop_instance(instance: Instance) -> None:

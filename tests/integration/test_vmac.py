@@ -279,6 +279,13 @@ def test_a_reload_renaming_or_dropping_the_vmac_replaces_the_instance(v: Vlab) -
     lab.start_agent("a", CARP_CONFIG=str(conf), **{k: "" for k in (
         "CARP_VHID", "CARP_PASS", "CARP_ADDR", "CARP_IF_ALIAS", "CARP_SRCIP")})
     took(lambda: v.vip_on("a") == ["vrrp.7"], 10, "MASTER, VIP on vrrp.7")
+    v.ip("a", "link", "add", "vm8", "type", "veth", "peer", "name", "x8")  # not a macvlan
+    conf.write_text(table + 'vmac = "vm8"\n')
+    refused = cli(lab, "a", "reload", "--socket", str(lab.dir / "a.sock"))
+    assert "CARP_VMAC: an interface named vm8 exists" in refused.stdout + refused.stderr, (
+        refused.stdout + refused.stderr)
+    assert v.vip_on("a") == ["vrrp.7"] and lab.status("a")["state"] == "MASTER"  # unchanged
+    v.ip("a", "link", "del", "vm8")
     for given, on in (('vmac = "vm7"\n', "vm7"), ("", "eth0")):
         conf.write_text(table + given)
         reply = cli(lab, "a", "reload", "--socket", str(lab.dir / "a.sock"))
