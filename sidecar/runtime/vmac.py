@@ -11,6 +11,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING
 
+from sidecar.net import rtmsg
 from sidecar.net.netlink import LinkEvent, Netlink
 from sidecar.net.vmac import Macvlan, VmacError, show
 from sidecar.runtime.startup import StartupError
@@ -83,19 +84,24 @@ async def _recreate(instance: Instance, macvlan: Macvlan, base: int) -> None:
         return
     finally:
         macvlan.pending = False
-    log.info("Created the macvlan %s again on %s (its base came back)", macvlan.name,
+    log.info("Created the macvlan %s again on %s (it was deleted)", macvlan.name,
              instance.s.interface, extra=fields(vhid=instance.vhid))
     instance.vip_link_changed(index)
 
 
 def vmac_link_event(agent: Agent, event: LinkEvent) -> None:
-    """The macvlan went (with its base: the kernel deletes it), or its base came back."""
+    """The macvlan went (with its base, which the kernel does, or by hand: then at once
+    again), or its base came back."""
     for i in agent.instances:
         macvlan = _MACVLANS.get(i)
         if macvlan is None or i.stopped.is_set():
             continue
         if event.name == macvlan.name and event.deleted and event.index == i.vip_ifindex:
             i.vip_link_changed(None)
+            base = rtmsg.link(i.s.interface)  # still there: someone deleted the macvlan
+            if base is not None and not macvlan.pending:
+                macvlan.pending = True
+                agent.spawn(_recreate(i, macvlan, base[0]))
         elif (event.name == i.s.interface and not event.deleted and i.vip_ifindex is None
               and not macvlan.pending):
             macvlan.pending = True

@@ -219,6 +219,8 @@ def test_ours_alone_crash_adopts_restarts_keep_base_loss_recreates_stop_removes(
     v.start_ours("a", priority=100, vmac="vm7", CARP_ADVERT_INT="0.1")
     took(lambda: "Resumed as MASTER" in (lab.dir / "a.log").read_text(), 10, "resumed")
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
+    v.ip("a", "link", "del", "vm7")  # by hand: back at once, the VIP on it
+    took(lambda: v.vip_on("a") == ["vm7"], 5, "vm7 created again, the VIP back on it")
     lab.topo.remove_interface("a")  # the base goes: the kernel deletes the macvlan with it
     took(lambda: v.link("a", "vm7") is None, 3, "vm7 gone with eth0")
     lab.topo.recreate_interface("a")
