@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+OWNER_PRIORITY = 255  # config/vrrp.py's; importing it: a cycle (vrrp -> runconfig -> vmac)
 IFNAMSIZ = 15  # bytes, without the NUL (the kernel's IFNAMSIZ is 16)
 ON = ("true", "yes", "on", "1")
 OFF = ("false", "no", "off", "0", "")
@@ -67,6 +68,9 @@ def problems(m: Any) -> list[str]:
                    "(true: vrrp.VHID)")
     if m.vip_interface is not None:
         out.append("CARP_VMAC: the VIPs go on CARP_VIP_INTERFACE; set one or the other")
+    if m.priority == OWNER_PRIORITY:
+        out.append("CARP_VMAC: the address owner's VIPs (CARP_PRIORITY=255) are its own "
+                   "addresses and stay on CARP_INTERFACE; no macvlan can carry them")
     if m.upscript is not None or m.downscript is not None:
         out.append("CARP_VMAC: the up/down scripts own the VIPs (CARP_UPSCRIPT/"
                    "CARP_DOWNSCRIPT); the agent must add them to the macvlan")

@@ -53,6 +53,7 @@ def test_keepalived_s_virtual_macs() -> None:
     ({**V3, "CARP_VMAC": "true", "CARP_VIP_INTERFACE": "lo", "CARP_ADDR": "10.0.0.7/32"},
      "CARP_VMAC: the VIPs go on CARP_VIP_INTERFACE; set one or the other"),
     ({**V3, "CARP_VMAC_XMIT_BASE": "true"}, "CARP_VMAC_XMIT_BASE: needs CARP_VMAC"),
+    ({**V3, "CARP_VMAC": "true", "CARP_PRIORITY": "255"}, "CARP_VMAC: the address owner's"),
     ({**V3, "CARP_VMAC": "true", "CARP_IF_ALIAS": "eth0:0"},
      "CARP_IF_ALIAS: must start with the interface name 'vrrp.7' (CARP_VMAC)"),
 ])
