@@ -14,10 +14,12 @@ does, and the frames we send carry the virtual MAC as their source.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sidecar.net._pyroute2 import AsyncIPRoute, NetlinkError
 
@@ -54,13 +56,24 @@ async def find(ipr: AsyncIPRoute, name: str) -> Found | None:
         if e.code == errno.ENODEV:
             return None
         raise
-    if not msgs:
-        return None
-    m = msgs[0]
+    return found(msgs[0]) if msgs else None
+
+
+def found(m: Any) -> Found:
     mode = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_MACVLAN_MODE") or ""
     return Found(m["index"], m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "",
                  m.get("IFLA_LINK") or 0,
                  bytes.fromhex((m.get("IFLA_ADDRESS") or "").replace(":", "")), mode)
+
+
+async def twin(ipr: AsyncIPRoute, name: str, base: int, mac: bytes) -> str | None:
+    """Another macvlan on this base with this MAC (a crash under an old CARP_VMAC name, or a
+    keepalived of this host with this VRID): the kernel refuses a second one up (EADDRINUSE)."""
+    async for m in await ipr.get_links():
+        f, other = found(m), m.get("IFLA_IFNAME")
+        if other != name and f.kind == "macvlan" and f.base == base and f.mac == mac:
+            return str(other)
+    return None
 
 
 def ours(found: Found, base: int, mac: bytes) -> bool:
@@ -81,20 +94,34 @@ class Macvlan:
         self.pending = False  # being created again (its base came back)
 
     async def ensure(self, base: int) -> int:
-        """The macvlan's index: adopted if it is ours, else created (VmacError otherwise)."""
-        ipr = AsyncIPRoute()
+        """The macvlan's index: adopted if it is ours, else created. VmacError otherwise,
+        with what this call created deleted and the base's count taken back."""
+        ipr, held, created = AsyncIPRoute(), self._holds_base, False
         try:
             found = await find(ipr, self.name)
             self.check(found, base)
+            if (other := await twin(ipr, self.name, base, self.mac)) is not None:
+                raise VmacError(f"CARP_VMAC: the macvlan {other} on {self.base_name} already "
+                                f"has the virtual MAC {show(self.mac)} (left under an old "
+                                "CARP_VMAC name, or keepalived's): delete it or stop its user")
             self.adopted = found is not None
             if found is None:
-                await self._create(ipr, base)
-                found = await find(ipr, self.name)
-                if found is None:
+                created = await self._create(ipr, base)
+                if (found := await find(ipr, self.name)) is None:
                     raise VmacError(f"CARP_VMAC: {self.name} vanished after its creation")
             self.configure()
             await ipr.link("set", index=found.index, state="up")
             return found.index
+        except (NetlinkError, VmacError) as e:
+            if created:
+                with contextlib.suppress(NetlinkError):
+                    await ipr.link("del", ifname=self.name)
+            if not held:
+                self.release_base(restore=created)
+            if isinstance(e, VmacError):
+                raise
+            raise VmacError(f"CARP_VMAC: the macvlan {self.name} on {self.base_name}: "
+                            f"{e.args[-1]}") from None
         finally:
             ipr.close()
 
@@ -115,7 +142,7 @@ class Macvlan:
         finally:
             ipr.close()
 
-    async def _create(self, ipr: AsyncIPRoute, base: int) -> None:
+    async def _create(self, ipr: AsyncIPRoute, base: int) -> bool:
         try:
             await ipr.link("add", ifname=self.name, kind="macvlan", link=base,
                            macvlan_mode="private", address=show(self.mac))
@@ -126,6 +153,7 @@ class Macvlan:
                             f"{self.base_name}: {why}") from None
         # no link-local from the virtual MAC (RFC 5798 §7.4), set before it goes up
         write(f"ipv6/conf/{self.name}/addr_gen_mode", "1")
+        return True
 
     def configure(self) -> None:
         for key, value in ON_VMAC.items():
@@ -161,13 +189,15 @@ class Macvlan:
             ipr.close()
         self.release_base()
 
-    def release_base(self) -> None:
-        if self._holds_base:  # the last one out puts the base's values back
+    def release_base(self, restore: bool = True) -> None:
+        """The last one out puts the base's values back (``restore``: its macvlan is gone;
+        else it stays, and the base keeps answering for nothing on it)."""
+        if self._holds_base:
             self._holds_base = False
             users, saved = BASES.pop(self.base_name)
             if users > 1:
                 BASES[self.base_name] = (users - 1, saved)
-            else:
+            elif restore:
                 for path, value in saved.items():
                     write(path, value)
 

@@ -229,3 +229,77 @@ def test_a_macvlan_the_kernel_refuses_is_one_line_naming_carp_vmac(
     with pytest.raises(netvmac.VmacError) as e:
         asyncio.run(macvlan._create(Refusing(), 2))  # type: ignore[arg-type]
     assert str(e.value) == f"CARP_VMAC: cannot create the macvlan vrrp.7 on eth0: {why}"
+
+
+class Msg(dict[str, object]):
+    """A netlink link message as pyroute2 gives it (what net/vmac reads of it)."""
+
+    def get_nested(self, *keys: str) -> object:
+        return {"IFLA_INFO_KIND": "macvlan", "IFLA_MACVLAN_MODE": "private"}.get(keys[-1])
+
+
+class FakeIPRoute:
+    """The kernel as the review saw it: ``link add`` works, ``set up`` EADDRINUSE when
+    another macvlan on the base has the MAC (``twin``)."""
+
+    def __init__(self, twin: bool = False) -> None:
+        self.links: dict[str, Msg] = {}
+        if twin:
+            self.links["olda"] = Msg(index=5, IFLA_IFNAME="olda", IFLA_LINK=2,
+                                     IFLA_ADDRESS="00:00:5e:00:01:07")
+        self.calls: list[str] = []
+
+    async def get_links(self, ifname: str | None = None) -> object:
+        from sidecar.net import vmac as netvmac
+
+        if ifname is not None and ifname not in self.links:
+            raise netvmac.NetlinkError(19, "No such device")
+
+        async def gen() -> object:
+            for name, m in self.links.items():
+                if ifname in (None, name):
+                    yield m
+        return gen()
+
+    async def link(self, op: str, **kw: object) -> None:
+        from sidecar.net import vmac as netvmac
+
+        self.calls.append(op)
+        if op == "add":
+            name = str(kw["ifname"])
+            self.links[name] = Msg(index=9, IFLA_IFNAME=name, IFLA_LINK=kw["link"],
+                                   IFLA_ADDRESS=kw["address"])
+        elif op == "set":
+            raise netvmac.NetlinkError(98, "Address already in use")
+        elif op == "del":
+            self.links.pop(str(kw.get("ifname")), None)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("precheck", [True, False])
+def test_a_macvlan_the_kernel_will_not_bring_up_is_deleted_again_one_line(
+        precheck: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 1: EADDRINUSE comes at ``set up``; the twin is named before anything is made,
+    and whatever fails, nothing is left: no macvlan, no base count, the base's values back."""
+    from sidecar.net import vmac as netvmac
+
+    for d in ("ipv4/conf/eth0", "ipv4/conf/vrrp.7", "ipv6/conf/vrrp.7"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "ipv4/conf/eth0/arp_ignore").write_text("0")
+    monkeypatch.setattr(netvmac, "SYSCTL", tmp_path)
+    ipr = FakeIPRoute(twin=precheck)
+    monkeypatch.setattr(netvmac, "AsyncIPRoute", lambda: ipr)
+    if not precheck:  # the twin's check passed (a race): the kernel's refusal at set up
+        monkeypatch.setattr(netvmac, "twin", lambda *a: asyncio.sleep(0, None))
+    macvlan = netvmac.Macvlan("vrrp.7", "eth0", VMAC, ipv6=False)
+    with pytest.raises(netvmac.VmacError) as e:
+        asyncio.run(macvlan.ensure(2))
+    assert str(e.value) == ("CARP_VMAC: the macvlan olda on eth0 already has the virtual MAC "
+                            "00:00:5e:00:01:07 (left under an old CARP_VMAC name, or "
+                            "keepalived's): delete it or stop its user" if precheck else
+                            "CARP_VMAC: the macvlan vrrp.7 on eth0: Address already in use")
+    assert "vrrp.7" not in ipr.links and netvmac.BASES == {}
+    assert ipr.calls == ([] if precheck else ["add", "set", "del"])
+    assert (tmp_path / "ipv4/conf/eth0/arp_ignore").read_text() == "0"
