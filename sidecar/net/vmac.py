@@ -91,6 +91,7 @@ class Macvlan:
         self.name, self.base_name, self.mac, self.ipv6 = name, base_name, mac, ipv6
         self._holds_base = False  # counted in BASES
         self.adopted = False
+        self.created = False  # by this run: a start or reload failing part way deletes it
         self.pending = False  # being created again (its base came back)
 
     async def ensure(self, base: int) -> int:
@@ -111,6 +112,7 @@ class Macvlan:
                     raise VmacError(f"CARP_VMAC: {self.name} vanished after its creation")
             self.configure()
             await ipr.link("set", index=found.index, state="up")
+            self.created = self.created or created
             return found.index
         except (NetlinkError, VmacError) as e:
             if created:
@@ -188,6 +190,14 @@ class Macvlan:
         finally:
             ipr.close()
         self.release_base()
+
+    async def abandon(self) -> None:
+        """A start or reload failed part way: what this run created goes, an adopted one
+        stays as it was found (the base keeps its values for it)."""
+        if self.created:
+            await self.delete()
+        else:
+            self.release_base(restore=False)
 
     def release_base(self, restore: bool = True) -> None:
         """The last one out puts the base's values back (``restore``: its macvlan is gone;

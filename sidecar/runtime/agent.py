@@ -43,7 +43,7 @@ from sidecar.runtime.resume import ResumeRecord
 from sidecar.runtime.stale import HeldRecord, log_swept, remove_stale_vips
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import address_owner
-from sidecar.runtime.vmac import place_vips, stop_instance, vmac_link_event
+from sidecar.runtime.vmac import abandon, place_vips, stop_instance, vmac_link_event
 from sidecar.serve import logs
 from sidecar.serve.control import ControlServer
 from sidecar.serve.http import StatusServer
@@ -136,6 +136,7 @@ class Agent:
         try:
             await agent._open()
         except BaseException:
+            await abandon(agent.instances)  # CARP_VMAC's macvlans this start created
             await agent.close()
             raise
         return agent

@@ -25,7 +25,7 @@ from sidecar.runtime.maintenance import (
 from sidecar.runtime.reload import Plan, ReloadRefused, key, plan, read_config
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
-from sidecar.runtime.vmac import check_vmac, stop_instance
+from sidecar.runtime.vmac import abandon, check_vmac, stop_instance
 from sidecar.serve import logs
 
 if TYPE_CHECKING:
@@ -181,6 +181,7 @@ async def bring_up(agent: Agent, settings: list[Vhid], config: RunConfig,
             if state.counters is not None and agent.store is not None:
                 instance.keep_counters(agent.store, state.counters)
     except BaseException:
+        await abandon(built)  # CARP_VMAC's macvlans this reload created
         for instance in built:
             discard(agent, instance)
         raise

@@ -76,6 +76,15 @@ async def stop_instance(instance: Instance) -> None:
         await macvlan.delete()
 
 
+async def abandon(instances: list[Instance]) -> None:
+    """A start or reload that failed part way: the macvlans it created go, the base's count
+    is given back (an adopted macvlan stays, as a crash left it)."""
+    for instance in instances:
+        macvlan = _MACVLANS.pop(instance, None)
+        if macvlan is not None:
+            await macvlan.abandon()
+
+
 async def _recreate(instance: Instance, macvlan: Macvlan, base: int) -> None:
     try:
         index = await macvlan.ensure(base)

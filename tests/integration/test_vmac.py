@@ -101,7 +101,7 @@ class Vlab:
         for node in ("a", "b"):
             self.lab.topo.plug(node)
             self.ip(node, "addr", "del", f"{VIP}/16", "dev", "eth0")
-            for name in ("vrrp.7", "vm7", "vrrp.9"):
+            for name in ("vrrp.7", "vm7", "vrrp.9", "olda", "vm8"):
                 self.ip(node, "link", "del", name)
             for log in [*self.lab.dir.glob(f"{node}.log"), *self.lab.dir.glob(f"ka-{node}-*")]:
                 log.unlink()
@@ -294,3 +294,32 @@ def test_a_reload_renaming_or_dropping_the_vmac_replaces_the_instance(v: Vlab) -
         assert reply.returncode == 0, reply.stdout + reply.stderr
         took(lambda on=on: v.vip_on("a") == [on], 10, f"the VIP on {on}")
     assert v.link("a", "vrrp.7") is None and v.link("a", "vm7") is None
+
+
+def test_a_start_failing_part_way_leaves_no_macvlan_and_the_base_as_it_was(v: Vlab) -> None:
+    """Review 1 and 3: a macvlan with the virtual MAC under another name refuses the start in
+    one line naming it; a start failing after an instance made its macvlan deletes it and puts
+    the base's sysctls back."""
+    arp = "/proc/sys/net/ipv4/conf/eth0/arp_ignore"
+    v.ip("a", "link", "add", "olda", "link", "eth0", "address", VMAC, "type", "macvlan",
+         "mode", "private")
+    proc = v.start_ours("a", priority=100)
+    assert proc.wait(20) == 2
+    assert "CARP_VMAC: the macvlan olda on eth0 already has the virtual MAC" in (
+        v.lab.dir / "a.log").read_text()
+    assert v.link("a", "vrrp.7") is None
+    v.lab.agents.pop("a")
+    v.ip("a", "link", "del", "olda")
+    v.ip("a", "link", "add", "vm8", "type", "veth", "peer", "name", "x8")  # not a macvlan
+    conf = v.lab.dir / "two.toml"
+    conf.write_text("".join(
+        f'[[vhid]]\nvhid = {n}\naddr = ["172.16.0.{n}/16"]\nprotocol = "vrrp3"\nvmac = {m}\n'
+        for n, m in ((7, "true"), (8, '"vm8"'))))
+    proc = v.lab.start_agent("a", CARP_CONFIG=str(conf), **{k: "" for k in (
+        "CARP_VHID", "CARP_PASS", "CARP_ADDR", "CARP_IF_ALIAS", "CARP_SRCIP")})
+    assert proc.wait(20) == 2
+    assert "CARP_VMAC: an interface named vm8 exists" in (v.lab.dir / "a.log").read_text()
+    v.lab.agents.pop("a")
+    assert v.link("a", "vrrp.7") is None  # vhid 7 made it: gone again
+    assert v.lab.topo["a"].run("cat", arp).stdout.strip() == "0"
+    v.ip("a", "link", "del", "vm8")
