@@ -101,8 +101,7 @@ class Agent:
         self.monitors: dict[str, HealthMonitor] = {}
         self.monitor_tasks: dict[str, asyncio.Task[None]] = {}
         self.instance_tasks: dict[int, list[asyncio.Task[None]]] = {}  # id(instance) -> jobs
-        self.reload_lock = asyncio.Lock()
-        self.watching_files = False
+        self.reload_lock, self.watching_files = asyncio.Lock(), False
         self.reloads = ReloadMetrics(registry)
         self.http: StatusServer | None = None
         self.control: ControlServer | None = None
