@@ -1,6 +1,7 @@
 """The rules across the instances of one agent, checked once each instance is valid on its
-own: no VHID twice on an interface, no VIP in two instances, and the replicated paths'
-(sidecar.config.sync: disjoint directories, the state directory apart, a sync secret)."""
+own: no VHID twice on an interface, no VIP in two instances, no CARP_VMAC name twice, and
+the replicated paths' (sidecar.config.sync: disjoint directories, the state directory apart,
+a sync secret)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,24 @@ from sidecar.config.runconfig import ConfigError
 from sidecar.config.spelling import as_given
 from sidecar.config.sync import Owned, sync_problems
 from sidecar.config.values import OFFLINE
+from sidecar.config.vmac import interface_name
 
 
 def check_unique(instances: Sequence[VhidSettings], where: str) -> None:
     seen: dict[tuple[str, int], int] = {}
     owners: dict[Any, str] = {}
+    macvlans: dict[str, int] = {}  # CARP_VMAC's: one interface each (keepalived refuses too)
     for number, i in enumerate(instances, 1):
         key = (i.interface, i.vhid)
         if key in seen:
             raise ConfigError(f"{where}: [[vhid]] #{number}: vhid {i.vhid} on {i.interface} is "
                               f"already instance #{seen[key]}")
         seen[key] = number
+        if (name := interface_name(i.vmac, i.vhid)) in macvlans:
+            raise ConfigError(f"{where}: [[vhid]] #{number}: vmac (CARP_VMAC): {name} is already "
+                              f"the macvlan of instance #{macvlans[name]}; name another")
+        if name is not None:
+            macvlans[name] = number
         for vip in i.vips:
             if vip.ip in owners:
                 raise ConfigError(f"{where}: [[vhid]] #{number}: addr {vip.ip} is already a VIP "

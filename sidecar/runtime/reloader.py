@@ -25,7 +25,7 @@ from sidecar.runtime.maintenance import (
 from sidecar.runtime.reload import Plan, ReloadRefused, key, plan, read_config
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import vip_link
-from sidecar.runtime.vmac import abandon, check_vmac, stop_instance
+from sidecar.runtime.vmac import abandon, check_vmac, macvlan_of, stop_instance
 from sidecar.serve import logs
 
 if TYPE_CHECKING:
@@ -74,13 +74,16 @@ async def reload(agent: Agent) -> str:
 
 async def check_host(agent: Agent, p: Plan) -> str:
     """What the host would refuse of the new instances, before anything is changed."""
+    leaving = {key(old) for old in [*p.removed, *(old for old, _ in p.replaced)]}
+    freed = {m.name for i in agent.instances  # CARP_VMAC names free once those have stopped
+             if key(i.s) in leaving and (m := macvlan_of(i)) is not None}
     for settings in [*p.added, *(new for _, new in p.replaced)]:
         try:
             link = await agent.link(settings)
             await agent.source_ip(settings, link)
             if settings.routed:
                 await vip_link(agent.nl, settings)
-            await check_vmac(settings, link.index)
+            await check_vmac(settings, link.index, freed)
         except StartupError as e:
             return str(e)
     return ""

@@ -51,12 +51,11 @@ async def place_vips(netlink: Netlink, instance: Instance, base: int) -> None:
              show(macvlan.mac), extra=fields(vhid=s.vhid, interface=s.interface))
 
 
-async def check_vmac(s: Vhid, base: int) -> None:
+async def check_vmac(s: Vhid, base: int, freed: set[str]) -> None:
     """A reload's look before anything changes: CARP_VMAC's name is free or this base's
-    macvlan with this MAC (StartupError naming CARP_VMAC otherwise). A macvlan of a running
-    instance is left to the replacement, which deletes it first."""
-    if s.vmac_name is None or s.vmac_address is None or any(
-            m.name == s.vmac_name for m in _MACVLANS.values()):
+    macvlan with this MAC (StartupError naming CARP_VMAC otherwise). ``freed``: the macvlans
+    of the instances the reload removes or replaces, deleted before the new ones start."""
+    if s.vmac_name is None or s.vmac_address is None or s.vmac_name in freed:
         return
     try:
         await Macvlan(s.vmac_name, s.interface, s.vmac_address, False).usable(base)

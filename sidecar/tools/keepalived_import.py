@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.tools import keepalived_ipv6 as ipv6
+from sidecar.tools import keepalived_vmac as vmac
 from sidecar.tools.keepalived_conf import ConfError, Node, read, vip_options
-from sidecar.tools.keepalived_vmac import use_vmac, vmac_xmit_base
 
 SHELL = re.compile(r"[<>|&;$`*?(){}]")  # a script keepalived hands to /bin/sh
 # directives with no carp-sidecar counterpart -> why (the rest get a generic reason)
@@ -75,6 +75,7 @@ class _State:
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     tracked: set[str] = field(default_factory=set)  # scripts some instance names
     notes: list[str] = field(default_factory=list)
+    vmacs: set[str] = field(default_factory=set)  # use_vmac's names so far (keepalived's)
 
     def skip(self, node: Node, why: str = "") -> None:
         reason = why or WHY.get(node.name) or "no carp-sidecar counterpart"
@@ -151,6 +152,7 @@ def _instance(node: Node, state: _State) -> dict[str, Any] | None:
                            "says so if the VIP is not this host's own address")
     table.pop("state_master", None)
     ipv6.family(f"{node.where}: {label}", table, state.notes)  # an IPv6 instance's rules
+    vmac.finish(f"{node.where}: {label}", table, state.notes, state.vmacs)
     if "pass" in table and (table["protocol"] == "vrrp3" or state.strict
                             or table.pop("strict_mode", False)):
         del table["pass"]
@@ -406,8 +408,8 @@ HANDLERS: dict[str, Handler] = {
     "version": _version, "virtual_ipaddress": _addresses,
     "unicast_src_ip": _simple("srcip"), "mcast_src_ip": _simple("srcip"),
     "unicast_peer": _peers, "nopreempt": _nopreempt, "preempt": _preempt, "state": _state,
-    "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6, "use_vmac": use_vmac,
-    "vmac_xmit_base": vmac_xmit_base,
+    "strict_mode": _strict_mode, "native_ipv6": ipv6.native_ipv6, "use_vmac": vmac.use_vmac,
+    "vmac_xmit_base": vmac.vmac_xmit_base,
     "preempt_delay": _preempt_delay,
     "authentication": _authentication, "track_script": _track_script,
     "notify": _notify, **{n: _notify for n in NOTIFY},

@@ -19,3 +19,34 @@ def use_vmac(d: Node, table: dict[str, Any], state: Any) -> None:
     if len(names) < len(d.args):
         state.notes.append(f"{d.where}: use_vmac: its own MAC: not carried (the RFC's "
                            "00:00:5e:00:01:VRID is used)")
+
+
+def keepalived_name(vrid: int, ipv6: bool, taken: set[str]) -> str:
+    """keepalived 2.2.7's name for ``use_vmac`` with none (vrrp.c ``create_vmac_name``):
+    vrrp.VRID, else vrrpN.VRID with N = 1, 2, ... (IPv6 tries 6 first) not yet taken."""
+    name, nums = f"vrrp.{vrid}", ([6] if ipv6 else []) + [n for n in range(1, 100)
+                                                           if not (ipv6 and n == 6)]
+    for num in nums:
+        if name not in taken:
+            break
+        name = f"vrrp{num}.{vrid}"
+    return name
+
+
+def finish(where: str, table: dict[str, Any], notes: list[str], taken: set[str]) -> None:
+    """Once the instance's directives are read: the macvlan's name as keepalived gives it
+    (a second instance of a VRID gets vrrp1.VRID); a name given twice keepalived refuses."""
+    if "vmac" not in table:
+        return
+    name = table["vmac"]
+    if name is True:
+        ipv6 = bool(table.get("addr")) and all(":" in a for a in table["addr"])
+        name = keepalived_name(table.get("vhid", 0), ipv6, taken)
+        table["vmac"] = True if name == f"vrrp.{table.get('vhid')}" else name
+    elif name in taken:
+        notes.append(f"{where}: use_vmac {name}: not carried: another instance's macvlan "
+                     "already has that name (keepalived refuses it too)")
+        del table["vmac"]
+        table.pop("vmac_xmit_base", None)
+        return
+    taken.add(name)

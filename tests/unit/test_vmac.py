@@ -303,3 +303,57 @@ def test_a_macvlan_the_kernel_will_not_bring_up_is_deleted_again_one_line(
     assert "vrrp.7" not in ipr.links and netvmac.BASES == {}
     assert ipr.calls == ([] if precheck else ["add", "set", "del"])
     assert (tmp_path / "ipv4/conf/eth0/arp_ignore").read_text() == "0"
+
+
+def test_a_macvlan_name_given_twice_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Review 4: one VRID on two interfaces, both keepalived's default name."""
+    from sidecar.config.runconfig import ConfigError
+    from sidecar.config.settings import load
+
+    (tmp_path / "c.toml").write_text("".join(
+        f'[[vhid]]\ninterface = "{i}"\nvhid = 7\naddr = "10.0.{n}.7/24"\nprotocol = "vrrp3"\n'
+        'vmac = true\n' for n, i in enumerate(("eth0", "eth1"))))
+    with pytest.raises(ConfigError) as e:
+        load({"CARP_CONFIG": str(tmp_path / "c.toml")})
+    assert str(e.value).splitlines() == [
+        f"{tmp_path / 'c.toml'}: [[vhid]] #2: vmac (CARP_VMAC): vrrp.7 is already the "
+        "macvlan of instance #1; name another"]
+
+
+def test_import_names_the_macvlans_as_keepalived_does(tmp_path: Path) -> None:
+    """keepalived's create_vmac_name: the second use_vmac of VRID 7 is vrrp1.7 (IPv6: vrrp6.7
+    first); an explicit name given twice is not carried (keepalived refuses it)."""
+    conf = tmp_path / "keepalived.conf"
+    body = ("vrrp_instance VI_{n} {{\n  interface {i}\n  virtual_router_id {v}\n  version 3\n"
+            "  {vmac}\n  virtual_ipaddress {{\n    {a}\n  }}\n}}\n")
+    conf.write_text("".join(body.format(n=n, i=i, v=v, vmac=m, a=a) for n, i, v, m, a in (
+        (1, "eth0", 7, "use_vmac", "10.0.0.7/24"), (2, "eth1", 7, "use_vmac", "10.1.0.7/24"),
+        (3, "eth0", 8, "use_vmac", "2001:db8::8/64"), (4, "eth1", 8, "use_vmac", "2001:db9::8/64"),
+        (5, "eth0", 9, "use_vmac vm9", "10.0.0.9/24"), (6, "eth1", 9, "use_vmac vm9",
+                                                       "10.1.0.9/24"))))
+    result = translate(conf)
+    names = [i.vmac_name for i in loaded(result.toml, tmp_path).runtime().instances]
+    assert names == ["vrrp.7", "vrrp1.7", "vrrp.8", "vrrp6.8", "vm9", None]
+    assert [n.split(": ", 2)[2] for n in result.notes if "vmac" in n] == [
+        "use_vmac vm9: not carried: another instance's macvlan already has that name "
+        "(keepalived refuses it too)"]
+    from sidecar.tools.keepalived_vmac import keepalived_name
+    assert keepalived_name(8, True, {"vrrp.8", "vrrp6.8"}) == "vrrp1.8"
+
+
+def test_a_reload_passes_only_the_names_of_the_instances_it_stops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 4: a name a kept instance holds is looked at (and refused: not its macvlan)."""
+    from sidecar.net.vmac import Macvlan
+    from sidecar.runtime import vmac as rtvmac
+
+    looked: list[str] = []
+
+    async def usable(self: Macvlan, base: int) -> None:
+        looked.append(self.name)
+    monkeypatch.setattr(Macvlan, "usable", usable)
+    s = vhid(vmac="true")
+    asyncio.run(rtvmac.check_vmac(s, 2, {"vrrp.7"}))
+    assert looked == []
+    asyncio.run(rtvmac.check_vmac(s, 2, {"vm8"}))
+    assert looked == ["vrrp.7"]
