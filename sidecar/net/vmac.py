@@ -173,10 +173,21 @@ class Macvlan:
                 saved.setdefault(path, before)
                 write(path, str(value))
 
-    def mute(self) -> None:
+    async def mute(self, index: int) -> None:
         """No more ARP replies from the macvlan (arp_ignore=8: none for any address), for a
-        master handing over: the successor announces the same MAC."""
-        write(f"ipv4/conf/{self.name}/arp_ignore", "8")
+        master handing over: the successor announces the same MAC. Only if the interface of
+        that name is still this macvlan (``index``): never a foreign one that took the name."""
+        ipr = AsyncIPRoute()
+        try:
+            found = await find(ipr, self.name)
+        except NetlinkError as e:
+            log.warning("Cannot look at the macvlan %s: %s", self.name, e)
+            return
+        finally:
+            ipr.close()
+        if (found is not None and found.index == index and found.kind == "macvlan"
+                and found.mac == self.mac):
+            write(f"ipv4/conf/{self.name}/arp_ignore", "8")
 
     async def delete(self) -> None:
         """Graceful stop: the macvlan goes (its VIPs with it), the base's sysctls come back."""

@@ -67,8 +67,9 @@ async def stop_instance(instance: Instance) -> None:
     """A graceful stop (or a reload replacing the instance), then its macvlan goes, as
     keepalived deletes its VMAC on a stop. A restart's stop never comes here."""
     macvlan = _MACVLANS.get(instance)
-    if macvlan is not None:  # a master keeps its VIPs until the successor speaks: meanwhile
-        macvlan.mute()  # answering its GARPs (from the same MAC) would pull the switch back
+    if macvlan is not None and instance.vip_ifindex is not None:  # a master keeps its VIPs
+        # until the successor speaks: answering its GARPs (same MAC) pulls the switch back
+        await macvlan.mute(instance.vip_ifindex)
     await instance.stop()
     macvlan = _MACVLANS.pop(instance, None)
     if macvlan is not None:

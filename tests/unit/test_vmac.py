@@ -204,16 +204,6 @@ def test_the_base_s_sysctls_come_back_when_the_last_macvlan_on_it_goes(
     assert netvmac.BASES == {}
 
 
-def test_a_handing_over_master_s_macvlan_stops_answering_arp(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sidecar.net import vmac as netvmac
-
-    (tmp_path / "ipv4/conf/vm7").mkdir(parents=True)
-    monkeypatch.setattr(netvmac, "SYSCTL", tmp_path)
-    netvmac.Macvlan("vm7", "eth0", VMAC, ipv6=False).mute()
-    assert (tmp_path / "ipv4/conf/vm7/arp_ignore").read_text() == "8"
-
-
 @pytest.mark.parametrize(("code", "why"), [
     (95, "the kernel has no macvlan support (module macvlan)"),
     (98, "Address already in use")])
@@ -235,7 +225,8 @@ class Msg(dict[str, object]):
     """A netlink link message as pyroute2 gives it (what net/vmac reads of it)."""
 
     def get_nested(self, *keys: str) -> object:
-        return {"IFLA_INFO_KIND": "macvlan", "IFLA_MACVLAN_MODE": "private"}.get(keys[-1])
+        return {"IFLA_INFO_KIND": self.get("kind", "macvlan"),
+                "IFLA_MACVLAN_MODE": "private"}.get(keys[-1])
 
 
 class FakeIPRoute:
@@ -357,3 +348,51 @@ def test_a_reload_passes_only_the_names_of_the_instances_it_stops(
     assert looked == []
     asyncio.run(rtvmac.check_vmac(s, 2, {"vm8"}))
     assert looked == ["vrrp.7"]
+
+
+@pytest.mark.parametrize(("kind", "index", "muted"), [
+    ("macvlan", 9, True), ("macvlan", 10, False), ("veth", 9, False)])
+def test_a_handing_over_master_mutes_its_own_macvlan_only(
+        kind: str, index: int, muted: bool, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 7: arp_ignore=8 on the macvlan it made (by ifindex), never on a foreign
+    interface that took the name since."""
+    from sidecar.net import vmac as netvmac
+
+    (tmp_path / "ipv4/conf/vm7").mkdir(parents=True)
+    (tmp_path / "ipv4/conf/vm7/arp_ignore").write_text("1")
+    monkeypatch.setattr(netvmac, "SYSCTL", tmp_path)
+    ipr = FakeIPRoute()
+    ipr.links["vm7"] = Msg(index=index, kind=kind, IFLA_IFNAME="vm7", IFLA_LINK=2,
+                           IFLA_ADDRESS="00:00:5e:00:01:07")
+    monkeypatch.setattr(netvmac, "AsyncIPRoute", lambda: ipr)
+    asyncio.run(netvmac.Macvlan("vm7", "eth0", VMAC, ipv6=False).mute(9))
+    assert (tmp_path / "ipv4/conf/vm7/arp_ignore").read_text() == ("8" if muted else "1")
+
+
+def test_stop_instance_mutes_before_the_handover_then_deletes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 10: the order a graceful stop keeps: mute (by the macvlan's index), resign,
+    delete."""
+    from sidecar.net.vmac import Macvlan
+    from sidecar.runtime import vmac as rtvmac
+
+    order: list[str] = []
+
+    class Inst:
+        vip_ifindex = 9
+
+        async def stop(self) -> None:
+            order.append("stop")
+
+    async def mute(self: Macvlan, index: int) -> None:
+        order.append(f"mute {index}")
+
+    async def delete(self: Macvlan) -> None:
+        order.append("delete")
+    monkeypatch.setattr(Macvlan, "mute", mute)
+    monkeypatch.setattr(Macvlan, "delete", delete)
+    inst = Inst()
+    rtvmac._MACVLANS[inst] = Macvlan("vm7", "eth0", VMAC, ipv6=False)  # type: ignore[index]
+    asyncio.run(rtvmac.stop_instance(inst))  # type: ignore[arg-type]
+    assert order == ["mute 9", "stop", "delete"] and rtvmac.macvlan_of(inst) is None  # type: ignore[arg-type]
