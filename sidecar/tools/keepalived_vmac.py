@@ -37,6 +37,9 @@ def finish(where: str, table: dict[str, Any], notes: list[str], taken: set[str])
     """Once the instance's directives are read: the macvlan's name as keepalived gives it
     (a second instance of a VRID gets vrrp1.VRID); a name given twice keepalived refuses."""
     if "vmac" not in table:
+        if table.pop("vmac_xmit_base", False):
+            notes.append(f"{where}: vmac_xmit_base: not carried: keepalived ignores it "
+                         "without use_vmac")
         return
     name = table["vmac"]
     if name is True:

@@ -396,3 +396,16 @@ def test_stop_instance_mutes_before_the_handover_then_deletes(
     rtvmac._MACVLANS[inst] = Macvlan("vm7", "eth0", VMAC, ipv6=False)  # type: ignore[index]
     asyncio.run(rtvmac.stop_instance(inst))  # type: ignore[arg-type]
     assert order == ["mute 9", "stop", "delete"] and rtvmac.macvlan_of(inst) is None  # type: ignore[arg-type]
+
+
+def test_import_drops_vmac_xmit_base_without_use_vmac(tmp_path: Path) -> None:
+    """Review 6: keepalived ignores it; the TOML must still load."""
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("vrrp_instance VI_1 {\n  interface eth0\n  virtual_router_id 1\n"
+                    "  version 3\n  vmac_xmit_base\n  virtual_ipaddress {\n    10.0.0.1/24\n"
+                    "  }\n}\n")
+    result = translate(conf)
+    (s,) = loaded(result.toml, tmp_path).runtime().instances
+    assert (s.vmac_name, s.vmac_xmit_base) == (None, False)
+    assert [n.split(": ", 2)[2] for n in result.notes if "vmac" in n] == [
+        "vmac_xmit_base: not carried: keepalived ignores it without use_vmac"]
