@@ -1,6 +1,7 @@
 """keepalived's ``use_vmac [name] [MAC]`` for `carp-sidecar import`
 (sidecar.tools.keepalived_import): ``vmac = true`` (keepalived's default name, vrrp.VRID) or
-``vmac = "name"`` (``CARP_VMAC``); a MAC of its own is not carried: the RFC's is used."""
+``vmac = "name"`` (``CARP_VMAC``). A MAC of its own (not the RFC's) leaves the instance
+without vmac, with a note: its keepalived peers would answer for the VIP from that MAC."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ def vmac_xmit_base(d: Node, table: dict[str, Any], state: Any) -> None:
 def use_vmac(d: Node, table: dict[str, Any], state: Any) -> None:
     names = [a for a in d.args if ":" not in a]  # keepalived: a name never has a ':'
     table["vmac"] = names[0] if names else True
-    if len(names) < len(d.args):
-        state.notes.append(f"{d.where}: use_vmac: its own MAC: not carried (the RFC's "
-                           "00:00:5e:00:01:VRID is used)")
+    macs = [a for a in d.args if ":" in a]
+    if macs:  # judged by finish, once the VRID and the family are known
+        table["vmac_mac"] = (d.where, macs[0])
 
 
 def keepalived_name(vrid: int, ipv6: bool, taken: set[str]) -> str:
@@ -41,10 +42,17 @@ def finish(where: str, table: dict[str, Any], notes: list[str], taken: set[str])
             notes.append(f"{where}: vmac_xmit_base: not carried: keepalived ignores it "
                          "without use_vmac")
         return
+    if (given := table.pop("vmac_mac", None)) is not None and not rfc_mac(table, given[1]):
+        notes.append(f"{given[0]}: use_vmac {given[1]}: not carried: the keepalived peers "
+                     "answer for the VIP from that MAC, CARP_VMAC only from the RFC's "
+                     "00:00:5e:00:0X:VRID (a failover would change the VIP's MAC); the VIPs "
+                     "stay on the interface: use_vmac without a MAC on every node carries it")
+        del table["vmac"]
+        table.pop("vmac_xmit_base", None)
+        return
     name = table["vmac"]
     if name is True:
-        ipv6 = bool(table.get("addr")) and all(":" in a for a in table["addr"])
-        name = keepalived_name(table.get("vhid", 0), ipv6, taken)
+        name = keepalived_name(table.get("vhid", 0), ipv6(table), taken)
         table["vmac"] = True if name == f"vrrp.{table.get('vhid')}" else name
     elif name in taken:
         notes.append(f"{where}: use_vmac {name}: not carried: another instance's macvlan "
@@ -53,3 +61,14 @@ def finish(where: str, table: dict[str, Any], notes: list[str], taken: set[str])
         table.pop("vmac_xmit_base", None)
         return
     taken.add(name)
+
+
+def ipv6(table: dict[str, Any]) -> bool:
+    return bool(table.get("addr")) and all(":" in a for a in table["addr"])
+
+
+def rfc_mac(table: dict[str, Any], mac: str) -> bool:
+    """keepalived's own-MAC form naming the RFC's virtual MAC anyway: carried as is."""
+    vrid = table.get("vhid", 0)
+    want = f"00:00:5e:00:{2 if ipv6(table) else 1:02x}:{vrid:02x}"
+    return mac.lower() == want

@@ -147,13 +147,17 @@ def test_import_carries_use_vmac(tmp_path: Path) -> None:
             "  {vmac}\n  virtual_ipaddress {{\n    10.0.0.{n}/24\n  }}\n}}\n")
     conf.write_text(body.format(n=1, vmac="use_vmac") + body.format(
         n=2, vmac="use_vmac vm2\n  vmac_xmit_base")
-                    + body.format(n=3, vmac="use_vmac vm3 02:00:00:00:00:03"))
+                    + body.format(n=3, vmac="use_vmac vm3 02:00:00:00:00:03\n  vmac_xmit_base")
+                    + body.format(n=4, vmac="use_vmac vm4 00:00:5E:00:01:04"))
     result = translate(conf)
-    a, b, c = loaded(result.toml, tmp_path).runtime().instances
-    assert (a.vmac_name, b.vmac_name, c.vmac_name) == ("vrrp.1", "vm2", "vm3")
-    assert (a.vmac_xmit_base, b.vmac_xmit_base) == (False, True)
-    assert [n.split(": ", 1)[1] for n in result.notes if "vmac" in n] == [
-        "use_vmac: its own MAC: not carried (the RFC's 00:00:5e:00:01:VRID is used)"]
+    a, b, c, d = loaded(result.toml, tmp_path).runtime().instances
+    assert [i.vmac_name for i in (a, b, c, d)] == ["vrrp.1", "vm2", None, "vm4"]
+    assert (a.vmac_xmit_base, b.vmac_xmit_base, c.vmac_xmit_base) == (False, True, False)
+    assert [n.split(": ", 1)[1] for n in result.notes if "vmac" in n] == [  # review 5
+        "use_vmac 02:00:00:00:00:03: not carried: the keepalived peers answer for the VIP "
+        "from that MAC, CARP_VMAC only from the RFC's 00:00:5e:00:0X:VRID (a failover would "
+        "change the VIP's MAC); the VIPs stay on the interface: use_vmac without a MAC on "
+        "every node carries it"]
 
 
 def test_vmac_info_names_the_macvlan_and_goes_with_the_instance() -> None:
