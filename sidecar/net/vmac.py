@@ -6,7 +6,10 @@
   rp_filter=0, promote_secondaries=1; no IPv6 link-local (addr_gen_mode=1), IPv6 off
   altogether unless the instance has IPv6 VIPs;
 - on the base: arp_ignore=1 and arp_filter=1, so the base never answers for the VIPs with
-  its own MAC; the previous values are put back when the last macvlan on it is deleted.
+  its own MAC; the previous values are put back when the last macvlan on it is deleted,
+  by whichever process deletes it: they are kept in CARP_STATE_DIR (``vmac-base.<base>.json``)
+  from when they are first changed until they are put back, so a restart in place or on stop
+  (whose next process adopts the macvlan and finds the base at 1 already) loses nothing.
 
 Our packet socket stays on the base: the adverts (multicast) reach it whatever the macvlan
 does, and the frames we send carry the virtual MAC as their source.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +91,11 @@ class Macvlan:
     """One instance's macvlan: :meth:`ensure` at start and when the base comes back,
     :meth:`delete` on a graceful stop."""
 
-    def __init__(self, name: str, base_name: str, mac: bytes, ipv6: bool) -> None:
+    def __init__(self, name: str, base_name: str, mac: bytes, ipv6: bool,
+                 state_dir: Path | None = None) -> None:
         self.name, self.base_name, self.mac, self.ipv6 = name, base_name, mac, ipv6
+        # where the base's values before the first macvlan live until put back (None: memory)
+        self.saved_in = None if state_dir is None else state_dir / f"vmac-base.{base_name}.json"
         self._holds_base = False  # counted in BASES
         self.adopted = False
         self.created = False  # by this run: a start or reload failing part way deletes it
@@ -164,14 +171,40 @@ class Macvlan:
         if not self._holds_base:  # counted: several macvlans may share a base (keepalived's)
             self._holds_base = True
             users, saved = BASES.get(self.base_name, (0, {}))
-            BASES[self.base_name] = (users + 1, saved)
-        saved = BASES[self.base_name][1]
+            BASES[self.base_name] = (users + 1, saved or self._load())
+        saved, before_save = BASES[self.base_name][1], len(BASES[self.base_name][1])
         for key, value in ON_BASE.items():
             path = key.format(self.base_name)
             before = read(path)
             if before is not None and before != str(value):
                 saved.setdefault(path, before)
                 write(path, str(value))
+        if len(saved) > before_save:
+            self._save(saved)
+
+    def _load(self) -> dict[str, str]:
+        """The base's values a process before this one saved (a restart, a crash)."""
+        try:
+            if self.saved_in is not None and self.saved_in.exists():
+                got = json.loads(self.saved_in.read_text())
+                return {str(k): str(v) for k, v in got.items() if k in self._keys()}
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("Cannot read %s: %s", self.saved_in, e)
+        return {}
+
+    def _keys(self) -> set[str]:
+        return {key.format(self.base_name) for key in ON_BASE}
+
+    def _save(self, saved: dict[str, str]) -> None:
+        if self.saved_in is None:
+            return
+        try:
+            self.saved_in.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self.saved_in.with_suffix(".tmp")
+            tmp.write_text(json.dumps(saved))
+            tmp.replace(self.saved_in)
+        except OSError as e:  # kept in memory: only a restart in between loses them
+            log.warning("Cannot keep the base's sysctls in %s: %s", self.saved_in, e)
 
     async def mute(self, index: int) -> None:
         """No more ARP replies from the macvlan (arp_ignore=8: none for any address), for a
@@ -219,8 +252,11 @@ class Macvlan:
             if users > 1:
                 BASES[self.base_name] = (users - 1, saved)
             elif restore:
-                for path, value in saved.items():
+                for path, value in (saved or self._load()).items():
                     write(path, value)
+                if self.saved_in is not None:
+                    with contextlib.suppress(OSError):
+                        self.saved_in.unlink()
 
 
 def read(key: str) -> str | None:

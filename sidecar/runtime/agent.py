@@ -169,7 +169,7 @@ class Agent:
         except OSError as e:  # the unicast socket (CARP_PEERS) needs NET_RAW
             raise StartupError(f"CARP_PEERS: cannot open the unicast socket: "
                                f"{e.strerror or e}" + self._where(settings)) from None
-        await place_vips(self.nl, instance, links[settings.interface].index)
+        await place_vips(self.nl, instance, links[settings.interface].index, config.state_dir)
         channel.add(instance, srcip, None if settings.nomcast else settings.mcast,
                     *link_vips(settings))
         self.instances.append(instance)

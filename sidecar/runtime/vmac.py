@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar.net import rtmsg
@@ -32,7 +33,8 @@ def macvlan_of(instance: Instance) -> Macvlan | None:
     return _MACVLANS.get(instance)
 
 
-async def place_vips(netlink: Netlink, instance: Instance, base: int) -> None:
+async def place_vips(netlink: Netlink, instance: Instance, base: int,
+                     state_dir: Path | None) -> None:
     """At start, where the VIPs live: CARP_VIP_INTERFACE (checked), CARP_VMAC's macvlan
     (created or adopted), else the interface itself (vip_ifindex unused)."""
     s = instance.s
@@ -40,7 +42,8 @@ async def place_vips(netlink: Netlink, instance: Instance, base: int) -> None:
         instance.vip_ifindex = await vip_link(netlink, s)
     if s.vmac_name is None or s.vmac_address is None:
         return
-    macvlan = Macvlan(s.vmac_name, s.interface, s.vmac_address, ipv6=bool(s.ipv6_vips))
+    macvlan = Macvlan(s.vmac_name, s.interface, s.vmac_address, ipv6=bool(s.ipv6_vips),
+                      state_dir=state_dir)  # the base's values before, across restarts
     try:
         instance.vip_ifindex = await macvlan.ensure(base)
     except VmacError as e:

@@ -157,6 +157,10 @@ def assert_our_macvlan(v: Vlab, node: str, name: str = "vrrp.7", mac: str = VMAC
         mac, "eth0", "macvlan", "private"), link
 
 
+def base_sysctl(v: Vlab, node: str, key: str) -> str:
+    return v.lab.topo[node].run("cat", f"/proc/sys/net/ipv4/conf/eth0/{key}").stdout.strip()
+
+
 def test_keepalived_master_our_backup_cable_pull_both_ways_same_mac(v: Vlab) -> None:
     v.start_keepalived("a", priority=150)
     took(lambda: v.vip_on("a") == ["vrrp.7"], 10, "keepalived MASTER, VIP on its vrrp.7")
@@ -211,6 +215,9 @@ def test_ours_alone_crash_adopts_restarts_keep_base_loss_recreates_stop_removes(
     took(lambda: (st := lab.status("a")) and st["agent"]["started"] != started
          and st["state"] == "MASTER", 20, "the new image MASTER")
     assert v.link("a", "vm7")["ifindex"] == index and v.vip_on("a") == ["vm7"]  # type: ignore[index]
+    saved = lab.dir / "a-state" / "vmac-base.eth0.json"  # the base's values before: kept
+    assert json.loads(saved.read_text()) == {"ipv4/conf/eth0/arp_ignore": "0",
+                                             "ipv4/conf/eth0/arp_filter": "0"}
     armed = cli(lab, "a", "restart", "--on-stop", "--within", "60", "--socket",
                 str(lab.dir / "a.sock"))
     assert armed.returncode == 0, armed.stderr
@@ -228,6 +235,8 @@ def test_ours_alone_crash_adopts_restarts_keep_base_loss_recreates_stop_removes(
     assert_our_macvlan(v, "a", "vm7")
     assert lab.stop_agent("a") == 0
     assert v.link("a", "vm7") is None and v.vip_on("a") == []
+    assert [base_sysctl(v, "a", k) for k in ("arp_ignore", "arp_filter")] == ["0", "0"]
+    assert not saved.exists()
 
 
 def test_a_foreign_interface_of_that_name_refuses_the_start(v: Vlab) -> None:
@@ -300,7 +309,6 @@ def test_a_start_failing_part_way_leaves_no_macvlan_and_the_base_as_it_was(v: Vl
     """Review 1 and 3: a macvlan with the virtual MAC under another name refuses the start in
     one line naming it; a start failing after an instance made its macvlan deletes it and puts
     the base's sysctls back."""
-    arp = "/proc/sys/net/ipv4/conf/eth0/arp_ignore"
     v.ip("a", "link", "add", "olda", "link", "eth0", "address", VMAC, "type", "macvlan",
          "mode", "private")
     proc = v.start_ours("a", priority=100)
@@ -321,5 +329,5 @@ def test_a_start_failing_part_way_leaves_no_macvlan_and_the_base_as_it_was(v: Vl
     assert "CARP_VMAC: an interface named vm8 exists" in (v.lab.dir / "a.log").read_text()
     v.lab.agents.pop("a")
     assert v.link("a", "vrrp.7") is None  # vhid 7 made it: gone again
-    assert v.lab.topo["a"].run("cat", arp).stdout.strip() == "0"
+    assert base_sysctl(v, "a", "arp_ignore") == "0"
     v.ip("a", "link", "del", "vm8")

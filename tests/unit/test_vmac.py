@@ -413,3 +413,29 @@ def test_import_drops_vmac_xmit_base_without_use_vmac(tmp_path: Path) -> None:
     assert (s.vmac_name, s.vmac_xmit_base) == (None, False)
     assert [n.split(": ", 2)[2] for n in result.notes if "vmac" in n] == [
         "vmac_xmit_base: not carried: keepalived ignores it without use_vmac"]
+
+
+@pytest.mark.parametrize("state_dir", [True, False])
+def test_the_base_s_values_outlive_a_restart_in_the_state_dir(
+        state_dir: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 2: the next process adopts the macvlan and finds the base at 1 already; the
+    values before come from CARP_STATE_DIR, and the final delete puts them back (off: they
+    stay 1, as docs/keepalived.md says)."""
+    from sidecar.net import vmac as netvmac
+
+    sysctl, state = tmp_path / "sys", tmp_path / "state"
+    for d in ("ipv4/conf/eth0", "ipv4/conf/vm7", "ipv6/conf/vm7"):
+        (sysctl / d).mkdir(parents=True)
+    (sysctl / "ipv4/conf/eth0/arp_ignore").write_text("2")
+    (sysctl / "ipv4/conf/eth0/arp_filter").write_text("0")
+    monkeypatch.setattr(netvmac, "SYSCTL", sysctl)
+    where = state if state_dir else None
+    netvmac.Macvlan("vm7", "eth0", VMAC, ipv6=False, state_dir=where).configure()
+    netvmac.BASES.clear()  # the process is gone (restart in place, or on stop)
+    assert (state / "vmac-base.eth0.json").exists() == state_dir
+    after = netvmac.Macvlan("vm7", "eth0", VMAC, ipv6=False, state_dir=where)
+    after.configure()  # adopted: the base is at 1 already
+    after.release_base()  # the final graceful stop
+    values = [(sysctl / f"ipv4/conf/eth0/{k}").read_text() for k in ("arp_ignore", "arp_filter")]
+    assert values == (["2", "0"] if state_dir else ["1", "1"])
+    assert not (state / "vmac-base.eth0.json").exists() and netvmac.BASES == {}
