@@ -235,6 +235,22 @@ class Macvlan:
             ipr.close()
         self.release_base()
 
+    async def remove_if_ours(self, base: int) -> bool:
+        """Delete it if it is a private macvlan on this base with this MAC (its VIPs go with
+        it): one a run before this left under a CARP_VMAC since changed or dropped."""
+        ipr = AsyncIPRoute()
+        try:
+            found = await find(ipr, self.name)
+            if found is None or not ours(found, base, self.mac):
+                return False
+            await ipr.link("del", index=found.index)
+            return True
+        except NetlinkError as e:
+            log.warning("Cannot delete the macvlan %s: %s", self.name, e)
+            return False
+        finally:
+            ipr.close()
+
     async def abandon(self) -> None:
         """A start or reload failed part way: what this run created goes, an adopted one
         stays as it was found (the base keeps its values for it)."""

@@ -31,6 +31,7 @@ from sidecar.net.netlink import Netlink, NetlinkError
 from sidecar.runtime.instance import Instance
 from sidecar.runtime.startup import StartupError
 from sidecar.runtime.vips import address_owner
+from sidecar.runtime.vmac import leftover
 from sidecar.serve.metrics import HeldRecordMetrics
 
 log = logging.getLogger("carp-sidecar")
@@ -155,15 +156,20 @@ async def _remove_elsewhere(nl: Netlink, owned: list[Instance],
         return  # the usual case: one dump, no link dump
     links = await nl.all_links()
     names = {n for i in configured for n in (i.s.interface, i.s.vip_interface) if n}
+    gone: set[int] = set()  # leftover macvlans deleted (CARP_VMAC), their VIPs with them
     for index, have, label in addresses:
         instance = wanted.get(have.ip)
-        if instance is None or index == instance.vip_index:
+        if instance is None or index == instance.vip_index or index in gone:
             continue
         on = instance.s.vip_interface or instance.s.interface
-        name = links.get(index, (f"interface index {index}", 0, ""))[0]
+        name, _, kind = links.get(index, (f"interface index {index}", 0, ""))
         why = _evidence(instance, links.get(index), links.get(instance.vip_index or 0), label,
                         names)
-        if why is None:
+        if why is None and kind == "macvlan" and (why := await leftover(instance, name)):
+            gone.add(index)
+            log.warning("Removed stale VIP %s from %s, which is not %s (%s)", have.ip, name,
+                        on, why)
+        elif why is None:
             log.warning("VIP %s of %s is also on %s, which this agent has no claim on (not "
                         "the same kind of interface as %s, no label of ours): left in place",
                         have.ip, instance.s.name, name, on)

@@ -12,6 +12,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sidecar.config.vmac import virtual_mac
 from sidecar.net import rtmsg
 from sidecar.net.netlink import LinkEvent, Netlink
 from sidecar.net.vmac import Macvlan, VmacError, show
@@ -86,6 +87,21 @@ async def abandon(instances: list[Instance]) -> None:
         macvlan = _MACVLANS.pop(instance, None)
         if macvlan is not None:
             await macvlan.abandon()
+
+
+async def leftover(instance: Instance, name: str) -> str | None:
+    """The stale sweep's evidence (sidecar.runtime.stale): ``name``, holding a VIP, is a private
+    macvlan on the instance's interface with its VRID's virtual MAC, not its CARP_VMAC of now:
+    a run before this one's, under an old or dropped CARP_VMAC. Deleted, its VIPs with it."""
+    s = instance.s
+    base = rtmsg.link(s.interface)
+    if name == s.vmac_name or base is None:
+        return None
+    mac = virtual_mac(s.vhid, s.ipv6)
+    if not await Macvlan(name, s.interface, mac, False).remove_if_ours(base[0]):
+        return None
+    return (f"a macvlan with vhid {s.vhid}'s virtual MAC {show(mac)} on {s.interface}, left "
+            "under a CARP_VMAC changed or dropped since: deleted")
 
 
 async def _recreate(instance: Instance, macvlan: Macvlan, base: int) -> None:

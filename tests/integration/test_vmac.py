@@ -331,3 +331,17 @@ def test_a_start_failing_part_way_leaves_no_macvlan_and_the_base_as_it_was(v: Vl
     assert v.link("a", "vrrp.7") is None  # vhid 7 made it: gone again
     assert base_sysctl(v, "a", "arp_ignore") == "0"
     v.ip("a", "link", "del", "vm8")
+
+
+def test_a_crash_s_macvlan_under_a_dropped_vmac_is_swept(v: Vlab) -> None:
+    """Review 9: the next start has no CARP_VMAC; the dead run's macvlan (this VRID's
+    virtual MAC on this base) still holds the VIP (no held-VIP record: CARP_STATE_DIR=off):
+    it is deleted, the VIP goes on eth0."""
+    v.start_ours("a", priority=100, vmac="vm7", CARP_ADVERT_INT="0.1", CARP_STATE_DIR="off")
+    took(lambda: v.vip_on("a") == ["vm7"], 10, "MASTER, VIP on vm7")
+    v.lab.stop_agent("a", sig=signal.SIGKILL)
+    v.start_ours("a", priority=100, vmac="", CARP_ADVERT_INT="0.1", CARP_STATE_DIR="off")
+    took(lambda: v.vip_on("a") == ["eth0"], 10, "the VIP on eth0 only")
+    assert v.link("a", "vm7") is None
+    assert "left under a CARP_VMAC changed or dropped since: deleted" in (
+        v.lab.dir / "a.log").read_text()
