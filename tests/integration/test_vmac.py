@@ -96,6 +96,8 @@ class Vlab:
         for node in ("a", "b"):
             self.ip(node, "link", "set", "eth0", "up")
             self.lab.topo[node].run("nft", "delete", "table", "inet", "keepalived", check=False)
+            self.lab.topo[node].run("sysctl", "-qw", "net.ipv4.conf.eth0.arp_ignore=0",
+                                    "net.ipv4.conf.eth0.arp_filter=0")  # a killed keepalived's
         self.keepalived.clear()
         self.ip("client", "neigh", "flush", "dev", "eth0")
         for node in ("a", "b"):

@@ -439,3 +439,18 @@ def test_the_base_s_values_outlive_a_restart_in_the_state_dir(
     values = [(sysctl / f"ipv4/conf/eth0/{k}").read_text() for k in ("arp_ignore", "arp_filter")]
     assert values == (["2", "0"] if state_dir else ["1", "1"])
     assert not (state / "vmac-base.eth0.json").exists() and netvmac.BASES == {}
+
+
+def test_adopting_a_muted_macvlan_answers_arp_again(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 10: a stop that muted it (arp_ignore=8) then died: the adopter sets 1 again."""
+    from sidecar.net import vmac as netvmac
+
+    for d in ("ipv4/conf/eth0", "ipv4/conf/vm7", "ipv6/conf/vm7"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "ipv4/conf/vm7/arp_ignore").write_text("8")
+    monkeypatch.setattr(netvmac, "SYSCTL", tmp_path)
+    macvlan = netvmac.Macvlan("vm7", "eth0", VMAC, ipv6=False)
+    macvlan.configure()
+    macvlan.release_base()
+    assert (tmp_path / "ipv4/conf/vm7/arp_ignore").read_text() == "1"
