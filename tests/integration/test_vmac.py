@@ -347,3 +347,27 @@ def test_a_crash_s_macvlan_under_a_dropped_vmac_is_swept(v: Vlab) -> None:
     assert v.link("a", "vm7") is None
     assert "left under a CARP_VMAC changed or dropped since: deleted" in (
         v.lab.dir / "a.log").read_text()
+
+
+def test_two_macvlans_on_one_base_the_last_one_out_puts_it_back(v: Vlab) -> None:
+    """Review 10: the base's count: a reload removing one instance leaves the base at 1 for
+    the other; its stop puts the values before back and clears CARP_STATE_DIR's copy."""
+    lab, conf = v.lab, v.lab.dir / "two.toml"
+    table = ('[[vhid]]\nvhid = {n}\naddr = ["172.16.0.{n}/16"]\nprotocol = "vrrp3"\n'
+             'advert_int = 0.1\nvmac = {m}\n')
+    conf.write_text(table.format(n=7, m="true") + table.format(n=8, m='"vm8"'))
+    lab.start_agent("a", CARP_CONFIG=str(conf), **{k: "" for k in (
+        "CARP_VHID", "CARP_PASS", "CARP_ADDR", "CARP_IF_ALIAS", "CARP_SRCIP")})
+    took(lambda: v.vip_on("a", "172.16.0.7") == ["vrrp.7"]
+         and v.vip_on("a", "172.16.0.8") == ["vm8"], 10,
+         "both MASTER, each VIP on its macvlan")
+    assert [base_sysctl(v, "a", k) for k in ("arp_ignore", "arp_filter")] == ["1", "1"]
+    conf.write_text(table.format(n=7, m="true"))
+    reply = cli(lab, "a", "reload", "--socket", str(lab.dir / "a.sock"))
+    assert reply.returncode == 0, reply.stdout + reply.stderr
+    took(lambda: v.link("a", "vm8") is None, 5, "vm8 gone with its instance")
+    assert [base_sysctl(v, "a", k) for k in ("arp_ignore", "arp_filter")] == ["1", "1"]
+    assert lab.stop_agent("a") == 0
+    assert v.link("a", "vrrp.7") is None
+    assert [base_sysctl(v, "a", k) for k in ("arp_ignore", "arp_filter")] == ["0", "0"]
+    assert not (lab.dir / "a-state" / "vmac-base.eth0.json").exists()
