@@ -143,11 +143,18 @@ class Macvlan:
                 f"wanted a private macvlan on {self.base_name} with {show(self.mac)}); "
                 "remove it or name another")
 
-    async def usable(self, base: int) -> None:
-        """:meth:`check` on what is there now, changing nothing (a reload's look first)."""
+    async def usable(self, base: int, freed: set[str]) -> None:
+        """:meth:`check` and the twin's look on what is there now, changing nothing (a
+        reload's look first; ``freed``: macvlans the reload deletes before this one)."""
         ipr = AsyncIPRoute()
         try:
             self.check(await find(ipr, self.name), base)
+            if (other := await twin(ipr, self.name, base, self.mac)) not in (None, *freed):
+                raise VmacError(f"CARP_VMAC: the macvlan {other} on {self.base_name} already "
+                                f"has the virtual MAC {show(self.mac)}: delete it or stop its "
+                                "user")
+        except NetlinkError as e:
+            raise VmacError(f"CARP_VMAC: {self.name}: {e.args[-1]}") from None
         finally:
             ipr.close()
 

@@ -62,7 +62,7 @@ async def check_vmac(s: Vhid, base: int, freed: set[str]) -> None:
     if s.vmac_name is None or s.vmac_address is None or s.vmac_name in freed:
         return
     try:
-        await Macvlan(s.vmac_name, s.interface, s.vmac_address, False).usable(base)
+        await Macvlan(s.vmac_name, s.interface, s.vmac_address, False).usable(base, freed)
     except VmacError as e:
         raise StartupError(f"{e} ({s.name})") from None
 

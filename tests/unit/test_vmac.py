@@ -344,7 +344,7 @@ def test_a_reload_passes_only_the_names_of_the_instances_it_stops(
 
     looked: list[str] = []
 
-    async def usable(self: Macvlan, base: int) -> None:
+    async def usable(self: Macvlan, base: int, freed: set[str]) -> None:
         looked.append(self.name)
     monkeypatch.setattr(Macvlan, "usable", usable)
     s = vhid(vmac="true")
@@ -454,3 +454,19 @@ def test_adopting_a_muted_macvlan_answers_arp_again(tmp_path: Path,
     macvlan.configure()
     macvlan.release_base()
     assert (tmp_path / "ipv4/conf/vm7/arp_ignore").read_text() == "1"
+
+
+@pytest.mark.parametrize("freed", [set(), {"olda"}])
+def test_a_reload_s_look_first_names_a_twin_the_reload_keeps(
+        freed: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 1 for a reload: refused before anything changes, unless the reload itself
+    deletes that macvlan first (a rename)."""
+    from sidecar.net import vmac as netvmac
+
+    monkeypatch.setattr(netvmac, "AsyncIPRoute", lambda: FakeIPRoute(twin=True))
+    look = netvmac.Macvlan("vrrp.7", "eth0", VMAC, ipv6=False).usable(2, freed)
+    if freed:
+        asyncio.run(look)
+        return
+    with pytest.raises(netvmac.VmacError, match="the macvlan olda on eth0 already has"):
+        asyncio.run(look)
