@@ -32,10 +32,13 @@ def check_unique(instances: Sequence[VhidSettings], where: str) -> None:
         if name is not None:
             macvlans[name] = number
         for vip in i.vips:
-            if vip.ip in owners:
+            # a link-local address is unique on its link only (macvlans share their base's)
+            owner = (i.interface, vip.ip) if vip.version == 6 and vip.ip.is_link_local \
+                else vip.ip
+            if owner in owners:
                 raise ConfigError(f"{where}: [[vhid]] #{number}: addr {vip.ip} is already a VIP "
-                                  f"of {owners[vip.ip]}")
-            owners[vip.ip] = i.name
+                                  f"of {owners[owner]}")
+            owners[owner] = i.name
 
 
 def across_sync(agent: AgentSettings, instances: Sequence[VhidSettings],

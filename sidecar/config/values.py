@@ -121,9 +121,7 @@ def _unusable_vip(vip: Vip) -> str | None:
     if ip.is_multicast or ip.is_loopback or ip.is_reserved:
         return "is a multicast, loopback or reserved address"
     if isinstance(vip, IPv6Interface):
-        if ip.is_link_local:
-            return "is link-local (fe80::/10 is per interface, not a service address)"
-        return None
+        return None  # link-local: an IPv6 VRRP instance's only (sidecar.config.vrrp)
     if net.prefixlen <= 30 and ip in (net.network_address, net.broadcast_address):
         return f"is the {'network' if ip == net.network_address else 'broadcast'} address of {net}"
     return None

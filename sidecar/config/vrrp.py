@@ -52,7 +52,8 @@ def problems(m: Any) -> list[str]:
     """Every VRRP rule ``m`` (a validated VhidSettings) breaks, one line each."""
     given = m.model_fields_set
     if m.protocol == "carp":
-        return _peer_families(m, False) + [f"CARP_{name.upper()}: a VRRP setting; CARP uses "
+        out = _link_local(m, "CARP (CARP_PROTOCOL=carp)") + _peer_families(m, False)
+        return out + [f"CARP_{name.upper()}: a VRRP setting; CARP uses "
                 f"{'CARP_ADVSKEW (lower wins)' if name == 'priority' else 'CARP_ADVBASE'} "
                 "(or set CARP_PROTOCOL=vrrp2 or vrrp3)" for name in ("priority", "advert_int")
                 if name in given]
@@ -89,16 +90,31 @@ def _families(m: Any) -> list[str]:
                 "vrrp3 or another instance (CARP_PROTOCOL=vrrp2)"]
     if not vips or len(v6) != len(vips):
         # IPv4, or mixed: the IPv4 adverts carry the IPv4 VIPs (keepalived's split)
-        return _peer_families(m, False)
+        return _link_local(m, "an instance with IPv4 VIPs") + _peer_families(m, False)
     # an IPv6 instance (RFC 5798 §5.1.2): from the link-local address to ff02::12, or from
     # CARP_SRCIP to CARP_PEERS (keepalived's unicast_src_ip/unicast_peer)
     given, mode = m.model_fields_set, f"an IPv6 VRRP instance (CARP_PROTOCOL={m.protocol})"
     out = _peer_families(m, True)
+    if m.vip_interface is not None:  # a host route: fe80::/10 means nothing off the link
+        out += _link_local(m, "VIPs on CARP_VIP_INTERFACE")
     if "mcast" in given:
         out.append(f"CARP_MCAST: {mode} advertises to ff02::12 (RFC 5798); unset it")
     if m.sync_paths:
         out.append(f"CARP_SYNC_PATHS: replication runs over IPv4; not with {mode}")
     return out
+
+
+def _link_local(m: Any, where: str) -> list[str]:
+    """A link-local VIP (RFC 5798 §5.2.9: an IPv6 VRRP router's first address) belongs to
+    an IPv6 VRRP instance's link only; anywhere else it is no service address."""
+    try:
+        local = [str(v.ip) for v in m.vips if v.version == 6 and v.ip.is_link_local]
+    except ValueError:
+        return []  # CARP_ADDR's own error says it
+    if not local:
+        return []
+    return [f"CARP_ADDR: {', '.join(local)} is link-local (fe80::/10): only an IPv6 VRRP "
+            f"instance (CARP_PROTOCOL=vrrp3, IPv6 VIPs only) takes one, not {where}"]
 
 
 def _peer_families(m: Any, ipv6: bool) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any
@@ -95,16 +95,20 @@ class Netlink:
             msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET)]
         return [IPv4Interface(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}") for m in msgs]
 
-    async def link_local(self, index: int) -> tuple[IPv6Address | None, str]:
+    async def link_local(self, index: int, vips: Collection[IPv6Address] = ()
+                         ) -> tuple[IPv6Address | None, str]:
         """The interface's usable IPv6 link-local address (an IPv6 VRRP instance's source), or
-        None and why: none yet, or still tentative (duplicate address detection), or failed."""
+        None and why: none yet, or still tentative (duplicate address detection), or failed.
+        ``vips``: link-local VIPs, never the source (keepalived's
+        ignore_address_if_ours_or_link_local): one a master holds, or a restart left, would
+        otherwise change our address in the election and in the peers' view."""
         async with self._busy:
             msgs = [m async for m in await self._ipr.get_addr(index=index, family=AF_INET6)]
         why = "no IPv6 link-local address"
         for m in msgs:
             ip = IPv6Address(m.get("IFA_ADDRESS"))
             flags = m.get("IFA_FLAGS") or m.get("flags") or 0
-            if not ip.is_link_local:
+            if not ip.is_link_local or ip in vips:
                 continue
             if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
                 why = f"only {ip}, " + ("which failed duplicate address detection"

@@ -13,7 +13,7 @@ import errno
 import fcntl
 import socket
 import struct
-from ipaddress import IPv4Interface, ip_address
+from ipaddress import IPv4Interface, IPv6Interface, ip_address
 
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -94,9 +94,15 @@ def delete_address(index: int, address: str, prefixlen: int) -> bool:
 def ipv4_addresses(index: int) -> list[IPv4Interface]:
     """Interface ``index``'s IPv4 addresses (IFA_LOCAL, as the agent's netlink reads them),
     from one RTM_GETADDR dump; an interface without any, or gone, has none."""
+    return [a for a in if_addresses(index, socket.AF_INET) if isinstance(a, IPv4Interface)]
+
+
+def if_addresses(index: int, family: int = socket.AF_UNSPEC
+                 ) -> list[IPv4Interface | IPv6Interface]:
+    """Interface ``index``'s addresses of ``family`` (both by default), one RTM_GETADDR dump."""
     request = HEADER.pack(HEADER.size + _IFADDR.size, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP,
-                          1, 0) + _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0)
-    out: list[IPv4Interface] = []
+                          1, 0) + _IFADDR.pack(family, 0, 0, 0, 0)
+    out: list[IPv4Interface | IPv6Interface] = []
     with open_socket(blocking=True) as s:
         s.settimeout(2)
         s.send(request)
@@ -111,13 +117,17 @@ def ipv4_addresses(index: int) -> list[IPv4Interface]:
                     code = -_ERROR.unpack_from(data, offset + HEADER.size)[0]
                     raise OSError(code, f"RTM_GETADDR: {errno.errorcode.get(code, code)}")
                 if kind == RTM_NEWADDR:
-                    out += _ipv4_of(data[offset + HEADER.size:offset + length], index)
+                    out += _address_of(data[offset + HEADER.size:offset + length], index)
                 offset += (length + 3) & ~3
 
 
 def _ipv4_of(message: bytes, index: int) -> list[IPv4Interface]:
+    return [a for a in _address_of(message, index) if isinstance(a, IPv4Interface)]
+
+
+def _address_of(message: bytes, index: int) -> list[IPv4Interface | IPv6Interface]:
     family, prefixlen, _flags, _scope, owner = _IFADDR.unpack_from(message)
-    if family != socket.AF_INET or owner != index:
+    if family not in (socket.AF_INET, socket.AF_INET6) or owner != index:
         return []
     found: dict[int, bytes] = {}
     offset = _IFADDR.size
@@ -127,8 +137,10 @@ def _ipv4_of(message: bytes, index: int) -> list[IPv4Interface]:
             break
         found[kind] = message[offset + _ATTR.size:offset + length]
         offset += (length + 3) & ~3
-    address = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
-    return [IPv4Interface((address, prefixlen))] if address and len(address) == 4 else []
+    address = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)  # IPv6: IFA_ADDRESS only
+    if family == socket.AF_INET:
+        return [IPv4Interface((address, prefixlen))] if address and len(address) == 4 else []
+    return [IPv6Interface((address, prefixlen))] if address and len(address) == 16 else []
 
 
 SIOCGIFFLAGS = 0x8913

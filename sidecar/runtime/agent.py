@@ -204,7 +204,7 @@ class Agent:
 
     async def source_ip(self, s: Vhid, link: Link) -> Address:
         if s.ipv6:
-            return await ipv6_source(self.nl, s, link.index)
+            return await ipv6_source(self.nl, s, link.index, self.config.instances)
         addresses = [a.ip for a in await self.nl.ipv4_addresses(link.index)]
         vips = [] if address_owner(s) else [v.ip for v in s.vips]  # the owner's are its own
         srcip, problem = source_address(s.srcip, s.interface, addresses, vips)

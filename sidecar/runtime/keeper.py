@@ -26,10 +26,11 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from ipaddress import ip_address
 
 from sidecar.core.machine import SendAdvert
 from sidecar.core.protocol import BOW_OUT
-from sidecar.net.rtmsg import delete_address, ipv4_addresses, set_lifetimes
+from sidecar.net.rtmsg import delete_address, if_addresses, set_lifetimes
 from sidecar.runtime.sendport import SendPort
 
 TITLE = "carp-sidecar restart keeper"
@@ -70,13 +71,20 @@ class Kept:
 
 
 def present(vips: list[Vip]) -> list[Vip]:
-    """Those still on their interface: a lease's replace would *add* a missing IPv4 address
-    (an operator's `ip addr del`, a successor's afresh start must not be undone)."""
+    """Those still on their interface: a lease's replace would *add* a missing address, IPv4
+    or IPv6 (link-local too; an operator's `ip addr del`, a successor's afresh start must not
+    be undone)."""
     if not vips:
         return vips
     found = {(index, str(a.ip)) for index in {i for i, _, _ in vips}
-             for a in ipv4_addresses(index)}
-    return [v for v in vips if ":" in v[1] or (v[0], v[1]) in found]
+             for a in if_addresses(index)}
+    return [v for v in vips if (v[0], _normal(v[1])) in found]
+
+
+def _normal(address: str) -> str:
+    with contextlib.suppress(ValueError):
+        return str(ip_address(address))
+    return address
 
 
 def quiet_port(port: SendPort) -> Callable[[SendAdvert], object]:

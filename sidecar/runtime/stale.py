@@ -150,7 +150,9 @@ async def remove_stale_vips(nl: Netlink, instances: Sequence[Instance],
 
 async def _remove_elsewhere(nl: Netlink, owned: list[Instance],
                             configured: Sequence[Instance]) -> None:
-    wanted = {vip.ip: instance for instance in owned for vip in instance.s.vips}
+    # a link-local VIP is the link's own (fe80::1 on another link is another router's)
+    wanted = {vip.ip: instance for instance in owned for vip in instance.s.vips
+              if not (vip.version == 6 and vip.ip.is_link_local)}
     addresses = await nl.all_addresses()
     if not any(have.ip in wanted for _, have, _ in addresses):
         return  # the usual case: one dump, no link dump

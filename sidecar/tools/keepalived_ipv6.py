@@ -2,11 +2,12 @@
 an instance whose VIPs are all IPv6 is an IPv6 one, VRRPv3 unless it says ``version 2``
 (keepalived 2.2.7 vrrp.c, vrrp_complete_instance; ``native_ipv6`` forces both, vrrp_parser.c),
 and becomes a vrrp3 ``[[vhid]]`` whose adverts go from the link-local address to ff02::12, or
-from ``unicast_src_ip`` (else the link-local address) to its IPv6 ``unicast_peer``s."""
+from ``unicast_src_ip`` (else the link-local address) to its IPv6 ``unicast_peer``s. Its
+link-local VIPs (RFC 5798's first address, keepalived's ``fe80::1/64`` first) are carried, in
+their order: our adverts list the same addresses, so the group stays one."""
 
 from __future__ import annotations
 
-from ipaddress import ip_interface
 from typing import Any
 
 VERSION_GIVEN = "_version_given"  # set by the import's `version` handler
@@ -27,14 +28,6 @@ def family(where: str, table: dict[str, Any], notes: list[str]) -> None:
         table["protocol"] = "vrrp3"
     if table["protocol"] != "vrrp3":
         return  # version 2: the import's VRRPv2 rule names the addresses
-    local = [a for a in addrs if ip_interface(a).ip.is_link_local]
-    if local:
-        notes.append(f"{where}: WARNING: {', '.join(local)}: not carried: a link-local VIP is "
-                     "refused; keepalived's adverts list it, so remove it there too or the "
-                     "group splits (keepalived only logs a first VIP that is not link-local)")
-        table["addr"] = [a for a in addrs if a not in local]
-        if not table["addr"]:
-            del table["addr"]
     if "mcast" in table:
         notes.append(f"{where}: mcast_dst_address {table.pop('mcast')}: not carried: IPv6 "
                      "adverts go to ff02::12")

@@ -285,11 +285,12 @@ def test_ipv6_instances_become_vrrp3_ipv6_instances(tmp_path: Path) -> None:
     result = translate(conf)
     v6, u6 = loaded(result.toml, tmp_path).runtime().instances
     assert (v6.protocol, v6.ipv6, v6.priority, v6.advert_int) == ("vrrp3", True, 150, 0.5)
-    assert [str(v) for v in v6.vips] == ["2001:db8::1/64", "2001:db8::2/64"]
+    # RFC 5798's link-local first address carried, in keepalived's order (its adverts')
+    assert [str(v) for v in v6.vips] == ["fe80::1/64", "2001:db8::1/64", "2001:db8::2/64"]
     assert (u6.protocol, u6.ipv6) == ("vrrp3", True)
     assert (str(u6.srcip), [str(p) for p in u6.peers]) == ("2001:db8::11", ["2001:db8::12"])
     notes = "\n".join(result.notes)
-    assert "WARNING: fe80::1/64: not carried: a link-local VIP" in notes
+    assert "fe80::1" not in notes
     assert "native_ipv6" not in notes
 
 

@@ -20,7 +20,7 @@ import pytest
 import sidecar
 from sidecar.core.machine import SendAdvert, State
 from sidecar.core.protocol import BOW_OUT
-from sidecar.net.rtmsg import ipv4_addresses
+from sidecar.net.rtmsg import if_addresses, ipv4_addresses
 from sidecar.runtime import keeper, operator, restart, signals, takeover
 from sidecar.runtime.resume import ResumedInstance, ResumeRecord
 
@@ -117,12 +117,15 @@ def test_a_readable_in_place_record_gets_the_keeper_from_argv(tmp_path: Any) -> 
 
 
 def test_the_keeper_renews_only_addresses_still_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lease's replace re-adds a missing IPv4 address: one gone is dropped, not renewed."""
+    """A lease's replace re-adds a missing address, IPv4 or IPv6 (a link-local one too, seen
+    on Linux 6.x): one gone is dropped, not renewed."""
     lo = ipv4_addresses(1)
     assert lo, "lo has 127.0.0.1"
     here = (1, str(lo[0].ip), lo[0].network.prefixlen)
     gone = (1, "127.55.0.9", 32)
-    assert keeper.present([here, gone, (1, "fd00::1", 128)]) == [here, (1, "fd00::1", 128)]
+    lo6 = [(1, str(a.ip), a.network.prefixlen) for a in if_addresses(1) if a.version == 6]
+    gone6 = [(1, "fd00::1", 128), (1, "fe80::1", 64)]
+    assert keeper.present([here, gone, *gone6, *lo6]) == [here, *lo6]
     renewed: list[Any] = []
     kept = keeper.Kept("lo/1", lambda a: None, 1, 0, 1, 1.0, 0.0, [here, gone], lease=3)
     monkeypatch.setattr(keeper, "set_lifetimes", lambda vips, s: renewed.append(list(vips)))

@@ -244,7 +244,8 @@ def test_the_link_local_source_is_waited_for_then_refused_naming_the_interface(
     answers = [(None, "only fe80::1, still tentative (DAD)"), (SRC, "")]
 
     class Nl:
-        async def link_local(self, index: int) -> tuple[IPv6Address | None, str]:
+        async def link_local(self, index: int, vips: object = ()
+                             ) -> tuple[IPv6Address | None, str]:
             return answers.pop(0) if answers else (None, "no IPv6 link-local address")
 
     nl: Any = Nl()
