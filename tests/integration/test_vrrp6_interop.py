@@ -26,6 +26,7 @@ from .test_restart import restart, restarted
 from .test_vrrp_interop import KEEPALIVED, RUNS, Keepalived, cli, logs, took
 
 VIP6 = "2001:db8::1"
+LL6 = "fe80::9"  # a link-local VIP listed first (RFC 5798 §5.2.9; keepalived's configs)
 ADDR6 = {"a": "2001:db8::11", "b": "2001:db8::12"}  # unicast_src_ip / CARP_SRCIP
 CLIENT6 = "2001:db8::100/64"
 VRID = 9
@@ -39,16 +40,17 @@ class Group6:
     lab: Lab
     keepalived: list[Keepalived] = field(default_factory=list)
 
-    def start_keepalived(self, node: str, *, priority: int = 100, unicast: bool = False
-                         ) -> Keepalived:
+    def start_keepalived(self, node: str, *, priority: int = 100, unicast: bool = False,
+                         vips: tuple[str, ...] = (VIP6,)) -> Keepalived:
         base = self.lab.dir / f"ka6-{node}-{next(RUNS)}"
         conf = base.with_suffix(".conf")
         conf.write_text("\n".join([
             "global_defs {", f"  router_id node6_{node}", "}",
             "vrrp_instance VI_1 {", "  state BACKUP", "  interface eth0",
             f"  virtual_router_id {VRID}", "  version 3", f"  priority {priority}",
-            f"  advert_int {ADVERT_INT:g}", "  virtual_ipaddress {", f"    {VIP6}/64 dev eth0",
-            "  }", *(unicast_lines(node) if unicast else []), "}", ""]))
+            f"  advert_int {ADVERT_INT:g}", "  virtual_ipaddress {",
+            *(f"    {v}/64 dev eth0" for v in vips), "  }",
+            *(unicast_lines(node) if unicast else []), "}", ""]))
         log = base.with_suffix(".log")
         cmd = [KEEPALIVED, "-n", "-l", "-D", "-f", str(conf), "-p", f"{base}.pid",
                "-r", f"{base}.vrrp.pid", "-c", f"{base}.check.pid", "--vrrp"]
@@ -56,12 +58,14 @@ class Group6:
         self.keepalived.append(ka)
         return ka
 
-    def start_ours(self, node: str, *, priority: int = 100, unicast: bool = False) -> None:
+    def start_ours(self, node: str, *, priority: int = 100, unicast: bool = False,
+                   vips: tuple[str, ...] = (VIP6,)) -> None:
         peers = {"CARP_SRCIP": ADDR6[node], "CARP_PEERS": ADDR6[other(node)]} if unicast \
             else {"CARP_SRCIP": ""}
         self.lab.start_agent(node, CARP_PROTOCOL="vrrp3", CARP_PRIORITY=str(priority),
                              CARP_ADVERT_INT=f"{ADVERT_INT:g}", CARP_VHID=str(VRID),
-                             CARP_ADDR=f"{VIP6}/64", CARP_PASS="", CARP_IF_ALIAS="", **peers)
+                             CARP_ADDR=",".join(f"{v}/64" for v in vips), CARP_PASS="",
+                             CARP_IF_ALIAS="", **peers)
 
     def clear(self) -> None:
         for node in list(self.lab.agents):
@@ -71,8 +75,9 @@ class Group6:
         self.keepalived.clear()
         for node in ("a", "b"):
             self.lab.topo.plug(node)
-            self.lab.topo[node].run("ip", "addr", "del", f"{VIP6}/64", "dev", "eth0",
-                                    check=False)
+            for vip in (VIP6, LL6):
+                self.lab.topo[node].run("ip", "addr", "del", f"{vip}/64", "dev", "eth0",
+                                        check=False)
 
 
 def other(node: str) -> str:
@@ -89,8 +94,10 @@ def sh(lab: Lab, node: str, *cmd: str) -> str:
 
 
 def link_local(lab: Lab, node: str) -> IPv6Address:
+    """The interface's own link-local address (a link-local VIP is not it)."""
     out = sh(lab, node, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link")
-    return IPv6Address(out.split()[3].split("/")[0])
+    return next(a for line in out.splitlines()
+                if (a := IPv6Address(line.split()[3].split("/")[0])) != IPv6Address(LL6))
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +128,9 @@ def group(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Group6]:
         g.clear()
 
 
-def holders(g: Group6) -> list[str]:
+def holders(g: Group6, vip: str = VIP6) -> list[str]:
     return [n for n in ("a", "b")
-            if f"inet6 {VIP6}/64" in sh(g.lab, n, "ip", "-6", "addr", "show", "dev", "eth0")]
+            if f"inet6 {vip}/64" in sh(g.lab, n, "ip", "-6", "addr", "show", "dev", "eth0")]
 
 
 def client_reaches(g: Group6, node: str) -> bool:
@@ -289,3 +296,31 @@ def test_watch_decodes_ipv6_adverts(group: Group6) -> None:
     out = cli(lab, "b", "watch", "-i", "eth0", "-c", "3").stdout
     assert f"{link_local(lab, 'a')} " in out and f"VRRPv3 vrid {VRID} " in out, out
     assert "priority 120" in out, out
+
+
+def test_a_link_local_vip_first_as_keepalived_lists_it(group: Group6) -> None:
+    """keepalived's usual IPv6 list, fe80::9 first: one group (no "addresses" drop either
+    side), ours adds it with link scope as MASTER, keeps it over an in-place restart, still
+    advertises from the interface's own link-local, and removes it on its resign."""
+    lab, both = group.lab, (LL6, VIP6)
+    group.start_ours("a", priority=150, vips=both)
+    took(lambda: our_state(group, "a") == "MASTER", 10, "our MASTER")
+    ka = group.start_keepalived("b", priority=100, vips=both)
+    took(lambda: ka.state() == "BACKUP", 5, "keepalived BACKUP")
+    own = str(link_local(lab, "a"))
+    shown = sh(lab, "a", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link")
+    assert f"inet6 {LL6}/64 scope link" in shown, shown
+    assert own != LL6 and status(lab, "a")["srcip"] == own  # never the VIP (keepalived's rule)
+    time.sleep(0.3)
+    assert holders(group, LL6) == ["a"] and ka.states() == ["BACKUP"], logs(group)  # type: ignore
+    assert not ka.said("not present in MASTER advert"), logs(group)  # type: ignore[arg-type]
+    took(lambda: lab.get("client", f"http://[{LL6}%25eth0]/") == "node-a", 5, "client to fe80::9")
+    before = status(lab, "a")["agent"]["started"]  # type: ignore[index]
+    assert restart(lab, "a").startswith("ok: restarting in place")
+    assert restarted(lab, "a", before)["srcip"] == own  # fe80::9 was there: not taken
+    assert holders(group, LL6) == ["a"] and ka.states() == ["BACKUP"], logs(group)  # type: ignore
+    assert drops(group, "a") == 0
+    lab.agents["a"].send_signal(signal.SIGTERM)
+    took(lambda: holders(group, LL6) == ["b"], 2, "keepalived takes fe80::9 on our resign")
+    took(lambda: lab.get("client", f"http://[{LL6}%25eth0]/") == "node-b", 5, "client to b")
+    assert not ka.said("not present in MASTER advert"), logs(group)  # type: ignore[arg-type]
