@@ -280,8 +280,12 @@ class VhidRules(_Rules):
         return self._next_key[0]
 
     @property
-    def name(self) -> str:
-        return f"{self.interface}/vhid{self.vhid}"
+    def name(self) -> str:  # as Vhid.name
+        try:
+            ipv6 = self.protocol == "vrrp3" and all(v.version == 6 for v in self.vips)
+        except ValueError:  # CARP_ADDR's own error says it
+            ipv6 = False
+        return f"{self.interface}/vhid{self.vhid}" + "/ipv6" * ipv6
 
     @property
     def manages_vip_by_scripts(self) -> bool:
@@ -441,3 +445,4 @@ else:
     VhidSettings = _model("VhidSettings", VhidRules, VHID)
     CheckSettings = _model("CheckSettings", CheckRules, CHECK)
     AgentSettings = _model("AgentSettings", AgentRules, AGENT)
+

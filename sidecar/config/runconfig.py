@@ -216,7 +216,14 @@ class Vhid:
 
     @property
     def name(self) -> str:
-        return f"{self.interface}/vhid{self.vhid}"
+        """Logs and CARP_STATE_DIR's file names: an IPv6 VRRP instance's differs from an IPv4
+        one's of the same VRID (keepalived's v4/v6 pairs share it)."""
+        return f"{self.interface}/vhid{self.vhid}" + "/ipv6" * self.ipv6
+
+    @property
+    def key(self) -> tuple[str, int, bool]:
+        """What tells instances apart: the interface, the VHID and the advert family."""
+        return (self.interface, self.vhid, self.ipv6)
 
     @property
     def group_name(self) -> str:

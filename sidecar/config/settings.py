@@ -89,8 +89,8 @@ class Config:
         if self.agent.control_socket is not None:
             return Path(self.agent.control_socket)
         if self.source == "environment":  # one instance: the path earlier versions used
-            only = self.instances[0]
-            return Path(f"/run/carp-sidecar/{only.interface}-vhid{only.vhid}.sock")
+            only = self.instances[0]  # eth0/vhid1 (IPv6: eth0/vhid1/ipv6, keepalived's pairs)
+            return Path(f"/run/carp-sidecar/{only.name.replace('/', '-')}.sock")
         return Path("/run/carp-sidecar/control.sock")
 
     def runtime(self) -> RunConfig:

@@ -3,8 +3,10 @@ frames it dispatches to them.
 
 Adverts are routed by the VHID byte to the instance that owns it, which runs the full checks
 with its own key; a packet that cannot be attributed to one of our VHIDs (too short to say, or
-another VHID) is counted as a drop by every instance on the interface, as each ucarp process
-would. ARP frames whose sender address is one of our IPv4 VIPs go to the instance owning it.
+another VHID) is counted as a drop by every instance on the interface of its family, as each
+ucarp process would. IPv4 adverts go to the IPv4 instances (CARP, VRRP), IPv6 ones to the IPv6
+VRRP instances: one VRID may be both (keepalived's IPv4 and IPv6 instances sharing it). ARP
+frames whose sender address is one of our IPv4 VIPs go to the instance owning it.
 
 The interface may be deleted and come back under a new index: :meth:`Channel.link_event`
 closes the dead socket, opens a new one on the new index (re-joining the multicast groups)
@@ -55,20 +57,20 @@ class Channel:
         self.name, self.loop = name, loop
         self.attached: Attached | None = None
         self.running = False
+        # by VHID: the instances advertising over IPv4 (CARP, VRRP), and the IPv6 VRRP ones,
+        # apart: keepalived lets an IPv4 and an IPv6 instance share a VRID on one interface
         self.receivers: dict[int, Receiver] = {}
+        self.receivers6: dict[int, Receiver] = {}  # their frames pass the filter
         self._own: set[bytes] = set()  # our source addresses: our own adverts come back
         self._groups: list[IPv4Address | IPv6Address] = []
-        self._v6: set[int] = set()  # VRIDs of IPv6 VRRP instances: their frames pass the filter
         self._arp: dict[bytes, Receiver] = {}  # IPv4 VIP (packed) -> its instance
         self._nd: dict[bytes, Receiver] = {}  # IPv6 VIP (packed) -> its instance
 
     def add(self, receiver: Receiver, srcip: Address, group: IPv4Address | None,
             arp_vips: Iterable[IPv4Address], nd_vips: Iterable[IPv6Address] = ()) -> None:
-        self.receivers[receiver.vhid] = receiver
-        self._own.add(srcip.packed)
         group6 = VRRP6_GROUP if isinstance(srcip, IPv6Address) else None  # from a link-local
-        if group6 is not None:
-            self._v6.add(receiver.vhid)
+        (self.receivers if group6 is None else self.receivers6)[receiver.vhid] = receiver
+        self._own.add(srcip.packed)
         for g in (group6 or group,):
             if g is not None and g not in self._groups:
                 self._groups.append(g)
@@ -89,7 +91,8 @@ class Channel:
             self._set_filter(self.attached.sock)
 
     def _set_filter(self, sock: PacketSocket) -> None:
-        sock.set_filter([IPv4Address(v) for v in self._arp], bool(self._nd), bool(self._v6))
+        sock.set_filter([IPv4Address(v) for v in self._arp], bool(self._nd),
+                        bool(self.receivers6))
 
     def refresh(self) -> None:
         """A reload added instances to this open channel: join their groups, filter anew."""
@@ -99,9 +102,14 @@ class Channel:
 
     def remove(self, receiver: Receiver) -> None:
         """A reload removed the instance (it has stopped)."""
-        self.receivers.pop(receiver.vhid, None)
-        self._v6.discard(receiver.vhid)
+        for table in (self.receivers, self.receivers6):
+            if table.get(receiver.vhid) is receiver:
+                del table[receiver.vhid]
         self._forget(receiver)
+
+    def every(self) -> list[Receiver]:
+        """Every instance on the interface, either family."""
+        return [*self.receivers.values(), *self.receivers6.values()]
 
     def _forget(self, receiver: Receiver) -> None:
         """No ARP or NA is routed to ``receiver`` any more."""
@@ -117,7 +125,7 @@ class Channel:
         """Bind to the interface (raises OSError); the caller reports problems at start."""
         sock = PacketSocket(self.name, link.index, self._groups,
                             [IPv4Address(v) for v in self._arp], neighbour_adverts=bool(self._nd),
-                            vrrp6=bool(self._v6))
+                            vrrp6=bool(self.receivers6))
         self.attached = Attached(link.index, link.mac, sock)
         self.running = link.running
         self.loop.add_reader(sock.fileno(), self._on_readable)
@@ -171,8 +179,9 @@ class Channel:
         if packet[12:16] in self._own:
             return
         ihl = (packet[0] & 0x0F) * 4 if packet else 0
-        receiver = self.receivers.get(packet[ihl + 1]) if 20 <= ihl < len(packet) - 1 else None
-        if receiver is not None and receiver.vhid in self._v6:
+        vhid = packet[ihl + 1] if 20 <= ihl < len(packet) - 1 else None
+        receiver = None if vhid is None else self.receivers.get(vhid)
+        if receiver is None and vhid in self.receivers6:
             return  # an IPv4 instance of the VRID elsewhere (keepalived's v4/v6 pairs share it)
         if receiver is not None:
             receiver.advert_packet(packet)
@@ -193,12 +202,11 @@ class Channel:
         instance as a drop (the IPv4 ones never see IPv6 adverts, as keepalived's)."""
         if packet[8:24] in self._own:
             return
-        receiver = self.receivers.get(packet[41]) if packet[41] in self._v6 else None
+        receiver = self.receivers6.get(packet[41])
         if receiver is not None:
             receiver.advert_packet(packet)
             return
-        for vrid in self._v6:
-            r = self.receivers[vrid]
+        for r in self.receivers6.values():
             try:
                 parse_packet6(packet, r.expect)
             except AdvertError as e:
@@ -237,7 +245,7 @@ class Channel:
         if ours and event.running != self.running:
             self.running = event.running
             log.warning("Link %s on %s", "up" if event.running else "down", self.name)
-            for r in self.receivers.values():
+            for r in self.every():
                 r.interface_changed(True, event.running, reattached=False)
 
     def _detach(self, why: str) -> None:
@@ -245,7 +253,7 @@ class Channel:
                     self.name, why)
         self.close()
         self.running = False
-        for r in self.receivers.values():
+        for r in self.every():
             r.interface_changed(False, False, reattached=False)
 
     def _attach(self, event: LinkEvent) -> None:
@@ -256,5 +264,5 @@ class Channel:
                       "next change", self.name, event.index, e.strerror or e)
             return
         log.warning("Interface %s is back (index %d): taking part again", self.name, event.index)
-        for r in self.receivers.values():
+        for r in self.every():
             r.interface_changed(True, event.running, reattached=True)

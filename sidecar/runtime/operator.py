@@ -31,7 +31,7 @@ def restore_maintenance(agent: Agent, instances: list[Instance] | None = None,
     if agent.store is None and resumed is not None:
         carried = {r.key: r.maintenance.get("operator") for r in resumed.instances}
         for instance in instances:
-            since = carried.get((instance.s.interface, instance.s.vhid))
+            since = carried.get(instance.s.key)
             if since is not None:
                 instance.set_maintenance("operator", since)
     if agent.store is not None:
@@ -110,8 +110,8 @@ async def control(agent: Agent, command: str) -> str:
             if instance.set_maintenance("operator", since) or verb == "demote":
                 problem = persist(agent, instance, since)
                 if problem:
-                    unsaved.append(f"vhid {instance.s.vhid}: {problem}")
-    reply = "; ".join(f"vhid {i.s.vhid} {i.machine.state.name} maintenance="
+                    unsaved.append(f"vhid {instance.s.vhid}{' (IPv6)' * instance.s.ipv6}: {problem}")
+    reply = "; ".join(f"vhid {i.s.vhid}{' (IPv6)' * i.s.ipv6} {i.machine.state.name} maintenance="
                       f"{'on' if i.machine.maintenance else 'off'}" for i in targets)
     return reply + "".join(f"; NOT KEPT ACROSS RESTARTS ({u})" for u in unsaved)
 

@@ -102,11 +102,20 @@ LIVE = frozenset({
 HIDDEN = frozenset({"auth", "script_env"})  # changed, but never shown (a secret; noise)
 AGENT_AT_RESTART = ("metrics_listen", "control_socket", "state_dir", "realtime", "syslog",
                     "log_format", "sync_port", "sync_secret_file")
-Key = tuple[str, int]
+Key = tuple[str, int, bool]
 
 
 def key(v: Vhid) -> Key:
-    return (v.interface, v.vhid)
+    return v.key
+
+
+def _flipped(k: Key) -> Key:
+    return (k[0], k[1], not k[2])
+
+
+def _label(v: Vhid) -> str:
+    """An IPv6 VRRP instance is named so: its VRID may also be an IPv4 instance's."""
+    return f"vhid {v.vhid} on {v.interface}" + " (IPv6)" * v.ipv6
 
 
 @dataclass
@@ -177,25 +186,28 @@ def plan(old: RunConfig, new: RunConfig) -> Plan:
     p = Plan()
     before = {key(v): v for v in old.instances}
     after = {key(v): v for v in new.instances}
+    moved = {k: _flipped(k) for k in before if k not in after and _flipped(k) in after
+             and _flipped(k) not in before}  # into or out of IPv6: the same instance, replaced
     for k, v in after.items():
-        if k not in before:
+        if k not in before and k not in moved.values():
             p.added.append(v)
-            p.changes.append(f"vhid {v.vhid} on {v.interface}: added")
+            p.changes.append(f"{_label(v)}: added")
     for k, v in before.items():
-        if k not in after:
+        now = after.get(moved.get(k, k))
+        if now is None:
             p.removed.append(v)
-            p.changes.append(f"vhid {v.vhid} on {v.interface}: removed")
+            p.changes.append(f"{_label(v)}: removed")
             continue
-        changed = changed_fields(v, after[k])
+        changed = changed_fields(v, now)
         if not changed:
             continue
-        what = describe(v, after[k], changed)
-        if needs_replace(v, after[k], changed):
-            p.replaced.append((v, after[k]))
-            p.changes.append(f"vhid {v.vhid} on {v.interface}: restarted ({what})")
+        what = describe(v, now, changed)
+        if needs_replace(v, now, changed):
+            p.replaced.append((v, now))
+            p.changes.append(f"{_label(v)}: restarted ({what})")
         else:
-            p.updated.append((v, after[k]))
-            p.changes.append(f"vhid {v.vhid} on {v.interface}: {what}")
+            p.updated.append((v, now))
+            p.changes.append(f"{_label(v)}: {what}")
     names = old.checks.keys() | new.checks.keys()
     p.checks = {n for n in names if old.checks.get(n) != new.checks.get(n)}
     for n in sorted(p.checks):

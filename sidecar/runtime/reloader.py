@@ -208,7 +208,7 @@ async def roll_back(agent: Agent, gone: list[Vhid], ready: dict[str, Ready]) -> 
 def not_running(agent: Agent) -> list[str]:
     """Instances of the running configuration that no instance runs (a failed roll back)."""
     running = {key(i.s) for i in agent.instances if id(i) in agent.instance_tasks}
-    return [f"vhid {s.vhid} on {s.interface}" for s in agent.config.instances
+    return [f"vhid {s.vhid} on {s.interface}" + " (IPv6)" * s.ipv6 for s in agent.config.instances
             if key(s) not in running]
 
 
@@ -254,7 +254,7 @@ def discard(agent: Agent, instance: Instance) -> None:
     agent.instances.remove(instance)
     channel = instance.channel
     channel.remove(instance)
-    if not channel.receivers:
+    if not channel.every():
         channel.close()
         del agent.channels[channel.name]
 

@@ -46,10 +46,13 @@ class Reporter:
 
     def which(self) -> str:
         """ucarp's log lines name nothing (one process, one VHID); with several we say which."""
-        return f" (vhid {self.s.vhid} on {self.s.interface})" if self._several else ""
+        # an IPv6 instance's VRID may also be an IPv4 one's (keepalived's pairs)
+        family = ", IPv6" * self.s.ipv6
+        return f" (vhid {self.s.vhid} on {self.s.interface}{family})" if self._several else ""
 
     def _fields(self, **more: Any) -> dict[str, Any]:
-        return fields(vhid=self.s.vhid, interface=self.s.interface, **more)
+        return fields(vhid=self.s.vhid, interface=self.s.interface,
+                      ipv6=True if self.s.ipv6 else None, **more)
 
     def event(self, e: object, session: Session, now: float) -> None:
         """Report one output of the session (the caller has carried out the actions)."""

@@ -26,7 +26,7 @@ from sidecar.net.rtmsg import set_lifetimes
 from sidecar.runtime import keeper, resume, signals, status
 from sidecar.runtime.reload import ReloadRefused, read_raw_config
 from sidecar.runtime.reporter import utc
-from sidecar.runtime.resume import ResumedCheck, ResumedInstance, ResumeRecord
+from sidecar.runtime.resume import ResumedCheck, ResumedInstance, ResumeRecord, keeper_key
 
 if TYPE_CHECKING:
     from sidecar.runtime.agent import Agent
@@ -125,14 +125,15 @@ async def present_vips(agent: Agent, instance: Instance) -> list[Vip]:
             if a.ip in mine]
 
 
-def record_for(agent: Agent, present: dict[tuple[str, int], list[Vip]], now: float,
+def record_for(agent: Agent, present: dict[tuple[str, int, bool], list[Vip]], now: float,
                kind: str = KIND) -> ResumeRecord:
     """The record of every instance and health check as they are now."""
     instances = [ResumedInstance(
         interface=i.s.interface, vhid=i.s.vhid, state=state_of(i),
         vips=present.get(key(i), []), master_since=i.reporter.master_since,
         sent_at=i.session.link.sent_at, advert_interval=interval(i),
-        maintenance=dict(i.maintenance), epoch=epoch_of(i)) for i in agent.instances]
+        maintenance=dict(i.maintenance), epoch=epoch_of(i), ipv6=i.s.ipv6)
+        for i in agent.instances]
     checks = {name: ResumedCheck(m.healthy, m.failed_since) for name, m in agent.monitors.items()}
     me = identity()
     deadratio = min((i.s.deadratio for i in agent.instances if i.machine.state is State.MASTER),
@@ -158,8 +159,8 @@ def epoch_of(instance: Instance) -> int:
     return 0 if instance.replica is None else instance.replica.epochs.epoch
 
 
-def key(instance: Instance) -> tuple[str, int]:  # what the record matches on
-    return (instance.s.interface, instance.s.vhid)
+def key(instance: Instance) -> tuple[str, int, bool]:  # what the record matches on
+    return instance.s.key
 
 
 def interval(instance: Instance) -> float:
@@ -182,7 +183,7 @@ def leased_vips(agent: Agent, record: ResumeRecord) -> list[Vip]:
 
 
 def prepare(agent: Agent, text: str, version: str,
-            present: dict[tuple[str, int], list[Vip]]) -> Prepared:
+            present: dict[tuple[str, int, bool], list[Vip]]) -> Prepared:
     """Record, memfds, leases and the keeper (raises OSError, having undone its part)."""
     now = time.monotonic()
     record = record_for(agent, present, now)
@@ -220,7 +221,7 @@ def kept_for(instance: Instance, vips: list[Vip], lease: int = 0) -> keeper.Kept
     assert last is not None
     sent_at = instance.session.link.sent_at  # the loop's clock: time.monotonic()
     sent_at = time.monotonic() if sent_at is None else sent_at
-    return keeper.Kept(key=f"{instance.s.interface}/{instance.s.vhid}",
+    return keeper.Kept(key=keeper_key(key(instance)),
                        send=keeper.quiet_port(instance.port), advbase=last.advbase,
                        advskew=last.advskew, counter=last.counter,
                        interval=interval(instance), sent_at=sent_at, vips=vips, lease=lease)

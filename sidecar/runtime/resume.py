@@ -53,10 +53,16 @@ class ResumedInstance:
     maintenance: dict[str, float] = field(default_factory=dict)  # source -> since (Unix)
     epoch: int = 0  # its replication epoch (CARP_SYNC_PATHS; kept in memory only without
     # CARP_STATE_DIR): a resumed master serves the same epoch, not a new one
+    ipv6: bool = False  # an IPv6 VRRP instance (its VRID may also be an IPv4 instance's)
 
     @property
-    def key(self) -> tuple[str, int]:
-        return (self.interface, self.vhid)
+    def key(self) -> tuple[str, int, bool]:
+        return (self.interface, self.vhid, self.ipv6)
+
+
+def keeper_key(key: tuple[str, int, bool]) -> str:
+    """The restart keeper's name of an instance in its reply (``eth0/9``, ``eth0/9/ipv6``)."""
+    return f"{key[0]}/{key[1]}" + "/ipv6" * key[2]
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class ResumeRecord:
                 sent_at=_opt_float(i.get("sent_at")),
                 advert_interval=float(i.get("advert_interval", 1.0)),
                 maintenance={str(k): float(v) for k, v in i.get("maintenance", {}).items()},
-                epoch=int(i.get("epoch", 0)))
+                epoch=int(i.get("epoch", 0)), ipv6=bool(i.get("ipv6", False)))
                 for i in doc["instances"]]
             checks = {str(k): ResumedCheck(None if v["healthy"] is None else bool(v["healthy"]),
                                            _opt_float(v.get("failed_since")))

@@ -50,6 +50,7 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "vip_prefix": "configured" if s.prefix_known else "set by the scripts",
         "srcip": str(instance.srcip),
         "protocol": s.protocol,
+        "ipv6": s.ipv6,  # an IPv6 VRRP instance (its VRID may also be an IPv4 instance's)
         # VRRP's election key and interval (None for CARP, whose are advbase/advskew)
         "priority": None if s.protocol == "carp" else s.priority,
         "advert_int": None if s.protocol == "carp" else s.advert_int,

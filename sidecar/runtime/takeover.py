@@ -20,7 +20,7 @@ from sidecar.core.actions import Resume
 from sidecar.net.rtmsg import delete_address, set_lifetimes
 from sidecar.runtime import keeper, resume, stale
 from sidecar.runtime.restart import KIND, Vip, count, key, present_vips
-from sidecar.runtime.resume import ResumeRecord, from_fd
+from sidecar.runtime.resume import ResumeRecord, from_fd, keeper_key
 
 if TYPE_CHECKING:
     from sidecar.config.runconfig import RunConfig
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("carp-sidecar")
 
-Resumes = dict[tuple[str, int], Resume]
-Sent = dict[tuple[str, int], tuple[float | None, int | None]]  # -> last advert: (at, counter)
+Resumes = dict[tuple[str, int, bool], Resume]
+Sent = dict[tuple[str, int, bool], tuple[float | None, int | None]]  # -> last advert: (at, counter)
 
 
 async def resume_start(agent: Agent, record: ResumeRecord) -> Resumes:
@@ -190,7 +190,7 @@ def take_over(record: ResumeRecord, now: float | None = None) -> Sent | None:
         return None
     sent: Sent = {}
     for r in record.instances:
-        k = reply.get(f"{r.interface}/{r.vhid}")
+        k = reply.get(keeper_key(r.key))
         sent[r.key] = (r.sent_at, None) if k is None else (float(k["sent_at"]), int(k["counter"]))
     return sent
 

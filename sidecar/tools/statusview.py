@@ -118,7 +118,8 @@ def render(doc: dict[str, Any], now: float | None = None) -> str:
         why = last.get("reason", "?") + (f" (peer {last['peer']})" if last.get("peer") else "")
         down = inst.get("master_down_interval")
         out += [
-            f"vhid {inst.get('vhid')} on {inst.get('interface')}: {inst.get('state')} since "
+            f"vhid {inst.get('vhid')} on {inst.get('interface')}{' (IPv6)' * bool(inst.get('ipv6'))}"
+            f": {inst.get('state')} since "
             f"{_local(since, now)}",
             *_protocol(inst),
             f"  why:          {why}",

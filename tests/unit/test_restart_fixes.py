@@ -28,7 +28,8 @@ ROOT = str(Path(sidecar.__file__).resolve().parents[1])
 
 
 def _instance(vhid: int, state: State, scripts: bool = False) -> SimpleNamespace:
-    s = SimpleNamespace(interface="eth0", vhid=vhid, manages_vip_by_scripts=scripts)
+    s = SimpleNamespace(interface="eth0", vhid=vhid, manages_vip_by_scripts=scripts,
+                        key=("eth0", vhid, False))
     return SimpleNamespace(s=s, machine=SimpleNamespace(state=state))
 
 
@@ -208,6 +209,7 @@ def test_once_the_keeper_answered_its_last_advert_judges_the_resume_not_until() 
         "in_place", 1, "1", me["boot_id"], me["netns"], now - 0.01, {}, 1.0,  # "expired"
         [ResumedInstance("eth0", 1, "MASTER", [], sent_at=now - 5, advert_interval=1.0)],
         keeper_fd=sock.detach(), keeper_pid=pid)
-    agent = _agent(SimpleNamespace(s=SimpleNamespace(interface="eth0", vhid=1, deadratio=3)))
+    agent = _agent(SimpleNamespace(s=SimpleNamespace(interface="eth0", vhid=1, deadratio=3,
+                                                     key=("eth0", 1, False))))
     sent, why = takeover.judge(agent, record)  # type: ignore[arg-type]
-    assert why is None and sent == {("eth0", 1): (now, 41)}
+    assert why is None and sent == {("eth0", 1, False): (now, 41)}

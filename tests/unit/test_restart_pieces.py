@@ -71,7 +71,7 @@ def test_the_record_says_what_each_instance_and_check_was() -> None:
     instance, _, loop = _master()
     now = time.monotonic()
     vips = [(5, "172.16.0.1", 16)]
-    record = restart.record_for(_agent(instance), {("eth0", 7): vips}, now)  # type: ignore[arg-type]
+    record = restart.record_for(_agent(instance), {("eth0", 7, False): vips}, now)  # type: ignore[arg-type]
     back = ResumeRecord.from_json(record.to_json())
     assert back == record and back.kind == "in_place" and back.pid == os.getpid()
     [r] = back.instances
