@@ -17,15 +17,26 @@ from sidecar.config.vmac import interface_name
 
 
 def check_unique(instances: Sequence[VhidSettings], where: str) -> None:
-    seen: dict[tuple[str, int], int] = {}
+    """One instance per interface, VHID and family (keepalived's IPv4 and IPv6 instances may
+    share a VRID: their adverts differ by family), told apart where they are seen: the metrics'
+    labels (group, vhid, interface) and CARP_VMAC's macvlan."""
+    seen: dict[tuple[str, int, bool], int] = {}
+    shown: dict[tuple[str, int, str], int] = {}
     owners: dict[Any, str] = {}
     macvlans: dict[str, int] = {}  # CARP_VMAC's: one interface each (keepalived refuses too)
     for number, i in enumerate(instances, 1):
-        key = (i.interface, i.vhid)
+        ipv6 = i.protocol == "vrrp3" and all(v.version == 6 for v in i.vips)
+        key = (i.interface, i.vhid, ipv6)
         if key in seen:
             raise ConfigError(f"{where}: [[vhid]] #{number}: vhid {i.vhid} on {i.interface} is "
                               f"already instance #{seen[key]}")
         seen[key] = number
+        label = (i.group or f"vhid{i.vhid}-{i.vips[0].ip}", i.vhid, i.interface)
+        if label in shown:  # its series would be the other's
+            raise ConfigError(f"{where}: [[vhid]] #{number}: group {label[0]!r} of vhid {i.vhid} "
+                              f"on {i.interface} is already instance #{shown[label]}'s; give "
+                              "the IPv6 one another group")
+        shown[label] = number
         if (name := interface_name(i.vmac, i.vhid)) in macvlans:
             raise ConfigError(f"{where}: [[vhid]] #{number}: vmac (CARP_VMAC): {name} is already "
                               f"the macvlan of instance #{macvlans[name]}; name another")

@@ -75,9 +75,8 @@ class Group6:
         self.keepalived.clear()
         for node in ("a", "b"):
             self.lab.topo.plug(node)
-            for vip in (VIP6, LL6):
-                self.lab.topo[node].run("ip", "addr", "del", f"{vip}/64", "dev", "eth0",
-                                        check=False)
+            for vip in (f"{VIP6}/64", f"{LL6}/64", "172.16.0.1/16"):  # (the pair's IPv4)
+                self.lab.topo[node].run("ip", "addr", "del", vip, "dev", "eth0", check=False)
 
 
 def other(node: str) -> str:
@@ -324,3 +323,57 @@ def test_a_link_local_vip_first_as_keepalived_lists_it(group: Group6) -> None:
     took(lambda: holders(group, LL6) == ["b"], 2, "keepalived takes fe80::9 on our resign")
     took(lambda: lab.get("client", f"http://[{LL6}%25eth0]/") == "node-b", 5, "client to b")
     assert not ka.said("not present in MASTER advert"), logs(group)  # type: ignore[arg-type]
+
+
+def test_one_vrid_two_families_beside_keepalived_s_pair(group: Group6) -> None:
+    """keepalived's IPv4 and IPv6 instances of VRID 9 on eth0, and ours: two instances, each
+    routed its family's adverts, labelled apart in the metrics, both kept MASTER over an
+    in-place restart (the record and the keeper key them by family), both handed over."""
+    lab, four = group.lab, "172.16.0.1"
+    base = lab.dir / f"ka6-pair-{next(RUNS)}"
+    conf = base.with_suffix(".conf")
+    conf.write_text("\n".join([
+        *(line for family, vips in (("VI_1", (f"{LL6}/64", f"{VIP6}/64")), ("VI_4", (
+            f"{four}/16",))) for line in (
+            f"vrrp_instance {family} {{", "  state BACKUP", "  interface eth0",
+            f"  virtual_router_id {VRID}", "  version 3", "  priority 100",
+            f"  advert_int {ADVERT_INT:g}", "  virtual_ipaddress {",
+            *(f"    {v} dev eth0" for v in vips), "  }", "}")), ""]))
+    toml = lab.dir / "pair.toml"
+    toml.write_text('interface = "eth0"\nprotocol = "vrrp3"\npriority = 150\n'
+                    f"advert_int = {ADVERT_INT}\n"
+                    f'[[vhid]]\nvhid = {VRID}\naddr = ["{four}/16"]\n'
+                    f'[[vhid]]\nvhid = {VRID}\naddr = ["{LL6}/64", "{VIP6}/64"]\n')
+    lab.start_agent("a", CARP_CONFIG=str(toml), CARP_VHID="", CARP_PASS="", CARP_ADDR="",
+                    CARP_SRCIP="", CARP_IF_ALIAS="")
+
+    def ours() -> list[str]:
+        st = lab.status("a") or {}
+        return [i["state"] for i in st.get("instances", [])]
+
+    took(lambda: ours() == ["MASTER", "MASTER"], 10, "both of ours MASTER")
+    log = base.with_suffix(".log")
+    cmd = [KEEPALIVED, "-n", "-l", "-D", "-f", str(conf), "-p", f"{base}.pid",
+           "-r", f"{base}.vrrp.pid", "-c", f"{base}.check.pid", "--vrrp"]
+    ka = Keepalived("b", log, lab.topo.start("b", cmd, log=log))
+    group.keepalived.append(ka)
+    took(lambda: ka.said("(VI_4) Entering BACKUP") and ka.state() == "BACKUP", 5, "its BACKUPs")
+    time.sleep(0.3)
+    v4 = {"group": f"vhid{VRID}-{four}", "vhid": str(VRID)}
+    v6 = {"group": f"vhid{VRID}-{LL6}", "vhid": str(VRID)}
+    for labels in (v4, v6):  # a series each (the default groups differ)
+        assert metric(lab, "a", "carp_is_master", **labels) == 1
+        assert metric(lab, "a", "carp_adverts_sent_total", **labels) > 0
+    assert holders(group) == ["a"] and holders(group, LL6) == ["a"], logs(group)  # type: ignore
+    assert f"inet {four}/16" in sh(lab, "a", "ip", "-4", "addr", "show", "dev", "eth0")
+    assert drops(group, "a") == 0 and not ka.said("Entering MASTER"), logs(group)  # type: ignore
+    before = status(lab, "a")["agent"]["started"]  # type: ignore[index]
+    assert restart(lab, "a").startswith("ok: restarting in place")
+    took(lambda: (lab.status("a") or {}).get("agent", {}).get("started") not in (None, before)
+         and ours() == ["MASTER", "MASTER"], 15, "the new image resumes both as MASTER")
+    assert not ka.said("Entering MASTER"), logs(group)  # type: ignore[arg-type]
+    assert metric(lab, "a", "carp_restarts_total", kind="in_place", result="resumed") == 1
+    lab.agents["a"].send_signal(signal.SIGTERM)
+    took(lambda: ka.said("(VI_1) Entering MASTER") and ka.said("(VI_4) Entering MASTER"), 2,
+         "keepalived takes both on our resign")
+    took(lambda: holders(group) == ["b"], 2, "the IPv6 VIPs on b")
