@@ -358,10 +358,10 @@ class Agent:
         await self.reload()  # the outcome is logged and exported; nobody waits for the reply
 
     def _log_state(self) -> None:
-        for instance in self.instances:
-            # ucarp's SIGUSR1 line
+        for instance, i in ((instance, instance.s) for instance in self.instances):
+            # ucarp's SIGUSR1 line (an IPv6 one's VRID may also be an IPv4 one's)
             state = "MASTER" if instance.machine.state is State.MASTER else "BACKUP"
-            log.info("%s on %s id %d", state, instance.s.interface, instance.s.vhid)
+            log.info("%s on %s id %d%s", state, i.interface, i.vhid, " (IPv6)" * i.ipv6)
 
     def _step_down(self) -> None:
         """SIGUSR2, as in ucarp: a master goes BACKUP (downscript) and pauses 3 s; ours bows out

@@ -82,19 +82,26 @@ def not_yet(before: dict[str, Any], now: dict[str, Any]) -> str | None:
         return f"the agent (pid {new.get('pid')}) that was asked still answers"
     if not new.get("last_restart"):
         return "the new image has not resumed yet"
-    starting = [f"{i.get('interface')} vhid {i.get('vhid')}"
-                for i in now.get("instances", []) if i.get("state") == "INIT"]
+    starting = [_label(i) for i in now.get("instances", []) if i.get("state") == "INIT"]
     return f"still starting: {', '.join(starting)}" if starting else None
 
 
 def lost_masters(before: dict[str, Any], after: dict[str, Any]) -> str:
     """The instances MASTER before and not after (the restart moved them), with their state."""
-    now = {(i.get("interface"), i.get("vhid")): i.get("state")
-           for i in after.get("instances", [])}
-    return ", ".join(f"{i.get('interface')} vhid {i.get('vhid')} is "
-                     f"{now.get((i.get('interface'), i.get('vhid')), 'gone')}"
+    now = {_key(i): i.get("state") for i in after.get("instances", [])}
+    return ", ".join(f"{_label(i)} is {now.get(_key(i), 'gone')}"
                      for i in before.get("instances", []) if i.get("state") == "MASTER"
-                     and now.get((i.get("interface"), i.get("vhid"))) != "MASTER")
+                     and now.get(_key(i)) != "MASTER")
+
+
+def _key(i: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """An instance of the agent's /status: its interface, VHID and family (a VRID may be an
+    IPv4 and an IPv6 instance's)."""
+    return (i.get("interface"), i.get("vhid"), bool(i.get("ipv6")))
+
+
+def _label(i: dict[str, Any]) -> str:
+    return f"{i.get('interface')} vhid {i.get('vhid')}" + " (IPv6)" * bool(i.get("ipv6"))
 
 
 def outcome(before: dict[str, Any], after: dict[str, Any], waited: float) -> str:
@@ -102,13 +109,12 @@ def outcome(before: dict[str, Any], after: dict[str, Any], waited: float) -> str
     last = _agent(after).get("last_restart") or {}
     seconds = last.get("seconds", waited)
     old = last.get("from_version") or _agent(before).get("version", "?")
-    was = {(i.get("interface"), i.get("vhid")): i.get("state")
-           for i in before.get("instances", [])}
+    was = {_key(i): i.get("state") for i in before.get("instances", [])}
     states = []
     for i in after.get("instances", []):
-        key, state = (i.get("interface"), i.get("vhid")), i.get("state")
+        key, state = _key(i), i.get("state")
         kept = " kept" if was.get(key) == state else f" (was {was[key]})" if key in was else ""
-        states.append(f"{key[0]} vhid {key[1]} {state}{kept}")
+        states.append(f"{_label(i)} {state}{kept}")
     how = "in place" if last.get("kind", "in_place") == "in_place" else str(last.get("kind"))
     if last.get("result") == "afresh":
         how += " (started afresh: nothing resumed)"

@@ -172,3 +172,16 @@ def test_carp_sidecar_status_shows_which_of_the_pair() -> None:
     heads = [line for line in render(doc, now=0).splitlines() if line.startswith("vhid")]
     assert heads[0].startswith("vhid 9 on eth0: MASTER")
     assert heads[1].startswith("vhid 9 on eth0 (IPv6): BACKUP")
+
+
+def test_carp_sidecar_restart_reports_each_of_the_pair() -> None:
+    from sidecar.tools.restartcli import lost_masters, outcome
+
+    def doc(six: str) -> dict[str, Any]:
+        return {"agent": {"version": "1"}, "instances": [
+            {"interface": "eth0", "vhid": 9, "state": "MASTER", "ipv6": False},
+            {"interface": "eth0", "vhid": 9, "state": six, "ipv6": True}]}
+
+    assert lost_masters(doc("MASTER"), doc("BACKUP")) == "eth0 vhid 9 (IPv6) is BACKUP"
+    assert outcome(doc("MASTER"), doc("MASTER"), 0.5).endswith(
+        "eth0 vhid 9 MASTER kept, eth0 vhid 9 (IPv6) MASTER kept")
