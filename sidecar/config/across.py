@@ -39,7 +39,8 @@ def check_unique(instances: Sequence[VhidSettings], where: str) -> None:
         shown[label] = number
         if (name := interface_name(i.vmac, i.vhid)) in macvlans:
             raise ConfigError(f"{where}: [[vhid]] #{number}: vmac (CARP_VMAC): {name} is already "
-                              f"the macvlan of instance #{macvlans[name]}; name another")
+                              f"the macvlan of instance #{macvlans[name]}; name this one "
+                              f"(keepalived's next name: vrrp{6 if ipv6 else 1}.{i.vhid})")
         if name is not None:
             macvlans[name] = number
         for vip in i.vips:

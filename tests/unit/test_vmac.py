@@ -312,7 +312,7 @@ def test_a_macvlan_name_given_twice_is_refused_in_one_line(tmp_path: Path) -> No
         load({"CARP_CONFIG": str(tmp_path / "c.toml")})
     assert str(e.value).splitlines() == [
         f"{tmp_path / 'c.toml'}: [[vhid]] #2: vmac (CARP_VMAC): vrrp.7 is already the "
-        "macvlan of instance #1; name another"]
+        "macvlan of instance #1; name this one (keepalived's next name: vrrp1.7)"]
 
 
 def test_import_names_the_macvlans_as_keepalived_does(tmp_path: Path) -> None:

@@ -42,8 +42,9 @@ def test_an_ipv4_and_an_ipv6_instance_share_a_vrid_told_apart(tmp_path: Path) ->
     ("", 'addr = ["10.0.0.2/24"]\n', "vhid 9 on eth0 is already instance #1"),
     ('group = "web"\n', 'group = "web"\n', "group 'web' of vhid 9 on eth0 is already "
                                            "instance #1's"),
-    ("vmac = true\n", "vmac = true\n", "vmac vrrp.9 is already instance #1's macvlan; name "
-                                       "this one (keepalived's next name: vrrp6.9)"),
+    ("vmac = true\n", "vmac = true\n", "vmac (CARP_VMAC): vrrp.9 is already the macvlan of "
+                                       "instance #1; name this one (keepalived's next name: "
+                                       "vrrp6.9)"),
 ])
 def test_what_the_pair_would_share_is_refused_in_one_line(tmp_path: Path, four: str, six: str,
                                                           message: str) -> None:
