@@ -99,6 +99,13 @@ def _families(m: Any) -> list[str]:
         out += _link_local(m, "VIPs on CARP_VIP_INTERFACE")
     if "mcast" in given:
         out.append(f"CARP_MCAST: {mode} advertises to ff02::12 (RFC 5798); unset it")
+    routed = [str(p) for p in m.peers if p.version == 6 and not p.is_link_local]
+    if routed and m.srcip is None and not out:
+        # without it adverts leave from the link-local address, which a peer's CARP_PEERS
+        # (or keepalived's, given its global address) does not list: both would be MASTER
+        out.append(f"CARP_SRCIP: required with the global CARP_PEERS {', '.join(routed)} of "
+                   f"{mode}: the adverts' source, listed in the peers' own (keepalived's "
+                   "unicast_src_ip); unset only if every peer is link-local")
     if m.sync_paths:
         out.append(f"CARP_SYNC_PATHS: replication runs over IPv4; not with {mode}")
     return out

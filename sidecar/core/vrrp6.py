@@ -15,7 +15,9 @@ link-local (vrrp.c, vrrp_complete_instance), so any order is sent and accepted.
 An IPv6 instance's Expect has ``protocol="vrrp3"``, ``vips`` its IPv6 VIPs, ``peers``/``own``
 IPv6 addresses (unicast); its ``group`` (IPv4) is unused: the group is :data:`VRRP6_GROUP`.
 Receive checks follow sidecar.core.vrrp's order; the hop limit must be 255 unless the advert
-is unicast to us (keepalived checks it for multicast only). keepalived lets the kernel verify
+is unicast (keepalived checks it for multicast only). With CARP_PEERS any non-multicast
+destination is unicast, as keepalived tells them apart: the peer may address any of our
+addresses (the kernel delivered it to us). keepalived lets the kernel verify
 the checksum (IPV6_CHECKSUM); a bad one is dropped here, counted as ``bad_checksum``.
 """
 
@@ -112,7 +114,9 @@ def parse_packet6(packet: bytes, expect: Expect) -> Received:
     if len(message) != HEADER_LEN + 16 * count:
         raise AdvertError(DropReason.SHORT, f"{len(message)} VRRP bytes, {count} addresses"
                           f" need {HEADER_LEN + 16 * count}")
-    unicast = expect.own is not None and dst == expect.own
+    # keepalived tells unicast from multicast by the destination alone: a peer may address
+    # our global address while we send from the link-local one (no CARP_SRCIP)
+    unicast = expect.peers is not None and not dst.is_multicast
     if expect.peers is not None and src not in expect.peers:
         raise AdvertError(DropReason.NOT_A_PEER, f"source {src}")
     if hops != TTL and not (unicast and hops > 0):

@@ -1,0 +1,67 @@
+"""The reviewer's findings on VRRPv3 over IPv6, each pinned by a test that failed before."""
+
+from __future__ import annotations
+
+import dataclasses
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import pytest
+
+from sidecar.config.runconfig import Vhid
+from sidecar.config.settings import ConfigError, load
+from sidecar.core.protocol import AdvertError, DropReason, Expect
+from sidecar.core.vrrp6 import build_vrrp6, ip6_packet, parse_packet6
+
+LOCAL = IPv6Address("fe80::a")
+PEER = IPv6Address("2001:db8::12")
+VIP = IPv6Address("2001:db8::100")
+V6 = Expect(vhid=5, key=b"", vip=IPv4Address(0), protocol="vrrp3", vips=(VIP,),
+            advert_int_cs=100)
+
+
+def packet(src: IPv6Address, dst: IPv6Address, hops: int = 255) -> bytes:
+    return ip6_packet(build_vrrp6(5, 100, 100, [VIP], src=src, dst=dst), src, dst, hops)
+
+
+def vhid(environ: dict[str, str]) -> Vhid:
+    (s,) = load({"CARP_INTERFACE": "eth0", "CARP_VHID": "5", **environ}).runtime().instances
+    return s
+
+
+def refused(environ: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        vhid(environ)
+    return str(e.value).splitlines()
+
+
+# 1: unicast peers without CARP_SRCIP split the group
+def test_a_unicast_advert_to_any_of_our_addresses_is_unicast() -> None:
+    """keepalived tells unicast from multicast by the destination only: a peer addressing
+    our global address while our own source is the link-local one is heard."""
+    uni = dataclasses.replace(V6, own=LOCAL, peers=frozenset({PEER}), multicast=False)
+    got = parse_packet6(packet(PEER, IPv6Address("2001:db8::7"), hops=64), uni)
+    assert got.src == PEER and got.ttl == 64
+    with pytest.raises(AdvertError) as e:  # still: multicast-only instances want ff02::12
+        parse_packet6(packet(PEER, IPv6Address("2001:db8::7")), V6)
+    assert e.value.reason is DropReason.WRONG_GROUP
+
+
+def test_global_ipv6_peers_need_carp_srcip_link_local_ones_do_not() -> None:
+    six = {"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::7/64"}
+    (line,) = refused({**six, "CARP_PEERS": "2001:db8::12,fe80::12"})
+    assert line.startswith("CARP_SRCIP: required with the global CARP_PEERS 2001:db8::12 of")
+    assert vhid({**six, "CARP_PEERS": "fe80::12,fe80::13"}).srcip is None
+    assert vhid({**six, "CARP_PEERS": "2001:db8::12", "CARP_SRCIP": "2001:db8::11"}).peers
+
+
+def test_the_import_warns_of_global_ipv6_peers_without_unicast_src_ip(tmp_path: Path) -> None:
+    from sidecar.tools.keepalived_import import translate
+
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("vrrp_instance U6 {\n interface eth0\n virtual_router_id 4\n native_ipv6\n"
+                    " unicast_peer {\n  2001:db8::12\n  fe80::12\n }\n"
+                    " virtual_ipaddress {\n  2001:db8::4/64\n }\n}\n")
+    notes = "\n".join(translate(conf).notes)
+    assert "WARNING: unicast_peer 2001:db8::12 without unicast_src_ip" in notes
+    assert "fe80::12 without" not in notes
