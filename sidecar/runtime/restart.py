@@ -168,10 +168,10 @@ def interval(instance: Instance) -> float:
 
 
 def send_fds(instance: Instance) -> list[int]:
-    """The sockets adverts leave by (the keeper keeps them open)."""
-    attached, unicast = instance.channel.attached, instance.port.unicast
-    return ([attached.sock.fileno()] if attached is not None else []) + (
-        [unicast.sock.fileno()] if unicast is not None else [])
+    """The sockets adverts leave by (the keeper keeps them open): IPv4's or IPv6's unicast."""
+    attached, port = instance.channel.attached, instance.port
+    return ([attached.sock.fileno()] if attached is not None else []) + [
+        u.sock.fileno() for u in (port.unicast, port.unicast6) if u is not None]
 
 
 def leased_vips(agent: Agent, record: ResumeRecord) -> list[Vip]:

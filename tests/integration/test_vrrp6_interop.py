@@ -275,6 +275,12 @@ def test_unicast_peers_both_ways(group: Group6) -> None:
     assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
     assert drops(group, "a") == 0 and metric(lab, "a", "carp_adverts_received_total") == 0
     took(lambda: client_reaches(group, "a"), 5, "the client reaches a")
+    # in place: the keeper's unicast adverts (its IPv6 socket) hold keepalived in BACKUP
+    before = status(lab, "a")["agent"]["started"]  # type: ignore[index]
+    assert restart(lab, "a").startswith("ok: restarting in place")
+    assert restarted(lab, "a", before)["state"] == "MASTER"
+    time.sleep(0.3)
+    assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
     lab.topo.unplug("a")
     took(lambda: "b" in holders(group), 3, "keepalived takes over")
     took(lambda: client_reaches(group, "b"), 5, "the client reaches b")

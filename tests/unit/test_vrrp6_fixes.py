@@ -65,3 +65,19 @@ def test_the_import_warns_of_global_ipv6_peers_without_unicast_src_ip(tmp_path: 
     notes = "\n".join(translate(conf).notes)
     assert "WARNING: unicast_peer 2001:db8::12 without unicast_src_ip" in notes
     assert "fe80::12 without" not in notes
+
+
+# 2: an in-place restart must hand the IPv6 unicast socket to the keeper
+def test_the_keeper_keeps_the_ipv6_unicast_socket() -> None:
+    from types import SimpleNamespace
+
+    from sidecar.runtime.restart import send_fds
+
+    def sender(fd: int) -> SimpleNamespace:
+        return SimpleNamespace(sock=SimpleNamespace(fileno=lambda: fd))
+    six = SimpleNamespace(channel=SimpleNamespace(attached=SimpleNamespace(sock=sender(3).sock)),
+                          port=SimpleNamespace(unicast=None, unicast6=sender(42)))
+    assert send_fds(six) == [3, 42]  # type: ignore[arg-type]
+    four = SimpleNamespace(channel=SimpleNamespace(attached=None),
+                           port=SimpleNamespace(unicast=sender(7), unicast6=None))
+    assert send_fds(four) == [7]  # type: ignore[arg-type]
