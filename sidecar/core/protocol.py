@@ -124,6 +124,9 @@ class Expect:
     protocol: str = "carp"
     vips: tuple[Address, ...] = ()  # an IPv6 instance's: its IPv6 VIPs
     advert_int_cs: int = 100
+    # a VRRPv3 instance over IPv6 (sidecar.core.vrrp6): the instance, never the packet's
+    # version nibble, picks the parser (an IPv4 frame saying 6 stays bad_ip_header for CARP)
+    ipv6: bool = False
 
 
 def carp_view(vrid: int, priority: int, interval_cs: int) -> Advert:

@@ -33,7 +33,7 @@ class Screened:
 
 def screen(packet: bytes, expect: Expect, replays: ReplayGuard | None, now: float) -> Screened:
     """``replays``: strict mode's window (None: ucarp's rules, no counter check)."""
-    ipv6 = bool(packet) and packet[0] >> 4 == 6  # a VRRPv3 instance over IPv6
+    ipv6 = expect.ipv6  # a VRRPv3 instance over IPv6: the channel gives it IPv6 packets only
     try:
         parse = parse_packet6 if ipv6 else parse_packet if expect.protocol == "carp" \
             else parse_vrrp

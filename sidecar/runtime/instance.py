@@ -67,7 +67,7 @@ def session_config(s: Vhid, srcip: Address) -> SessionConfig:
     vrrp: dict[str, Any] = {} if s.protocol == "carp" else {
         "protocol": s.protocol,
         "vips": tuple(v.ip for v in (s.ipv6_vips if s.ipv6 else s.ipv4_vips)),
-        "advert_int_cs": params.advert_int_cs}
+        "advert_int_cs": params.advert_int_cs, "ipv6": s.ipv6}
     expect = Expect(vhid=s.vhid, key=s.secret, vip=s.hmac_address, group=s.mcast,
                     peers=frozenset(s.peers) if s.peers else None,
                     own=srcip if s.peers else None,

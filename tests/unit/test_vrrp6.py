@@ -33,7 +33,7 @@ PEER = IPv6Address("fe80::2")
 VIP = IPv6Address("fe80::100")
 VIP2 = IPv6Address("2001:db8::100")
 V6 = Expect(vhid=5, key=b"", vip=IPv4Address(0), protocol="vrrp3",
-            vips=(VIP, VIP2), advert_int_cs=100)
+            vips=(VIP, VIP2), advert_int_cs=100, ipv6=True)
 
 
 def packet(priority: int = 100, src: IPv6Address = SRC, dst: IPv6Address = VRRP6_GROUP,

@@ -17,7 +17,7 @@ LOCAL = IPv6Address("fe80::a")
 PEER = IPv6Address("2001:db8::12")
 VIP = IPv6Address("2001:db8::100")
 V6 = Expect(vhid=5, key=b"", vip=IPv4Address(0), protocol="vrrp3", vips=(VIP,),
-            advert_int_cs=100)
+            advert_int_cs=100, ipv6=True)
 
 
 def packet(src: IPv6Address, dst: IPv6Address, hops: int = 255) -> bytes:
@@ -81,3 +81,25 @@ def test_the_keeper_keeps_the_ipv6_unicast_socket() -> None:
     four = SimpleNamespace(channel=SimpleNamespace(attached=None),
                            port=SimpleNamespace(unicast=sender(7), unicast6=None))
     assert send_fds(four) == [7]  # type: ignore[arg-type]
+
+
+# 4: the instance, not the packet's version nibble, picks the parser
+def test_an_ipv4_packet_saying_version_6_is_bad_ip_header_for_carp_and_ipv4_vrrp() -> None:
+    from sidecar.core.auth import carp_key
+    from sidecar.core.outputs import Dropped
+    from sidecar.core.protocol import Advert, build_ip_packet
+    from sidecar.core.screen import screen
+
+    vip4 = IPv4Address("10.0.0.7")
+    carp = Expect(vhid=5, key=carp_key("x"), vip=vip4)
+    good = build_ip_packet(Advert(vhid=5, advbase=1, advskew=0, counter=1), key=carp.key,
+                           vip=vip4, src=IPv4Address("10.0.0.2"), dst=carp.group)
+    assert screen(good, carp, None, 0.0).received is not None
+    six = b"\x65" + good[1:]  # what the filter passes as IPv4 with byte 23 = 112
+    (drop,) = screen(six, carp, None, 0.0).outputs
+    assert isinstance(drop, Dropped) and drop.error.reason is DropReason.BAD_IP_HEADER
+    assert drop.src == good[12:16]
+    # an IPv4 vrrp3 instance without VIPs never parses an IPv6 advert as one
+    v3 = Expect(vhid=5, key=b"", vip=vip4, protocol="vrrp3")
+    (drop,) = screen(packet(LOCAL, IPv6Address("ff02::12")), v3, None, 0.0).outputs
+    assert isinstance(drop, Dropped) and drop.error.reason is DropReason.BAD_IP_HEADER
