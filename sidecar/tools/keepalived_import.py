@@ -151,7 +151,7 @@ def _instance(node: Node, state: _State) -> dict[str, Any] | None:
                            "255, as keepalived runs it (the address owner's); check-config "
                            "says so if the VIP is not this host's own address")
     table.pop("state_master", None)
-    ipv6.family(f"{node.where}: {label}", table, state.notes)  # an IPv6 instance's rules
+    ipv6.family(f"{node.where}: {label}", table, state.notes, node, state.strict)  # keepalived's
     vmac.finish(f"{node.where}: {label}", table, state.notes, state.vmacs)
     if "pass" in table and (table["protocol"] == "vrrp3" or state.strict
                             or table.pop("strict_mode", False)):

@@ -266,7 +266,11 @@ def test_ipv6_addresses_of_a_v2_instance_are_named_not_carried(tmp_path: Path) -
     result = translate(conf)
     (s,) = loaded(result.toml, tmp_path).runtime().instances
     assert [str(v) for v in s.vips] == ["10.0.0.1/24"]
-    assert any("2001:db8::1/64: not carried: VRRPv2" in n for n in result.notes)
+    # keepalived ignores an address of another family than the instance's first one
+    assert any("WARNING: virtual_ipaddress 2001:db8::1/64: not carried: keepalived ignores"
+               in n for n in result.notes)
+    # version 2 before an IPv6 address: keepalived runs VRRPv2 over IPv6, we do not
+    assert any("keepalived runs VRRPv2 over IPv6 here" in n for n in result.notes)
     assert any("vrrp_instance B: no addr: skipped" in n for n in result.notes)
 
 

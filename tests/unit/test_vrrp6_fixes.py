@@ -103,3 +103,55 @@ def test_an_ipv4_packet_saying_version_6_is_bad_ip_header_for_carp_and_ipv4_vrrp
     v3 = Expect(vhid=5, key=b"", vip=vip4, protocol="vrrp3")
     (drop,) = screen(packet(LOCAL, IPv6Address("ff02::12")), v3, None, 0.0).outputs
     assert isinstance(drop, Dropped) and drop.error.reason is DropReason.BAD_IP_HEADER
+
+
+# 3 and 6: the import settles an instance's family and version as keepalived's parser does
+@pytest.mark.parametrize(("body", "protocol", "vips", "warned"), [
+    # the first VIP decides: IPv6 VRRPv3 with only 2001:db8::100 (was vrrp2 with 10.0.0.100)
+    (" virtual_ipaddress {\n  2001:db8::100/64\n  10.0.0.100/24\n }\n", "vrrp3",
+     ["2001:db8::100/64"], "virtual_ipaddress 10.0.0.100/24: not carried"),
+    (" virtual_ipaddress {\n  10.0.0.100/24\n  2001:db8::100/64\n }\n version 3\n", "vrrp3",
+     ["10.0.0.100/24"], "virtual_ipaddress 2001:db8::100/64: not carried"),
+    # unicast_src_ip first: IPv6, whatever the VIPs' order
+    (" unicast_src_ip 2001:db8::11\n unicast_peer {\n  2001:db8::12\n }\n"
+     " virtual_ipaddress {\n  10.0.0.100/24\n  2001:db8::100/64\n }\n", "vrrp3",
+     ["2001:db8::100/64"], "virtual_ipaddress 10.0.0.100/24: not carried"),
+    # version 2 once the instance is IPv6: keepalived ignores it and runs VRRPv3
+    (" virtual_ipaddress {\n  2001:db8::100/64\n }\n version 2\n", "vrrp3",
+     ["2001:db8::100/64"], ""),
+    # version 2 then native_ipv6: native_ipv6 sets version 3
+    (" version 2\n native_ipv6\n virtual_ipaddress {\n  2001:db8::100/64\n }\n", "vrrp3",
+     ["2001:db8::100/64"], ""),
+])
+def test_the_import_takes_the_family_as_keepalived_does(
+        tmp_path: Path, body: str, protocol: str, vips: list[str], warned: str) -> None:
+    from sidecar.tools.keepalived_import import translate
+
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("vrrp_instance M {\n interface eth0\n virtual_router_id 4\n" + body + "}\n")
+    result = translate(conf)
+    toml = tmp_path / "carp.toml"
+    toml.write_text(result.toml)
+    (s,) = load({"CARP_CONFIG": str(toml)}, offline=True).runtime().instances
+    assert (s.protocol, [str(v) for v in s.vips]) == (protocol, vips)
+    notes = "\n".join(result.notes)
+    assert (f"WARNING: {warned}" in notes) if warned else "WARNING" not in notes, notes
+    assert "VRRPv2" not in notes, notes
+
+
+def test_the_import_refuses_vrrp2_over_ipv6_with_a_warning(tmp_path: Path) -> None:
+    from sidecar.tools.keepalived_import import translate
+
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("vrrp_instance M {\n interface eth0\n virtual_router_id 4\n version 2\n"
+                    " virtual_ipaddress {\n  2001:db8::100/64\n }\n}\n"
+                    "vrrp_instance K {\n interface eth0\n virtual_router_id 5\n"
+                    " virtual_ipaddress {\n  10.0.0.1/24\n }\n}\n")
+    result = translate(conf)
+    notes = "\n".join(result.notes)
+    assert "WARNING: version 2 before the instance's first IPv6 address" in notes
+    assert "vrrp_instance M: no addr: skipped" in notes
+    conf.write_text("global_defs {\n vrrp_strict\n}\nvrrp_instance M {\n interface eth0\n"
+                    " virtual_router_id 4\n version 2\n"
+                    " virtual_ipaddress {\n  2001:db8::100/64\n }\n}\n")
+    assert 'protocol = "vrrp3"' in translate(conf).toml  # strict: keepalived sets version 3
