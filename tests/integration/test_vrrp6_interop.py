@@ -144,7 +144,7 @@ def our_state(g: Group6, node: str) -> str | None:
 
 def drops(g: Group6, node: str) -> float:
     reasons = ("addresses", "bad_checksum", "bad_version", "bad_ttl", "short", "wrong_group",
-               "bad_ip_header", "not_carp")
+               "bad_ip_header", "not_carp", "not_a_peer", "other_vhid", "bad_type")
     return sum(metric(g.lab, node, "carp_adverts_dropped_total", reason=r) for r in reasons)
 
 
@@ -281,6 +281,15 @@ def test_unicast_peers_both_ways(group: Group6) -> None:
     assert restarted(lab, "a", before)["state"] == "MASTER"
     time.sleep(0.3)
     assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
+    # ours BACKUP: keepalived's unicast adverts (from its unicast_src_ip) are heard, no drop
+    sock = {"CARP_CONTROL_SOCKET": str(lab.dir / "a.sock")}
+    assert cli(lab, "a", "demote", **sock).returncode == 0
+    took(lambda: holders(group) == ["b"], 2, "keepalived takes over on our demotion")
+    took(lambda: metric(lab, "a", "carp_adverts_received_total") >= 3, 2, "its adverts")
+    assert drops(group, "a") == 0 and our_state(group, "a") == "BACKUP", logs(group)  # type: ignore
+    assert status(lab, "a")["peers"][ADDR6["b"]]["priority"] == 100  # type: ignore[index]
+    assert cli(lab, "a", "promote", **sock).returncode == 0
+    took(lambda: holders(group) == ["a"], 5, "we preempt back once promoted")
     lab.topo.unplug("a")
     took(lambda: "b" in holders(group), 3, "keepalived takes over")
     took(lambda: client_reaches(group, "b"), 5, "the client reaches b")
