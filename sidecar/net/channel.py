@@ -30,6 +30,8 @@ from sidecar.net.netlink import Link, LinkEvent
 from sidecar.net.packet import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Attached, PacketSocket
 
 log = logging.getLogger("carp-sidecar")
+# VRRP's virtual MACs (IPv4's, IPv6's; CARP's are IPv4's): a reflection of ours may carry one
+_VIRTUAL = (bytes.fromhex("00005e0001"), bytes.fromhex("00005e0002"))
 
 
 class Receiver(Protocol):
@@ -65,6 +67,7 @@ class Channel:
         self._groups: list[IPv4Address | IPv6Address] = []
         self._arp: dict[bytes, Receiver] = {}  # IPv4 VIP (packed) -> its instance
         self._nd: dict[bytes, Receiver] = {}  # IPv6 VIP (packed) -> its instance
+        self._strangers: set[bytes] = set()  # MACs sending from our own IPv6 source (logged)
 
     def add(self, receiver: Receiver, srcip: Address, group: IPv4Address | None,
             arp_vips: Iterable[IPv4Address], nd_vips: Iterable[IPv6Address] = ()) -> None:
@@ -158,8 +161,8 @@ class Channel:
                 self.ip_packet(frame[14:])
             elif ethertype == ETH_P_ARP and len(frame) >= 42:
                 self.arp_frame(frame)
-            elif ethertype == ETH_P_IPV6 and len(frame) >= 56 and frame[20] == CARP_PROTO:
-                self.ip6_packet(frame[14:])
+            elif ethertype == ETH_P_IPV6 and len(frame) > 20 and frame[20] == CARP_PROTO:
+                self.ip6_packet(frame[14:], frame[6:12])  # a short one is counted too
             elif ethertype == ETH_P_IPV6 and len(frame) >= 78:
                 self.nd_frame(frame)
         return len(frames)
@@ -196,13 +199,16 @@ class Channel:
             for r in self.receivers.values():
                 r.dropped(e)
 
-    def ip6_packet(self, packet: bytes) -> None:
+    def ip6_packet(self, packet: bytes, src_mac: bytes = b"") -> None:
         """A VRRPv3 advert over IPv6 (the filter passes these only with an IPv6 instance here):
-        routed by VRID to an IPv6 instance; one of another VRID is counted by every IPv6
-        instance as a drop (the IPv4 ones never see IPv6 adverts, as keepalived's)."""
+        routed by VRID to an IPv6 instance; one of another VRID, or too short to say, is
+        counted by every IPv6 instance as a drop (the IPv4 ones never see IPv6 adverts, as
+        keepalived's)."""
         if packet[8:24] in self._own:
+            self._own_source(packet[8:24], src_mac)
             return
-        receiver = self.receivers6.get(packet[41])
+        vrid = packet[41] if len(packet) > 41 else None
+        receiver = self.receivers6.get(vrid) if vrid is not None else None
         if receiver is not None:
             receiver.advert_packet(packet)
             return
@@ -211,6 +217,19 @@ class Channel:
                 parse_packet6(packet, r.expect)
             except AdvertError as e:
                 r.dropped(e)
+
+    def _own_source(self, src: bytes, src_mac: bytes) -> None:
+        """An IPv6 advert from our own source address: ours reflected (our MAC, a VRRP
+        virtual one) is ignored; from another MAC, another host uses our address (a duplicate
+        link-local, a forgery): said once per MAC, and ignored."""
+        mine = self.attached.mac if self.attached is not None else b""
+        if (not src_mac or src_mac == mine or src_mac[:5] in _VIRTUAL
+                or src_mac in self._strangers or len(self._strangers) >= 16):
+            return
+        self._strangers.add(src_mac)
+        log.warning("An advert on %s from our own address %s comes from MAC %s, not ours: "
+                    "another host uses that address (or forges it); ignored", self.name,
+                    IPv6Address(src), src_mac.hex(":"))
 
     def arp_frame(self, frame: bytes) -> None:
         receiver = self._arp.get(frame[28:32])

@@ -155,3 +155,76 @@ def test_the_import_refuses_vrrp2_over_ipv6_with_a_warning(tmp_path: Path) -> No
                     " virtual_router_id 4\n version 2\n"
                     " virtual_ipaddress {\n  2001:db8::100/64\n }\n}\n")
     assert 'protocol = "vrrp3"' in translate(conf).toml  # strict: keepalived sets version 3
+
+
+# 8: short IPv6 next-header-112 frames are counted; our own source from another MAC is said
+class _Receiver:
+    def __init__(self, vhid: int, expect: Expect) -> None:
+        self.vhid, self.expect = vhid, expect
+        self.drops: list[DropReason] = []
+        self.adverts: list[bytes] = []
+
+    def advert_packet(self, packet: bytes) -> None:
+        self.adverts.append(packet)
+
+    def dropped(self, error: AdvertError) -> None:
+        self.drops.append(error.reason)
+
+    def arp_claim(self, sender_mac: bytes, probe_reply: bool = False) -> None: ...
+
+    def na_claim(self, sender_mac: bytes) -> None: ...
+
+    def interface_changed(self, present: bool, running: bool, reattached: bool) -> None: ...
+
+
+class _Sock:
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+
+    def receive(self) -> list[bytes]:
+        frames, self.frames = self.frames, []
+        return frames
+
+
+OUR_MAC = bytes.fromhex("020000000001")
+
+
+def _channel(frames: list[bytes]) -> tuple[object, _Receiver]:
+    import asyncio
+
+    from sidecar.net.channel import Channel
+    from sidecar.net.packet import Attached
+
+    channel = Channel("eth0", asyncio.new_event_loop())
+    receiver = _Receiver(5, V6)
+    channel.add(receiver, LOCAL, None, [], [VIP])
+    channel.attached = Attached(3, OUR_MAC, _Sock(frames))  # type: ignore[arg-type]
+    return channel, receiver
+
+
+def _frame(packet_: bytes, mac: bytes = bytes.fromhex("020000000002")) -> bytes:
+    return bytes.fromhex("333300000012") + mac + b"\x86\xdd" + packet_
+
+
+def test_a_short_ipv6_advert_frame_is_counted() -> None:
+    good = packet(PEER, IPv6Address("ff02::12"))
+    channel, receiver = _channel([_frame(good[:30]), _frame(good[:41]), _frame(good)])
+    assert channel._on_readable() == 3  # type: ignore[attr-defined]
+    channel.loop.close()  # type: ignore[attr-defined]
+    assert receiver.drops == [DropReason.SHORT, DropReason.BAD_IP_HEADER]
+    assert receiver.adverts == [good]
+
+
+def test_our_own_source_from_another_mac_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    own = packet(LOCAL, IPv6Address("ff02::12"))
+    stranger = bytes.fromhex("020000000009")
+    channel, receiver = _channel([_frame(own, OUR_MAC), _frame(own, bytes.fromhex(
+        "00005e000205")), _frame(own, stranger), _frame(own, stranger)])
+    with caplog.at_level("WARNING", logger="carp-sidecar"):
+        channel._on_readable()  # type: ignore[attr-defined]
+    channel.loop.close()  # type: ignore[attr-defined]
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["An advert on eth0 from our own address fe80::a comes from MAC "
+                    "02:00:00:00:00:09, not ours: another host uses that address (or forges "
+                    "it); ignored"]
+    assert receiver.adverts == [] and receiver.drops == []
