@@ -189,14 +189,15 @@ class Channel:
         if receiver is not None:
             receiver.advert_packet(packet)
             return
-        # not attributable to one of our VHIDs: every instance counts the drop
-        any_receiver = next(iter(self.receivers.values()), None)
-        if any_receiver is None:  # a reload removed every instance on this interface
+        # not attributable to one of our VHIDs: every IPv4 instance counts the drop (an IPv6
+        # one no more sees IPv4 adverts than keepalived's does)
+        ipv4 = list(self.receivers.values())
+        if not ipv4:  # a reload removed every IPv4 instance on this interface
             return
         try:
-            parse_packet(packet, any_receiver.expect)
+            parse_packet(packet, ipv4[0].expect)
         except AdvertError as e:
-            for r in self.receivers.values():
+            for r in ipv4:
                 r.dropped(e)
 
     def ip6_packet(self, packet: bytes, src_mac: bytes = b"") -> None:

@@ -228,3 +228,20 @@ def test_our_own_source_from_another_mac_is_said_once(caplog: pytest.LogCaptureF
                     "02:00:00:00:00:09, not ours: another host uses that address (or forges "
                     "it); ignored"]
     assert receiver.adverts == [] and receiver.drops == []
+
+
+# 9: an IPv4 advert of another VRID is the IPv4 instances' drop, never an IPv6 one's
+def test_ipv4_adverts_of_other_vrids_are_not_counted_by_ipv6_instances() -> None:
+    from sidecar.core.auth import carp_key
+    from sidecar.core.protocol import Advert, build_ip_packet
+
+    vip4 = IPv4Address("10.0.0.7")
+    channel, six = _channel([])
+    four = _Receiver(1, Expect(vhid=1, key=carp_key("x"), vip=vip4))
+    group = IPv4Address("224.0.0.18")
+    channel.add(four, IPv4Address("10.0.0.1"), group, [vip4])  # type: ignore[attr-defined]
+    other = build_ip_packet(Advert(vhid=9, advbase=1, advskew=0, counter=1), key=b"k",
+                            vip=vip4, src=IPv4Address("10.0.0.2"), dst=group)
+    channel.ip_packet(other)  # type: ignore[attr-defined]
+    channel.loop.close()  # type: ignore[attr-defined]
+    assert four.drops == [DropReason.OTHER_VHID] and six.drops == []
