@@ -82,6 +82,12 @@ class Channel:
         for vip6 in nd_vips:
             self._nd[vip6.packed] = receiver
 
+    def set_source(self, old: Address, new: Address) -> None:
+        """An instance advertises from another address now (a new link-local): ours come back
+        from that one."""
+        self._own.discard(old.packed)
+        self._own.add(new.packed)
+
     def set_vips(self, receiver: Receiver, arp_vips: Iterable[IPv4Address],
                  nd_vips: Iterable[IPv6Address]) -> None:
         """A reload changed ``receiver``'s VIPs: route their ARP/NA to it, and filter anew."""

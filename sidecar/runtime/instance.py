@@ -40,6 +40,7 @@ from sidecar.core.session import Session, SessionConfig
 from sidecar.net.announce import build_arp_probe, build_garp, build_ns_probe, build_unsolicited_na
 from sidecar.net.channel import Channel
 from sidecar.net.netlink import AddressEvent, Netlink
+from sidecar.runtime import linklocal
 from sidecar.runtime.effects import Effect, Effects
 from sidecar.runtime.maintenance import CounterMark, MaintenanceStore, Prepared
 from sidecar.runtime.notify import InstanceScripts
@@ -331,26 +332,17 @@ class Instance:
     def interface_changed(self, present: bool, running: bool, reattached: bool) -> None:
         self.m.interface_present.set(1 if present else 0)
         if reattached and self.channel.ifindex is not None:
-            self._spawn(self._check_source(self.channel.ifindex))
+            self._spawn(linklocal.check_source(self, self.channel.ifindex))
         if not present and not self.s.routed:  # lo keeps a routed VIP
             self._vips_seen.clear()
             for child in self.m.vip_present.values():
                 child.set(0)
         self._do(self.session.set_link(self.loop.time(), present, running, reattached))
 
-    async def _check_source(self, index: int) -> None:
-        """A re-created interface: is our source address on it yet? (netlink events follow)"""
-        try:
-            listed = await (self._nl.addresses(index) if self.s.ipv6  # its link-local
-                            else self._nl.ipv4_addresses(index))
-            present = any(a.ip == self.srcip for a in listed)
-        except Exception as e:  # netlink trouble: the next address event decides
-            log.warning("Cannot list the addresses of %s: %s", self.s.interface, e)
-            return
-        if self.channel.ifindex == index:
-            self._do(self.session.set_source(self.loop.time(), present))
-
     def address_event(self, event: AddressEvent) -> None:
+        if linklocal.another_link_local(self, event):  # no CARP_SRCIP: it follows the address
+            self._spawn(linklocal.check_source(self, event.index))
+            return
         if event.address == self.srcip and event.index == self.channel.ifindex:
             self._do(self.session.set_source(self.loop.time(), event.added))
             return

@@ -245,3 +245,49 @@ def test_ipv4_adverts_of_other_vrids_are_not_counted_by_ipv6_instances() -> None
     channel.ip_packet(other)  # type: ignore[attr-defined]
     channel.loop.close()  # type: ignore[attr-defined]
     assert four.drops == [DropReason.OTHER_VHID] and six.drops == []
+
+
+# 5: without CARP_SRCIP an IPv6 instance follows the interface's link-local address
+def test_a_new_link_local_address_becomes_the_source() -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.net.channel import Channel
+    from sidecar.net.netlink import AddressEvent
+    from sidecar.net.packet import Attached
+    from sidecar.runtime import linklocal
+    from sidecar.runtime.instance import Instance
+    from sidecar.serve.metrics import Metrics
+
+    new = IPv6Address("fe80::b")
+
+    class Nl:
+        async def link_local(self, index: int) -> tuple[IPv6Address | None, str]:
+            return new, ""
+
+    s = vhid({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::100/64",
+              "CARP_ADVERT_INT": "0.1", "CARP_METRICS_LISTEN": "off"})
+    loop = asyncio.new_event_loop()
+    try:
+        channel = Channel("eth0", loop)
+        metrics = Metrics(CollectorRegistry(), "test", process_metrics=False)
+        instance = Instance(s, LOCAL, channel, Nl(), metrics, loop)  # type: ignore[arg-type]
+        channel.add(instance, LOCAL, None, [], [VIP])
+        channel.attached = Attached(7, OUR_MAC, _Sock([]))  # type: ignore[arg-type]
+        instance.machine.start(loop.time())
+        assert linklocal.another_link_local(instance, AddressEvent(7, new, True))
+        assert not linklocal.another_link_local(instance, AddressEvent(7, LOCAL, True))
+        assert not linklocal.another_link_local(instance, AddressEvent(8, new, True))
+        loop.run_until_complete(linklocal.check_source(instance, 7))
+        assert instance.srcip == instance.port.srcip == instance.reporter.srcip == new
+        assert instance.session.config.params.own_ip == new
+        assert new.packed in channel._own and LOCAL.packed not in channel._own
+        own = packet(new, IPv6Address("ff02::12"))
+        channel.ip6_packet(own, OUR_MAC)  # our adverts from it come back: ignored
+        assert instance.m.value("carp_adverts_received_total") == 0
+    finally:
+        loop.close()
+    fixed = vhid({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::100/64",
+                  "CARP_PEERS": "fe80::12", "CARP_SRCIP": "fe80::a"})
+    assert not linklocal.follows(fixed) and linklocal.follows(s)
