@@ -340,7 +340,7 @@ class Instance:
         self._do(self.session.set_link(self.loop.time(), present, running, reattached))
 
     def address_event(self, event: AddressEvent) -> None:
-        if linklocal.another_link_local(self, event):  # no CARP_SRCIP: it follows the address
+        if linklocal.link_local_changed(self, event):  # no CARP_SRCIP: it follows the address
             self._spawn(linklocal.check_source(self, event.index))
             return
         if event.address == self.srcip and event.index == self.channel.ifindex:

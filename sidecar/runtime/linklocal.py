@@ -94,13 +94,14 @@ async def check_source(instance: Instance, index: int) -> None:
         instance._do(instance.session.set_source(instance.loop.time(), present))
 
 
-def another_link_local(instance: Instance, event: AddressEvent) -> bool:
-    """A link-local address (no VIP of ours) came, or became usable, on the interface of an
-    instance following it, and it is not the one in use: read which one to use."""
+def link_local_changed(instance: Instance, event: AddressEvent) -> bool:
+    """On the interface of an instance following it, a link-local address (no VIP of ours)
+    came or became usable, or the one in use went: read which one to use (if any)."""
     s, address = instance.s, event.address
-    return (follows(s) and event.added and event.index == instance.channel.ifindex
+    return (follows(s) and event.index == instance.channel.ifindex
             and isinstance(address, IPv6Address) and address.is_link_local
-            and address != instance.srcip and address not in {v.ip for v in s.vips})
+            and event.added == (address != instance.srcip)
+            and address not in {v.ip for v in s.vips})
 
 
 def adopt(instance: Instance, new: IPv6Address) -> None:

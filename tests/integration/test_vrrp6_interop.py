@@ -195,6 +195,12 @@ def test_our_master_keepalived_backup_cable_pull_both_ways_and_our_resign(group:
     assert restarted(lab, "a", before)["state"] == "MASTER"
     assert metric(lab, "a", "carp_restarts_total", kind="in_place", result="resumed") == 1
     assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
+    # another link-local address, the old one gone: ours advertise from it (no CARP_SRCIP)
+    old = link_local(lab, "a")
+    lab.topo["a"].run("ip", "addr", "add", "fe80::a:99/64", "dev", "eth0", "nodad")
+    lab.topo["a"].run("ip", "addr", "del", f"{old}/64", "dev", "eth0")
+    time.sleep(0.6)
+    assert ka.states() == ["BACKUP"] and holders(group) == ["a"], logs(group)  # type: ignore
     lab.topo.unplug("a")
     took(lambda: "b" in holders(group), 3, "keepalived takes over")
     took(lambda: client_reaches(group, "b"), 5, "the client reaches b")

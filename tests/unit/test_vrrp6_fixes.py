@@ -276,9 +276,12 @@ def test_a_new_link_local_address_becomes_the_source() -> None:
         channel.add(instance, LOCAL, None, [], [VIP])
         channel.attached = Attached(7, OUR_MAC, _Sock([]))  # type: ignore[arg-type]
         instance.machine.start(loop.time())
-        assert linklocal.another_link_local(instance, AddressEvent(7, new, True))
-        assert not linklocal.another_link_local(instance, AddressEvent(7, LOCAL, True))
-        assert not linklocal.another_link_local(instance, AddressEvent(8, new, True))
+        changed = linklocal.link_local_changed
+        assert changed(instance, AddressEvent(7, new, True))
+        assert changed(instance, AddressEvent(7, LOCAL, False))  # ours went: another one?
+        assert not changed(instance, AddressEvent(7, LOCAL, True))
+        assert not changed(instance, AddressEvent(7, new, False))
+        assert not changed(instance, AddressEvent(8, new, True))
         loop.run_until_complete(linklocal.check_source(instance, 7))
         assert instance.srcip == instance.port.srcip == instance.reporter.srcip == new
         assert instance.session.config.params.own_ip == new
