@@ -29,7 +29,8 @@ def native_ipv6(d: Any, table: dict[str, Any], state: Any) -> None:
 def family(where: str, table: dict[str, Any], notes: list[str], node: Any = None,
            strict: bool = False) -> None:
     """Make ``table`` an IPv6 instance's if keepalived runs it as one; note what it drops."""
-    table.pop(NATIVE, False), table.pop(VERSION_GIVEN, False)
+    for marker in (NATIVE, VERSION_GIVEN):  # the directives' order decides (keepalived_family)
+        table.pop(marker, None)
     if node is None or not as_keepalived(where, table, notes, node, strict):
         return  # IPv4, or VRRPv2 over IPv6 (the import's VRRPv2 rule names the addresses)
     routed = [p for p in table.get("peers", []) if not ip_interface(p).ip.is_link_local]
