@@ -84,8 +84,9 @@ class Channel:
 
     def set_source(self, old: Address, new: Address) -> None:
         """An instance advertises from another address now (a new link-local): ours come back
-        from that one."""
-        self._own.discard(old.packed)
+        from that one. Another instance may still send from the old one (its CARP_SRCIP)."""
+        if sum(getattr(r, "srcip", None) == old for r in self.every()) <= 1:
+            self._own.discard(old.packed)
         self._own.add(new.packed)
 
     def set_vips(self, receiver: Receiver, arp_vips: Iterable[IPv4Address],

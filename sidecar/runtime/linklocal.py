@@ -76,7 +76,7 @@ async def check_source(instance: Instance, index: int) -> None:
     s, nl = instance.s, instance._nl
     try:
         if follows(s):
-            fresh, why = await nl.link_local(index)
+            fresh, why = await nl.link_local(index, never_source(instance))
             if fresh is None:
                 log.warning("Interface %s has %s; waiting for a link-local address to "
                             "advertise from", s.interface, why,
@@ -101,7 +101,14 @@ def link_local_changed(instance: Instance, event: AddressEvent) -> bool:
     return (follows(s) and event.index == instance.channel.ifindex
             and isinstance(address, IPv6Address) and address.is_link_local
             and event.added == (address != instance.srcip)
-            and address not in {v.ip for v in s.vips})
+            and address not in never_source(instance))
+
+
+def never_source(instance: Instance) -> frozenset[IPv6Address]:
+    """The link-local VIPs of every instance on the interface now (the channel's): one a
+    master adds is listed first by the kernel, and must never become our source."""
+    every = (getattr(r, "s", None) for r in instance.channel.every())
+    return local_vips(instance.s, (v for v in every if isinstance(v, Vhid)))
 
 
 def adopt(instance: Instance, new: IPv6Address) -> None:

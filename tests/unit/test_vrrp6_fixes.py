@@ -263,7 +263,7 @@ def test_a_new_link_local_address_becomes_the_source() -> None:
     new = IPv6Address("fe80::b")
 
     class Nl:
-        async def link_local(self, index: int) -> tuple[IPv6Address | None, str]:
+        async def link_local(self, index: int, vips: object = ()) -> tuple[IPv6Address | None, str]:
             return new, ""
 
     s = vhid({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::100/64",
@@ -294,3 +294,77 @@ def test_a_new_link_local_address_becomes_the_source() -> None:
     fixed = vhid({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "2001:db8::100/64",
                   "CARP_PEERS": "fe80::12", "CARP_SRCIP": "fe80::a"})
     assert not linklocal.follows(fixed) and linklocal.follows(s)
+
+
+# review: a link-local VIP (ours, or another instance's on the interface) never becomes the
+# source when the address is read again: the kernel lists a newly added one first
+def test_a_link_local_vip_is_never_read_as_the_new_source() -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.net.channel import Channel
+    from sidecar.net.netlink import AddressEvent
+    from sidecar.net.packet import Attached
+    from sidecar.runtime import linklocal
+    from sidecar.runtime.instance import Instance
+    from sidecar.serve.metrics import Metrics
+
+    ours, theirs, eui = (IPv6Address(a) for a in ("fe80::9", "fe80::10", "fe80::b"))
+    asked: list[frozenset[IPv6Address]] = []
+
+    class Nl:  # the kernel's order: the VIPs added last come first
+        async def link_local(self, index: int, vips: frozenset[IPv6Address] = frozenset()
+                             ) -> tuple[IPv6Address | None, str]:
+            asked.append(frozenset(vips))
+            return next(a for a in (theirs, ours, eui) if a not in vips), ""
+
+    one = vhid({"CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "fe80::9/64,2001:db8::9/64",
+                "CARP_ADVERT_INT": "0.1", "CARP_METRICS_LISTEN": "off"})
+    two = dataclasses.replace(one, vhid=2, vips=vhid({
+        "CARP_PROTOCOL": "vrrp3", "CARP_ADDR": "fe80::10/64,2001:db8::10/64",
+        "CARP_METRICS_LISTEN": "off"}).vips)
+    loop = asyncio.new_event_loop()
+    try:
+        channel = Channel("eth0", loop)
+        metrics = Metrics(CollectorRegistry(), "test", process_metrics=False)
+        first = Instance(one, LOCAL, channel, Nl(), metrics, loop)  # type: ignore[arg-type]
+        second = Instance(two, LOCAL, channel, Nl(), metrics, loop)  # type: ignore[arg-type]
+        channel.add(first, LOCAL, None, [], [])
+        channel.add(second, LOCAL, None, [], [])
+        channel.attached = Attached(7, OUR_MAC, _Sock([]))  # type: ignore[arg-type]
+        first.machine.start(loop.time())
+        changed = linklocal.link_local_changed
+        assert not changed(first, AddressEvent(7, ours, True))
+        assert not changed(first, AddressEvent(7, theirs, True))  # the other one's master
+        assert changed(first, AddressEvent(7, eui, True))
+        loop.run_until_complete(linklocal.check_source(first, 7))
+        assert asked[-1] == {ours, theirs}
+        assert first.srcip == eui
+    finally:
+        loop.close()
+
+
+# review: an address another instance still sends from stays ours when one moves off it
+def test_a_shared_source_stays_ours_when_one_instance_follows_another_address() -> None:
+    import asyncio
+
+    from sidecar.net.channel import Channel
+
+    class R:  # what the channel asks of an instance here
+        def __init__(self, vhid: int) -> None:
+            self.vhid, self.srcip = vhid, LOCAL
+
+    loop = asyncio.new_event_loop()
+    try:
+        channel = Channel("eth0", loop)
+        moving, staying = R(1), R(2)
+        for r in (moving, staying):
+            channel.add(r, LOCAL, None, [], [])  # type: ignore[arg-type]
+        channel.set_source(LOCAL, IPv6Address("fe80::b"))
+        assert LOCAL.packed in channel._own  # staying still sends from it
+        moving.srcip = IPv6Address("fe80::b")
+        channel.set_source(LOCAL, IPv6Address("fe80::c"))  # the last user moves
+        assert LOCAL.packed not in channel._own
+    finally:
+        loop.close()
