@@ -40,8 +40,8 @@ def family(where: str, table: dict[str, Any], notes: list[str], node: Any = None
                      "peer that checks sources lists; set srcip to this node's address (refused "
                      "without it) and list that in the other nodes' unicast_peer")
     if "mcast" in table:
-        notes.append(f"{where}: mcast_dst_address {table.pop('mcast')}: not carried: IPv6 "
-                     "adverts go to ff02::12")
+        notes.append(f"{where}: vrrp_mcast_group4 {table.pop('mcast')}: not for an IPv6 "
+                     "instance: its adverts go to ff02::12")
 
 
 def _family_of(d: Any) -> int | None:

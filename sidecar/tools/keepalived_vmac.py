@@ -61,6 +61,19 @@ def finish(where: str, table: dict[str, Any], notes: list[str], taken: set[str])
         table.pop("vmac_xmit_base", None)
         return
     taken.add(name)
+    conflicts(where, table, name, notes)
+
+
+def conflicts(where: str, table: dict[str, Any], name: str, notes: list[str]) -> None:
+    """What check-config will refuse beside CARP_VMAC, said while the file is imported."""
+    if table.get("priority") == 255:
+        notes.append(f"{where}: WARNING: use_vmac with priority 255 (the address owner's, or "
+                     "state MASTER with no priority): check-config refuses CARP_VMAC with it; "
+                     "give the instance a priority below 255")
+    alias = table.get("if_alias")
+    if isinstance(alias, str) and not alias.startswith(f"{name}:"):
+        notes.append(f"{where}: WARNING: label {alias}: with use_vmac the VIPs are on {name}, "
+                     f"whose labels start with its name: rename it (if_alias = \"{name}:1\")")
 
 
 def ipv6(table: dict[str, Any]) -> bool:

@@ -415,6 +415,29 @@ def test_import_drops_vmac_xmit_base_without_use_vmac(tmp_path: Path) -> None:
         "vmac_xmit_base: not carried: keepalived ignores it without use_vmac"]
 
 
+def test_import_warns_of_what_check_config_refuses_beside_use_vmac(tmp_path: Path) -> None:
+    """state MASTER without priority is 255, a label on the base: both refused with
+    CARP_VMAC by check-config; the import says so and how to mend it."""
+    conf = tmp_path / "keepalived.conf"
+    conf.write_text("vrrp_instance VI_1 {\n  state MASTER\n  interface eth0\n"
+                    "  virtual_router_id 7\n  use_vmac\n  virtual_ipaddress {\n"
+                    "    10.0.0.100/24 dev eth0 label eth0:1\n  }\n}\n")
+    notes = [n.split(": ", 2)[2] for n in translate(conf).notes if "WARNING" in n]
+    assert notes == [
+        "WARNING: use_vmac with priority 255 (the address owner's, or state MASTER with no "
+        "priority): check-config refuses CARP_VMAC with it; give the instance a priority "
+        "below 255",
+        'WARNING: label eth0:1: with use_vmac the VIPs are on vrrp.7, whose labels start with '
+        'its name: rename it (if_alias = "vrrp.7:1")']
+    fixed = conf.read_text().replace("state MASTER", "priority 150").replace("eth0:1",
+                                                                             "vrrp.7:1")
+    conf.write_text(fixed)
+    result = translate(conf)
+    assert not [n for n in result.notes if "WARNING" in n]
+    (s,) = loaded(result.toml, tmp_path).runtime().instances
+    assert s.vmac_name == "vrrp.7"
+
+
 @pytest.mark.parametrize("state_dir", [True, False])
 def test_the_base_s_values_outlive_a_restart_in_the_state_dir(
         state_dir: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
