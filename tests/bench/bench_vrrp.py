@@ -16,6 +16,10 @@ it measures, median of --runs:
   unplug   node-a's cable pulled: client-visible downtime (the gap before node-b answers)
   stop     node-a's agent stopped (SIGTERM): its resign (priority 0) and node-b's takeover
 
+and the same for VRRPv3 over IPv6 (advert_int 0.1, scenarios unplug_v6 and stop_v6): the VIP
+2001:db8::1/64, keepalived's IPv6 instance, our agent advertising from its link-local address,
+the client polling http://[VIP]/, DAD off inside the namespaces (vrrp6lab.Lab6).
+
 Then the idle cost (--idle seconds, side by side, each node-a alone as MASTER): an agent with one
 CARP instance, with a CARP and a VRRPv3 instance, with two CARP instances, and keepalived with
 one VRRP instance: CPU (% of one core, every thread, schedstat) and RSS.
@@ -26,7 +30,8 @@ core: spurious transitions counted from both sides' logs and our carp_transition
 be 0).
 
     python tests/bench/bench_vrrp.py [--runs 5] [--idle 60] [--soak 10] [--quick]
-                                     [--json FILE] [--merge docs/bench-results.json]
+                                     [--family 4|6] [--json FILE]
+                                     [--merge docs/bench-results.json]
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_failover import _tree, node_b_took_over, summarize  # beside this file
 from bench_instances import NO_LAB_DEFAULTS, cpu_seconds, rss_mb
 from results import merge
+from vrrp6lab import VIP6, Lab6, agent_env6
 
 from sidecar.lab import LAB_PASSWORD, VIP, Lab
 
@@ -56,6 +62,7 @@ VERSIONS = {"vrrp2": 1.0, "vrrp3": 0.1}  # protocol -> advert_int (s)
 PAIRS = (("keepalived", "keepalived"), ("keepalived", "carp-sidecar"),
          ("carp-sidecar", "keepalived"))
 SCENARIOS = ("unplug", "stop")
+FAMILIES = {"vrrp2": (4,), "vrrp3": (4, 6)}  # VRRPv2 is IPv4 only
 PRIORITY = {"a": 150, "b": 100}
 VIP2 = "172.16.0.2"
 
@@ -66,7 +73,7 @@ KEEPALIVED_INSTANCE = """vrrp_instance VI_{vrid} {{
   priority {priority}
   advert_int {interval}
   virtual_ipaddress {{
-    {vip}/16 dev eth0 label eth0:{vrid}
+    {address}
   }}
 }}
 """
@@ -77,7 +84,9 @@ def keepalived(lab: Lab, node: str, version: str, instances: dict[int, tuple[str
     """{vrid: (vip, priority)}; its own config and pid files, foreground, VRRP only."""
     conf = lab.dir / f"keepalived-{node}.conf"
     conf.write_text(f"global_defs {{\n  vrrp_version {version[-1]}\n}}\n" + "".join(
-        KEEPALIVED_INSTANCE.format(vrid=vrid, priority=prio, interval=f"{interval:g}", vip=vip)
+        KEEPALIVED_INSTANCE.format(vrid=vrid, priority=prio, interval=f"{interval:g}",
+                                   address=f"{vip}/64 dev eth0" if ":" in vip  # no IPv6 label
+                                   else f"{vip}/16 dev eth0 label eth0:{vrid}")
         for vrid, (vip, prio) in instances.items()))
     cmd = ["keepalived", "-n", "-l", "-D", "--vrrp", "-f", str(conf),
            "-p", str(lab.dir / f"ka-{node}.pid"), "-r", str(lab.dir / f"vrrp-{node}.pid"),
@@ -103,10 +112,14 @@ def sidecar_config(lab: Lab, node: str, instances: dict[int, tuple[str, str, int
     return {"CARP_CONFIG": str(path), **NO_LAB_DEFAULTS}
 
 
-def start(lab: Lab, kind: str, node: str, version: str) -> subprocess.Popen[bytes]:
+def start(lab: Lab, kind: str, node: str, version: str, family: int = 4
+          ) -> subprocess.Popen[bytes]:
     interval = VERSIONS[version]
     if kind == "keepalived":
-        return keepalived(lab, node, version, {1: (VIP, PRIORITY[node])}, interval)
+        vip = VIP6 if family == 6 else VIP
+        return keepalived(lab, node, version, {1: (vip, PRIORITY[node])}, interval)
+    if family == 6:
+        return lab.start_agent(node, **agent_env6(PRIORITY[node], interval))
     return lab.start_agent(node, CARP_PROTOCOL=version, CARP_PRIORITY=str(PRIORITY[node]),
                            CARP_ADVERT_INT=f"{interval:g}", CARP_PASS="")
 
@@ -115,18 +128,20 @@ def vips(lab: Lab, node: str) -> str:
     return lab.topo[node].run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
 
 
-def one_run(version: str, pair: tuple[str, str], scenario: str) -> dict[str, float | None]:
-    with Lab() as lab:
+def one_run(version: str, pair: tuple[str, str], scenario: str, family: int = 4
+            ) -> dict[str, float | None]:
+    with Lab6() if family == 6 else Lab() as lab:
         for node in ("a", "b"):
             lab.start_apache(node)
-        start(lab, pair[0], "a", version)
+        start(lab, pair[0], "a", version, family)
         lab.wait(lambda: lab.has_vip("a"), 10, f"{pair[0]} on node-a to take the VIP")
-        start(lab, pair[1], "b", version)
+        start(lab, pair[1], "b", version, family)
         lab.start_probe(timeout=0.02)
         lab.wait(lambda: lab.client_sees() == "node-a", 10, "the client to reach node-a")
         time.sleep(2.5)  # node-b settled as BACKUP
         if lab.has_vip("b"):
-            raise RuntimeError(f"{version} {pair}: node-b holds the VIP beside node-a")
+            raise RuntimeError(f"{version} IPv{family} {pair}: node-b holds the VIP beside "
+                               "node-a")
         began = time.time()
         if scenario == "unplug":
             lab.topo.unplug("a")
@@ -219,6 +234,8 @@ def main() -> int:
     p.add_argument("--idle", type=float, default=60, help="seconds of idle measurement")
     p.add_argument("--soak", type=float, default=0, help="minutes of the mixed v3 soak (0: none)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run each, 10 s idle")
+    p.add_argument("--family", type=int, choices=(4, 6), help="only the IPv4 or the IPv6 "
+                   "failover rows (default: both)")
     p.add_argument("--json", type=Path)
     p.add_argument("--merge", type=Path, help="also store the results under 'vrrp' in this "
                    "JSON file (docs/bench-results.json)")
@@ -229,17 +246,20 @@ def main() -> int:
     result: dict[str, Any] = {"machine": f"{platform.machine()}, {platform.platform()}, "
                                          f"Python {platform.python_version()}",
                               "runs": args.runs, "failover": {}}
-    for version in VERSIONS:
-        for scenario in SCENARIOS:
-            for pair in PAIRS:
-                runs = [one_run(version, pair, scenario) for _ in range(args.runs)]
-                name = f"{pair[0]} -> {pair[1]}"
-                result["failover"].setdefault(version, {}).setdefault(scenario, {})[name] = {
-                    measure: summarize([r[measure] for r in runs])
-                    | {"runs": [r[measure] for r in runs]}
-                    for measure in ("downtime_ms", "takeover_ms")}
-                print(f"  {version} {scenario:<7} {name:<28} downtime ms "
-                      f"{[r['downtime_ms'] for r in runs]}", flush=True)
+    cases = [(version, family, scenario) for version in VERSIONS
+             for family in FAMILIES[version] if args.family in (None, family)
+             for scenario in SCENARIOS]
+    for version, family, scenario in cases:
+        key = f"{scenario}_v6" if family == 6 else scenario  # beside the IPv4 rows
+        for pair in PAIRS:
+            runs = [one_run(version, pair, scenario, family) for _ in range(args.runs)]
+            name = f"{pair[0]} -> {pair[1]}"
+            result["failover"].setdefault(version, {}).setdefault(key, {})[name] = {
+                measure: summarize([r[measure] for r in runs])
+                | {"runs": [r[measure] for r in runs]}
+                for measure in ("downtime_ms", "takeover_ms")}
+            print(f"  {version} {key:<9} {name:<28} downtime ms "
+                  f"{[r['downtime_ms'] for r in runs]}", flush=True)
     if args.idle:
         result["idle"] = idle_cost(args.idle)
     if args.soak:
@@ -267,7 +287,8 @@ def print_table(r: dict[str, Any]) -> None:
                         else f"{d['median']:.0f} ({d['min']:.0f}-{d['max']:.0f})")
                 ratio = ("n/a" if d["median"] is None or not base
                          else f"{d['median'] / max(base, 10.0):.2f}")
-                print(f"| {version} {VERSIONS[version]:g} s | {scenario} | {name} | {cell} | "
+                event = scenario.replace("_v6", ", IPv6")
+                print(f"| {version} {VERSIONS[version]:g} s | {event} | {name} | {cell} | "
                       f"{ratio} |")
     if "idle" in r:
         print("\n| idle, node-a MASTER | CPU (% of a core) | RSS (MB) |\n|---|---|---|")
