@@ -32,16 +32,19 @@ def fetch(url: str, timeout: float, host: str | None = None, verify: bool = True
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # the port always given: with none, http.client reads an IPv6 literal's last group as one
+    # ("2001:db8::1" -> host "2001:db8:", port 1)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         context = ssl.create_default_context()
         if not verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+        conn = http.client.HTTPSConnection(parts.hostname, port, timeout=timeout,
                                            context=context)
     else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
     headers = {"User-Agent": "carp-sidecar", "Connection": "close"}
     if host:
         headers["Host"] = host

@@ -8,6 +8,8 @@ import ssl
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from sidecar.runtime.health import HealthMonitor, exec_check, http_check, tcp_check
 
 
@@ -123,3 +125,24 @@ def test_first_result_decides_then_rise_and_fall_apply() -> None:
         m.record(ok)
     assert changes == [True, False, True]
     assert m.healthy is True
+
+
+def test_an_ipv6_literal_without_a_port_is_not_split_at_its_last_colon(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.client, given no port, reads "2001:db8::1" as host "2001:db8:", port 1."""
+    import http.client
+
+    from sidecar.net.httpclient import HttpError, fetch
+
+    seen: list[tuple[str, int]] = []
+
+    class Refused(http.client.HTTPConnection):
+        def connect(self) -> None:
+            seen.append((self.host, self.port))
+            raise ConnectionRefusedError(111, "refused")
+
+    monkeypatch.setattr(http.client, "HTTPConnection", Refused)
+    for url in ("http://[2001:db8::1]/", "http://[2001:db8::1]:8080/x", "http://127.0.0.1/"):
+        with pytest.raises(HttpError):
+            fetch(url, 0.1)
+    assert seen == [("2001:db8::1", 80), ("2001:db8::1", 8080), ("127.0.0.1", 80)]
