@@ -33,8 +33,9 @@ class Lab6(Lab):
         return self
 
     def start_probe(self, timeout: float = 0.1) -> None:
-        """Lab.start_probe, polling the IPv6 VIP."""
-        cmd = [sys.executable, "-m", "sidecar.lab.probe", f"http://[{VIP6}]/", "--timeout",
+        """Lab.start_probe, polling the IPv6 VIP (port 80 spelt out: before 9c5d329 the HTTP
+        client split an IPv6 literal without a port at its last colon)."""
+        cmd = [sys.executable, "-m", "sidecar.lab.probe", f"http://[{VIP6}]:80/", "--timeout",
                str(timeout)]
         proc = subprocess.Popen(self.topo["client"].argv(*cmd), stdout=subprocess.PIPE,
                                 start_new_session=True)
