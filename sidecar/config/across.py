@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sidecar.config import vrrp
 from sidecar.config.models import AgentSettings, VhidSettings
 from sidecar.config.runconfig import ConfigError
 from sidecar.config.spelling import as_given
@@ -25,7 +26,7 @@ def check_unique(instances: Sequence[VhidSettings], where: str) -> None:
     owners: dict[Any, str] = {}
     macvlans: dict[str, int] = {}  # CARP_VMAC's: one interface each (keepalived refuses too)
     for number, i in enumerate(instances, 1):
-        ipv6 = i.protocol == "vrrp3" and all(v.version == 6 for v in i.vips)
+        ipv6 = vrrp.is_ipv6(i)
         key = (i.interface, i.vhid, ipv6)
         if key in seen:
             raise ConfigError(f"{where}: [[vhid]] #{number}: vhid {i.vhid} on {i.interface} is "

@@ -281,11 +281,7 @@ class VhidRules(_Rules):
 
     @property
     def name(self) -> str:  # as Vhid.name
-        try:
-            ipv6 = self.protocol == "vrrp3" and all(v.version == 6 for v in self.vips)
-        except ValueError:  # CARP_ADDR's own error says it
-            ipv6 = False
-        return f"{self.interface}/vhid{self.vhid}" + "/ipv6" * ipv6
+        return f"{self.interface}/vhid{self.vhid}" + "/ipv6" * vrrp.is_ipv6(self)
 
     @property
     def manages_vip_by_scripts(self) -> bool:

@@ -212,3 +212,12 @@ def figures(protocol: str, priority: int, advert_int: float, has_password: bool
                               "stops (priority 0), their skew time"),
         "authentication": auth,
     }
+
+
+def is_ipv6(m: Any) -> bool:
+    """A settings model's instance is a VRRPv3 one over IPv6 (as Vhid.ipv6); False while
+    CARP_ADDR is invalid (its own error says it)."""
+    try:
+        return bool(m.protocol == "vrrp3" and all(v.version == 6 for v in m.vips))
+    except ValueError:
+        return False

@@ -67,8 +67,7 @@ def host_problems(config: Config) -> list[str]:
             continue
         addresses = [a.ip for a in ipv4_addresses(found[0])]
         srcip, problem = source_address(i.srcip, i.interface, addresses, [v.ip for v in i.vips])
-        ipv6 = i.protocol == "vrrp3" and all(v.version == 6 for v in i.vips)
-        if srcip is None and not ipv6:  # an IPv6 VRRP instance's source: the start checks it
+        if srcip is None and not vrrp.is_ipv6(i):  # an IPv6 one's source: the start checks it
             problems.append(problem)
         problem = vrrp.owner_problem(i.priority, i.interface, i.vips, addresses)
         if problem:
